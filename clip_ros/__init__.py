@@ -1,0 +1,1 @@
+"""Ground language commands in camera images with CLIP and CLIPSeg."""

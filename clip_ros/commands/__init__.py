@@ -1,0 +1,1 @@
+"""ROS-free command-line tools (prefetch, benchmark)."""

@@ -1,0 +1,1 @@
+"""ROS-free core: models, text cache, grounding pipeline, command parsing, images, geometry."""

@@ -1,0 +1,1 @@
+"""Thin rclpy nodes: parameters, message conversion and calls into the core."""
