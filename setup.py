@@ -1,0 +1,41 @@
+from glob import glob
+import os
+
+from setuptools import find_packages, setup
+
+package_name = 'clip_ros'
+
+
+def model_files():
+    """Install bundled model files (added under clip_ros/models/) as package data."""
+    return [path for path in glob('clip_ros/models/**/*', recursive=True) if os.path.isfile(path)]
+
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test']),
+    package_data={package_name: [os.path.relpath(p, package_name) for p in model_files()]},
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
+        ('share/' + package_name + '/config', glob('config/*.yaml')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='clip_ros maintainers',
+    maintainer_email='maintainers@clip-ros.dev',
+    description='Ground language commands in camera images with CLIP and CLIPSeg.',
+    license='Apache-2.0',
+    tests_require=['pytest'],
+    entry_points={
+        'console_scripts': [
+            'grounding_node = clip_ros.nodes.grounding_node:main',
+            'clip_classifier_node = clip_ros.nodes.clip_classifier_node:main',
+            'clipseg_node = clip_ros.nodes.clipseg_node:main',
+            'prefetch = clip_ros.commands.prefetch:main',
+            'benchmark = clip_ros.commands.benchmark:main',
+        ],
+    },
+)
