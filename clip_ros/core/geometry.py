@@ -1,0 +1,119 @@
+"""
+Mask geometry: connected components, boxes, areas, centroids.
+
+Coordinates follow the pixel-edge convention: pixel (row r, column c) covers [c, c + 1) x
+[r, r + 1), so a box's x_max is the last column + 1 (width = x_max - x_min) and a centroid is the
+mean pixel centre, which puts a full-image region's centroid at the centre of its box.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+# 3x3 structuring elements for scipy.ndimage.label, by pixel connectivity.
+_STRUCTURES = {
+    4: ndimage.generate_binary_structure(2, 1),
+    8: ndimage.generate_binary_structure(2, 2),
+}
+
+
+@dataclass
+class Region:
+    """One connected group of foreground pixels."""
+
+    box: tuple        # (x_min, y_min, x_max, y_max) float pixels, max exclusive
+    area: int         # foreground pixel count
+    centroid: tuple   # (x, y) mean pixel centre
+    mean_prob: float  # mean probability over the pixels (1.0 when no map was given)
+    mask: np.ndarray  # bool [h, w]: the region's pixels inside its box
+    offset: tuple     # (row, col) of the mask's top-left pixel in the full image
+
+
+@dataclass
+class Detection:
+    """One grounded object instance (or class region) in original-image pixels."""
+
+    index: int         # position in its result list; label-image pixels hold index + 1
+    phrase: str        # query phrase or class name that produced it
+    score: float       # final confidence in [0, 1]
+    box: tuple         # (x_min, y_min, x_max, y_max) float pixels, max exclusive
+    area: int          # pixel count
+    centroid: tuple    # (x, y) mean pixel centre
+    mean_prob: float   # mean segmentation probability over its pixels
+
+    @property
+    def center_size(self) -> tuple:
+        """Return the box as (cx, cy, w, h)."""
+        return center_size(self.box)
+
+
+def center_size(box) -> tuple:
+    """Convert (x_min, y_min, x_max, y_max) into (cx, cy, w, h)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return ((x0 + x1) / 2.0, (y0 + y1) / 2.0, x1 - x0, y1 - y0)
+
+
+def slices_to_box(slices) -> tuple:
+    """Turn a (rows, cols) slice pair from scipy.ndimage.find_objects into a float box."""
+    rows, cols = slices
+    return (float(cols.start), float(rows.start), float(cols.stop), float(rows.stop))
+
+
+def _check_mask(mask, prob) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f'mask must be 2-D [H, W], got shape {mask.shape}')
+    if prob is not None and np.shape(prob) != mask.shape:
+        raise ValueError(f'prob shape {np.shape(prob)} must match mask shape {mask.shape}')
+    return mask.astype(bool, copy=False)
+
+
+def connected_components(mask, prob=None, min_area: int = 1,
+                         connectivity: int = 8) -> list:
+    """
+    Split a binary mask into connected regions.
+
+    Parameters
+    ----------
+    mask: bool-like [H, W] foreground mask.
+    prob: optional float [H, W] map averaged over each region (mean_prob).
+    min_area: regions with fewer pixels are dropped.
+    connectivity: 4 or 8 (diagonal neighbours join regions).
+
+    Returns
+    -------
+    list of Region in scipy label order (top-to-bottom, then left-to-right by first pixel).
+
+    """
+    if connectivity not in _STRUCTURES:
+        raise ValueError(f'connectivity must be 4 or 8, got {connectivity!r}')
+    mask = _check_mask(mask, prob)
+    labels, count = ndimage.label(mask, structure=_STRUCTURES[connectivity])
+    if count == 0:
+        return []
+    ids = np.arange(1, count + 1)
+    areas = np.asarray(ndimage.sum_labels(mask, labels, ids), dtype=np.int64)
+    keep = ids[areas >= max(int(min_area), 1)]
+    if keep.size == 0:
+        return []
+    centres = ndimage.center_of_mass(mask, labels, keep)
+    means = (ndimage.mean(prob, labels, keep) if prob is not None
+             else np.ones(keep.size))
+    objects = ndimage.find_objects(labels)
+    regions = []
+    for i, label in enumerate(keep):
+        rows, cols = objects[label - 1]
+        (cy, cx), box = centres[i], slices_to_box((rows, cols))
+        regions.append(Region(
+            box=box, area=int(areas[label - 1]), centroid=(cx + 0.5, cy + 0.5),
+            mean_prob=float(means[i]), mask=labels[rows, cols] == label,
+            offset=(rows.start, cols.start)))
+    return regions
+
+
+def paint(label_image: np.ndarray, region: Region, value: int) -> None:
+    """Write `value` into `label_image` at the region's still-unlabelled (0) pixels, in place."""
+    r0, c0 = region.offset
+    h, w = region.mask.shape
+    window = label_image[r0:r0 + h, c0:c0 + w]
+    window[region.mask & (window == 0)] = value
