@@ -1,0 +1,82 @@
+"""Tests for the natural-language command parser."""
+from clip_ros.core.command import Command, MAX_COMMAND_CHARS, parse_command
+from hypothesis import given, settings
+from hypothesis import strategies as st
+import pytest
+
+CASES = [
+    # text, verb, targets, destination, direction
+    ('pick up the blue block', 'pick', ['blue block'], None, None),
+    ('grab the red ball and put it in the green bowl', 'place', ['red ball'], 'green bowl',
+     None),
+    ('push the yellow cylinder to the left', 'push', ['yellow cylinder'], None, 'left'),
+    ('where is the purple cube?', 'find', ['purple cube'], None, None),
+    ('please pick up the small blue block', 'pick', ['small blue block'], None, None),
+    ('could you pick up the red ball', 'pick', ['red ball'], None, None),
+    ('the blue one', None, ['blue one'], None, None),
+    ('pick up the red ball and the blue block', 'pick', ['red ball', 'blue block'], None, None),
+    ('Robot, pick the cup up please.', 'pick', ['cup'], None, None),
+    ('Kindly fetch the apple, thanks!', 'pick', ['apple'], None, None),
+    ('get me a banana', 'pick', ['banana'], None, None),
+    ('pick up the block next to the cup', 'pick', ['block next to cup'], None, None),
+    ('take the mug to the sink', 'place', ['mug'], 'sink', None),
+    ('put the red block to the left of the bowl', 'place', ['red block'], 'bowl', 'left'),
+    ('stack the red block on top of the blue block', 'place', ['red block'], 'blue block',
+     None),
+    ('pick up the cup then place it on the shelf', 'place', ['cup'], 'shelf', None),
+    ('put it in the bowl', 'place', [], 'bowl', None),
+    ('move the cup left', 'push', ['cup'], None, 'left'),
+    ('shove the box a bit to the right', 'push', ['box'], None, 'right'),
+    ('push the box into the corner', 'push', ['box'], 'corner', None),
+    ('point at the red ball', 'point', ['red ball'], None, None),
+    ('move to the table', 'go_to', ['table'], None, None),
+    ('go left', 'go_to', [], None, 'left'),
+    ('show me the dog', 'find', ['dog'], None, None),
+    ('Where\u2019s my phone?', 'find', ['my phone'], None, None),
+    ('find the cup, the spoon and the fork', 'find', ['cup', 'spoon', 'fork'], None, None),
+    ('red ball, blue block', None, ['red ball', 'blue block'], None, None),
+    ('  PICK   UP\tthe  Red-Ball!!  ', 'pick', ['red-ball'], None, None),
+    ('', None, [], None, None),
+    ('   \n\t ', None, [], None, None),
+    ('?!.,;', None, [], None, None),
+    ('please', None, [], None, None),
+]
+
+
+@pytest.mark.parametrize('text,verb,targets,destination,direction', CASES)
+def test_parse_command(text, verb, targets, destination, direction):
+    cmd = parse_command(text)
+    assert cmd == Command(text, verb, targets, destination, direction)
+
+
+@pytest.mark.parametrize('value', [None, 42, b'pick up the cup', ['pick'], 3.5])
+def test_non_str_gives_empty_command(value):
+    assert parse_command(value) == Command(text='')
+
+
+def test_long_input_is_truncated():
+    cmd = parse_command('pick up the ' + 'very ' * 5000 + 'red ball')
+    assert len(cmd.text) == MAX_COMMAND_CHARS
+    assert cmd.verb == 'pick'
+    assert cmd.targets[0].startswith('very very')
+
+
+def test_duplicate_targets_are_merged():
+    assert parse_command('find the cup and the cup').targets == ['cup']
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_never_raises(text):
+    cmd = parse_command(text)
+    assert isinstance(cmd.targets, list)
+    assert all(isinstance(t, str) and t and t == t.strip() for t in cmd.targets)
+    assert cmd.verb is None or isinstance(cmd.verb, str)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.text(min_size=1, max_size=40))
+def test_never_raises_on_huge_input(chunk):
+    # 10,000+ characters of arbitrary unicode, including NFKC-expanding ones.
+    text = (chunk + ' and \ufdfa, ') * (10000 // (len(chunk) + 8) + 1)
+    assert len(parse_command(text).text) <= MAX_COMMAND_CHARS
