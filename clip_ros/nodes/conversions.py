@@ -51,7 +51,8 @@ def image_to_numpy(msg: Image, copy: bool = False) -> np.ndarray:
     Return the pixels of ``msg`` as HxW (one channel) or HxWxC numpy array.
 
     Without ``copy`` the result is a view of ``msg.data`` (row padding skipped with strides,
-    so it may be non-contiguous) and writing to it changes the message. Big-endian
+    so it may be non-contiguous) and writing to it changes the message; while it lives,
+    ``msg.data`` (an array.array) cannot be resized in place, only replaced. Big-endian
     multi-byte data is byte-swapped into a native-order copy.
 
     Raises:
