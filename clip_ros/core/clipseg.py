@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clip_ros.core.image import preprocess, validate_rgb
 from clip_ros.core.registry import (
     clipseg_config, clipseg_spec, CLIPSEG_SIZE, DEFAULT_CLIPSEG, IMAGENET_MEAN, IMAGENET_STD,
     list_clipseg_models, ModelLoadError, ModelNotFoundError, prefetch_command, resolve_device,
@@ -141,10 +142,11 @@ class ClipSegRunner:
 
     def probabilities(self, rgb: np.ndarray, phrases) -> np.ndarray:
         """Return sigmoid maps float32 [N, H, W] resized to the original image size."""
-        height, width = rgb.shape[:2]
+        height, width = validate_rgb(rgb).shape[:2]
         if len(phrases) == 0:
             return np.zeros((0, height, width), np.float32)
-        pixels = _preprocess(rgb, self.model)
+        m = self.model
+        pixels = preprocess(rgb, m.image_size, m.mean, m.std, m.device, m.dtype)
         logits = self.decode(self.visual(pixels), self.encode_text(phrases))
         probs = torch.sigmoid(logits.float())[:, None]  # [N, 1, s, s]
         probs = F.interpolate(probs, size=(height, width), mode='bilinear', align_corners=False)
@@ -154,22 +156,3 @@ class ClipSegRunner:
     def _encode_text(self, phrases: list) -> torch.Tensor:
         tokens = tokenize(phrases).to(self.model.device)
         return self.model.model.clip.get_text_features(input_ids=tokens).pooler_output
-
-
-def _preprocess(rgb: np.ndarray, model: ClipSegModel) -> torch.Tensor:
-    try:
-        from clip_ros.core.image import preprocess
-    except ImportError:
-        preprocess = _minimal_preprocess
-    return preprocess(rgb, model.image_size, model.mean, model.std, model.device, model.dtype)
-
-
-def _minimal_preprocess(rgb, size, mean, std, device, dtype) -> torch.Tensor:
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
-        raise ValueError(f'expected a uint8 HxWx3 image, got {rgb.dtype} {rgb.shape}')
-    pixels = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1)[None]
-    pixels = F.interpolate(pixels.float(), size=(size, size), mode='bilinear',
-                           align_corners=False, antialias=True) / 255.0
-    mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    return ((pixels - mean) / std).to(dtype)
