@@ -1,0 +1,148 @@
+"""Zero-shot classification of whole camera frames with CLIP."""
+from rcl_interfaces.msg import SetParametersResult
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from vision_msgs.msg import Classification
+
+from clip_ros.core.classify import DEFAULT_TEMPLATES, ZeroShotClassifier
+from clip_ros.core.models import load_clip
+from clip_ros.core.registry import DEFAULT_CLIP
+from clip_ros.nodes.common import (
+    clean_phrases, common_parameters, declare_all, decode_rgb, describe, parameter_values,
+    RESULTS_QOS, string_list, subscribe_images)
+from clip_ros.nodes.frame_worker import FrameWorker, KeyedThrottle
+from clip_ros.nodes.messages import classification_msg
+
+THROTTLE_SEC = 5.0
+
+
+def check_lists(values: dict) -> tuple[list, list]:
+    """Return cleaned (classes, templates); raise ValueError naming the problem."""
+    classes = clean_phrases(string_list('classes', values['classes']))
+    templates = [t for t in string_list('templates', values['templates']) if t.strip()]
+    missing = [t for t in templates if '{}' not in t]
+    if missing:
+        raise ValueError(f"every template needs a '{{}}' placeholder, got {missing}")
+    return classes, templates or list(DEFAULT_TEMPLATES)
+
+
+class ClipClassifierNode(Node):
+    """Publish the probability of each class in `classes` for every frame."""
+
+    def __init__(self, **kwargs):
+        super().__init__('clip_classifier_node', **kwargs)
+        ro = {'read_only': True}
+        declare_all(self, (
+            ('clip_arch', DEFAULT_CLIP[0], describe("open_clip architecture, or 'tiny'", **ro)),
+            ('clip_pretrained', DEFAULT_CLIP[1],
+             describe("pretrained tag or weights file; '' or 'random' for random init", **ro)),
+            *common_parameters(),
+            ('classes', None, describe('class names to score', dynamic=True)),
+            ('templates', list(DEFAULT_TEMPLATES),
+             describe("prompt templates with a '{}' for the class name", dynamic=True)),
+            ('top_k', 0, describe('publish only the best k classes; 0 for all',
+                                  int_range=(0, 65535))),
+        ))
+        self._warn = KeyedThrottle(self.get_logger().warning, THROTTLE_SEC)
+        self._error = KeyedThrottle(self.get_logger().error, THROTTLE_SEC)
+        self.rejected = 0
+        self._clip = None
+        self._classifier = None
+        self._not_ready = ''
+        self._pub = self.create_publisher(Classification, 'classification', RESULTS_QOS)
+        values = parameter_values(self)
+        self._load_model(values)
+        self._apply_parameters([])
+        self._worker = FrameWorker(self._process, self._on_worker_error, 'classifier_worker')
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        subscribe_images(self, values['image_qos'], self._worker.submit)
+
+    @property
+    def worker(self) -> FrameWorker:
+        """Return the frame worker, which counts received, dropped and processed frames."""
+        return self._worker
+
+    def _load_model(self, values: dict) -> None:
+        try:
+            self._clip = load_clip(values['clip_arch'], values['clip_pretrained'],
+                                   values['device'], values['dtype'], values['cache_dir'] or None)
+        except Exception as e:  # noqa: B902 - the node stays up and says why it cannot infer
+            self._not_ready = f'model not loaded: {e}'
+            self.get_logger().error(self._not_ready)
+            return
+        self.get_logger().info(f'loaded {self._clip.name} on {self._clip.device}')
+
+    def _validate_parameters(self, params) -> SetParametersResult:
+        values = parameter_values(self)
+        values.update({p.name: p.value for p in params})
+        try:
+            check_lists(values)
+        except ValueError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params) -> None:
+        values = parameter_values(self)
+        self._max_image_size = int(values['max_image_size'])
+        self._top_k = int(values['top_k'])
+        try:
+            classes, templates = check_lists(values)
+        except ValueError as e:
+            self._classifier, self._classes = None, []
+            self.get_logger().error(f'invalid parameters: {e}')
+            return
+        if self._clip is not None and classes:
+            # Build a new classifier and swap it in one assignment, so a frame never sees
+            # new text embeddings with the old class names.
+            self._classifier = ZeroShotClassifier(self._clip, classes, templates)
+        else:
+            self._classifier = None
+        self._classes = classes
+
+    def _process(self, msg: Image) -> None:
+        classifier = self._classifier
+        if self._clip is None:
+            self._error('not_ready', self._not_ready)
+            return
+        if classifier is None:
+            self._warn('no_classes', 'no classes to score: set the `classes` parameter')
+            return
+        try:
+            rgb = decode_rgb(msg, self._max_image_size)
+        except ValueError as e:
+            self.rejected += 1
+            self._warn('bad_image', f'rejected image: {e}')
+            return
+        probabilities = classifier(rgb)
+        self._pub.publish(
+            classification_msg(classifier.classes, probabilities, msg.header, self._top_k))
+
+    def _on_worker_error(self, error: Exception) -> None:
+        self._error('inference', f'inference failed: {type(error).__name__}: {error}')
+
+    def destroy_node(self) -> None:
+        """Stop the worker before the publisher goes away."""
+        self._worker.stop()
+        super().destroy_node()
+
+
+def main(args=None) -> None:
+    """Run the classifier node until interrupted."""
+    try:
+        with rclpy.init(args=args):
+            node = ClipClassifierNode()
+            executor = MultiThreadedExecutor()
+            executor.add_node(node)
+            try:
+                executor.spin()
+            finally:
+                node.destroy_node()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,123 @@
+"""Parameter, QoS and input helpers shared by the nodes."""
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from clip_ros.nodes.conversions import image_to_numpy, to_rgb
+
+IMAGE_QOS_CHOICES = ('sensor_data', 'reliable')
+# Results: reliable so no detection is lost between nodes on one machine.
+RESULTS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+# What the label values mean: late subscribers still get the current map.
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Commands: reliable and volatile, so a restarted node never replays an old command.
+COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+
+
+def describe(description: str, read_only: bool = False, float_range: tuple | None = None,
+             int_range: tuple | None = None, dynamic: bool = False) -> ParameterDescriptor:
+    """Build a ParameterDescriptor with an optional closed range."""
+    descriptor = ParameterDescriptor(description=description, read_only=read_only,
+                                     dynamic_typing=dynamic)
+    if float_range is not None:
+        descriptor.floating_point_range = [
+            FloatingPointRange(from_value=float(float_range[0]), to_value=float(float_range[1]))]
+    if int_range is not None:
+        descriptor.integer_range = [
+            IntegerRange(from_value=int(int_range[0]), to_value=int(int_range[1]), step=1)]
+    return descriptor
+
+
+def image_qos(name: str) -> QoSProfile:
+    """Return the image subscription QoS for an `image_qos` parameter value."""
+    if name == 'sensor_data':
+        # Best effort, newest frame only: a slow model never builds a backlog.
+        return QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                          history=HistoryPolicy.KEEP_LAST)
+    if name == 'reliable':
+        return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                          history=HistoryPolicy.KEEP_LAST)
+    raise ValueError(f'image_qos {name!r} is not one of {", ".join(IMAGE_QOS_CHOICES)}')
+
+
+def string_list(name: str, value) -> list[str]:
+    """
+    Return a string-array parameter value as a list of str.
+
+    An empty YAML list arrives as an unset parameter (None) and an empty list from
+    `ros2 param set` as a byte array, so both mean 'no entries'.
+    """
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f'{name} must be a list of strings, got {value!r}')
+
+
+def unit_floats(name: str, value) -> list[float]:
+    """Return a double or double-array parameter as a list of floats in [0, 1]."""
+    values = [value] if isinstance(value, (int, float)) else value
+    if not isinstance(values, (list, tuple)) or not values or any(
+            isinstance(v, (bool, str, bytes)) or not isinstance(v, (int, float)) for v in values):
+        raise ValueError(f'{name} must be a number or a non-empty list of numbers, got {value!r}')
+    bad = [v for v in values if not 0.0 <= float(v) <= 1.0]  # also catches NaN
+    if bad:
+        raise ValueError(f'{name} values must be in [0, 1], got {bad}')
+    return [float(v) for v in values]
+
+
+def clean_phrases(values) -> list[str]:
+    """Normalise whitespace, drop empty phrases and duplicates, keep order."""
+    phrases = []
+    for value in values:
+        phrase = ' '.join(str(value).split())
+        if phrase and phrase not in phrases:
+            phrases.append(phrase)
+    return phrases
+
+
+def decode_rgb(msg, max_size: int):
+    """Return an Image message as RGB uint8 HxWx3, or raise ValueError with the reason."""
+    if msg.width == 0 or msg.height == 0:
+        raise ValueError(f'empty image ({msg.width}x{msg.height})')
+    if max(msg.width, msg.height) > max_size:
+        # Checked before touching the data, so a huge frame never reaches the model.
+        raise ValueError(f'image {msg.width}x{msg.height} exceeds max_image_size {max_size}')
+    return to_rgb(image_to_numpy(msg), msg.encoding)
+
+
+def common_parameters() -> tuple:
+    """Return (name, default, descriptor) for the device, input and size parameters."""
+    ro = {'read_only': True}
+    return (
+        ('device', 'auto', describe("'auto', 'cpu', 'cuda' or 'cuda:N'", **ro)),
+        ('dtype', 'auto', describe("'auto', 'float32', 'float16' or 'bfloat16'", **ro)),
+        ('cache_dir', '', describe("model cache root; '' for the default caches", **ro)),
+        ('image_qos', 'sensor_data',
+         describe("image QoS: 'sensor_data' (best effort, depth 1) or 'reliable'", **ro)),
+        ('max_image_size', 4096, describe(
+            'frames with a side above this many pixels are rejected', int_range=(32, 16384))),
+    )
+
+
+def declare_all(node, table) -> None:
+    """Declare every (name, default, descriptor) of `table` on `node`."""
+    for name, default, descriptor in table:
+        node.declare_parameter(name, default, descriptor)
+
+
+def parameter_values(node) -> dict:
+    """Return {name: value} for all of the node's parameters."""
+    return {name: p.value for name, p in node.get_parameters_by_prefix('').items()}
+
+
+def subscribe_images(node, qos_name: str, callback):
+    """Subscribe to `image` with the named QoS, falling back to sensor_data on a bad name."""
+    try:
+        qos = image_qos(qos_name)
+    except ValueError as e:
+        node.get_logger().error(f'{e}; using sensor_data')
+        qos = image_qos('sensor_data')
+    return node.create_subscription(Image, 'image', callback, qos)
