@@ -75,10 +75,14 @@ def connected_components(mask, prob=None, min_area: int = 1,
 
     Parameters
     ----------
-    mask: bool-like [H, W] foreground mask.
-    prob: optional float [H, W] map averaged over each region (mean_prob).
-    min_area: regions with fewer pixels are dropped.
-    connectivity: 4 or 8 (diagonal neighbours join regions).
+    mask : bool-like [H, W]
+        Foreground mask.
+    prob : float [H, W], optional
+        Map averaged over each region's pixels into Region.mean_prob.
+    min_area : int
+        Regions with fewer pixels are dropped.
+    connectivity : int
+        4 or 8 (8 lets diagonal neighbours join a region).
 
     Returns
     -------
@@ -103,7 +107,8 @@ def connected_components(mask, prob=None, min_area: int = 1,
     regions = []
     for i, label in enumerate(keep):
         rows, cols = objects[label - 1]
-        (cy, cx), box = centres[i], slices_to_box((rows, cols))
+        cy, cx = (float(v) for v in centres[i])
+        box = slices_to_box((rows, cols))
         regions.append(Region(
             box=box, area=int(areas[label - 1]), centroid=(cx + 0.5, cy + 0.5),
             mean_prob=float(means[i]), mask=labels[rows, cols] == label,
