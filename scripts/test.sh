@@ -8,7 +8,8 @@ cd "$ROOT"
 source scripts/env.sh
 
 rc=0
-python -m pytest test -q -p no:cacheprovider "$@" || rc=$?
+# With no paths given pytest runs pytest.ini's testpaths (test/); given paths narrow the run.
+python -m pytest -q -p no:cacheprovider "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then
     echo '[test] pytest collected no tests: treating that as a failure' >&2
 fi
