@@ -6,6 +6,7 @@ from clip_ros.core.text_cache import TextCache
 
 
 class CountingEncoder:
+
     def __init__(self, offset=0.0):
         self.calls = []
         self.offset = offset

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from clip_ros.core.image import preprocess, validate_rgb
 from clip_ros.core.registry import (
-    clipseg_config, clipseg_spec, CLIPSEG_SIZE, DEFAULT_CLIPSEG, IMAGENET_MEAN, IMAGENET_STD,
+    clipseg_config, CLIPSEG_SIZE, clipseg_spec, DEFAULT_CLIPSEG, IMAGENET_MEAN, IMAGENET_STD,
     list_clipseg_models, ModelLoadError, ModelNotFoundError, prefetch_command, resolve_device,
     resolve_dtype)
 from clip_ros.core.text_cache import TextCache
@@ -34,21 +34,32 @@ class ClipSegModel:
 
 def load_clipseg(name: str = DEFAULT_CLIPSEG, device='auto', dtype='auto',
                  cache_dir=None) -> ClipSegModel:
-    """Load CLIPSeg from the local hub cache, a local directory or a bundled config.
+    """
+    Load CLIPSeg from the local hub cache, a local directory or a bundled config.
 
-    Args:
-        name: hub id ('CIDAS/clipseg-rd64-refined', ...), a local directory saved with
-            save_pretrained, 'tiny' (small random init) or 'random' (rd64 size, random init).
-        device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
-        dtype: 'auto', 'float32', 'float16' or 'bfloat16'.
-        cache_dir: hub cache root the prefetch command filled (default: the hub's).
+    Parameters
+    ----------
+    name
+        hub id ('CIDAS/clipseg-rd64-refined', ...), a local directory saved with
+        save_pretrained, 'tiny' (small random init) or 'random' (rd64 size, random init).
+    device
+        'auto', 'cpu', 'cuda' or 'cuda:N'.
+    dtype
+        'auto', 'float32', 'float16' or 'bfloat16'.
+    cache_dir
+        hub cache root the prefetch command filled (default: the hub's).
 
-    Returns:
-        The ClipSegModel in eval mode. Never downloads.
+    Returns
+    -------
+    The ClipSegModel in eval mode. Never downloads.
 
-    Raises:
-        ValueError: unknown name, device or dtype (valid choices listed).
-        ModelLoadError: weights not cached, missing or unreadable (says how to fetch them).
+    Raises
+    ------
+    ValueError
+        unknown name, device or dtype (valid choices listed).
+    ModelLoadError
+        weights not cached, missing or unreadable (says how to fetch them).
+
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
@@ -102,10 +113,12 @@ def _pretrained_clipseg(name: str, dtype, cache_dir) -> torch.nn.Module:
 
 
 class ClipSegRunner:
-    """Segment several phrases in one image with a single CLIPSeg vision pass.
+    """
+    Segment several phrases in one image with a single CLIPSeg vision pass.
 
     transformers' forward repeats the frame once per prompt; here the vision tower runs once
     and only the light decoder sees one row per phrase.
+
     """
 
     def __init__(self, model: ClipSegModel):

@@ -7,6 +7,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 import torch
 import torch.nn.functional as F
 
+# CLIPSeg lives in its own module; re-exported so one import gives the whole model API.
+from clip_ros.core.clipseg import ClipSegModel, ClipSegRunner, load_clipseg
 from clip_ros.core.registry import (
     clean_arch, clean_tag, clip_cache_locations, clip_weights, DEFAULT_CLIP, DEFAULT_CLIPSEG,
     find_cached_clip, is_weight_path, list_clip_architectures, list_clip_tags, ModelLoadError,
@@ -64,22 +66,34 @@ class ClipModel:
 
 def load_clip(arch: str = DEFAULT_CLIP[0], pretrained: str = DEFAULT_CLIP[1], device='auto',
               dtype='auto', cache_dir=None) -> ClipModel:
-    """Load a CLIP model from the local cache or a weights file; never downloads.
+    """
+    Load a CLIP model from the local cache or a weights file; never downloads.
 
-    Args:
-        arch: open_clip architecture ('ViT-B-16', ...) or 'tiny' (small, for tests and demos).
-        pretrained: a known tag ('openai', ...), a weights file (.bin/.pt/.pth/.safetensors),
-            or '' / 'random' for seeded random initialisation.
-        device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
-        dtype: 'auto', 'float32', 'float16' or 'bfloat16'.
-        cache_dir: cache root the prefetch command filled (default: open_clip's / the hub's).
+    Parameters
+    ----------
+    arch
+        open_clip architecture ('ViT-B-16', ...) or 'tiny' (small, for tests and demos).
+    pretrained
+        a known tag ('openai', ...), a weights file (.bin/.pt/.pth/.safetensors),
+        or '' / 'random' for seeded random initialisation.
+    device
+        'auto', 'cpu', 'cuda' or 'cuda:N'.
+    dtype
+        'auto', 'float32', 'float16' or 'bfloat16'.
+    cache_dir
+        cache root the prefetch command filled (default: open_clip's / the hub's).
 
-    Returns:
-        The ClipModel in eval mode.
+    Returns
+    -------
+    The ClipModel in eval mode.
 
-    Raises:
-        ValueError: unknown architecture, tag, device or dtype (valid choices listed).
-        ModelLoadError: weights not cached, missing or unreadable (says how to fetch them).
+    Raises
+    ------
+    ValueError
+        unknown architecture, tag, device or dtype (valid choices listed).
+    ModelLoadError
+        weights not cached, missing or unreadable (says how to fetch them).
+
     """
     arch = clean_arch(arch)
     if arch not in list_clip_architectures():
@@ -100,8 +114,8 @@ def load_clip(arch: str = DEFAULT_CLIP[0], pretrained: str = DEFAULT_CLIP[1], de
     fetch = prefetch_command(clip=(arch, tag), cache_dir=cache_dir)
     model = _create(arch, path, quick_gelu, (device, dtype), name, fetch)
     size = model.visual.image_size
-    return ClipModel(model=model, name=name, image_size=int(size[0] if isinstance(size, tuple)
-                                                           else size),
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return ClipModel(model=model, name=name, image_size=int(size),
                      mean=tuple(mean), std=tuple(std), device=device, dtype=dtype,
                      logit_scale=float(model.logit_scale.exp().item()))
 
@@ -113,7 +127,7 @@ def _local_file(arch: str, path: str, cache_dir) -> str:
             f"CLIP {arch}: weights file '{path}' does not exist. Give an existing "
             f"{'/'.join(WEIGHT_SUFFIXES)} file or a known tag ({', '.join(list_clip_tags(arch))});"
             f' fetch a tag on a connected machine with: '
-            f"{prefetch_command(clip=(arch, DEFAULT_CLIP[1]), cache_dir=cache_dir)}")
+            f'{prefetch_command(clip=(arch, DEFAULT_CLIP[1]), cache_dir=cache_dir)}')
     return path
 
 
@@ -143,7 +157,3 @@ def _create(arch, path, quick_gelu, placement, name, fetch) -> torch.nn.Module:
             f'may be corrupt, truncated or for another architecture; fetch weights again with: '
             f'{fetch}') from e
     return model.eval()
-
-
-# CLIPSeg lives in its own module; re-exported here so one import gives the whole model API.
-from clip_ros.core.clipseg import ClipSegModel, ClipSegRunner, load_clipseg  # noqa: E402

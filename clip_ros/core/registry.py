@@ -189,13 +189,18 @@ def prefetch_command(clip=None, clipseg=None, cache_dir=None) -> str:
 
 
 def resolve_device(device: str = 'auto') -> torch.device:
-    """Pick a torch device; 'cuda' without a GPU falls back to CPU with a warning.
+    """
+    Pick a torch device; 'cuda' without a GPU falls back to CPU with a warning.
 
-    Args:
-        device: 'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'.
+    Parameters
+    ----------
+    device
+        'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'.
 
-    Returns:
-        The torch.device to run on.
+    Returns
+    -------
+    The torch.device to run on.
+
     """
     name = str(device).strip().lower()
     if name == 'auto':
@@ -209,15 +214,17 @@ def resolve_device(device: str = 'auto') -> torch.device:
         return torch.device('cpu')
     index = int(name[5:]) if ':' in name else 0
     if index >= torch.cuda.device_count():
-        raise ValueError(
-            f"Device '{device}' does not exist; valid: cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        last = torch.cuda.device_count() - 1
+        raise ValueError(f"Device '{device}' does not exist; valid: cpu, cuda:0..cuda:{last}")
     return torch.device(name)
 
 
 def resolve_dtype(dtype: str, device) -> torch.dtype:
-    """Pick a torch dtype; 'auto' is float16 on CUDA and float32 on CPU.
+    """
+    Pick a torch dtype; 'auto' is float16 on CUDA and float32 on CPU.
 
     float16 on CPU falls back to float32 with a warning (slow and poorly supported there).
+
     """
     name = str(dtype).strip().lower()
     device = torch.device(device)

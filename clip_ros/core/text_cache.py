@@ -6,12 +6,18 @@ import torch
 
 
 class TextCache:
-    """Encode each phrase once per model id; only new phrases reach the encoder.
+    """
+    Encode each phrase once per model id; only new phrases reach the encoder.
 
-    Args:
-        encode: maps a list of phrases to a Tensor [N, D].
-        model_id: unique model name; entries are keyed by (model_id, phrase).
-        max_entries: least recently used entries beyond this are dropped.
+    Parameters
+    ----------
+    encode
+        maps a list of phrases to a Tensor [N, D].
+    model_id
+        unique model name; entries are keyed by (model_id, phrase).
+    max_entries
+        least recently used entries beyond this are dropped.
+
     """
 
     def __init__(self, encode: Callable, model_id: str, max_entries: int = 4096):

@@ -15,14 +15,20 @@ def _tokenizer() -> SimpleTokenizer:
 
 
 def tokenize(texts, context_length: int = CONTEXT_LENGTH) -> torch.LongTensor:
-    """Tokenise phrases into zero-padded CLIP ids.
+    """
+    Tokenise phrases into zero-padded CLIP ids.
 
-    Args:
-        texts: a phrase or a list of phrases.
-        context_length: output length; longer phrases are cut, keeping the end-of-text id.
+    Parameters
+    ----------
+    texts
+        a phrase or a list of phrases.
+    context_length
+        output length; longer phrases are cut, keeping the end-of-text id.
 
-    Returns:
-        LongTensor [N, context_length]: start id, BPE ids, end id, then zeros.
+    Returns
+    -------
+    LongTensor [N, context_length]: start id, BPE ids, end id, then zeros.
+
     """
     if isinstance(texts, str):
         texts = [texts]
@@ -33,4 +39,3 @@ def tokenize(texts, context_length: int = CONTEXT_LENGTH) -> torch.LongTensor:
     if not texts:
         return torch.zeros(0, context_length, dtype=torch.long)
     return _tokenizer()(list(texts), context_length=context_length)
-
