@@ -47,14 +47,21 @@ def test_runner_matches_transformers_forward(tiny, phrases):
     torch.testing.assert_close(ours, by_cond.reshape(ours.shape), atol=1e-5, rtol=0)
 
 
-def test_text_embedding_independent_of_padding(tiny):
-    full = tokenize(['a red block'])
-    short = full[:, :8]  # start, 3 ids, end, 3 zeros
+@pytest.mark.parametrize('eos_token_id', [49407, 2])
+def test_text_embedding_pools_eos_independent_of_padding(tiny, eos_token_id, monkeypatch):
+    # Released CLIPSeg configs may carry the legacy eos id 2 (argmax pooling) or 49407.
+    monkeypatch.setattr(tiny.model.clip.text_model, 'eos_token_id', eos_token_id)
+    full = tokenize(['a red block', 'cup'])
+    short = full[:, :8]  # start, ids, end, zeros
     text = tiny.model.clip
     with torch.no_grad():
-        long_embedding = text.get_text_features(input_ids=full).pooler_output
-        short_embedding = text.get_text_features(input_ids=short).pooler_output
-    torch.testing.assert_close(long_embedding, short_embedding, atol=1e-5, rtol=0)
+        long_out = text.text_model(input_ids=full)
+        short_out = text.text_model(input_ids=short)
+    torch.testing.assert_close(long_out.pooler_output, short_out.pooler_output,
+                               atol=1e-5, rtol=0)
+    # The pooled row is the end-of-text position (index 4 and 2).
+    torch.testing.assert_close(long_out.pooler_output[0], long_out.last_hidden_state[0, 4])
+    torch.testing.assert_close(long_out.pooler_output[1], long_out.last_hidden_state[1, 2])
 
 
 def test_probabilities_resized_to_original(tiny):
