@@ -65,6 +65,11 @@ class ClipClassifierNode(Node):
         """Return the frame worker, which counts received, dropped and processed frames."""
         return self._worker
 
+    @property
+    def not_ready(self) -> str:
+        """Return why frames cannot be processed ('' when the model is loaded)."""
+        return self._not_ready
+
     def _load_model(self, values: dict) -> None:
         try:
             self._clip = load_clip(values['clip_arch'], values['clip_pretrained'],

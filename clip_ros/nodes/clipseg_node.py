@@ -57,6 +57,11 @@ class ClipSegNode(Node):
         """Return the frame worker, which counts received, dropped and processed frames."""
         return self._worker
 
+    @property
+    def not_ready(self) -> str:
+        """Return why frames cannot be processed ('' when the model is loaded)."""
+        return self._not_ready
+
     def _load_model(self, values: dict) -> None:
         try:
             model = load_clipseg(values['clipseg_model'], values['device'], values['dtype'],

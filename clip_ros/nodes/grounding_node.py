@@ -89,6 +89,11 @@ class GroundingNode(Node):
         return self._worker
 
     @property
+    def not_ready(self) -> str:
+        """Return why frames cannot be processed ('' when the model is loaded)."""
+        return self._not_ready
+
+    @property
     def phrases(self) -> list:
         """Return the active phrase set."""
         return list(self._phrases)
@@ -182,6 +187,9 @@ class GroundingNode(Node):
         if len(text) > MAX_COMMAND_CHARS:
             self._warn('long_command', f'command of {len(text)} characters truncated to '
                        f'{MAX_COMMAND_CHARS}')
+            # Cut at a word boundary so no half word becomes a phrase.
+            head = text[:MAX_COMMAND_CHARS + 1]
+            text = head.rsplit(maxsplit=1)[0] if len(head.split()) > 1 else head[:-1]
         command = parse_command(text)
         phrases = clean_phrases(command.targets + [command.destination or ''])
         if not phrases:

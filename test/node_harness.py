@@ -1,0 +1,121 @@
+"""Run nodes under test and a probe node in a private rclpy context, spun in a thread."""
+import threading
+import time
+
+import numpy as np
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from clip_ros.nodes.conversions import numpy_to_image
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+TIMEOUT = 20.0
+
+
+def wait_for(predicate, timeout: float = TIMEOUT, period: float = 0.02):
+    """Poll `predicate` until it returns something truthy or `timeout` passes; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(period)
+
+
+class Inbox:
+    """Thread-safe list of received messages."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._messages = []
+
+    def __call__(self, msg) -> None:
+        with self._lock:
+            self._messages.append(msg)
+
+    @property
+    def messages(self) -> list:
+        with self._lock:
+            return list(self._messages)
+
+    def find(self, match):
+        """Return the newest message for which `match(msg)` holds, or None."""
+        for msg in reversed(self.messages):
+            if match(msg):
+                return msg
+        return None
+
+
+class Harness:
+    """A private context with a MultiThreadedExecutor spinning in a background thread."""
+
+    def __init__(self, domain_id: int):
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.probe = rclpy.create_node('probe', context=self.context)
+        self.executor.add_node(self.probe)
+        self._nodes = [self.probe]
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+        self._stamp = 0
+
+    def add(self, node):
+        """Spin `node` too and destroy it at shutdown."""
+        self._nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def subscribe(self, msg_type, topic: str, qos=RELIABLE) -> Inbox:
+        """Collect the messages of `topic` in an Inbox."""
+        inbox = Inbox()
+        inbox.subscription = self.probe.create_subscription(msg_type, topic, inbox, qos)
+        return inbox
+
+    def publisher(self, msg_type, topic: str, qos=RELIABLE):
+        """Create a probe publisher (reliable publishers match best-effort subscriptions)."""
+        return self.probe.create_publisher(msg_type, topic, qos)
+
+    def header(self, frame_id: str = 'camera') -> Header:
+        """Return a header with a stamp no other frame of this harness has."""
+        self._stamp += 1
+        header = Header(frame_id=frame_id)
+        header.stamp.sec, header.stamp.nanosec = 1000 + self._stamp, 123
+        return header
+
+    def shutdown(self) -> None:
+        """Stop spinning, destroy every node and shut the context down."""
+        self.executor.shutdown(timeout_sec=5.0)
+        for node in reversed(self._nodes):
+            node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(5.0)
+
+
+def rgb_image(header: Header, width: int = 640, height: int = 480, seed: int = 0) -> Image:
+    """Return a random rgb8 Image with `header`."""
+    rng = np.random.default_rng(seed)
+    return numpy_to_image(rng.integers(0, 256, (height, width, 3), np.uint8), 'rgb8', header)
+
+
+def request(publisher, msg, inbox: Inbox, timeout: float = TIMEOUT, resend: float = 3.0):
+    """
+    Publish `msg` until `inbox` holds a message with the same header; return that message.
+
+    Best-effort image subscriptions may miss a frame while discovery settles, hence the resend;
+    the node keeps only the newest frame, so a resend never builds a queue.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        publisher.publish(msg)
+        found = wait_for(lambda: inbox.find(lambda m: m.header == msg.header),
+                         min(resend, max(deadline - time.monotonic(), 0.0)))
+        if found:
+            return found
+    return None

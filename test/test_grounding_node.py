@@ -1,0 +1,263 @@
+"""grounding_node over real DDS with the tiny random models (no weights needed)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+os.environ['ROS_DOMAIN_ID'] = '61'  # before rclpy: own domain, no cross-talk with other tests
+
+import pytest  # noqa: E402
+
+pytest.importorskip('vision_msgs')
+
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
+
+from clip_ros.nodes.grounding_node import GroundingNode  # noqa: E402
+from node_harness import (  # noqa: E402, I100
+    Harness, LATCHED, request, rgb_image, TIMEOUT, wait_for)
+
+DOMAIN = 61
+TINY = [Parameter('clip_arch', value='tiny'), Parameter('clip_pretrained', value='random'),
+        Parameter('clipseg_model', value='tiny'), Parameter('device', value='cpu')]
+# Threshold 0 makes every pixel foreground, so each phrase yields at least one detection.
+OVERRIDES = TINY + [Parameter('queries', value=['red block']),
+                    Parameter('thresholds', value=[0.0]), Parameter('min_area', value=16)]
+
+
+@pytest.fixture(scope='module')
+def ros():
+    harness = Harness(DOMAIN)
+    node = harness.add(GroundingNode(context=harness.context, parameter_overrides=OVERRIDES))
+    harness.node = node
+    harness.image_pub = harness.publisher(Image, 'image')
+    harness.command_pub = harness.publisher(String, 'command')
+    harness.detections = harness.subscribe(Detection2DArray, 'detections')
+    harness.masks = harness.subscribe(Image, 'mask')
+    assert wait_for(lambda: harness.image_pub.get_subscription_count() > 0
+                    and harness.command_pub.get_subscription_count() > 0)
+    yield harness
+    harness.shutdown()
+
+
+def frame(ros, **kwargs) -> Image:
+    return rgb_image(ros.header(), **kwargs)
+
+
+def assert_answered(ros) -> Detection2DArray:
+    """Publish a good frame and return its detections."""
+    msg = frame(ros)
+    result = request(ros.image_pub, msg, ros.detections)
+    assert result is not None, 'no detections for a good frame'
+    return result
+
+
+def test_model_loaded(ros):
+    assert ros.node.not_ready == ''
+    assert ros.node.phrases == ['red block']
+
+
+def test_detections_follow_the_image(ros):
+    msg = frame(ros)
+    msg.header.frame_id = 'camera_optical'
+    result = request(ros.image_pub, msg, ros.detections)
+    assert result is not None
+    assert result.header == msg.header
+    assert result.detections, 'threshold 0 must give a detection'
+    for index, detection in enumerate(result.detections):
+        assert detection.header == msg.header
+        assert detection.id == str(index)
+        hypothesis = detection.results[0].hypothesis
+        assert hypothesis.class_id == 'red block'
+        assert 0.0 <= hypothesis.score <= 1.0
+        box = detection.bbox
+        assert 0.0 <= box.center.position.x - box.size_x / 2 <= box.center.position.x
+        assert box.center.position.x + box.size_x / 2 <= 640.0
+        assert 0.0 <= box.center.position.y - box.size_y / 2
+        assert box.center.position.y + box.size_y / 2 <= 480.0
+    mask = wait_for(lambda: ros.masks.find(lambda m: m.header == msg.header))
+    assert mask is not None
+    assert (mask.width, mask.height, mask.encoding) == (640, 480, 'mono16')
+
+
+def test_command_sets_phrases_and_label_info(ros):
+    ros.command_pub.publish(String(data='please pick up the blue cup and put it in the bowl'))
+    assert wait_for(lambda: ros.node.phrases == ['blue cup', 'bowl'])
+    # A late transient-local subscriber still gets the current map.
+    labels = ros.subscribe(LabelInfo, 'label_info', LATCHED)
+    info = wait_for(lambda: labels.find(lambda m: len(m.class_map) == 2))
+    assert info is not None
+    assert [(c.class_id, c.class_name) for c in info.class_map] == [(1, 'blue cup'), (2, 'bowl')]
+    result = assert_answered(ros)
+    assert {d.results[0].hypothesis.class_id for d in result.detections} <= {'blue cup', 'bowl'}
+
+
+@pytest.mark.parametrize('text', ['', '   \n\t', 'please pick it up', '...'])
+def test_command_naming_nothing_is_ignored(ros, text):
+    before, phrases = ros.node.rejected, ros.node.phrases
+    ros.command_pub.publish(String(data=text))
+    assert wait_for(lambda: ros.node.rejected > before)
+    assert ros.node.phrases == phrases
+    assert_answered(ros)
+
+
+def test_long_command_is_cheap(ros):
+    text = 'pick up the green ball. ' * 420  # 10,080 characters
+    start = time.monotonic()
+    ros.command_pub.publish(String(data=text))
+    assert wait_for(lambda: ros.node.phrases == ['green ball'])
+    assert time.monotonic() - start < 5.0
+    assert_answered(ros)
+
+
+def test_non_ascii_command_is_handled(ros):
+    before = ros.node.rejected
+    ros.command_pub.publish(String(data='greif den roten W\u00fcrfel \U0001f7e5 \u8d64\u3044\u7bb1'))
+    assert wait_for(lambda: ros.node.rejected > before or 'den roten' in ' '.join(ros.node.phrases)
+                    or any('\u8d64' in p for p in ros.node.phrases))
+    assert_answered(ros)
+    ros.command_pub.publish(String(data='find the red block'))
+    assert wait_for(lambda: ros.node.phrases == ['red block'])
+
+
+def bad_images():
+    def image(width=640, height=480, encoding='rgb8', step=None, size=None):
+        step = width * 3 if step is None else step
+        size = step * height if size is None else size
+        return Image(width=width, height=height, encoding=encoding, step=step,
+                     data=bytes(size))
+    return {
+        'unsupported encoding': image(encoding='yuv_magic'),
+        'zero width': image(width=0, step=0, size=0),
+        'zero height': image(height=0, size=0),
+        'short data': image(size=640 * 3 * 480 - 1),
+        'long data': image(size=640 * 3 * 480 + 7),
+        'step below width': image(step=640 * 3 - 3),
+        'huge header': image(width=8000, height=8000, step=24000, size=16),
+    }
+
+
+@pytest.mark.parametrize('name', list(bad_images()))
+def test_bad_image_is_rejected_then_good_frame_answered(ros, name):
+    msg = bad_images()[name]
+    msg.header = ros.header()
+    before = ros.node.rejected
+    ros.image_pub.publish(msg)
+    assert wait_for(lambda: ros.node.rejected > before), f'{name} not rejected'
+    assert ros.detections.find(lambda m: m.header == msg.header) is None
+    assert_answered(ros)
+
+
+def test_huge_image_is_rejected_without_inference(ros):
+    # 8000x8000 rgb8 (192 MB) goes straight into the worker: DDS would be the bottleneck.
+    msg = Image(width=8000, height=8000, encoding='rgb8', step=24000,
+                data=bytes(8000 * 8000 * 3), header=ros.header())
+    before = ros.node.rejected
+    ros.node.worker.submit(msg)
+    assert wait_for(lambda: ros.node.rejected > before)
+    assert_answered(ros)
+
+
+def test_threshold_outside_unit_interval_is_refused(ros):
+    for value in ([1.5], [-0.1], [0.2, 0.3, 0.4]):
+        result = ros.node.set_parameters([Parameter('thresholds', value=value)])[0]
+        assert not result.successful
+        assert 'thresholds' in result.reason
+    assert '[0, 1]' in ros.node.set_parameters(
+        [Parameter('thresholds', value=[1.5])])[0].reason
+    assert ros.node.get_parameter('thresholds').value == [0.0]
+    assert not ros.node.set_parameters([Parameter('queries', value=5)])[0].successful
+    assert not ros.node.set_parameters([Parameter('device', value='cuda')])[0].successful
+    assert not ros.node.set_parameters([Parameter('min_area', value=0)])[0].successful
+    assert ros.node.set_parameters([Parameter('max_detections', value=3)])[0].successful
+    assert len(assert_answered(ros).detections) <= 3
+
+
+class PipelineSpy:
+    """Record whether the node asked for heatmaps."""
+
+    def __init__(self, pipeline):
+        self.pipeline, self.calls = pipeline, []
+
+    def __call__(self, rgb, phrases, thresholds, with_heatmaps=True):
+        self.calls.append(with_heatmaps)
+        return self.pipeline(rgb, phrases, thresholds, with_heatmaps=with_heatmaps)
+
+
+def test_heatmap_and_debug_only_when_subscribed(ros):
+    spy = PipelineSpy(ros.node._pipeline)
+    ros.node._pipeline = spy
+    try:
+        assert_answered(ros)
+        assert spy.calls and not spy.calls[-1]
+        heatmaps = ros.subscribe(Image, 'heatmap')
+        debug = ros.subscribe(Image, 'debug_image')
+        assert wait_for(lambda: ros.node.count_subscribers('heatmap') > 0
+                        and ros.node.count_subscribers('debug_image') > 0)
+        msg = frame(ros)
+        assert request(ros.image_pub, msg, heatmaps) is not None
+        assert spy.calls[-1]
+        heatmap = heatmaps.find(lambda m: m.header == msg.header)
+        assert (heatmap.width, heatmap.height, heatmap.encoding) == (640, 480, '32FC1')
+        overlay = wait_for(lambda: debug.find(lambda m: m.header == msg.header))
+        assert (overlay.width, overlay.height, overlay.encoding) == (640, 480, 'rgb8')
+    finally:
+        ros.node._pipeline = spy.pipeline
+        ros.probe.destroy_subscription(heatmaps.subscription)
+        ros.probe.destroy_subscription(debug.subscription)
+
+
+def test_no_phrases_skips_frames(ros):
+    node = ros.add(GroundingNode(context=ros.context, namespace='empty',
+                                 parameter_overrides=TINY + [Parameter('queries', value=[])]))
+    assert node.phrases == []
+    pub = ros.publisher(Image, 'empty/image')
+    detections = ros.subscribe(Detection2DArray, 'empty/detections')
+    assert wait_for(lambda: pub.get_subscription_count() > 0)
+    wait_for(lambda: pub.publish(frame(ros)) or node.worker.processed > 0)
+    assert node.worker.processed > 0
+    assert detections.messages == []
+
+
+def test_missing_model_keeps_node_alive(ros, tmp_path):
+    overrides = [Parameter('clip_pretrained', value=str(tmp_path / 'missing.safetensors')),
+                 Parameter('clipseg_model', value='tiny'), Parameter('device', value='cpu'),
+                 Parameter('queries', value=['cup'])]
+    node = ros.add(GroundingNode(context=ros.context, namespace='broken',
+                                 parameter_overrides=overrides))
+    assert node.not_ready.startswith('model not loaded')
+    assert 'missing.safetensors' in node.not_ready
+    pub = ros.publisher(Image, 'broken/image')
+    assert wait_for(lambda: pub.get_subscription_count() > 0)
+    wait_for(lambda: pub.publish(frame(ros)) or node.worker.processed > 1)
+    assert node.worker.processed > 1
+
+
+def test_node_as_process_answers_and_stops_on_sigint(ros):
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
+    cmd = [sys.executable, '-m', 'clip_ros.nodes.grounding_node', '--ros-args',
+           '-r', '__ns:=/proc', '-p', 'clip_arch:=tiny', '-p', 'clip_pretrained:=random',
+           '-p', 'clipseg_model:=tiny', '-p', 'device:=cpu', '-p', 'thresholds:=[0.0]',
+           '-p', "queries:=['red block']",
+           # Across processes Fast DDS drops best-effort frames this large (fragments overflow
+           # the default socket buffers), so this test asks for a reliable subscription.
+           '-p', 'image_qos:=reliable']
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        pub = ros.publisher(Image, '/proc/image')
+        detections = ros.subscribe(Detection2DArray, '/proc/detections')
+        assert wait_for(lambda: pub.get_subscription_count() > 0, timeout=60.0)
+        result = request(pub, frame(ros), detections, timeout=TIMEOUT)
+        assert result is not None and result.detections
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, output
+        assert 'Traceback' not in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
