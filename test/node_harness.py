@@ -79,7 +79,7 @@ class Harness:
         return inbox
 
     def publisher(self, msg_type, topic: str, qos=RELIABLE):
-        """Create a probe publisher (reliable publishers match best-effort subscriptions)."""
+        """Return a probe publisher; a reliable one matches best-effort subscriptions too."""
         return self.probe.create_publisher(msg_type, topic, qos)
 
     def header(self, frame_id: str = 'camera') -> Header:

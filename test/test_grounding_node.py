@@ -115,7 +115,8 @@ def test_long_command_is_cheap(ros):
 
 def test_non_ascii_command_is_handled(ros):
     before = ros.node.rejected
-    ros.command_pub.publish(String(data='greif den roten W\u00fcrfel \U0001f7e5 \u8d64\u3044\u7bb1'))
+    text = 'greif den roten W\u00fcrfel \U0001f7e5 \u8d64\u3044\u7bb1'
+    ros.command_pub.publish(String(data=text))
     assert wait_for(lambda: ros.node.rejected > before or 'den roten' in ' '.join(ros.node.phrases)
                     or any('\u8d64' in p for p in ros.node.phrases))
     assert_answered(ros)
