@@ -28,7 +28,7 @@ setup(
     maintainer_email='maintainers@clip-ros.dev',
     description='Ground language commands in camera images with CLIP and CLIPSeg.',
     license='Apache-2.0',
-    tests_require=['pytest'],
+    tests_require=['pytest'],  # lets `colcon test` run pytest
     entry_points={
         'console_scripts': [
             'grounding_node = clip_ros.nodes.grounding_node:main',
@@ -36,6 +36,7 @@ setup(
             'clipseg_node = clip_ros.nodes.clipseg_node:main',
             'prefetch = clip_ros.commands.prefetch:main',
             'benchmark = clip_ros.commands.benchmark:main',
+            'demo = clip_ros.nodes.demo:main',
         ],
     },
 )

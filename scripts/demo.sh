@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: ground a few commands in procedural tabletop frames over real DDS and write
+# out/demo_strip.png. Arguments pass through (--device cuda, --output PATH).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-33}"
+exec python -m clip_ros.nodes.demo "$@"
