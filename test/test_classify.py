@@ -1,9 +1,10 @@
 """Zero-shot classification with the tiny CLIP and semantic segmentation on hand-made maps."""
-from clip_ros.core.classify import semantic_regions, semantic_segmentation, ZeroShotClassifier
-from clip_ros.core.synthetic import tabletop_image
 import numpy as np
 import pytest
 import torch
+
+from clip_ros.core.classify import semantic_regions, semantic_segmentation, ZeroShotClassifier
+from clip_ros.core.synthetic import tabletop_image
 
 
 def _heatmaps():

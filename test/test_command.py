@@ -1,8 +1,9 @@
 """Tests for the natural-language command parser."""
-from clip_ros.core.command import Command, MAX_COMMAND_CHARS, parse_command
 from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
+
+from clip_ros.core.command import Command, MAX_COMMAND_CHARS, parse_command
 
 CASES = [
     # text, verb, targets, destination, direction

@@ -3,12 +3,13 @@ import array
 import sys
 import types
 
-from clip_ros.nodes.conversions import (
-    image_to_numpy, numpy_to_image, SUPPORTED_ENCODINGS, to_rgb)
 import numpy as np
 import pytest
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+
+from clip_ros.nodes.conversions import (
+    image_to_numpy, numpy_to_image, SUPPORTED_ENCODINGS, to_rgb)
 
 DTYPES = {
     'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3), 'rgba8': (np.uint8, 4),

@@ -1,7 +1,8 @@
 """Connected components, boxes, areas and centroids on hand-made masks."""
-from clip_ros.core.geometry import center_size, connected_components, Detection, paint
 import numpy as np
 import pytest
+
+from clip_ros.core.geometry import center_size, connected_components, Detection, paint
 
 
 def _two_blobs():

@@ -1,11 +1,12 @@
 """Grounding pipeline with the tiny random CLIP and CLIPSeg on a synthetic tabletop."""
 import math
 
+import numpy as np
+import pytest
+
 from clip_ros.core.grounding import check_thresholds, DEFAULT_DISTRACTORS, GroundingPipeline
 from clip_ros.core.models import load_clip, load_clipseg
 from clip_ros.core.synthetic import tabletop_image
-import numpy as np
-import pytest
 
 W, H = 96, 64
 PHRASES = ['red block', 'blue ball']

@@ -1,4 +1,4 @@
-"""Procedural tabletop scenes are deterministic per seed and their ground truth matches the pixels."""
+"""Procedural tabletop scenes are deterministic per seed; their ground truth matches pixels."""
 import numpy as np
 
 from clip_ros.core.synthetic import COLOURS, tabletop_image

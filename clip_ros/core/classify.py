@@ -1,9 +1,10 @@
 """Zero-shot image classification with CLIP and multi-class semantic segmentation maps."""
-from clip_ros.core.geometry import Detection, slices_to_box
-from clip_ros.core.image import preprocess, validate_rgb
 import numpy as np
 from scipy import ndimage
 import torch
+
+from clip_ros.core.geometry import Detection, slices_to_box
+from clip_ros.core.image import preprocess, validate_rgb
 
 DEFAULT_TEMPLATES = ('a photo of a {}.',)
 # uint16 label images reserve 0 for background.

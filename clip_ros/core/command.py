@@ -1,4 +1,5 @@
-"""Parse short natural-language robot commands into a verb and phrases to ground.
+"""
+Parse short natural-language robot commands into a verb and phrases to ground.
 
 Verb vocabulary (canonical verb: phrases that select it at the start of a clause):
 
@@ -96,12 +97,15 @@ def parse_command(text: str) -> Command:
     """
     Parse a command; never raises.
 
-    Args:
-        text: free text such as 'please pick up the blue block'. Non-str input gives an
-            empty Command; input longer than MAX_COMMAND_CHARS is truncated.
+    Parameters
+    ----------
+    text
+        free text such as 'please pick up the blue block'. Non-str input gives an
+        empty Command; input longer than MAX_COMMAND_CHARS is truncated.
 
-    Returns:
-        Command with a canonical verb (or None), target phrases, destination and direction.
+    Returns
+    -------
+    Command with a canonical verb (or None), target phrases, destination and direction.
 
     """
     if not isinstance(text, str):

@@ -1,11 +1,12 @@
 """Phrase grounding: CLIPSeg maps -> thresholded instances -> CLIP re-scoring -> detections."""
 from dataclasses import dataclass
 
+import numpy as np
+import torch
+
 from clip_ros.core.clipseg import ClipSegRunner
 from clip_ros.core.geometry import connected_components, Detection, paint
 from clip_ros.core.image import crops, validate_rgb
-import numpy as np
-import torch
 
 # Competing texts in the re-scoring softmax so a crop of table or wall can lose to 'background'.
 DEFAULT_DISTRACTORS = ('background', 'a table surface', 'a wall', 'the floor')

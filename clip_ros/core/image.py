@@ -10,11 +10,14 @@ def validate_rgb(arr) -> np.ndarray:
     """
     Check that ``arr`` is a non-empty HxWx3 uint8 RGB image.
 
-    Returns:
-        The same array.
+    Returns
+    -------
+    The same array.
 
-    Raises:
-        ValueError: naming what is wrong (type, dtype, ndim, channels, zero size).
+    Raises
+    ------
+    ValueError
+        naming what is wrong (type, dtype, ndim, channels, zero size).
 
     """
     if not isinstance(arr, np.ndarray):
@@ -66,16 +69,24 @@ def preprocess(rgb: np.ndarray, size: int, mean, std, device='cpu',
 
     The image is stretched to ``size`` x ``size`` (no crop), as CLIPSeg expects.
 
-    Args:
-        rgb: HxWx3 uint8 RGB image.
-        size: output side in pixels.
-        mean: per-channel mean in 0..1 units.
-        std: per-channel standard deviation in 0..1 units.
-        device: torch device (or name) for the result.
-        dtype: dtype of the result.
+    Parameters
+    ----------
+    rgb
+        HxWx3 uint8 RGB image.
+    size
+        output side in pixels.
+    mean
+        per-channel mean in 0..1 units.
+    std
+        per-channel standard deviation in 0..1 units.
+    device
+        torch device (or name) for the result.
+    dtype
+        dtype of the result.
 
-    Returns:
-        Tensor [1, 3, size, size] on ``device``.
+    Returns
+    -------
+    Tensor [1, 3, size, size] on ``device``.
 
     """
     validate_rgb(rgb)
@@ -112,19 +123,29 @@ def crops(rgb: np.ndarray, boxes_xyxy, size: int, mean, std, device='cpu',
     """
     Cut boxes out of an image as a batch of normalised model inputs.
 
-    Args:
-        rgb: HxWx3 uint8 RGB image.
-        boxes_xyxy: [K, 4] (x_min, y_min, x_max, y_max) in pixels; x_max/y_max are the
-            right/bottom edges (exclusive).
-        size: output side in pixels; each crop is stretched to size x size.
-        mean: per-channel mean in 0..1 units.
-        std: per-channel standard deviation in 0..1 units.
-        device: torch device (or name) for the result.
-        dtype: dtype of the result.
-        pad: context added on each side, as a fraction of the box width/height.
+    Parameters
+    ----------
+    rgb
+        HxWx3 uint8 RGB image.
+    boxes_xyxy
+        [K, 4] (x_min, y_min, x_max, y_max) in pixels; x_max/y_max are the
+        right/bottom edges (exclusive).
+    size
+        output side in pixels; each crop is stretched to size x size.
+    mean
+        per-channel mean in 0..1 units.
+    std
+        per-channel standard deviation in 0..1 units.
+    device
+        torch device (or name) for the result.
+    dtype
+        dtype of the result.
+    pad
+        context added on each side, as a fraction of the box width/height.
 
-    Returns:
-        Tensor [K, 3, size, size]; [0, 3, size, size] when there are no boxes.
+    Returns
+    -------
+    Tensor [K, 3, size, size]; [0, 3, size, size] when there are no boxes.
 
     """
     validate_rgb(rgb)
@@ -144,13 +165,17 @@ def limit_size(rgb: np.ndarray, max_size: int) -> tuple[np.ndarray, float]:
     """
     Downscale an image so that max(H, W) <= ``max_size``.
 
-    Args:
-        rgb: HxWx3 uint8 RGB image.
-        max_size: largest allowed side; 0 disables the limit.
+    Parameters
+    ----------
+    rgb
+        HxWx3 uint8 RGB image.
+    max_size
+        largest allowed side; 0 disables the limit.
 
-    Returns:
-        (image, scale): scale maps original pixel coordinates to the returned image
-        (x_small = x * scale); the input itself and 1.0 when it already fits.
+    Returns
+    -------
+    (image, scale): scale maps original pixel coordinates to the returned image
+    (x_small = x * scale); the input itself and 1.0 when it already fits.
 
     """
     validate_rgb(rgb)

@@ -35,15 +35,17 @@ def _shape_mask(shape: str, box: tuple, height: int, width: int) -> np.ndarray:
     disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= r ** 2
     if shape == 'ball':
         return disc
-    return disc & ((xx - cx) ** 2 + (yy - cy) ** 2 >= (0.6 * r) ** 2)  # bowl: a ring seen from above
+    # bowl: a ring seen from above
+    return disc & ((xx - cx) ** 2 + (yy - cy) ** 2 >= (0.6 * r) ** 2)
 
 
 def tabletop_image(seed: int = 0, width: int = 640, height: int = 480, count: int = 4):
     """
     Draw `count` non-overlapping objects of distinct colours on a table.
 
-    Returns:
-        (rgb uint8 HxWx3, list of SceneObject)
+    Returns
+    -------
+    (rgb uint8 HxWx3, list of SceneObject)
 
     """
     rng = np.random.default_rng(seed)

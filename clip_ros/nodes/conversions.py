@@ -55,9 +55,11 @@ def image_to_numpy(msg: Image, copy: bool = False) -> np.ndarray:
     ``msg.data`` (an array.array) cannot be resized in place, only replaced. Big-endian
     multi-byte data is byte-swapped into a native-order copy.
 
-    Raises:
-        ValueError: unknown encoding (and no cv_bridge), zero size, ``step`` too small, or
-            ``data`` not exactly ``step * height`` bytes.
+    Raises
+    ------
+    ValueError
+        unknown encoding (and no cv_bridge), zero size, ``step`` too small, or
+        ``data`` not exactly ``step * height`` bytes.
 
     """
     encoding = msg.encoding
@@ -99,14 +101,19 @@ def numpy_to_image(arr: np.ndarray, encoding: str, header=None) -> Image:
     """
     Build a sensor_msgs/Image from an array (one copy into the message).
 
-    Args:
-        arr: HxW or HxWx1 for one-channel encodings, HxWxC otherwise, with the encoding's
-            dtype (uint8 for rgb8, float32 for 32FC1, ...).
-        encoding: one of SUPPORTED_ENCODINGS (others go through cv_bridge if installed).
-        header: std_msgs/Header to copy into the message; default header when None.
+    Parameters
+    ----------
+    arr
+        HxW or HxWx1 for one-channel encodings, HxWxC otherwise, with the encoding's
+        dtype (uint8 for rgb8, float32 for 32FC1, ...).
+    encoding
+        one of SUPPORTED_ENCODINGS (others go through cv_bridge if installed).
+    header
+        std_msgs/Header to copy into the message; default header when None.
 
-    Returns:
-        Image with step = width * bytes per pixel and little-endian data (is_bigendian=0).
+    Returns
+    -------
+    Image with step = width * bytes per pixel and little-endian data (is_bigendian=0).
 
     """
     if encoding not in _ENCODINGS:
@@ -163,8 +170,10 @@ def to_rgb(arr: np.ndarray, encoding: str) -> np.ndarray:
     rgb8 input is returned as is (possibly a strided view); other colour and mono encodings
     give a new contiguous array; 16-bit colour keeps the high byte.
 
-    Raises:
-        ValueError: for depth/float encodings (not a colour image) and unknown encodings.
+    Raises
+    ------
+    ValueError
+        for depth/float encodings (not a colour image) and unknown encodings.
 
     """
     if encoding not in _TO_RGB:
