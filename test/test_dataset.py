@@ -1,0 +1,77 @@
+"""Dataset generation: files, shapes, determinism per seed, splits and held-out combinations."""
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip('mujoco')
+
+from clip_ros.commands.make_dataset import main  # noqa: E402
+from clip_ros.core.dataset import (  # noqa: E402
+    generate, HELD_OUT, scene_caption, split_exclude, split_seeds, TabletopDataset)
+from clip_ros.core.sim_scene import sample_scene  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def train_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data')
+    try:
+        assert main(['--out', str(root), '--split', 'train', '--count', '3', '--size', '96x64',
+                     '--depth']) == 0
+    except RuntimeError as e:  # no offscreen OpenGL on this machine
+        pytest.skip(str(e))
+    return root
+
+
+def test_files_and_shapes(train_root):
+    index = json.loads((train_root / 'train' / 'dataset.json').read_text())
+    assert index['split'] == 'train' and (index['width'], index['height']) == (96, 64)
+    assert [scene['seed'] for scene in index['scenes']] == [0, 1, 2]
+    data = TabletopDataset(train_root, 'train')
+    assert len(data) == 3
+    item = data[1]
+    assert item['rgb'].shape == (64, 96, 3) and item['rgb'].dtype == np.uint8
+    assert item['masks'].shape == (64, 96) and item['masks'].dtype == np.uint8
+    assert item['depth'].shape == (64, 96) and item['depth'].dtype == np.float32
+    meta = item['meta']
+    assert meta['seed'] == 1 and len(meta['objects']) == item['masks'].max()
+    for obj in meta['objects']:
+        assert obj['captions'][0] == f'the {obj["name"]}'
+        assert obj['visible_pixels'] == int((item['masks'] == obj['instance_id']).sum())
+        if obj['box'] is not None:
+            x0, y0, x1, y1 = obj['box']
+            assert (item['masks'][y0:y1, x0:x1] == obj['instance_id']).any()
+
+
+def test_regenerating_a_seed_is_identical(train_root, tmp_path):
+    generate(tmp_path, 'train', 1, 96, 64, start=2, depth=True)
+    again = TabletopDataset(tmp_path, 'train')[0]
+    first = TabletopDataset(train_root, 'train')[2]
+    assert np.array_equal(again['rgb'], first['rgb'])
+    assert np.array_equal(again['masks'], first['masks'])
+    assert again['meta'] == first['meta']
+
+
+def test_splits_disjoint_and_held_out_only_outside_train():
+    train, val, test = (set(split_seeds(s, 1000)) for s in ('train', 'val', 'test'))
+    assert not (train & val or train & test or val & test)
+    seen = {'train': set(), 'val': set()}
+    for split in seen:
+        for seed in split_seeds(split, 60):
+            spec = sample_scene(seed, exclude=split_exclude(split))
+            seen[split] |= {(o.colour, o.shape) for o in spec.objects}
+    assert not seen['train'] & set(HELD_OUT)
+    assert set(HELD_OUT) <= seen['val']
+    with pytest.raises(ValueError, match='train'):
+        split_seeds('validation', 1)
+
+
+def test_missing_index_names_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match='make_dataset'):
+        TabletopDataset(tmp_path, 'val')
+
+
+def test_scene_caption():
+    assert scene_caption(['red ball']) == 'a red ball on a table'
+    assert scene_caption(['red ball', 'blue block', 'green bowl']) == (
+        'a red ball, a blue block and a green bowl on a table')
