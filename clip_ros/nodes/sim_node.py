@@ -1,0 +1,118 @@
+"""Publish a MuJoCo tabletop camera (RGB, depth, camera_info) and simulation-only ground truth."""
+import queue
+import threading
+import time
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header, Int32
+from vision_msgs.msg import Detection2DArray, Detection3DArray
+
+from clip_ros.nodes.common import COMMAND_QOS, declare_all, describe, parameter_values
+from clip_ros.nodes.conversions import numpy_to_image
+from clip_ros.nodes.sim_messages import (
+    camera_info_msg, ground_truth_2d_msg, ground_truth_3d_msg)
+
+# Reliable publishers match both reliable and best-effort (sensor_data) subscribers.
+CAMERA_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class TabletopSimNode(Node):
+    """
+    Render the tabletop sim at `rate` Hz in its own thread (it owns the GL context).
+
+    Other code drives the end effector through `call_in_sim(fn)`, which runs `fn(sim)` in that
+    thread before the next frame.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__('tabletop_sim', **kwargs)
+        declare_all(self, (
+            ('seed', 0, describe('scene seed at start; publish sim/reset to change it')),
+            ('rate', 15.0, describe('frames per second', read_only=True,
+                                    float_range=(0.1, 120.0))),
+            ('width', 640, describe('image width (px)', read_only=True, int_range=(8, 4096))),
+            ('height', 480, describe('image height (px)', read_only=True, int_range=(8, 4096))),
+            ('object_count', 0, describe('objects per scene; 0 draws 3..6 per seed',
+                                         read_only=True, int_range=(0, 12))),
+            ('frame_id', 'camera_optical_frame', describe('camera optical frame id',
+                                                          read_only=True)),
+            ('show_gripper', True, describe('render the end effector', read_only=True)),
+        ))
+        self._values = parameter_values(self)
+        self._image_pub = self.create_publisher(Image, 'camera/image_raw', CAMERA_QOS)
+        self._depth_pub = self.create_publisher(Image, 'camera/depth/image_raw', CAMERA_QOS)
+        self._info_pub = self.create_publisher(CameraInfo, 'camera/camera_info', CAMERA_QOS)
+        self._truth_pub = self.create_publisher(Detection3DArray, 'sim/ground_truth', 10)
+        self._truth_2d_pub = self.create_publisher(Detection2DArray, 'sim/ground_truth_2d', 10)
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self.error = ''
+        self.frames = 0
+        self.create_subscription(Int32, 'sim/reset', self._on_reset, COMMAND_QOS)
+        self._thread = threading.Thread(target=self._run, name='tabletop_sim', daemon=True)
+        self._thread.start()
+
+    def call_in_sim(self, fn) -> None:
+        """Run `fn(sim)` in the render thread before the next frame (the sim is not shareable)."""
+        self._requests.put(fn)
+
+    def _on_reset(self, msg: Int32) -> None:
+        self.get_logger().info(f'reset to seed {msg.data}')
+        self.call_in_sim(lambda sim: sim.reset(msg.data))
+
+    def _run(self) -> None:
+        from clip_ros.core.sim import TabletopSim  # loads MuJoCo and OpenGL in this thread
+
+        values = self._values
+        try:
+            sim = TabletopSim(values['seed'], values['width'], values['height'],
+                              values['object_count'] or None,
+                              show_gripper=values['show_gripper'])
+        except (RuntimeError, ValueError) as e:
+            self.error = f'simulator not started: {e}'
+            self.get_logger().error(self.error)
+            return
+        self.get_logger().info(f'tabletop scene {sim.seed}: {", ".join(sim.object_names)}')
+        period = 1.0 / values['rate']
+        due = time.monotonic()
+        try:
+            while not self._stop.wait(max(0.0, due - time.monotonic())):
+                due = max(due + period, time.monotonic())  # a slow frame delays, never bursts
+                while not self._requests.empty():
+                    self._requests.get()(sim)
+                self._publish(sim)
+        finally:
+            sim.close_renderer()
+
+    def _publish(self, sim) -> None:
+        truth = (self._truth_pub.get_subscription_count()
+                 + self._truth_2d_pub.get_subscription_count()) > 0
+        frame = sim.render(depth=True, instances=truth)
+        header = Header(frame_id=self._values['frame_id'], stamp=self.get_clock().now().to_msg())
+        self._image_pub.publish(numpy_to_image(frame.rgb, 'rgb8', header))
+        self._depth_pub.publish(numpy_to_image(frame.depth, '32FC1', header))
+        self._info_pub.publish(camera_info_msg(frame.K, sim.width, sim.height, header))
+        if truth:
+            self._truth_pub.publish(ground_truth_3d_msg(frame.objects, header))
+            self._truth_2d_pub.publish(ground_truth_2d_msg(frame.objects, header))
+        self.frames += 1
+
+    def destroy_node(self):
+        """Stop the render thread, then destroy the node."""
+        self._stop.set()
+        self._thread.join(5.0)
+        return super().destroy_node()
+
+
+def main(args=None):
+    """Run the tabletop simulator node until shutdown."""
+    try:
+        with rclpy.init(args=args):
+            node = TabletopSimNode()
+            rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
