@@ -207,4 +207,9 @@ def test_gradient_cosine():
     assert gradient_cosine(w[0], -w[0], [w]) == pytest.approx(-1.0)
     assert gradient_cosine(w[0], w[1], [w]) == pytest.approx(0.0)
     assert gradient_cosine(w[0], unused * 2, [w]) == 0.0
+    # w[0] reaches only w; shared_only drops `unused`, so -w0 + 5 unused is anti-parallel.
+    assert gradient_cosine(w[0], -w[0] + 5 * unused, [w, unused]) == pytest.approx(-1 / 26 ** 0.5)
+    assert gradient_cosine(w[0], -w[0] + 5 * unused, [w, unused], shared_only=True) == \
+        pytest.approx(-1.0)
+    assert gradient_cosine(w[0], unused * 2, [w, unused], shared_only=True) == 0.0
     loss.backward()  # graphs are retained for the caller

@@ -307,12 +307,12 @@ class UncertaintyWeighting(nn.Module):
         return (torch.exp(-self.log_vars) * losses + self.log_vars).sum()
 
 
-def gradient_cosine(loss_a: torch.Tensor, loss_b: torch.Tensor, params) -> float:
+def gradient_cosine(loss_a: torch.Tensor, loss_b: torch.Tensor, params,
+                    shared_only: bool = False) -> float:
     """
-    Return the cosine between the gradients of two losses w.r.t. shared parameters.
+    Return the cosine between the gradients of two losses w.r.t. parameters.
 
-    Both graphs are kept (retain_graph) so the caller can still backpropagate. Parameters
-    that one loss does not reach count as zero gradient there.
+    Both graphs are kept (retain_graph) so the caller can still backpropagate.
 
     Parameters
     ----------
@@ -320,21 +320,26 @@ def gradient_cosine(loss_a: torch.Tensor, loss_b: torch.Tensor, params) -> float
         scalar losses.
     params
         iterable of parameters (only those requiring grad are used).
+    shared_only
+        use only parameters both losses reach (e.g. a shared encoder, not task heads);
+        otherwise a parameter one loss does not reach counts as zero gradient there.
 
     Returns
     -------
-    Cosine in [-1, 1]; 0.0 when either gradient is zero.
+    Cosine in [-1, 1]; 0.0 when either gradient is zero or nothing is shared.
 
     """
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError('gradient_cosine needs at least one parameter that requires grad')
-    flat = []
-    for loss in (loss_a, loss_b):
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        flat.append(torch.cat([
-            (g if g is not None else torch.zeros_like(p)).reshape(-1).float()
-            for g, p in zip(grads, params)]))
+    grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+             for loss in (loss_a, loss_b)]
+    keep = [i for i in range(len(params))
+            if not shared_only or (grads[0][i] is not None and grads[1][i] is not None)]
+    if not keep:
+        return 0.0
+    flat = [torch.cat([(g[i] if g[i] is not None else torch.zeros_like(params[i]))
+                       .reshape(-1).float() for i in keep]) for g in grads]
     norm = flat[0].norm() * flat[1].norm()
     if norm == 0:
         return 0.0
