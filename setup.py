@@ -21,6 +21,7 @@ setup(
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         ('share/' + package_name + '/config', glob('config/*.yaml')),
+        ('share/' + package_name + '/config/gazebo', glob('config/gazebo/*.sdf')),
     ],
     install_requires=['setuptools'],
     zip_safe=True,
@@ -37,6 +38,8 @@ setup(
             'prefetch = clip_ros.commands.prefetch:main',
             'benchmark = clip_ros.commands.benchmark:main',
             'demo = clip_ros.nodes.demo:main',
+            'sim_node = clip_ros.nodes.sim_node:main',
+            'make_dataset = clip_ros.commands.make_dataset:main',
         ],
     },
 )
