@@ -1,0 +1,62 @@
+"""Launch files declare their arguments up front; config files list every node parameter."""
+from importlib import util
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip('vision_msgs')
+
+import rclpy  # noqa: E402
+from rclpy.context import Context  # noqa: E402
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NODES = {
+    'grounding': ('grounding_node', 'clip_ros.nodes.grounding_node', 'GroundingNode'),
+    'clip_classifier': ('clip_classifier_node', 'clip_ros.nodes.clip_classifier_node',
+                        'ClipClassifierNode'),
+    'clipseg': ('clipseg_node', 'clip_ros.nodes.clipseg_node', 'ClipSegNode'),
+}
+BUILT_IN = {'use_sim_time', 'start_type_description_service'}
+
+
+def declared_arguments(stem: str) -> dict:
+    actions = pytest.importorskip('launch.actions')
+    pytest.importorskip('launch_ros')
+    spec = util.spec_from_file_location(stem, ROOT / 'launch' / f'{stem}.launch.py')
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    return {e.name: e for e in description.entities
+            if isinstance(e, actions.DeclareLaunchArgument)}
+
+
+@pytest.mark.parametrize('stem', list(NODES))
+def test_launch_arguments_are_declared_with_descriptions(stem):
+    arguments = declared_arguments(stem)
+    assert {'namespace', 'image_topic', 'params_file', 'model', 'device',
+            'use_sim_time'} <= set(arguments)
+    for argument in arguments.values():
+        assert argument.description and 'no description' not in argument.description
+    assert arguments['device'].choices == ['auto', 'cpu', 'cuda']
+    assert arguments['model'].choices == ['default', 'tiny']
+
+
+@pytest.mark.parametrize('stem', list(NODES))
+def test_config_lists_every_parameter(stem):
+    node_name, module_name, class_name = NODES[stem]
+    path = ROOT / 'config' / f'{node_name}.yaml'
+    params = yaml.safe_load(path.read_text())[f'/**/{node_name}']['ros__parameters']
+    module = pytest.importorskip(module_name)
+    context = Context()
+    # Tiny models so a machine with cached weights does not load the large ones here.
+    rclpy.init(context=context, domain_id=65, args=[
+        '--ros-args', '--params-file', str(path), '-p', 'clip_arch:=tiny',
+        '-p', 'clip_pretrained:=random', '-p', 'clipseg_model:=tiny'])
+    try:
+        node = getattr(module, class_name)(context=context)
+        declared = set(node.get_parameters_by_prefix('')) - BUILT_IN
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+    assert set(params) == declared
