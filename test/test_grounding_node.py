@@ -262,3 +262,15 @@ def test_node_as_process_answers_and_stops_on_sigint(ros):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_burst_keeps_only_the_newest_frame(ros):
+    worker = ros.node.worker
+    received, processed, dropped = worker.received, worker.processed, worker.dropped
+    frames = [frame(ros) for _ in range(6)]
+    for msg in frames:
+        worker.submit(msg)  # faster than inference: the slot keeps only the newest
+    assert wait_for(lambda: ros.detections.find(lambda m: m.header == frames[-1].header))
+    assert worker.received == received + 6
+    assert worker.dropped > dropped
+    assert worker.processed - processed < 6

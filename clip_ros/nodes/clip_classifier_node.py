@@ -16,6 +16,7 @@ from clip_ros.nodes.frame_worker import FrameWorker, KeyedThrottle
 from clip_ros.nodes.messages import classification_msg
 
 THROTTLE_SEC = 5.0
+STATS_PERIOD_SEC = 10.0
 
 
 def check_lists(values: dict) -> tuple[list, list]:
@@ -59,6 +60,7 @@ class ClipClassifierNode(Node):
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         subscribe_images(self, values['image_qos'], self._worker.submit)
+        self._stats_timer = self.create_timer(STATS_PERIOD_SEC, self._log_stats)
 
     @property
     def worker(self) -> FrameWorker:
@@ -124,6 +126,11 @@ class ClipClassifierNode(Node):
         probabilities = classifier(rgb)
         self._pub.publish(
             classification_msg(classifier.classes, probabilities, msg.header, self._top_k))
+
+    def _log_stats(self) -> None:
+        report = self._worker.dropped_report()
+        if report:
+            self.get_logger().info(f'{report}; {self.rejected} images rejected')
 
     def _on_worker_error(self, error: Exception) -> None:
         self._error('inference', f'inference failed: {type(error).__name__}: {error}')

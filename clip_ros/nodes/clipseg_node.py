@@ -18,6 +18,7 @@ from clip_ros.nodes.frame_worker import FrameWorker, KeyedThrottle
 from clip_ros.nodes.messages import detections_msg, label_info_msg
 
 THROTTLE_SEC = 5.0
+STATS_PERIOD_SEC = 10.0
 
 
 class ClipSegNode(Node):
@@ -51,6 +52,7 @@ class ClipSegNode(Node):
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         subscribe_images(self, values['image_qos'], self._worker.submit)
+        self._stats_timer = self.create_timer(STATS_PERIOD_SEC, self._log_stats)
 
     @property
     def worker(self) -> FrameWorker:
@@ -116,6 +118,11 @@ class ClipSegNode(Node):
         regions = semantic_regions(label_image, heatmaps, classes)
         self._mask_pub.publish(numpy_to_image(label_image, 'mono16', msg.header))
         self._det_pub.publish(detections_msg(regions, msg.header))
+
+    def _log_stats(self) -> None:
+        report = self._worker.dropped_report()
+        if report:
+            self.get_logger().info(f'{report}; {self.rejected} images rejected')
 
     def _on_worker_error(self, error: Exception) -> None:
         self._error('inference', f'inference failed: {type(error).__name__}: {error}')

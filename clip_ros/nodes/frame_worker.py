@@ -24,6 +24,7 @@ class FrameWorker:
         self.received = 0
         self.dropped = 0
         self.processed = 0
+        self._reported = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -35,6 +36,15 @@ class FrameWorker:
             self._item = item
             self.received += 1
             self._cond.notify()
+
+    def dropped_report(self) -> str | None:
+        """Describe the frames dropped since the last call, or return None if there were none."""
+        with self._cond:
+            new, self._reported = self.dropped - self._reported, self.dropped
+        if not new:
+            return None
+        return (f'dropped {new} frames while busy (only the newest frame is processed); '
+                f'{self.processed} processed of {self.received} received')
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker after the frame in progress, if any."""

@@ -81,7 +81,6 @@ class GroundingNode(Node):
         subscribe_images(self, self._image_qos, self._worker.submit)
         self.create_subscription(String, 'command', self._on_command, COMMAND_QOS)
         self._stats_timer = self.create_timer(STATS_PERIOD_SEC, self._log_stats)
-        self._last_dropped = 0
 
     @property
     def worker(self) -> FrameWorker:
@@ -235,13 +234,9 @@ class GroundingNode(Node):
         self._error('inference', f'inference failed: {type(error).__name__}: {error}')
 
     def _log_stats(self) -> None:
-        dropped = self._worker.dropped
-        if dropped > self._last_dropped:
-            self.get_logger().info(
-                f'dropped {dropped - self._last_dropped} frames in the last '
-                f'{STATS_PERIOD_SEC:.0f} s while busy (newest frame wins); '
-                f'{self._worker.processed} processed, {self.rejected} inputs rejected')
-            self._last_dropped = dropped
+        report = self._worker.dropped_report()
+        if report:
+            self.get_logger().info(f'{report}; {self.rejected} inputs rejected')
 
     def destroy_node(self) -> None:
         """Stop the worker before the publishers go away."""
