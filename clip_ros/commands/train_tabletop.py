@@ -1,0 +1,313 @@
+"""
+Retrain the bundled `tabletop` model on simulator renders (one command, CPU, under 30 minutes).
+
+The CLIPSeg decoder learns to segment '<colour> <shape>' phrases (BCE + dice on the target's mask,
+an empty mask for absent objects) while its CLIP towers learn object crops against their names
+(contrastive loss); the two losses are balanced by learned uncertainty weights.
+"""
+import argparse
+from dataclasses import dataclass
+import json
+import logging
+import math
+import os
+from pathlib import Path
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from clip_ros.core import tabletop
+from clip_ros.core.dataset import split_exclude, split_seeds
+from clip_ros.core.grounding import DEFAULT_DISTRACTORS
+from clip_ros.core.image import crops, preprocess
+from clip_ros.core.losses import ClipLoss, MAX_LOGIT_SCALE, UncertaintyWeighting
+from clip_ros.core.registry import ModelLoadError
+from clip_ros.core.tokenizer import tokenize
+
+# Phrasings seen in training; the node strips commands to '<colour> <shape>' first.
+TEMPLATES = ('{}', '{}', 'the {}', 'a {}', 'pick up the {}', 'the {} on the table')
+# Token ids beyond the end-of-text id are padding; short contexts give identical features.
+TRAIN_CONTEXT = 16
+_log = logging.getLogger('train_tabletop')
+
+
+@dataclass
+class Pool:
+    """Pre-rendered training scenes at model resolution (uint8 pixels, float16 masks)."""
+
+    images: torch.Tensor  # uint8 [N, 3, S, S]
+    masks: list           # per scene uint8 [K, S, S] (mask coverage * 255)
+    names: list           # per scene K '<colour> <shape>' names
+    crops: torch.Tensor   # uint8 [M, 3, c, c] object and background crops
+    crop_scene: list      # scene index per crop
+    crop_names: list      # name per crop; '' for a table-only crop
+
+
+def _as_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def _background_box(rng, objects, height, width):
+    """Return a table-only box (no object pixel inside), or None after a few tries."""
+    union = np.zeros((height, width), bool)
+    for obj in objects:
+        union |= obj.mask
+    for _ in range(10):
+        side = int(rng.integers(min(height, width) // 10, min(height, width) // 4))
+        x0, y0 = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+        if not union[y0:y0 + side, x0:x0 + side].any():
+            return (x0, y0, x0 + side, y0 + side)
+    return None
+
+
+def _scene_tensors(rgb, objects, size, crop_size, rng):
+    """Return (image uint8 [3,S,S], masks [K,S,S], object+background crops, their names)."""
+    raw = (0.0, 0.0, 0.0), (1 / 255,) * 3  # keep 0..255 values; normalise at train time
+    image = _as_uint8(preprocess(rgb, size, *raw)[0])
+    masks = torch.from_numpy(np.stack([o.mask for o in objects]).astype(np.float32))
+    masks = _as_uint8(F.interpolate(masks[None], size=(size, size), mode='area')[0] * 255)
+    boxes, names = [o.box for o in objects], [o.name for o in objects]
+    background = _background_box(rng, objects, *rgb.shape[:2])
+    if background is not None:
+        boxes, names = boxes + [background], names + ['']
+    cut = _as_uint8(crops(rgb, boxes, crop_size, *raw, pad=0.1))
+    return image, masks, cut, names
+
+
+def build_pool(scenes, size: int, crop_size: int, progress=True) -> Pool:
+    """Collect (rgb, objects, names) scenes at model resolution into a Pool."""
+    rng = np.random.default_rng(0)
+    images, masks, names, cuts, crop_scene, crop_names = [], [], [], [], [], []
+    for rgb, objects, _ in scenes:
+        if not objects:
+            continue
+        image, mask, cut, cut_names = _scene_tensors(rgb, objects, size, crop_size, rng)
+        images.append(image)
+        masks.append(mask)
+        names.append([o.name for o in objects])
+        cuts.append(cut)
+        crop_scene += [len(images) - 1] * len(cut_names)
+        crop_names += cut_names
+    return Pool(torch.stack(images), masks, names, torch.cat(cuts), crop_scene, crop_names)
+
+
+def normalise(pixels: torch.Tensor, config: dict) -> torch.Tensor:
+    """Map uint8 [B,3,s,s] to the model's normalised float input."""
+    extra = config['clip_ros']
+    mean = torch.tensor(extra['mean']).view(1, 3, 1, 1)
+    std = torch.tensor(extra['std']).view(1, 3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
+
+
+def _phrase(name: str, rng: random.Random) -> str:
+    return rng.choice(TEMPLATES).format(name)
+
+
+def segmentation_batch(pool: Pool, scenes: list, vocabulary: list, rng: random.Random):
+    """Return (query phrases, scene index per query, target masks [Q, S, S])."""
+    phrases, owner, targets = [], [], []
+    for row, scene in enumerate(scenes):
+        names, masks = pool.names[scene], pool.masks[scene]
+        for name, mask in zip(names, masks):
+            phrases.append(_phrase(name, rng))
+            owner.append(row)
+            targets.append(mask.float() / 255)
+        absent = [n for n in vocabulary if n not in names]
+        if absent:
+            phrases.append(_phrase(rng.choice(absent), rng))
+            owner.append(row)
+            targets.append(torch.zeros_like(masks[0], dtype=torch.float32))
+    return phrases, torch.tensor(owner), torch.stack(targets)
+
+
+def crop_batch(pool: Pool, scenes: list, rng: random.Random, limit: int = 48):
+    """Return (crops uint8 [M,3,c,c], captions, caption ids [M]) from the scenes' crops."""
+    wanted = set(scenes)
+    index = [k for k, scene in enumerate(pool.crop_scene) if scene in wanted]
+    index = sorted(rng.sample(index, min(limit, len(index))))
+    keys = [pool.crop_names[k] or 'background' for k in index]
+    ids = {key: i for i, key in enumerate(sorted(set(keys)))}
+    # One phrasing per name, so equal ids always mean equal texts.
+    texts = {key: _phrase(key, rng) if key != 'background' else rng.choice(DEFAULT_DISTRACTORS)
+             for key in ids}
+    labels = torch.tensor([ids[key] for key in keys])
+    return _jitter(pool.crops[index], rng), [texts[key] for key in keys], labels
+
+
+def _jitter(cut: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Randomly shrink or shift each crop's window a little, as region boxes vary."""
+    side = cut.shape[-1]
+    out = []
+    for c in cut:
+        inner = rng.randint(int(side * 0.8), side)
+        x0, y0 = rng.randint(0, side - inner), rng.randint(0, side - inner)
+        window = c[None, :, y0:y0 + inner, x0:x0 + inner].float()
+        out.append(F.interpolate(window, size=(side, side), mode='bilinear', antialias=True,
+                                 align_corners=False)[0])
+    return torch.stack(out)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Return the mean soft dice loss over [Q, S, S] maps (empty targets push maps to 0)."""
+    prob = torch.sigmoid(logits).flatten(1)
+    target = target.flatten(1)
+    overlap = (prob * target).sum(1)
+    return (1 - (2 * overlap + 1) / (prob.sum(1) + target.sum(1) + 1)).mean()
+
+
+def train_step(model, losses, batch, config) -> dict:
+    """Run one forward pass; return the losses (total included) for backward and logging."""
+    weights, clip_loss = losses
+    phrases, owner, targets, (cut, captions, labels), images = batch
+    pixels = normalise(images, config)
+    out = model.clip.vision_model(pixel_values=pixels, output_hidden_states=True,
+                                  interpolate_pos_encoding=True)
+    hidden = [out.hidden_states[i + 1][owner] for i in model.extract_layers]
+    cond = tabletop.text_features(model, tokenize(phrases, TRAIN_CONTEXT))
+    logits = model.decoder(hidden, cond).logits.reshape(targets.shape)
+    seg = F.binary_cross_entropy_with_logits(logits, targets) + dice_loss(logits, targets)
+    image = tabletop.image_features(model, normalise(cut, config))
+    text = F.normalize(tabletop.text_features(model, tokenize(captions, TRAIN_CONTEXT)), dim=-1)
+    scale = model.clip.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+    clip = clip_loss(image, text, labels=labels, logit_scale=scale)
+    return {'total': weights([seg, clip]), 'segmentation': seg, 'contrastive': clip}
+
+
+def make_batch(pool: Pool, vocabulary: list, size: int, rng: random.Random) -> tuple:
+    """Sample scenes; return (phrases, owner, targets, (crops, captions, labels), images)."""
+    scenes = rng.sample(range(len(pool.images)), size)
+    phrases, owner, targets = segmentation_batch(pool, scenes, vocabulary, rng)
+    images = pool.images[scenes]
+    if rng.random() < 0.5:  # mirror whole scenes: masks follow, names stay true
+        images, targets = images.flip(-1), targets.flip(-1)
+    return phrases, owner, targets, crop_batch(pool, scenes, rng), images
+
+
+def learning_rate(base: float, progress: float, warmup: float = 0.03) -> float:
+    """Linear warm-up then cosine decay to 2% over progress in [0, 1]."""
+    if progress < warmup:
+        return base * progress / warmup
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def train(model, pool: Pool, config: dict, args) -> list:
+    """Train until args.steps or args.minutes; return the logged loss history."""
+    rng = random.Random(args.seed)
+    vocabulary = sorted({n for names in pool.names for n in names})
+    weights = UncertaintyWeighting(2)
+    params = list(model.parameters()) + list(weights.parameters())
+    losses = (weights, ClipLoss())
+    optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    model.train()
+    history, start = [], time.monotonic()
+    bar = tqdm(total=args.steps, desc='train', disable=args.quiet)
+    for step in range(args.steps):
+        elapsed = time.monotonic() - start
+        progress = max(step / args.steps, elapsed / (args.minutes * 60))
+        if progress >= 1.0:
+            _log.warning('time budget of %.1f min reached at step %d', args.minutes, step)
+            break
+        for group in optimiser.param_groups:
+            group['lr'] = learning_rate(args.lr, progress)
+        values = train_step(model, losses, make_batch(pool, vocabulary, args.batch, rng), config)
+        optimiser.zero_grad(set_to_none=True)
+        values['total'].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimiser.step()
+        record = {k: float(v.detach()) for k, v in values.items()}
+        seg_weight, clip_weight = weights.weights().tolist()
+        record.update(weight_segmentation=seg_weight, weight_contrastive=clip_weight)
+        history.append({'step': step, 'seconds': elapsed, **record})
+        bar.set_postfix(seg=f"{record['segmentation']:.3f}", clip=f"{record['contrastive']:.3f}")
+        bar.update()
+    bar.close()
+    return history
+
+
+def write_curves(history: list, path: Path) -> None:
+    """Plot smoothed loss curves into a PNG."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    steps = np.array([h['step'] for h in history])
+    for axis, key in zip(axes, ('total', 'segmentation', 'contrastive')):
+        values = np.array([h[key] for h in history])
+        width = max(1, len(values) // 50)
+        smooth = np.convolve(values, np.ones(width) / width, mode='valid')
+        axis.plot(steps, values, alpha=0.25, color='tab:blue')
+        axis.plot(steps[width - 1:], smooth, color='tab:blue')
+        axis.set_title(f'{key} loss')
+        axis.set_xlabel('step')
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def parse_args(argv=None):
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(prog='train_tabletop', description=__doc__.split('\n')[1])
+    parser.add_argument('--out', default=str(tabletop.BUNDLED_DIR),
+                        help='checkpoint directory to write (default: the bundled model)')
+    parser.add_argument('--curves', default='',
+                        help='loss-curve PNG (default: <out>/training_curves.png)')
+    parser.add_argument('--scenes', type=int, default=3000, help='training scenes to render')
+    parser.add_argument('--steps', type=int, default=4000, help='optimiser steps')
+    parser.add_argument('--minutes', type=float, default=24.0,
+                        help='training time budget; the schedule ends early if reached')
+    parser.add_argument('--batch', type=int, default=16, help='scenes per step')
+    parser.add_argument('--lr', type=float, default=2e-3, help='peak learning rate')
+    parser.add_argument('--seed', type=int, default=0, help='initialisation and sampling seed')
+    parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')
+    parser.add_argument('--render-width', type=int, default=640, help='render width (pixels)')
+    parser.add_argument('--render-height', type=int, default=480, help='render height (pixels)')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+    return parser.parse_args(argv)
+
+
+def run(args) -> dict:
+    """Render, train, save; return a summary."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    config = tabletop.DEFAULT_CONFIG
+    start = time.monotonic()
+    seeds = split_seeds('train', args.scenes)
+    scenes = tabletop.render_scenes(seeds, args.render_width, args.render_height,
+                                    split_exclude('train'))
+    scenes = tqdm(scenes, total=len(seeds), desc='render', disable=args.quiet)
+    extra = config['clip_ros']
+    pool = build_pool(scenes, extra['image_size'], extra['crop_size'])
+    render_seconds = time.monotonic() - start
+    model = tabletop.build(config)
+    history = train(model, pool, config, args)
+    out = tabletop.save(model, config, args.out)
+    write_curves(history, Path(args.curves or out / 'training_curves.png'))
+    summary = {'parameters': tabletop.parameter_count(model), 'scenes': len(pool.images),
+               'steps': len(history), 'render_seconds': round(render_seconds, 1),
+               'total_seconds': round(time.monotonic() - start, 1), 'out': str(out)}
+    (out / 'training.json').write_text(json.dumps(summary, indent=2) + '\n', encoding='utf-8')
+    return summary
+
+
+def main(argv=None) -> int:
+    """Console entry point."""
+    logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
+    args = parse_args(argv)
+    try:
+        summary = run(args)
+    except (ModelLoadError, OSError, ValueError) as e:
+        print(f'train_tabletop: {e}', file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""
+The bundled `tabletop` model: a small CLIPSeg whose CLIP also serves crop re-scoring.
+
+One transformers CLIPSegForImageSegmentation holds both parts. Its decoder segments a phrase
+(used as the ClipSegModel); its CLIP towers, trained contrastively on object crops, are wrapped
+by TabletopClip so the same weights act as an open_clip-style ClipModel.
+Files in a checkpoint directory: config.json (CLIPSeg sizes plus a 'clip_ros' block) and
+model.safetensors (float16). Text goes through clip_ros.core.tokenizer (open_clip's BPE ids).
+"""
+from dataclasses import dataclass
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clip_ros.core.registry import (
+    IMAGENET_MEAN, IMAGENET_STD, ModelLoadError, ModelNotFoundError, MODELS_DIR, resolve_device,
+    resolve_dtype)
+
+NAME = 'tabletop'
+BUNDLED_DIR = MODELS_DIR / NAME
+CONFIG_FILE = 'config.json'
+WEIGHTS_FILE = 'model.safetensors'
+RETRAIN = 'ros2 run clip_ros train_tabletop'
+_log = logging.getLogger(__name__)
+
+# Sizes of the bundled model; 'clip_ros' holds what transformers' config does not know.
+DEFAULT_CONFIG = {
+    'text_config': {
+        'vocab_size': 49408, 'hidden_size': 32, 'intermediate_size': 128,
+        'num_hidden_layers': 2, 'num_attention_heads': 2, 'max_position_embeddings': 77,
+        'eos_token_id': 49407,
+    },
+    'vision_config': {
+        'hidden_size': 96, 'intermediate_size': 192, 'num_hidden_layers': 4,
+        'num_attention_heads': 4, 'image_size': 128, 'patch_size': 8,
+    },
+    'projection_dim': 64,
+    'extract_layers': [1, 2, 3],
+    'reduce_dim': 48,
+    'conditional_layer': 0,
+    'decoder_num_attention_heads': 4,
+    'decoder_intermediate_size': 96,
+    'clip_ros': {
+        'image_size': 128,  # CLIPSeg input side (frames are stretched to it)
+        'crop_size': 64,  # CLIP re-scoring crop side
+        'mean': list(IMAGENET_MEAN),
+        'std': list(IMAGENET_STD),
+        'tokenizer': 'open_clip bpe_simple_vocab_16e6 via clip_ros.core.tokenizer',
+    },
+}
+
+
+class TabletopClip(torch.nn.Module):
+    """Expose a CLIPSeg model's CLIP towers with open_clip's encode_image/encode_text."""
+
+    def __init__(self, clipseg: torch.nn.Module):
+        super().__init__()
+        self.clip = clipseg.clip
+        self.logit_scale = self.clip.logit_scale
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Return projected image features [B, D] (not normalised)."""
+        out = self.clip.vision_model(pixel_values=pixels, interpolate_pos_encoding=True)
+        return self.clip.visual_projection(out.pooler_output)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Return projected text features [N, D] (not normalised) for CLIP token ids."""
+        out = self.clip.text_model(input_ids=tokens)
+        return self.clip.text_projection(out.pooler_output)
+
+
+def build(config: dict = None) -> torch.nn.Module:
+    """
+    Build a randomly initialised tabletop CLIPSeg.
+
+    Parameters
+    ----------
+    config
+        CLIPSeg sizes as in DEFAULT_CONFIG (the 'clip_ros' block is ignored here).
+
+    Returns
+    -------
+    transformers CLIPSegForImageSegmentation in train mode.
+
+    """
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
+    config = {k: v for k, v in (config or DEFAULT_CONFIG).items() if k != 'clip_ros'}
+    return CLIPSegForImageSegmentation(CLIPSegConfig(**config))
+
+
+def save(model: torch.nn.Module, config: dict, out_dir) -> Path:
+    """Write config.json and float16 model.safetensors into `out_dir`; return the directory."""
+    from safetensors.torch import save_file
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous().cpu()
+             for k, v in model.state_dict().items() if v.is_floating_point()}
+    save_file(state, str(out_dir / WEIGHTS_FILE), metadata={'format': 'pt'})
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
+    return out_dir
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Return the number of parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _read_config(directory: Path) -> dict:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"tabletop model: '{path}' does not exist. Reinstall clip_ros or retrain the "
+            f'bundled model with: {RETRAIN}')
+    try:
+        config = json.loads(path.read_text(encoding='utf-8'))
+        extra = config['clip_ros']
+        sizes = (int(extra['image_size']), int(extra['crop_size']))
+        if len(extra['mean']) != 3 or len(extra['std']) != 3 or min(sizes) < 1:
+            raise ValueError('mean/std need 3 values and sizes must be positive')
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(
+            f"tabletop model: config '{path}' is invalid ({type(e).__name__}: {e}); it needs "
+            f"CLIPSeg sizes and a 'clip_ros' block with image_size, crop_size, mean and std. "
+            f'Retrain with: {RETRAIN}') from e
+    return config
+
+
+def _read_weights(directory: Path, config: dict, dtype) -> torch.nn.Module:
+    from safetensors.torch import load_file
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"tabletop model: weights '{path}' do not exist. Reinstall clip_ros or retrain "
+            f'with: {RETRAIN}')
+    try:
+        model = build(config)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise ModelLoadError(
+            f"tabletop model: config '{directory / CONFIG_FILE}' does not describe a CLIPSeg "
+            f'model ({type(e).__name__}: {e}). Retrain with: {RETRAIN}') from e
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ModelLoadError(
+            f"tabletop model: weights '{path}' are unreadable or corrupt ({type(e).__name__}: "
+            f'{e}). Reinstall clip_ros or retrain with: {RETRAIN}') from e
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        _check_keys(model, state)
+    except (RuntimeError, ValueError) as e:
+        raise ModelLoadError(
+            f"tabletop model: weights '{path}' do not match config '{directory / CONFIG_FILE}' "
+            f'({str(e).splitlines()[0]}). Retrain with: {RETRAIN}') from e
+    return model.to(dtype).eval()
+
+
+def _check_keys(model: torch.nn.Module, state: dict) -> None:
+    expected = {k for k, v in model.state_dict().items() if v.is_floating_point()}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(f'missing tensors {missing[:3]}, unexpected tensors {unexpected[:3]}')
+
+
+def load(path=None, device='auto', dtype='auto') -> tuple:
+    """
+    Load a tabletop checkpoint directory.
+
+    Parameters
+    ----------
+    path
+        directory with config.json and model.safetensors (default: the bundled model).
+    device
+        'auto', 'cpu', 'cuda' or 'cuda:N'.
+    dtype
+        'auto', 'float32', 'float16' or 'bfloat16'.
+
+    Returns
+    -------
+    (CLIPSegForImageSegmentation in eval mode on device, config dict, torch.device, torch.dtype).
+
+    Raises
+    ------
+    ModelLoadError
+        a missing, corrupt or mismatched file, with one message saying which and how to fix it.
+
+    """
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    directory = Path(path).expanduser() if path else BUNDLED_DIR
+    config = _read_config(directory)
+    return _read_weights(directory, config, dtype).to(device), config, device, dtype
+
+
+def model_name(path=None) -> str:
+    """Return the model id used in caches: 'tabletop' or 'tabletop:<dir>'."""
+    return NAME if not path else f'{NAME}:{Path(path).expanduser()}'
+
+
+def load_tabletop_clipseg(path=None, device='auto', dtype='auto'):
+    """Load a tabletop checkpoint as a ClipSegModel (see load for the arguments)."""
+    from clip_ros.core.clipseg import ClipSegModel
+    model, config, device, dtype = load(path, device, dtype)
+    extra = config['clip_ros']
+    return ClipSegModel(model=model, name=model_name(path), image_size=int(extra['image_size']),
+                        mean=tuple(extra['mean']), std=tuple(extra['std']), device=device,
+                        dtype=dtype)
+
+
+def load_tabletop_clip(path=None, device='auto', dtype='auto'):
+    """Load a tabletop checkpoint's CLIP towers as a ClipModel (see load for the arguments)."""
+    from clip_ros.core.models import ClipModel
+    model, config, device, dtype = load(path, device, dtype)
+    extra = config['clip_ros']
+    clip = TabletopClip(model).eval()
+    return ClipModel(model=clip, name=model_name(path), image_size=int(extra['crop_size']),
+                     mean=tuple(extra['mean']), std=tuple(extra['std']), device=device,
+                     dtype=dtype, logit_scale=float(clip.logit_scale.float().exp().item()))
+
+
+def is_tabletop_dir(path) -> bool:
+    """Tell whether `path` is a directory holding a tabletop config (with a 'clip_ros' block)."""
+    config = Path(str(path)).expanduser() / CONFIG_FILE
+    try:
+        return config.is_file() and 'clip_ros' in json.loads(config.read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return False
+
+
+def conditional_logits(model, pixels: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """
+    Return decoder logits [B, s, s] for images [B,3,S,S] and one embedding each [B, D].
+
+    The vision tower runs with hidden states; used in training, where gradients flow.
+    """
+    out = model.clip.vision_model(pixel_values=pixels, output_hidden_states=True,
+                                  interpolate_pos_encoding=True)
+    hidden = [out.hidden_states[i + 1] for i in model.extract_layers]
+    logits = model.decoder(hidden, cond).logits
+    side = int(math.isqrt(logits[0].numel()))
+    return logits.reshape(-1, side, side)
+
+
+def text_features(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Return CLIPSeg conditional (projected text) embeddings [N, D] for token ids."""
+    return model.clip.text_projection(model.clip.text_model(input_ids=tokens).pooler_output)
+
+
+def image_features(model, pixels: torch.Tensor) -> torch.Tensor:
+    """Return L2-normalised projected image embeddings [B, D] for crops [B,3,s,s]."""
+    out = model.clip.vision_model(pixel_values=pixels, interpolate_pos_encoding=True)
+    return F.normalize(model.clip.visual_projection(out.pooler_output), dim=-1)
+
+
+@dataclass
+class SceneObject:
+    """One visible object of a render: name, box and mask at render resolution."""
+
+    name: str         # '<colour> <shape>'
+    box: tuple        # (x_min, y_min, x_max, y_max) pixels, max exclusive
+    mask: np.ndarray  # bool [H, W]
+
+
+def render_scenes(seeds, width: int, height: int, exclude=()):
+    """Yield (rgb, visible SceneObjects, all names) for each seed from the MuJoCo sim."""
+    from clip_ros.core.sim import TabletopSim  # needs OpenGL; only rendering does
+    with TabletopSim(seeds[0], width, height, exclude=exclude, show_gripper=False) as sim:
+        for seed in seeds:
+            sim.reset(seed)
+            frame = sim.render(depth=False, instances=True)
+            objects = [SceneObject(o.name, o.box, frame.instances == o.instance_id)
+                       for o in frame.objects if o.box is not None and o.visible_pixels > 0]
+            yield frame.rgb, objects, [o.name for o in frame.objects]
