@@ -1,0 +1,153 @@
+"""Frame-rate, latency and drop statistics for a node's diagnostics, with the level decision."""
+import collections
+from dataclasses import dataclass, field
+import threading
+import time
+
+import numpy as np
+
+OK, WARN, ERROR = 0, 1, 2  # the diagnostic_msgs/DiagnosticStatus levels
+
+
+@dataclass
+class HealthLimits:
+    """When the statistics stop being OK."""
+
+    silent_after: float = 5.0  # seconds without an input frame while active -> WARN
+    max_drop_ratio: float = 0.95  # frames replaced before inference / received, over the window
+    min_frames_for_drops: int = 20  # fewer frames in the window never warn about drops
+
+
+@dataclass
+class Snapshot:
+    """Statistics over the last window, as the diagnostics report them."""
+
+    input_rate: float  # Hz
+    processed_rate: float  # Hz
+    received: int  # totals since the last reset
+    processed: int
+    dropped: int
+    window_frames: int  # input frames within the window
+    drop_ratio: float  # dropped / received within the window
+    inference_ms: tuple  # (p50, p99) of the processing time, NaN before the first frame
+    latency_ms: tuple  # (p50, p99) from receipt to results published
+    since_input: float  # seconds since the last frame, inf if none yet
+    last_error: str
+    level: int = OK
+    reasons: list = field(default_factory=list)
+
+
+def percentiles(values, qs=(50, 99)) -> tuple:
+    """Return the percentiles `qs` of `values`, NaN for each when empty."""
+    if not len(values):
+        return tuple(float('nan') for _ in qs)
+    return tuple(float(v) for v in np.percentile(np.asarray(values, dtype=np.float64), qs))
+
+
+class FrameStats:
+    """
+    Count frames in, frames processed and frames dropped, and keep recent timings.
+
+    Rates and the drop ratio cover the last `window` seconds; percentiles cover the last
+    `samples` processed frames. Thread-safe: inputs arrive on executor threads while results
+    come from the inference thread.
+    """
+
+    def __init__(self, window: float = 10.0, samples: int = 1000, clock=time.monotonic):
+        self._window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._inputs = collections.deque()  # (time, dropped_one)
+        self._outputs = collections.deque()  # time
+        self._inference = collections.deque(maxlen=samples)  # seconds
+        self._latency = collections.deque(maxlen=samples)  # seconds
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all counts and timings (a new configure or activate starts afresh)."""
+        with self._lock:
+            self._inputs.clear()
+            self._outputs.clear()
+            self._inference.clear()
+            self._latency.clear()
+            self.received = self.processed = self.dropped = 0
+            self._last_input = None
+            self.last_error = ''
+
+    def on_input(self, dropped: bool = False) -> None:
+        """Count an input frame; `dropped` when it replaced one that was never processed."""
+        now = self._clock()
+        with self._lock:
+            self.received += 1
+            self.dropped += int(dropped)
+            self._last_input = now
+            self._inputs.append((now, dropped))
+            self._trim(now)
+
+    def on_processed(self, inference: float, latency: float) -> None:
+        """Record a processed frame: its processing time and receipt-to-publish time (s)."""
+        now = self._clock()
+        with self._lock:
+            self.processed += 1
+            self._outputs.append(now)
+            self._inference.append(inference)
+            self._latency.append(latency)
+            self._trim(now)
+
+    def on_error(self, message: str) -> None:
+        """Remember the newest error message."""
+        with self._lock:
+            self.last_error = message
+
+    def _trim(self, now: float) -> None:
+        start = now - self._window
+        while self._inputs and self._inputs[0][0] < start:
+            self._inputs.popleft()
+        while self._outputs and self._outputs[0] < start:
+            self._outputs.popleft()
+
+    def snapshot(self) -> Snapshot:
+        """Return the current statistics (level OK; see `assess`)."""
+        now = self._clock()
+        with self._lock:
+            self._trim(now)
+            inputs = len(self._inputs)
+            dropped = sum(1 for _, d in self._inputs if d)
+            span = self._window
+            return Snapshot(
+                input_rate=inputs / span, processed_rate=len(self._outputs) / span,
+                received=self.received, processed=self.processed, dropped=self.dropped,
+                window_frames=inputs, drop_ratio=dropped / inputs if inputs else 0.0,
+                inference_ms=tuple(v * 1e3 for v in percentiles(self._inference)),
+                latency_ms=tuple(v * 1e3 for v in percentiles(self._latency)),
+                since_input=(now - self._last_input if self._last_input is not None
+                             else float('inf')),
+                last_error=self.last_error)
+
+
+def assess(snapshot: Snapshot, limits: HealthLimits, active: bool, load_error: str = '',
+           qos_hint: str = '') -> Snapshot:
+    """
+    Set `snapshot.level` and `snapshot.reasons` and return it.
+
+    ERROR when the model failed to load; WARN while active when the input is silent, frames
+    are mostly dropped, or a QoS hint is pending; otherwise OK.
+    """
+    reasons, level = [], OK
+    if load_error:
+        reasons.append(f'model failed to load: {load_error}')
+        level = ERROR
+    if active and snapshot.since_input > limits.silent_after:
+        silent = ('no input frame yet' if snapshot.since_input == float('inf')
+                  else f'no input frame for {snapshot.since_input:.1f} s')
+        reasons.append(silent)
+        level = max(level, WARN)
+    enough = snapshot.window_frames >= limits.min_frames_for_drops
+    if active and enough and snapshot.drop_ratio > limits.max_drop_ratio:
+        reasons.append(f'{snapshot.drop_ratio:.0%} of input frames dropped')
+        level = max(level, WARN)
+    if qos_hint:
+        reasons.append(qos_hint)
+        level = max(level, WARN)
+    snapshot.level, snapshot.reasons = level, reasons
+    return snapshot

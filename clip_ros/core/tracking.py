@@ -1,0 +1,183 @@
+"""Keep instance ids stable across frames: greedy mask/box IoU association per label."""
+from dataclasses import dataclass
+import itertools
+
+import numpy as np
+
+
+@dataclass
+class Track:
+    """One physical object followed across frames."""
+
+    id: int
+    label: str
+    box: np.ndarray  # [4] x_min, y_min, x_max, y_max in image pixels
+    mask: np.ndarray | None  # [h, w] bool, the label image subsampled by the tracker's stride
+    velocity: np.ndarray  # [2] box-centre pixels per second, smoothed
+    last_seen: float  # seconds
+    hits: int = 1
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Return the IoU matrix [K, T] of xyxy boxes `a` [K, 4] and `b` [T, 4]."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Return the IoU matrix [K, T] of bool masks `a` [K, h, w] and `b` [T, h, w]."""
+    fa = a.reshape(len(a), -1).astype(np.float32)
+    fb = b.reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T  # [K, T]
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def shift_mask(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Translate a bool mask by whole pixels, filling the uncovered border with False."""
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    src = mask[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    out[max(dy, 0):h - max(-dy, 0), max(dx, 0):w - max(-dx, 0)] = src
+    return out
+
+
+class Tracker:
+    """
+    Give each detection the id of the object it continues, or a new id.
+
+    A detection continues a track of the same label when their IoU (masks when both have
+    one, else boxes), after moving the track by its smoothed velocity, is at least
+    `iou_threshold`; pairs are taken greedily from the highest IoU. A track unseen for more
+    than `lost_timeout` seconds is forgotten. Ids start at 1 and are never reused until
+    `reset`.
+
+    Parameters
+    ----------
+    iou_threshold : float
+        Smallest IoU that continues a track.
+    lost_timeout : float
+        Seconds a track survives without a matching detection.
+    mask_stride : int
+        Subsampling of label images before mask IoU (speed; 4 keeps 1/16 of the pixels).
+    smoothing : float
+        Weight of the newest velocity estimate in the running average.
+
+    """
+
+    def __init__(self, iou_threshold: float = 0.3, lost_timeout: float = 1.0,
+                 mask_stride: int = 4, smoothing: float = 0.5):
+        if not 0.0 < iou_threshold <= 1.0:
+            raise ValueError(f'iou_threshold must be in (0, 1], got {iou_threshold}')
+        if lost_timeout < 0.0 or mask_stride < 1:
+            raise ValueError(f'lost_timeout must be >= 0 and mask_stride >= 1, got '
+                             f'{lost_timeout}, {mask_stride}')
+        self.iou_threshold = iou_threshold
+        self.lost_timeout = lost_timeout
+        self.mask_stride = mask_stride
+        self.smoothing = smoothing
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every track and restart ids at 1."""
+        self.tracks: list[Track] = []
+        self._ids = itertools.count(1)
+
+    def update(self, labels, boxes, stamp: float, label_image: np.ndarray | None = None) -> list:
+        """
+        Associate one frame's detections with the tracks; return one id per detection.
+
+        Parameters
+        ----------
+        labels : sequence of str
+            Label (phrase) of each detection; only equal labels are associated.
+        boxes : array-like [K, 4]
+            x_min, y_min, x_max, y_max in image pixels.
+        stamp : float
+            Frame time in seconds.
+        label_image : np.ndarray [H, W] or None
+            Pixel value = detection index + 1, 0 background (a GroundingResult's label image).
+
+        Returns
+        -------
+        list of int
+            Track id of each detection, in input order.
+
+        """
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if len(labels) != len(boxes):
+            raise ValueError(f'{len(labels)} labels for {len(boxes)} boxes')
+        self._expire(stamp)
+        masks = None
+        if label_image is not None:
+            small = np.asarray(label_image)[::self.mask_stride, ::self.mask_stride]
+            masks = small[None] == np.arange(1, len(boxes) + 1)[:, None, None]  # [K, h, w]
+        iou = self._iou(labels, boxes, masks, stamp)
+        matched = self._greedy(iou)
+        ids = []
+        for k in range(len(boxes)):
+            mask = masks[k] if masks is not None else None
+            track = matched.get(k)
+            if track is None:
+                track = Track(next(self._ids), labels[k], boxes[k].copy(), mask, np.zeros(2),
+                              stamp)
+                self.tracks.append(track)
+            else:
+                self._advance(track, boxes[k], mask, stamp)
+            ids.append(track.id)
+        return ids
+
+    def _expire(self, stamp: float) -> None:
+        if any(stamp < t.last_seen - self.lost_timeout for t in self.tracks):
+            self.tracks = []  # time jumped back (a replayed recording): old tracks are stale
+        self.tracks = [t for t in self.tracks if stamp - t.last_seen <= self.lost_timeout]
+
+    def _iou(self, labels, boxes, masks, stamp: float) -> np.ndarray:
+        """Return the IoU [K, T] of detections with the predicted tracks, -1 across labels."""
+        iou = np.full((len(boxes), len(self.tracks)), -1.0)
+        for t, track in enumerate(self.tracks):
+            shift = track.velocity * max(stamp - track.last_seen, 0.0)
+            same = [k for k, label in enumerate(labels) if label == track.label]
+            if not same:
+                continue
+            if masks is not None and track.mask is not None and track.mask.shape == masks.shape[1:]:
+                dx, dy = np.round(shift / self.mask_stride).astype(int)
+                predicted = shift_mask(track.mask, int(dy), int(dx))
+                iou[same, t] = mask_iou(masks[same], predicted[None])[:, 0]
+            else:
+                predicted = track.box + np.tile(shift, 2)
+                iou[same, t] = box_iou(boxes[same], predicted[None])[:, 0]
+        return iou
+
+    def _greedy(self, iou: np.ndarray) -> dict:
+        """Pair detections with tracks from the highest IoU down; return {detection: track}."""
+        matched, used = {}, set()
+        if not iou.size:
+            return matched
+        order = np.dstack(np.unravel_index(np.argsort(-iou, axis=None), iou.shape))[0]
+        for k, t in order:
+            if iou[k, t] < self.iou_threshold:
+                break
+            if k not in matched and t not in used:
+                matched[int(k)] = self.tracks[t]
+                used.add(t)
+        return matched
+
+    def _advance(self, track: Track, box: np.ndarray, mask, stamp: float) -> None:
+        dt = stamp - track.last_seen
+        if dt > 0:
+            step = ((box[:2] + box[2:]) - (track.box[:2] + track.box[2:])) / 2.0 / dt
+            # The first estimate is taken whole: a new track has no velocity to average with.
+            weight = 1.0 if track.hits == 1 else self.smoothing
+            track.velocity = weight * step + (1.0 - weight) * track.velocity
+        track.box, track.mask, track.last_seen = box.copy(), mask, stamp
+        track.hits += 1

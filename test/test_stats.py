@@ -1,0 +1,96 @@
+"""FrameStats counts, rates and percentiles, and the diagnostic level decision."""
+import math
+
+import pytest
+
+from clip_ros.core.stats import assess, ERROR, FrameStats, HealthLimits, OK, percentiles, WARN
+
+
+class Clock:
+    """A settable clock."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_percentiles():
+    assert all(math.isnan(v) for v in percentiles([]))
+    p50, p99 = percentiles(list(range(101)))
+    assert (p50, p99) == pytest.approx((50.0, 99.0))
+
+
+def test_rates_counts_and_latencies():
+    clock = Clock()
+    stats = FrameStats(window=10.0, clock=clock)
+    for i in range(100):  # 10 Hz in, every other frame dropped, 5 Hz out
+        clock.now = i * 0.1
+        stats.on_input(dropped=bool(i % 2))
+        if i % 2 == 0:
+            stats.on_processed(inference=0.05, latency=0.08)
+    snap = stats.snapshot()
+    assert snap.input_rate == pytest.approx(10.0, rel=0.05)
+    assert snap.processed_rate == pytest.approx(5.0, rel=0.05)
+    assert (snap.received, snap.processed, snap.dropped) == (100, 50, 50)
+    assert snap.drop_ratio == pytest.approx(0.5, abs=0.02)
+    assert snap.inference_ms == pytest.approx((50.0, 50.0))
+    assert snap.latency_ms == pytest.approx((80.0, 80.0))
+    assert snap.since_input == pytest.approx(0.0)
+    clock.now += 30.0  # the window empties, the totals stay
+    snap = stats.snapshot()
+    assert (snap.input_rate, snap.window_frames, snap.received) == (0.0, 0, 100)
+    assert snap.since_input == pytest.approx(30.0)
+    stats.reset()
+    assert stats.snapshot().received == 0 and math.isinf(stats.snapshot().since_input)
+
+
+def test_level_ok_when_frames_flow():
+    clock = Clock()
+    stats = FrameStats(clock=clock)
+    for i in range(30):
+        clock.now = i * 0.1
+        stats.on_input()
+        stats.on_processed(0.01, 0.02)
+    snap = assess(stats.snapshot(), HealthLimits(), active=True)
+    assert (snap.level, snap.reasons) == (OK, [])
+
+
+def test_level_warn_on_silent_input_only_while_active():
+    clock = Clock()
+    stats = FrameStats(clock=clock)
+    assert assess(stats.snapshot(), HealthLimits(), active=True).level == WARN
+    assert 'no input frame yet' in assess(stats.snapshot(), HealthLimits(), True).reasons
+    assert assess(stats.snapshot(), HealthLimits(), active=False).level == OK
+    stats.on_input()
+    clock.now = 6.0
+    snap = assess(stats.snapshot(), HealthLimits(silent_after=5.0), active=True)
+    assert snap.level == WARN and 'no input frame for 6.0 s' in snap.reasons
+
+
+def test_level_warn_on_high_drop_ratio():
+    clock = Clock()
+    stats = FrameStats(clock=clock)
+    for i in range(100):
+        clock.now = i * 0.01
+        stats.on_input(dropped=i % 50 != 0)
+    snap = assess(stats.snapshot(), HealthLimits(max_drop_ratio=0.9), active=True)
+    assert snap.level == WARN and '98% of input frames dropped' in snap.reasons
+    few = FrameStats(clock=clock)
+    few.on_input(dropped=True)
+    assert assess(few.snapshot(), HealthLimits(), active=True).level == OK
+
+
+def test_level_error_on_load_failure_and_warn_on_qos_hint():
+    stats = FrameStats()
+    snap = assess(stats.snapshot(), HealthLimits(), active=False, load_error='no weights')
+    assert snap.level == ERROR and 'model failed to load: no weights' in snap.reasons
+    snap = assess(stats.snapshot(), HealthLimits(), active=False, qos_hint='check QoS')
+    assert snap.level == WARN and snap.reasons == ['check QoS']
+
+
+def test_last_error_is_kept():
+    stats = FrameStats()
+    stats.on_error('inference failed: boom')
+    assert stats.snapshot().last_error == 'inference failed: boom'
