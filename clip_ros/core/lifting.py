@@ -1,0 +1,205 @@
+"""
+Lift a 2D instance mask to a 3D point: median valid depth, pinhole back-projection, extrinsic.
+
+Frames: the camera optical frame (x right, y down, z forward) and the robot base frame,
+related by a static extrinsic ``base_from_camera`` (rotation R, translation t: p_base = R p_cam
++ t). Every check raises ValueError with the reason, so a caller can report it and stay still.
+"""
+from dataclasses import dataclass
+import math
+
+import numpy as np
+
+DEPTH_ENCODINGS = ('32FC1', '16UC1', 'mono16')  # metres, millimetres (scaled), millimetres
+
+
+@dataclass
+class Extrinsic:
+    """A rigid transform base_from_camera: p_base = rotation @ p_camera + translation."""
+
+    rotation: np.ndarray     # [3, 3]
+    translation: np.ndarray  # [3] metres
+
+    @classmethod
+    def identity(cls) -> 'Extrinsic':
+        """Return the transform for a base frame that is the camera optical frame."""
+        return cls(np.eye(3), np.zeros(3))
+
+    @classmethod
+    def from_xyz_quat(cls, values) -> 'Extrinsic':
+        """
+        Build from [x, y, z, qx, qy, qz, qw] (ROS order), e.g. a launch parameter.
+
+        Raises
+        ------
+        ValueError
+            Not 7 finite numbers, or a zero quaternion.
+
+        """
+        values = np.asarray(values, dtype=np.float64).ravel()
+        if values.shape != (7,) or not np.all(np.isfinite(values)):
+            raise ValueError(f'extrinsic must be 7 finite numbers [x, y, z, qx, qy, qz, qw], '
+                             f'got {values.tolist()}')
+        return cls(quat_to_matrix(values[3:]), values[:3].copy())
+
+    def to_xyz_quat(self) -> list:
+        """Return [x, y, z, qx, qy, qz, qw]."""
+        return [float(v) for v in self.translation] + matrix_to_quat(self.rotation)
+
+    def apply(self, points) -> np.ndarray:
+        """Map camera-frame points [..., 3] into the base frame."""
+        return np.asarray(points, np.float64) @ self.rotation.T + self.translation
+
+
+def quat_to_matrix(quat) -> np.ndarray:
+    """Return the 3x3 rotation of a quaternion (x, y, z, w); raise ValueError when zero."""
+    x, y, z, w = (float(v) for v in quat)
+    norm = math.sqrt(x * x + y * y + z * z + w * w)
+    if not norm > 1e-9:
+        raise ValueError('quaternion (x, y, z, w) must be non-zero')
+    x, y, z, w = x / norm, y / norm, z / norm, w / norm
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def matrix_to_quat(rot) -> list:
+    """Return the quaternion [x, y, z, w] of a 3x3 rotation (w >= 0)."""
+    m = np.asarray(rot, np.float64)
+    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    if trace > 0:
+        s = 2 * math.sqrt(trace + 1)
+        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4]
+    else:
+        i = int(np.argmax(np.diag(m)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2 * math.sqrt(max(1 + m[i, i] - m[j, j] - m[k, k], 1e-12))
+        q = [0.0] * 4
+        q[i], q[j], q[k] = s / 4, (m[j, i] + m[i, j]) / s, (m[k, i] + m[i, k]) / s
+        q[3] = (m[k, j] - m[j, k]) / s
+    q = np.asarray(q) * (1 if q[3] >= 0 else -1)
+    return [float(v) for v in q / np.linalg.norm(q)]
+
+
+def check_intrinsics(K) -> np.ndarray:
+    """Return K as float64 [3, 3]; raise ValueError when it is missing or not a pinhole."""
+    if K is None:
+        raise ValueError('no camera_info yet: intrinsics unknown')
+    K = np.asarray(K, dtype=np.float64).reshape(-1)
+    if K.size != 9:
+        raise ValueError(f'intrinsics must have 9 values, got {K.size}')
+    K = K.reshape(3, 3)
+    if not (np.all(np.isfinite(K)) and K[0, 0] > 0 and K[1, 1] > 0):
+        raise ValueError(f'invalid intrinsics: fx={K[0, 0]}, fy={K[1, 1]} (all-zero '
+                         'camera_info means an uncalibrated camera)')
+    return K
+
+
+def depth_to_metres(depth: np.ndarray, encoding: str, depth_scale: float = 0.001) -> np.ndarray:
+    """
+    Return a depth image as float32 metres.
+
+    Parameters
+    ----------
+    depth : [H, W]
+        As decoded from the image message.
+    encoding : str
+        One of DEPTH_ENCODINGS: '32FC1' is metres; '16UC1'/'mono16' are integer units.
+    depth_scale : float
+        Metres per integer unit (0.001 for millimetres).
+
+    """
+    if encoding not in DEPTH_ENCODINGS:
+        raise ValueError(f'depth encoding {encoding!r} is not one of {", ".join(DEPTH_ENCODINGS)}')
+    depth = np.asarray(depth)
+    if depth.ndim != 2 or depth.size == 0:
+        raise ValueError(f'depth must be a non-empty [H, W] image, got shape {depth.shape}')
+    if encoding == '32FC1':
+        return depth.astype(np.float32, copy=False)
+    if not depth_scale > 0:
+        raise ValueError(f'depth_scale must be > 0 metres per unit, got {depth_scale}')
+    return depth.astype(np.float32) * np.float32(depth_scale)
+
+
+def back_project(u, v, z, K) -> np.ndarray:
+    """Return camera optical-frame points [..., 3] of pixels (u, v) at depth z (metres)."""
+    K = check_intrinsics(K)
+    u, v, z = (np.asarray(a, np.float64) for a in (u, v, z))
+    x = (u - K[0, 2]) * z / K[0, 0]
+    y = (v - K[1, 2]) * z / K[1, 1]
+    return np.stack(np.broadcast_arrays(x, y, z), axis=-1)
+
+
+@dataclass
+class LiftedTarget:
+    """A mask lifted to 3D."""
+
+    position_camera: np.ndarray  # [3] camera optical frame, metres
+    position: np.ndarray         # [3] base frame, metres
+    size: np.ndarray             # [3] extent of the valid masked points, base frame axes
+    depth: float                 # the median depth used (m)
+    pixel: tuple                 # (u, v) the median pixel that was back-projected
+    valid_pixels: int            # masked pixels with usable depth
+
+
+def _valid_depth(depth: np.ndarray, mask: np.ndarray, depth_range: tuple) -> np.ndarray:
+    if depth.shape != mask.shape:
+        raise ValueError(f'depth size {depth.shape[1]}x{depth.shape[0]} differs from the '
+                         f'mask/image size {mask.shape[1]}x{mask.shape[0]}')
+    if not mask.any():
+        raise ValueError('the instance mask is empty')
+    near, far = depth_range
+    valid = mask & np.isfinite(depth) & (depth > max(near, 0.0)) & (depth < far)
+    if not valid.any():
+        values = depth[mask]
+        reason = ('all NaN' if np.isnan(values).all() else 'all zero' if (values == 0).all()
+                  else f'none within {near}..{far} m')
+        raise ValueError(f'no valid depth inside the mask ({reason})')
+    return valid
+
+
+def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = None,
+              depth_range: tuple = (0.05, 10.0), min_valid: int = 1) -> LiftedTarget:
+    """
+    Lift an instance mask to 3D with the median valid depth inside it.
+
+    Parameters
+    ----------
+    depth : float32 [H, W]
+        Metres (see depth_to_metres); NaN, zero and out-of-range values are ignored.
+    mask : bool [H, W]
+        The instance's pixels; must have the depth image's size.
+    K : [3, 3]
+        Pinhole intrinsics of the depth image (None: raises 'no camera_info').
+    extrinsic : Extrinsic
+        base_from_camera; identity when None.
+    depth_range : (near, far)
+        Valid depth interval (m), exclusive.
+    min_valid : int
+        Fewest valid pixels accepted.
+
+    Returns
+    -------
+    LiftedTarget: the back-projection of the median valid pixel (u, v) at the median valid
+    depth, in both frames.
+
+    Raises
+    ------
+    ValueError
+        Missing/invalid intrinsics, size mismatch, empty mask, or no/too little valid depth.
+
+    """
+    K = check_intrinsics(K)
+    depth, mask = np.asarray(depth, np.float32), np.asarray(mask, bool)
+    valid = _valid_depth(depth, mask, depth_range)
+    rows, cols = np.nonzero(valid)
+    if rows.size < min_valid:
+        raise ValueError(f'only {rows.size} masked pixels have valid depth (need {min_valid})')
+    z = float(np.median(depth[rows, cols]))
+    u, v = float(np.median(cols)), float(np.median(rows))
+    extrinsic = extrinsic or Extrinsic.identity()
+    camera = back_project(u, v, z, K)
+    points = extrinsic.apply(back_project(cols, rows, depth[rows, cols], K))  # [N, 3]
+    low, high = np.percentile(points, [5, 95], axis=0)
+    return LiftedTarget(camera, extrinsic.apply(camera), high - low, z, (u, v), int(rows.size))
