@@ -16,6 +16,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
+from clip_ros.core.stats import ERROR  # noqa: E402
 from clip_ros.nodes.grounding_node import GroundingNode  # noqa: E402
 from node_harness import (  # noqa: E402, I100
     Harness, LATCHED, request, rgb_image, TIMEOUT, wait_for)
@@ -67,9 +68,10 @@ def test_detections_follow_the_image(ros):
     assert result is not None
     assert result.header == msg.header
     assert result.detections, 'threshold 0 must give a detection'
-    for index, detection in enumerate(result.detections):
+    assert len({d.id for d in result.detections}) == len(result.detections)
+    for detection in result.detections:
         assert detection.header == msg.header
-        assert detection.id == str(index)
+        assert int(detection.id) >= 1  # track id
         hypothesis = detection.results[0].hypothesis
         assert hypothesis.class_id == 'red block'
         assert 0.0 <= hypothesis.score <= 1.0
@@ -157,7 +159,7 @@ def test_huge_image_is_rejected_without_inference(ros):
     msg = Image(width=8000, height=8000, encoding='rgb8', step=24000,
                 data=bytes(8000 * 8000 * 3), header=ros.header())
     before = ros.node.rejected
-    ros.node.worker.submit(msg)
+    ros.node.submit_frame(msg)
     assert wait_for(lambda: ros.node.rejected > before)
     assert_answered(ros)
 
@@ -229,12 +231,12 @@ def test_missing_model_keeps_node_alive(ros, tmp_path):
                  Parameter('queries', value=['cup'])]
     node = ros.add(GroundingNode(context=ros.context, namespace='broken',
                                  parameter_overrides=overrides))
-    assert node.not_ready.startswith('model not loaded')
+    assert node.lifecycle_state == 'unconfigured'
     assert 'missing.safetensors' in node.not_ready
-    pub = ros.publisher(Image, 'broken/image')
-    assert wait_for(lambda: pub.get_subscription_count() > 0)
-    wait_for(lambda: pub.publish(frame(ros)) or node.worker.processed > 1)
-    assert node.worker.processed > 1
+    diagnostics = node.diagnostics()
+    assert diagnostics.level == ERROR
+    assert 'model failed to load' in diagnostics.reasons[0]
+    assert node.count_subscribers('broken/image') == 0 and node.worker is None
 
 
 def test_node_as_process_answers_and_stops_on_sigint(ros):
@@ -269,7 +271,7 @@ def test_burst_keeps_only_the_newest_frame(ros):
     received, processed, dropped = worker.received, worker.processed, worker.dropped
     frames = [frame(ros) for _ in range(6)]
     for msg in frames:
-        worker.submit(msg)  # faster than inference: the slot keeps only the newest
+        ros.node.submit_frame(msg)  # faster than inference: the slot keeps only the newest
     assert wait_for(lambda: ros.detections.find(lambda m: m.header == frames[-1].header))
     assert worker.received == received + 6
     assert worker.dropped > dropped

@@ -1,8 +1,8 @@
 """Zero-shot classification of whole camera frames with CLIP."""
+import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Classification
 
@@ -11,12 +11,11 @@ from clip_ros.core.models import load_clip
 from clip_ros.core.registry import DEFAULT_CLIP
 from clip_ros.nodes.common import (
     clean_phrases, common_parameters, declare_all, decode_rgb, describe, parameter_values,
-    RESULTS_QOS, string_list, subscribe_images)
-from clip_ros.nodes.frame_worker import FrameWorker, KeyedThrottle
+    RESULTS_QOS, string_list)
+from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import classification_msg
 
-THROTTLE_SEC = 5.0
-STATS_PERIOD_SEC = 10.0
+WARM_UP_SIZE = 224
 
 
 def check_lists(values: dict) -> tuple[list, list]:
@@ -29,7 +28,7 @@ def check_lists(values: dict) -> tuple[list, list]:
     return classes, templates or list(DEFAULT_TEMPLATES)
 
 
-class ClipClassifierNode(Node):
+class ClipClassifierNode(ManagedNode):
     """Publish the probability of each class in `classes` for every frame."""
 
     def __init__(self, **kwargs):
@@ -46,41 +45,31 @@ class ClipClassifierNode(Node):
             ('top_k', 0, describe('publish only the best k classes; 0 for all',
                                   int_range=(0, 65535))),
         ))
-        self._warn = KeyedThrottle(self.get_logger().warning, THROTTLE_SEC)
-        self._error = KeyedThrottle(self.get_logger().error, THROTTLE_SEC)
         self.rejected = 0
         self._clip = None
         self._classifier = None
-        self._not_ready = ''
-        self._pub = self.create_publisher(Classification, 'classification', RESULTS_QOS)
-        values = parameter_values(self)
-        self._load_model(values)
+        self._classes: list = []
         self._apply_parameters([])
-        self._worker = FrameWorker(self._process, self._on_worker_error, 'classifier_worker')
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
-        subscribe_images(self, values['image_qos'], self._worker.submit)
-        self._stats_timer = self.create_timer(STATS_PERIOD_SEC, self._log_stats)
+        self.start()
 
-    @property
-    def worker(self) -> FrameWorker:
-        """Return the frame worker, which counts received, dropped and processed frames."""
-        return self._worker
-
-    @property
-    def not_ready(self) -> str:
-        """Return why frames cannot be processed ('' when the model is loaded)."""
-        return self._not_ready
-
-    def _load_model(self, values: dict) -> None:
-        try:
-            self._clip = load_clip(values['clip_arch'], values['clip_pretrained'],
-                                   values['device'], values['dtype'], values['cache_dir'] or None)
-        except Exception as e:  # noqa: B902 - the node stays up and says why it cannot infer
-            self._not_ready = f'model not loaded: {e}'
-            self.get_logger().error(self._not_ready)
-            return
+    def load_model(self) -> tuple:
+        """Load CLIP, build the classifier for the current classes and create the output."""
+        values = parameter_values(self)
+        self._clip = load_clip(values['clip_arch'], values['clip_pretrained'],
+                               values['device'], values['dtype'], values['cache_dir'] or None)
         self.get_logger().info(f'loaded {self._clip.name} on {self._clip.device}')
+        self._apply_parameters([])
+        # One inference now, so the first camera frame does not pay for lazy initialisation.
+        ZeroShotClassifier(self._clip, self._classes or ['an object'], DEFAULT_TEMPLATES)(
+            np.zeros((WARM_UP_SIZE, WARM_UP_SIZE, 3), np.uint8))
+        self._pub = self.output(Classification, 'classification', RESULTS_QOS)
+        return self._clip.name, str(self._clip.device)
+
+    def release_model(self) -> None:
+        """Drop the model and the classifier."""
+        self._classifier = self._clip = None
 
     def _validate_parameters(self, params) -> SetParametersResult:
         values = parameter_values(self)
@@ -109,10 +98,10 @@ class ClipClassifierNode(Node):
             self._classifier = None
         self._classes = classes
 
-    def _process(self, msg: Image) -> None:
+    def process(self, msg: Image) -> None:
+        """Score the classes on one frame and publish them."""
         classifier = self._classifier
         if self._clip is None:
-            self._error('not_ready', self._not_ready)
             return
         if classifier is None:
             self._warn('no_classes', 'no classes to score: set the `classes` parameter')
@@ -126,19 +115,6 @@ class ClipClassifierNode(Node):
         probabilities = classifier(rgb)
         self._pub.publish(
             classification_msg(classifier.classes, probabilities, msg.header, self._top_k))
-
-    def _log_stats(self) -> None:
-        report = self._worker.dropped_report()
-        if report:
-            self.get_logger().info(f'{report}; {self.rejected} images rejected')
-
-    def _on_worker_error(self, error: Exception) -> None:
-        self._error('inference', f'inference failed: {type(error).__name__}: {error}')
-
-    def destroy_node(self) -> None:
-        """Stop the worker before the publisher goes away."""
-        self._worker.stop()
-        super().destroy_node()
 
 
 def main(args=None) -> None:

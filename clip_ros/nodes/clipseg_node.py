@@ -1,8 +1,8 @@
 """Semantic segmentation of camera frames into named classes with CLIPSeg."""
+import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
 from sensor_msgs.msg import Image
 import torch
 from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -12,16 +12,15 @@ from clip_ros.core.clipseg import ClipSegRunner, load_clipseg
 from clip_ros.core.registry import DEFAULT_CLIPSEG
 from clip_ros.nodes.common import (
     clean_phrases, common_parameters, declare_all, decode_rgb, describe, LATCHED_QOS,
-    parameter_values, RESULTS_QOS, string_list, subscribe_images)
+    parameter_values, RESULTS_QOS, string_list)
 from clip_ros.nodes.conversions import numpy_to_image
-from clip_ros.nodes.frame_worker import FrameWorker, KeyedThrottle
+from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import detections_msg, label_info_msg
 
-THROTTLE_SEC = 5.0
-STATS_PERIOD_SEC = 10.0
+WARM_UP_SIZE = 224
 
 
-class ClipSegNode(Node):
+class ClipSegNode(ManagedNode):
     """Label every pixel with its most probable class from `classes`, or background."""
 
     def __init__(self, **kwargs):
@@ -35,45 +34,40 @@ class ClipSegNode(Node):
                 'pixels whose best class probability is below this are background (0)',
                 float_range=(0.0, 1.0))),
         ))
-        self._warn = KeyedThrottle(self.get_logger().warning, THROTTLE_SEC)
-        self._error = KeyedThrottle(self.get_logger().error, THROTTLE_SEC)
         self.rejected = 0
         self._runner = None
-        self._not_ready = ''
+        self._label_pub = None
         self._classes: list = []
         self._label_sent = False
-        self._mask_pub = self.create_publisher(Image, 'mask', RESULTS_QOS)
-        self._det_pub = self.create_publisher(Detection2DArray, 'detections', RESULTS_QOS)
-        self._label_pub = self.create_publisher(LabelInfo, 'label_info', LATCHED_QOS)
-        values = parameter_values(self)
-        self._load_model(values)
         self._apply_parameters([])
-        self._worker = FrameWorker(self._process, self._on_worker_error, 'clipseg_worker')
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
-        subscribe_images(self, values['image_qos'], self._worker.submit)
-        self._stats_timer = self.create_timer(STATS_PERIOD_SEC, self._log_stats)
+        self.start()
 
-    @property
-    def worker(self) -> FrameWorker:
-        """Return the frame worker, which counts received, dropped and processed frames."""
-        return self._worker
-
-    @property
-    def not_ready(self) -> str:
-        """Return why frames cannot be processed ('' when the model is loaded)."""
-        return self._not_ready
-
-    def _load_model(self, values: dict) -> None:
-        try:
-            model = load_clipseg(values['clipseg_model'], values['device'], values['dtype'],
-                                 values['cache_dir'] or None)
-            self._runner = ClipSegRunner(model)
-        except Exception as e:  # noqa: B902 - the node stays up and says why it cannot infer
-            self._not_ready = f'model not loaded: {e}'
-            self.get_logger().error(self._not_ready)
-            return
+    def load_model(self) -> tuple:
+        """Load CLIPSeg, warm it up and create the outputs."""
+        values = parameter_values(self)
+        model = load_clipseg(values['clipseg_model'], values['device'], values['dtype'],
+                             values['cache_dir'] or None)
         self.get_logger().info(f'loaded {model.name} on {model.device}')
+        self._runner = ClipSegRunner(model)
+        # One inference now, so the first camera frame does not pay for lazy initialisation.
+        with torch.inference_mode():
+            self._runner.probabilities(np.zeros((WARM_UP_SIZE, WARM_UP_SIZE, 3), np.uint8),
+                                       self._classes or ['an object'])
+        self._mask_pub = self.output(Image, 'mask', RESULTS_QOS)
+        self._det_pub = self.output(Detection2DArray, 'detections', RESULTS_QOS)
+        self._label_pub = self.output(LabelInfo, 'label_info', LATCHED_QOS)
+        return model.name, str(model.device)
+
+    def release_model(self) -> None:
+        """Drop the model and the outputs."""
+        self._runner = self._label_pub = None
+
+    def on_activated(self) -> None:
+        """Publish the current label map, latched for late subscribers."""
+        self._label_sent = False
+        self._apply_parameters([])
 
     def _validate_parameters(self, params) -> SetParametersResult:
         for param in params:
@@ -95,13 +89,14 @@ class ClipSegNode(Node):
             self.get_logger().error(f'invalid parameters: {e}')
         if classes != self._classes or not self._label_sent:
             self._classes = classes
-            self._label_sent = True
-            self._label_pub.publish(label_info_msg(classes, self._background))
+            self._label_sent = self._label_pub is not None and self.active
+            if self._label_sent:
+                self._label_pub.publish(label_info_msg(classes, self._background))
 
-    def _process(self, msg: Image) -> None:
+    def process(self, msg: Image) -> None:
+        """Segment one frame into the classes and publish the label image and regions."""
         runner, classes = self._runner, self._classes
         if runner is None:
-            self._error('not_ready', self._not_ready)
             return
         if not classes:
             self._warn('no_classes', 'no classes to segment: set the `classes` parameter')
@@ -118,19 +113,6 @@ class ClipSegNode(Node):
         regions = semantic_regions(label_image, heatmaps, classes)
         self._mask_pub.publish(numpy_to_image(label_image, 'mono16', msg.header))
         self._det_pub.publish(detections_msg(regions, msg.header))
-
-    def _log_stats(self) -> None:
-        report = self._worker.dropped_report()
-        if report:
-            self.get_logger().info(f'{report}; {self.rejected} images rejected')
-
-    def _on_worker_error(self, error: Exception) -> None:
-        self._error('inference', f'inference failed: {type(error).__name__}: {error}')
-
-    def destroy_node(self) -> None:
-        """Stop the worker before the publishers go away."""
-        self._worker.stop()
-        super().destroy_node()
 
 
 def main(args=None) -> None:

@@ -28,14 +28,24 @@ class FrameWorker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, item: Any) -> None:
-        """Store `item` as the newest frame and wake the worker; never blocks on inference."""
+    def submit(self, item: Any) -> bool:
+        """
+        Store `item` as the newest frame and wake the worker; never blocks on inference.
+
+        Returns whether a waiting frame was replaced (dropped).
+        """
         with self._cond:
-            if self._item is not None:
-                self.dropped += 1
+            replaced = self._item is not None
+            self.dropped += int(replaced)
             self._item = item
             self.received += 1
             self._cond.notify()
+        return replaced
+
+    def clear(self) -> None:
+        """Drop the waiting frame, if any (the frame in progress finishes)."""
+        with self._cond:
+            self._item = None
 
     def dropped_report(self) -> str | None:
         """Describe the frames dropped since the last call, or return None if there were none."""

@@ -1,9 +1,10 @@
 """Ground language phrases in camera images: detections, instance mask, heatmap, overlay."""
+import time
+
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -12,16 +13,16 @@ from clip_ros.core.command import MAX_COMMAND_CHARS, parse_command
 from clip_ros.core.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
 from clip_ros.core.models import load_clip, load_clipseg
 from clip_ros.core.registry import DEFAULT_CLIP, DEFAULT_CLIPSEG
+from clip_ros.core.tracking import Tracker
 from clip_ros.nodes.common import (
     clean_phrases, COMMAND_QOS, common_parameters, declare_all, decode_rgb, describe,
-    LATCHED_QOS, parameter_values, RESULTS_QOS, string_list, subscribe_images, unit_floats)
+    LATCHED_QOS, parameter_values, RESULTS_QOS, string_list, unit_floats)
 from clip_ros.nodes.conversions import numpy_to_image
-from clip_ros.nodes.frame_worker import FrameWorker, KeyedThrottle
+from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import detections_msg, label_info_msg
 from clip_ros.nodes.overlay import draw_overlay
 
-THROTTLE_SEC = 5.0
-STATS_PERIOD_SEC = 10.0
+WARM_UP_SIZE = 224
 # Parameters that need a new GroundingPipeline (the models are kept).
 PIPELINE_PARAMS = ('distractors', 'min_area', 'max_detections', 'rescore')
 
@@ -47,50 +48,29 @@ def query_thresholds(queries, thresholds) -> tuple[dict, float]:
     return pairs, values[0]
 
 
-class GroundingNode(Node):
+class GroundingNode(ManagedNode):
     """Find the regions that match the active phrases (command or `queries`) in each frame."""
 
     def __init__(self, **kwargs):
         super().__init__('grounding_node', **kwargs)
         self._declare_parameters()
-        self._warn = KeyedThrottle(self.get_logger().warning, THROTTLE_SEC)
-        self._error = KeyedThrottle(self.get_logger().error, THROTTLE_SEC)
         self.rejected = 0
         self._command_phrases: list | None = None
         self._phrases: list = []
         self._label_sent = False
         self._default_threshold = 0.4
-        self._pipeline = None
-        self._not_ready = ''
-        self._det_pub = self.create_publisher(Detection2DArray, 'detections', RESULTS_QOS)
-        self._mask_pub = self.create_publisher(Image, 'mask', RESULTS_QOS)
-        self._heatmap_pub = self.create_publisher(Image, 'heatmap', RESULTS_QOS)
-        self._debug_pub = self.create_publisher(Image, 'debug_image', RESULTS_QOS)
-        self._label_pub = self.create_publisher(LabelInfo, 'label_info', LATCHED_QOS)
+        self._clip = self._clipseg = self._pipeline = None
+        self._label_pub = None
+        self._params_error = ''
+        self._tracker = Tracker()
         try:
             self._read_parameters(parameter_values(self))
         except ValueError as e:
-            self._not_ready = f'invalid parameters: {e}'
-            self.get_logger().error(self._not_ready)
-        self._image_qos = self.get_parameter('image_qos').value
-        if not self._not_ready:
-            self._load_models()
-        self._worker = FrameWorker(self._process, self._on_worker_error, 'grounding_worker')
+            self._params_error = f'invalid parameters: {e}'
+            self.get_logger().error(self._params_error)
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
-        subscribe_images(self, self._image_qos, self._worker.submit)
-        self.create_subscription(String, 'command', self._on_command, COMMAND_QOS)
-        self._stats_timer = self.create_timer(STATS_PERIOD_SEC, self._log_stats)
-
-    @property
-    def worker(self) -> FrameWorker:
-        """Return the frame worker, which counts received, dropped and processed frames."""
-        return self._worker
-
-    @property
-    def not_ready(self) -> str:
-        """Return why frames cannot be processed ('' when the model is loaded)."""
-        return self._not_ready
+        self.start()
 
     @property
     def phrases(self) -> list:
@@ -116,6 +96,11 @@ class GroundingNode(Node):
             ('min_area', 64, describe('smallest instance in pixels', int_range=(1, 1 << 24))),
             ('max_detections', 20, describe('most detections per frame', int_range=(1, 1000))),
             ('rescore', True, describe('re-score instances with CLIP crops')),
+            ('track_iou', 0.3, describe(
+                'smallest mask IoU (after motion prediction) that keeps an instance id',
+                float_range=(0.01, 1.0), **ro)),
+            ('track_timeout', 1.0, describe(
+                'seconds an unseen instance keeps its id', float_range=(0.0, 3600.0), **ro)),
         ))
 
     def _read_parameters(self, values: dict) -> None:
@@ -130,20 +115,44 @@ class GroundingNode(Node):
         if self._command_phrases is None:
             self._set_phrases(list(self._query_thresholds))
 
-    def _load_models(self) -> None:
+    def load_model(self) -> tuple:
+        """Load both models, warm them up and create the outputs."""
+        if self._params_error:
+            raise ValueError(self._params_error)
         values = parameter_values(self)
         device, dtype, cache_dir = values['device'], values['dtype'], values['cache_dir'] or None
-        try:
-            self._clip = load_clip(values['clip_arch'], values['clip_pretrained'], device, dtype,
-                                   cache_dir)
-            self._clipseg = load_clipseg(values['clipseg_model'], device, dtype, cache_dir)
-            self._pipeline = self._build_pipeline()
-        except Exception as e:  # noqa: B902 - the node stays up and says why it cannot infer
-            self._not_ready = f'model not loaded: {e}'
-            self.get_logger().error(self._not_ready)
-            return
+        self._clip = load_clip(values['clip_arch'], values['clip_pretrained'], device, dtype,
+                               cache_dir)
+        self._clipseg = load_clipseg(values['clipseg_model'], device, dtype, cache_dir)
         self.get_logger().info(f'loaded {self._clip.name} and {self._clipseg.name} on '
                                f'{self._clip.device} ({self._clip.dtype})')
+        self._pipeline = self._build_pipeline()
+        # One inference now, so the first camera frame does not pay for lazy initialisation.
+        self._pipeline(np.zeros((WARM_UP_SIZE, WARM_UP_SIZE, 3), np.uint8),
+                       self._phrases or ['an object'], self._default_threshold)
+        self._tracker = Tracker(values['track_iou'], values['track_timeout'])
+        self._det_pub = self.output(Detection2DArray, 'detections', RESULTS_QOS)
+        self._mask_pub = self.output(Image, 'mask', RESULTS_QOS)
+        self._heatmap_pub = self.output(Image, 'heatmap', RESULTS_QOS)
+        self._debug_pub = self.output(Image, 'debug_image', RESULTS_QOS)
+        self._label_pub = self.output(LabelInfo, 'label_info', LATCHED_QOS)
+        return f'{self._clip.name} + {self._clipseg.name}', str(self._clip.device)
+
+    def release_model(self) -> None:
+        """Drop the models, the pipeline and the outputs."""
+        self._pipeline = self._clip = self._clipseg = None
+        self._label_pub = None
+        self._tracker.reset()
+
+    def subscribe_inputs(self) -> None:
+        """Subscribe the camera images and the command topic."""
+        super().subscribe_inputs()
+        self.subscribe(String, 'command', self._on_command, COMMAND_QOS)
+
+    def on_activated(self) -> None:
+        """Publish the current label map, latched for late subscribers."""
+        self._label_sent = False
+        self._set_phrases(self._phrases)
 
     def _build_pipeline(self) -> GroundingPipeline:
         return GroundingPipeline(self._clip, self._clipseg, self._distractors, self._min_area,
@@ -161,9 +170,10 @@ class GroundingNode(Node):
 
     def _apply_parameters(self, params) -> None:
         self._read_parameters(parameter_values(self))
-        if self._not_ready.startswith('invalid parameters'):
-            self._not_ready = ''  # fixed at run time: load what startup skipped
-            self._load_models()
+        if self._params_error:
+            self._params_error = ''  # fixed at run time: start what startup skipped
+            if self.lifecycle_state == 'unconfigured':
+                self.start()
         if self._pipeline is not None and any(p.name in PIPELINE_PARAMS for p in params):
             self._pipeline = self._build_pipeline()
 
@@ -172,6 +182,9 @@ class GroundingNode(Node):
         if phrases == self._phrases and self._label_sent:
             return
         self._phrases = phrases
+        if self._label_pub is None or not self.active:
+            self._label_sent = False  # sent on activation
+            return
         self._label_sent = True
         self._label_pub.publish(label_info_msg(phrases, self._default_threshold))
 
@@ -203,10 +216,10 @@ class GroundingNode(Node):
         self.rejected += 1
         self._warn(key, message)
 
-    def _process(self, msg: Image) -> None:
+    def process(self, msg: Image) -> None:
+        """Ground the active phrases in one frame and publish the results."""
         pipeline, phrases = self._pipeline, self._phrases
         if pipeline is None:
-            self._error('not_ready', self._not_ready)
             return
         if not phrases:
             self._warn('no_phrases', 'no phrases to ground: set `queries` or publish a command')
@@ -221,7 +234,10 @@ class GroundingNode(Node):
         self._publish(msg.header, rgb, result)
 
     def _publish(self, header, rgb: np.ndarray, result) -> None:
-        self._det_pub.publish(detections_msg(result.detections, header))
+        stamp = header.stamp.sec + header.stamp.nanosec * 1e-9 or time.monotonic()
+        ids = self._tracker.update([d.phrase for d in result.detections],
+                                   [d.box for d in result.detections], stamp, result.label_image)
+        self._det_pub.publish(detections_msg(result.detections, header, ids))
         self._mask_pub.publish(numpy_to_image(result.label_image, 'mono16', header))
         if result.heatmaps is not None and len(result.heatmaps):
             heatmap = result.heatmaps.max(axis=0).astype(np.float32)  # [H, W]
@@ -229,19 +245,6 @@ class GroundingNode(Node):
         if self._debug_pub.get_subscription_count() > 0:
             overlay = draw_overlay(rgb, result.detections, result.label_image, result.phrases)
             self._debug_pub.publish(numpy_to_image(overlay, 'rgb8', header))
-
-    def _on_worker_error(self, error: Exception) -> None:
-        self._error('inference', f'inference failed: {type(error).__name__}: {error}')
-
-    def _log_stats(self) -> None:
-        report = self._worker.dropped_report()
-        if report:
-            self.get_logger().info(f'{report}; {self.rejected} inputs rejected')
-
-    def destroy_node(self) -> None:
-        """Stop the worker before the publishers go away."""
-        self._worker.stop()
-        super().destroy_node()
 
 
 def main(args=None) -> None:

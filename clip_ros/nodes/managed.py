@@ -1,0 +1,350 @@
+"""
+Lifecycle base for model-owning nodes: transitions, newest-frame worker, diagnostics.
+
+A subclass declares its parameters in `__init__`, calls `self.start()` last, and implements:
+
+* `load_model()` -> (model name, device): load and warm the weights, create outputs with
+  `self.output(...)`; raise to fail the configure transition (the reason is logged).
+* `release_model()`: drop every reference to the model (cleanup frees the memory).
+* `process(msg)`: handle one input message on the worker thread.
+
+Optional hooks: `subscribe_inputs()` (default: `image` with the `image_qos` parameter),
+`on_activated()` and `on_deactivated()` for extra subscriptions or latched outputs.
+"""
+import ctypes
+import gc
+import os
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from sensor_msgs.msg import Image
+import torch
+
+from clip_ros.core.stats import assess, FrameStats, HealthLimits
+from clip_ros.nodes.common import declare_all, describe, image_qos
+from clip_ros.nodes.frame_worker import FrameWorker, KeyedThrottle
+from clip_ros.nodes.messages import diagnostics_msg
+
+THROTTLE_SEC = 5.0
+STATS_PERIOD_SEC = 10.0
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+
+
+def managed_parameters() -> tuple:
+    """Return (name, default, descriptor) for the lifecycle and diagnostics parameters."""
+    ro = {'read_only': True}
+    return (
+        ('autostart', True, describe(
+            'configure and activate at start-up (plain node); false waits for a lifecycle '
+            'manager or `ros2 lifecycle set`', **ro)),
+        ('diagnostics_period', 1.0, describe(
+            'seconds between /diagnostics messages', float_range=(0.1, 60.0), **ro)),
+        ('silent_input_sec', 5.0, describe(
+            'an active node with no input frame for this long reports WARN',
+            float_range=(0.1, 3600.0))),
+        ('max_drop_ratio', 0.95, describe(
+            'WARN when more than this share of input frames is dropped (replaced before '
+            'inference) over the last 10 s', float_range=(0.0, 1.0))),
+    )
+
+
+def resident_bytes() -> int:
+    """Return this process's resident memory in bytes (Linux /proc/self/statm)."""
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def cuda_bytes() -> int:
+    """Return the bytes allocated by torch on the current CUDA device, 0 without CUDA."""
+    return torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+
+
+def free_memory() -> None:
+    """Collect garbage, empty the CUDA cache and hand freed heap pages back to the OS."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: freed pages return to the OS on the allocator's own schedule
+
+
+def qos_text(qos) -> str:
+    """Describe the QoS policies that decide whether a publisher and subscription match."""
+    # The graph reports no history or depth for remote endpoints, and they never block a match.
+    return f'{qos.reliability.name.lower()}, {qos.durability.name.lower()}'
+
+
+
+class ManagedNode(LifecycleNode):
+    """Lifecycle node that loads a model on configure and processes the newest input frame."""
+
+    def __init__(self, node_name: str, **kwargs):
+        super().__init__(node_name, **kwargs)
+        declare_all(self, managed_parameters())
+        self._warn = KeyedThrottle(self.get_logger().warning, THROTTLE_SEC)
+        self._error = KeyedThrottle(self.get_logger().error, THROTTLE_SEC)
+        self.stats = FrameStats()
+        self.load_error = ''
+        self.memory = {}  # 'configure' / 'cleanup' -> (resident bytes, CUDA bytes)
+        self._model = ('', '')  # (name, device)
+        self._outputs, self._inputs = [], []
+        self._worker = None
+        self._active = False
+        self._qos_hint = ''
+        self._lock = threading.Lock()
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._diag_timer = self.create_timer(
+            self.get_parameter('diagnostics_period').value, self.publish_diagnostics,
+            callback_group=MutuallyExclusiveCallbackGroup())
+        self._stats_timer = self.create_timer(STATS_PERIOD_SEC, self._log_stats)
+
+    # Subclass interface --------------------------------------------------------------------
+
+    def load_model(self) -> tuple:
+        """Load and warm the model, create the outputs; return (model name, device)."""
+        raise NotImplementedError
+
+    def release_model(self) -> None:
+        """Drop every reference to the model."""
+        raise NotImplementedError
+
+    def process(self, msg) -> None:
+        """Handle one input message (worker thread)."""
+        raise NotImplementedError
+
+    def subscribe_inputs(self) -> None:
+        """Subscribe the inputs that feed the worker (default: `image`)."""
+        try:
+            qos = image_qos(self.get_parameter('image_qos').value)
+        except ValueError as e:
+            self.get_logger().error(f'{e}; using sensor_data')
+            qos = image_qos('sensor_data')
+        self.subscribe_frames(Image, 'image', qos)
+
+    def on_activated(self) -> None:
+        """Run after the inputs are subscribed and the outputs enabled."""
+
+    def on_deactivated(self) -> None:
+        """Run after the inputs are gone, before the outputs are disabled."""
+
+    # Helpers for subclasses ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Configure and activate now when `autostart` is set; call at the end of __init__."""
+        if not self.get_parameter('autostart').value:
+            self.get_logger().info('waiting for lifecycle transitions (autostart is false)')
+            return
+        if self.trigger_configure() == SUCCESS:
+            self.trigger_activate()
+
+    def output(self, msg_type, topic: str, qos):
+        """Create a lifecycle publisher that publishes only while active."""
+        publisher = self.create_lifecycle_publisher(msg_type, topic, qos)
+        self._outputs.append(publisher)
+        return publisher
+
+    def subscribe_frames(self, msg_type, topic: str, qos):
+        """Subscribe `topic` into the newest-frame worker, watching for incompatible QoS."""
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        sub = self.create_subscription(msg_type, topic, self._on_frame, qos,
+                                       event_callbacks=events)
+        self._inputs.append(sub)
+        return sub
+
+    def subscribe(self, msg_type, topic: str, callback, qos):
+        """Create a subscription that lives from activate to deactivate."""
+        sub = self.create_subscription(msg_type, topic, callback, qos)
+        self._inputs.append(sub)
+        return sub
+
+    @property
+    def worker(self) -> FrameWorker | None:
+        """Return the newest-frame worker, or None while unconfigured."""
+        return self._worker
+
+    @property
+    def not_ready(self) -> str:
+        """Return why frames are not processed ('' while active)."""
+        if self._active:
+            return ''
+        return self.load_error or f'lifecycle state is {self.lifecycle_state}'
+
+    def submit_frame(self, msg) -> None:
+        """Hand `msg` to the worker as if it arrived on the input topic (ignored unless active)."""
+        self._on_frame(msg)
+
+    @property
+    def active(self) -> bool:
+        """Return whether frames are being processed."""
+        return self._active
+
+    @property
+    def lifecycle_state(self) -> str:
+        """Return the current lifecycle state label ('unconfigured', 'inactive', ...)."""
+        return self._state_machine.current_state[1]
+
+    # Transitions ---------------------------------------------------------------------------
+
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        """Load the model and create the outputs; FAILURE (logged) when that fails."""
+        free_memory()
+        self.memory['configure'] = (resident_bytes(), cuda_bytes())
+        try:
+            self._model = self.load_model()
+        except Exception as e:  # noqa: B902 - any load error fails the transition, with reason
+            self.load_error = f'{type(e).__name__}: {e}'
+            self.get_logger().error(f'configure failed: {self.load_error}')
+            self._release()
+            return FAILURE
+        self.load_error = ''
+        self.stats.reset()
+        self._worker = FrameWorker(self._run_frame, self._on_worker_error,
+                                   f'{self.get_name()}_worker')
+        self.get_logger().info(f'configured: {self._model[0]} on {self._model[1]}')
+        return SUCCESS
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        """Subscribe the inputs and enable the outputs."""
+        self.stats.reset()
+        self._qos_hint = ''
+        self.subscribe_inputs()
+        result = super().on_activate(state)
+        self._active = True
+        self.on_activated()
+        self.get_logger().info('activated: processing frames')
+        return result
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        """Stop taking frames; the model stays loaded."""
+        self._stop_inputs()
+        self.on_deactivated()
+        self.get_logger().info('deactivated')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        """Free the model, the outputs and the GPU memory."""
+        self._release()
+        self.get_logger().info('cleaned up: ' + self.memory_text())
+        return SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        """Stop and free everything, whatever the state."""
+        self._stop_inputs()
+        self._release()
+        self.get_logger().info('shut down')
+        return SUCCESS
+
+    def on_error(self, state) -> TransitionCallbackReturn:
+        """Free everything so the node can be configured again."""
+        self._stop_inputs()
+        self._release()
+        return SUCCESS
+
+    def memory_text(self) -> str:
+        """Describe resident and CUDA memory now against the last configure."""
+        rss, cuda = resident_bytes(), cuda_bytes()
+        before = self.memory.get('configure', (rss, cuda))
+        return (f'resident {rss / 2**20:.0f} MB ({(rss - before[0]) / 2**20:+.0f} MB since '
+                f'configure), CUDA {cuda / 2**20:.0f} MB ({(cuda - before[1]) / 2**20:+.0f} MB)')
+
+    def _stop_inputs(self) -> None:
+        self._active = False
+        for sub in self._inputs:
+            self.destroy_subscription(sub)
+        self._inputs = []
+        if self._worker is not None:
+            self._worker.clear()
+
+    def _release(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()  # waits for the frame in progress
+            self._worker = None
+        self.release_model()
+        for publisher in self._outputs:
+            self.destroy_lifecycle_publisher(publisher)
+        self._outputs = []
+        free_memory()
+        self.memory['cleanup'] = (resident_bytes(), cuda_bytes())
+
+    def destroy_node(self) -> None:
+        """Stop the worker and drop the model before the node's entities go away."""
+        self._stop_inputs()
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        self.release_model()
+        super().destroy_node()
+
+    # Frames and diagnostics ----------------------------------------------------------------
+
+    def _on_frame(self, msg) -> None:
+        worker = self._worker
+        if worker is None or not self._active:
+            return
+        self.stats.on_input(worker.submit((time.monotonic(), msg)))
+
+    def _run_frame(self, item) -> None:
+        received, msg = item
+        start = time.monotonic()
+        try:
+            self.process(msg)
+        finally:
+            end = time.monotonic()
+            self.stats.on_processed(end - start, end - received)
+
+    def _log_stats(self) -> None:
+        report = self._worker.dropped_report() if self._worker is not None else None
+        if report:
+            self.get_logger().info(report)
+
+    def _on_worker_error(self, error: Exception) -> None:
+        message = f'inference failed: {type(error).__name__}: {error}'
+        self.stats.on_error(message)
+        self._error('inference', message)
+
+    def _on_incompatible_qos(self, info) -> None:
+        topic = self._inputs[0].topic_name if self._inputs else 'image'
+        self._qos_hint = self._qos_mismatch(topic, f'incompatible QoS ({info.last_policy_kind})')
+
+    def _qos_mismatch(self, topic: str, what: str) -> str:
+        ours = self._inputs[0].qos_profile if self._inputs else None
+        theirs = [qos_text(p.qos_profile) for p in self.get_publishers_info_by_topic(topic)]
+        hint = (f'{what} on {topic}: publishers offer [{"; ".join(theirs)}], this node '
+                f'subscribes with [{qos_text(ours) if ours else "?"}]; set image_qos or the '
+                'publisher QoS so they match')
+        self._warn('qos', hint)
+        return hint
+
+    def _check_silent_input(self, snapshot, limits: HealthLimits) -> None:
+        if not self._active or not self._inputs:
+            self._qos_hint = ''
+            return
+        if snapshot.since_input <= limits.silent_after:
+            self._qos_hint = ''
+            return
+        topic = self._inputs[0].topic_name
+        if self.count_publishers(topic) > 0 and not self._qos_hint.startswith('incompatible'):
+            silent = f'publisher present but no frame for {limits.silent_after:g} s'
+            self._qos_hint = self._qos_mismatch(topic, silent)
+
+    def diagnostics(self):
+        """Return the current statistics, assessed (level and reasons set)."""
+        limits = HealthLimits(silent_after=self.get_parameter('silent_input_sec').value,
+                              max_drop_ratio=self.get_parameter('max_drop_ratio').value)
+        snapshot = self.stats.snapshot()
+        self._check_silent_input(snapshot, limits)
+        return assess(snapshot, limits, self._active, self.load_error, self._qos_hint)
+
+    def publish_diagnostics(self) -> None:
+        """Publish one DiagnosticArray with this node's status."""
+        snapshot = self.diagnostics()
+        extra = {'state': self.lifecycle_state, 'model': self._model[0],
+                 'device': self._model[1], 'qos_hint': self._qos_hint}
+        self._diag_pub.publish(diagnostics_msg(
+            self.get_fully_qualified_name(), snapshot, extra, self.get_clock().now().to_msg()))
