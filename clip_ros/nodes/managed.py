@@ -80,7 +80,6 @@ def qos_text(qos) -> str:
     return f'{qos.reliability.name.lower()}, {qos.durability.name.lower()}'
 
 
-
 class ManagedNode(LifecycleNode):
     """Lifecycle node that loads a model on configure and processes the newest input frame."""
 
