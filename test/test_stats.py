@@ -43,7 +43,8 @@ def test_rates_counts_and_latencies():
     assert (snap.input_rate, snap.window_frames, snap.received) == (0.0, 0, 100)
     assert snap.since_input == pytest.approx(30.0)
     stats.reset()
-    assert stats.snapshot().received == 0 and math.isinf(stats.snapshot().since_input)
+    clock.now += 2.0
+    assert stats.snapshot().received == 0 and stats.snapshot().since_input == 2.0
 
 
 def test_level_ok_when_frames_flow():
@@ -60,9 +61,13 @@ def test_level_ok_when_frames_flow():
 def test_level_warn_on_silent_input_only_while_active():
     clock = Clock()
     stats = FrameStats(clock=clock)
+    assert assess(stats.snapshot(), HealthLimits(), active=True).level == OK
+    clock.now = 6.0
     assert assess(stats.snapshot(), HealthLimits(), active=True).level == WARN
-    assert 'no input frame yet' in assess(stats.snapshot(), HealthLimits(), True).reasons
+    assert ('no input frame for 6.0 s since activation'
+            in assess(stats.snapshot(), HealthLimits(), True).reasons)
     assert assess(stats.snapshot(), HealthLimits(), active=False).level == OK
+    clock.now = 0.0
     stats.on_input()
     clock.now = 6.0
     snap = assess(stats.snapshot(), HealthLimits(silent_after=5.0), active=True)

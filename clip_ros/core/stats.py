@@ -31,7 +31,7 @@ class Snapshot:
     drop_ratio: float  # dropped / received within the window
     inference_ms: tuple  # (p50, p99) of the processing time, NaN before the first frame
     latency_ms: tuple  # (p50, p99) from receipt to results published
-    since_input: float  # seconds since the last frame, inf if none yet
+    since_input: float  # seconds since the last frame, or since the reset if none yet
     last_error: str
     level: int = OK
     reasons: list = field(default_factory=list)
@@ -71,6 +71,7 @@ class FrameStats:
             self._inference.clear()
             self._latency.clear()
             self.received = self.processed = self.dropped = 0
+            self._started = self._clock()
             self._last_input = None
             self.last_error = ''
 
@@ -120,8 +121,8 @@ class FrameStats:
                 window_frames=inputs, drop_ratio=dropped / inputs if inputs else 0.0,
                 inference_ms=tuple(v * 1e3 for v in percentiles(self._inference)),
                 latency_ms=tuple(v * 1e3 for v in percentiles(self._latency)),
-                since_input=(now - self._last_input if self._last_input is not None
-                             else float('inf')),
+                since_input=now - (self._started if self._last_input is None
+                                   else self._last_input),
                 last_error=self.last_error)
 
 
@@ -138,9 +139,8 @@ def assess(snapshot: Snapshot, limits: HealthLimits, active: bool, load_error: s
         reasons.append(f'model failed to load: {load_error}')
         level = ERROR
     if active and snapshot.since_input > limits.silent_after:
-        silent = ('no input frame yet' if snapshot.since_input == float('inf')
-                  else f'no input frame for {snapshot.since_input:.1f} s')
-        reasons.append(silent)
+        since = ' since activation' if snapshot.received == 0 else ''
+        reasons.append(f'no input frame for {snapshot.since_input:.1f} s{since}')
         level = max(level, WARN)
     enough = snapshot.window_frames >= limits.min_frames_for_drops
     if active and enough and snapshot.drop_ratio > limits.max_drop_ratio:

@@ -21,6 +21,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.qos import QoSPolicyKind
 from sensor_msgs.msg import Image
 import torch
 
@@ -309,7 +310,11 @@ class ManagedNode(LifecycleNode):
 
     def _on_incompatible_qos(self, info) -> None:
         topic = self._inputs[0].topic_name if self._inputs else 'image'
-        self._qos_hint = self._qos_mismatch(topic, f'incompatible QoS ({info.last_policy_kind})')
+        try:
+            policy = QoSPolicyKind(info.last_policy_kind).name.lower()
+        except ValueError:
+            policy = str(info.last_policy_kind)
+        self._qos_hint = self._qos_mismatch(topic, f'incompatible QoS ({policy})')
 
     def _qos_mismatch(self, topic: str, what: str) -> str:
         ours = self._inputs[0].qos_profile if self._inputs else None
@@ -317,18 +322,20 @@ class ManagedNode(LifecycleNode):
         hint = (f'{what} on {topic}: publishers offer [{"; ".join(theirs)}], this node '
                 f'subscribes with [{qos_text(ours) if ours else "?"}]; set image_qos or the '
                 'publisher QoS so they match')
-        self._warn('qos', hint)
+        self._warn(what.split()[0], hint)
         return hint
 
     def _check_silent_input(self, snapshot, limits: HealthLimits) -> None:
         if not self._active or not self._inputs:
             self._qos_hint = ''
             return
-        if snapshot.since_input <= limits.silent_after:
-            self._qos_hint = ''
+        if snapshot.received and snapshot.since_input <= limits.silent_after:
+            self._qos_hint = ''  # frames flow
+            return
+        if self._qos_hint.startswith('incompatible') or snapshot.since_input <= limits.silent_after:
             return
         topic = self._inputs[0].topic_name
-        if self.count_publishers(topic) > 0 and not self._qos_hint.startswith('incompatible'):
+        if self.count_publishers(topic) > 0:
             silent = f'publisher present but no frame for {limits.silent_after:g} s'
             self._qos_hint = self._qos_mismatch(topic, silent)
 
