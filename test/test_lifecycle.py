@@ -10,7 +10,7 @@ pytest.importorskip('vision_msgs')
 pytest.importorskip('diagnostic_msgs')
 pytest.importorskip('lifecycle_msgs')
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402, I100 - after the skips
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
@@ -101,7 +101,7 @@ def test_shutdown_from_any_state(ros, steps):
 
 
 def test_lifecycle_services_drive_the_node(ros):
-    node = grounding(ros, 'srv', MANAGED)
+    grounding(ros, 'srv', MANAGED)
     change = ros.probe.create_client(ChangeState, '/srv/grounding_node/change_state')
     get = ros.probe.create_client(GetState, '/srv/grounding_node/get_state')
     assert change.wait_for_service(10.0) and get.wait_for_service(10.0)
@@ -120,7 +120,7 @@ def test_autostart_is_the_plain_node(ros):
 
 
 def test_cleanup_returns_memory(ros):
-    """configure -> cleanup cycles with a randomly initialised ViT-B-32 (about 600 MB)."""
+    """Cycle configure -> cleanup with a randomly initialised ViT-B-32 (about 600 MB)."""
     node = ros.add(ClipClassifierNode(context=ros.context, namespace='mem', parameter_overrides=[
         Parameter('clip_arch', value='ViT-B-32'), Parameter('clip_pretrained', value='random'),
         Parameter('device', value='cpu'), Parameter('classes', value=['cup', 'bowl']),
