@@ -153,9 +153,11 @@ def test_diagnostics_warn_when_silent_then_ok(ros):
     status = wait_for(lambda: status_of(ros, node, lambda s: s.level == bytes([WARN])))
     assert status is not None and 'no input frame' in status.message
     assert answers(ros, 'diag') is not None
+
     def processed_ok(status) -> bool:
         values = {kv.key: kv.value for kv in status.values}
         return status.level == bytes([OK]) and values['frames_processed'] != '0'
+
     status = wait_for(lambda: status_of(ros, node, processed_ok))
     assert status is not None, 'a frame within silent_input_sec must clear the warning'
     values = {kv.key: kv.value for kv in status.values}
