@@ -119,7 +119,8 @@ def check_success(sim, task: Task, finished: bool) -> bool:
     if task.verb == 'pick':
         return sim.holding == task.target and sim.lift_height(task.target) >= LIFT_SUCCESS
     if task.verb == 'place':
-        if not finished or sim.holding is not None or task.destination is None:
+        # Objects never start overlapping, so a released target in the destination was placed.
+        if sim.holding is not None or task.destination is None:
             return False
         gap = sim.object_position(task.target)[:2] - sim.object_position(task.destination)[:2]
         index = sim.object_names.index(task.destination)
@@ -266,3 +267,44 @@ def sample_task(seed: int, verb: str, held_out: tuple = (), want_held_out: bool 
                     destination, _distractor(spec, index), (obj.colour, obj.shape) in held)
     raise ValueError(f'no scene in seeds {seed}..{seed + tries - 1} fits verb={verb!r}, '
                      f'held_out={want_held_out}')
+
+
+PERCEPTION_CHOICES = ('truth', 'tiny', 'tabletop')
+
+
+def load_perception(name: str, device: str = 'auto', threshold: float = 0.4) -> tuple:
+    """
+    Return (perception, clip) for a perception choice.
+
+    'truth' uses the sim's instance masks (and a tiny CLIP for embeddings); 'tiny' and
+    'tabletop' run the GroundingPipeline with those models.
+    """
+    from clip_ros.core.grounding import GroundingPipeline
+    from clip_ros.core.models import load_clip, load_clipseg
+
+    if name not in PERCEPTION_CHOICES:
+        raise ValueError(f'perception {name!r} is not one of {", ".join(PERCEPTION_CHOICES)}')
+    if name == 'truth':
+        return TruthPerception(), load_clip('tiny', 'random', device)
+    clip = load_clip(name, 'random' if name == 'tiny' else '', device)
+    pipeline = GroundingPipeline(clip, load_clipseg(name, device))
+    return ModelPerception(pipeline, threshold), clip
+
+
+def save_strip(frames: list, path: str, columns: int = 8) -> str:
+    """Write snapshots as a PNG strip (at most `columns` evenly spaced) or, for .gif, all."""
+    from PIL import Image
+
+    if not frames:
+        raise ValueError('no frames to save; run the episode with snapshot_every > 0')
+    images = [Image.fromarray(np.asarray(f)) for f in frames]
+    if path.endswith('.gif'):
+        images[0].save(path, save_all=True, append_images=images[1:], duration=200, loop=0)
+        return path
+    picks = np.linspace(0, len(images) - 1, min(columns, len(images))).round().astype(int)
+    width, height = images[0].size
+    strip = Image.new('RGB', (width * len(picks), height))
+    for k, i in enumerate(picks):
+        strip.paste(images[i], (k * width, 0))
+    strip.save(path)
+    return path
