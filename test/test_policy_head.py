@@ -1,0 +1,84 @@
+"""Policy head: shapes, checkpoint round trip, behaviour cloning fits, learned-policy safety."""
+import numpy as np
+import pytest
+import torch
+
+from clip_ros.core.behaviour_cloning import fit_head, plot_bc_history
+from clip_ros.core.command import parse_command
+from clip_ros.core.policy import Observation
+from clip_ros.core.policy_head import (
+    action_label, HeadConfig, LearnedPolicy, load_demonstrations, PolicyHead,
+    save_demonstrations, STATE_DIM, state_vector)
+from clip_ros.core.training import TrainConfig
+
+DIM = 8
+
+
+class FakeEmbedder:
+    """Constant embeddings: enough to drive the head without a CLIP."""
+
+    def image(self, rgb):
+        return torch.ones(DIM) / DIM ** 0.5
+
+    def text(self, command):
+        return torch.full((DIM,), -1.0) / DIM ** 0.5
+
+
+def synthetic(n=400, seed=0):
+    """Demonstrations whose action is a simple function of the state."""
+    rng = np.random.default_rng(seed)
+    state = rng.uniform(-0.2, 0.2, (n, STATE_DIM)).astype(np.float32)
+    step = np.clip(state[:, 5:8] * 10, -1, 1)
+    action = np.concatenate([step, (state[:, :1] > 0)], axis=1).astype(np.float32)
+    return {'image_emb': rng.normal(size=(n, DIM)).astype(np.float32),
+            'text_emb': rng.normal(size=(n, DIM)).astype(np.float32), 'state': state,
+            'action': action, 'episode': np.arange(n) // 20}
+
+
+def test_features_and_labels():
+    obs = Observation(0.0, np.array([0.0, 0.1, 0.3]), 1.0, holding=True)
+    state = state_vector(obs, np.array([0.1, 0.1, 0.1]), None)
+    assert state.shape == (STATE_DIM,) and state[5:9] == pytest.approx([0.1, 0.0, -0.2, 1.0])
+    assert state[9:].tolist() == [0.0] * 4
+
+    class Act:
+        goal, gripper = np.array([0.01, 0.1, 0.3]), None
+    assert action_label(obs, Act, 0.02) == pytest.approx([0.5, 0.0, 0.0, 1.0])
+
+
+def test_fit_reduces_loss_and_round_trips(tmp_path):
+    arrays = synthetic()
+    config = TrainConfig(epochs=15, batch_size=64, lr=3e-3, progress=False)
+    head, history = fit_head(arrays, HeadConfig(DIM, hidden=64), config)
+    losses = [r['loss'] for r in history['steps']]
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    assert 'val_loss' in history['epochs'][-1]
+    plot_bc_history(history, str(tmp_path / 'loss.png'))
+    assert (tmp_path / 'loss.png').stat().st_size > 0
+    head.save(str(tmp_path / 'head.pt'))
+    again = PolicyHead.load(str(tmp_path / 'head.pt'))
+    x = [torch.from_numpy(arrays[k][:4]) for k in ('image_emb', 'text_emb', 'state')]
+    assert torch.allclose(head(*x), again(*x))
+    save_demonstrations(str(tmp_path / 'd.npz'), arrays, {'clip': 'fake'})
+    loaded, meta = load_demonstrations(str(tmp_path / 'd.npz'))
+    assert meta == {'clip': 'fake'} and loaded['state'].shape == arrays['state'].shape
+
+
+def test_missing_checkpoint_says_how_to_train(tmp_path):
+    with pytest.raises(FileNotFoundError, match='train_policy_head'):
+        PolicyHead.load(str(tmp_path / 'none.pt'))
+
+
+def test_learned_policy_keeps_the_safety_rules():
+    head = PolicyHead(HeadConfig(DIM, hidden=16)).eval()
+    policy = LearnedPolicy(head, FakeEmbedder())
+    assert policy.start(parse_command('juggle the blue block'), 0.0).state == 'rejected'
+    assert policy.step(Observation(0.1, np.zeros(3))).goal is None
+    policy.start(parse_command('pick up the blue block'), 0.0)
+    image = np.zeros((8, 8, 3), np.uint8)
+    ee = np.array([0.0, 0.12, 0.45])
+    action = policy.step(Observation(0.1, ee, target=np.array([0.1, 0.0, 0.02]), image=image))
+    assert action.state == 'executing'
+    assert np.linalg.norm(action.goal - ee) <= policy.config.max_speed / policy.config.rate + 1e-9
+    action = policy.step(Observation(2.0, ee, image=image))
+    assert action.state == 'aborted' and 'target lost' in action.detail

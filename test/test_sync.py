@@ -1,0 +1,41 @@
+"""TimeMatcher: approximate stamp matching of detections with mask, depth and camera_info."""
+import pytest
+
+from clip_ros.core.sync import TimeMatcher
+
+NAMES = ('detections', 'mask', 'depth', 'info')
+
+
+def test_matches_within_tolerance():
+    matcher = TimeMatcher(NAMES, tolerance=0.02)
+    assert matcher.add('depth', 1.00, 'd1') is None
+    assert matcher.add('info', 1.01, 'i1') is None
+    assert matcher.add('mask', 1.0, 'm1') is None
+    match = matcher.add('detections', 1.0, 'det1')
+    assert match == {'stamp': 1.0, 'detections': 'det1', 'mask': 'm1', 'depth': 'd1',
+                     'info': 'i1'}
+
+
+def test_nearest_wins_and_far_is_rejected():
+    matcher = TimeMatcher(('a', 'b'), tolerance=0.05)
+    matcher.add('b', 0.90, 'far')
+    assert matcher.add('a', 1.0, 'anchor') is None  # 0.1 s apart: no match
+    matcher = TimeMatcher(('a', 'b'), tolerance=0.05)
+    matcher.add('b', 1.04, 'near')
+    matcher.add('b', 1.01, 'nearest')
+    assert matcher.add('a', 1.0, 'anchor')['b'] == 'nearest'
+
+
+def test_stale_anchors_are_dropped():
+    matcher = TimeMatcher(('a', 'b'), tolerance=0.01, max_wait=0.5)
+    for k in range(10):
+        matcher.add('a', k * 0.1, k)
+    assert matcher.dropped >= 3
+    assert matcher.add('b', 0.9, 'b9')['a'] == 9
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match='two distinct'):
+        TimeMatcher(['a'])
+    with pytest.raises(ValueError, match='unknown stream'):
+        TimeMatcher(('a', 'b')).add('c', 0.0, None)
