@@ -3,7 +3,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import EqualsSubstitution, LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode
 from launch_ros.substitutions import FindPackageShare
 
 # model:=tiny swaps in small random-init models: no weights needed (tests, smoke demos).
@@ -32,6 +32,10 @@ def generate_launch_description():
                               description='inference device; overrides params_file'),
         DeclareLaunchArgument('use_sim_time', default_value='false', choices=['true', 'false'],
                               description='use the /clock topic'),
+        DeclareLaunchArgument(
+            'autostart', default_value='true', choices=['true', 'false'],
+            description='configure and activate the lifecycle node at start; false leaves it '
+                        'unconfigured for a lifecycle manager or `ros2 lifecycle set`'),
     ]
     tiny = EqualsSubstitution(LaunchConfiguration('model'), 'tiny')
     return LaunchDescription(arguments + [
@@ -40,13 +44,14 @@ def generate_launch_description():
     ])
 
 
-def _node(condition, model_parameters: dict) -> Node:
-    return Node(
+def _node(condition, model_parameters: dict) -> LifecycleNode:
+    return LifecycleNode(
         package='clip_ros', executable='grounding_node', name='grounding_node',
         namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
         parameters=[LaunchConfiguration('params_file'), model_parameters,
                     {'device': LaunchConfiguration('device'),
-                     'use_sim_time': LaunchConfiguration('use_sim_time')}],
+                     'use_sim_time': LaunchConfiguration('use_sim_time'),
+                     'autostart': LaunchConfiguration('autostart')}],
         remappings=[('image', LaunchConfiguration('image_topic')),
                     ('command', LaunchConfiguration('command_topic'))],
         condition=condition)

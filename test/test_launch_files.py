@@ -35,11 +35,12 @@ def declared_arguments(stem: str) -> dict:
 def test_launch_arguments_are_declared_with_descriptions(stem):
     arguments = declared_arguments(stem)
     assert {'namespace', 'image_topic', 'params_file', 'model', 'device',
-            'use_sim_time'} <= set(arguments)
+            'use_sim_time', 'autostart'} <= set(arguments)
     for argument in arguments.values():
         assert argument.description and 'no description' not in argument.description
     assert arguments['device'].choices == ['auto', 'cpu', 'cuda']
     assert arguments['model'].choices == ['default', 'tiny']
+    assert arguments['autostart'].choices == ['true', 'false']
 
 
 @pytest.mark.parametrize('stem', list(NODES))
