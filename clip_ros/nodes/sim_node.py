@@ -7,11 +7,14 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from geometry_msgs.msg import PoseStamped  # noqa: I100 - ROS messages after rclpy
 from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Header, Int32
+from std_msgs.msg import Float64, Header, Int32
 from vision_msgs.msg import Detection2DArray, Detection3DArray
 
-from clip_ros.nodes.common import COMMAND_QOS, declare_all, describe, parameter_values
+from clip_ros.core.lifting import matrix_to_quat
+from clip_ros.nodes.common import (
+    COMMAND_QOS, declare_all, describe, LATCHED_QOS, parameter_values, RESULTS_QOS)
 from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.sim_messages import (
     camera_info_msg, ground_truth_2d_msg, ground_truth_3d_msg)
@@ -41,6 +44,9 @@ class TabletopSimNode(Node):
             ('frame_id', 'camera_optical_frame', describe('camera optical frame id',
                                                           read_only=True)),
             ('show_gripper', True, describe('render the end effector', read_only=True)),
+            ('base_frame', 'world', describe('frame of the end-effector state, goals and '
+                                             'camera pose (table-top centre, z up)',
+                                             read_only=True)),
         ))
         self._values = parameter_values(self)
         self._image_pub = self.create_publisher(Image, 'camera/image_raw', CAMERA_QOS)
@@ -53,12 +59,31 @@ class TabletopSimNode(Node):
         self.error = ''
         self.frames = 0
         self.create_subscription(Int32, 'sim/reset', self._on_reset, COMMAND_QOS)
+        # End-effector interface: goals and gripper in, state and camera extrinsic out.
+        self._ee_pub = self.create_publisher(PoseStamped, 'ee_state', RESULTS_QOS)
+        self._gripper_pub = self.create_publisher(Float64, 'gripper_state', RESULTS_QOS)
+        self._camera_pose_pub = self.create_publisher(PoseStamped, 'sim/camera_pose',
+                                                      LATCHED_QOS)
+        self._gripper_closed = False
+        self._camera_pose = None
+        self.create_subscription(PoseStamped, 'ee_goal', self._on_goal, RESULTS_QOS)
+        self.create_subscription(Float64, 'gripper_command', self._on_gripper, RESULTS_QOS)
         self._thread = threading.Thread(target=self._run, name='tabletop_sim', daemon=True)
         self._thread.start()
 
     def call_in_sim(self, fn) -> None:
         """Run `fn(sim)` in the render thread before the next frame (the sim is not shareable)."""
         self._requests.put(fn)
+
+    def _on_goal(self, msg: PoseStamped) -> None:
+        goal = (msg.pose.position.x, msg.pose.position.y, msg.pose.position.z)
+        self.call_in_sim(lambda sim: sim.move_to(goal))
+
+    def _on_gripper(self, msg: Float64) -> None:
+        closed = msg.data >= 0.5
+        if closed != self._gripper_closed:
+            self._gripper_closed = closed
+            self.call_in_sim(lambda sim: sim.close() if closed else sim.open())
 
     def _on_reset(self, msg: Int32) -> None:
         self.get_logger().info(f'reset to seed {msg.data}')
@@ -84,6 +109,7 @@ class TabletopSimNode(Node):
                 due = max(due + period, time.monotonic())  # a slow frame delays, never bursts
                 while not self._requests.empty():
                     self._requests.get()(sim)
+                sim.step(period)
                 self._publish(sim)
         finally:
             sim.close_renderer()
@@ -96,10 +122,30 @@ class TabletopSimNode(Node):
         self._image_pub.publish(numpy_to_image(frame.rgb, 'rgb8', header))
         self._depth_pub.publish(numpy_to_image(frame.depth, '32FC1', header))
         self._info_pub.publish(camera_info_msg(frame.K, sim.width, sim.height, header))
+        self._publish_robot(sim, header)
         if truth:
             self._truth_pub.publish(ground_truth_3d_msg(frame.objects, header))
             self._truth_2d_pub.publish(ground_truth_2d_msg(frame.objects, header))
         self.frames += 1
+
+    def _publish_robot(self, sim, header: Header) -> None:
+        base = Header(frame_id=self._values['base_frame'], stamp=header.stamp)
+        ee = PoseStamped(header=base)
+        ee.pose.position.x, ee.pose.position.y, ee.pose.position.z = (
+            float(v) for v in sim.gripper_position)
+        ee.pose.orientation.w = 1.0
+        self._ee_pub.publish(ee)
+        self._gripper_pub.publish(Float64(data=1.0 if sim.holding or self._gripper_closed
+                                          else 0.0))
+        rot, origin = sim.camera_pose()
+        pose = (tuple(origin.tolist()), tuple(matrix_to_quat(rot)))
+        if pose != self._camera_pose:  # latched: sent at start and after each reset
+            self._camera_pose = pose
+            msg = PoseStamped(header=base)
+            msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = pose[0]
+            q = msg.pose.orientation
+            q.x, q.y, q.z, q.w = pose[1]
+            self._camera_pose_pub.publish(msg)
 
     def destroy_node(self):
         """Stop the render thread, then destroy the node."""
