@@ -1,0 +1,44 @@
+"""Launch the closed-loop demo: MuJoCo tabletop sim, grounding node and vla_policy_node."""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+
+def _config(name: str):
+    return PathJoinSubstitution([FindPackageShare('clip_ros'), 'config', name])
+
+
+def generate_launch_description():
+    """Declare the arguments and the three nodes, wired sim -> grounding -> policy -> sim."""
+    model, device = LaunchConfiguration('model'), LaunchConfiguration('device')
+    arguments = [
+        DeclareLaunchArgument('namespace', default_value='', description='namespace of all'),
+        DeclareLaunchArgument('model', default_value='tabletop', choices=['tabletop', 'tiny'],
+                              description='grounding models (CLIP and CLIPSeg)'),
+        DeclareLaunchArgument('device', default_value='auto',
+                              description="'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        DeclareLaunchArgument('policy', default_value='geometric',
+                              choices=['geometric', 'learned'], description='policy'),
+        DeclareLaunchArgument('head_path', default_value='',
+                              description='policy head checkpoint for policy:=learned'),
+    ]
+    namespace = LaunchConfiguration('namespace')
+    camera = [('image', 'camera/image_raw'), ('depth', 'camera/depth/image_raw'),
+              ('camera_info', 'camera/camera_info'), ('camera_pose', 'sim/camera_pose')]
+    nodes = [
+        Node(package='clip_ros', executable='sim_node', name='tabletop_sim',
+             namespace=namespace, output='screen', parameters=[_config('sim_node.yaml')]),
+        Node(package='clip_ros', executable='grounding_node', name='grounding_node',
+             namespace=namespace, output='screen', remappings=camera[:1],
+             parameters=[_config('grounding_node.yaml'),
+                         {'clip_arch': model, 'clip_pretrained': 'random',
+                          'clipseg_model': model, 'device': device}]),
+        Node(package='clip_ros', executable='vla_policy_node', name='vla_policy_node',
+             namespace=namespace, output='screen', remappings=camera,
+             parameters=[_config('vla_policy_node.yaml'),
+                         {'policy': LaunchConfiguration('policy'),
+                          'head_path': LaunchConfiguration('head_path'), 'device': device}]),
+    ]
+    return LaunchDescription(arguments + nodes)
