@@ -1,4 +1,5 @@
 """grounding_node over real DDS with the tiny random models (no weights needed)."""
+import array
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from std_msgs.msg import String  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
 from clip_ros.core.stats import ERROR  # noqa: E402
-from clip_ros.nodes.grounding_node import GroundingNode  # noqa: E402
+from clip_ros.nodes.grounding_node import GroundingNode, query_thresholds  # noqa: E402
 from node_harness import (  # noqa: E402, I100
     Harness, LATCHED, request, rgb_image, TIMEOUT, wait_for)
 
@@ -276,3 +277,9 @@ def test_burst_keeps_only_the_newest_frame(ros):
     assert worker.received == received + 6
     assert worker.dropped > dropped
     assert worker.processed - processed < 6
+
+
+def test_double_arrays_from_the_parameter_services_are_accepted():
+    # `ros2 param set` and SetParameters deliver double arrays as array.array('d').
+    pairs, default = query_thresholds(['cup'], array.array('d', [0.25]))
+    assert pairs == {'cup': 0.25} and default == 0.25

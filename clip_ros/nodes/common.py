@@ -1,4 +1,6 @@
 """Parameter, QoS and input helpers shared by the nodes."""
+import array
+
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -59,6 +61,8 @@ def string_list(name: str, value) -> list[str]:
 def unit_floats(name: str, value) -> list[float]:
     """Return a double or double-array parameter as a list of floats in [0, 1]."""
     values = [value] if isinstance(value, (int, float)) else value
+    if isinstance(values, array.array):
+        values = values.tolist()  # double arrays set over the parameter services arrive so
     if not isinstance(values, (list, tuple)) or not values or any(
             isinstance(v, (bool, str, bytes)) or not isinstance(v, (int, float)) for v in values):
         raise ValueError(f'{name} must be a number or a non-empty list of numbers, got {value!r}')

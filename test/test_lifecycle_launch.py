@@ -1,0 +1,104 @@
+"""Launch grounding.launch.py with autostart:=false and walk the lifecycle over its services."""
+from pathlib import Path
+import unittest
+
+import pytest
+
+pytest.importorskip('launch')
+pytest.importorskip('launch_ros')
+pytest.importorskip('launch_testing')
+pytest.importorskip('vision_msgs')
+pytest.importorskip('lifecycle_msgs')
+
+from launch import LaunchDescription  # noqa: E402, I100 - imported after the skips
+from launch.actions import IncludeLaunchDescription, SetEnvironmentVariable  # noqa: E402
+from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
+import launch_testing.actions  # noqa: E402
+import launch_testing.asserts  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from vision_msgs.msg import Detection2DArray  # noqa: E402
+
+from node_harness import Harness, request, rgb_image, wait_for  # noqa: E402
+
+DOMAIN = 73
+ROOT = Path(__file__).resolve().parents[1]
+NODE = '/lc/grounding_node'
+
+
+@pytest.mark.launch_test
+def generate_test_description():
+    """Start the shipped launch file unconfigured (autostart:=false) with the tiny models."""
+    launch_file = PythonLaunchDescriptionSource(str(ROOT / 'launch' / 'grounding.launch.py'))
+    include = IncludeLaunchDescription(launch_file, launch_arguments={
+        'model': 'tiny', 'device': 'cpu', 'namespace': 'lc', 'autostart': 'false'}.items())
+    # Pytest may import other test modules that set ROS_DOMAIN_ID: pin the node's domain.
+    return LaunchDescription([SetEnvironmentVariable('ROS_DOMAIN_ID', str(DOMAIN)), include,
+                              launch_testing.actions.ReadyToTest()])
+
+
+class TestLifecycleLaunch(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.ros = Harness(DOMAIN)
+        cls.change = cls.ros.probe.create_client(ChangeState, f'{NODE}/change_state')
+        cls.get = cls.ros.probe.create_client(GetState, f'{NODE}/get_state')
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ros.shutdown()
+
+    def transition(self, transition_id: int) -> None:
+        req = ChangeState.Request()
+        req.transition.id = transition_id
+        response = self.change.call(req, timeout_sec=60.0)
+        self.assertTrue(response is not None and response.success, transition_id)
+
+    def state(self) -> str:
+        return self.get.call(GetState.Request(), timeout_sec=10.0).current_state.label
+
+    def test_transitions(self, proc_output):
+        proc_output.assertWaitFor('waiting for lifecycle transitions', timeout=60)
+        self.assertTrue(self.change.wait_for_service(30.0) and self.get.wait_for_service(30.0))
+        self.assertEqual(self.state(), 'unconfigured')
+        ros = self.ros
+        image_pub = ros.publisher(Image, '/lc/camera/image_raw')
+        detections = ros.subscribe(Detection2DArray, '/lc/detections')
+        self.assertEqual(image_pub.get_subscription_count(), 0)
+
+        self.transition(Transition.TRANSITION_CONFIGURE)
+        proc_output.assertWaitFor('configured: tiny', timeout=30)
+        self.transition(Transition.TRANSITION_ACTIVATE)
+        proc_output.assertWaitFor('activated', timeout=10)
+        self.assertEqual(self.state(), 'active')
+        self.assertTrue(wait_for(lambda: image_pub.get_subscription_count() > 0, timeout=30))
+        params = ros.probe.create_client(SetParameters, f'{NODE}/set_parameters')
+        self.assertTrue(params.wait_for_service(10.0))
+        req = SetParameters.Request(parameters=[
+            Parameter('queries', value=['cup']).to_parameter_msg(),
+            Parameter('thresholds', value=[0.0]).to_parameter_msg()])
+        results = params.call(req, timeout_sec=10.0).results
+        self.assertTrue(all(r.successful for r in results), [r.reason for r in results])
+        # Across processes Fast DDS may drop large best-effort frames: keep this one small.
+        self.assertIsNotNone(request(image_pub, rgb_image(ros.header(), 96, 72), detections))
+
+        self.transition(Transition.TRANSITION_DEACTIVATE)
+        proc_output.assertWaitFor('deactivated', timeout=10)
+        self.assertTrue(wait_for(lambda: image_pub.get_subscription_count() == 0, timeout=30))
+        self.transition(Transition.TRANSITION_CLEANUP)
+        proc_output.assertWaitFor('cleaned up', timeout=30)
+        self.assertEqual(self.state(), 'unconfigured')
+        self.transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
+        proc_output.assertWaitFor('shut down', timeout=10)
+        self.assertEqual(self.state(), 'finalized')
+
+
+@launch_testing.post_shutdown_test()
+class TestLifecycleShutdown(unittest.TestCase):
+
+    def test_exit_code(self, proc_info):
+        launch_testing.asserts.assertExitCodes(proc_info)
