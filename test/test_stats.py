@@ -38,6 +38,7 @@ def test_rates_counts_and_latencies():
     assert snap.inference_ms == pytest.approx((50.0, 50.0))
     assert snap.latency_ms == pytest.approx((80.0, 80.0))
     assert snap.since_input == pytest.approx(0.0)
+    assert snap.busy == pytest.approx(50 * 0.05)
     clock.now += 30.0  # the window empties, the totals stay
     snap = stats.snapshot()
     assert (snap.input_rate, snap.window_frames, snap.received) == (0.0, 0, 100)

@@ -32,6 +32,7 @@ class Snapshot:
     inference_ms: tuple  # (p50, p99) of the processing time, NaN before the first frame
     latency_ms: tuple  # (p50, p99) from receipt to results published
     since_input: float  # seconds since the last frame, or since the reset if none yet
+    busy: float  # seconds spent processing since the last reset
     last_error: str
     level: int = OK
     reasons: list = field(default_factory=list)
@@ -71,6 +72,7 @@ class FrameStats:
             self._inference.clear()
             self._latency.clear()
             self.received = self.processed = self.dropped = 0
+            self.busy = 0.0
             self._started = self._clock()
             self._last_input = None
             self.last_error = ''
@@ -90,6 +92,7 @@ class FrameStats:
         now = self._clock()
         with self._lock:
             self.processed += 1
+            self.busy += inference
             self._outputs.append(now)
             self._inference.append(inference)
             self._latency.append(latency)
@@ -123,6 +126,7 @@ class FrameStats:
                 latency_ms=tuple(v * 1e3 for v in percentiles(self._latency)),
                 since_input=now - (self._started if self._last_input is None
                                    else self._last_input),
+                busy=self.busy,
                 last_error=self.last_error)
 
 

@@ -42,6 +42,12 @@ class FrameWorker:
             self._cond.notify()
         return replaced
 
+    @property
+    def pending(self) -> int:
+        """Return how many frames wait for the worker: 0 or 1."""
+        with self._cond:
+            return int(self._item is not None)
+
     def clear(self) -> None:
         """Drop the waiting frame, if any (the frame in progress finishes)."""
         with self._cond:
