@@ -9,7 +9,7 @@ import numpy as np
 class Track:
     """One physical object followed across frames."""
 
-    id: int
+    track_id: int
     label: str
     box: np.ndarray  # [4] x_min, y_min, x_max, y_max in image pixels
     mask: np.ndarray | None  # [h, w] bool, the label image subsampled by the tracker's stride
@@ -133,7 +133,7 @@ class Tracker:
                 self.tracks.append(track)
             else:
                 self._advance(track, boxes[k], mask, stamp)
-            ids.append(track.id)
+            ids.append(track.track_id)
         return ids
 
     def _expire(self, stamp: float) -> None:
@@ -149,7 +149,8 @@ class Tracker:
             same = [k for k, label in enumerate(labels) if label == track.label]
             if not same:
                 continue
-            if masks is not None and track.mask is not None and track.mask.shape == masks.shape[1:]:
+            with_masks = masks is not None and track.mask is not None
+            if with_masks and track.mask.shape == masks.shape[1:]:
                 dx, dy = np.round(shift / self.mask_stride).astype(int)
                 predicted = shift_mask(track.mask, int(dy), int(dx))
                 iou[same, t] = mask_iou(masks[same], predicted[None])[:, 0]

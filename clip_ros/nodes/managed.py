@@ -332,7 +332,9 @@ class ManagedNode(LifecycleNode):
         if snapshot.received and snapshot.since_input <= limits.silent_after:
             self._qos_hint = ''  # frames flow
             return
-        if self._qos_hint.startswith('incompatible') or snapshot.since_input <= limits.silent_after:
+        if self._qos_hint.startswith('incompatible'):
+            return  # kept until frames flow
+        if snapshot.since_input <= limits.silent_after:
             return
         topic = self._inputs[0].topic_name
         if self.count_publishers(topic) > 0:
