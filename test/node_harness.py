@@ -72,6 +72,16 @@ class Harness:
         self.executor.add_node(node)
         return node
 
+    def remove(self, node) -> None:
+        """Stop spinning `node` and destroy it now."""
+        self._nodes.remove(node)
+        self.executor.remove_node(node)
+        node.destroy_node()
+
+    def added_since(self, count: int) -> list:
+        """Return the nodes added after the first `count` (the probe is the first)."""
+        return self._nodes[count:]
+
     def subscribe(self, msg_type, topic: str, qos=RELIABLE) -> Inbox:
         """Collect the messages of `topic` in an Inbox."""
         inbox = Inbox()

@@ -47,6 +47,15 @@ def ros():
     harness.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def own_nodes(ros):
+    """Destroy the nodes a test added, so later tests do not share the executor with them."""
+    count = len(ros.added_since(0))
+    yield
+    for node in ros.added_since(count):
+        ros.remove(node)
+
+
 def grounding(ros, namespace: str, extra=()) -> GroundingNode:
     return ros.add(GroundingNode(context=ros.context, namespace=namespace,
                                  parameter_overrides=GROUNDING + list(extra)))
