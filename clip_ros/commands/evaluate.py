@@ -15,8 +15,10 @@ import sys
 import time
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from clip_ros.commands.train_tabletop import pick_threads
 from clip_ros.core import tabletop
 from clip_ros.core.command import parse_command
 from clip_ros.core.dataset import HELD_OUT, split_seeds
@@ -188,6 +190,8 @@ def parse_args(argv=None):
     parser.add_argument('--min-pixels', type=int, default=64,
                         help='skip objects with fewer visible pixels (the min_area default)')
     parser.add_argument('--device', default='cpu', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument('--threads', type=int, default=0,
+                        help='torch CPU threads; 0: 2 on an idle machine, else 1')
     parser.add_argument('--json', default='evaluation.json', help='JSON output path')
     parser.add_argument('--png', default='evaluation.png', help='PNG output path')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
@@ -196,6 +200,7 @@ def parse_args(argv=None):
 
 def run(args) -> dict:
     """Evaluate; write the JSON and PNG; return the report."""
+    torch.set_num_threads(pick_threads(args.threads))
     pipeline, title = load_pipeline(args)
     seeds = split_seeds('test', args.scenes, args.start)
     scenes = zip(seeds, tabletop.render_scenes(seeds, args.width, args.height))

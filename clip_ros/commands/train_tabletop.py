@@ -33,6 +33,7 @@ from clip_ros.core.tokenizer import tokenize
 TEMPLATES = ('{}', '{}', 'the {}', 'a {}', 'pick up the {}', 'the {} on the table')
 # Token ids beyond the end-of-text id are padding; short contexts give identical features.
 TRAIN_CONTEXT = 16
+POS_WEIGHT = torch.tensor(3.0)
 _log = logging.getLogger('train_tabletop')
 
 
@@ -108,15 +109,16 @@ def _phrase(name: str, rng: random.Random) -> str:
     return rng.choice(TEMPLATES).format(name)
 
 
-def segmentation_batch(pool: Pool, scenes: list, vocabulary: list, rng: random.Random):
+def segmentation_batch(pool: Pool, scenes: list, vocabulary: list, rng: random.Random,
+                       positives: int = 3):
     """Return (query phrases, scene index per query, target masks [Q, S, S])."""
     phrases, owner, targets = [], [], []
     for row, scene in enumerate(scenes):
         names, masks = pool.names[scene], pool.masks[scene]
-        for name, mask in zip(names, masks):
-            phrases.append(_phrase(name, rng))
+        for k in rng.sample(range(len(names)), min(positives, len(names))):
+            phrases.append(_phrase(names[k], rng))
             owner.append(row)
-            targets.append(mask.float() / 255)
+            targets.append(masks[k].float() / 255)
         absent = [n for n in vocabulary if n not in names]
         if absent:
             phrases.append(_phrase(rng.choice(absent), rng))
@@ -125,7 +127,7 @@ def segmentation_batch(pool: Pool, scenes: list, vocabulary: list, rng: random.R
     return phrases, torch.tensor(owner), torch.stack(targets)
 
 
-def crop_batch(pool: Pool, scenes: list, rng: random.Random, limit: int = 48):
+def crop_batch(pool: Pool, scenes: list, rng: random.Random, limit: int = 32):
     """Return (crops uint8 [M,3,c,c], captions, caption ids [M]) from the scenes' crops."""
     wanted = set(scenes)
     index = [k for k, scene in enumerate(pool.crop_scene) if scene in wanted]
@@ -170,7 +172,9 @@ def train_step(model, losses, batch, config) -> dict:
     hidden = [out.hidden_states[i + 1][owner] for i in model.extract_layers]
     cond = tabletop.text_features(model, tokenize(phrases, TRAIN_CONTEXT))
     logits = model.decoder(hidden, cond).logits.reshape(targets.shape)
-    seg = F.binary_cross_entropy_with_logits(logits, targets) + dice_loss(logits, targets)
+    # Objects cover about 1% of a frame: up-weight their pixels so 'all background' is no minimum.
+    seg = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=POS_WEIGHT)
+    seg = seg + dice_loss(logits, targets)
     image = tabletop.image_features(model, normalise(cut, config))
     text = F.normalize(tabletop.text_features(model, tokenize(captions, TRAIN_CONTEXT)), dim=-1)
     scale = model.clip.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
@@ -195,8 +199,8 @@ def learning_rate(base: float, progress: float, warmup: float = 0.03) -> float:
     return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def train(model, pool: Pool, config: dict, args) -> list:
-    """Train until args.steps or args.minutes; return the logged loss history."""
+def train(model, pool: Pool, config: dict, args, seconds: float) -> list:
+    """Train for args.steps or `seconds`, whichever ends first; return the loss history."""
     rng = random.Random(args.seed)
     vocabulary = sorted({n for names in pool.names for n in names})
     weights = UncertaintyWeighting(2)
@@ -208,9 +212,9 @@ def train(model, pool: Pool, config: dict, args) -> list:
     bar = tqdm(total=args.steps, desc='train', disable=args.quiet)
     for step in range(args.steps):
         elapsed = time.monotonic() - start
-        progress = max(step / args.steps, elapsed / (args.minutes * 60))
+        progress = max(step / args.steps, elapsed / seconds)
         if progress >= 1.0:
-            _log.warning('time budget of %.1f min reached at step %d', args.minutes, step)
+            _log.warning('time budget reached at step %d of %d', step, args.steps)
             break
         for group in optimiser.param_groups:
             group['lr'] = learning_rate(args.lr, progress)
@@ -257,23 +261,35 @@ def parse_args(argv=None):
                         help='checkpoint directory to write (default: the bundled model)')
     parser.add_argument('--curves', default='',
                         help='loss-curve PNG (default: <out>/training_curves.png)')
-    parser.add_argument('--scenes', type=int, default=3000, help='training scenes to render')
-    parser.add_argument('--steps', type=int, default=4000, help='optimiser steps')
-    parser.add_argument('--minutes', type=float, default=24.0,
-                        help='training time budget; the schedule ends early if reached')
+    parser.add_argument('--scenes', type=int, default=1200, help='training scenes to render')
+    parser.add_argument('--steps', type=int, default=2400, help='optimiser steps')
+    parser.add_argument('--minutes', type=float, default=27.0,
+                        help='wall-time budget of the whole command; training ends early, with '
+                             'its learning-rate schedule compressed, when it would overrun')
     parser.add_argument('--batch', type=int, default=16, help='scenes per step')
     parser.add_argument('--lr', type=float, default=2e-3, help='peak learning rate')
     parser.add_argument('--seed', type=int, default=0, help='initialisation and sampling seed')
-    parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')
+    parser.add_argument('--threads', type=int, default=0,
+                        help='torch CPU threads; 0: 2 on an idle machine, else 1 (on busy '
+                             'cores two threads wait on each other and run several times slower)')
     parser.add_argument('--render-width', type=int, default=640, help='render width (pixels)')
     parser.add_argument('--render-height', type=int, default=480, help='render height (pixels)')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
     return parser.parse_args(argv)
 
 
+def pick_threads(requested: int) -> int:
+    """Return the torch thread count: `requested`, or 2 on an idle machine and 1 on a busy one."""
+    if requested > 0:
+        return requested
+    return 2 if os.getloadavg()[0] < 1.0 and (os.cpu_count() or 1) >= 2 else 1
+
+
 def run(args) -> dict:
     """Render, train, save; return a summary."""
-    torch.set_num_threads(args.threads)
+    threads = pick_threads(args.threads)
+    _log.info('training with %d torch thread(s)', threads)
+    torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
     config = tabletop.DEFAULT_CONFIG
     start = time.monotonic()
@@ -285,10 +301,12 @@ def run(args) -> dict:
     pool = build_pool(scenes, extra['image_size'], extra['crop_size'])
     render_seconds = time.monotonic() - start
     model = tabletop.build(config)
-    history = train(model, pool, config, args)
+    # The time budget covers the whole command; keep a little for saving and plotting.
+    history = train(model, pool, config, args, args.minutes * 60 - render_seconds - 15)
     out = tabletop.save(model, config, args.out)
     write_curves(history, Path(args.curves or out / 'training_curves.png'))
     summary = {'parameters': tabletop.parameter_count(model), 'scenes': len(pool.images),
+               'threads': threads, 'cpu_seconds': round(time.process_time(), 1),
                'steps': len(history), 'render_seconds': round(render_seconds, 1),
                'total_seconds': round(time.monotonic() - start, 1), 'out': str(out)}
     (out / 'training.json').write_text(json.dumps(summary, indent=2) + '\n', encoding='utf-8')

@@ -11,7 +11,8 @@ from clip_ros.core.image import preprocess, validate_rgb
 from clip_ros.core.registry import (
     clipseg_config, CLIPSEG_SIZE, clipseg_spec, DEFAULT_CLIPSEG, IMAGENET_MEAN, IMAGENET_STD,
     list_clipseg_models, ModelLoadError, ModelNotFoundError, prefetch_command, resolve_device,
-    resolve_dtype)
+    resolve_dtype, TABLETOP)
+from clip_ros.core.tabletop import checkpoint_dir, is_tabletop_dir, load_tabletop_clipseg
 from clip_ros.core.text_cache import TextCache
 from clip_ros.core.tokenizer import tokenize
 
@@ -41,7 +42,8 @@ def load_clipseg(name: str = DEFAULT_CLIPSEG, device='auto', dtype='auto',
     ----------
     name
         hub id ('CIDAS/clipseg-rd64-refined', ...), a local directory saved with
-        save_pretrained, 'tiny' (small random init) or 'random' (rd64 size, random init).
+        save_pretrained, 'tiny' (small random init), 'random' (rd64 size, random init) or
+        'tabletop' (the bundled trained model; also a directory written by train_tabletop).
     device
         'auto', 'cpu', 'cuda' or 'cuda:N'.
     dtype
@@ -61,9 +63,11 @@ def load_clipseg(name: str = DEFAULT_CLIPSEG, device='auto', dtype='auto',
         weights not cached, missing or unreadable (says how to fetch them).
 
     """
+    name = (name or '').strip()
+    if name == TABLETOP or is_tabletop_dir(name):
+        return load_tabletop_clipseg(checkpoint_dir(name), device, dtype)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    name = (name or '').strip()
     spec = clipseg_spec(name)
     if spec is not None and spec.config:
         model = _random_clipseg(spec.config)

@@ -12,8 +12,9 @@ from clip_ros.core.clipseg import ClipSegModel, ClipSegRunner, load_clipseg
 from clip_ros.core.registry import (
     clean_arch, clean_tag, clip_cache_locations, clip_weights, DEFAULT_CLIP, DEFAULT_CLIPSEG,
     find_cached_clip, is_weight_path, list_clip_architectures, list_clip_tags, ModelLoadError,
-    ModelNotFoundError, prefetch_command, RANDOM_TAGS, resolve_device, resolve_dtype,
+    ModelNotFoundError, prefetch_command, RANDOM_TAGS, resolve_device, resolve_dtype, TABLETOP,
     WEIGHT_SUFFIXES)
+from clip_ros.core.tabletop import checkpoint_dir, load_tabletop_clip
 from clip_ros.core.text_cache import TextCache
 from clip_ros.core.tokenizer import tokenize
 
@@ -72,10 +73,12 @@ def load_clip(arch: str = DEFAULT_CLIP[0], pretrained: str = DEFAULT_CLIP[1], de
     Parameters
     ----------
     arch
-        open_clip architecture ('ViT-B-16', ...) or 'tiny' (small, for tests and demos).
+        open_clip architecture ('ViT-B-16', ...), 'tiny' (small, for tests and demos) or
+        'tabletop' (the bundled trained model).
     pretrained
         a known tag ('openai', ...), a weights file (.bin/.pt/.pth/.safetensors),
-        or '' / 'random' for seeded random initialisation.
+        or '' / 'random' for seeded random initialisation. For 'tabletop': a checkpoint
+        directory, any other value means the bundled one.
     device
         'auto', 'cpu', 'cuda' or 'cuda:N'.
     dtype
@@ -99,6 +102,8 @@ def load_clip(arch: str = DEFAULT_CLIP[0], pretrained: str = DEFAULT_CLIP[1], de
     if arch not in list_clip_architectures():
         raise ValueError(
             f"Unknown CLIP architecture '{arch}'; valid: {', '.join(list_clip_architectures())}")
+    if arch == TABLETOP:
+        return load_tabletop_clip(checkpoint_dir(pretrained), device, dtype)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     pretrained = (pretrained or '').strip()

@@ -12,6 +12,8 @@ import torch
 
 DEFAULT_CLIP = ('ViT-B-16', 'openai')
 DEFAULT_CLIPSEG = 'CIDAS/clipseg-rd64-refined'
+# Bundled trained model (clip_ros/models/tabletop): both a CLIP architecture and a CLIPSeg name.
+TABLETOP = 'tabletop'
 # Pretrained values that mean "random initialisation, no weights".
 RANDOM_TAGS = ('', 'random')
 WEIGHT_SUFFIXES = ('.bin', '.pt', '.pth', '.safetensors')
@@ -86,7 +88,7 @@ def clean_arch(arch: str) -> str:
 
 def list_clip_architectures() -> list:
     """Return open_clip's architecture names, bundled ones included."""
-    return open_clip.list_models()
+    return open_clip.list_models() + [TABLETOP]
 
 
 def list_clip_tags(arch: str) -> list:
@@ -157,7 +159,7 @@ def find_cached_clip(weights: ClipWeights, cache_dir=None):
 
 def list_clipseg_models() -> list:
     """Return the known CLIPSeg names (a local directory also works)."""
-    return list(_CLIPSEG)
+    return list(_CLIPSEG) + [TABLETOP]
 
 
 def clipseg_spec(name: str):

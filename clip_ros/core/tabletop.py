@@ -10,7 +10,6 @@ model.safetensors (float16). Text goes through clip_ros.core.tokenizer (open_cli
 from dataclasses import dataclass
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,9 @@ import torch.nn.functional as F
 
 from clip_ros.core.registry import (
     IMAGENET_MEAN, IMAGENET_STD, ModelLoadError, ModelNotFoundError, MODELS_DIR, resolve_device,
-    resolve_dtype)
+    resolve_dtype, TABLETOP)
 
-NAME = 'tabletop'
+NAME = TABLETOP
 BUNDLED_DIR = MODELS_DIR / NAME
 CONFIG_FILE = 'config.json'
 WEIGHTS_FILE = 'model.safetensors'
@@ -40,11 +39,11 @@ DEFAULT_CONFIG = {
         'num_attention_heads': 4, 'image_size': 128, 'patch_size': 8,
     },
     'projection_dim': 64,
-    'extract_layers': [1, 2, 3],
-    'reduce_dim': 48,
+    'extract_layers': [1, 3],
+    'reduce_dim': 32,
     'conditional_layer': 0,
-    'decoder_num_attention_heads': 4,
-    'decoder_intermediate_size': 96,
+    'decoder_num_attention_heads': 2,
+    'decoder_intermediate_size': 64,
     'clip_ros': {
         'image_size': 128,  # CLIPSeg input side (frames are stretched to it)
         'crop_size': 64,  # CLIP re-scoring crop side
@@ -110,6 +109,12 @@ def parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _reason(error: Exception) -> str:
+    """Return an exception as one short line: 'Type: message'."""
+    text = ' '.join(str(error).split())
+    return f'{type(error).__name__}: {text[:300]}'
+
+
 def _read_config(directory: Path) -> dict:
     path = directory / CONFIG_FILE
     if not path.is_file():
@@ -124,7 +129,7 @@ def _read_config(directory: Path) -> dict:
             raise ValueError('mean/std need 3 values and sizes must be positive')
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelLoadError(
-            f"tabletop model: config '{path}' is invalid ({type(e).__name__}: {e}); it needs "
+            f"tabletop model: config '{path}' is invalid ({_reason(e)}); it needs "
             f"CLIPSeg sizes and a 'clip_ros' block with image_size, crop_size, mean and std. "
             f'Retrain with: {RETRAIN}') from e
     return config
@@ -142,20 +147,20 @@ def _read_weights(directory: Path, config: dict, dtype) -> torch.nn.Module:
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise ModelLoadError(
             f"tabletop model: config '{directory / CONFIG_FILE}' does not describe a CLIPSeg "
-            f'model ({type(e).__name__}: {e}). Retrain with: {RETRAIN}') from e
+            f'model ({_reason(e)}). Retrain with: {RETRAIN}') from e
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise ModelLoadError(
-            f"tabletop model: weights '{path}' are unreadable or corrupt ({type(e).__name__}: "
-            f'{e}). Reinstall clip_ros or retrain with: {RETRAIN}') from e
+            f"tabletop model: weights '{path}' are unreadable or corrupt ({_reason(e)}). "
+            f'Reinstall clip_ros or retrain with: {RETRAIN}') from e
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
         _check_keys(model, state)
     except (RuntimeError, ValueError) as e:
         raise ModelLoadError(
             f"tabletop model: weights '{path}' do not match config '{directory / CONFIG_FILE}' "
-            f'({str(e).splitlines()[0]}). Retrain with: {RETRAIN}') from e
+            f'({_reason(e)}). Retrain with: {RETRAIN}') from e
     return model.to(dtype).eval()
 
 
@@ -222,6 +227,14 @@ def load_tabletop_clip(path=None, device='auto', dtype='auto'):
                      dtype=dtype, logit_scale=float(clip.logit_scale.float().exp().item()))
 
 
+def checkpoint_dir(value):
+    """Return a checkpoint directory for a path-like value, None (bundled) for a name or tag."""
+    value = str(value or '').strip()
+    if value == NAME or not value or ('/' not in value and not Path(value).exists()):
+        return None
+    return value
+
+
 def is_tabletop_dir(path) -> bool:
     """Tell whether `path` is a directory holding a tabletop config (with a 'clip_ros' block)."""
     config = Path(str(path)).expanduser() / CONFIG_FILE
@@ -229,20 +242,6 @@ def is_tabletop_dir(path) -> bool:
         return config.is_file() and 'clip_ros' in json.loads(config.read_text(encoding='utf-8'))
     except (OSError, ValueError):
         return False
-
-
-def conditional_logits(model, pixels: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """
-    Return decoder logits [B, s, s] for images [B,3,S,S] and one embedding each [B, D].
-
-    The vision tower runs with hidden states; used in training, where gradients flow.
-    """
-    out = model.clip.vision_model(pixel_values=pixels, output_hidden_states=True,
-                                  interpolate_pos_encoding=True)
-    hidden = [out.hidden_states[i + 1] for i in model.extract_layers]
-    logits = model.decoder(hidden, cond).logits
-    side = int(math.isqrt(logits[0].numel()))
-    return logits.reshape(-1, side, side)
 
 
 def text_features(model, tokens: torch.Tensor) -> torch.Tensor:
@@ -275,3 +274,40 @@ def render_scenes(seeds, width: int, height: int, exclude=()):
             objects = [SceneObject(o.name, o.box, frame.instances == o.instance_id)
                        for o in frame.objects if o.box is not None and o.visible_pixels > 0]
             yield frame.rgb, objects, [o.name for o in frame.objects]
+
+
+def load_or_tabletop(clip_spec: tuple, clipseg_name: str, device='auto', dtype='auto',
+                     cache_dir=None) -> tuple:
+    """
+    Load the requested CLIP and CLIPSeg, or the bundled tabletop model when they are missing.
+
+    Parameters
+    ----------
+    clip_spec
+        (arch, pretrained) for load_clip.
+    clipseg_name
+        name for load_clipseg.
+    device, dtype, cache_dir
+        as for load_clip / load_clipseg.
+
+    Returns
+    -------
+    (ClipModel, ClipSegModel, note): note is '' when the requested models loaded, else a
+    sentence for the log saying why the bundled tabletop model is used instead.
+
+    Raises
+    ------
+    ModelLoadError
+        when the bundled model itself cannot be loaded.
+
+    """
+    from clip_ros.core.models import load_clip, load_clipseg
+    try:
+        clip = load_clip(*clip_spec, device=device, dtype=dtype, cache_dir=cache_dir)
+        clipseg = load_clipseg(clipseg_name, device=device, dtype=dtype, cache_dir=cache_dir)
+        return clip, clipseg, ''
+    except ModelLoadError as e:
+        note = (f"pretrained weights are not available ({e}); using the bundled 'tabletop' "
+                f'model instead (trained on simulator tabletop scenes only)')
+    clip = load_tabletop_clip(device=device, dtype=dtype)
+    return clip, load_tabletop_clipseg(device=device, dtype=dtype), note
