@@ -42,6 +42,7 @@ setup(
             'make_dataset = clip_ros.commands.make_dataset:main',
             'vla_policy_node = clip_ros.nodes.policy_node:main',
             'policy_demo = clip_ros.nodes.policy_demo:main',
+            'flood = clip_ros.nodes.flood:main',
             'record_demos = clip_ros.commands.record_demos:main',
             'train_policy_head = clip_ros.commands.train_policy_head:main',
             'evaluate_policy = clip_ros.commands.evaluate_policy:main',
