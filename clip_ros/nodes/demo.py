@@ -1,156 +1,242 @@
 """
-Run the grounding node on procedural tabletop frames and print what each command grounded.
+Ground commands in the MuJoCo tabletop and act on them, all in one process over real DDS.
 
-Everything runs in one process over real DDS: the grounding node, and a driver node that
-publishes commands and camera frames and listens for detections. The annotated strip is written
-as a PNG. Uses the pretrained models when they are cached, else random-initialised tiny ones.
+Starts the graph of launch/demo_sim.launch.py (simulator, grounding node, vla_policy_node) with
+a probe node. For each scene it sends a command about one of the scene's objects, prints what was
+grounded (IoU against the simulator's ground truth) and how the policy ended, then measures the
+grounding rate at camera speed and writes an annotated strip PNG.
 """
 import argparse
+import json
 import os
+import statistics
 import threading
 import time
 
 import numpy as np
 from PIL import Image as PILImage
 import rclpy
+from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
-from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
+from std_msgs.msg import Int32, String
 from vision_msgs.msg import Detection2DArray
 
 from clip_ros.core.geometry import Detection
-from clip_ros.core.models import load_clip, load_clipseg, ModelLoadError
-from clip_ros.core.synthetic import tabletop_image
 from clip_ros.nodes.common import COMMAND_QOS, RESULTS_QOS
-from clip_ros.nodes.conversions import image_to_numpy, numpy_to_image
+from clip_ros.nodes.conversions import image_to_numpy
 from clip_ros.nodes.grounding_node import GroundingNode
 from clip_ros.nodes.overlay import draw_overlay
+from clip_ros.nodes.policy_node import VlaPolicyNode
+from clip_ros.nodes.sim_node import TabletopSimNode
 
-COMMANDS = ('pick up the blue block', 'grab the red ball', 'where is the green bowl?',
-            'please pick up the yellow block')
-
-
-def choose_models(device: str) -> tuple:
-    """Return (clip_arch, clip_pretrained, clipseg) to run: pretrained if cached, else tiny."""
-    try:
-        load_clip(device=device)
-        load_clipseg(device=device)
-        return 'ViT-B-16', 'openai', 'CIDAS/clipseg-rd64-refined'
-    except ModelLoadError as e:
-        print(f'Pretrained weights are not available offline:\n  {e}\n'
-              'Running with random-initialised tiny models instead: the topics, messages and '
-              'timings are real, the groundings are not meaningful.')
-        return 'tiny', 'random', 'tiny'
+CAMERA = {'image': 'camera/image_raw', 'depth': 'camera/depth/image_raw',
+          'camera_info': 'camera/camera_info', 'camera_pose': 'sim/camera_pose'}
+PHRASINGS = ('pick up the {}', 'grab the {}', 'could you pick up the {} please', 'get me {}')
+FINAL = ('succeeded', 'aborted', 'rejected')
 
 
-class Driver(Node):
-    """Publish commands and frames; keep the latest detections and mask by frame stamp."""
+def remap(*names) -> list:
+    """Return ROS arguments remapping `names` to the simulator's topics."""
+    return ['--ros-args'] + [a for n in names for a in ('-r', f'{n}:={CAMERA[n]}')]
 
-    def __init__(self):
-        super().__init__('demo_driver')
-        self.image_pub = self.create_publisher(Image, 'image', RESULTS_QOS)
-        self.command_pub = self.create_publisher(String, 'command', COMMAND_QOS)
-        self.results = {}
-        self.ready = threading.Condition()
-        self.create_subscription(Detection2DArray, 'detections', self._on_detections, RESULTS_QOS)
-        self.create_subscription(Image, 'mask', self._on_mask, RESULTS_QOS)
 
-    def _key(self, header) -> tuple:
-        return header.stamp.sec, header.stamp.nanosec
+def box_of(d) -> tuple:
+    """Return (x_min, y_min, x_max, y_max) of a Detection2D."""
+    cx, cy = d.bbox.center.position.x, d.bbox.center.position.y
+    return cx - d.bbox.size_x / 2, cy - d.bbox.size_y / 2, cx + d.bbox.size_x / 2, \
+        cy + d.bbox.size_y / 2
+
+
+def iou(a, b) -> float:
+    """Return the intersection over union of two boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+class Probe:
+    """A node that keeps the latest frames, results, truth and policy status by stamp."""
+
+    def __init__(self, context):
+        self.node = rclpy.create_node('demo_probe', context=context)
+        self.lock = threading.Condition()
+        self.frames, self.results, self.masks, self.status = {}, {}, {}, []
+        self.truth = None
+        self.arrivals = []  # (receipt time, stamp seconds) of every Detection2DArray
+        sub = self.node.create_subscription
+        sub(Image, CAMERA['image'], self._on_frame, RESULTS_QOS)
+        sub(Detection2DArray, 'detections', self._on_detections, RESULTS_QOS)
+        sub(Image, 'mask', self._on_mask, RESULTS_QOS)
+        sub(Detection2DArray, 'sim/ground_truth_2d', self._on_truth, RESULTS_QOS)
+        sub(String, 'policy_status', self._on_status, RESULTS_QOS)
+        self.command = self.node.create_publisher(String, 'command', COMMAND_QOS)
+        self.reset = self.node.create_publisher(Int32, 'sim/reset', COMMAND_QOS)
+
+    @staticmethod
+    def key(header) -> int:
+        return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+    def _keep(self, table: dict, key: int, value) -> None:
+        with self.lock:
+            table[key] = value
+            for old in sorted(table)[:-60]:  # bounded: only recent frames matter
+                del table[old]
+            self.lock.notify_all()
+
+    def _on_frame(self, msg) -> None:
+        self._keep(self.frames, self.key(msg.header), image_to_numpy(msg, copy=True))
 
     def _on_detections(self, msg) -> None:
-        self._store(self._key(msg.header), 'detections', msg)
+        self.arrivals.append((time.time(), self.key(msg.header) / 1e9))
+        self._keep(self.results, self.key(msg.header), msg)
 
     def _on_mask(self, msg) -> None:
-        self._store(self._key(msg.header), 'mask', image_to_numpy(msg, copy=True))
+        self._keep(self.masks, self.key(msg.header), image_to_numpy(msg, copy=True))
 
-    def _store(self, key, field, value) -> None:
-        with self.ready:
-            self.results.setdefault(key, {})[field] = value
-            self.ready.notify_all()
+    def _on_truth(self, msg) -> None:
+        with self.lock:
+            self.truth = (self.key(msg.header), msg)
+            self.lock.notify_all()
 
-    def ask(self, command: str, rgb: np.ndarray, timeout: float = 60.0) -> tuple:
-        """Send `command`, then one frame; return (Detection2DArray, mask, seconds) or None."""
-        self.command_pub.publish(String(data=command))
-        time.sleep(0.2)  # commands and frames travel on different topics
-        msg = numpy_to_image(rgb, 'rgb8')
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.header.frame_id = 'camera_optical_frame'
-        key = self._key(msg.header)
-        start = time.perf_counter()
-        self.image_pub.publish(msg)
-        with self.ready:
-            done = self.ready.wait_for(lambda: len(self.results.get(key, {})) == 2, timeout)
-        if not done:
-            return None
-        result = self.results.pop(key)
-        return result['detections'], result['mask'], time.perf_counter() - start
+    def _on_status(self, msg) -> None:
+        with self.lock:
+            self.status.append(json.loads(msg.data))
+            self.lock.notify_all()
+
+    def wait(self, predicate, timeout: float):
+        """Wait until predicate() (called under the lock) is truthy; return its value."""
+        with self.lock:
+            return self.lock.wait_for(predicate, timeout)
 
 
-def to_detections(msg) -> list:
-    """Rebuild core Detections from a Detection2DArray for drawing."""
-    out = []
-    for index, d in enumerate(msg.detections):
-        cx, cy = d.bbox.center.position.x, d.bbox.center.position.y
-        w, h = d.bbox.size_x, d.bbox.size_y
-        hyp = d.results[0].hypothesis
-        out.append(Detection(index, hyp.class_id, hyp.score, (cx - w / 2, cy - h / 2,
-                             cx + w / 2, cy + h / 2), 0, (cx, cy), hyp.score))
-    return out
+def build(context, args) -> list:
+    """Create the simulator, grounding and policy nodes."""
+    model = [Parameter('clip_arch', value=args.model),
+             Parameter('clipseg_model', value=args.model), Parameter('device', value=args.device)]
+    if args.model == 'tiny':
+        model.append(Parameter('clip_pretrained', value='random'))
+    sim = TabletopSimNode(context=context, parameter_overrides=[
+        Parameter('seed', value=args.seeds[0]), Parameter('rate', value=args.rate),
+        Parameter('width', value=args.width), Parameter('height', value=args.height)])
+    grounding = GroundingNode(context=context, cli_args=remap('image'),
+                              parameter_overrides=model)
+    policy = VlaPolicyNode(context=context, cli_args=remap(*CAMERA), parameter_overrides=[
+        Parameter('device', value=args.device)])
+    return [sim, grounding, policy]
+
+
+def ground(probe: Probe, seed: int, phrasing: str, timeout: float) -> dict | None:
+    """Reset to `seed`, command one of its objects; return what was grounded and how it ended."""
+    start = time.time()
+    probe.reset.publish(Int32(data=seed))
+    truth = probe.wait(lambda: probe.truth and probe.truth[0] / 1e9 > start + 0.3 and probe.truth,
+                       timeout)
+    if not truth:
+        return None
+    objects = {d.results[0].hypothesis.class_id: box_of(d) for d in truth[1].detections}
+    target = sorted(objects)[seed % len(objects)]
+    command = phrasing.format(target)
+    sent = time.time()
+    probe.command.publish(String(data=command))
+    # The first result computed after the command, with its frame and mask.
+    found = probe.wait(lambda: next(((probe.results[k], probe.frames[k], probe.masks[k])
+                                     for k in sorted(probe.results) if k / 1e9 > sent + 0.2
+                                     and k in probe.frames and k in probe.masks), None), timeout)
+    if found is None:
+        return None
+    msg, frame, mask = found
+    status = probe.wait(lambda: next((s for s in probe.status if s['command'] == command
+                                      and s['state'] in FINAL), None), timeout)
+    top = msg.detections[0] if msg.detections else None
+    return {'command': command, 'target': target, 'frame': frame, 'mask': mask,
+            'detections': msg.detections,
+            'grounded': top.results[0].hypothesis.class_id if top else None,
+            'score': top.results[0].hypothesis.score if top else 0.0,
+            'iou': iou(box_of(top), objects[target]) if top else 0.0,
+            'policy': status or {'state': 'timeout', 'phase': '', 'detail': ''}}
+
+
+def rate(probe: Probe, seconds: float) -> tuple:
+    """Return (results per second, p50 stamp-to-receipt latency in ms) over `seconds`."""
+    since = time.time()
+    time.sleep(seconds)
+    window = [(t, s) for t, s in list(probe.arrivals) if t >= since]
+    if len(window) < 2:
+        return 0.0, float('nan')
+    latency = statistics.median((t - s) * 1e3 for t, s in window)
+    return (len(window) - 1) / (window[-1][0] - window[0][0]), latency
+
+
+def panel(result: dict) -> np.ndarray:
+    """Draw a result's detections over its frame."""
+    dets = [Detection(i, d.results[0].hypothesis.class_id, d.results[0].hypothesis.score,
+                      box_of(d), 0, (0.0, 0.0), 0.0) for i, d in enumerate(result['detections'])]
+    return draw_overlay(result['frame'], dets, result['mask'], [result['target']])
+
+
+def report(result: dict, seed: int) -> bool:
+    """Print one command's outcome; return True when the right object was grounded."""
+    policy = result['policy']
+    ok = result['grounded'] is not None and result['iou'] >= 0.5
+    print(f"seed {seed}: {result['command']!r} -> grounded {result['grounded']!r} "
+          f"score {result['score']:.2f}, IoU {result['iou']:.2f} with the true "
+          f"{result['target']} [{'ok' if ok else 'wrong'}]; policy {policy['state']} "
+          f"{policy['phase']} {policy['detail']}".rstrip())
+    return ok
 
 
 def run(args) -> int:
-    """Start both nodes, send each command with a fresh scene, print and draw the results."""
-    clip_arch, clip_pretrained, clipseg = choose_models(args.device)
-    overrides = [Parameter('clip_arch', value=clip_arch),
-                 Parameter('clip_pretrained', value=clip_pretrained),
-                 Parameter('clipseg_model', value=clipseg),
-                 Parameter('device', value=args.device),
-                 Parameter('image_qos', value='reliable')]
-    grounding = GroundingNode(parameter_overrides=overrides)
-    driver = Driver()
-    executor = MultiThreadedExecutor()
-    executor.add_node(grounding)
-    executor.add_node(driver)
+    """Spin the graph, run the commands, print the results, write the strip."""
+    context = Context()
+    rclpy.init(context=context)
+    nodes = build(context, args)
+    probe = Probe(context)
+    executor = MultiThreadedExecutor(context=context)
+    for node in nodes + [probe.node]:
+        executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    panels, failures = [], 0
+    panels, grounded = [], 0
     try:
-        for seed, command in enumerate(COMMANDS):
-            rgb, objects = tabletop_image(seed=seed)
-            answer = driver.ask(command, rgb)
-            if answer is None:
-                print(f'{command!r}: no detections within the timeout')
-                failures += 1
+        for i, seed in enumerate(args.seeds):
+            result = ground(probe, seed, PHRASINGS[i % len(PHRASINGS)], args.timeout)
+            if result is None:
+                print(f'seed {seed}: no result within {args.timeout:.0f} s')
                 continue
-            msg, mask, seconds = answer
-            detections = to_detections(msg)
-            top = (f'{detections[0].phrase} score {detections[0].score:.2f} box '
-                   f'{tuple(round(v) for v in detections[0].box)}' if detections else 'nothing')
-            print(f'{command!r} -> {len(detections)} detections in {seconds * 1e3:.0f} ms; '
-                  f'top: {top}; scene: {", ".join(o.name for o in objects)}')
-            panels.append(draw_overlay(rgb, detections, mask, grounding.phrases))
+            grounded += report(result, seed)
+            panels.append(panel(result))
+        hz, latency = rate(probe, args.measure)
+        print(f'grounded {grounded}/{len(args.seeds)} commands; grounding rate {hz:.1f} '
+              f'frames/s at {args.rate:.0f} Hz camera input, stamp-to-result p50 '
+              f'{latency:.0f} ms ({args.width}x{args.height}, model {args.model})')
     finally:
         executor.shutdown()
-        grounding.destroy_node()
-        driver.destroy_node()
+        for node in nodes + [probe.node]:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
     if panels:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         PILImage.fromarray(np.concatenate(panels, axis=1)).save(args.output)
         print(f'wrote {args.output}')
-    return 1 if failures else 0
+    return 0 if len(panels) == len(args.seeds) else 1
 
 
-def main(args=None) -> int:
+def main(argv=None) -> int:
     """Parse arguments and run the demo."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument('--model', default='tabletop', choices=['tabletop', 'tiny'])
     parser.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
+    parser.add_argument('--seeds', type=int, nargs='+', default=[200001, 200002, 200003])
+    parser.add_argument('--rate', type=float, default=30.0, help='camera frames per second')
+    parser.add_argument('--width', type=int, default=640)
+    parser.add_argument('--height', type=int, default=480)
+    parser.add_argument('--timeout', type=float, default=60.0, help='seconds per command')
+    parser.add_argument('--measure', type=float, default=5.0, help='seconds of rate measurement')
     parser.add_argument('--output', default='out/demo_strip.png', help='annotated strip PNG')
-    parsed = parser.parse_args(rclpy.utilities.remove_ros_args(args)[1:] if args else None)
-    with rclpy.init(args=args):
-        return run(parsed)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == '__main__':

@@ -188,9 +188,12 @@ class VlaPolicyNode(Node):
         return K, depth, labels, self._lookup_extrinsic(depth_msg.header)
 
     def _best(self, detections, phrase: str):
-        found = [d for d in detections if d.results and d.results[0].hypothesis.class_id ==
-                 phrase and d.results[0].hypothesis.score >= self._p['min_score']]
-        return max(found, key=lambda d: d.results[0].hypothesis.score, default=None)
+        """Return (index, detection) of the best-scoring detection of `phrase`, or None."""
+        # The mask's pixel value is the detection's position + 1 (its id is a track id).
+        found = [(i, d) for i, d in enumerate(detections) if d.results and
+                 d.results[0].hypothesis.class_id == phrase and
+                 d.results[0].hypothesis.score >= self._p['min_score']]
+        return max(found, key=lambda p: p[1].results[0].hypothesis.score, default=None)
 
     def _perceive(self, match: dict) -> None:
         command, lifted, errors = self._command, {}, []
@@ -203,13 +206,14 @@ class VlaPolicyNode(Node):
         roles = {'target': command.targets[0] if command.targets else None,
                  'destination': command.destination}
         for role, phrase in roles.items():
-            det = self._best(match['detections'].detections, phrase) if phrase else None
-            if phrase and det is None:
+            best = self._best(match['detections'].detections, phrase) if phrase else None
+            if phrase and best is None:
                 errors.append(f'{phrase!r} not detected')
-            if det is None:
+            if best is None:
                 continue
+            index, det = best
             try:
-                mask = labels == int(det.id) + 1
+                mask = labels == index + 1
                 target = lift_mask(depth, mask, K, extrinsic, depth_range)
             except ValueError as e:
                 errors.append(f'{phrase!r}: {e}')

@@ -48,8 +48,9 @@ def ground_truth_2d_msg(truths, header: Header) -> Detection2DArray:
         msg = Detection2D(header=header, id=str(truth.instance_id))
         msg.results.append(_hypothesis(truth))
         x0, y0, x1, y1 = truth.box
-        msg.bbox.center.position.x = (x0 + x1 - 1) / 2  # pixel centres at integers
-        msg.bbox.center.position.y = (y0 + y1 - 1) / 2
+        # Same convention as the grounding node: pixel (0, 0) spans [0, 1) x [0, 1).
+        msg.bbox.center.position.x = (x0 + x1) / 2
+        msg.bbox.center.position.y = (y0 + y1) / 2
         msg.bbox.size_x, msg.bbox.size_y = float(x1 - x0), float(y1 - y0)
         detections.append(msg)
     return Detection2DArray(header=header, detections=detections)
