@@ -119,12 +119,20 @@ def segmentation_batch(pool: Pool, scenes: list, vocabulary: list, rng: random.R
             phrases.append(_phrase(names[k], rng))
             owner.append(row)
             targets.append(masks[k].float() / 255)
-        absent = [n for n in vocabulary if n not in names]
-        if absent:
-            phrases.append(_phrase(rng.choice(absent), rng))
+        for name in _negatives(names, vocabulary, rng):
+            phrases.append(_phrase(name, rng))
             owner.append(row)
             targets.append(torch.zeros_like(masks[0], dtype=torch.float32))
     return phrases, torch.tensor(owner), torch.stack(targets)
+
+
+def _negatives(names: list, vocabulary: list, rng: random.Random, count: int = 2) -> list:
+    """Pick absent names, mostly sharing a colour or shape with a present object (hard ones)."""
+    absent = [n for n in vocabulary if n not in names]
+    words = {w for name in names for w in name.split()}
+    hard = [n for n in absent if words & set(n.split())]
+    return [rng.choice(hard if hard and rng.random() < 0.8 else absent)
+            for _ in range(min(count, len(absent)))]
 
 
 def crop_batch(pool: Pool, scenes: list, rng: random.Random, limit: int = 32):
@@ -327,5 +335,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    os.environ.setdefault('HF_HUB_OFFLINE', '1')
     sys.exit(main())

@@ -144,7 +144,7 @@ def _read_weights(directory: Path, config: dict, dtype) -> torch.nn.Module:
             f'with: {RETRAIN}')
     try:
         model = build(config)
-    except (TypeError, ValueError, KeyError, AttributeError) as e:
+    except Exception as e:  # transformers' config validation raises its own error types
         raise ModelLoadError(
             f"tabletop model: config '{directory / CONFIG_FILE}' does not describe a CLIPSeg "
             f'model ({_reason(e)}). Retrain with: {RETRAIN}') from e
