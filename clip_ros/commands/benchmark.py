@@ -31,9 +31,8 @@ PHRASES = ('blue block', 'red ball', 'green bowl', 'yellow block', 'purple ball'
            'orange bowl', 'white block', 'black ball', 'red block', 'blue ball')
 
 
-def reference_step(clip, seg, rgb: np.ndarray, phrases: list, threshold: float,
-                   cap: int) -> int:
-    """Run the reference path once; return the number of instances it scored."""
+def reference_maps(seg, rgb: np.ndarray, phrases: list) -> np.ndarray:
+    """Return CLIPSeg probability maps [N, H, W] the transformers way (frame per prompt)."""
     height, width = rgb.shape[:2]
     size = seg.image_size
     x = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR), np.float32) / 255
@@ -43,7 +42,13 @@ def reference_step(clip, seg, rgb: np.ndarray, phrases: list, threshold: float,
         logits = seg.model(input_ids=tokenize(phrases), pixel_values=pixels).logits
         logits = logits.reshape(len(phrases), 1, *logits.shape[-2:])
         probs = F.interpolate(torch.sigmoid(logits), size=(height, width), mode='bilinear')
-    probs = probs[:, 0].numpy()
+    return probs[:, 0].numpy()
+
+
+def reference_step(clip, seg, rgb: np.ndarray, phrases: list, threshold: float,
+                   cap: int) -> int:
+    """Run the reference path once; return the number of instances it scored."""
+    probs = reference_maps(seg, rgb, phrases)
     regions = [r for prob in probs for r in connected_components(prob > threshold, prob, 64)]
     # The same cap as the pipeline's max_candidates: the surest components only.
     boxes = [r.box for r in sorted(regions, key=lambda r: -r.mean_prob)[:cap]]
@@ -89,21 +94,26 @@ def run(clip_arch: str, clipseg_name: str, counts: list, repeats: int, width: in
         found = reference_step(clip, seg, rgb, phrases, threshold, cap)
         ref = time_ms(lambda: reference_step(clip, seg, rgb, phrases, threshold, cap), repeats)
         ours = time_ms(lambda: pipeline(rgb, phrases, threshold, with_heatmaps=False), repeats)
+        seg_ref = time_ms(lambda: reference_maps(seg, rgb, phrases), repeats)
+        seg_ours = time_ms(lambda: pipeline.runner.probabilities(rgb, phrases), repeats)
         rows.append({'phrases': count, 'instances': found, 'reference_ms': ref[0],
                      'reference_p90_ms': ref[1], 'ours_ms': ours[0], 'ours_p90_ms': ours[1],
-                     'ratio': ref[0] / ours[0]})
+                     'ratio': ref[0] / ours[0], 'clipseg_reference_ms': seg_ref[0],
+                     'clipseg_ours_ms': seg_ours[0], 'clipseg_ratio': seg_ref[0] / seg_ours[0]})
     return rows
 
 
 def print_table(rows: list, title: str) -> None:
     """Print rows as a Markdown table."""
     print(title)
-    print('| phrases | instances | reference ms (p50 / p90) | clip_ros ms (p50 / p90) | ratio |')
-    print('|---|---|---|---|---|')
+    print('| phrases | instances | reference ms (p50 / p90) | clip_ros ms (p50 / p90) | ratio '
+          '| CLIPSeg stage: reference / clip_ros ms | ratio |')
+    print('|---|---|---|---|---|---|---|')
     for r in rows:
         print(f"| {r['phrases']} | {r['instances']} | {r['reference_ms']:.0f} / "
               f"{r['reference_p90_ms']:.0f} | {r['ours_ms']:.0f} / {r['ours_p90_ms']:.0f} | "
-              f"{r['ratio']:.2f}x |")
+              f"{r['ratio']:.2f}x | {r['clipseg_reference_ms']:.0f} / "
+              f"{r['clipseg_ours_ms']:.0f} | {r['clipseg_ratio']:.2f}x |")
 
 
 def main(argv=None) -> int:
