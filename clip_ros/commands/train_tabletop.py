@@ -119,20 +119,13 @@ def segmentation_batch(pool: Pool, scenes: list, vocabulary: list, rng: random.R
             phrases.append(_phrase(names[k], rng))
             owner.append(row)
             targets.append(masks[k].float() / 255)
-        for name in _negatives(names, vocabulary, rng):
-            phrases.append(_phrase(name, rng))
+        # One random absent name (two hard negatives sharing a colour or shape scored lower).
+        absent = [n for n in vocabulary if n not in names]
+        if absent:
+            phrases.append(_phrase(rng.choice(absent), rng))
             owner.append(row)
             targets.append(torch.zeros_like(masks[0], dtype=torch.float32))
     return phrases, torch.tensor(owner), torch.stack(targets)
-
-
-def _negatives(names: list, vocabulary: list, rng: random.Random, count: int = 2) -> list:
-    """Pick absent names, mostly sharing a colour or shape with a present object (hard ones)."""
-    absent = [n for n in vocabulary if n not in names]
-    words = {w for name in names for w in name.split()}
-    hard = [n for n in absent if words & set(n.split())]
-    return [rng.choice(hard if hard and rng.random() < 0.8 else absent)
-            for _ in range(min(count, len(absent)))]
 
 
 def crop_batch(pool: Pool, scenes: list, rng: random.Random, limit: int = 32):
@@ -277,9 +270,10 @@ def parse_args(argv=None):
     parser.add_argument('--batch', type=int, default=16, help='scenes per step')
     parser.add_argument('--lr', type=float, default=2e-3, help='peak learning rate')
     parser.add_argument('--seed', type=int, default=0, help='initialisation and sampling seed')
-    parser.add_argument('--threads', type=int, default=0,
-                        help='torch CPU threads; 0: 2 on an idle machine, else 1 (on busy '
-                             'cores two threads wait on each other and run several times slower)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch CPU threads (0: 2 on an idle machine, else 1); on shared, '
+                             'busy cores two threads wait on each other and run several times '
+                             'slower than one')
     parser.add_argument('--render-width', type=int, default=640, help='render width (pixels)')
     parser.add_argument('--render-height', type=int, default=480, help='render height (pixels)')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
