@@ -43,6 +43,8 @@ setup(
             'vla_policy_node = clip_ros.nodes.policy_node:main',
             'policy_demo = clip_ros.nodes.policy_demo:main',
             'flood = clip_ros.nodes.flood:main',
+            'train_tabletop = clip_ros.commands.train_tabletop:main',
+            'evaluate = clip_ros.commands.evaluate:main',
             'record_demos = clip_ros.commands.record_demos:main',
             'train_policy_head = clip_ros.commands.train_policy_head:main',
             'evaluate_policy = clip_ros.commands.evaluate_policy:main',

@@ -306,6 +306,8 @@ def load_or_tabletop(clip_spec: tuple, clipseg_name: str, device='auto', dtype='
         clip = load_clip(*clip_spec, device=device, dtype=dtype, cache_dir=cache_dir)
         clipseg = load_clipseg(clipseg_name, device=device, dtype=dtype, cache_dir=cache_dir)
         return clip, clipseg, ''
+    except ModelNotFoundError:
+        raise  # an explicitly named file or directory is missing: say so, do not substitute
     except ModelLoadError as e:
         note = (f"pretrained weights are not available ({e}); using the bundled 'tabletop' "
                 f'model instead (trained on simulator tabletop scenes only)')

@@ -11,8 +11,8 @@ from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from clip_ros.core.command import MAX_COMMAND_CHARS, parse_command
 from clip_ros.core.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
-from clip_ros.core.models import load_clip, load_clipseg
 from clip_ros.core.registry import DEFAULT_CLIP, DEFAULT_CLIPSEG
+from clip_ros.core.tabletop import load_or_tabletop
 from clip_ros.core.tracking import Tracker
 from clip_ros.nodes.common import (
     clean_phrases, COMMAND_QOS, common_parameters, declare_all, decode_rgb, describe,
@@ -121,9 +121,12 @@ class GroundingNode(ManagedNode):
             raise ValueError(self._params_error)
         values = parameter_values(self)
         device, dtype, cache_dir = values['device'], values['dtype'], values['cache_dir'] or None
-        self._clip = load_clip(values['clip_arch'], values['clip_pretrained'], device, dtype,
-                               cache_dir)
-        self._clipseg = load_clipseg(values['clipseg_model'], device, dtype, cache_dir)
+        # Uncached pretrained weights fall back to the bundled tabletop model, with a warning.
+        self._clip, self._clipseg, note = load_or_tabletop(
+            (values['clip_arch'], values['clip_pretrained']), values['clipseg_model'], device,
+            dtype, cache_dir)
+        if note:
+            self.get_logger().warning(note)
         self.get_logger().info(f'loaded {self._clip.name} and {self._clipseg.name} on '
                                f'{self._clip.device} ({self._clip.dtype})')
         self._pipeline = self._build_pipeline()
