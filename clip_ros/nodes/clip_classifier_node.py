@@ -1,8 +1,6 @@
 """Zero-shot classification of whole camera frames with CLIP."""
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
-import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Classification
 
@@ -11,7 +9,7 @@ from clip_ros.core.models import load_clip
 from clip_ros.core.registry import DEFAULT_CLIP
 from clip_ros.nodes.common import (
     clean_phrases, common_parameters, declare_all, decode_rgb, describe, parameter_values,
-    RESULTS_QOS, string_list)
+    RESULTS_QOS, spin_node, string_list)
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import classification_msg
 
@@ -119,17 +117,7 @@ class ClipClassifierNode(ManagedNode):
 
 def main(args=None) -> None:
     """Run the classifier node until interrupted."""
-    try:
-        with rclpy.init(args=args):
-            node = ClipClassifierNode()
-            executor = MultiThreadedExecutor()
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(ClipClassifierNode, args)
 
 
 if __name__ == '__main__':

@@ -1,8 +1,6 @@
 """Semantic segmentation of camera frames into named classes with CLIPSeg."""
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
-import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from sensor_msgs.msg import Image
 import torch
 from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -12,7 +10,7 @@ from clip_ros.core.clipseg import ClipSegRunner, load_clipseg
 from clip_ros.core.registry import DEFAULT_CLIPSEG
 from clip_ros.nodes.common import (
     clean_phrases, common_parameters, declare_all, decode_rgb, describe, LATCHED_QOS,
-    parameter_values, RESULTS_QOS, string_list)
+    parameter_values, RESULTS_QOS, spin_node, string_list)
 from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import detections_msg, label_info_msg
@@ -117,17 +115,7 @@ class ClipSegNode(ManagedNode):
 
 def main(args=None) -> None:
     """Run the CLIPSeg node until interrupted."""
-    try:
-        with rclpy.init(args=args):
-            node = ClipSegNode()
-            executor = MultiThreadedExecutor()
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(ClipSegNode, args)
 
 
 if __name__ == '__main__':

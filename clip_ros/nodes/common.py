@@ -2,6 +2,8 @@
 import array
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
@@ -125,3 +127,18 @@ def subscribe_images(node, qos_name: str, callback):
         node.get_logger().error(f'{e}; using sensor_data')
         qos = image_qos('sensor_data')
     return node.create_subscription(Image, 'image', callback, qos)
+
+
+def spin_node(node_class, args=None) -> None:
+    """Create `node_class()`, spin it on a MultiThreadedExecutor until interrupted, clean up."""
+    try:
+        with rclpy.init(args=args):
+            node = node_class()
+            executor = MultiThreadedExecutor()
+            executor.add_node(node)
+            try:
+                executor.spin()
+            finally:
+                node.destroy_node()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass

@@ -3,8 +3,6 @@ import time
 
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
-import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -15,8 +13,8 @@ from clip_ros.core.registry import DEFAULT_CLIP, DEFAULT_CLIPSEG
 from clip_ros.core.tabletop import load_or_tabletop
 from clip_ros.core.tracking import Tracker
 from clip_ros.nodes.common import (
-    clean_phrases, COMMAND_QOS, common_parameters, declare_all, decode_rgb, describe,
-    LATCHED_QOS, parameter_values, RESULTS_QOS, string_list, unit_floats)
+    clean_phrases, COMMAND_QOS, common_parameters, declare_all, decode_rgb, describe, LATCHED_QOS,
+    parameter_values, RESULTS_QOS, spin_node, string_list, unit_floats)
 from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import detections_msg, label_info_msg
@@ -252,17 +250,7 @@ class GroundingNode(ManagedNode):
 
 def main(args=None) -> None:
     """Run the grounding node until interrupted."""
-    try:
-        with rclpy.init(args=args):
-            node = GroundingNode()
-            executor = MultiThreadedExecutor()
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(GroundingNode, args)
 
 
 if __name__ == '__main__':

@@ -12,7 +12,6 @@ import time
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: I100 - ROS messages after rclpy
 from sensor_msgs.msg import CameraInfo, Image
@@ -25,7 +24,8 @@ from clip_ros.core.lifting import (
     check_intrinsics, depth_to_metres, Extrinsic, lift_mask, quat_to_matrix)
 from clip_ros.core.policy import GeometricPolicy, Observation, OPEN, PolicyConfig
 from clip_ros.core.sync import TimeMatcher
-from clip_ros.nodes.common import COMMAND_QOS, declare_all, describe, image_qos, RESULTS_QOS
+from clip_ros.nodes.common import (
+    COMMAND_QOS, declare_all, describe, image_qos, RESULTS_QOS, spin_node)
 from clip_ros.nodes.conversions import image_to_numpy, to_rgb
 from clip_ros.nodes.policy_messages import (
     goal_msg, markers_msg, position_of, status_msg, targets_3d_msg, twist_msg)
@@ -276,17 +276,7 @@ class VlaPolicyNode(Node):
 
 def main(args=None) -> None:
     """Run the VLA policy node until interrupted."""
-    try:
-        with rclpy.init(args=args):
-            node = VlaPolicyNode()
-            executor = MultiThreadedExecutor()
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(VlaPolicyNode, args)
 
 
 if __name__ == '__main__':
