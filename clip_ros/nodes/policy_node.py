@@ -25,7 +25,7 @@ from clip_ros.core.lifting import (
 from clip_ros.core.policy import GeometricPolicy, Observation, OPEN, PolicyConfig
 from clip_ros.core.sync import TimeMatcher
 from clip_ros.nodes.common import (
-    COMMAND_QOS, declare_all, describe, image_qos, RESULTS_QOS, spin_node)
+    COMMAND_QOS, declare_all, describe, image_qos, LATCHED_QOS, RESULTS_QOS, spin_node)
 from clip_ros.nodes.conversions import image_to_numpy, to_rgb
 from clip_ros.nodes.policy_messages import (
     goal_msg, markers_msg, position_of, status_msg, targets_3d_msg, twist_msg)
@@ -132,7 +132,8 @@ class VlaPolicyNode(Node):
         self.create_subscription(String, 'command', self._on_command, COMMAND_QOS)
         self.create_subscription(PoseStamped, 'ee_state', self._on_ee, RESULTS_QOS)
         self.create_subscription(Float64, 'gripper_state', self._on_gripper, RESULTS_QOS)
-        self.create_subscription(PoseStamped, 'camera_pose', self._on_camera_pose, RESULTS_QOS)
+        # Transient local: the pose is latched once per scene, usually before this node starts.
+        self.create_subscription(PoseStamped, 'camera_pose', self._on_camera_pose, LATCHED_QOS)
         if self._p['policy'] == 'learned':
             self.create_subscription(Image, 'image', self._on_image, sensor)
 
