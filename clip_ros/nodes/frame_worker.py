@@ -94,8 +94,11 @@ class KeyedThrottle:
     but the first; this keeps one clock per reason and reports how many were suppressed.
     """
 
-    def __init__(self, log: Callable[[str], Any], period: float = 5.0):
-        self._log = log
+    def __init__(self, logger, level: str, period: float = 5.0):
+        if level not in ('info', 'warning', 'error'):
+            raise ValueError(f"level must be 'info', 'warning' or 'error', got {level!r}")
+        self._logger = logger
+        self._level = level
         self._period = period
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
@@ -113,5 +116,14 @@ class KeyedThrottle:
             suppressed = self._suppressed.pop(key, 0)
         if suppressed:
             message = f'{message} ({suppressed} similar messages suppressed)'
-        self._log(message)
+        self._emit(message)
         return True
+
+    def _emit(self, message: str) -> None:
+        # rclpy pins a call site to the severity of its first call: one line per level.
+        if self._level == 'error':
+            self._logger.error(message)
+        elif self._level == 'warning':
+            self._logger.warning(message)
+        else:
+            self._logger.info(message)

@@ -87,8 +87,8 @@ class ManagedNode(LifecycleNode):
     def __init__(self, node_name: str, **kwargs):
         super().__init__(node_name, **kwargs)
         declare_all(self, managed_parameters())
-        self._warn = KeyedThrottle(self.get_logger().warning, THROTTLE_SEC)
-        self._error = KeyedThrottle(self.get_logger().error, THROTTLE_SEC)
+        self._warn = KeyedThrottle(self.get_logger(), 'warning', THROTTLE_SEC)
+        self._error = KeyedThrottle(self.get_logger(), 'error', THROTTLE_SEC)
         self.stats = FrameStats()
         self.load_error = ''
         self.memory = {}  # 'configure' / 'cleanup' -> (resident bytes, CUDA bytes)

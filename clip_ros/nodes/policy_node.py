@@ -269,10 +269,11 @@ class VlaPolicyNode(Node):
             return
         self._sent = key
         self._pubs['policy_status'].publish(status_msg(self._command.text, action))
-        if action.state in ('succeeded', 'aborted', 'rejected'):
-            log = self.get_logger().info if action.state == 'succeeded' else \
-                self.get_logger().warning
-            log(f'{action.state}: {action.detail}')
+        # rclpy fixes a logging call site's severity on first use: one call per level.
+        if action.state == 'succeeded':
+            self.get_logger().info(f'{action.state}: {action.detail}')
+        elif action.state in ('aborted', 'rejected'):
+            self.get_logger().warning(f'{action.state}: {action.detail}')
 
 
 def main(args=None) -> None:
