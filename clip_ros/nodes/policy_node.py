@@ -61,7 +61,7 @@ def _parameters() -> tuple:
                                     float_range=(0.001, 5.0), **ro)),
         ('workspace_min', [-0.55, -0.45, 0.0], describe('workspace box low corner', **ro)),
         ('workspace_max', [0.55, 0.45, 0.6], describe('workspace box high corner', **ro)),
-        ('lost_timeout', 1.0, describe('abort when the target is unseen this long (s)',
+        ('lost_timeout', 2.0, describe('abort when the target is unseen this long (s)',
                                        float_range=(0.05, 60.0), **ro)),
         ('acquire_timeout', 3.0, describe('abort when the target is never seen (s)',
                                           float_range=(0.05, 600.0), **ro)),
