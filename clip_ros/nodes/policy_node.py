@@ -80,7 +80,8 @@ class VlaPolicyNode(Node):
         self._p = p
         self._extrinsic = Extrinsic.from_xyz_quat(p['extrinsic'])
         self._policy = self._make_policy(p)
-        self._matcher = TimeMatcher(STREAMS, p['sync_tolerance'])
+        # Detections come a few hundred ms after their frame on a CPU: keep ~1 s of 30 Hz depth.
+        self._matcher = TimeMatcher(STREAMS, p['sync_tolerance'], queue_size=30)
         self._seen = set()
         self._command, self._fresh, self._error = None, {}, ''
         self._ee, self._gripper, self._image, self._sent = None, OPEN, None, None
