@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from clip_ros.core.grounding import check_thresholds, DEFAULT_DISTRACTORS, GroundingPipeline
+from clip_ros.core.grounding import (
+    check_thresholds, DEFAULT_DISTRACTORS, GroundingPipeline, rival_mask)
 from clip_ros.core.models import load_clip, load_clipseg
 from clip_ros.core.synthetic import tabletop_image
 
@@ -150,6 +151,27 @@ def test_distractor_equal_to_phrase_is_not_duplicated(models, rgb):
     texts = ['background'] + [t for t in DEFAULT_DISTRACTORS if t != 'background']
     image = pipeline.clip.encode_images(pipeline_crop(pipeline, rgb))
     logits = pipeline.clip.logit_scale * image @ pipeline.clip.encode_text(texts).T
+    assert probs[0] == pytest.approx(float(logits.softmax(-1)[0, 0]), rel=1e-5)
+
+
+def test_rival_mask_keeps_specialisations_out():
+    texts = ['block', 'the blue block', 'blue', 'blue block', 'red block', 'blue ball']
+    mask = rival_mask(texts, ['block', 'the blue block', 'blue'])
+    assert mask.tolist() == [
+        [True, False, True, False, False, True],  # a 'blue block' is a kind of 'block'
+        [True, True, True, False, True, True],    # 'blue block' only drops the article
+        [True, False, True, False, True, False],  # everything blue is a 'blue'
+    ]
+
+
+def test_vocabulary_competes_in_rescoring(models, rgb):
+    from dataclasses import replace
+    clip = replace(models[0], vocabulary=('red block', 'green block', 'red ball'))
+    pipeline = GroundingPipeline(clip, models[1], distractors=('background',))
+    probs = pipeline.clip_probabilities(rgb, ['block'], [0], [(0, 0, W, H)])
+    texts = ['block', 'background', 'red ball']  # the two blocks only specialise the query
+    image = clip.encode_images(pipeline_crop(pipeline, rgb))
+    logits = clip.logit_scale * image @ clip.encode_text(texts).T
     assert probs[0] == pytest.approx(float(logits.softmax(-1)[0, 0]), rel=1e-5)
 
 

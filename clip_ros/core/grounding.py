@@ -1,5 +1,6 @@
 """Phrase grounding: CLIPSeg maps -> thresholded instances -> CLIP re-scoring -> detections."""
 from dataclasses import dataclass
+import re
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from clip_ros.core.image import crops, validate_rgb
 DEFAULT_DISTRACTORS = ('background', 'a table surface', 'a wall', 'the floor')
 
 __all__ = ['DEFAULT_DISTRACTORS', 'Detection', 'GroundingPipeline', 'GroundingResult',
-           'check_phrases', 'check_thresholds']
+           'check_phrases', 'check_thresholds', 'rival_mask']
 
 
 @dataclass
@@ -60,8 +61,9 @@ class GroundingPipeline:
 
     CLIPSeg gives a probability map per phrase; a pixel is foreground where its probability
     exceeds the phrase's threshold (so 1.0 switches a phrase off). Each connected component of at
-    least min_area pixels becomes an instance, which CLIP re-scores against all phrases plus the
-    distractors (at most max_candidates components per frame, highest CLIPSeg mean first).
+    least min_area pixels becomes an instance, which CLIP re-scores against all phrases, the
+    distractors and the CLIP model's vocabulary of known object names (at most max_candidates
+    components per frame, highest CLIPSeg mean first).
     Final score = sqrt(clip_prob * mean_prob): the geometric mean lets either model veto an
     instance while agreement keeps the score high.
     """
@@ -154,19 +156,54 @@ class GroundingPipeline:
         """
         Return, per box, CLIP's softmax probability of its own phrase.
 
-        The softmax runs over the unique phrases plus distractors (a distractor equal to a query
-        phrase is dropped so it cannot split that phrase's probability). All crops of the frame go
-        through one encode_images call; text embeddings come from the model's cache.
+        The softmax runs over the unique phrases, the distractors and the model's vocabulary,
+        minus the texts that merely specialise the box's phrase ('blue block' does not compete
+        with 'block', so a query can be as general as the user likes). All crops of the frame
+        go through one encode_images call; text embeddings come from the model's cache.
         """
-        texts = list(dict.fromkeys(list(phrases) + list(self.distractors)))
-        column = {t: i for i, t in enumerate(texts)}
         clip = self.clip
+        texts = list(dict.fromkeys([*phrases, *self.distractors, *clip.vocabulary]))
+        rivals = rival_mask(texts, [phrases[o] for o in owners])  # [K, T]
         pixels = crops(rgb, boxes, clip.image_size, clip.mean, clip.std, clip.device, clip.dtype,
                        pad=self.crop_pad)  # [K, 3, S, S]
         with torch.inference_mode():
             text = clip.encode_text(texts).float()  # [T, D]
             images = clip.encode_images(pixels).float()  # [K, D]
-            probs = (clip.logit_scale * images @ text.to(images.device).T).softmax(dim=-1)
-            cols = torch.tensor([column[phrases[o]] for o in owners], device=probs.device)
+            logits = clip.logit_scale * images @ text.to(images.device).T
+            probs = logits.masked_fill(~rivals.to(logits.device), float('-inf')).softmax(dim=-1)
+            cols = torch.tensor([texts.index(phrases[o]) for o in owners], device=probs.device)
             own = probs.gather(1, cols[:, None])[:, 0]
         return own.cpu().tolist()
+
+
+_ARTICLES = frozenset(('a', 'an', 'the'))
+
+
+def content_words(text: str) -> frozenset:
+    """Return the lower-case words of a phrase without articles."""
+    return frozenset(re.findall(r"[a-z0-9']+", text.lower())) - _ARTICLES
+
+
+def rival_mask(texts: list, queries: list) -> torch.Tensor:
+    """
+    Tell which texts compete with each query in the re-scoring softmax.
+
+    Parameters
+    ----------
+    texts : list of str
+        The softmax's texts; every query is among them.
+    queries : list of str
+        One query per crop.
+
+    Returns
+    -------
+    bool [len(queries), len(texts)]: True for the query itself and for every text that does
+    not contain all of the query's words.
+
+    """
+    words = [content_words(t) for t in texts]
+    rows = {}
+    for query in dict.fromkeys(queries):
+        own = content_words(query)
+        rows[query] = [t == query or not own <= w for t, w in zip(texts, words)]
+    return torch.tensor([rows[q] for q in queries], dtype=torch.bool).reshape(len(queries), -1)

@@ -41,6 +41,8 @@ class ClipModel:
     device: torch.device  # where the weights live
     dtype: torch.dtype  # weight dtype
     logit_scale: float  # exp of the learned temperature (about 100 for trained models)
+    # Object names the model was trained to tell apart; re-scoring lets them compete with a query.
+    vocabulary: tuple = ()
     text_cache: TextCache = field(default=None, repr=False)  # filled in __post_init__
 
     def __post_init__(self):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from clip_ros.core.registry import (
     IMAGENET_MEAN, IMAGENET_STD, ModelLoadError, ModelNotFoundError, MODELS_DIR, resolve_device,
     resolve_dtype, TABLETOP)
+from clip_ros.core.sim_scene import COLOURS, SHAPES
 
 NAME = TABLETOP
 BUNDLED_DIR = MODELS_DIR / NAME
@@ -50,6 +51,8 @@ DEFAULT_CONFIG = {
         'mean': list(IMAGENET_MEAN),
         'std': list(IMAGENET_STD),
         'tokenizer': 'open_clip bpe_simple_vocab_16e6 via clip_ros.core.tokenizer',
+        # Every object the simulator makes (held-out combinations included: their words are known).
+        'vocabulary': [f'{colour} {shape}' for colour in COLOURS for shape in SHAPES],
     },
 }
 
@@ -127,6 +130,9 @@ def _read_config(directory: Path) -> dict:
         sizes = (int(extra['image_size']), int(extra['crop_size']))
         if len(extra['mean']) != 3 or len(extra['std']) != 3 or min(sizes) < 1:
             raise ValueError('mean/std need 3 values and sizes must be positive')
+        vocabulary = extra.get('vocabulary', [])
+        if not isinstance(vocabulary, list) or not all(isinstance(v, str) for v in vocabulary):
+            raise ValueError('vocabulary must be a list of strings')
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelLoadError(
             f"tabletop model: config '{path}' is invalid ({_reason(e)}); it needs "
@@ -224,7 +230,8 @@ def load_tabletop_clip(path=None, device='auto', dtype='auto'):
     clip = TabletopClip(model).eval()
     return ClipModel(model=clip, name=model_name(path), image_size=int(extra['crop_size']),
                      mean=tuple(extra['mean']), std=tuple(extra['std']), device=device,
-                     dtype=dtype, logit_scale=float(clip.logit_scale.float().exp().item()))
+                     dtype=dtype, logit_scale=float(clip.logit_scale.float().exp().item()),
+                     vocabulary=tuple(extra.get('vocabulary', ())))
 
 
 def checkpoint_dir(value):
