@@ -1,6 +1,13 @@
-"""vla_policy_node over DDS: bad inputs and unknown verbs never move; a lost target aborts."""
+"""
+vla_policy_node over DDS: bad inputs and unknown verbs never move; a lost target aborts.
+
+As a lifecycle node it moves only while active, stops on deactivate and frees its learned head
+on cleanup.
+"""
+import gc
 import json
 import os
+import weakref
 
 os.environ['ROS_DOMAIN_ID'] = '66'  # before rclpy: own domain, no cross-talk with other tests
 
@@ -9,8 +16,11 @@ import pytest  # noqa: E402
 
 pytest.importorskip('vision_msgs')
 pytest.importorskip('visualization_msgs')
+pytest.importorskip('diagnostic_msgs')
 
-from geometry_msgs.msg import PoseStamped  # noqa: E402, I100
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402, I100 - after the skips
+from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Float64, String  # noqa: E402
@@ -18,6 +28,9 @@ from vision_msgs.msg import Detection2D, Detection2DArray, Detection3DArray  # n
 from vision_msgs.msg import ObjectHypothesisWithPose  # noqa: E402
 
 from clip_ros.core.lifting import matrix_to_quat  # noqa: E402
+from clip_ros.core.models import load_clip  # noqa: E402
+from clip_ros.core.policy_head import HeadConfig, PolicyHead  # noqa: E402
+from clip_ros.core.stats import ERROR  # noqa: E402
 from clip_ros.nodes.conversions import numpy_to_image  # noqa: E402
 from clip_ros.nodes.policy_node import VlaPolicyNode  # noqa: E402
 from clip_ros.nodes.sim_messages import camera_info_msg  # noqa: E402
@@ -28,24 +41,57 @@ W, H = 80, 60
 K = np.array([[80.0, 0.0, 39.5], [0.0, 80.0, 29.5], [0.0, 0.0, 1.0]])
 # Camera 0.7 m above the base origin looking straight down.
 EXTRINSIC = [0.0, 0.0, 0.7] + matrix_to_quat(np.diag([1.0, -1.0, -1.0]))
+PARAMETERS = [Parameter('rate', value=20.0), Parameter('extrinsic', value=EXTRINSIC),
+              Parameter('acquire_timeout', value=1.0)]
+MANAGED = [Parameter('autostart', value=False), Parameter('lost_timeout', value=5.0)]
+SUCCESS = TransitionCallbackReturn.SUCCESS
+
+
+class Rig:
+    """The probe's publishers and inboxes for one policy node's namespace."""
+
+    def __init__(self, harness: Harness, namespace: str = ''):
+        self.harness, self.header, self.namespace = harness, harness.header, namespace or '/'
+        topic = f'{namespace}/{{}}'.format
+        self.status = harness.subscribe(String, topic('policy_status'))
+        self.goals = harness.subscribe(PoseStamped, topic('ee_goal'))
+        self.twists = harness.subscribe(TwistStamped, topic('ee_twist'))
+        self.targets = harness.subscribe(Detection3DArray, topic('targets_3d'))
+        self.pubs = {name: harness.publisher(kind, topic(name)) for kind, name in (
+            (String, 'command'), (Detection2DArray, 'detections'), (Image, 'mask'),
+            (Image, 'depth'), (CameraInfo, 'camera_info'), (PoseStamped, 'ee_state'),
+            (Float64, 'gripper_state'))}
+
+    def policy_node(self, extra=()) -> VlaPolicyNode:
+        """Add a policy node in this namespace with the test's camera and timeouts."""
+        return self.harness.add(VlaPolicyNode(
+            context=self.harness.context, namespace=self.namespace,
+            parameter_overrides=PARAMETERS + list(extra)))
 
 
 @pytest.fixture(scope='module')
-def ros():
+def harness():
     harness = Harness(DOMAIN)
-    harness.node = harness.add(VlaPolicyNode(context=harness.context, parameter_overrides=[
-        Parameter('rate', value=20.0), Parameter('extrinsic', value=EXTRINSIC),
-        Parameter('lost_timeout', value=0.5), Parameter('acquire_timeout', value=1.0)]))
-    harness.status = harness.subscribe(String, 'policy_status')
-    harness.goals = harness.subscribe(PoseStamped, 'ee_goal')
-    harness.targets = harness.subscribe(Detection3DArray, 'targets_3d')
-    harness.pubs = {name: harness.publisher(kind, name) for kind, name in (
-        (String, 'command'), (Detection2DArray, 'detections'), (Image, 'mask'),
-        (Image, 'depth'), (CameraInfo, 'camera_info'), (PoseStamped, 'ee_state'),
-        (Float64, 'gripper_state'))}
-    assert wait_for(lambda: harness.pubs['command'].get_subscription_count() > 0)
+    harness.diagnostics = harness.subscribe(DiagnosticArray, '/diagnostics')
     yield harness
     harness.shutdown()
+
+
+@pytest.fixture(scope='module')
+def ros(harness):
+    rig = Rig(harness)
+    rig.node = rig.policy_node([Parameter('lost_timeout', value=0.5)])
+    assert wait_for(lambda: rig.pubs['command'].get_subscription_count() > 0)
+    return rig
+
+
+@pytest.fixture
+def managed(harness, request):
+    """Return a Rig in a namespace of its own, and remove the nodes the test added."""
+    count = len(harness.added_since(0))
+    yield Rig(harness, '/' + request.node.originalname.removeprefix('test_'))
+    for node in harness.added_since(count):
+        harness.remove(node)
 
 
 def send_frame(ros, depth_fill=0.6, info=True, depth_size=(W, H)):
@@ -120,3 +166,109 @@ def test_valid_target_moves_then_lost_target_aborts(ros):
                      if json.loads(m.data)['state'] == 'aborted'), None)
     status = wait_for(aborted, timeout=5.0)  # no more frames: the target is lost
     assert status and 'target lost' in status['detail'], status
+
+
+def states(rig, since: int = 0) -> list:
+    """Return the (state, detail) of every policy_status message after the first `since`."""
+    found = (json.loads(m.data) for m in rig.status.messages[since:])
+    return [(s['state'], s['detail']) for s in found]
+
+
+def diagnostics_of(harness, node):
+    """Return the newest /diagnostics values of `node` as a dict, with 'level' and 'message'."""
+    name = node.get_fully_qualified_name()
+    found = harness.diagnostics.find(lambda m: any(s.name == name for s in m.status))
+    if found is None:
+        return None
+    status = next(s for s in found.status if s.name == name)
+    return {kv.key: kv.value for kv in status.values} | {
+        'level': status.level[0], 'message': status.message}
+
+
+def test_unconfigured_node_takes_nothing_and_publishes_nothing(managed):
+    node = managed.policy_node(MANAGED)
+    assert node.lifecycle_state == 'unconfigured' and node._policy is None
+    assert not wait_for(lambda: managed.pubs['command'].get_subscription_count(), timeout=1.0)
+    status, goals = run_command(managed, 'pick up the blue block', frames=10, settle=0.5)
+    assert status is None and goals == 0 and not managed.status.messages
+
+
+def test_lifecycle_moves_only_while_active(managed, harness):
+    node = managed.policy_node(MANAGED)
+    assert node.trigger_configure() == SUCCESS
+    assert node.lifecycle_state == 'inactive' and node._policy is not None
+    assert managed.pubs['command'].get_subscription_count() == 0, 'inactive: no inputs'
+    assert node.trigger_activate() == SUCCESS
+    assert wait_for(lambda: managed.pubs['command'].get_subscription_count() > 0)
+    values = wait_for(lambda: (v := diagnostics_of(harness, node)) and v['state'] == 'active'
+                      and v)
+    assert values and values['model'] == 'geometric policy'
+
+    status, goals = run_command(managed, 'pick up the blue block', frames=8, final=('never',),
+                                settle=0.0)
+    assert goals > 0, 'an active node with valid inputs moves'
+    seen = len(managed.status.messages)
+    assert node.trigger_deactivate() == SUCCESS
+    stopped = wait_for(lambda: [s for s in states(managed, seen) if s[0] == 'aborted'])
+    assert stopped and 'deactivated' in stopped[0][1], states(managed, seen)
+    twist = wait_for(lambda: managed.twists.messages)[-1].twist.linear
+    assert (twist.x, twist.y, twist.z) == (0.0, 0.0, 0.0), 'deactivate stops servoing'
+    assert wait_for(lambda: managed.pubs['command'].get_subscription_count() == 0)
+
+    seen, goals = len(managed.status.messages), len(managed.goals.messages)
+    status, _ = run_command(managed, 'pick up the blue block', frames=10, settle=0.5)
+    assert status is None and len(managed.goals.messages) == goals, 'inactive: no motion'
+    assert states(managed, seen) == []
+
+    assert node.trigger_activate() == SUCCESS, 'reactivating keeps the policy'
+    assert wait_for(lambda: managed.pubs['command'].get_subscription_count() > 0)
+    _, goals = run_command(managed, 'pick up the blue block', frames=8, final=('never',),
+                           settle=0.0)
+    assert goals > 0
+    assert node.trigger_deactivate() == SUCCESS
+    assert node.trigger_cleanup() == SUCCESS
+    assert node.lifecycle_state == 'unconfigured' and node._policy is None
+    assert node.trigger_shutdown() == SUCCESS and node.lifecycle_state == 'finalized'
+
+
+@pytest.mark.parametrize('steps', [[], ['configure'], ['configure', 'activate']],
+                         ids=['unconfigured', 'inactive', 'active'])
+def test_shutdown_from_any_state(managed, steps):
+    node = managed.policy_node(MANAGED)
+    for step in steps:
+        assert getattr(node, f'trigger_{step}')() == SUCCESS
+    assert node.trigger_shutdown() == SUCCESS
+    assert node.lifecycle_state == 'finalized' and node._policy is None
+    assert node._timer.is_canceled()
+
+
+@pytest.fixture(scope='module')
+def head_path(tmp_path_factory):
+    """Write a random policy head over the tiny CLIP (no weights needed)."""
+    dim = load_clip('tiny', 'random', 'cpu').encode_text(['a block']).shape[1]
+    path = tmp_path_factory.mktemp('head') / 'head.pt'
+    PolicyHead(HeadConfig(dim, hidden=16)).save(str(path))
+    return str(path)
+
+
+def test_cleanup_releases_the_learned_head(managed, head_path):
+    node = managed.policy_node(MANAGED + [
+        Parameter('policy', value='learned'), Parameter('head_path', value=head_path),
+        Parameter('device', value='cpu')])
+    for _ in range(2):
+        assert node.trigger_configure() == SUCCESS
+        head = weakref.ref(node._policy.head)
+        clip = weakref.ref(node._policy.embedder.clip.model)
+        assert node._model[0] == 'learned head head.pt on tiny/random'
+        assert node.trigger_cleanup() == SUCCESS
+        gc.collect()
+        assert head() is None and clip() is None, 'cleanup must drop the head and its CLIP'
+
+
+def test_missing_head_fails_configure_with_the_reason(managed, harness, tmp_path):
+    node = managed.policy_node([
+        Parameter('policy', value='learned'), Parameter('head_path', value=str(tmp_path / 'x'))])
+    assert node.lifecycle_state == 'unconfigured', 'autostart with a missing head'
+    assert 'train_policy_head' in node.load_error
+    values = wait_for(lambda: diagnostics_of(harness, node))
+    assert values and values['level'] == ERROR and 'model failed to load' in values['message']

@@ -9,7 +9,8 @@ A subclass declares its parameters in `__init__`, calls `self.start()` last, and
 * `process(msg)`: handle one input message on the worker thread.
 
 Optional hooks: `subscribe_inputs()` (default: `image` with the `image_qos` parameter),
-`on_activated()` and `on_deactivated()` for extra subscriptions or latched outputs.
+`on_activated()` and `on_deactivated()` for extra subscriptions, latched outputs or timers, and
+`input_hint()` for what the diagnostics say while no input arrives.
 """
 import ctypes
 import gc
@@ -341,13 +342,18 @@ class ManagedNode(LifecycleNode):
             silent = f'publisher present but no frame for {limits.silent_after:g} s'
             self._qos_hint = self._qos_mismatch(topic, silent)
 
+    def input_hint(self, snapshot, limits: HealthLimits) -> str:
+        """Return why input may be missing, for the diagnostics ('' when nothing is suspected)."""
+        self._check_silent_input(snapshot, limits)
+        return self._qos_hint
+
     def diagnostics(self):
         """Return the current statistics, assessed (level and reasons set)."""
         limits = HealthLimits(silent_after=self.get_parameter('silent_input_sec').value,
                               max_drop_ratio=self.get_parameter('max_drop_ratio').value)
         snapshot = self.stats.snapshot()
-        self._check_silent_input(snapshot, limits)
-        return assess(snapshot, limits, self._active, self.load_error, self._qos_hint)
+        hint = self.input_hint(snapshot, limits)
+        return assess(snapshot, limits, self._active, self.load_error, hint)
 
     def publish_diagnostics(self) -> None:
         """Publish one DiagnosticArray with this node's status."""

@@ -6,13 +6,14 @@ command's target and destination are lifted to the base frame with the median ma
 the static extrinsic (or tf2, or a camera_pose topic); a geometric or learned policy then
 publishes goals, a servo twist, the gripper command and a JSON status at `rate` Hz.
 """
+import os
 import threading
 import time
 
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
+from rclpy.lifecycle import TransitionCallbackReturn
 from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: I100 - ROS messages after rclpy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float64, Header, String
@@ -27,11 +28,15 @@ from clip_ros.core.sync import TimeMatcher
 from clip_ros.nodes.common import (
     COMMAND_QOS, declare_all, describe, image_qos, LATCHED_QOS, RESULTS_QOS, spin_node)
 from clip_ros.nodes.conversions import image_to_numpy, to_rgb
+from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.policy_messages import (
     goal_msg, markers_msg, position_of, status_msg, targets_3d_msg, twist_msg)
 
 STREAMS = ('detections', 'mask', 'depth', 'camera_info')
 POLICIES = ('geometric', 'learned')
+OUTPUTS = ((Detection3DArray, 'targets_3d'), (MarkerArray, 'target_markers'),
+           (PoseStamped, 'ee_goal'), (TwistStamped, 'ee_twist'), (Float64, 'gripper_command'),
+           (String, 'policy_status'))
 
 
 def _stamp(header) -> float:
@@ -70,8 +75,15 @@ def _parameters() -> tuple:
     )
 
 
-class VlaPolicyNode(Node):
-    """Ground the command's target in 3D and drive the end effector with a policy."""
+class VlaPolicyNode(ManagedNode):
+    """
+    Ground the command's target in 3D and drive the end effector with a policy.
+
+    Lifecycle: configure builds the policy (loading and warming the learned head's CLIP) and the
+    outputs; activate subscribes and starts the control ticks; deactivate aborts a running
+    command and stops; cleanup drops the policy. Matched perception sets are the "frames" the
+    base class's worker lifts and its diagnostics count.
+    """
 
     def __init__(self, **kwargs):
         super().__init__('vla_policy_node', **kwargs)
@@ -79,24 +91,93 @@ class VlaPolicyNode(Node):
         p = {name: self.get_parameter(name).value for name, _, _ in _parameters()}
         self._p = p
         self._extrinsic = Extrinsic.from_xyz_quat(p['extrinsic'])
-        self._policy = self._make_policy(p)
-        # Detections come a few hundred ms after their frame on a CPU: keep ~1 s of 30 Hz depth.
-        self._matcher = TimeMatcher(STREAMS, p['sync_tolerance'], queue_size=30)
-        self._seen = set()
-        self._command, self._fresh, self._error = None, {}, ''
-        self._ee, self._gripper, self._image, self._sent = None, OPEN, None, None
-        self._lock = threading.Lock()
+        self._policy, self._pubs, self._command = None, {}, None
+        self._fresh_lock, self._control_lock = threading.Lock(), threading.Lock()
+        self._reset_inputs()
         self._tf = self._make_tf() if p['use_tf'] else None
-        outputs = ((Detection3DArray, 'targets_3d'), (MarkerArray, 'target_markers'),
-                   (PoseStamped, 'ee_goal'), (TwistStamped, 'ee_twist'),
-                   (Float64, 'gripper_command'), (String, 'policy_status'))
-        self._pubs = {topic: self.create_publisher(kind, topic, RESULTS_QOS)
-                      for kind, topic in outputs}
-        self._subscribe()
-        control = MutuallyExclusiveCallbackGroup()
-        self._timer = self.create_timer(1.0 / p['rate'], self._tick, callback_group=control)
+        self._timer = self.create_timer(1.0 / p['rate'], self._tick, autostart=False,
+                                        callback_group=MutuallyExclusiveCallbackGroup())
+        self.start()
 
-    def _make_policy(self, p: dict):
+    def _reset_inputs(self) -> None:
+        # Detections come a few hundred ms after their frame on a CPU: keep ~1 s of 30 Hz depth.
+        self._matcher = TimeMatcher(STREAMS, self._p['sync_tolerance'], queue_size=30)
+        self._seen, self._fresh, self._perceive_error, self._sent = set(), {}, '', None
+        self._ee, self._gripper, self._image = None, OPEN, None
+
+    # Lifecycle hooks -----------------------------------------------------------------------
+
+    def load_model(self) -> tuple:
+        """Build the policy and the outputs; return (policy name, device)."""
+        self._policy, model = self._make_policy(self._p)
+        self._pubs = {topic: self.output(kind, topic, RESULTS_QOS) for kind, topic in OUTPUTS}
+        return model
+
+    def release_model(self) -> None:
+        """Stop the ticks and drop the policy (with the learned head and its CLIP)."""
+        self._timer.cancel()
+        self._policy = None
+
+    def subscribe_inputs(self) -> None:
+        """Subscribe perception, command, arm state and camera pose, forgetting older inputs."""
+        self._reset_inputs()
+        sensor = image_qos('reliable')
+        for kind, topic, qos in ((Detection2DArray, 'detections', RESULTS_QOS),
+                                 (Image, 'mask', RESULTS_QOS), (Image, 'depth', sensor),
+                                 (CameraInfo, 'camera_info', sensor)):
+            self.subscribe(kind, topic, self._stream(topic), qos)
+        self.subscribe(String, 'command', self._on_command, COMMAND_QOS)
+        self.subscribe(PoseStamped, 'ee_state', self._on_ee, RESULTS_QOS)
+        self.subscribe(Float64, 'gripper_state', self._on_gripper, RESULTS_QOS)
+        # Transient local: the pose is latched once per scene, usually before this node starts.
+        self.subscribe(PoseStamped, 'camera_pose', self._on_camera_pose, LATCHED_QOS)
+        if self._p['policy'] == 'learned':
+            self.subscribe(Image, 'image', self._on_image, sensor)
+
+    def on_activated(self) -> None:
+        """Start the control ticks."""
+        self._timer.reset()
+
+    def on_deactivated(self) -> None:
+        """Abort a running command while the outputs can still say so."""
+        self._stop_motion('vla_policy_node deactivated')
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        """Abort a running command, then free everything."""
+        self._stop_motion('vla_policy_node shut down')
+        return super().on_shutdown(state)
+
+    def process(self, match: dict) -> None:
+        """Lift the command's target and destination from one matched set (worker thread)."""
+        command = self._command
+        if command is not None:
+            self._perceive(match, command)
+
+    def input_hint(self, snapshot, limits) -> str:
+        """Say which perception stream is missing while no matched set arrives."""
+        if not self.active or snapshot.since_input <= limits.silent_after:
+            return ''
+        missing = [s for s in STREAMS if s not in self._seen]
+        if missing:
+            return f"no {', '.join(missing)} since activation"
+        return (f'detections, mask, depth and camera_info arrive but no set has stamps within '
+                f"sync_tolerance ({self._p['sync_tolerance']:g} s)")
+
+    def _stop_motion(self, reason: str) -> None:
+        self._timer.cancel()
+        with self._control_lock:
+            policy = self._policy
+            if policy is not None and self._command is not None:
+                before = policy.status.state
+                action = policy.cancel(reason)
+                if before == 'executing':
+                    self._pubs['ee_twist'].publish(twist_msg(np.zeros(3), self._header()))
+                self._publish_status(action, explain=False)
+            self._command = None
+
+    # Policy and inputs ---------------------------------------------------------------------
+
+    def _make_policy(self, p: dict) -> tuple:
         config = PolicyConfig(rate=p['rate'], max_speed=p['max_speed'],
                               workspace_min=tuple(p['workspace_min']),
                               workspace_max=tuple(p['workspace_max']),
@@ -105,13 +186,18 @@ class VlaPolicyNode(Node):
         if p['policy'] not in POLICIES:
             raise ValueError(f"policy {p['policy']!r} is not one of {', '.join(POLICIES)}")
         if p['policy'] == 'geometric':
-            return GeometricPolicy(config)
+            return GeometricPolicy(config), ('geometric policy', 'cpu')
         from clip_ros.core.models import load_clip
         from clip_ros.core.policy_head import Embedder, LearnedPolicy, PolicyHead
 
         head = PolicyHead.load(p['head_path'])
         clip = load_clip(head.config.clip_arch, head.config.clip_pretrained, p['device'])
-        return LearnedPolicy(head, Embedder(clip), config)
+        embedder = Embedder(clip)
+        # One pass each now, so the first command and frame do not pay for lazy initialisation.
+        embedder.image(np.zeros((clip.image_size, clip.image_size, 3), np.uint8))
+        embedder.text('pick up the block')
+        name = f"learned head {os.path.basename(p['head_path'])} on {clip.name}"
+        return LearnedPolicy(head, embedder, config), (name, str(clip.device))
 
     def _make_tf(self):
         try:
@@ -124,34 +210,25 @@ class VlaPolicyNode(Node):
         self._tf_listener = tf2_ros.TransformListener(buffer, self)
         return buffer
 
-    def _subscribe(self) -> None:
-        sensor = image_qos('reliable')
-        for kind, topic, qos in ((Detection2DArray, 'detections', RESULTS_QOS),
-                                 (Image, 'mask', RESULTS_QOS), (Image, 'depth', sensor),
-                                 (CameraInfo, 'camera_info', sensor)):
-            self.create_subscription(kind, topic, self._stream(topic), qos)
-        self.create_subscription(String, 'command', self._on_command, COMMAND_QOS)
-        self.create_subscription(PoseStamped, 'ee_state', self._on_ee, RESULTS_QOS)
-        self.create_subscription(Float64, 'gripper_state', self._on_gripper, RESULTS_QOS)
-        # Transient local: the pose is latched once per scene, usually before this node starts.
-        self.create_subscription(PoseStamped, 'camera_pose', self._on_camera_pose, LATCHED_QOS)
-        if self._p['policy'] == 'learned':
-            self.create_subscription(Image, 'image', self._on_image, sensor)
-
     def _stream(self, name: str):
         def callback(msg) -> None:
             self._seen.add(name)
             match = self._matcher.add(name, _stamp(msg.header), msg)
-            if match is not None and self._command is not None:
-                self._perceive(match)
+            if match is not None:
+                self.submit_frame(match)  # lifted on the worker thread, newest set first
         return callback
 
     def _on_command(self, msg: String) -> None:
-        self._command = parse_command(msg.data)
-        self._fresh = {}
-        action = self._policy.start(self._command, time.monotonic())
-        self.get_logger().info(f'command {msg.data!r}: {action.state} {action.detail}')
-        self._publish_status(action)
+        with self._control_lock:
+            policy = self._policy
+            if policy is None:
+                return  # shutting down
+            self._command = parse_command(msg.data)
+            with self._fresh_lock:
+                self._fresh = {}
+            action = policy.start(self._command, time.monotonic())
+            self.get_logger().info(f'command {msg.data!r}: {action.state} {action.detail}')
+            self._publish_status(action)
 
     def _on_ee(self, msg: PoseStamped) -> None:
         self._ee = position_of(msg)
@@ -178,7 +255,7 @@ class VlaPolicyNode(Node):
         q, v = t.transform.rotation, t.transform.translation
         return Extrinsic(quat_to_matrix((q.x, q.y, q.z, q.w)), np.array([v.x, v.y, v.z]))
 
-    def _inputs(self, match: dict) -> tuple:
+    def _read_inputs(self, match: dict) -> tuple:
         info, depth_msg = match['camera_info'], match['depth']
         K = check_intrinsics(info.k)
         depth = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding,
@@ -197,12 +274,12 @@ class VlaPolicyNode(Node):
                  d.results[0].hypothesis.score >= self._p['min_score']]
         return max(found, key=lambda p: p[1].results[0].hypothesis.score, default=None)
 
-    def _perceive(self, match: dict) -> None:
-        command, lifted, errors = self._command, {}, []
+    def _perceive(self, match: dict, command) -> None:
+        lifted, errors = {}, []
         try:
-            K, depth, labels, extrinsic = self._inputs(match)
+            K, depth, labels, extrinsic = self._read_inputs(match)
         except ValueError as e:
-            self._error = str(e)
+            self._perceive_error = str(e)
             return
         depth_range = (self._p['min_depth'], self._p['max_depth'])
         roles = {'target': command.targets[0] if command.targets else None,
@@ -221,8 +298,8 @@ class VlaPolicyNode(Node):
                 errors.append(f'{phrase!r}: {e}')
                 continue
             lifted[role] = (phrase, det.results[0].hypothesis.score, target)
-        self._error = '; '.join(errors)
-        with self._lock:
+        self._perceive_error = '; '.join(errors)
+        with self._fresh_lock:
             self._fresh.update({role: v[2].position for role, v in lifted.items()})
         if lifted:
             header = Header(frame_id=self._p['base_frame'], stamp=match['detections'].header.stamp)
@@ -235,12 +312,19 @@ class VlaPolicyNode(Node):
             return f"no {', '.join(missing)} yet"
         if self._ee is None:
             return 'no end-effector state on ee_state yet'
-        return self._error
+        return self._perceive_error
+
+    def _header(self) -> Header:
+        return Header(frame_id=self._p['base_frame'], stamp=self.get_clock().now().to_msg())
 
     def _tick(self) -> None:
-        if self._command is None:
-            return
-        with self._lock:
+        with self._control_lock:
+            policy = self._policy
+            if policy is not None and self._command is not None:
+                self._step(policy)
+
+    def _step(self, policy) -> None:
+        with self._fresh_lock:
             fresh, self._fresh = self._fresh, {}
         if self._ee is None:
             # Without the arm's position nothing can move; the policy's clocks still run.
@@ -248,10 +332,10 @@ class VlaPolicyNode(Node):
         ee = self._ee if self._ee is not None else np.zeros(3)
         obs = Observation(time.monotonic(), ee, self._gripper, fresh.get('target'),
                           fresh.get('destination'), None, self._image)
-        before = self._policy.status.state
-        action = self._policy.step(obs) if self._ee is not None or before != 'executing' \
-            else self._policy.cancel('end-effector state lost')
-        header = Header(frame_id=self._p['base_frame'], stamp=self.get_clock().now().to_msg())
+        before = policy.status.state
+        action = policy.step(obs) if self._ee is not None or before != 'executing' \
+            else policy.cancel('end-effector state lost')
+        header = self._header()
         if action.goal is not None and self._ee is not None:
             self._pubs['ee_goal'].publish(goal_msg(action.goal, header))
             self._pubs['ee_twist'].publish(twist_msg(action.velocity, header))
@@ -261,8 +345,10 @@ class VlaPolicyNode(Node):
             self._pubs['gripper_command'].publish(Float64(data=float(action.gripper)))
         self._publish_status(action)
 
-    def _publish_status(self, action) -> None:
-        context = self._input_context() if action.state in ('waiting', 'aborted') else ''
+    def _publish_status(self, action, explain: bool = True) -> None:
+        """Publish `action` when it changed, explained by the missing input when `explain`."""
+        explain = explain and action.state in ('waiting', 'aborted')
+        context = self._input_context() if explain else ''
         if context and context not in action.detail:
             action = type(action)(action.state, action.phase, f'{action.detail} ({context})')
         key = (action.state, action.phase, action.detail if action.state != 'executing' else '')
