@@ -2,7 +2,7 @@
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
 
@@ -23,22 +23,29 @@ def generate_launch_description():
                               choices=['geometric', 'learned'], description='policy'),
         DeclareLaunchArgument('head_path', default_value='',
                               description='policy head checkpoint for policy:=learned'),
+        DeclareLaunchArgument(
+            'autostart', default_value='true', choices=['true', 'false'],
+            description='configure and activate the grounding and policy lifecycle nodes at '
+                        'start; false leaves them unconfigured for a lifecycle manager'),
     ]
+    autostart = LaunchConfiguration('autostart')
     namespace = LaunchConfiguration('namespace')
     camera = [('image', 'camera/image_raw'), ('depth', 'camera/depth/image_raw'),
               ('camera_info', 'camera/camera_info'), ('camera_pose', 'sim/camera_pose')]
     nodes = [
         Node(package='clip_ros', executable='sim_node', name='tabletop_sim',
              namespace=namespace, output='screen', parameters=[_config('sim_node.yaml')]),
-        Node(package='clip_ros', executable='grounding_node', name='grounding_node',
-             namespace=namespace, output='screen', remappings=camera[:1],
-             parameters=[_config('grounding_node.yaml'),
-                         {'clip_arch': model, 'clip_pretrained': 'random',
-                          'clipseg_model': model, 'device': device}]),
-        Node(package='clip_ros', executable='vla_policy_node', name='vla_policy_node',
-             namespace=namespace, output='screen', remappings=camera,
-             parameters=[_config('vla_policy_node.yaml'),
-                         {'policy': LaunchConfiguration('policy'),
-                          'head_path': LaunchConfiguration('head_path'), 'device': device}]),
+        LifecycleNode(package='clip_ros', executable='grounding_node', name='grounding_node',
+                      namespace=namespace, output='screen', remappings=camera[:1],
+                      parameters=[_config('grounding_node.yaml'),
+                                  {'clip_arch': model, 'clip_pretrained': 'random',
+                                   'clipseg_model': model, 'device': device,
+                                   'autostart': autostart}]),
+        LifecycleNode(package='clip_ros', executable='vla_policy_node', name='vla_policy_node',
+                      namespace=namespace, output='screen', remappings=camera,
+                      parameters=[_config('vla_policy_node.yaml'),
+                                  {'policy': LaunchConfiguration('policy'),
+                                   'head_path': LaunchConfiguration('head_path'),
+                                   'device': device, 'autostart': autostart}]),
     ]
     return LaunchDescription(arguments + nodes)
