@@ -30,7 +30,7 @@ from vision_msgs.msg import ObjectHypothesisWithPose  # noqa: E402
 from clip_ros.core.lifting import matrix_to_quat  # noqa: E402
 from clip_ros.core.models import load_clip  # noqa: E402
 from clip_ros.core.policy_head import HeadConfig, PolicyHead  # noqa: E402
-from clip_ros.core.stats import ERROR  # noqa: E402
+from clip_ros.core.stats import ERROR, WARN  # noqa: E402
 from clip_ros.nodes.conversions import numpy_to_image  # noqa: E402
 from clip_ros.nodes.policy_node import VlaPolicyNode  # noqa: E402
 from clip_ros.nodes.sim_messages import camera_info_msg  # noqa: E402
@@ -272,3 +272,11 @@ def test_missing_head_fails_configure_with_the_reason(managed, harness, tmp_path
     assert 'train_policy_head' in node.load_error
     values = wait_for(lambda: diagnostics_of(harness, node))
     assert values and values['level'] == ERROR and 'model failed to load' in values['message']
+
+
+def test_diagnostics_name_the_missing_stream(managed, harness):
+    node = managed.policy_node([Parameter('silent_input_sec', value=0.3),
+                                Parameter('diagnostics_period', value=0.2)])
+    values = wait_for(lambda: (v := diagnostics_of(harness, node)) and v['level'] == WARN and v)
+    assert values and 'no detections, mask, depth, camera_info since activation' in \
+        values['message'], values
