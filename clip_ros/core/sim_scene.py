@@ -304,7 +304,7 @@ def scene_xml(scene: SceneSpec, width: int, height: int) -> str:
 <visual>
   <global offwidth="{width}" offheight="{height}" fovy="{FOVY_DEG}"/>
   <map znear="0.02" zfar="10"/>
-  <quality shadowsize="1024"/>
+  <quality shadowsize="1024" offsamples="0"/>
   <headlight ambient="{_fmt([scene.ambient] * 3)}" diffuse="0.25 0.25 0.25" specular="0 0 0"/>
 </visual>
 <asset>

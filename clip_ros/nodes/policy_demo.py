@@ -11,7 +11,7 @@ import time
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
 
@@ -62,7 +62,7 @@ def _spin(context, args) -> dict | None:
     probe.create_subscription(String, 'policy_status', lambda m: final.append(
         json.loads(m.data)), RESULTS_QOS)
     command = probe.create_publisher(String, 'command', COMMAND_QOS)
-    executor = MultiThreadedExecutor(context=context)
+    executor = SingleThreadedExecutor(context=context)
     for node in nodes + [probe]:
         executor.add_node(node)
     executor.spin_once(timeout_sec=0.1)
