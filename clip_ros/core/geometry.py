@@ -18,6 +18,15 @@ _STRUCTURES = {
 
 
 @dataclass
+class SceneObject:
+    """One object of a generated scene with its ground truth (image pixels)."""
+
+    name: str         # '<colour> <shape>', e.g. 'blue block'
+    box: tuple        # (x_min, y_min, x_max, y_max), max exclusive
+    mask: np.ndarray  # bool [H, W]
+
+
+@dataclass
 class Region:
     """One connected group of foreground pixels."""
 

@@ -1,29 +1,13 @@
 """Procedural tabletop images: coloured blocks, balls and bowls on a table, from a seed."""
-from dataclasses import dataclass
-
 import numpy as np
 
-COLOURS = {
-    'red': (200, 30, 30),
-    'green': (40, 160, 60),
-    'blue': (30, 60, 200),
-    'yellow': (230, 210, 40),
-    'purple': (130, 50, 160),
-    'orange': (240, 130, 20),
-    'white': (240, 240, 240),
-    'black': (20, 20, 20),
-}
+from clip_ros.core.geometry import SceneObject
+from clip_ros.core.sim_scene import COLOURS as SIM_COLOURS
+
+# The simulator's colours, as 8-bit RGB, so procedural and rendered scenes name the same hues.
+COLOURS = {name: tuple(int(round(255 * v)) for v in rgb) for name, rgb in SIM_COLOURS.items()}
 SHAPES = ('block', 'ball', 'bowl')
 TABLE_RGB = (150, 115, 80)
-
-
-@dataclass
-class SceneObject:
-    """One drawn object and its ground truth."""
-
-    name: str     # '<colour> <shape>', e.g. 'blue block'
-    box: tuple    # (x_min, y_min, x_max, y_max) pixels, x_max exclusive
-    mask: np.ndarray  # bool HxW
 
 
 def _shape_mask(shape: str, box: tuple, height: int, width: int) -> np.ndarray:

@@ -7,15 +7,14 @@ by TabletopClip so the same weights act as an open_clip-style ClipModel.
 Files in a checkpoint directory: config.json (CLIPSeg sizes plus a 'clip_ros' block) and
 model.safetensors (float16). Text goes through clip_ros.core.tokenizer (open_clip's BPE ids).
 """
-from dataclasses import dataclass
 import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clip_ros.core.geometry import SceneObject
 from clip_ros.core.registry import (
     IMAGENET_MEAN, IMAGENET_STD, ModelLoadError, ModelNotFoundError, MODELS_DIR, resolve_device,
     resolve_dtype, TABLETOP)
@@ -260,15 +259,6 @@ def image_features(model, pixels: torch.Tensor) -> torch.Tensor:
     """Return L2-normalised projected image embeddings [B, D] for crops [B,3,s,s]."""
     out = model.clip.vision_model(pixel_values=pixels, interpolate_pos_encoding=True)
     return F.normalize(model.clip.visual_projection(out.pooler_output), dim=-1)
-
-
-@dataclass
-class SceneObject:
-    """One visible object of a render: name, box and mask at render resolution."""
-
-    name: str         # '<colour> <shape>'
-    box: tuple        # (x_min, y_min, x_max, y_max) pixels, max exclusive
-    mask: np.ndarray  # bool [H, W]
 
 
 def render_scenes(seeds, width: int, height: int, exclude=()):
