@@ -10,7 +10,9 @@ import pytest
 
 from clip_ros.core.dataset import HELD_OUT
 from clip_ros.core.episodes import (
-    EpisodeConfig, run_episode, sample_task, save_strip, Task, TruthPerception)
+    _lift, check_success, EpisodeConfig, ModelPerception, run_episode, sample_task, save_strip,
+    Task, TruthPerception)
+from clip_ros.core.lifting import Extrinsic
 from clip_ros.core.policy import GeometricPolicy
 
 pytest.importorskip('mujoco')
@@ -54,3 +56,43 @@ def test_tasks_are_paraphrased_and_split():
     assert len({t.command for t in tasks}) > 4
     assert all(t.held_out == (k % 2 == 1) for k, t in enumerate(tasks))
     assert sum(bool(t.distractor) for t in tasks) >= 6
+
+
+def test_cylinder_place_rests_on_top(sim):
+    task = next(t for t in (sample_task(s, 'place') for s in range(300, 400))
+                if t.destination.endswith('cylinder'))
+    result = run_episode(sim, task, GeometricPolicy(), TruthPerception(),
+                         EpisodeConfig(perceive_every=2))
+    assert result.success, (task, result.status, result.detail)
+    assert sim.resting_on(task.target) == [task.destination]
+    assert check_success(sim, task, True)
+
+
+def test_lift_skips_flat_masks_and_centres_objects(sim):
+    sim.reset(5)
+    frame = sim.render(instances=True)
+    extrinsic = Extrinsic(*sim.camera_pose())
+    table = frame.instances == 0
+    table[:frame.instances.shape[0] // 2] = False  # near half: the table top, no floor
+    obj = frame.instances == 1
+    assert _lift(frame, table, extrinsic, (0.05, 5.0)) is None  # a shadow-like patch
+    lifted = _lift(frame, [table, obj], extrinsic, (0.05, 5.0))
+    truth = sim.object_position(sim.object_names[0])
+    assert np.linalg.norm(lifted.centre[:2] - truth[:2]) < 0.03
+    assert lifted.top > 0.01
+
+
+def test_model_perception_keeps_every_detection_by_score():
+    class Pipeline:
+        clip = type('C', (), {'name': 'c'})
+        runner = type('R', (), {'model': type('M', (), {'name': 'm'})})
+
+        def __call__(self, rgb, phrases, threshold, with_heatmaps):
+            label = np.array([[1, 2, 0]], np.uint16)
+            dets = [type('D', (), {'phrase': 'a', 'index': i}) for i in range(2)]
+            return type('G', (), {'detections': dets, 'label_image': label})
+
+    frame = type('F', (), {'rgb': None})
+    masks = ModelPerception(Pipeline())(frame, ['a', 'b'], [])
+    assert masks['b'] is None and [m.tolist() for m in masks['a']] == [
+        [[True, False, False]], [[False, True, False]]]

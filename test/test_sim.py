@@ -103,3 +103,32 @@ def test_pick_lift_place(sim):
     assert sim.open() == name and sim.holding is None
     assert sim.lift_height(name) == pytest.approx(0.0, abs=1e-6)
     assert np.allclose(sim.object_position(name)[:2], [0.0, -0.25])
+
+
+@pytest.mark.parametrize('shape', ['cylinder', 'block', 'bowl'])
+def test_released_object_rests_on_what_is_under_its_centre(sim, shape):
+    for seed in range(200):
+        spec = sample_scene(seed)
+        shapes = [o.shape for o in spec.objects]
+        if shape in shapes and any(s != shape and s != 'bowl' for s in shapes):
+            break
+    sim.reset(seed)
+    names = sim.object_names
+    base = names[shapes.index(shape)]
+    load = next(n for n, s in zip(names, shapes) if s not in (shape, 'bowl'))
+    sim.move_to(sim.object_position(load), instant=True)
+    assert sim.close() == load and sim.resting_on(load) == [None]  # held
+    under = sim.object_position(base)
+    index = names.index(base)
+    radius = sim.spec.objects[index].radius
+    sim.move_to(under + [0.6 * radius, 0, 0.2], instant=True)  # centre over the footprint
+    sim.open()
+    assert sim.resting_on(load) == [base]
+    bottom = sim.object_position(load)[2] - sim.spec.objects[names.index(load)].half_size[2]
+    top = under[2] + (-1 if shape == 'bowl' else 1) * sim.spec.objects[index].half_size[2]
+    assert bottom == pytest.approx(top + (0.008 if shape == 'bowl' else 0.0), abs=1e-6)
+    sim.move_to(sim.object_position(load), instant=True)
+    sim.close()
+    sim.move_to(under + [radius + 0.01, 0, 0.2], instant=True)  # beside it: the table
+    sim.open()
+    assert sim.resting_on(load) == [None] and sim.lift_height(load) == pytest.approx(0.0)

@@ -5,8 +5,9 @@ An episode resets a seeded scene, parses a command, and at each control tick ren
 camera, grounds the target (and destination) phrase, lifts the mask to the base frame with the
 rendered depth, steps the policy, and executes its goal and gripper command on the kinematic
 gripper. Success: pick = the target held and lifted >= 5 cm; place = the target released and
-resting in/on the destination; point/go_to = the grasp point above the target. Per-stage
-wall-clock latencies are recorded.
+resting on the destination (inside a bowl, or on top of a block, ball or cylinder: its centre
+within the destination's footprint, see TabletopSim.resting_on); point/go_to = the grasp point
+above the target. Per-stage wall-clock latencies are recorded.
 """
 from dataclasses import dataclass, field
 import time
@@ -19,6 +20,7 @@ from clip_ros.core.policy import CLOSED, Observation, OPEN
 from clip_ros.core.sim_scene import GRIPPER_HOME
 
 LIFT_SUCCESS = 0.05  # metres the picked object's bottom must rise above the table
+FLAT_HEIGHT = 0.01   # a mask whose points all lie this close to the table top is no object
 STAGES = ('render', 'grounding', 'lifting', 'policy', 'sim')
 
 
@@ -39,7 +41,7 @@ class TruthPerception:
 
 
 class ModelPerception:
-    """Ground phrases with a GroundingPipeline: each phrase's best detection is its mask."""
+    """Ground phrases with a GroundingPipeline: each phrase's detections, best first."""
 
     needs_instances = False
 
@@ -49,12 +51,12 @@ class ModelPerception:
         self.name = f'{pipeline.clip.name} + {pipeline.runner.model.name}'
 
     def __call__(self, frame, phrases: list, names: list) -> dict:
-        """Return {phrase: bool mask [H, W] or None} from the pipeline's label image."""
+        """Return {phrase: [bool mask [H, W], ...] by score, or None} from the label image."""
         result = self.pipeline(frame.rgb, phrases, self.threshold, with_heatmaps=False)
         masks = dict.fromkeys(phrases)
-        for det in result.detections:  # sorted by score: the first per phrase is the best
-            if masks[det.phrase] is None:
-                masks[det.phrase] = result.label_image == det.index + 1
+        for det in result.detections:  # sorted by score
+            masks[det.phrase] = (masks[det.phrase] or []) + [
+                result.label_image == det.index + 1]
         return masks
 
 
@@ -98,13 +100,19 @@ class EpisodeConfig:
     with_image: bool = False     # pass the rgb frame in observations (learned policies)
 
 
-def _lift(frame, mask, extrinsic, depth_range):
-    if mask is None:
+def _lift(frame, masks, extrinsic, depth_range):
+    """Lift the best of `masks` (one mask or a list by score) that stands above the table."""
+    if masks is None:
         return None
-    try:
-        return lift_mask(frame.depth, mask, frame.K, extrinsic, depth_range).position
-    except ValueError:
-        return None
+    for mask in masks if isinstance(masks, list) else [masks]:
+        try:
+            lifted = lift_mask(frame.depth, mask, frame.K, extrinsic, depth_range)
+        except ValueError:
+            continue
+        # A detection flat on the table top is a shadow or a reflection, not an object.
+        if lifted.top > FLAT_HEIGHT:
+            return lifted
+    return None
 
 
 def _timed(latency: dict, stage: str, fn, *args):
@@ -119,13 +127,11 @@ def check_success(sim, task: Task, finished: bool) -> bool:
     if task.verb == 'pick':
         return sim.holding == task.target and sim.lift_height(task.target) >= LIFT_SUCCESS
     if task.verb == 'place':
-        # Objects never start overlapping, so a released target in the destination was placed.
+        # Released objects drop onto what lies under their centre (TabletopSim.resting_on):
+        # in a bowl, or on top of a block, ball or cylinder; beside it is the table.
         if sim.holding is not None or task.destination is None:
             return False
-        gap = sim.object_position(task.target)[:2] - sim.object_position(task.destination)[:2]
-        index = sim.object_names.index(task.destination)
-        radius = max(sim.spec.objects[index].radius, 0.04)
-        return bool(np.linalg.norm(gap) < radius)
+        return task.destination in sim.resting_on(task.target)
     if task.verb in ('point', 'go_to'):
         gap = sim.gripper_position[:2] - sim.object_position(task.target)[:2]
         return finished and bool(np.linalg.norm(gap) < 0.03)
@@ -143,11 +149,13 @@ def _observe(sim, task, perception, config, latency, t, gripper) -> tuple:
     extrinsic = Extrinsic(rot, origin)
     target = destination = None
     start = time.perf_counter()
+    # Grasp at the object's centre; place onto the destination's top face (bowl: its rim).
     if command.targets:
-        target = _lift(frame, masks.get(command.targets[0]), extrinsic, config.depth_range)
+        lifted = _lift(frame, masks.get(command.targets[0]), extrinsic, config.depth_range)
+        target = None if lifted is None else lifted.centre
     if command.destination:
-        destination = _lift(frame, masks.get(command.destination), extrinsic,
-                            config.depth_range)
+        lifted = _lift(frame, masks.get(command.destination), extrinsic, config.depth_range)
+        destination = None if lifted is None else np.append(lifted.centre[:2], lifted.top)
     latency.setdefault('lifting', []).append(time.perf_counter() - start)
     obs = Observation(t, sim.gripper_position, gripper, target, destination,
                       sim.holding is not None,

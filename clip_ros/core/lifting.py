@@ -141,6 +141,8 @@ class LiftedTarget:
     depth: float                 # the median depth used (m)
     pixel: tuple                 # (u, v) the median pixel that was back-projected
     valid_pixels: int            # masked pixels with usable depth
+    top: float = 0.0             # base-frame z of the highest valid points (95th percentile)
+    centre: np.ndarray | None = None  # [3] middle of the points' 5..95th percentile box, base
 
 
 def _valid_depth(depth: np.ndarray, mask: np.ndarray, depth_range: tuple) -> np.ndarray:
@@ -160,7 +162,8 @@ def _valid_depth(depth: np.ndarray, mask: np.ndarray, depth_range: tuple) -> np.
 
 
 def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = None,
-              depth_range: tuple = (0.05, 10.0), min_valid: int = 1) -> LiftedTarget:
+              depth_range: tuple = (0.05, 10.0), min_valid: int = 1,
+              object_radius: float = 0.1) -> LiftedTarget:
     """
     Lift an instance mask to 3D with the median valid depth inside it.
 
@@ -178,11 +181,15 @@ def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = Non
         Valid depth interval (m), exclusive.
     min_valid : int
         Fewest valid pixels accepted.
+    object_radius : float
+        The box (size, top, centre) only counts points this close to the median point (m).
 
     Returns
     -------
     LiftedTarget: the back-projection of the median valid pixel (u, v) at the median valid
-    depth, in both frames.
+    depth, in both frames; also the box of the valid points (5th..95th percentile) in the
+    base frame: its centre (an object seen from above and in front shows its top and front
+    faces, so the box centre is nearer its true centre than the median visible point) and top.
 
     Raises
     ------
@@ -201,5 +208,9 @@ def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = Non
     extrinsic = extrinsic or Extrinsic.identity()
     camera = back_project(u, v, z, K)
     points = extrinsic.apply(back_project(cols, rows, depth[rows, cols], K))  # [N, 3]
-    low, high = np.percentile(points, [5, 95], axis=0)
-    return LiftedTarget(camera, extrinsic.apply(camera), high - low, z, (u, v), int(rows.size))
+    position = extrinsic.apply(camera)
+    # A mask that bleeds onto the background must not stretch the object's box.
+    near = points[np.linalg.norm(points - position, axis=1) <= object_radius]
+    low, high = np.percentile(near if len(near) else points, [5, 95], axis=0)
+    return LiftedTarget(camera, position, high - low, z, (u, v), int(rows.size),
+                        float(high[2]), (low + high) / 2)

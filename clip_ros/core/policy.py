@@ -5,8 +5,9 @@ The policy is a small state machine stepped at a fixed rate. Each verb expands i
 (move to a point relative to the target or destination, set the gripper); a phase ends when
 the end effector reaches its goal or the gripper has had time to act. Safety: goals are clipped
 to the workspace box, every published waypoint is at most ``max_speed / rate`` from the end
-effector, a target unseen for ``lost_timeout`` seconds aborts the command (until it is held),
-and a command without a known action verb never moves the arm.
+effector, a target unseen for ``lost_timeout`` seconds aborts the command (until the end
+effector comes within ``near_distance`` of it: from there the estimate is frozen, as the
+gripper occludes the object), and a command without a known action verb never moves the arm.
 """
 from dataclasses import dataclass, field
 
@@ -36,12 +37,14 @@ class PolicyConfig:
     workspace_max: tuple = (0.55, 0.45, 0.6)
     approach_height: float = 0.10    # pre-grasp / pre-place height above the point
     lift_height: float = 0.15        # how far a grasped object is raised
-    place_clearance: float = 0.03    # release height above the destination point
+    place_clearance: float = 0.03    # the load's bottom this far above the destination point
     hover_height: float = 0.10       # point / go_to stop this far above the target
     push_distance: float = 0.10      # push stroke length
     push_offset: float = 0.06        # start this far behind the target
     min_grasp_height: float = 0.01   # never descend below this base-frame z
     tolerance: float = 0.01          # a goal is reached within this distance
+    near_distance: float = 0.20      # the target estimate freezes once the end effector is
+                                     # this close (it would occlude the target)
     gripper_time: float = 0.3        # wait after a gripper command
     lost_timeout: float = 1.0        # abort when the target is unseen this long (s)
     acquire_timeout: float = 3.0     # abort when the target is never seen this long (s)
@@ -175,7 +178,7 @@ class GeometricPolicy:
         self._index, self._started, self._phase_start = 0, now, now
         self._target = self._destination = self._goal = None
         self._target_seen = self._destination_seen = None
-        self._anchor_ee = None
+        self._anchor_ee, self._load, self._frozen = None, 0.0, False
         self._last = Action('waiting', detail=f'looking for {command.targets[0]!r}')
         return self._last
 
@@ -211,9 +214,15 @@ class GeometricPolicy:
 
     def _tracking(self) -> bool:
         """Return whether the target estimate is still updated (and must stay in view)."""
-        return self._target is None or self._index <= self._last_track
+        return self._target is None or (self._index <= self._last_track and not self._frozen)
 
     def _observe(self, obs: Observation) -> None:
+        # Near the target the gripper hides part of it and grounding may prefer a similar
+        # object or flicker between parts: objects do not move until grasped, so the
+        # estimate made from the unoccluded view is kept from here on.
+        if self._target is not None and not self._frozen and np.linalg.norm(
+                np.asarray(obs.ee_position) - self._target) <= self.config.near_distance:
+            self._frozen = True
         if obs.target is not None and self._tracking():
             self._target, self._target_seen = np.asarray(obs.target, np.float64), obs.time
         # The destination is latched once the carry starts: the load then occludes it.
@@ -261,6 +270,8 @@ class GeometricPolicy:
                 if phase.name == 'close' and obs.holding is False and self._needs_grasp():
                     return self._finish('aborted', 'grasp missed: nothing between the fingers',
                                         phase.name)
+                if phase.name == 'close':  # the load hangs this far below the grasp point
+                    self._load = max(0.0, float(obs.ee_position[2]) - self._low[2])
                 self._advance(now)
                 if self._index >= len(self._phases):
                     return self._finish('succeeded', self._success_detail(), phase.name)
@@ -291,6 +302,8 @@ class GeometricPolicy:
             if base is None:
                 return None
         goal = base + np.asarray(phase.offset, np.float64)
+        if phase.anchor == 'destination':  # the load's bottom, not the grasp point, clears it
+            goal[2] += self._load
         if phase.anchor == 'target':
             goal[2] = max(goal[2], self.config.min_grasp_height)
         return np.clip(goal, self._low, self._high)

@@ -364,7 +364,7 @@ class TabletopSim:
         if index is not None:
             self._held = None
             pos = self.data.mocap_pos[self._mocap[index]]
-            pos[2] = self._support_height(index, pos[:2]) + self.spec.objects[index].half_size[2]
+            pos[2] = self._support(index, pos[:2])[0] + self.spec.objects[index].half_size[2]
             self._set_fingers(FINGER_OPEN)
         return name
 
@@ -384,17 +384,39 @@ class TabletopSim:
         except ValueError as e:
             raise ValueError(f'no object {name!r}; objects: {self.object_names}') from e
 
-    def _support_height(self, index: int, xy) -> float:
-        # Top of whatever lies under xy: the table (0), an object, or a bowl's inner bottom.
-        height = 0.0
+    def resting_on(self, name: str) -> list:
+        """
+        Return what each object called `name` rests on: an object name, or None (table, held).
+
+        A released object drops straight down onto the highest support under its centre: a
+        bowl (inside, on its inner bottom) or another object's top (a block, ball or
+        cylinder), when its centre lies within that object's footprint radius; else it
+        lands on the table.
+        """
+        self._index(name)  # raises for unknown names
+        supports = []
+        for index in [i for i, n in enumerate(self.object_names) if n == name]:
+            centre = self.data.xpos[self._bodies[index]]
+            height, support = self._support(index, centre[:2])
+            bottom = centre[2] - self.spec.objects[index].half_size[2]
+            resting = index != self._held and support is not None
+            supports.append(self.spec.objects[support].name
+                            if resting and abs(bottom - height) < 1e-6 else None)
+        return supports
+
+    def _support(self, index: int, xy) -> tuple:
+        # (height, object index or None) of what lies under xy: the table (0), the top of an
+        # object, or a bowl's inner bottom.
+        height, support = 0.0, None
         for other, body in enumerate(self._bodies):
             obj = self.spec.objects[other]
             centre = self.data.xpos[body]
             if other != index and np.linalg.norm(centre[:2] - xy) < obj.radius:
                 bottom = centre[2] - obj.half_size[2]
-                height = max(height, bottom + (0.008 if obj.shape == 'bowl'
-                                               else 2 * obj.half_size[2]))
-        return height
+                top = bottom + (0.008 if obj.shape == 'bowl' else 2 * obj.half_size[2])
+                if top > height:
+                    height, support = top, other
+        return height, support
 
     def _set_gripper(self, xyz) -> None:
         self.data.mocap_pos[self._gripper] = xyz
