@@ -43,8 +43,7 @@ class PolicyConfig:
     push_offset: float = 0.06        # start this far behind the target
     min_grasp_height: float = 0.01   # never descend below this base-frame z
     tolerance: float = 0.01          # a goal is reached within this distance
-    near_distance: float = 0.20      # the target estimate freezes once the end effector is
-                                     # this close (it would occlude the target)
+    near_distance: float = 0.20      # freeze the target estimate this close (occlusion)
     gripper_time: float = 0.3        # wait after a gripper command
     lost_timeout: float = 1.0        # abort when the target is unseen this long (s)
     acquire_timeout: float = 3.0     # abort when the target is never seen this long (s)
