@@ -1,5 +1,9 @@
 """tabletop_sim over real DDS: camera topics with identical stamps, ground truth, reset."""
 import os
+import signal
+import subprocess
+import sys
+import time
 
 os.environ['ROS_DOMAIN_ID'] = '64'  # before rclpy: own domain, no cross-talk with other tests
 
@@ -79,3 +83,29 @@ def test_reset_changes_scene(ros):
         return names if names != before else None
 
     assert wait_for(after_reset), 'ground truth did not change after sim/reset'
+
+
+@pytest.mark.parametrize('repeat', [None, 0.1], ids=['sigint', 'sigint_twice'])
+def test_node_as_process_exits_cleanly_on_sigint(ros, repeat):
+    # Ctrl-C under launch reaches the node twice: from the terminal's process group and
+    # forwarded by launch. A render thread cut off mid-frame crashed the process (SIGSEGV).
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
+    cmd = [sys.executable, '-m', 'clip_ros.nodes.sim_node', '--ros-args', '-r', '__ns:=/proc',
+           '-p', f'width:={SIZE[0]}', '-p', f'height:={SIZE[1]}', '-p', 'rate:=30.0']
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        images = ros.subscribe(Image, '/proc/camera/image_raw')
+        assert wait_for(lambda: images.messages, timeout=60.0), 'no image from the process'
+        proc.send_signal(signal.SIGINT)
+        if repeat is not None:
+            time.sleep(repeat)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, output
+        assert 'Traceback' not in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

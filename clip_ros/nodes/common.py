@@ -1,5 +1,6 @@
 """Parameter, QoS and input helpers shared by the nodes."""
 import array
+import signal
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import rclpy
@@ -145,6 +146,10 @@ def spin_node(node_class, args=None) -> None:
             try:
                 executor.spin()
             finally:
+                # Ctrl-C signals the process group and launch forwards it once more: that second
+                # SIGINT must neither cut destroy_node short nor kill the exiting interpreter.
+                signal.signal(signal.SIGINT, lambda *_: None)
                 node.destroy_node()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # rclpy put Python's handler back on shutdown

@@ -3,8 +3,7 @@ import queue
 import threading
 import time
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from geometry_msgs.msg import PoseStamped  # noqa: I100 - ROS messages after rclpy
@@ -14,13 +13,15 @@ from vision_msgs.msg import Detection2DArray, Detection3DArray
 
 from clip_ros.core.lifting import matrix_to_quat
 from clip_ros.nodes.common import (
-    COMMAND_QOS, declare_all, describe, LATCHED_QOS, parameter_values, RESULTS_QOS)
+    COMMAND_QOS, declare_all, describe, LATCHED_QOS, parameter_values, RESULTS_QOS,
+    spin_node)
 from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.sim_messages import (
     camera_info_msg, ground_truth_2d_msg, ground_truth_3d_msg)
 
 # Reliable publishers match both reliable and best-effort (sensor_data) subscribers.
 CAMERA_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+RCLError = _rclpy.RCLError
 
 
 class TabletopSimNode(Node):
@@ -68,7 +69,9 @@ class TabletopSimNode(Node):
         self._camera_pose = None
         self.create_subscription(PoseStamped, 'ee_goal', self._on_goal, RESULTS_QOS)
         self.create_subscription(Float64, 'gripper_command', self._on_gripper, RESULTS_QOS)
-        self._thread = threading.Thread(target=self._run, name='tabletop_sim', daemon=True)
+        # Not a daemon: interpreter exit waits for it to free the GL context, as MuJoCo's EGL
+        # atexit hook terminates the display under a still-rendering thread (SIGSEGV).
+        self._thread = threading.Thread(target=self._run, name='tabletop_sim')
         self._thread.start()
 
     def call_in_sim(self, fn) -> None:
@@ -102,17 +105,24 @@ class TabletopSimNode(Node):
             self.get_logger().error(self.error)
             return
         self.get_logger().info(f'tabletop scene {sim.seed}: {", ".join(sim.object_names)}')
-        period = 1.0 / values['rate']
-        due = time.monotonic()
         try:
-            while not self._stop.wait(max(0.0, due - time.monotonic())):
-                due = max(due + period, time.monotonic())  # a slow frame delays, never bursts
-                while not self._requests.empty():
-                    self._requests.get()(sim)
-                sim.step(period)
-                self._publish(sim)
+            self._loop(sim, 1.0 / values['rate'])
+        except RCLError:
+            # SIGINT shuts the context down before destroy_node stops this loop.
+            if self.context.ok():
+                raise
         finally:
-            sim.close_renderer()
+            sim.close_renderer()  # in this thread: it owns the GL context
+
+    def _loop(self, sim, period: float) -> None:
+        due = time.monotonic()
+        # A signal shuts the context down without destroy_node (e.g. a second Ctrl-C aborts it).
+        while self.context.ok() and not self._stop.wait(max(0.0, due - time.monotonic())):
+            due = max(due + period, time.monotonic())  # a slow frame delays, never bursts
+            while not self._requests.empty():
+                self._requests.get()(sim)
+            sim.step(period)
+            self._publish(sim)
 
     def _publish(self, sim) -> None:
         truth = (self._truth_pub.get_subscription_count()
@@ -156,9 +166,8 @@ class TabletopSimNode(Node):
 
 def main(args=None):
     """Run the tabletop simulator node until shutdown."""
-    try:
-        with rclpy.init(args=args):
-            node = TabletopSimNode()
-            rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(TabletopSimNode, args)
+
+
+if __name__ == '__main__':
+    main()
