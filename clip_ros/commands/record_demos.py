@@ -19,8 +19,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--clip', default='tiny',
                         help="frozen CLIP for the embeddings: 'tiny' or 'tabletop'")
     parser.add_argument('--seed', type=int, default=100000, help='first scene seed')
-    parser.add_argument('--width', type=int, default=160)
-    parser.add_argument('--height', type=int, default=120)
+    # The size evaluate_policy renders at, so the head sees the same image embeddings.
+    parser.add_argument('--width', type=int, default=640)
+    parser.add_argument('--height', type=int, default=480)
     parser.add_argument('--device', default='auto')
     return parser.parse_args(argv)
 

@@ -173,13 +173,24 @@ class Embedder:
 class Tracker:
     """Last known target and destination, as the learned policy and its demonstrations see."""
 
-    def __init__(self):
+    def __init__(self, near_distance: float = PolicyConfig.near_distance):
         self.target = self.destination = None
         self.target_seen = None
+        self.near_distance = near_distance
+        self.frozen = False
 
     def update(self, obs: Observation) -> None:
-        """Keep the newest sightings; a held target moves with the hand, so it is not updated."""
-        if obs.target is not None and not obs.holding:
+        """
+        Keep the newest sightings.
+
+        As in GeometricPolicy, the target estimate freezes once the end effector comes within
+        `near_distance` of it (the gripper then occludes it); a held target moves with the
+        hand, so it is not updated either.
+        """
+        if self.target is not None and np.linalg.norm(
+                np.asarray(obs.ee_position) - self.target) <= self.near_distance:
+            self.frozen = True
+        if obs.target is not None and not obs.holding and not self.frozen:
             self.target, self.target_seen = np.asarray(obs.target, np.float64), obs.time
         if obs.destination is not None and not obs.holding:
             self.destination = np.asarray(obs.destination, np.float64)
@@ -220,7 +231,7 @@ class LearnedPolicy(GeometricPolicy):
         if tracker.target is None:
             return f'target {self.command.targets[0]!r} not found within ' \
                 f'{cfg.acquire_timeout:g} s' if now - self._started > cfg.acquire_timeout else ''
-        if not self._held and now - tracker.target_seen > cfg.lost_timeout:
+        if not (self._held or tracker.frozen) and now - tracker.target_seen > cfg.lost_timeout:
             return f'target lost for {now - tracker.target_seen:.2f} s (> {cfg.lost_timeout:g} s)'
         if not self._held and not self._inside(tracker.target):
             return f'target at {np.round(tracker.target, 3).tolist()} is outside the workspace'
