@@ -23,7 +23,7 @@ def generate_launch_description():
             'params_file',
             default_value=PathJoinSubstitution(
                 [FindPackageShare('clip_ros'), 'config', 'grounding_node.yaml']),
-            description='node parameters (YAML, grounding_node: ros__parameters:)'),
+            description='node parameters (YAML, /**/grounding_node: ros__parameters:)'),
         DeclareLaunchArgument(
             'model', default_value='default', choices=['default', 'tiny'],
             description="'default': the models named in params_file; 'tiny': small random "

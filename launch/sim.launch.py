@@ -18,7 +18,7 @@ def generate_launch_description():
             'params_file',
             default_value=PathJoinSubstitution(
                 [FindPackageShare('clip_ros'), 'config', 'sim_node.yaml']),
-            description='node parameters (YAML, tabletop_sim: ros__parameters:)'),
+            description='node parameters (YAML, /**/tabletop_sim: ros__parameters:)'),
     ]
     node = Node(
         package='clip_ros', executable='sim_node', name='tabletop_sim',

@@ -17,6 +17,12 @@ NODES = {
                         'ClipClassifierNode'),
     'clipseg': ('clipseg_node', 'clip_ros.nodes.clipseg_node', 'ClipSegNode'),
 }
+# config file -> (node name, module, class) for the nodes without a launch file of their own too
+CONFIGS = {
+    **{f'{node}.yaml': (node, module, cls) for node, module, cls in NODES.values()},
+    'vla_policy_node.yaml': ('vla_policy_node', 'clip_ros.nodes.policy_node', 'VlaPolicyNode'),
+    'sim_node.yaml': ('tabletop_sim', 'clip_ros.nodes.sim_node', 'TabletopSimNode'),
+}
 BUILT_IN = {'use_sim_time', 'start_type_description_service'}
 
 
@@ -43,17 +49,23 @@ def test_launch_arguments_are_declared_with_descriptions(stem):
     assert arguments['autostart'].choices == ['true', 'false']
 
 
-@pytest.mark.parametrize('stem', list(NODES))
-def test_config_lists_every_parameter(stem):
-    node_name, module_name, class_name = NODES[stem]
-    path = ROOT / 'config' / f'{node_name}.yaml'
+def test_every_config_file_is_checked():
+    assert {path.name for path in (ROOT / 'config').glob('*.yaml')} == set(CONFIGS)
+
+
+@pytest.mark.parametrize('config', list(CONFIGS))
+def test_config_lists_every_parameter(config):
+    node_name, module_name, class_name = CONFIGS[config]
+    path = ROOT / 'config' / config
+    # '/**/' so the values still apply when launch puts the node in a namespace.
     params = yaml.safe_load(path.read_text())[f'/**/{node_name}']['ros__parameters']
     module = pytest.importorskip(module_name)
     context = Context()
     # Tiny models so a machine with cached weights does not load the large ones here.
     rclpy.init(context=context, domain_id=65, args=[
         '--ros-args', '--params-file', str(path), '-p', 'clip_arch:=tiny',
-        '-p', 'clip_pretrained:=random', '-p', 'clipseg_model:=tiny'])
+        '-p', 'clip_pretrained:=random', '-p', 'clipseg_model:=tiny',
+        '-p', 'width:=32', '-p', 'height:=24'])
     try:
         node = getattr(module, class_name)(context=context)
         declared = set(node.get_parameters_by_prefix('')) - BUILT_IN
