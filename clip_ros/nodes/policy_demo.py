@@ -7,6 +7,7 @@ launch/demo_sim.launch.py, for machines without ros2 launch.
 """
 import argparse
 import json
+import sys
 import time
 
 import rclpy
@@ -18,12 +19,17 @@ from std_msgs.msg import String
 from clip_ros.core.sim_scene import sample_scene
 from clip_ros.nodes.common import COMMAND_QOS, RESULTS_QOS
 from clip_ros.nodes.grounding_node import GroundingNode
+from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.policy_node import VlaPolicyNode
 from clip_ros.nodes.sim_node import TabletopSimNode
 
 CAMERA = {'image': 'camera/image_raw', 'depth': 'camera/depth/image_raw',
           'camera_info': 'camera/camera_info', 'camera_pose': 'sim/camera_pose'}
 FINAL = ('succeeded', 'aborted', 'rejected')
+
+
+class NodeStartError(RuntimeError):
+    """A node of the graph did not start (its lifecycle configure or activate failed)."""
 
 
 def remap(*names) -> list:
@@ -45,8 +51,20 @@ def build(context, args) -> list:
     return [sim, grounding, policy]
 
 
+def not_started(nodes) -> str:
+    """Return why the lifecycle nodes of `nodes` are not all active ('' when they are)."""
+    # Configure failures (a bad head_path, missing weights) leave a lifecycle node unconfigured
+    # instead of raising.
+    return '; '.join(f'{node.get_name()}: {node.not_ready}' for node in nodes
+                     if isinstance(node, ManagedNode) and node.not_ready)
+
+
 def run(args) -> dict | None:
-    """Spin the graph, send the command and return the final status (None on timeout)."""
+    """
+    Spin the graph, send the command and return the final status (None on timeout).
+
+    Raises NodeStartError when a node does not start.
+    """
     context = Context()
     rclpy.init(context=context)
     try:
@@ -57,6 +75,11 @@ def run(args) -> dict | None:
 
 def _spin(context, args) -> dict | None:
     nodes = build(context, args)
+    error = not_started(nodes)
+    if error:
+        for node in nodes:
+            node.destroy_node()
+        raise NodeStartError(error)
     probe = rclpy.create_node('policy_demo', context=context)
     final = []
     probe.create_subscription(String, 'policy_status', lambda m: final.append(
@@ -83,8 +106,8 @@ def _spin(context, args) -> dict | None:
     return next((s for s in final if s['state'] in FINAL), None)
 
 
-def main(argv=None) -> None:
-    """Parse arguments and run the demo."""
+def main(argv=None) -> int:
+    """Parse arguments and run the demo; return the exit code (1 when a node did not start)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--model', default='tabletop', choices=['tabletop', 'tiny'])
     parser.add_argument('--device', default='auto')
@@ -99,9 +122,13 @@ def main(argv=None) -> None:
     args.command = args.command or f'pick up the {sample_scene(args.seed).objects[0].name}'
     try:
         run(args)
+    except NodeStartError as e:
+        print(f'policy_demo: {e}', file=sys.stderr)
+        return 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
