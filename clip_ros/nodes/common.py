@@ -138,18 +138,27 @@ def spin_node(node_class, args=None) -> None:
     faster: rclpy's MultiThreadedExecutor holds the GIL so much that a 2-core graph grounded
     at a third of the rate.
     """
+    starting = [True]
+
+    def on_sigint(signum, frame):
+        # rclpy's handler (which calls this one) shuts the context down and ends the spin; a
+        # KeyboardInterrupt on top would land anywhere in rclpy (mid message conversion, or
+        # cutting destroy_node short on the second SIGINT that launch forwards after Ctrl-C).
+        if starting[0]:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)  # before rclpy.init, which chains to it
     try:
         with rclpy.init(args=args):
             node = node_class()
             executor = SingleThreadedExecutor()
             executor.add_node(node)
+            starting[0] = False
             try:
                 executor.spin()
             finally:
-                # Ctrl-C signals the process group and launch forwards it once more: that second
-                # SIGINT must neither cut destroy_node short nor kill the exiting interpreter.
-                signal.signal(signal.SIGINT, lambda *_: None)
                 node.destroy_node()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # rclpy put Python's handler back on shutdown
+    # Interpreter exit resets Python's handlers to the default action, which a late SIGINT kills.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
