@@ -21,7 +21,7 @@ import yaml  # noqa: E402
 
 from node_harness import Harness, request, rgb_image, wait_for  # noqa: E402, I100
 
-DOMAIN = 66
+DOMAIN = 75
 ROOT = Path(__file__).resolve().parents[1]
 
 

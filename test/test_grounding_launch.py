@@ -22,7 +22,7 @@ import yaml  # noqa: E402
 
 from node_harness import Harness, request, rgb_image, wait_for  # noqa: E402, I100
 
-DOMAIN = 64
+DOMAIN = 74
 ROOT = Path(__file__).resolve().parents[1]
 
 
