@@ -8,7 +8,7 @@ from clip_ros.core.command import parse_command
 from clip_ros.core.policy import Observation
 from clip_ros.core.policy_head import (
     action_label, HeadConfig, LearnedPolicy, load_demonstrations, PolicyHead,
-    save_demonstrations, STATE_DIM, state_vector)
+    save_demonstrations, STATE_DIM, state_vector, Tracker)
 from clip_ros.core.training import TrainConfig
 
 DIM = 8
@@ -82,3 +82,10 @@ def test_learned_policy_keeps_the_safety_rules():
     assert np.linalg.norm(action.goal - ee) <= policy.config.max_speed / policy.config.rate + 1e-9
     action = policy.step(Observation(2.0, ee, image=image))
     assert action.state == 'aborted' and 'target lost' in action.detail
+
+
+def test_tracker_freezes_the_target_near_the_gripper():
+    tracker, target = Tracker(0.2), np.array([0.1, 0.0, 0.02])
+    tracker.update(Observation(0.0, np.array([0.0, 0.1, 0.45]), target=target))
+    tracker.update(Observation(0.1, np.array([0.1, 0.0, 0.12]), target=target + 0.1))
+    assert np.allclose(tracker.target, target) and tracker.frozen
