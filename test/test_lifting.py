@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from clip_ros.core.lifting import (
-    back_project, check_intrinsics, depth_to_metres, Extrinsic, lift_mask, matrix_to_quat,
-    quat_to_matrix)
+    back_project, check_intrinsics, depth_to_metres, Extrinsic, lift_mask, lift_standing,
+    matrix_to_quat, place_point, quat_to_matrix)
 
 K = np.array([[100.0, 0.0, 39.5], [0.0, 100.0, 29.5], [0.0, 0.0, 1.0]])
 SHAPE = (60, 80)
@@ -101,3 +101,21 @@ def test_sim_objects_lift_near_their_centres():
                                extrinsic)
             # The median visible surface point lies within a few cm of the centre.
             assert np.linalg.norm(lifted.position - truth.position_world) < 0.04, truth.name
+
+
+def test_flat_masks_are_skipped_for_standing_ones():
+    # Camera 1 m above the table looking straight down; a 10 cm tall box in the middle.
+    down = Extrinsic(np.diag([1.0, -1.0, -1.0]), np.array([0.0, 0.0, 1.0]))
+    depth = np.full(SHAPE, 1.0, np.float32)
+    box = square_mask(35, 25, 10)
+    depth[box] = 0.9
+    shadow = square_mask(5, 5, 10)
+    (index, lifted), reasons = lift_standing(depth, [shadow, box], K, down)
+    assert index == 1 and lifted.top == pytest.approx(0.1, abs=1e-3)
+    assert reasons == ['flat on the table (top +0.000 m)']
+    assert place_point(lifted) == pytest.approx([*lifted.centre[:2], 0.1], abs=1e-3)
+    (index, _), _ = lift_standing(depth, [shadow, box], K, down, min_height=0.0)
+    assert index == 0  # the check switched off
+    (index, lifted), reasons = lift_standing(depth, [shadow, np.zeros(SHAPE, bool)], K, down)
+    assert index is None and lifted is None
+    assert reasons[1] == 'the instance mask is empty'

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from clip_ros.core.command import parse_command
-from clip_ros.core.lifting import Extrinsic, lift_mask
+from clip_ros.core.lifting import Extrinsic, lift_standing, place_point
 from clip_ros.core.policy import CLOSED, Observation, OPEN
 from clip_ros.core.sim_scene import GRIPPER_HOME
 
@@ -104,15 +104,10 @@ def _lift(frame, masks, extrinsic, depth_range):
     """Lift the best of `masks` (one mask or a list by score) that stands above the table."""
     if masks is None:
         return None
-    for mask in masks if isinstance(masks, list) else [masks]:
-        try:
-            lifted = lift_mask(frame.depth, mask, frame.K, extrinsic, depth_range)
-        except ValueError:
-            continue
-        # A detection flat on the table top is a shadow or a reflection, not an object.
-        if lifted.top > FLAT_HEIGHT:
-            return lifted
-    return None
+    masks = masks if isinstance(masks, list) else [masks]
+    (_, lifted), _ = lift_standing(frame.depth, masks, frame.K, extrinsic, depth_range,
+                                   min_height=FLAT_HEIGHT)
+    return lifted
 
 
 def _timed(latency: dict, stage: str, fn, *args):
@@ -155,7 +150,7 @@ def _observe(sim, task, perception, config, latency, t, gripper) -> tuple:
         target = None if lifted is None else lifted.centre
     if command.destination:
         lifted = _lift(frame, masks.get(command.destination), extrinsic, config.depth_range)
-        destination = None if lifted is None else np.append(lifted.centre[:2], lifted.top)
+        destination = None if lifted is None else place_point(lifted)
     latency.setdefault('lifting', []).append(time.perf_counter() - start)
     obs = Observation(t, sim.gripper_position, gripper, target, destination,
                       sim.holding is not None,

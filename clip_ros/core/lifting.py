@@ -214,3 +214,46 @@ def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = Non
     low, high = np.percentile(near if len(near) else points, [5, 95], axis=0)
     return LiftedTarget(camera, position, high - low, z, (u, v), int(rows.size),
                         float(high[2]), (low + high) / 2)
+
+
+def lift_standing(depth: np.ndarray, masks, K, extrinsic: Extrinsic = None,
+                  depth_range: tuple = (0.05, 10.0), table_z: float = 0.0,
+                  min_height: float = 0.01) -> tuple:
+    """
+    Lift the first of `masks` that stands above the table.
+
+    A detection whose points all lie within `min_height` of the table top is a shadow or a
+    reflection, not an object, so it is skipped in favour of the next-best mask.
+
+    Parameters
+    ----------
+    depth, K, extrinsic, depth_range
+        As for lift_mask.
+    masks : list of bool [H, W]
+        Candidate masks, best first.
+    table_z : float
+        Base-frame z of the table top.
+    min_height : float
+        How far above the table a mask's top must reach (0 accepts flat masks).
+
+    Returns
+    -------
+    (index into masks, LiftedTarget) or (None, None), and the reasons masks were skipped.
+
+    """
+    reasons = []
+    for index, mask in enumerate(masks):
+        try:
+            lifted = lift_mask(depth, mask, K, extrinsic, depth_range)
+        except ValueError as e:
+            reasons.append(str(e))
+            continue
+        if min_height <= 0 or lifted.top > table_z + min_height:
+            return (index, lifted), reasons
+        reasons.append(f'flat on the table (top {lifted.top - table_z:+.3f} m)')
+    return (None, None), reasons
+
+
+def place_point(lifted: LiftedTarget) -> np.ndarray:
+    """Return where a load goes onto a lifted destination: its centre at its top face."""
+    return np.append(lifted.centre[:2], lifted.top)

@@ -10,6 +10,11 @@ from visualization_msgs.msg import Marker, MarkerArray
 ROLE_COLOURS = {'target': (0.1, 0.9, 0.2), 'destination': (0.2, 0.5, 1.0)}
 
 
+def _centre(target) -> np.ndarray:
+    """Return a lifted target's box centre (its median point when no box was measured)."""
+    return target.position if target.centre is None else target.centre
+
+
 def targets_3d_msg(lifted: dict, header: Header) -> Detection3DArray:
     """One Detection3D per grounded phrase: {role: (phrase, score, LiftedTarget)}, base frame."""
     detections = []
@@ -18,7 +23,7 @@ def targets_3d_msg(lifted: dict, header: Header) -> Detection3DArray:
         hypothesis = ObjectHypothesisWithPose()
         hypothesis.hypothesis.class_id, hypothesis.hypothesis.score = phrase, float(score)
         position = hypothesis.pose.pose.position
-        position.x, position.y, position.z = (float(v) for v in target.position)
+        position.x, position.y, position.z = (float(v) for v in _centre(target))
         hypothesis.pose.pose.orientation.w = 1.0
         msg.results.append(hypothesis)
         msg.bbox.center = hypothesis.pose.pose
@@ -35,7 +40,7 @@ def markers_msg(lifted: dict, header: Header) -> MarkerArray:
         for kind, ident in ((Marker.SPHERE, 2 * k), (Marker.TEXT_VIEW_FACING, 2 * k + 1)):
             marker = Marker(header=header, ns='vla_policy', id=ident, type=kind)
             marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = (
-                float(v) for v in target.position + np.array([0, 0, 0.06 * (ident % 2)]))
+                float(v) for v in _centre(target) + np.array([0, 0, 0.06 * (ident % 2)]))
             marker.pose.orientation.w = 1.0
             side = 0.03 if kind == Marker.SPHERE else 0.025
             marker.scale.x = marker.scale.y = marker.scale.z = side

@@ -22,7 +22,7 @@ from visualization_msgs.msg import MarkerArray
 
 from clip_ros.core.command import parse_command
 from clip_ros.core.lifting import (
-    check_intrinsics, depth_to_metres, Extrinsic, lift_mask, quat_to_matrix)
+    check_intrinsics, depth_to_metres, Extrinsic, lift_standing, place_point, quat_to_matrix)
 from clip_ros.core.policy import GeometricPolicy, Observation, OPEN, PolicyConfig
 from clip_ros.core.sync import TimeMatcher
 from clip_ros.nodes.common import (
@@ -62,6 +62,13 @@ def _parameters() -> tuple:
                                           float_range=(0.0, 10.0))),
         ('min_score', 0.0, describe('ignore detections below this score',
                                     float_range=(0.0, 1.0))),
+        ('table_z', 0.0, describe('base-frame z of the table top')),
+        ('min_height', 0.01, describe(
+            'skip detections whose points all lie this close to the table (shadows); 0: off',
+            float_range=(0.0, 1.0))),
+        ('near_distance', 0.20, describe(
+            'freeze the target estimate once the gripper is this close (it occludes the '
+            'object)', float_range=(0.0, 2.0), **ro)),
         ('max_speed', 0.3, describe('end-effector speed limit (m/s)',
                                     float_range=(0.001, 5.0), **ro)),
         ('workspace_min', [-0.55, -0.45, 0.0], describe('workspace box low corner', **ro)),
@@ -182,7 +189,8 @@ class VlaPolicyNode(ManagedNode):
                               workspace_min=tuple(p['workspace_min']),
                               workspace_max=tuple(p['workspace_max']),
                               lost_timeout=p['lost_timeout'],
-                              acquire_timeout=p['acquire_timeout'], time_limit=p['time_limit'])
+                              acquire_timeout=p['acquire_timeout'], time_limit=p['time_limit'],
+                              near_distance=p['near_distance'])
         if p['policy'] not in POLICIES:
             raise ValueError(f"policy {p['policy']!r} is not one of {', '.join(POLICIES)}")
         if p['policy'] == 'geometric':
@@ -266,13 +274,13 @@ class VlaPolicyNode(ManagedNode):
                              f'camera_info {info.width}x{info.height}')
         return K, depth, labels, self._lookup_extrinsic(depth_msg.header)
 
-    def _best(self, detections, phrase: str):
-        """Return (index, detection) of the best-scoring detection of `phrase`, or None."""
+    def _candidates(self, detections, phrase: str) -> list:
+        """Return [(index, detection)] of `phrase` above min_score, best score first."""
         # The mask's pixel value is the detection's position + 1 (its id is a track id).
         found = [(i, d) for i, d in enumerate(detections) if d.results and
                  d.results[0].hypothesis.class_id == phrase and
                  d.results[0].hypothesis.score >= self._p['min_score']]
-        return max(found, key=lambda p: p[1].results[0].hypothesis.score, default=None)
+        return sorted(found, key=lambda p: -p[1].results[0].hypothesis.score)
 
     def _perceive(self, match: dict, command) -> None:
         lifted, errors = {}, []
@@ -281,28 +289,30 @@ class VlaPolicyNode(ManagedNode):
         except ValueError as e:
             self._perceive_error = str(e)
             return
-        depth_range = (self._p['min_depth'], self._p['max_depth'])
+        p = self._p
         roles = {'target': command.targets[0] if command.targets else None,
                  'destination': command.destination}
         for role, phrase in roles.items():
-            best = self._best(match['detections'].detections, phrase) if phrase else None
-            if phrase and best is None:
+            found = self._candidates(match['detections'].detections, phrase) if phrase else []
+            if phrase and not found:
                 errors.append(f'{phrase!r} not detected')
-            if best is None:
+            if not found:
                 continue
-            index, det = best
-            try:
-                mask = labels == index + 1
-                target = lift_mask(depth, mask, K, extrinsic, depth_range)
-            except ValueError as e:
-                errors.append(f'{phrase!r}: {e}')
+            (k, target), reasons = lift_standing(
+                depth, [labels == i + 1 for i, _ in found], K, extrinsic,
+                (p['min_depth'], p['max_depth']), p['table_z'], p['min_height'])
+            if target is None:
+                errors.append(f"{phrase!r}: {'; '.join(dict.fromkeys(reasons))}")
                 continue
-            lifted[role] = (phrase, det.results[0].hypothesis.score, target)
+            lifted[role] = (phrase, found[k][1].results[0].hypothesis.score, target)
         self._perceive_error = '; '.join(errors)
+        # Grasp at the object's centre; place onto the destination's top face.
+        points = {role: place_point(v[2]) if role == 'destination' else v[2].centre
+                  for role, v in lifted.items()}
         with self._fresh_lock:
-            self._fresh.update({role: v[2].position for role, v in lifted.items()})
+            self._fresh.update(points)
         if lifted:
-            header = Header(frame_id=self._p['base_frame'], stamp=match['detections'].header.stamp)
+            header = Header(frame_id=p['base_frame'], stamp=match['detections'].header.stamp)
             self._pubs['targets_3d'].publish(targets_3d_msg(lifted, header))
             self._pubs['target_markers'].publish(markers_msg(lifted, header))
 
