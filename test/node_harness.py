@@ -5,7 +5,7 @@ import time
 import numpy as np
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -53,12 +53,12 @@ class Inbox:
 
 
 class Harness:
-    """A private context with a MultiThreadedExecutor spinning in a background thread."""
+    """A private context with one executor thread spinning in the background, as spin_node does."""
 
     def __init__(self, domain_id: int):
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain_id)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.probe = rclpy.create_node('probe', context=self.context)
         self.executor.add_node(self.probe)
         self._nodes = [self.probe]
