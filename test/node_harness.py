@@ -1,4 +1,9 @@
 """Run nodes under test and a probe node in a private rclpy context, spun in a thread."""
+from contextlib import contextmanager
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -129,3 +134,30 @@ def request(publisher, msg, inbox: Inbox, timeout: float = TIMEOUT, resend: floa
         if found:
             return found
     return None
+
+
+@contextmanager
+def node_process(module: str, domain: int, ros_args: list):
+    """Run `python -m <module> --ros-args <ros_args>` in `domain`; kill it if still running."""
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
+    proc = subprocess.Popen([sys.executable, '-m', module, '--ros-args', *ros_args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def interrupt(proc, repeat: float = None) -> str:
+    """Send SIGINT (again after `repeat` s); return the output of a clean, traceback-free exit."""
+    proc.send_signal(signal.SIGINT)
+    if repeat is not None:
+        time.sleep(repeat)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, output
+    assert 'Traceback' not in output, output
+    return output

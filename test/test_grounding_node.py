@@ -1,9 +1,6 @@
 """grounding_node over real DDS with the tiny random models (no weights needed)."""
 import array
 import os
-import signal
-import subprocess
-import sys
 import time
 
 os.environ['ROS_DOMAIN_ID'] = '61'  # before rclpy: own domain, no cross-talk with other tests
@@ -20,7 +17,7 @@ from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 from clip_ros.core.stats import ERROR  # noqa: E402
 from clip_ros.nodes.grounding_node import GroundingNode, query_thresholds  # noqa: E402
 from node_harness import (  # noqa: E402, I100
-    Harness, LATCHED, request, rgb_image, TIMEOUT, wait_for)
+    Harness, interrupt, LATCHED, node_process, request, rgb_image, TIMEOUT, wait_for)
 
 DOMAIN = 61
 TINY = [Parameter('clip_arch', value='tiny'), Parameter('clip_pretrained', value='random'),
@@ -241,30 +238,19 @@ def test_missing_model_keeps_node_alive(ros, tmp_path):
 
 
 def test_node_as_process_answers_and_stops_on_sigint(ros):
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
-    cmd = [sys.executable, '-m', 'clip_ros.nodes.grounding_node', '--ros-args',
-           '-r', '__ns:=/proc', '-p', 'clip_arch:=tiny', '-p', 'clip_pretrained:=random',
-           '-p', 'clipseg_model:=tiny', '-p', 'device:=cpu', '-p', 'thresholds:=[0.0]',
-           '-p', "queries:=['red block']",
-           # Across processes Fast DDS drops best-effort frames this large (fragments overflow
-           # the default socket buffers), so this test asks for a reliable subscription.
-           '-p', 'image_qos:=reliable']
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
+    args = ['-r', '__ns:=/proc', '-p', 'clip_arch:=tiny', '-p', 'clip_pretrained:=random',
+            '-p', 'clipseg_model:=tiny', '-p', 'device:=cpu', '-p', 'thresholds:=[0.0]',
+            '-p', "queries:=['red block']",
+            # Across processes Fast DDS drops best-effort frames this large (fragments overflow
+            # the default socket buffers), so this test asks for a reliable subscription.
+            '-p', 'image_qos:=reliable']
+    with node_process('clip_ros.nodes.grounding_node', DOMAIN, args) as proc:
         pub = ros.publisher(Image, '/proc/image')
         detections = ros.subscribe(Detection2DArray, '/proc/detections')
         assert wait_for(lambda: pub.get_subscription_count() > 0, timeout=60.0)
         result = request(pub, frame(ros), detections, timeout=TIMEOUT)
         assert result is not None and result.detections
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=20)
-        assert proc.returncode == 0, output
-        assert 'Traceback' not in output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        interrupt(proc)
 
 
 def test_burst_keeps_only_the_newest_frame(ros):

@@ -1,9 +1,5 @@
 """tabletop_sim over real DDS: camera topics with identical stamps, ground truth, reset."""
 import os
-import signal
-import subprocess
-import sys
-import time
 
 os.environ['ROS_DOMAIN_ID'] = '64'  # before rclpy: own domain, no cross-talk with other tests
 
@@ -20,7 +16,7 @@ from vision_msgs.msg import Detection2DArray, Detection3DArray  # noqa: E402
 
 from clip_ros.nodes.conversions import image_to_numpy  # noqa: E402
 from clip_ros.nodes.sim_node import TabletopSimNode  # noqa: E402
-from node_harness import Harness, wait_for  # noqa: E402, I100, I201
+from node_harness import Harness, interrupt, node_process, wait_for  # noqa: E402, I100, I201
 
 DOMAIN = 64
 SIZE = (160, 120)
@@ -89,23 +85,9 @@ def test_reset_changes_scene(ros):
 def test_node_as_process_exits_cleanly_on_sigint(ros, repeat):
     # Ctrl-C under launch reaches the node twice: from the terminal's process group and
     # forwarded by launch. A render thread cut off mid-frame crashed the process (SIGSEGV).
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
-    cmd = [sys.executable, '-m', 'clip_ros.nodes.sim_node', '--ros-args', '-r', '__ns:=/proc',
-           '-p', f'width:={SIZE[0]}', '-p', f'height:={SIZE[1]}', '-p', 'rate:=30.0']
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
+    args = ['-r', '__ns:=/proc', '-p', f'width:={SIZE[0]}', '-p', f'height:={SIZE[1]}',
+            '-p', 'rate:=30.0']
+    with node_process('clip_ros.nodes.sim_node', DOMAIN, args) as proc:
         images = ros.subscribe(Image, '/proc/camera/image_raw')
         assert wait_for(lambda: images.messages, timeout=60.0), 'no image from the process'
-        proc.send_signal(signal.SIGINT)
-        if repeat is not None:
-            time.sleep(repeat)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=20)
-        assert proc.returncode == 0, output
-        assert 'Traceback' not in output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        interrupt(proc, repeat)
