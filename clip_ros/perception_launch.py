@@ -1,0 +1,79 @@
+"""
+The launch description shared by the perception nodes' launch files (ROS installs only).
+
+Each of launch/grounding, clip_classifier and clipseg.launch.py declares the same arguments
+(namespace, image_topic, params_file, model, device, use_sim_time, autostart) and starts one
+lifecycle node; only the node, its tiny-model parameters and its extra input topics differ.
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition, UnlessCondition
+from launch.substitutions import EqualsSubstitution, LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode
+from launch_ros.substitutions import FindPackageShare
+
+
+def perception_launch(node: str, tiny_models: dict, topics: dict = None) -> LaunchDescription:
+    """
+    Return the arguments and the lifecycle node `node` of clip_ros.
+
+    Parameters
+    ----------
+    node : str
+        Executable and node name, e.g. 'grounding_node'; its parameters are
+        config/<node>.yaml.
+    tiny_models : dict
+        Parameters that model:=tiny sets: small random-init models that need no weights.
+    topics : dict
+        Extra remappable inputs besides `image`: {topic: description}; each gets a
+        `<topic>_topic` argument.
+
+    Returns
+    -------
+    LaunchDescription
+
+    """
+    topics = topics or {}
+    arguments = [
+        DeclareLaunchArgument('namespace', default_value='',
+                              description='namespace for the node and its topics'),
+        DeclareLaunchArgument('image_topic', default_value='camera/image_raw',
+                              description='input sensor_msgs/Image topic'),
+        *[DeclareLaunchArgument(f'{topic}_topic', default_value=topic, description=text)
+          for topic, text in topics.items()],
+        DeclareLaunchArgument(
+            'params_file',
+            default_value=PathJoinSubstitution(
+                [FindPackageShare('clip_ros'), 'config', f'{node}.yaml']),
+            description=f'node parameters (YAML, /**/{node}: ros__parameters:)'),
+        DeclareLaunchArgument(
+            'model', default_value='default', choices=['default', 'tiny'],
+            description="'default': the models named in params_file; 'tiny': small random "
+                        'models that need no weights (tests, smoke demos)'),
+        DeclareLaunchArgument('device', default_value='auto', choices=['auto', 'cpu', 'cuda'],
+                              description='inference device; overrides params_file'),
+        DeclareLaunchArgument('use_sim_time', default_value='false', choices=['true', 'false'],
+                              description='use the /clock topic'),
+        DeclareLaunchArgument(
+            'autostart', default_value='true', choices=['true', 'false'],
+            description='configure and activate the lifecycle node at start; false leaves it '
+                        'unconfigured for a lifecycle manager or `ros2 lifecycle set`'),
+    ]
+    remappings = [(topic, LaunchConfiguration(f'{topic}_topic'))
+                  for topic in ('image', *topics)]
+    tiny = EqualsSubstitution(LaunchConfiguration('model'), 'tiny')
+    return LaunchDescription(arguments + [
+        _node(node, remappings, UnlessCondition(tiny), {}),
+        _node(node, remappings, IfCondition(tiny), tiny_models),
+    ])
+
+
+def _node(node: str, remappings: list, condition, model_parameters: dict) -> LifecycleNode:
+    return LifecycleNode(
+        package='clip_ros', executable=node, name=node,
+        namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+        parameters=[LaunchConfiguration('params_file'), model_parameters,
+                    {'device': LaunchConfiguration('device'),
+                     'use_sim_time': LaunchConfiguration('use_sim_time'),
+                     'autostart': LaunchConfiguration('autostart')}],
+        remappings=remappings, condition=condition)
