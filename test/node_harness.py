@@ -1,9 +1,11 @@
 """Run nodes under test and a probe node in a private rclpy context, spun in a thread."""
 from contextlib import contextmanager
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -14,6 +16,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+import yaml
 
 from clip_ros.nodes.conversions import numpy_to_image
 
@@ -161,3 +164,47 @@ def interrupt(proc, repeat: float = None) -> str:
     assert proc.returncode == 0, output
     assert 'Traceback' not in output, output
     return output
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shipped_params(node: str, **overrides) -> str:
+    """Write config/<node>.yaml with `overrides` applied to a temp file; return its path."""
+    params = yaml.safe_load((ROOT / 'config' / f'{node}.yaml').read_text())
+    params[f'/**/{node}']['ros__parameters'].update(overrides)
+    with tempfile.NamedTemporaryFile('w', suffix='.yaml', delete=False) as f:
+        yaml.safe_dump(params, f)
+    return f.name
+
+
+def launch_test_description(stem: str, domain: int, arguments: dict, *extra):
+    """
+    Include launch/<stem>.launch.py with `arguments`, plus `extra` actions, in `domain`.
+
+    Returns the LaunchDescription for a launch_testing generate_test_description.
+    """
+    from launch import LaunchDescription
+    from launch.actions import IncludeLaunchDescription, SetEnvironmentVariable
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+    import launch_testing.actions
+
+    source = PythonLaunchDescriptionSource(str(ROOT / 'launch' / f'{stem}.launch.py'))
+    include = IncludeLaunchDescription(source, launch_arguments=arguments.items())
+    # Pytest may import other test modules that set ROS_DOMAIN_ID: pin the nodes' domain.
+    return LaunchDescription([SetEnvironmentVariable('ROS_DOMAIN_ID', str(domain)), include,
+                              *extra, launch_testing.actions.ReadyToTest()])
+
+
+class LaunchHarness:
+    """unittest mixin: a Harness in the class's DOMAIN for the tests of a launched graph."""
+
+    DOMAIN = 0
+
+    @classmethod
+    def setUpClass(cls):
+        cls.ros = Harness(cls.DOMAIN)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ros.shutdown()

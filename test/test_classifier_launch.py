@@ -1,6 +1,4 @@
 """Launch clip_classifier.launch.py with the tiny model; a frame gives a classification."""
-from pathlib import Path
-import tempfile
 import unittest
 
 import pytest
@@ -10,52 +8,29 @@ pytest.importorskip('launch_ros')
 pytest.importorskip('launch_testing')
 pytest.importorskip('vision_msgs')
 
-from launch import LaunchDescription  # noqa: E402, I100 - imported after the skips
-from launch.actions import IncludeLaunchDescription, SetEnvironmentVariable  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-import launch_testing.actions  # noqa: E402
-import launch_testing.asserts  # noqa: E402
+import launch_testing.asserts  # noqa: E402, I100 - imported after the skips
 from sensor_msgs.msg import Image  # noqa: E402
 from vision_msgs.msg import Classification  # noqa: E402
-import yaml  # noqa: E402
 
-from node_harness import Harness, request, rgb_image, wait_for  # noqa: E402, I100
+from node_harness import (  # noqa: E402, I100
+    launch_test_description, LaunchHarness, request, rgb_image, shipped_params, wait_for)
 
 DOMAIN = 67
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def params_file() -> str:
-    """Write the shipped parameters with a reliable image subscription to a temp file."""
-    params = yaml.safe_load((ROOT / 'config' / 'clip_classifier_node.yaml').read_text())
-    # Reliable: Fast DDS loses best-effort 640x480 frames between processes.
-    params['/**/clip_classifier_node']['ros__parameters'].update(image_qos='reliable')
-    with tempfile.NamedTemporaryFile('w', suffix='.yaml', delete=False) as f:
-        yaml.safe_dump(params, f)
-    return f.name
 
 
 @pytest.mark.launch_test
 def generate_test_description():
     """Start the shipped launch file with model:=tiny in namespace /cls."""
-    launch_file = PythonLaunchDescriptionSource(
-        str(ROOT / 'launch' / 'clip_classifier.launch.py'))
-    include = IncludeLaunchDescription(launch_file, launch_arguments={
+    # Reliable: Fast DDS loses best-effort 640x480 frames between processes.
+    params = shipped_params('clip_classifier_node', image_qos='reliable')
+    return launch_test_description('clip_classifier', DOMAIN, {
         'model': 'tiny', 'device': 'cpu', 'namespace': 'cls', 'image_topic': 'camera/image',
-        'params_file': params_file()}.items())
-    return LaunchDescription([SetEnvironmentVariable('ROS_DOMAIN_ID', str(DOMAIN)), include,
-                              launch_testing.actions.ReadyToTest()])
+        'params_file': params})
 
 
-class TestClassifierLaunch(unittest.TestCase):
+class TestClassifierLaunch(LaunchHarness, unittest.TestCase):
 
-    @classmethod
-    def setUpClass(cls):
-        cls.ros = Harness(DOMAIN)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.ros.shutdown()
+    DOMAIN = DOMAIN
 
     def test_frame_gives_classification(self, proc_output):
         proc_output.assertWaitFor('loaded tiny', timeout=60)
