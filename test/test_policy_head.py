@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from clip_ros.core.behaviour_cloning import fit_head, plot_bc_history
+from clip_ros.core.behaviour_cloning import anticipate_gripper, fit_head, plot_bc_history
 from clip_ros.core.command import parse_command
 from clip_ros.core.policy import Observation
 from clip_ros.core.policy_head import (
@@ -89,3 +89,12 @@ def test_tracker_freezes_the_target_near_the_gripper():
     tracker.update(Observation(0.0, np.array([0.0, 0.1, 0.45]), target=target))
     tracker.update(Observation(0.1, np.array([0.1, 0.0, 0.12]), target=target + 0.1))
     assert np.allclose(tracker.target, target) and tracker.frozen
+
+
+def test_gripper_labels_anticipate_within_the_episode():
+    action = np.zeros((6, 4), np.float32)
+    action[[2, 3, 5], 3] = 1.0  # episode 0 closes on its row 2; episode 1 on its last row
+    arrays = {'action': action, 'episode': np.array([0, 0, 0, 0, 1, 1])}
+    shifted = anticipate_gripper(arrays, 1)['action'][:, 3]
+    assert shifted.tolist() == [0, 1, 1, 1, 1, 1]
+    assert arrays['action'][1, 3] == 0 and anticipate_gripper(arrays, 0) is arrays

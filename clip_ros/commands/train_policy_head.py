@@ -13,11 +13,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--demos', default='demos/demos.npz', help='from record_demos')
     parser.add_argument('--out', default='demos/policy_head.pt', help='head checkpoint')
-    parser.add_argument('--epochs', type=int, default=30)
+    parser.add_argument('--epochs', type=int, default=100)
     parser.add_argument('--batch-size', type=int, default=256)
     parser.add_argument('--lr', type=float, default=2e-3)
     parser.add_argument('--hidden', type=int, default=256)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--gripper-lookahead', type=int, default=1,
+                        help='label each tick with the gripper command this many ticks later')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
     return parser.parse_args(argv)
@@ -33,7 +35,8 @@ def main(argv=None) -> None:
     config = TrainConfig(seed=args.seed, batch_size=args.batch_size, epochs=args.epochs,
                          lr=args.lr, warmup_steps=20, device=args.device,
                          progress=not args.no_progress)
-    head, history = fit_head(arrays, head_config, config)
+    head, history = fit_head(arrays, head_config, config,
+                             gripper_lookahead=args.gripper_lookahead)
     head.cpu().save(args.out)
     base = os.path.splitext(args.out)[0]
     with open(base + '_history.json', 'w', encoding='utf-8') as f:

@@ -61,16 +61,37 @@ def record_demonstrations(sim, tasks, perception, embedder, max_step: float = 0.
     return arrays, {'episodes': len(tasks), 'kept': kept, 'rows': len(arrays['state'])}
 
 
+def anticipate_gripper(arrays: dict, ticks: int) -> dict:
+    """
+    Return `arrays` with each gripper label taken from `ticks` rows later in its episode.
+
+    The expert flips the gripper on one tick, and the tick before it (the arm reached the
+    grasp or release point) is labelled with the old command, so at that point the labels
+    split and a well-fitted head never closed or opened. Rows come in ascending episode order.
+    """
+    if ticks <= 0:
+        return arrays
+    action, episode = arrays['action'].copy(), arrays['episode']
+    later = np.minimum(np.arange(len(episode)) + ticks, len(episode) - 1)
+    # Never borrow from the next episode: stay on the episode's last row.
+    last = np.searchsorted(episode, episode, side='right') - 1
+    action[:, 3] = action[np.minimum(later, last), 3]
+    return {**arrays, 'action': action}
+
+
 def fit_head(arrays: dict, head_config: HeadConfig, config: TrainConfig,
-             val_fraction: float = 0.1) -> tuple:
+             val_fraction: float = 0.1, gripper_lookahead: int = 0) -> tuple:
     """
     Fit a PolicyHead by behaviour cloning; whole episodes go to the validation split.
+
+    `gripper_lookahead` > 0 trains on anticipated gripper labels (see anticipate_gripper).
 
     Returns
     -------
     (head in eval mode, history from clip_ros.core.training.train)
 
     """
+    arrays = anticipate_gripper(arrays, gripper_lookahead)
     episodes = np.unique(arrays['episode'])
     rng = np.random.default_rng(config.seed)
     val = set(rng.choice(episodes, max(1, int(len(episodes) * val_fraction)), replace=False)
