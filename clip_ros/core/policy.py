@@ -129,6 +129,12 @@ def plan(command: Command, config: PolicyConfig) -> list:
     raise ValueError(f'no action for verb {command.verb!r}; known: {", ".join(ACTION_VERBS)}')
 
 
+def occludes(ee_position, target, near_distance: float) -> bool:
+    """Tell whether the end effector is close enough to `target` to hide it (None: no)."""
+    return target is not None and bool(
+        np.linalg.norm(np.asarray(ee_position) - target) <= near_distance)
+
+
 def validate_command(command: Command) -> str:
     """Return '' when `command` can be executed, else the reason it cannot."""
     if command.verb not in ACTION_VERBS:
@@ -219,9 +225,8 @@ class GeometricPolicy:
         # Near the target the gripper hides part of it and grounding may prefer a similar
         # object or flicker between parts: objects do not move until grasped, so the
         # estimate made from the unoccluded view is kept from here on.
-        if self._target is not None and not self._frozen and np.linalg.norm(
-                np.asarray(obs.ee_position) - self._target) <= self.config.near_distance:
-            self._frozen = True
+        self._frozen = self._frozen or occludes(obs.ee_position, self._target,
+                                                self.config.near_distance)
         if obs.target is not None and self._tracking():
             self._target, self._target_seen = np.asarray(obs.target, np.float64), obs.time
         # The destination is latched once the carry starts: the load then occludes it.

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from clip_ros.core.image import preprocess
 from clip_ros.core.policy import (
-    Action, CLOSED, GeometricPolicy, Observation, OPEN, PolicyConfig, validate_command)
+    Action, CLOSED, GeometricPolicy, Observation, occludes, OPEN, PolicyConfig,
+    validate_command)
 
 STATE_DIM = 13  # ee xyz, gripper, holding, target rel xyz + seen, destination rel xyz + seen
 ACTION_DIM = 4  # dx, dy, dz (units of max step), gripper logit
@@ -187,9 +188,7 @@ class Tracker:
         `near_distance` of it (the gripper then occludes it); a held target moves with the
         hand, so it is not updated either.
         """
-        if self.target is not None and np.linalg.norm(
-                np.asarray(obs.ee_position) - self.target) <= self.near_distance:
-            self.frozen = True
+        self.frozen = self.frozen or occludes(obs.ee_position, self.target, self.near_distance)
         if obs.target is not None and not obs.holding and not self.frozen:
             self.target, self.target_seen = np.asarray(obs.target, np.float64), obs.time
         if obs.destination is not None and not obs.holding:
