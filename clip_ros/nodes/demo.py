@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image as PILImage
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_msgs.msg import Int32, String
@@ -35,6 +35,7 @@ CAMERA = {'image': 'camera/image_raw', 'depth': 'camera/depth/image_raw',
           'camera_info': 'camera/camera_info', 'camera_pose': 'sim/camera_pose'}
 PHRASINGS = ('pick up the {}', 'grab the {}', 'could you pick up the {} please', 'get me {}')
 FINAL = ('succeeded', 'aborted', 'rejected')
+EXECUTORS = {'single': SingleThreadedExecutor, 'multi': MultiThreadedExecutor}
 
 
 def remap(*names) -> list:
@@ -195,8 +196,8 @@ def run(args) -> int:
     nodes = build(context, args)
     probe = Probe(context)
     # One executor thread: inference runs on the grounding node's worker, and more executor
-    # threads only fight over the GIL (a MultiThreadedExecutor cut the rate to a third).
-    executor = SingleThreadedExecutor(context=context)
+    # threads only fight over the GIL (`--executor multi` measures the difference).
+    executor = EXECUTORS[args.executor](context=context)
     for node in nodes + [probe.node]:
         executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -213,7 +214,8 @@ def run(args) -> int:
         hz, latency = rate(probe, args.measure)
         print(f'grounded {grounded}/{len(args.seeds)} commands; grounding rate {hz:.1f} '
               f'frames/s at {args.rate:.0f} Hz camera input, stamp-to-result p50 '
-              f'{latency:.0f} ms ({args.width}x{args.height}, model {args.model})')
+              f'{latency:.0f} ms ({args.width}x{args.height}, model {args.model}, '
+              f'{args.executor}-threaded executor)')
     finally:
         executor.shutdown()
         for node in nodes + [probe.node]:
@@ -239,6 +241,8 @@ def main(argv=None) -> int:
     parser.add_argument('--timeout', type=float, default=60.0, help='seconds per command')
     parser.add_argument('--measure', type=float, default=5.0, help='seconds of rate measurement')
     parser.add_argument('--output', default='out/demo_strip.png', help='annotated strip PNG')
+    parser.add_argument('--executor', default='single', choices=list(EXECUTORS),
+                        help='rclpy executor of the graph (multi: for comparison)')
     return run(parser.parse_args(argv))
 
 
