@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-33}"
-exec python -m clip_ros.nodes.demo "$@"
+exec python -m clip_ros.tools.demo "$@"

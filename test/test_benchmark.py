@@ -1,7 +1,7 @@
 """The benchmark command runs both paths on tiny models and reports one row per phrase count."""
 import json
 
-from clip_ros.commands.benchmark import main
+from clip_ros.tools.benchmark import main
 
 
 def test_benchmark_writes_rows(tmp_path, capsys):

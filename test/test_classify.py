@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from clip_ros.core.classify import semantic_regions, semantic_segmentation, ZeroShotClassifier
-from clip_ros.core.synthetic import tabletop_image
+from clip_ros.perception.classify import (
+    semantic_regions, semantic_segmentation, ZeroShotClassifier)
+from clip_ros.sim.synthetic import tabletop_image
 
 
 def _heatmaps():
@@ -69,7 +70,7 @@ def test_semantic_regions_empty_and_mismatch():
 
 @pytest.fixture(scope='module')
 def clip():
-    from clip_ros.core.models import load_clip
+    from clip_ros.perception.loading import load_clip
     return load_clip('tiny', '', device='cpu')
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from clip_ros.core.clipseg import ClipSegRunner, load_clipseg
-from clip_ros.core.registry import ModelLoadError
-from clip_ros.core.tokenizer import tokenize
+from clip_ros.perception.clipseg import ClipSegRunner, load_clipseg
+from clip_ros.perception.registry import ModelLoadError
+from clip_ros.perception.tokenizer import tokenize
 
 
 @pytest.fixture(scope='module')

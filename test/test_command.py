@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
 
-from clip_ros.core.command import Command, MAX_COMMAND_CHARS, parse_command
+from clip_ros.policy.command import Command, MAX_COMMAND_CHARS, parse_command
 
 CASES = [
     # text, verb, targets, destination, direction

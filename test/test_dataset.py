@@ -6,10 +6,10 @@ import pytest
 
 pytest.importorskip('mujoco')
 
-from clip_ros.commands.make_dataset import main  # noqa: E402
-from clip_ros.core.dataset import (  # noqa: E402
+from clip_ros.sim.dataset import (  # noqa: E402
     generate, HELD_OUT, scene_caption, split_exclude, split_seeds, TabletopDataset)
-from clip_ros.core.sim_scene import sample_scene  # noqa: E402
+from clip_ros.sim.scene import sample_scene  # noqa: E402
+from clip_ros.tools.make_dataset import main  # noqa: E402
 
 
 @pytest.fixture(scope='module')

@@ -18,7 +18,7 @@ def test_main_job_grounds_and_picks(tmp_path):
     env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
                MUJOCO_GL=os.environ.get('MUJOCO_GL', 'egl'))
     run = subprocess.run(
-        [sys.executable, '-m', 'clip_ros.nodes.demo', '--seeds', '200001', '--measure', '2',
+        [sys.executable, '-m', 'clip_ros.tools.demo', '--seeds', '200001', '--measure', '2',
          '--output', str(strip)],
         env=env, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
     if 'simulator not started' in run.stdout + run.stderr:

@@ -8,19 +8,19 @@ evaluate_policy command measures the same loop with the grounding models.
 import numpy as np
 import pytest
 
-from clip_ros.core.dataset import HELD_OUT
-from clip_ros.core.episodes import (
+from clip_ros.policy.geometric import GeometricPolicy
+from clip_ros.policy.lifting import Extrinsic
+from clip_ros.sim.dataset import HELD_OUT
+from clip_ros.sim.episodes import (
     _lift, check_success, EpisodeConfig, ModelPerception, run_episode, sample_task, save_strip,
     Task, TruthPerception)
-from clip_ros.core.lifting import Extrinsic
-from clip_ros.core.policy import GeometricPolicy
 
 pytest.importorskip('mujoco')
 
 
 @pytest.fixture(scope='module')
 def sim():
-    from clip_ros.core.sim import TabletopSim
+    from clip_ros.sim.simulator import TabletopSim
 
     try:
         sim = TabletopSim(0, 96, 72)

@@ -7,7 +7,7 @@ import pytest  # noqa: E402
 
 pytest.importorskip('vision_msgs')
 
-from clip_ros.nodes.flood import run_flood, table_row  # noqa: E402
+from clip_ros.tools.flood import run_flood, table_row  # noqa: E402
 
 
 def test_flood_tracks_the_model_and_stays_flat():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from clip_ros.core.geometry import center_size, connected_components, Detection, paint
+from clip_ros.perception.geometry import center_size, connected_components, Detection, paint
 
 
 def _two_blobs():

@@ -4,10 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from clip_ros.core.grounding import (
+from clip_ros.perception.grounding import (
     check_thresholds, DEFAULT_DISTRACTORS, GroundingPipeline, rival_mask)
-from clip_ros.core.models import load_clip, load_clipseg
-from clip_ros.core.synthetic import tabletop_image
+from clip_ros.perception.loading import load_clip, load_clipseg
+from clip_ros.sim.synthetic import tabletop_image
 
 W, H = 96, 64
 PHRASES = ['red block', 'blue ball']
@@ -176,7 +176,7 @@ def test_vocabulary_competes_in_rescoring(models, rgb):
 
 
 def pipeline_crop(pipeline, rgb):
-    from clip_ros.core.image import crops
+    from clip_ros.perception.image import crops
     clip = pipeline.clip
     return crops(rgb, [(0, 0, W, H)], clip.image_size, clip.mean, clip.std, clip.device,
                  clip.dtype, pad=pipeline.crop_pad)

@@ -14,8 +14,8 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
-from clip_ros.core.stats import ERROR  # noqa: E402
 from clip_ros.nodes.grounding_node import GroundingNode, query_thresholds  # noqa: E402
+from clip_ros.perception.stats import ERROR  # noqa: E402
 from node_harness import (  # noqa: E402, I100
     Harness, interrupt, LATCHED, node_process, request, rgb_image, TIMEOUT, wait_for)
 

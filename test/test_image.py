@@ -4,7 +4,7 @@ from PIL import Image
 import pytest
 import torch
 
-from clip_ros.core.image import crops, limit_size, preprocess, to_image_size, validate_rgb
+from clip_ros.perception.image import crops, limit_size, preprocess, to_image_size, validate_rgb
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)

@@ -20,7 +20,7 @@ NODES = {
 # config file -> (node name, module, class) for the nodes without a launch file of their own too
 CONFIGS = {
     **{f'{node}.yaml': (node, module, cls) for node, module, cls in NODES.values()},
-    'vla_policy_node.yaml': ('vla_policy_node', 'clip_ros.nodes.policy_node', 'VlaPolicyNode'),
+    'vla_policy_node.yaml': ('vla_policy_node', 'clip_ros.nodes.vla_policy_node', 'VlaPolicyNode'),
     'sim_node.yaml': ('tabletop_sim', 'clip_ros.nodes.sim_node', 'TabletopSimNode'),
 }
 BUILT_IN = {'use_sim_time', 'start_type_description_service'}

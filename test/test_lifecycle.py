@@ -19,14 +19,14 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
-from clip_ros.core.geometry import Detection  # noqa: E402
-from clip_ros.core.grounding import GroundingResult  # noqa: E402
-from clip_ros.core.stats import ERROR, OK, WARN  # noqa: E402
 from clip_ros.nodes.clip_classifier_node import ClipClassifierNode  # noqa: E402
 from clip_ros.nodes.clipseg_node import ClipSegNode  # noqa: E402
 from clip_ros.nodes.conversions import numpy_to_image  # noqa: E402
 from clip_ros.nodes.grounding_node import GroundingNode  # noqa: E402
 from clip_ros.nodes.managed import resident_bytes  # noqa: E402
+from clip_ros.perception.geometry import Detection  # noqa: E402
+from clip_ros.perception.grounding import GroundingResult  # noqa: E402
+from clip_ros.perception.stats import ERROR, OK, WARN  # noqa: E402
 from node_harness import Harness, LATCHED, request, rgb_image, wait_for  # noqa: E402
 
 DOMAIN = 71

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from clip_ros.core.lifting import (
+from clip_ros.policy.lifting import (
     back_project, check_intrinsics, depth_to_metres, Extrinsic, lift_mask, lift_standing,
     matrix_to_quat, place_point, quat_to_matrix)
 
@@ -85,7 +85,7 @@ def test_size_mismatch_and_missing_intrinsics():
 
 def test_sim_objects_lift_near_their_centres():
     pytest.importorskip('mujoco')
-    from clip_ros.core.sim import TabletopSim
+    from clip_ros.sim.simulator import TabletopSim
 
     try:
         sim = TabletopSim(3, 160, 120)

@@ -3,11 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from clip_ros.core.lora import (
+from clip_ros.learning.lora import (
     apply_lora, count_parameters, DEFAULT_TARGETS, lora_parameters, LoRALinear,
     LoRAParametrization, merge_lora)
-from clip_ros.core.models import load_clip
-from clip_ros.core.tokenizer import tokenize
+from clip_ros.perception.loading import load_clip
+from clip_ros.perception.tokenizer import tokenize
 
 
 @pytest.fixture(scope='module')

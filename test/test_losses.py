@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from clip_ros.core.losses import (
+from clip_ros.learning.losses import (
     ClipLoss, create_loss, gradient_cosine, list_losses, MAX_LOGIT_SCALE, TripletLoss,
     UncertaintyWeighting)
 

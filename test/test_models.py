@@ -8,8 +8,9 @@ import pytest
 from safetensors.torch import save_file
 import torch
 
-from clip_ros.core import models, registry
-from clip_ros.core.models import load_clip, ModelLoadError
+from clip_ros.perception import registry
+from clip_ros.perception.loading import load_clip, load_clipseg
+from clip_ros.perception.registry import ModelLoadError
 
 
 @pytest.fixture(scope='module')
@@ -17,24 +18,35 @@ def tiny():
     return load_clip('tiny', 'random', device='cpu')
 
 
-def test_resolve_device_falls_back_to_cpu(caplog):
-    assert models.resolve_device('auto').type == 'cpu'
-    assert models.resolve_device('CPU').type == 'cpu'
-    with caplog.at_level(logging.WARNING):
-        assert models.resolve_device('cuda:1') == torch.device('cpu')
-    assert 'CUDA is not available' in caplog.text
+@pytest.fixture
+def package_log():
+    # Our own handler on the package logger: launch's logging set-up cannot hide it from us.
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger('clip_ros')
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def test_resolve_device_falls_back_to_cpu(package_log):
+    assert registry.resolve_device('auto').type == 'cpu'
+    assert registry.resolve_device('CPU').type == 'cpu'
+    assert registry.resolve_device('cuda:1') == torch.device('cpu')
+    assert any('CUDA is not available' in r.getMessage() for r in package_log)
     with pytest.raises(ValueError, match='auto, cpu, cuda'):
-        models.resolve_device('gpu')
+        registry.resolve_device('gpu')
 
 
 def test_resolve_dtype():
     cpu, cuda = torch.device('cpu'), torch.device('cuda')
-    assert models.resolve_dtype('auto', cpu) == torch.float32
-    assert models.resolve_dtype('auto', cuda) == torch.float16
-    assert models.resolve_dtype('float16', cpu) == torch.float32
-    assert models.resolve_dtype('bfloat16', cpu) == torch.bfloat16
+    assert registry.resolve_dtype('auto', cpu) == torch.float32
+    assert registry.resolve_dtype('auto', cuda) == torch.float16
+    assert registry.resolve_dtype('float16', cpu) == torch.float32
+    assert registry.resolve_dtype('bfloat16', cpu) == torch.bfloat16
     with pytest.raises(ValueError, match='float32'):
-        models.resolve_dtype('int8', cpu)
+        registry.resolve_dtype('int8', cpu)
 
 
 def test_tiny_loads_fast_and_deterministic(tiny):
@@ -125,5 +137,5 @@ def test_cache_hit_needs_no_network(tiny, tmp_path):
 def test_default_size_random_models():
     clip = load_clip('ViT-B-16', 'random', device='cpu')
     assert clip.image_size == 224 and clip.encode_text(['a cup']).shape == (1, 512)
-    clipseg = models.load_clipseg('random', device='cpu')
+    clipseg = load_clipseg('random', device='cpu')
     assert clipseg.image_size == 352 and clipseg.model.config.reduce_dim == 64

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from clip_ros.core.command import parse_command
-from clip_ros.core.policy import (
+from clip_ros.policy.command import parse_command
+from clip_ros.policy.geometric import (
     CLOSED, GeometricPolicy, Observation, OPEN, plan, PolicyConfig, validate_command)
 
 TARGET = np.array([0.1, 0.05, 0.02])

@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from clip_ros.core.behaviour_cloning import anticipate_gripper, fit_head, plot_bc_history
-from clip_ros.core.command import parse_command
-from clip_ros.core.policy import Observation
-from clip_ros.core.policy_head import (
+from clip_ros.learning.behaviour_cloning import anticipate_gripper, fit_head, plot_bc_history
+from clip_ros.learning.training import TrainConfig
+from clip_ros.policy.command import parse_command
+from clip_ros.policy.geometric import Observation
+from clip_ros.policy.learned import (
     action_label, HeadConfig, LearnedPolicy, load_demonstrations, PolicyHead,
     save_demonstrations, STATE_DIM, state_vector, Tracker)
-from clip_ros.core.training import TrainConfig
 
 DIM = 8
 

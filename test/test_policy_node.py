@@ -27,13 +27,13 @@ from std_msgs.msg import Float64, String  # noqa: E402
 from vision_msgs.msg import Detection2D, Detection2DArray, Detection3DArray  # noqa: E402
 from vision_msgs.msg import ObjectHypothesisWithPose  # noqa: E402
 
-from clip_ros.core.lifting import matrix_to_quat  # noqa: E402
-from clip_ros.core.models import load_clip  # noqa: E402
-from clip_ros.core.policy_head import HeadConfig, PolicyHead  # noqa: E402
-from clip_ros.core.stats import ERROR, WARN  # noqa: E402
 from clip_ros.nodes.conversions import numpy_to_image  # noqa: E402
-from clip_ros.nodes.policy_node import VlaPolicyNode  # noqa: E402
 from clip_ros.nodes.sim_messages import camera_info_msg  # noqa: E402
+from clip_ros.nodes.vla_policy_node import VlaPolicyNode  # noqa: E402
+from clip_ros.perception.loading import load_clip  # noqa: E402
+from clip_ros.perception.stats import ERROR, WARN  # noqa: E402
+from clip_ros.policy.learned import HeadConfig, PolicyHead  # noqa: E402
+from clip_ros.policy.lifting import matrix_to_quat  # noqa: E402
 from node_harness import Harness, wait_for  # noqa: E402, I100, I201
 
 DOMAIN = 66

@@ -4,9 +4,9 @@ import time
 import pytest
 from safetensors.torch import save_file
 
-from clip_ros.commands import prefetch
-from clip_ros.core.clipseg import load_clipseg
-from clip_ros.core.models import load_clip
+from clip_ros.perception.clipseg import load_clipseg
+from clip_ros.perception.loading import load_clip
+from clip_ros.tools import prefetch
 
 
 def test_offline_exits_non_zero_quickly(tmp_path, monkeypatch, capsys):

@@ -4,8 +4,8 @@ import pytest
 
 pytest.importorskip('mujoco')
 
-from clip_ros.core.sim import intrinsics, TabletopSim  # noqa: E402
-from clip_ros.core.sim_scene import COLOURS, sample_scene, SHAPES  # noqa: E402
+from clip_ros.sim.scene import COLOURS, sample_scene, SHAPES  # noqa: E402
+from clip_ros.sim.simulator import intrinsics, TabletopSim  # noqa: E402
 
 
 @pytest.fixture(scope='module')

@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from clip_ros.core.stats import assess, ERROR, FrameStats, HealthLimits, OK, percentiles, WARN
+from clip_ros.perception.stats import (
+    assess, ERROR, FrameStats, HealthLimits, OK, percentiles, WARN)
 
 
 class Clock:

@@ -1,7 +1,7 @@
 """TimeMatcher: approximate stamp matching of detections with mask, depth and camera_info."""
 import pytest
 
-from clip_ros.core.sync import TimeMatcher
+from clip_ros.policy.sync import TimeMatcher
 
 NAMES = ('detections', 'mask', 'depth', 'info')
 

@@ -1,7 +1,7 @@
 """Procedural tabletop scenes are deterministic per seed; their ground truth matches pixels."""
 import numpy as np
 
-from clip_ros.core.synthetic import COLOURS, tabletop_image
+from clip_ros.sim.synthetic import COLOURS, tabletop_image
 
 
 def test_same_seed_same_image():

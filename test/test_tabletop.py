@@ -5,10 +5,13 @@ import shutil
 import pytest
 import torch
 
-from clip_ros.core import tabletop
-from clip_ros.core.grounding import GroundingPipeline
-from clip_ros.core.models import load_clip, load_clipseg
-from clip_ros.core.registry import ModelLoadError, ModelNotFoundError
+from clip_ros.learning.tabletop_recipe import DEFAULT_CONFIG
+from clip_ros.perception import tabletop_model as tabletop
+from clip_ros.perception.grounding import GroundingPipeline
+from clip_ros.perception.loading import load_clip, load_clipseg
+from clip_ros.perception.loading import load_or_tabletop
+from clip_ros.perception.registry import ModelLoadError, ModelNotFoundError
+from clip_ros.sim.dataset import render_scenes
 
 # Test-split scenes (never trained on); a fixed set so the figure is reproducible.
 SCENES = range(200_000, 200_008)
@@ -45,7 +48,7 @@ def test_bundled_files_small_and_float16():
 def test_bundled_loads_through_registry(clip, clipseg):
     assert clip.name == clipseg.name == 'tabletop'
     assert not clipseg.model.training and not clip.model.training
-    assert clipseg.image_size == tabletop.DEFAULT_CONFIG['clip_ros']['image_size']
+    assert clipseg.image_size == DEFAULT_CONFIG['clip_ros']['image_size']
     assert 1.0 < clip.logit_scale <= 100.0
     count = tabletop.parameter_count(clipseg.model)
     assert 1_000_000 < count < 3_000_000
@@ -63,14 +66,14 @@ def test_clip_adapter_embeddings(clip):
 def _scenes():
     pytest.importorskip('mujoco')
     try:
-        return list(tabletop.render_scenes(SCENES, 640, 480))
+        return list(render_scenes(SCENES, 640, 480))
     except RuntimeError as e:  # no offscreen OpenGL on this machine
         pytest.skip(str(e))
 
 
 @pytest.fixture(scope='module')
 def scene_summary(clip, clipseg):
-    from clip_ros.commands.evaluate import evaluate, summarise
+    from clip_ros.tools.evaluate import evaluate, summarise
     pipeline = GroundingPipeline(clip, clipseg)
     summary, _ = summarise(evaluate(pipeline, zip(SCENES, _scenes()), 0.4, 64, progress=False))
     return summary
@@ -84,12 +87,12 @@ def test_grounds_simulator_scenes(scene_summary):
 
 
 def test_vocabulary_names_every_simulator_object(clip):
-    from clip_ros.core.sim_scene import COLOURS, SHAPES
+    from clip_ros.sim.scene import COLOURS, SHAPES
     assert set(clip.vocabulary) == {f'{c} {s}' for c in COLOURS for s in SHAPES}
 
 
 def test_checkpoint_round_trip(tmp_path, clipseg):
-    out = tabletop.save(clipseg.model, tabletop.DEFAULT_CONFIG, tmp_path / 'ckpt')
+    out = tabletop.save(clipseg.model, DEFAULT_CONFIG, tmp_path / 'ckpt')
     again = load_clipseg(str(out), device='cpu')
     for a, b in zip(clipseg.model.state_dict().values(), again.model.state_dict().values()):
         torch.testing.assert_close(a.float(), b.float())
@@ -151,7 +154,7 @@ def test_unparsable_config(copy):
 
 
 def test_falls_back_without_pretrained_weights(tmp_path):
-    clip, clipseg, note = tabletop.load_or_tabletop(
+    clip, clipseg, note = load_or_tabletop(
         ('ViT-B-16', 'openai'), 'CIDAS/clipseg-rd64-refined', device='cpu',
         cache_dir=str(tmp_path))
     assert clip.name == clipseg.name == 'tabletop'

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from clip_ros.core.text_cache import TextCache
+from clip_ros.perception.text_cache import TextCache
 
 
 class CountingEncoder:

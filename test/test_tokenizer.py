@@ -3,7 +3,7 @@ import open_clip
 import pytest
 import torch
 
-from clip_ros.core.tokenizer import tokenize
+from clip_ros.perception.tokenizer import tokenize
 
 
 def test_known_ids():

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from clip_ros.commands import train_tabletop
-from clip_ros.core import tabletop
+from clip_ros.perception import tabletop_model as tabletop
+from clip_ros.tools import train_tabletop
 
 pytest.importorskip('mujoco')
 

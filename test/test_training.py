@@ -6,13 +6,13 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from clip_ros.core.lora import lora_parameters
-from clip_ros.core.losses import create_loss
-from clip_ros.core.models import load_clip
-from clip_ros.core.synthetic import COLOURS
-from clip_ros.core.tokenizer import tokenize
-from clip_ros.core.training import (
+from clip_ros.learning.lora import lora_parameters
+from clip_ros.learning.losses import create_loss
+from clip_ros.learning.training import (
     as_batch, JointStep, lora_finetune, make_loader, retrieval_accuracy, train, TrainConfig)
+from clip_ros.perception.loading import load_clip
+from clip_ros.perception.tokenizer import tokenize
+from clip_ros.sim.synthetic import COLOURS
 
 NAMES = ('red', 'green', 'blue', 'yellow')
 SIZE = 16

@@ -4,14 +4,14 @@ from rcl_interfaces.msg import SetParametersResult
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Classification
 
-from clip_ros.core.classify import DEFAULT_TEMPLATES, ZeroShotClassifier
-from clip_ros.core.models import load_clip
-from clip_ros.core.registry import DEFAULT_CLIP
 from clip_ros.nodes.common import (
     clean_phrases, common_parameters, declare_all, decode_rgb, describe, parameter_values,
     RESULTS_QOS, spin_node, string_list)
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import classification_msg
+from clip_ros.perception.classify import DEFAULT_TEMPLATES, ZeroShotClassifier
+from clip_ros.perception.loading import load_clip
+from clip_ros.perception.registry import DEFAULT_CLIP
 
 WARM_UP_SIZE = 224
 

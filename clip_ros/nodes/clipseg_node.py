@@ -5,15 +5,15 @@ from sensor_msgs.msg import Image
 import torch
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from clip_ros.core.classify import semantic_regions, semantic_segmentation
-from clip_ros.core.clipseg import ClipSegRunner, load_clipseg
-from clip_ros.core.registry import DEFAULT_CLIPSEG
 from clip_ros.nodes.common import (
     clean_phrases, common_parameters, declare_all, decode_rgb, describe, LATCHED_QOS,
     parameter_values, RESULTS_QOS, spin_node, string_list)
 from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import detections_msg, label_info_msg
+from clip_ros.perception.classify import semantic_regions, semantic_segmentation
+from clip_ros.perception.clipseg import ClipSegRunner, load_clipseg
+from clip_ros.perception.registry import DEFAULT_CLIPSEG
 
 WARM_UP_SIZE = 224
 

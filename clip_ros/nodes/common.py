@@ -1,5 +1,7 @@
-"""Parameter, QoS and input helpers shared by the nodes."""
+"""Parameter, QoS, logging and input helpers shared by the nodes."""
 import array
+from contextlib import contextmanager
+import logging
 import signal
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -128,6 +130,34 @@ def subscribe_images(node, qos_name: str, callback):
         node.get_logger().error(f'{e}; using sensor_data')
         qos = image_qos('sensor_data')
     return node.create_subscription(Image, 'image', callback, qos)
+
+
+class NodeLogHandler(logging.Handler):
+    """Forward Python logging records (the ROS-free layers' warnings) to a node's logger."""
+
+    def __init__(self, node_logger):
+        super().__init__(logging.INFO)
+        self._logger = node_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.format(record)
+        if record.levelno >= logging.ERROR:
+            self._logger.error(text)
+        elif record.levelno >= logging.WARNING:
+            self._logger.warning(text)
+        else:
+            self._logger.info(text)
+
+
+@contextmanager
+def package_logs_to(node_logger):
+    """Send the 'clip_ros' Python loggers' records to `node_logger` inside the block."""
+    handler, package = NodeLogHandler(node_logger), logging.getLogger('clip_ros')
+    package.addHandler(handler)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
 
 
 def spin_node(node_class, args=None) -> None:

@@ -7,11 +7,6 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from clip_ros.core.command import MAX_COMMAND_CHARS, parse_command
-from clip_ros.core.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
-from clip_ros.core.registry import DEFAULT_CLIP, DEFAULT_CLIPSEG
-from clip_ros.core.tabletop import load_or_tabletop
-from clip_ros.core.tracking import Tracker
 from clip_ros.nodes.common import (
     clean_phrases, COMMAND_QOS, common_parameters, declare_all, decode_rgb, describe, LATCHED_QOS,
     parameter_values, RESULTS_QOS, spin_node, string_list, unit_floats)
@@ -19,6 +14,11 @@ from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import detections_msg, label_info_msg
 from clip_ros.nodes.overlay import draw_overlay
+from clip_ros.perception.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
+from clip_ros.perception.loading import load_or_tabletop
+from clip_ros.perception.registry import DEFAULT_CLIP, DEFAULT_CLIPSEG
+from clip_ros.perception.tracking import Tracker
+from clip_ros.policy.command import MAX_COMMAND_CHARS, parse_command
 
 WARM_UP_SIZE = 224
 # Parameters that need a new GroundingPipeline (the models are kept).

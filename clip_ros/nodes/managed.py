@@ -26,10 +26,10 @@ from rclpy.qos import QoSPolicyKind
 from sensor_msgs.msg import Image
 import torch
 
-from clip_ros.core.stats import assess, FrameStats, HealthLimits
-from clip_ros.nodes.common import declare_all, describe, image_qos
+from clip_ros.nodes.common import declare_all, describe, image_qos, package_logs_to
 from clip_ros.nodes.frame_worker import FrameWorker, KeyedThrottle
 from clip_ros.nodes.messages import diagnostics_msg
+from clip_ros.perception.stats import assess, FrameStats, HealthLimits
 
 THROTTLE_SEC = 5.0
 STATS_PERIOD_SEC = 10.0
@@ -197,7 +197,8 @@ class ManagedNode(LifecycleNode):
         free_memory()
         self.memory['configure'] = (resident_bytes(), cuda_bytes())
         try:
-            self._model = self.load_model()
+            with package_logs_to(self.get_logger()):
+                self._model = self.load_model()
         except Exception as e:  # noqa: B902 - any load error fails the transition, with reason
             self.load_error = f'{type(e).__name__}: {e}'
             self.get_logger().error(f'configure failed: {self.load_error}')

@@ -11,13 +11,13 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float64, Header, Int32
 from vision_msgs.msg import Detection2DArray, Detection3DArray
 
-from clip_ros.core.lifting import matrix_to_quat
 from clip_ros.nodes.common import (
     COMMAND_QOS, declare_all, describe, LATCHED_QOS, parameter_values, RESULTS_QOS,
     spin_node)
 from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.sim_messages import (
     camera_info_msg, ground_truth_2d_msg, ground_truth_3d_msg)
+from clip_ros.policy.lifting import matrix_to_quat
 
 # Reliable publishers match both reliable and best-effort (sensor_data) subscribers.
 CAMERA_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
@@ -93,7 +93,7 @@ class TabletopSimNode(Node):
         self.call_in_sim(lambda sim: sim.reset(msg.data))
 
     def _run(self) -> None:
-        from clip_ros.core.sim import TabletopSim  # loads MuJoCo and OpenGL in this thread
+        from clip_ros.sim.simulator import TabletopSim  # loads MuJoCo and OpenGL in this thread
 
         values = self._values
         try:

@@ -1,1 +1,0 @@
-"""ROS-free command-line tools (prefetch, benchmark)."""

@@ -1,1 +1,0 @@
-"""ROS-free core: models, text cache, grounding pipeline, command parsing, images, geometry."""

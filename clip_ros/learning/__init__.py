@@ -1,0 +1,1 @@
+"""Learning (ROS-free): losses, the training loop, LoRA, behaviour cloning, the tabletop recipe."""

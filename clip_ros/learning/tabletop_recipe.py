@@ -1,0 +1,309 @@
+"""
+The recipe of the bundled `tabletop` model: render simulator scenes, train, save (CPU, < 30 min).
+
+The CLIPSeg decoder learns to segment '<colour> <shape>' phrases (BCE + dice on the target's mask,
+an empty mask for absent objects) while its CLIP towers learn object crops against their names
+(contrastive loss); the two losses are balanced by learned uncertainty weights.
+"""
+from dataclasses import dataclass
+import json
+import logging
+import math
+from pathlib import Path
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from clip_ros.learning.losses import ClipLoss, MAX_LOGIT_SCALE, UncertaintyWeighting
+from clip_ros.learning.training import pick_threads
+from clip_ros.perception import tabletop_model as tabletop
+from clip_ros.perception.grounding import DEFAULT_DISTRACTORS
+from clip_ros.perception.image import crops, preprocess
+from clip_ros.perception.registry import IMAGENET_MEAN, IMAGENET_STD
+from clip_ros.perception.tokenizer import tokenize
+from clip_ros.sim.dataset import render_scenes, split_exclude, split_seeds
+from clip_ros.sim.scene import COLOURS, SHAPES
+
+# Phrasings seen in training; the node strips commands to '<colour> <shape>' first.
+TEMPLATES = ('{}', '{}', 'the {}', 'a {}', 'pick up the {}', 'the {} on the table')
+# Token ids beyond the end-of-text id are padding; short contexts give identical features.
+TRAIN_CONTEXT = 16
+POS_WEIGHT = torch.tensor(3.0)
+_log = logging.getLogger('train_tabletop')
+
+# Sizes of the bundled model; 'clip_ros' holds what transformers' config does not know.
+DEFAULT_CONFIG = {
+    'text_config': {
+        'vocab_size': 49408, 'hidden_size': 32, 'intermediate_size': 128,
+        'num_hidden_layers': 2, 'num_attention_heads': 2, 'max_position_embeddings': 77,
+        'eos_token_id': 49407,
+    },
+    'vision_config': {
+        'hidden_size': 96, 'intermediate_size': 192, 'num_hidden_layers': 4,
+        'num_attention_heads': 4, 'image_size': 128, 'patch_size': 8,
+    },
+    'projection_dim': 64,
+    'extract_layers': [1, 3],
+    'reduce_dim': 32,
+    'conditional_layer': 0,
+    'decoder_num_attention_heads': 2,
+    'decoder_intermediate_size': 64,
+    'clip_ros': {
+        'image_size': 128,  # CLIPSeg input side (frames are stretched to it)
+        'crop_size': 64,  # CLIP re-scoring crop side
+        'mean': list(IMAGENET_MEAN),
+        'std': list(IMAGENET_STD),
+        'tokenizer': 'open_clip bpe_simple_vocab_16e6 via clip_ros.perception.tokenizer',
+        # Every object the simulator makes (held-out combinations included: their words are known).
+        'vocabulary': [f'{colour} {shape}' for colour in COLOURS for shape in SHAPES],
+    },
+}
+
+
+@dataclass
+class Pool:
+    """Pre-rendered training scenes at model resolution (uint8 pixels, float16 masks)."""
+
+    images: torch.Tensor  # uint8 [N, 3, S, S]
+    masks: list           # per scene uint8 [K, S, S] (mask coverage * 255)
+    names: list           # per scene K '<colour> <shape>' names
+    crops: torch.Tensor   # uint8 [M, 3, c, c] object and background crops
+    crop_scene: list      # scene index per crop
+    crop_names: list      # name per crop; '' for a table-only crop
+
+
+def _as_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def _background_box(rng, objects, height, width):
+    """Return a table-only box (no object pixel inside), or None after a few tries."""
+    union = np.zeros((height, width), bool)
+    for obj in objects:
+        union |= obj.mask
+    for _ in range(10):
+        side = int(rng.integers(min(height, width) // 10, min(height, width) // 4))
+        x0, y0 = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+        if not union[y0:y0 + side, x0:x0 + side].any():
+            return (x0, y0, x0 + side, y0 + side)
+    return None
+
+
+def _scene_tensors(rgb, objects, size, crop_size, rng):
+    """Return (image uint8 [3,S,S], masks [K,S,S], object+background crops, their names)."""
+    raw = (0.0, 0.0, 0.0), (1 / 255,) * 3  # keep 0..255 values; normalise at train time
+    image = _as_uint8(preprocess(rgb, size, *raw)[0])
+    masks = torch.from_numpy(np.stack([o.mask for o in objects]).astype(np.float32))
+    masks = _as_uint8(F.interpolate(masks[None], size=(size, size), mode='area')[0] * 255)
+    boxes, names = [o.box for o in objects], [o.name for o in objects]
+    background = _background_box(rng, objects, *rgb.shape[:2])
+    if background is not None:
+        boxes, names = boxes + [background], names + ['']
+    cut = _as_uint8(crops(rgb, boxes, crop_size, *raw, pad=0.1))
+    return image, masks, cut, names
+
+
+def build_pool(scenes, size: int, crop_size: int, progress=True) -> Pool:
+    """Collect (rgb, objects, names) scenes at model resolution into a Pool."""
+    rng = np.random.default_rng(0)
+    images, masks, names, cuts, crop_scene, crop_names = [], [], [], [], [], []
+    for rgb, objects, _ in scenes:
+        if not objects:
+            continue
+        image, mask, cut, cut_names = _scene_tensors(rgb, objects, size, crop_size, rng)
+        images.append(image)
+        masks.append(mask)
+        names.append([o.name for o in objects])
+        cuts.append(cut)
+        crop_scene += [len(images) - 1] * len(cut_names)
+        crop_names += cut_names
+    return Pool(torch.stack(images), masks, names, torch.cat(cuts), crop_scene, crop_names)
+
+
+def normalise(pixels: torch.Tensor, config: dict) -> torch.Tensor:
+    """Map uint8 [B,3,s,s] to the model's normalised float input."""
+    extra = config['clip_ros']
+    mean = torch.tensor(extra['mean']).view(1, 3, 1, 1)
+    std = torch.tensor(extra['std']).view(1, 3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
+
+
+def _phrase(name: str, rng: random.Random) -> str:
+    return rng.choice(TEMPLATES).format(name)
+
+
+def segmentation_batch(pool: Pool, scenes: list, vocabulary: list, rng: random.Random,
+                       positives: int = 3):
+    """Return (query phrases, scene index per query, target masks [Q, S, S])."""
+    phrases, owner, targets = [], [], []
+    for row, scene in enumerate(scenes):
+        names, masks = pool.names[scene], pool.masks[scene]
+        for k in rng.sample(range(len(names)), min(positives, len(names))):
+            phrases.append(_phrase(names[k], rng))
+            owner.append(row)
+            targets.append(masks[k].float() / 255)
+        # One random absent name (two hard negatives sharing a colour or shape scored lower).
+        absent = [n for n in vocabulary if n not in names]
+        if absent:
+            phrases.append(_phrase(rng.choice(absent), rng))
+            owner.append(row)
+            targets.append(torch.zeros_like(masks[0], dtype=torch.float32))
+    return phrases, torch.tensor(owner), torch.stack(targets)
+
+
+def crop_batch(pool: Pool, scenes: list, rng: random.Random, limit: int = 32):
+    """Return (crops uint8 [M,3,c,c], captions, caption ids [M]) from the scenes' crops."""
+    wanted = set(scenes)
+    index = [k for k, scene in enumerate(pool.crop_scene) if scene in wanted]
+    index = sorted(rng.sample(index, min(limit, len(index))))
+    keys = [pool.crop_names[k] or 'background' for k in index]
+    ids = {key: i for i, key in enumerate(sorted(set(keys)))}
+    # One phrasing per name, so equal ids always mean equal texts.
+    texts = {key: _phrase(key, rng) if key != 'background' else rng.choice(DEFAULT_DISTRACTORS)
+             for key in ids}
+    labels = torch.tensor([ids[key] for key in keys])
+    return _jitter(pool.crops[index], rng), [texts[key] for key in keys], labels
+
+
+def _jitter(cut: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Randomly shrink or shift each crop's window a little, as region boxes vary."""
+    side = cut.shape[-1]
+    out = []
+    for c in cut:
+        inner = rng.randint(int(side * 0.8), side)
+        x0, y0 = rng.randint(0, side - inner), rng.randint(0, side - inner)
+        window = c[None, :, y0:y0 + inner, x0:x0 + inner].float()
+        out.append(F.interpolate(window, size=(side, side), mode='bilinear', antialias=True,
+                                 align_corners=False)[0])
+    return torch.stack(out)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Return the mean soft dice loss over [Q, S, S] maps (empty targets push maps to 0)."""
+    prob = torch.sigmoid(logits).flatten(1)
+    target = target.flatten(1)
+    overlap = (prob * target).sum(1)
+    return (1 - (2 * overlap + 1) / (prob.sum(1) + target.sum(1) + 1)).mean()
+
+
+def train_step(model, losses, batch, config) -> dict:
+    """Run one forward pass; return the losses (total included) for backward and logging."""
+    weights, clip_loss = losses
+    phrases, owner, targets, (cut, captions, labels), images = batch
+    pixels = normalise(images, config)
+    out = model.clip.vision_model(pixel_values=pixels, output_hidden_states=True,
+                                  interpolate_pos_encoding=True)
+    hidden = [out.hidden_states[i + 1][owner] for i in model.extract_layers]
+    cond = tabletop.text_features(model, tokenize(phrases, TRAIN_CONTEXT))
+    logits = model.decoder(hidden, cond).logits.reshape(targets.shape)
+    # Objects cover about 1% of a frame: up-weight their pixels so 'all background' is no minimum.
+    seg = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=POS_WEIGHT)
+    seg = seg + dice_loss(logits, targets)
+    image = tabletop.image_features(model, normalise(cut, config))
+    text = F.normalize(tabletop.text_features(model, tokenize(captions, TRAIN_CONTEXT)), dim=-1)
+    scale = model.clip.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+    clip = clip_loss(image, text, labels=labels, logit_scale=scale)
+    return {'total': weights([seg, clip]), 'segmentation': seg, 'contrastive': clip}
+
+
+def make_batch(pool: Pool, vocabulary: list, size: int, rng: random.Random) -> tuple:
+    """Sample scenes; return (phrases, owner, targets, (crops, captions, labels), images)."""
+    scenes = rng.sample(range(len(pool.images)), size)
+    phrases, owner, targets = segmentation_batch(pool, scenes, vocabulary, rng)
+    images = pool.images[scenes]
+    if rng.random() < 0.5:  # mirror whole scenes: masks follow, names stay true
+        images, targets = images.flip(-1), targets.flip(-1)
+    return phrases, owner, targets, crop_batch(pool, scenes, rng), images
+
+
+def learning_rate(base: float, progress: float, warmup: float = 0.03) -> float:
+    """Linear warm-up then cosine decay to 2% over progress in [0, 1]."""
+    if progress < warmup:
+        return base * progress / warmup
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def train(model, pool: Pool, config: dict, args, seconds: float) -> list:
+    """Train for args.steps or `seconds`, whichever ends first; return the loss history."""
+    rng = random.Random(args.seed)
+    vocabulary = sorted({n for names in pool.names for n in names})
+    weights = UncertaintyWeighting(2)
+    params = list(model.parameters()) + list(weights.parameters())
+    losses = (weights, ClipLoss())
+    optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    model.train()
+    history, start = [], time.monotonic()
+    bar = tqdm(total=args.steps, desc='train', disable=args.quiet)
+    for step in range(args.steps):
+        elapsed = time.monotonic() - start
+        progress = max(step / args.steps, elapsed / seconds)
+        if progress >= 1.0:
+            _log.warning('time budget reached at step %d of %d', step, args.steps)
+            break
+        for group in optimiser.param_groups:
+            group['lr'] = learning_rate(args.lr, progress)
+        values = train_step(model, losses, make_batch(pool, vocabulary, args.batch, rng), config)
+        optimiser.zero_grad(set_to_none=True)
+        values['total'].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimiser.step()
+        record = {k: float(v.detach()) for k, v in values.items()}
+        seg_weight, clip_weight = weights.weights().tolist()
+        record.update(weight_segmentation=seg_weight, weight_contrastive=clip_weight)
+        history.append({'step': step, 'seconds': elapsed, **record})
+        bar.set_postfix(seg=f"{record['segmentation']:.3f}", clip=f"{record['contrastive']:.3f}")
+        bar.update()
+    bar.close()
+    return history
+
+
+def write_curves(history: list, path: Path) -> None:
+    """Plot smoothed loss curves into a PNG."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    steps = np.array([h['step'] for h in history])
+    for axis, key in zip(axes, ('total', 'segmentation', 'contrastive')):
+        values = np.array([h[key] for h in history])
+        width = max(1, len(values) // 50)
+        smooth = np.convolve(values, np.ones(width) / width, mode='valid')
+        axis.plot(steps, values, alpha=0.25, color='tab:blue')
+        axis.plot(steps[width - 1:], smooth, color='tab:blue')
+        axis.set_title(f'{key} loss')
+        axis.set_xlabel('step')
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def run(args) -> dict:
+    """Render, train, save; return a summary."""
+    threads = pick_threads(args.threads)
+    _log.info('training with %d torch thread(s)', threads)
+    torch.set_num_threads(threads)
+    torch.manual_seed(args.seed)
+    config = DEFAULT_CONFIG
+    start = time.monotonic()
+    seeds = split_seeds('train', args.scenes)
+    scenes = render_scenes(seeds, args.render_width, args.render_height, split_exclude('train'))
+    scenes = tqdm(scenes, total=len(seeds), desc='render', disable=args.quiet)
+    extra = config['clip_ros']
+    pool = build_pool(scenes, extra['image_size'], extra['crop_size'])
+    render_seconds = time.monotonic() - start
+    model = tabletop.build(config)
+    # The time budget covers the whole command; keep a little for saving and plotting.
+    history = train(model, pool, config, args, args.minutes * 60 - render_seconds - 15)
+    out = tabletop.save(model, config, args.out)
+    write_curves(history, Path(args.curves or out / 'training_curves.png'))
+    summary = {'parameters': tabletop.parameter_count(model), 'scenes': len(pool.images),
+               'threads': threads, 'cpu_seconds': round(time.process_time(), 1),
+               'steps': len(history), 'render_seconds': round(render_seconds, 1),
+               'total_seconds': round(time.monotonic() - start, 1), 'out': str(out)}
+    (out / 'training.json').write_text(json.dumps(summary, indent=2) + '\n', encoding='utf-8')
+    return summary

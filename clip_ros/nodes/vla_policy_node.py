@@ -1,0 +1,382 @@
+"""
+vla_policy_node: turn a language command and groundings into end-effector goals and gripper.
+
+Detections, the instance mask, depth and camera_info are matched by stamp (TimeMatcher); the
+command's target and destination are lifted to the base frame with the median masked depth and
+the static extrinsic (or tf2, or a camera_pose topic); a geometric or learned policy then
+publishes goals, a servo twist, the gripper command and a JSON status at `rate` Hz.
+"""
+import os
+import threading
+import time
+
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import TransitionCallbackReturn
+from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: I100 - ROS messages after rclpy
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Float64, Header, String
+from vision_msgs.msg import Detection2DArray, Detection3DArray
+from visualization_msgs.msg import MarkerArray
+
+from clip_ros.nodes.common import (
+    COMMAND_QOS, declare_all, describe, image_qos, LATCHED_QOS, RESULTS_QOS, spin_node)
+from clip_ros.nodes.conversions import image_to_numpy, to_rgb
+from clip_ros.nodes.managed import ManagedNode
+from clip_ros.nodes.policy_messages import (
+    goal_msg, markers_msg, position_of, status_msg, targets_3d_msg, twist_msg)
+from clip_ros.policy.command import parse_command
+from clip_ros.policy.geometric import GeometricPolicy, Observation, OPEN, PolicyConfig
+from clip_ros.policy.lifting import (
+    check_intrinsics, depth_to_metres, Extrinsic, lift_standing, place_point, quat_to_matrix)
+from clip_ros.policy.sync import TimeMatcher
+
+STREAMS = ('detections', 'mask', 'depth', 'camera_info')
+POLICIES = ('geometric', 'learned')
+OUTPUTS = ((Detection3DArray, 'targets_3d'), (MarkerArray, 'target_markers'),
+           (PoseStamped, 'ee_goal'), (TwistStamped, 'ee_twist'), (Float64, 'gripper_command'),
+           (String, 'policy_status'))
+
+
+def _stamp(header) -> float:
+    return header.stamp.sec + header.stamp.nanosec * 1e-9
+
+
+def _parameters() -> tuple:
+    ro = {'read_only': True}
+    return (
+        ('policy', 'geometric', describe("'geometric' or 'learned' (needs head_path)", **ro)),
+        ('head_path', '', describe('policy head checkpoint (train_policy_head)', **ro)),
+        ('device', 'auto', describe("device of the learned head's CLIP", **ro)),
+        ('rate', 15.0, describe('control ticks per second', float_range=(1.0, 200.0), **ro)),
+        ('base_frame', 'world', describe('frame of goals, targets and end-effector state')),
+        ('extrinsic', [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], describe(
+            'base_from_camera [x, y, z, qx, qy, qz, qw]; overridden by camera_pose or tf2')),
+        ('use_tf', False, describe('look up base_frame <- camera frame with tf2', **ro)),
+        ('depth_scale', 0.001, describe('metres per unit of 16UC1 depth',
+                                        float_range=(1e-6, 1.0))),
+        ('min_depth', 0.05, describe('nearest valid depth (m)', float_range=(0.0, 100.0))),
+        ('max_depth', 5.0, describe('farthest valid depth (m)', float_range=(0.01, 1000.0))),
+        ('sync_tolerance', 0.05, describe('largest stamp gap of matched inputs (s)',
+                                          float_range=(0.0, 10.0))),
+        ('min_score', 0.0, describe('ignore detections below this score',
+                                    float_range=(0.0, 1.0))),
+        ('table_z', 0.0, describe('base-frame z of the table top')),
+        ('min_height', 0.01, describe(
+            'skip detections whose points all lie this close to the table (shadows); 0: off',
+            float_range=(0.0, 1.0))),
+        ('near_distance', 0.20, describe(
+            'freeze the target estimate once the gripper is this close (it occludes the '
+            'object)', float_range=(0.0, 2.0), **ro)),
+        ('max_speed', 0.3, describe('end-effector speed limit (m/s)',
+                                    float_range=(0.001, 5.0), **ro)),
+        ('workspace_min', [-0.55, -0.45, 0.0], describe('workspace box low corner', **ro)),
+        ('workspace_max', [0.55, 0.45, 0.6], describe('workspace box high corner', **ro)),
+        ('lost_timeout', 2.0, describe('abort when the target is unseen this long (s)',
+                                       float_range=(0.05, 60.0), **ro)),
+        ('acquire_timeout', 3.0, describe('abort when the target is never seen (s)',
+                                          float_range=(0.05, 600.0), **ro)),
+        ('time_limit', 30.0, describe('abort a command running longer (s)',
+                                      float_range=(1.0, 3600.0), **ro)),
+    )
+
+
+class VlaPolicyNode(ManagedNode):
+    """
+    Ground the command's target in 3D and drive the end effector with a policy.
+
+    Lifecycle: configure builds the policy (loading and warming the learned head's CLIP) and the
+    outputs; activate subscribes and starts the control ticks; deactivate aborts a running
+    command and stops; cleanup drops the policy. Matched perception sets are the "frames" the
+    base class's worker lifts and its diagnostics count.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__('vla_policy_node', **kwargs)
+        declare_all(self, _parameters())
+        p = {name: self.get_parameter(name).value for name, _, _ in _parameters()}
+        self._p = p
+        self._extrinsic = Extrinsic.from_xyz_quat(p['extrinsic'])
+        self._policy, self._pubs, self._command = None, {}, None
+        self._fresh_lock, self._control_lock = threading.Lock(), threading.Lock()
+        self._reset_inputs()
+        self._tf = self._make_tf() if p['use_tf'] else None
+        self._timer = self.create_timer(1.0 / p['rate'], self._tick, autostart=False,
+                                        callback_group=MutuallyExclusiveCallbackGroup())
+        self.start()
+
+    def _reset_inputs(self) -> None:
+        # Detections come a few hundred ms after their frame on a CPU: keep ~1 s of 30 Hz depth.
+        self._matcher = TimeMatcher(STREAMS, self._p['sync_tolerance'], queue_size=30)
+        self._seen, self._fresh, self._perceive_error, self._sent = set(), {}, '', None
+        self._ee, self._gripper, self._image = None, OPEN, None
+
+    # Lifecycle hooks -----------------------------------------------------------------------
+
+    def load_model(self) -> tuple:
+        """Build the policy and the outputs; return (policy name, device)."""
+        self._policy, model = self._make_policy(self._p)
+        self._pubs = {topic: self.output(kind, topic, RESULTS_QOS) for kind, topic in OUTPUTS}
+        return model
+
+    def release_model(self) -> None:
+        """Stop the ticks and drop the policy (with the learned head and its CLIP)."""
+        self._timer.cancel()
+        self._policy = None
+
+    def subscribe_inputs(self) -> None:
+        """Subscribe perception, command, arm state and camera pose, forgetting older inputs."""
+        self._reset_inputs()
+        sensor = image_qos('reliable')
+        for kind, topic, qos in ((Detection2DArray, 'detections', RESULTS_QOS),
+                                 (Image, 'mask', RESULTS_QOS), (Image, 'depth', sensor),
+                                 (CameraInfo, 'camera_info', sensor)):
+            self.subscribe(kind, topic, self._stream(topic), qos)
+        self.subscribe(String, 'command', self._on_command, COMMAND_QOS)
+        self.subscribe(PoseStamped, 'ee_state', self._on_ee, RESULTS_QOS)
+        self.subscribe(Float64, 'gripper_state', self._on_gripper, RESULTS_QOS)
+        # Transient local: the pose is latched once per scene, usually before this node starts.
+        self.subscribe(PoseStamped, 'camera_pose', self._on_camera_pose, LATCHED_QOS)
+        if self._p['policy'] == 'learned':
+            self.subscribe(Image, 'image', self._on_image, sensor)
+
+    def on_activated(self) -> None:
+        """Start the control ticks."""
+        self._timer.reset()
+
+    def on_deactivated(self) -> None:
+        """Abort a running command while the outputs can still say so."""
+        self._stop_motion('vla_policy_node deactivated')
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        """Abort a running command, then free everything."""
+        self._stop_motion('vla_policy_node shut down')
+        return super().on_shutdown(state)
+
+    def process(self, match: dict) -> None:
+        """Lift the command's target and destination from one matched set (worker thread)."""
+        command = self._command
+        if command is not None:
+            self._perceive(match, command)
+
+    def input_hint(self, snapshot, limits) -> str:
+        """Say which perception stream is missing while no matched set arrives."""
+        if not self.active or snapshot.since_input <= limits.silent_after:
+            return ''
+        missing = [s for s in STREAMS if s not in self._seen]
+        if missing:
+            return f"no {', '.join(missing)} since activation"
+        return (f'detections, mask, depth and camera_info arrive but no set has stamps within '
+                f"sync_tolerance ({self._p['sync_tolerance']:g} s)")
+
+    def _stop_motion(self, reason: str) -> None:
+        self._timer.cancel()
+        with self._control_lock:
+            policy = self._policy
+            if policy is not None and self._command is not None:
+                before = policy.status.state
+                action = policy.cancel(reason)
+                if before == 'executing':
+                    self._pubs['ee_twist'].publish(twist_msg(np.zeros(3), self._header()))
+                self._publish_status(action, explain=False)
+            self._command = None
+
+    # Policy and inputs ---------------------------------------------------------------------
+
+    def _make_policy(self, p: dict) -> tuple:
+        config = PolicyConfig(rate=p['rate'], max_speed=p['max_speed'],
+                              workspace_min=tuple(p['workspace_min']),
+                              workspace_max=tuple(p['workspace_max']),
+                              lost_timeout=p['lost_timeout'],
+                              acquire_timeout=p['acquire_timeout'], time_limit=p['time_limit'],
+                              near_distance=p['near_distance'])
+        if p['policy'] not in POLICIES:
+            raise ValueError(f"policy {p['policy']!r} is not one of {', '.join(POLICIES)}")
+        if p['policy'] == 'geometric':
+            return GeometricPolicy(config), ('geometric policy', 'cpu')
+        from clip_ros.perception.loading import load_clip
+        from clip_ros.policy.learned import Embedder, LearnedPolicy, PolicyHead
+
+        head = PolicyHead.load(p['head_path'])
+        clip = load_clip(head.config.clip_arch, head.config.clip_pretrained, p['device'])
+        embedder = Embedder(clip)
+        # One pass each now, so the first command and frame do not pay for lazy initialisation.
+        embedder.image(np.zeros((clip.image_size, clip.image_size, 3), np.uint8))
+        embedder.text('pick up the block')
+        name = f"learned head {os.path.basename(p['head_path'])} on {clip.name}"
+        return LearnedPolicy(head, embedder, config), (name, str(clip.device))
+
+    def _make_tf(self):
+        try:
+            import tf2_ros
+        except ImportError:
+            self.get_logger().warning('use_tf is set but tf2_ros is not installed; using the '
+                                      'extrinsic parameter')
+            return None
+        buffer = tf2_ros.Buffer()
+        self._tf_listener = tf2_ros.TransformListener(buffer, self)
+        return buffer
+
+    def _stream(self, name: str):
+        def callback(msg) -> None:
+            self._seen.add(name)
+            match = self._matcher.add(name, _stamp(msg.header), msg)
+            if match is not None:
+                self.submit_frame(match)  # lifted on the worker thread, newest set first
+        return callback
+
+    def _on_command(self, msg: String) -> None:
+        with self._control_lock:
+            policy = self._policy
+            if policy is None:
+                return  # shutting down
+            self._command = parse_command(msg.data)
+            with self._fresh_lock:
+                self._fresh = {}
+            action = policy.start(self._command, time.monotonic())
+            self.get_logger().info(f'command {msg.data!r}: {action.state} {action.detail}')
+            self._publish_status(action)
+
+    def _on_ee(self, msg: PoseStamped) -> None:
+        self._ee = position_of(msg)
+
+    def _on_gripper(self, msg: Float64) -> None:
+        self._gripper = float(msg.data)
+
+    def _on_image(self, msg: Image) -> None:
+        self._image = to_rgb(image_to_numpy(msg, copy=True), msg.encoding)
+
+    def _on_camera_pose(self, msg: PoseStamped) -> None:
+        q = msg.pose.orientation
+        self._extrinsic = Extrinsic(quat_to_matrix((q.x, q.y, q.z, q.w)), position_of(msg))
+
+    def _lookup_extrinsic(self, header) -> Extrinsic:
+        if self._tf is None:
+            return self._extrinsic
+        try:
+            t = self._tf.lookup_transform(self._p['base_frame'], header.frame_id,
+                                          rclpy.time.Time())
+        except Exception as e:  # noqa: B902 - tf2 raises several unrelated types
+            raise ValueError(f"no transform {self._p['base_frame']} <- {header.frame_id}: "
+                             f'{e}') from e
+        q, v = t.transform.rotation, t.transform.translation
+        return Extrinsic(quat_to_matrix((q.x, q.y, q.z, q.w)), np.array([v.x, v.y, v.z]))
+
+    def _read_inputs(self, match: dict) -> tuple:
+        info, depth_msg = match['camera_info'], match['depth']
+        K = check_intrinsics(info.k)
+        depth = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding,
+                                self._p['depth_scale'])
+        labels = image_to_numpy(match['mask'])
+        if (info.width, info.height) != (depth.shape[1], depth.shape[0]):
+            raise ValueError(f'depth size {depth.shape[1]}x{depth.shape[0]} differs from '
+                             f'camera_info {info.width}x{info.height}')
+        return K, depth, labels, self._lookup_extrinsic(depth_msg.header)
+
+    def _candidates(self, detections, phrase: str) -> list:
+        """Return [(index, detection)] of `phrase` above min_score, best score first."""
+        # The mask's pixel value is the detection's position + 1 (its id is a track id).
+        found = [(i, d) for i, d in enumerate(detections) if d.results and
+                 d.results[0].hypothesis.class_id == phrase and
+                 d.results[0].hypothesis.score >= self._p['min_score']]
+        return sorted(found, key=lambda p: -p[1].results[0].hypothesis.score)
+
+    def _perceive(self, match: dict, command) -> None:
+        lifted, errors = {}, []
+        try:
+            K, depth, labels, extrinsic = self._read_inputs(match)
+        except ValueError as e:
+            self._perceive_error = str(e)
+            return
+        p = self._p
+        roles = {'target': command.targets[0] if command.targets else None,
+                 'destination': command.destination}
+        for role, phrase in roles.items():
+            found = self._candidates(match['detections'].detections, phrase) if phrase else []
+            if phrase and not found:
+                errors.append(f'{phrase!r} not detected')
+            if not found:
+                continue
+            (k, target), reasons = lift_standing(
+                depth, [labels == i + 1 for i, _ in found], K, extrinsic,
+                (p['min_depth'], p['max_depth']), p['table_z'], p['min_height'])
+            if target is None:
+                errors.append(f"{phrase!r}: {'; '.join(dict.fromkeys(reasons))}")
+                continue
+            lifted[role] = (phrase, found[k][1].results[0].hypothesis.score, target)
+        self._perceive_error = '; '.join(errors)
+        # Grasp at the object's centre; place onto the destination's top face.
+        points = {role: place_point(v[2]) if role == 'destination' else v[2].centre
+                  for role, v in lifted.items()}
+        with self._fresh_lock:
+            self._fresh.update(points)
+        if lifted:
+            header = Header(frame_id=p['base_frame'], stamp=match['detections'].header.stamp)
+            self._pubs['targets_3d'].publish(targets_3d_msg(lifted, header))
+            self._pubs['target_markers'].publish(markers_msg(lifted, header))
+
+    def _input_context(self) -> str:
+        missing = [s for s in STREAMS if s not in self._seen]
+        if missing:
+            return f"no {', '.join(missing)} yet"
+        if self._ee is None:
+            return 'no end-effector state on ee_state yet'
+        return self._perceive_error
+
+    def _header(self) -> Header:
+        return Header(frame_id=self._p['base_frame'], stamp=self.get_clock().now().to_msg())
+
+    def _tick(self) -> None:
+        with self._control_lock:
+            policy = self._policy
+            if policy is not None and self._command is not None:
+                self._step(policy)
+
+    def _step(self, policy) -> None:
+        with self._fresh_lock:
+            fresh, self._fresh = self._fresh, {}
+        if self._ee is None:
+            # Without the arm's position nothing can move; the policy's clocks still run.
+            fresh = {}
+        ee = self._ee if self._ee is not None else np.zeros(3)
+        obs = Observation(time.monotonic(), ee, self._gripper, fresh.get('target'),
+                          fresh.get('destination'), None, self._image)
+        before = policy.status.state
+        action = policy.step(obs) if self._ee is not None or before != 'executing' \
+            else policy.cancel('end-effector state lost')
+        header = self._header()
+        if action.goal is not None and self._ee is not None:
+            self._pubs['ee_goal'].publish(goal_msg(action.goal, header))
+            self._pubs['ee_twist'].publish(twist_msg(action.velocity, header))
+        elif before == 'executing' and action.state != 'executing':
+            self._pubs['ee_twist'].publish(twist_msg(np.zeros(3), header))  # stop servoing
+        if action.gripper is not None:
+            self._pubs['gripper_command'].publish(Float64(data=float(action.gripper)))
+        self._publish_status(action)
+
+    def _publish_status(self, action, explain: bool = True) -> None:
+        """Publish `action` when it changed, explained by the missing input when `explain`."""
+        explain = explain and action.state in ('waiting', 'aborted')
+        context = self._input_context() if explain else ''
+        if context and context not in action.detail:
+            action = type(action)(action.state, action.phase, f'{action.detail} ({context})')
+        key = (action.state, action.phase, action.detail if action.state != 'executing' else '')
+        if key == self._sent:
+            return
+        self._sent = key
+        self._pubs['policy_status'].publish(status_msg(self._command.text, action))
+        # rclpy fixes a logging call site's severity on first use: one call per level.
+        if action.state == 'succeeded':
+            self.get_logger().info(f'{action.state}: {action.detail}')
+        elif action.state in ('aborted', 'rejected'):
+            self.get_logger().warning(f'{action.state}: {action.detail}')
+
+
+def main(args=None) -> None:
+    """Run the VLA policy node until interrupted."""
+    spin_node(VlaPolicyNode, args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,1 @@
+"""Perception (ROS-free): models and their loading, CLIPSeg, text, images, grounding, tracking."""

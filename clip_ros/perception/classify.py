@@ -1,0 +1,154 @@
+"""Zero-shot image classification with CLIP and multi-class semantic segmentation maps."""
+import numpy as np
+from scipy import ndimage
+import torch
+
+from clip_ros.perception.geometry import Detection, slices_to_box
+from clip_ros.perception.image import preprocess, validate_rgb
+
+DEFAULT_TEMPLATES = ('a photo of a {}.',)
+# uint16 label images reserve 0 for background.
+MAX_CLASSES = np.iinfo(np.uint16).max
+
+
+def _check_names(names, what: str) -> list:
+    if isinstance(names, str):
+        raise ValueError(f'{what} must be a list of strings, got the single string {names!r}')
+    names = [str(n) for n in names]
+    if not names:
+        raise ValueError(f'no {what}')
+    if any(not n.strip() for n in names):
+        raise ValueError(f'{what} must be non-empty strings, got {names!r}')
+    return names
+
+
+class ZeroShotClassifier:
+    """
+    Score a whole image against a class list with CLIP.
+
+    Class embeddings are the renormalised mean of the normalised template embeddings (open_clip
+    zero-shot style), computed once per class list; frames only run the image tower.
+    """
+
+    def __init__(self, clip, classes, templates=DEFAULT_TEMPLATES):
+        templates = _check_names(templates, 'templates')
+        if any('{}' not in t for t in templates):
+            raise ValueError(f"every template needs a '{{}}' placeholder, got {templates!r}")
+        self._clip = clip
+        self._templates = tuple(templates)
+        self.set_classes(classes)
+
+    @property
+    def classes(self) -> list:
+        """Return the current class names."""
+        return list(self._classes)
+
+    @property
+    def text_embeddings(self) -> torch.Tensor:
+        """Return the class embeddings [C, D], L2-normalised."""
+        return self._text
+
+    def set_classes(self, classes) -> None:
+        """Replace the class list and recompute its text embeddings."""
+        classes = _check_names(classes, 'classes')
+        texts = [t.format(c) for c in classes for t in self._templates]
+        with torch.inference_mode():
+            emb = self._clip.encode_text(texts).float()  # [C * T, D]
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+            emb = emb.reshape(len(classes), len(self._templates), -1).mean(dim=1)
+            self._text = torch.nn.functional.normalize(emb, dim=-1)  # [C, D]
+        self._classes = classes
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """Return softmax class probabilities, float32 [C], for an RGB uint8 HxWx3 image."""
+        rgb = validate_rgb(rgb)
+        clip = self._clip
+        pixels = preprocess(rgb, clip.image_size, clip.mean, clip.std, clip.device, clip.dtype)
+        with torch.inference_mode():
+            image = clip.encode_images(pixels).float()  # [1, D]
+            logits = clip.logit_scale * image @ self._text.to(image.device).T
+            probs = logits.softmax(dim=-1)[0]
+        return probs.cpu().numpy().astype(np.float32)
+
+
+def _check_heatmaps(heatmaps) -> np.ndarray:
+    heatmaps = np.asarray(heatmaps)
+    if heatmaps.ndim != 3 or 0 in heatmaps.shape:
+        raise ValueError(f'heatmaps must be a non-empty [C, H, W] array, got {heatmaps.shape}')
+    if heatmaps.shape[0] > MAX_CLASSES:
+        raise ValueError(f'at most {MAX_CLASSES} classes fit a uint16 label image')
+    return heatmaps
+
+
+def semantic_segmentation(heatmaps, background_threshold: float) -> np.ndarray:
+    """
+    Label each pixel with its most probable class.
+
+    Parameters
+    ----------
+    heatmaps : float [C, H, W]
+        Per-class probabilities.
+    background_threshold : float
+        In [0, 1]; pixels whose best probability is below it are background.
+
+    Returns
+    -------
+    uint16 [H, W]: class index + 1, or 0 for background.
+
+    """
+    heatmaps = _check_heatmaps(heatmaps)
+    if not 0.0 <= background_threshold <= 1.0:
+        raise ValueError(f'background_threshold must be in [0, 1], got {background_threshold}')
+    best = heatmaps.argmax(axis=0)
+    peak = np.take_along_axis(heatmaps, best[None], axis=0)[0]
+    return np.where(peak >= background_threshold, best + 1, 0).astype(np.uint16)
+
+
+def semantic_regions(label_image: np.ndarray, heatmaps, classes=None) -> list:
+    """
+    Summarise a semantic label image as one Detection per class present.
+
+    A class's region is all its pixels, connected or not: the box is their union bounding box, so
+    the label image and the detections agree one-to-one by class. Detection.index is the class
+    index (label value - 1), score and mean_prob are the class's mean probability over its pixels.
+
+    Parameters
+    ----------
+    label_image : uint16 [H, W]
+        Output of semantic_segmentation.
+    heatmaps : float [C, H, W]
+        The maps the label image came from.
+    classes : list of C str, optional
+        Names for Detection.phrase (default: the class index as a string).
+
+    Returns
+    -------
+    list of Detection ordered by class index.
+
+    """
+    heatmaps = _check_heatmaps(heatmaps)
+    label_image = np.asarray(label_image)
+    if label_image.shape != heatmaps.shape[1:]:
+        raise ValueError(
+            f'label image {label_image.shape} must match heatmaps {heatmaps.shape[1:]}')
+    count = heatmaps.shape[0]
+    if classes is not None and len(classes) != count:
+        raise ValueError(f'got {len(classes)} class names for {count} heatmaps')
+    if label_image.max(initial=0) > count:
+        raise ValueError(f'label values must be in [0, {count}], got {label_image.max()}')
+    labels = label_image.astype(np.int32)
+    present = np.unique(labels[labels > 0])
+    own = np.take_along_axis(heatmaps, np.maximum(labels - 1, 0)[None], axis=0)[0]  # [H, W]
+    areas = ndimage.sum_labels(labels > 0, labels, present)
+    means = ndimage.mean(own, labels, present)
+    centres = ndimage.center_of_mass(labels > 0, labels, present)
+    boxes = ndimage.find_objects(labels)
+    regions = []
+    for i, value in enumerate(present):
+        index = int(value) - 1
+        cy, cx = (float(v) for v in centres[i])
+        regions.append(Detection(
+            index=index, phrase=classes[index] if classes is not None else str(index),
+            score=float(means[i]), box=slices_to_box(boxes[value - 1]), area=int(areas[i]),
+            centroid=(cx + 0.5, cy + 0.5), mean_prob=float(means[i])))
+    return regions

@@ -1,0 +1,61 @@
+"""
+Loaded models: one handle type for every network the perception stack runs.
+
+A handle carries the network with what is needed to feed it (input size, normalisation, device,
+dtype); ClipModel adds CLIP's text encoding with its per-phrase cache.
+"""
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from clip_ros.perception.text_cache import TextCache
+from clip_ros.perception.tokenizer import tokenize
+
+
+@dataclass(eq=False)
+class ModelHandle:
+    """A loaded network in eval mode with its preprocessing constants."""
+
+    model: torch.nn.Module  # eval mode
+    name: str  # unique id incl. weights, e.g. 'ViT-B-16/openai', 'CIDAS/clipseg-rd64-refined'
+    image_size: int  # square input size in pixels
+    mean: tuple  # per-channel normalisation mean (RGB, 0..1)
+    std: tuple  # per-channel normalisation std
+    device: torch.device  # where the weights live
+    dtype: torch.dtype  # weight dtype
+
+
+# CLIPSeg needs nothing beyond the common fields; ClipSegRunner does its text encoding.
+ClipSegModel = ModelHandle
+
+
+@dataclass(eq=False)
+class ClipModel(ModelHandle):
+    """A loaded CLIP (open_clip, or the tabletop model's towers) that encodes text and crops."""
+
+    logit_scale: float = 100.0  # exp of the learned temperature (about 100 for trained models)
+    # Object names the model was trained to tell apart; re-scoring lets them compete with a query.
+    vocabulary: tuple = ()
+    text_cache: TextCache = field(default=None, repr=False)  # filled in __post_init__
+
+    def __post_init__(self):
+        if self.text_cache is None:
+            self.text_cache = TextCache(self._encode_text, self.name)
+
+    def encode_text(self, phrases) -> torch.Tensor:
+        """Return L2-normalised float32 text embeddings [N, D], cached per phrase."""
+        return self.text_cache.get(list(phrases) if not isinstance(phrases, str) else [phrases])
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Return L2-normalised float32 image embeddings [B, D] for normalised pixels [B,3,S,S]."""
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f'pixels must be [B, 3, S, S], got {list(pixels.shape)}')
+        features = self.model.encode_image(pixels.to(self.device, self.dtype))
+        return F.normalize(features.float(), dim=-1)
+
+    @torch.no_grad()
+    def _encode_text(self, phrases: list) -> torch.Tensor:
+        features = self.model.encode_text(tokenize(phrases).to(self.device))
+        return F.normalize(features.float(), dim=-1)

@@ -1,0 +1,1 @@
+"""Policy (ROS-free): command parsing, perceive -> lift, stamp sync, the policies."""

@@ -1,0 +1,322 @@
+"""
+A geometric manipulation policy: verb + grounded 3D target -> end-effector goals and gripper.
+
+The policy is a small state machine stepped at a fixed rate. Each verb expands into phases
+(move to a point relative to the target or destination, set the gripper); a phase ends when
+the end effector reaches its goal or the gripper has had time to act. Safety: goals are clipped
+to the workspace box, every published waypoint is at most ``max_speed / rate`` from the end
+effector, a target unseen for ``lost_timeout`` seconds aborts the command (until the end
+effector comes within ``near_distance`` of it: from there the estimate is frozen, as the
+gripper occludes the object), and a command without a known action verb never moves the arm.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clip_ros.policy.command import Command
+
+ACTION_VERBS = ('pick', 'place', 'push', 'point', 'go_to', 'find')
+# Status states: idle -> waiting (no target yet) -> executing -> succeeded | aborted;
+# rejected when the command cannot be executed at all.
+STATES = ('idle', 'waiting', 'executing', 'succeeded', 'aborted', 'rejected')
+OPEN, CLOSED = 0.0, 1.0
+DIRECTIONS = {  # base frame: x right, y away from the camera, z up (the sim's world frame)
+    'left': (-1.0, 0.0, 0.0), 'right': (1.0, 0.0, 0.0), 'forward': (0.0, 1.0, 0.0),
+    'away': (0.0, 1.0, 0.0), 'backward': (0.0, -1.0, 0.0), 'closer': (0.0, -1.0, 0.0),
+    'up': (0.0, 0.0, 1.0), 'down': (0.0, 0.0, -1.0),
+}
+
+
+@dataclass
+class PolicyConfig:
+    """Geometry, timing and safety limits of the geometric policy (metres, seconds)."""
+
+    rate: float = 15.0               # control ticks per second
+    max_speed: float = 0.3           # end-effector speed limit (m/s)
+    workspace_min: tuple = (-0.55, -0.45, 0.0)   # base-frame box the goals stay in
+    workspace_max: tuple = (0.55, 0.45, 0.6)
+    approach_height: float = 0.10    # pre-grasp / pre-place height above the point
+    lift_height: float = 0.15        # how far a grasped object is raised
+    place_clearance: float = 0.03    # the load's bottom this far above the destination point
+    hover_height: float = 0.10       # point / go_to stop this far above the target
+    push_distance: float = 0.10      # push stroke length
+    push_offset: float = 0.06        # start this far behind the target
+    min_grasp_height: float = 0.01   # never descend below this base-frame z
+    tolerance: float = 0.01          # a goal is reached within this distance
+    near_distance: float = 0.20      # freeze the target estimate this close (occlusion)
+    gripper_time: float = 0.3        # wait after a gripper command
+    lost_timeout: float = 1.0        # abort when the target is unseen this long (s)
+    acquire_timeout: float = 3.0     # abort when the target is never seen this long (s)
+    time_limit: float = 30.0         # abort a command running longer than this (s)
+    home: tuple = (0.0, 0.12, 0.45)  # where 'go home' / retreat ends
+
+    def __post_init__(self):
+        if not self.rate > 0 or not self.max_speed > 0:
+            raise ValueError(f'rate and max_speed must be > 0, got {self.rate}, '
+                             f'{self.max_speed}')
+        low, high = np.asarray(self.workspace_min), np.asarray(self.workspace_max)
+        if low.shape != (3,) or high.shape != (3,) or not np.all(low < high):
+            raise ValueError(f'workspace_min {self.workspace_min} must be below workspace_max '
+                             f'{self.workspace_max} on every axis')
+
+
+@dataclass
+class Observation:
+    """What the policy sees at one tick (base frame, metres)."""
+
+    time: float                             # seconds, any monotonic origin
+    ee_position: np.ndarray                 # [3] grasp point
+    gripper: float = OPEN                   # 0 open .. 1 closed (measured or last command)
+    target: np.ndarray | None = None        # lifted target this tick; None when not seen
+    destination: np.ndarray | None = None   # lifted destination this tick; None when not seen
+    holding: bool | None = None             # grasp sensor, None when unknown
+    image: np.ndarray | None = None         # rgb uint8 [H, W, 3] for learned policies
+
+
+@dataclass
+class Action:
+    """What to command at one tick."""
+
+    state: str                            # one of STATES
+    phase: str = ''                       # current phase name ('' when not executing)
+    detail: str = ''                      # human-readable reason or progress
+    goal: np.ndarray | None = None        # [3] next waypoint; None: hold still
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(3))  # [3] m/s servo twist
+    gripper: float | None = None          # 0 open .. 1 closed; None: unchanged
+
+    @property
+    def moving(self) -> bool:
+        """Return whether this action moves the arm."""
+        return self.goal is not None and bool(np.any(self.velocity))
+
+
+@dataclass
+class Phase:
+    """One step of a plan: move relative to an anchor, or set the gripper."""
+
+    name: str
+    anchor: str = ''            # 'target', 'destination', 'ee', 'home' or '' (gripper phase)
+    offset: tuple = (0.0, 0.0, 0.0)
+    gripper: float | None = None
+    track: bool = False         # keep updating the target estimate during this phase
+
+
+def plan(command: Command, config: PolicyConfig) -> list:
+    """Return the phases of `command`'s verb (raises ValueError for verbs without motion)."""
+    up, lift = config.approach_height, config.lift_height
+    # The target is tracked until the descent: near it the fingers occlude the object.
+    grasp = [Phase('pre_grasp', 'target', (0, 0, up), track=True), Phase('open', gripper=OPEN),
+             Phase('descend', 'target'), Phase('close', gripper=CLOSED),
+             Phase('lift', 'ee', (0, 0, lift))]
+    if command.verb == 'pick':
+        return grasp
+    if command.verb == 'place':
+        drop = config.place_clearance
+        return grasp + [Phase('carry', 'destination', (0, 0, up + drop)),
+                        Phase('lower', 'destination', (0, 0, drop)),
+                        Phase('release', gripper=OPEN), Phase('retreat', 'ee', (0, 0, up))]
+    if command.verb == 'push':
+        d = np.asarray(DIRECTIONS.get(command.direction or 'forward', DIRECTIONS['forward']))
+        start, end = -d * config.push_offset, d * config.push_distance
+        return [Phase('close', gripper=CLOSED),
+                Phase('pre_push', 'target', start + (0, 0, up), track=True),
+                Phase('approach', 'target', start), Phase('push', 'target', end),
+                Phase('retreat', 'ee', (0, 0, up))]
+    if command.verb in ('point', 'go_to'):
+        return [Phase('hover', 'target', (0, 0, config.hover_height), track=True)]
+    if command.verb == 'find':
+        return []
+    raise ValueError(f'no action for verb {command.verb!r}; known: {", ".join(ACTION_VERBS)}')
+
+
+def occludes(ee_position, target, near_distance: float) -> bool:
+    """Tell whether the end effector is close enough to `target` to hide it (None: no)."""
+    return target is not None and bool(
+        np.linalg.norm(np.asarray(ee_position) - target) <= near_distance)
+
+
+def validate_command(command: Command) -> str:
+    """Return '' when `command` can be executed, else the reason it cannot."""
+    if command.verb not in ACTION_VERBS:
+        verb = 'no known verb' if command.verb is None else f'verb {command.verb!r}'
+        return (f'{verb} in {command.text!r}; no motion (known verbs: '
+                f'{", ".join(ACTION_VERBS)})')
+    if not command.targets:
+        return f'{command.text!r} names no target; no motion'
+    if command.verb == 'place' and not command.destination:
+        return f'{command.text!r} names no destination; no motion'
+    return ''
+
+
+class GeometricPolicy:
+    """
+    Execute one command at a time: ``start(command, now)``, then ``step(observation)`` per tick.
+
+    Parameters
+    ----------
+    config : PolicyConfig
+        Limits and geometry; defaults when None.
+
+    """
+
+    def __init__(self, config: PolicyConfig = None):
+        self.config = config or PolicyConfig()
+        self._low = np.asarray(self.config.workspace_min, np.float64)
+        self._high = np.asarray(self.config.workspace_max, np.float64)
+        self.command: Command | None = None
+        self._last = Action('idle', detail='no command')
+
+    @property
+    def status(self) -> Action:
+        """Return the last action (its state says where the current command stands)."""
+        return self._last
+
+    def start(self, command: Command, now: float) -> Action:
+        """Begin `command`; an unknown verb or missing target is rejected without motion."""
+        self.command = command
+        reason = validate_command(command)
+        if reason:
+            self._phases = []
+            return self._finish('rejected', reason)
+        self._phases = plan(command, self.config)
+        self._last_track = max((i for i, p in enumerate(self._phases) if p.track), default=-1)
+        self._index, self._started, self._phase_start = 0, now, now
+        self._target = self._destination = self._goal = None
+        self._target_seen = self._destination_seen = None
+        self._anchor_ee, self._load, self._frozen = None, 0.0, False
+        self._last = Action('waiting', detail=f'looking for {command.targets[0]!r}')
+        return self._last
+
+    def cancel(self, reason: str) -> Action:
+        """Abort the current command (no further motion)."""
+        if self._last.state in ('waiting', 'executing'):
+            return self._finish('aborted', reason)
+        return self._last
+
+    def _finish(self, state: str, detail: str, phase: str = '') -> Action:
+        self._last = Action(state, phase, detail)
+        return self._last
+
+    def step(self, obs: Observation) -> Action:
+        """Return the action for this tick; a finished command returns its final status."""
+        if self._last.state not in ('waiting', 'executing'):
+            return self._finish(self._last.state, self._last.detail, self._last.phase)
+        self._observe(obs)
+        reason = self._safety(obs)
+        if reason:
+            return self._finish('aborted', reason, self._phase_name())
+        if self._target is None:
+            return self._last  # still waiting, within acquire_timeout
+        if self._index >= len(self._phases):
+            return self._finish('succeeded', self._success_detail())
+        action = self._run_phase(self._phases[self._index], obs)
+        self._last = action
+        return action
+
+    def _phase_name(self) -> str:
+        phases = getattr(self, '_phases', [])
+        return phases[self._index].name if self._index < len(phases) else ''
+
+    def _tracking(self) -> bool:
+        """Return whether the target estimate is still updated (and must stay in view)."""
+        return self._target is None or (self._index <= self._last_track and not self._frozen)
+
+    def _observe(self, obs: Observation) -> None:
+        # Near the target the gripper hides part of it and grounding may prefer a similar
+        # object or flicker between parts: objects do not move until grasped, so the
+        # estimate made from the unoccluded view is kept from here on.
+        self._frozen = self._frozen or occludes(obs.ee_position, self._target,
+                                                self.config.near_distance)
+        if obs.target is not None and self._tracking():
+            self._target, self._target_seen = np.asarray(obs.target, np.float64), obs.time
+        # The destination is latched once the carry starts: the load then occludes it.
+        carrying = any(p.anchor == 'destination' for p in self._phases[:self._index + 1])
+        if obs.destination is not None and (self._destination is None or not carrying):
+            self._destination = np.asarray(obs.destination, np.float64)
+            self._destination_seen = obs.time
+
+    def _safety(self, obs: Observation) -> str:
+        cfg, now = self.config, obs.time
+        if now - self._started > cfg.time_limit:
+            return f'time limit of {cfg.time_limit:g} s exceeded'
+        if self._target is None:
+            if now - self._started > cfg.acquire_timeout:
+                return f'target {self.command.targets[0]!r} not found within ' \
+                       f'{cfg.acquire_timeout:g} s'
+            return ''
+        if self._tracking() and now - self._target_seen > cfg.lost_timeout:
+            return f'target lost for {now - self._target_seen:.2f} s (> {cfg.lost_timeout:g} s)'
+        if self._tracking() and not self._inside(self._target):
+            return f'target at {np.round(self._target, 3).tolist()} is outside the workspace'
+        phase = self._phases[self._index] if self._index < len(self._phases) else None
+        if (phase is not None and phase.anchor == 'destination' and self._destination is None
+                and now - self._phase_start > cfg.acquire_timeout):
+            return f'destination {self.command.destination!r} not found'
+        return ''
+
+    def _inside(self, point) -> bool:
+        return bool(np.all(point >= self._low) and np.all(point <= self._high))
+
+    def _success_detail(self) -> str:
+        if self.command.verb == 'find':
+            where = np.round(self._target, 3).tolist()
+            return f'found {self.command.targets[0]!r} at {where}'
+        return f'{self.command.verb} {self.command.targets[0]!r} done'
+
+    def _advance(self, now: float) -> None:
+        self._index += 1
+        self._phase_start, self._anchor_ee = now, None
+
+    def _run_phase(self, phase: Phase, obs: Observation) -> Action:
+        cfg, now = self.config, obs.time
+        if phase.gripper is not None:
+            if now - self._phase_start >= cfg.gripper_time:
+                if phase.name == 'close' and obs.holding is False and self._needs_grasp():
+                    return self._finish('aborted', 'grasp missed: nothing between the fingers',
+                                        phase.name)
+                if phase.name == 'close':  # the load hangs this far below the grasp point
+                    self._load = max(0.0, float(obs.ee_position[2]) - self._low[2])
+                self._advance(now)
+                if self._index >= len(self._phases):
+                    return self._finish('succeeded', self._success_detail(), phase.name)
+            return Action('executing', phase.name, 'gripper', None, np.zeros(3), phase.gripper)
+        goal = self._goal_of(phase, obs)
+        if goal is None:
+            return Action('executing', phase.name, f'waiting for the {phase.anchor}')
+        ee = np.asarray(obs.ee_position, np.float64)
+        if np.linalg.norm(goal - ee) <= cfg.tolerance:
+            self._advance(now)
+            if self._index >= len(self._phases):
+                return self._finish('succeeded', self._success_detail(), phase.name)
+            return Action('executing', phase.name, 'reached', ee, np.zeros(3))
+        return self._servo(phase, ee, goal)
+
+    def _needs_grasp(self) -> bool:
+        return self.command.verb in ('pick', 'place')
+
+    def _goal_of(self, phase: Phase, obs: Observation) -> np.ndarray | None:
+        if phase.anchor == 'ee':
+            if self._anchor_ee is None:
+                self._anchor_ee = np.asarray(obs.ee_position, np.float64).copy()
+            base = self._anchor_ee
+        elif phase.anchor == 'home':
+            base = np.asarray(self.config.home, np.float64)
+        else:
+            base = self._target if phase.anchor == 'target' else self._destination
+            if base is None:
+                return None
+        goal = base + np.asarray(phase.offset, np.float64)
+        if phase.anchor == 'destination':  # the load's bottom, not the grasp point, clears it
+            goal[2] += self._load
+        if phase.anchor == 'target':
+            goal[2] = max(goal[2], self.config.min_grasp_height)
+        return np.clip(goal, self._low, self._high)
+
+    def _servo(self, phase: Phase, ee: np.ndarray, goal: np.ndarray) -> Action:
+        cfg = self.config
+        delta = goal - ee
+        distance = float(np.linalg.norm(delta))
+        step = min(distance, cfg.max_speed / cfg.rate)
+        waypoint = np.clip(ee + delta * (step / distance), self._low, self._high)
+        velocity = delta / distance * min(cfg.max_speed, distance * cfg.rate)
+        return Action('executing', phase.name, f'{distance:.3f} m to go', waypoint, velocity)

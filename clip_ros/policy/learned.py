@@ -1,0 +1,283 @@
+"""
+A learned policy head: MLP over frozen CLIP embeddings and robot state -> end-effector action.
+
+Inputs per tick: the CLIP image embedding of the camera frame, the CLIP text embedding of the
+command, and the state vector (end-effector position, gripper, grasp sensor, and the lifted
+target and destination relative to the end effector with seen flags: a global image embedding
+alone cannot say where a small object is). Output: a position step in units of the speed
+limit per tick (clipped to [-1, 1]) and a gripper logit. Trained by behaviour cloning on
+demonstrations of the geometric policy (see record_demonstrations).
+"""
+from dataclasses import asdict, dataclass
+import json
+import os
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from clip_ros.perception.image import preprocess
+from clip_ros.policy.geometric import (
+    Action, CLOSED, GeometricPolicy, Observation, occludes, OPEN, PolicyConfig,
+    validate_command)
+
+STATE_DIM = 13  # ee xyz, gripper, holding, target rel xyz + seen, destination rel xyz + seen
+ACTION_DIM = 4  # dx, dy, dz (units of max step), gripper logit
+
+
+def state_vector(obs: Observation, target, destination) -> np.ndarray:
+    """Return the float32 [STATE_DIM] state; target/destination are the last known points."""
+    ee = np.asarray(obs.ee_position, np.float64)
+    parts = [ee, [obs.gripper, float(bool(obs.holding))]]
+    for point in (target, destination):
+        parts.append([0.0, 0.0, 0.0, 0.0] if point is None
+                     else list(np.asarray(point) - ee) + [1.0])
+    return np.concatenate([np.asarray(p, np.float64) for p in parts]).astype(np.float32)
+
+
+def action_label(obs: Observation, action: Action, max_step: float) -> np.ndarray:
+    """Return the float32 [ACTION_DIM] target of a demonstration step."""
+    delta = np.zeros(3) if action.goal is None else (np.asarray(action.goal) - obs.ee_position)
+    gripper = obs.gripper if action.gripper is None else action.gripper
+    return np.concatenate([np.clip(delta / max_step, -1, 1), [gripper]]).astype(np.float32)
+
+
+@dataclass
+class HeadConfig:
+    """Sizes of the head; saved with its weights."""
+
+    embed_dim: int            # CLIP embedding size
+    clip_arch: str = 'tiny'   # the frozen CLIP the embeddings came from
+    clip_pretrained: str = 'random'
+    hidden: int = 256
+    layers: int = 3
+    dropout: float = 0.1
+    max_step: float = 0.02    # metres per tick that an output of 1 means
+
+
+class PolicyHead(nn.Module):
+    """MLP: [image emb, text emb, state] -> [dx, dy, dz, gripper logit]."""
+
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.config = config
+        dims = [2 * config.embed_dim + STATE_DIM] + [config.hidden] * (config.layers - 1)
+        blocks = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            blocks += [nn.Linear(a, b), nn.GELU(), nn.Dropout(config.dropout)]
+        self.mlp = nn.Sequential(*blocks, nn.Linear(dims[-1], ACTION_DIM))
+        # State features are metres: scale them up so they weigh like unit embeddings.
+        self.register_buffer('state_scale', torch.tensor([5.0] * 3 + [1.0] * 2 + [10.0] * 8))
+
+    def forward(self, image, text, state) -> torch.Tensor:
+        """Return [B, ACTION_DIM]: step (tanh, units of max_step) and the gripper logit."""
+        out = self.mlp(torch.cat([image, text, state * self.state_scale], dim=-1))
+        return torch.cat([torch.tanh(out[:, :3]), out[:, 3:]], dim=-1)
+
+    def save(self, path: str) -> None:
+        """Write weights and config to `path` (a .pt file)."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        torch.save({'config': asdict(self.config), 'state_dict': self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path: str, device='cpu') -> 'PolicyHead':
+        """Load a head written by save(); raise FileNotFoundError/ValueError with the reason."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"policy head '{path}' does not exist; train one with: "
+                                    'ros2 run clip_ros train_policy_head')
+        try:
+            blob = torch.load(path, map_location=device, weights_only=True)
+            head = cls(HeadConfig(**blob['config']))
+            head.load_state_dict(blob['state_dict'])
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise ValueError(f"'{path}' is not a policy head checkpoint: {e}") from e
+        return head.to(device).eval()
+
+
+def bc_loss(pred: torch.Tensor, target: torch.Tensor) -> dict:
+    """Return {'loss', 'loss_step', 'loss_gripper', 'accuracy' (gripper)} of a batch."""
+    step = F.mse_loss(pred[:, :3], target[:, :3])
+    gripper = F.binary_cross_entropy_with_logits(pred[:, 3], target[:, 3])
+    accuracy = ((pred[:, 3] > 0) == (target[:, 3] > 0.5)).float().mean().item()
+    return {'loss': step + 0.5 * gripper, 'loss_step': step.item(),
+            'loss_gripper': gripper.item(), 'accuracy': accuracy}
+
+
+class BCStep(nn.Module):
+    """Step function for clip_ros.learning.training.train on demonstration batches."""
+
+    def forward(self, model, loss_fn, batch: dict, log: bool = False) -> dict:
+        pred = model(batch['images'], batch['texts'], batch['state'])
+        return bc_loss(pred, batch['action'])
+
+
+class Demonstrations(torch.utils.data.Dataset):
+    """Demonstration arrays as dict items ('images' and 'texts' are CLIP embeddings)."""
+
+    KEYS = ('image_emb', 'text_emb', 'state', 'action', 'episode')
+
+    def __init__(self, arrays: dict, episodes=None):
+        missing = [k for k in self.KEYS if k not in arrays]
+        if missing:
+            raise ValueError(f'demonstrations lack {missing}; expected {list(self.KEYS)}')
+        keep = np.ones(len(arrays['state']), bool) if episodes is None else np.isin(
+            arrays['episode'], list(episodes))
+        self.image = torch.from_numpy(np.asarray(arrays['image_emb'][keep], np.float32))
+        self.text = torch.from_numpy(np.asarray(arrays['text_emb'][keep], np.float32))
+        self.state = torch.from_numpy(np.asarray(arrays['state'][keep], np.float32))
+        self.action = torch.from_numpy(np.asarray(arrays['action'][keep], np.float32))
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+    def __getitem__(self, i: int) -> dict:
+        return {'images': self.image[i], 'texts': self.text[i], 'state': self.state[i],
+                'action': self.action[i]}
+
+
+def save_demonstrations(path: str, arrays: dict, meta: dict) -> None:
+    """Write demonstration arrays and a JSON meta block to an .npz file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def load_demonstrations(path: str) -> tuple:
+    """Return (arrays dict, meta dict) from save_demonstrations' file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"demonstrations '{path}' do not exist; record them with: "
+                                'ros2 run clip_ros record_demos')
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files if k != 'meta'}
+        meta = json.loads(str(data['meta'])) if 'meta' in data.files else {}
+    return arrays, meta
+
+
+class Embedder:
+    """Frozen CLIP embeddings of frames and commands (commands cached by the model)."""
+
+    def __init__(self, clip):
+        self.clip = clip
+
+    @torch.no_grad()
+    def image(self, rgb: np.ndarray) -> torch.Tensor:
+        """Return the [D] float32 embedding of an RGB frame."""
+        clip = self.clip
+        pixels = preprocess(rgb, clip.image_size, clip.mean, clip.std, clip.device, clip.dtype)
+        return clip.encode_images(pixels)[0].float().cpu()
+
+    def text(self, command: str) -> torch.Tensor:
+        """Return the [D] float32 embedding of a command."""
+        return self.clip.encode_text([command])[0].float().cpu()
+
+
+class Tracker:
+    """Last known target and destination, as the learned policy and its demonstrations see."""
+
+    def __init__(self, near_distance: float = PolicyConfig.near_distance):
+        self.target = self.destination = None
+        self.target_seen = None
+        self.near_distance = near_distance
+        self.frozen = False
+
+    def update(self, obs: Observation) -> None:
+        """
+        Keep the newest sightings.
+
+        As in GeometricPolicy, the target estimate freezes once the end effector comes within
+        `near_distance` of it (the gripper then occludes it); a held target moves with the
+        hand, so it is not updated either.
+        """
+        self.frozen = self.frozen or occludes(obs.ee_position, self.target, self.near_distance)
+        if obs.target is not None and not obs.holding and not self.frozen:
+            self.target, self.target_seen = np.asarray(obs.target, np.float64), obs.time
+        if obs.destination is not None and not obs.holding:
+            self.destination = np.asarray(obs.destination, np.float64)
+
+
+class LearnedPolicy(GeometricPolicy):
+    """
+    Run a PolicyHead with the geometric policy's interface and safety checks.
+
+    Unknown verbs are rejected, goals are clipped to the workspace and the speed limit, and a
+    target unseen for `lost_timeout` before the grasp aborts. A pick succeeds once the held
+    object is raised `lift_height` * 0.8; a place once the gripper opens after holding.
+    """
+
+    def __init__(self, head: PolicyHead, embedder: Embedder, config: PolicyConfig = None):
+        super().__init__(config)
+        self.head, self.embedder = head, embedder
+        device = next(head.parameters()).device
+        self._device = device
+
+    def start(self, command, now: float) -> Action:
+        """Begin `command` (rejected without motion when it has no action verb or target)."""
+        self.command = command
+        reason = validate_command(command)
+        if reason or command.verb not in ('pick', 'place'):
+            reason = reason or f'the learned head handles pick and place, not {command.verb!r}'
+            return self._finish('rejected', reason)
+        self._text = self.embedder.text(command.text)[None].to(self._device)
+        self._image, self._tracker = None, Tracker()
+        self._started, self._held, self._grasp_z = now, False, None
+        self._last = Action('waiting', detail=f'looking for {command.targets[0]!r}')
+        return self._last
+
+    def _check(self, obs: Observation) -> str:
+        cfg, tracker, now = self.config, self._tracker, obs.time
+        if now - self._started > cfg.time_limit:
+            return f'time limit of {cfg.time_limit:g} s exceeded'
+        if tracker.target is None:
+            return f'target {self.command.targets[0]!r} not found within ' \
+                f'{cfg.acquire_timeout:g} s' if now - self._started > cfg.acquire_timeout else ''
+        if not (self._held or tracker.frozen) and now - tracker.target_seen > cfg.lost_timeout:
+            return f'target lost for {now - tracker.target_seen:.2f} s (> {cfg.lost_timeout:g} s)'
+        if not self._held and not self._inside(tracker.target):
+            return f'target at {np.round(tracker.target, 3).tolist()} is outside the workspace'
+        return ''
+
+    def step(self, obs: Observation) -> Action:
+        """Return the head's action for this tick, or the final status."""
+        if self._last.state not in ('waiting', 'executing'):
+            return self._last
+        self._tracker.update(obs)
+        reason = self._check(obs)
+        if reason:
+            return self._finish('aborted', reason, 'learned')
+        if obs.image is not None:
+            self._image = self.embedder.image(obs.image)[None].to(self._device)
+        if self._tracker.target is None or self._image is None:
+            return self._last
+        done = self._progress(obs)
+        if done:
+            return self._finish('succeeded', done, 'learned')
+        state = state_vector(obs, self._tracker.target, self._tracker.destination)
+        with torch.no_grad():
+            out = self.head(self._image, self._text,
+                            torch.from_numpy(state)[None].to(self._device))[0].cpu().numpy()
+        return self._action(obs, out)
+
+    def _progress(self, obs: Observation) -> str:
+        ee_z = float(obs.ee_position[2])
+        if obs.holding and not self._held:
+            self._held, self._grasp_z = True, ee_z
+        if self.command.verb == 'pick' and self._held and obs.holding and \
+                ee_z >= self._grasp_z + 0.8 * self.config.lift_height:
+            return f'pick {self.command.targets[0]!r} done'
+        if self.command.verb == 'place' and self._held and not obs.holding:
+            return f'place {self.command.targets[0]!r} done'
+        return ''
+
+    def _action(self, obs: Observation, out: np.ndarray) -> Action:
+        cfg = self.config
+        step = np.clip(out[:3], -1, 1) * self.head.config.max_step
+        limit = cfg.max_speed / cfg.rate
+        norm = float(np.linalg.norm(step))
+        if norm > limit:
+            step *= limit / norm
+        ee = np.asarray(obs.ee_position, np.float64)
+        goal = np.clip(ee + step, self._low, self._high)
+        gripper = CLOSED if out[3] > 0 else OPEN
+        velocity = (goal - ee) * cfg.rate
+        return Action('executing', 'learned', f'step {np.linalg.norm(goal - ee):.3f} m', goal,
+                      velocity, gripper)

@@ -1,0 +1,1 @@
+"""Simulation (ROS-free): MuJoCo scenes and renders, datasets, closed-loop episodes."""

@@ -1,0 +1,313 @@
+"""
+Closed-loop episodes in the MuJoCo tabletop: perceive -> lift -> policy -> end effector.
+
+An episode resets a seeded scene, parses a command, and at each control tick renders the
+camera, grounds the target (and destination) phrase, lifts the mask to the base frame with the
+rendered depth, steps the policy, and executes its goal and gripper command on the kinematic
+gripper. Success: pick = the target held and lifted >= 5 cm; place = the target released and
+resting on the destination (inside a bowl, or on top of a block, ball or cylinder: its centre
+within the destination's footprint, see TabletopSim.resting_on); point/go_to = the grasp point
+above the target. Per-stage wall-clock latencies are recorded.
+"""
+from dataclasses import dataclass, field
+import time
+
+import numpy as np
+
+from clip_ros.policy.command import parse_command
+from clip_ros.policy.geometric import CLOSED, Observation, OPEN
+from clip_ros.policy.lifting import Extrinsic, lift_standing, place_point
+from clip_ros.sim.scene import GRIPPER_HOME
+
+LIFT_SUCCESS = 0.05  # metres the picked object's bottom must rise above the table
+FLAT_HEIGHT = 0.01   # a mask whose points all lie this close to the table top is no object
+STAGES = ('render', 'grounding', 'lifting', 'policy', 'sim')
+
+
+class TruthPerception:
+    """Ground a phrase with the simulator's instance mask of the object of that name."""
+
+    name = 'ground truth masks'
+    needs_instances = True
+
+    def __call__(self, frame, phrases: list, names: list) -> dict:
+        """Return {phrase: bool mask [H, W] or None}; a phrase matches an exact object name."""
+        masks = {}
+        for phrase in phrases:
+            index = names.index(phrase) + 1 if phrase in names else 0
+            mask = frame.instances == index if index else None
+            masks[phrase] = mask if mask is not None and mask.any() else None
+        return masks
+
+
+class ModelPerception:
+    """Ground phrases with a GroundingPipeline: each phrase's detections, best first."""
+
+    needs_instances = False
+
+    def __init__(self, pipeline, threshold: float = 0.4):
+        self.pipeline = pipeline
+        self.threshold = float(threshold)
+        self.name = f'{pipeline.clip.name} + {pipeline.runner.model.name}'
+
+    def __call__(self, frame, phrases: list, names: list) -> dict:
+        """Return {phrase: [bool mask [H, W], ...] by score, or None} from the label image."""
+        result = self.pipeline(frame.rgb, phrases, self.threshold, with_heatmaps=False)
+        masks = dict.fromkeys(phrases)
+        for det in result.detections:  # sorted by score
+            masks[det.phrase] = (masks[det.phrase] or []) + [
+                result.label_image == det.index + 1]
+        return masks
+
+
+@dataclass
+class Task:
+    """One episode's scene and command."""
+
+    seed: int
+    command: str
+    verb: str
+    target: str                   # object name ('<colour> <shape>')
+    destination: str | None = None
+    distractor: str = ''          # 'colour', 'shape', 'colour+shape' or '' (none shares)
+    held_out: bool = False        # the target's colour x shape is a held-out combination
+
+
+@dataclass
+class EpisodeResult:
+    """What one episode did."""
+
+    task: Task
+    success: bool
+    status: str                   # the policy's final state
+    detail: str
+    sim_time: float               # seconds of simulated time
+    latency: dict = field(default_factory=dict)  # stage -> list of seconds
+    frames: list = field(default_factory=list)   # rgb uint8 snapshots when recorded
+    steps: list = field(default_factory=list)    # (Observation, Action) when recorded
+
+
+@dataclass
+class EpisodeConfig:
+    """How an episode runs."""
+
+    rate: float = 15.0           # control ticks per second (simulated)
+    time_limit: float = 20.0     # simulated seconds
+    perceive_every: int = 1      # ground every n-th tick (grounding is the costly stage)
+    depth_range: tuple = (0.05, 5.0)
+    snapshot_every: int = 0      # keep a frame every n ticks for a strip/GIF (0: none)
+    record_steps: bool = False   # keep (observation, action) pairs (demonstrations)
+    with_image: bool = False     # pass the rgb frame in observations (learned policies)
+
+
+def _lift(frame, masks, extrinsic, depth_range):
+    """Lift the best of `masks` (one mask or a list by score) that stands above the table."""
+    if masks is None:
+        return None
+    masks = masks if isinstance(masks, list) else [masks]
+    (_, lifted), _ = lift_standing(frame.depth, masks, frame.K, extrinsic, depth_range,
+                                   min_height=FLAT_HEIGHT)
+    return lifted
+
+
+def _timed(latency: dict, stage: str, fn, *args):
+    start = time.perf_counter()
+    value = fn(*args)
+    latency.setdefault(stage, []).append(time.perf_counter() - start)
+    return value
+
+
+def check_success(sim, task: Task, finished: bool) -> bool:
+    """Return whether the task's goal holds in the sim now (`finished`: the policy stopped)."""
+    if task.verb == 'pick':
+        return sim.holding == task.target and sim.lift_height(task.target) >= LIFT_SUCCESS
+    if task.verb == 'place':
+        # Released objects drop onto what lies under their centre (TabletopSim.resting_on):
+        # in a bowl, or on top of a block, ball or cylinder; beside it is the table.
+        if sim.holding is not None or task.destination is None:
+            return False
+        return task.destination in sim.resting_on(task.target)
+    if task.verb in ('point', 'go_to'):
+        gap = sim.gripper_position[:2] - sim.object_position(task.target)[:2]
+        return finished and bool(np.linalg.norm(gap) < 0.03)
+    return False
+
+
+def _observe(sim, task, perception, config, latency, t, gripper) -> tuple:
+    frame = _timed(latency, 'render', sim.render, True, perception.needs_instances)
+    command = parse_command(task.command)
+    phrases = list(dict.fromkeys(command.targets[:1] + [command.destination or '']))
+    phrases = [p for p in phrases if p]
+    masks = _timed(latency, 'grounding', perception, frame, phrases, sim.object_names) \
+        if phrases else {}
+    rot, origin = sim.camera_pose()
+    extrinsic = Extrinsic(rot, origin)
+    target = destination = None
+    start = time.perf_counter()
+    # Grasp at the object's centre; place onto the destination's top face (bowl: its rim).
+    if command.targets:
+        lifted = _lift(frame, masks.get(command.targets[0]), extrinsic, config.depth_range)
+        target = None if lifted is None else lifted.centre
+    if command.destination:
+        lifted = _lift(frame, masks.get(command.destination), extrinsic, config.depth_range)
+        destination = None if lifted is None else place_point(lifted)
+    latency.setdefault('lifting', []).append(time.perf_counter() - start)
+    obs = Observation(t, sim.gripper_position, gripper, target, destination,
+                      sim.holding is not None,
+                      image=frame.rgb if config.with_image else None)
+    return obs, frame
+
+
+def _execute(sim, action, gripper: float, dt: float) -> float:
+    if action.gripper is not None and action.gripper != gripper:
+        (sim.close if action.gripper >= 0.5 else sim.open)()
+        gripper = CLOSED if action.gripper >= 0.5 else OPEN
+    if action.goal is not None:
+        sim.move_to(action.goal)
+    sim.step(dt)
+    return gripper
+
+
+def run_episode(sim, task: Task, policy, perception, config: EpisodeConfig = None):
+    """
+    Run `task` in `sim` with `policy` (start/step, e.g. GeometricPolicy) and `perception`.
+
+    Returns
+    -------
+    EpisodeResult; success is checked every tick, so an episode ends as soon as it holds
+    (pick) or when the policy stops (place, point, go_to, or a failure).
+
+    """
+    config = config or EpisodeConfig()
+    sim.reset(task.seed)
+    sim.move_to(GRIPPER_HOME, instant=True)
+    dt, latency, gripper = 1.0 / config.rate, {}, OPEN
+    result = EpisodeResult(task, False, 'idle', '', 0.0, latency)
+    action = policy.start(parse_command(task.command), 0.0)
+    ticks = int(round(config.time_limit * config.rate))
+    for tick in range(ticks):
+        t = tick * dt
+        finished = action.state not in ('waiting', 'executing')
+        result.success = check_success(sim, task, finished)
+        if result.success or finished:
+            break
+        if tick % max(1, config.perceive_every) == 0:
+            obs, frame = _observe(sim, task, perception, config, latency, t, gripper)
+            if config.snapshot_every and tick % config.snapshot_every == 0:
+                result.frames.append(frame.rgb)
+        else:
+            obs = Observation(t, sim.gripper_position, gripper, None, None,
+                              sim.holding is not None)
+        action = _timed(latency, 'policy', policy.step, obs)
+        if config.record_steps:
+            result.steps.append((obs, action))
+        gripper = _timed(latency, 'sim', _execute, sim, action, gripper, dt)
+        result.sim_time = t + dt
+    finished = action.state not in ('waiting', 'executing')
+    result.success = result.success or check_success(sim, task, finished)
+    result.status, result.detail = action.state, action.detail
+    if config.snapshot_every:
+        result.frames.append(sim.render(depth=False).rgb)
+    return result
+
+
+PICK_TEMPLATES = ('grab {t}', 'pick up {t}', 'get me {t}', 'could you pick up {t}',
+                  'pick {t} up', 'grasp {t}', 'can you grab {t}', 'lift {t}')
+PLACE_TEMPLATES = ('put {t} in {d}', 'place {t} on {d}', 'could you put {t} into {d}',
+                   'grab {t} and put it in {d}', 'pick up {t} and place it on {d}',
+                   'move {t} into {d}')
+
+
+def _phrase(name: str, rng) -> str:
+    return ('the ' if rng.random() < 0.6 else '') + name
+
+
+def paraphrase(verb: str, target: str, destination: str | None, rng) -> str:
+    """Return a random wording of the command, with or without articles and 'please'."""
+    templates = PICK_TEMPLATES if verb == 'pick' else PLACE_TEMPLATES
+    text = templates[int(rng.integers(len(templates)))].format(
+        t=_phrase(target, rng), d=_phrase(destination or '', rng))
+    roll = rng.random()
+    return f'please {text}' if roll < 0.25 else f'{text} please' if roll < 0.4 else text
+
+
+def _distractor(spec, index: int) -> str:
+    obj = spec.objects[index]
+    others = [o for i, o in enumerate(spec.objects) if i != index]
+    kinds = [k for k, same in (('colour', any(o.colour == obj.colour for o in others)),
+                               ('shape', any(o.shape == obj.shape for o in others))) if same]
+    return '+'.join(kinds)
+
+
+def sample_task(seed: int, verb: str, held_out: tuple = (), want_held_out: bool = False,
+                tries: int = 200) -> Task:
+    """
+    Return a task from the first scene at or after `seed` that fits.
+
+    The target shares its colour or shape with another object whenever the scene allows;
+    with `want_held_out` its colour x shape is one of `held_out`. A place task's destination
+    is a bowl when there is one, else another object.
+    """
+    from clip_ros.sim.scene import sample_scene  # scene sampling only, no MuJoCo
+
+    held = {tuple(c) for c in held_out}
+    for scene_seed in range(seed, seed + tries):
+        spec, rng = sample_scene(scene_seed), np.random.default_rng(scene_seed)
+        pool = [i for i, o in enumerate(spec.objects)
+                if ((o.colour, o.shape) in held) == want_held_out]
+        if verb == 'place':
+            pool = [i for i in pool if spec.objects[i].shape != 'bowl']
+        if not pool or (verb == 'place' and len(spec.objects) < 2):
+            continue
+        confusable = [i for i in pool if _distractor(spec, i)]
+        index = int(rng.choice(confusable or pool))
+        obj, destination = spec.objects[index], None
+        if verb == 'place':
+            others = [o for i, o in enumerate(spec.objects) if i != index]
+            bowls = [o for o in others if o.shape == 'bowl']
+            destination = (bowls or others)[int(rng.integers(len(bowls or others)))].name
+        return Task(scene_seed, paraphrase(verb, obj.name, destination, rng), verb, obj.name,
+                    destination, _distractor(spec, index), (obj.colour, obj.shape) in held)
+    raise ValueError(f'no scene in seeds {seed}..{seed + tries - 1} fits verb={verb!r}, '
+                     f'held_out={want_held_out}')
+
+
+PERCEPTION_CHOICES = ('truth', 'tiny', 'tabletop')
+
+
+def load_perception(name: str, device: str = 'auto', threshold: float = 0.4) -> tuple:
+    """
+    Return (perception, clip) for a perception choice.
+
+    'truth' uses the sim's instance masks (and a tiny CLIP for embeddings); 'tiny' and
+    'tabletop' run the GroundingPipeline with those models.
+    """
+    from clip_ros.perception.grounding import GroundingPipeline
+    from clip_ros.perception.loading import load_clip, load_clipseg
+
+    if name not in PERCEPTION_CHOICES:
+        raise ValueError(f'perception {name!r} is not one of {", ".join(PERCEPTION_CHOICES)}')
+    if name == 'truth':
+        return TruthPerception(), load_clip('tiny', 'random', device)
+    clip = load_clip(name, 'random' if name == 'tiny' else '', device)
+    pipeline = GroundingPipeline(clip, load_clipseg(name, device))
+    return ModelPerception(pipeline, threshold), clip
+
+
+def save_strip(frames: list, path: str, columns: int = 8) -> str:
+    """Write snapshots as a PNG strip (at most `columns` evenly spaced) or, for .gif, all."""
+    from PIL import Image
+
+    if not frames:
+        raise ValueError('no frames to save; run the episode with snapshot_every > 0')
+    images = [Image.fromarray(np.asarray(f)) for f in frames]
+    if path.endswith('.gif'):
+        images[0].save(path, save_all=True, append_images=images[1:], duration=200, loop=0)
+        return path
+    picks = np.linspace(0, len(images) - 1, min(columns, len(images))).round().astype(int)
+    width, height = images[0].size
+    strip = Image.new('RGB', (width * len(picks), height))
+    for k, i in enumerate(picks):
+        strip.paste(images[i], (k * width, 0))
+    strip.save(path)
+    return path

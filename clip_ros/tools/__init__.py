@@ -1,0 +1,1 @@
+"""Command-line tools: demos, benchmarks, evaluation, training, dataset and weight fetching."""

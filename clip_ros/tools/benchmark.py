@@ -1,0 +1,149 @@
+"""
+Time one grounding step: the transformers reference path against the clip_ros pipeline.
+
+Both paths run in the same process on the same frame and weights (random-initialised at the
+default sizes, so no download is needed; the arithmetic equals the pretrained models'):
+
+- reference: processor-style PIL resize and normalisation, the frame repeated once per prompt
+  through CLIPSegForImageSegmentation's forward (which encodes the prompts every call), then the
+  same thresholding, and CLIP re-scoring with open_clip's PIL transform crop by crop;
+  both paths re-score the same number of components (``--instances-per-phrase``);
+- ours: GroundingPipeline (one CLIPSeg vision pass, cached text, batched tensor crops).
+"""
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+from PIL import Image
+import torch
+import torch.nn.functional as F
+
+from clip_ros.perception.clipseg import load_clipseg
+from clip_ros.perception.geometry import connected_components
+from clip_ros.perception.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
+from clip_ros.perception.loading import load_clip
+from clip_ros.perception.tokenizer import tokenize
+from clip_ros.sim.synthetic import tabletop_image
+
+PHRASES = ('blue block', 'red ball', 'green bowl', 'yellow block', 'purple ball',
+           'orange bowl', 'white block', 'black ball', 'red block', 'blue ball')
+
+
+def reference_maps(seg, rgb: np.ndarray, phrases: list) -> np.ndarray:
+    """Return CLIPSeg probability maps [N, H, W] the transformers way (frame per prompt)."""
+    height, width = rgb.shape[:2]
+    size = seg.image_size
+    x = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR), np.float32) / 255
+    x = (x - np.array(seg.mean, np.float32)) / np.array(seg.std, np.float32)
+    pixels = torch.from_numpy(x.transpose(2, 0, 1).copy())[None].repeat(len(phrases), 1, 1, 1)
+    with torch.inference_mode():
+        logits = seg.model(input_ids=tokenize(phrases), pixel_values=pixels).logits
+        logits = logits.reshape(len(phrases), 1, *logits.shape[-2:])
+        probs = F.interpolate(torch.sigmoid(logits), size=(height, width), mode='bilinear')
+    return probs[:, 0].numpy()
+
+
+def reference_step(clip, seg, rgb: np.ndarray, phrases: list, threshold: float,
+                   cap: int) -> int:
+    """Run the reference path once; return the number of instances it scored."""
+    probs = reference_maps(seg, rgb, phrases)
+    regions = [r for prob in probs for r in connected_components(prob > threshold, prob, 64)]
+    # The same cap as the pipeline's max_candidates: the surest components only.
+    boxes = [r.box for r in sorted(regions, key=lambda r: -r.mean_prob)[:cap]]
+    if not boxes:
+        return 0
+    import open_clip
+    transform = open_clip.image_transform(clip.image_size, is_train=False, mean=clip.mean,
+                                          std=clip.std)
+    frame = Image.fromarray(rgb)
+    crops = torch.stack([transform(frame.crop(tuple(int(v) for v in b))) for b in boxes])
+    texts = list(phrases) + list(DEFAULT_DISTRACTORS)
+    with torch.inference_mode():
+        text = F.normalize(clip.model.encode_text(tokenize(texts)), dim=-1)
+        image = F.normalize(clip.model.encode_image(crops), dim=-1)
+        (clip.logit_scale * image @ text.T).softmax(dim=-1)
+    return len(boxes)
+
+
+def time_ms(step, repeats: int) -> tuple:
+    """Return (median, p90) wall time of step() in ms after one warm-up call."""
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))]
+
+
+def run(clip_arch: str, clipseg_name: str, counts: list, repeats: int, width: int,
+        height: int, threshold: float, per_phrase: int) -> list:
+    """Time both paths for each phrase count; return one row dict per count."""
+    clip = load_clip(clip_arch, 'random', device='cpu', dtype='float32')
+    seg = load_clipseg(clipseg_name, device='cpu', dtype='float32')
+    pipeline = GroundingPipeline(clip, seg)
+    rgb, _ = tabletop_image(seed=0, width=width, height=height)
+    rows = []
+    for count in counts:
+        phrases = list(PHRASES[:count])
+        cap = per_phrase * count
+        pipeline.max_candidates = pipeline.max_detections = cap
+        found = reference_step(clip, seg, rgb, phrases, threshold, cap)
+        ref = time_ms(lambda: reference_step(clip, seg, rgb, phrases, threshold, cap), repeats)
+        ours = time_ms(lambda: pipeline(rgb, phrases, threshold, with_heatmaps=False), repeats)
+        seg_ref = time_ms(lambda: reference_maps(seg, rgb, phrases), repeats)
+        seg_ours = time_ms(lambda: pipeline.runner.probabilities(rgb, phrases), repeats)
+        rows.append({'phrases': count, 'instances': found, 'reference_ms': ref[0],
+                     'reference_p90_ms': ref[1], 'ours_ms': ours[0], 'ours_p90_ms': ours[1],
+                     'ratio': ref[0] / ours[0], 'clipseg_reference_ms': seg_ref[0],
+                     'clipseg_ours_ms': seg_ours[0], 'clipseg_ratio': seg_ref[0] / seg_ours[0]})
+    return rows
+
+
+def print_table(rows: list, title: str) -> None:
+    """Print rows as a Markdown table."""
+    print(title)
+    print('| phrases | instances | reference ms (p50 / p90) | clip_ros ms (p50 / p90) | ratio '
+          '| CLIPSeg stage: reference / clip_ros ms | ratio |')
+    print('|---|---|---|---|---|---|---|')
+    for r in rows:
+        print(f"| {r['phrases']} | {r['instances']} | {r['reference_ms']:.0f} / "
+              f"{r['reference_p90_ms']:.0f} | {r['ours_ms']:.0f} / {r['ours_p90_ms']:.0f} | "
+              f"{r['ratio']:.2f}x | {r['clipseg_reference_ms']:.0f} / "
+              f"{r['clipseg_ours_ms']:.0f} | {r['clipseg_ratio']:.2f}x |")
+
+
+def main(argv=None) -> int:
+    """Parse arguments, run the benchmark, print the table and optionally write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument('--clip-arch', default='ViT-B-16', help="open_clip architecture or 'tiny'")
+    parser.add_argument('--clipseg', default='random',
+                        help="'random' (rd64 size) or 'tiny' CLIPSeg configuration")
+    parser.add_argument('--phrases', type=int, nargs='+', default=[1, 5])
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--size', default='640x480', help='frame WIDTHxHEIGHT')
+    parser.add_argument('--threshold', type=float, default=0.5)
+    parser.add_argument('--instances-per-phrase', type=int, default=2,
+                        help='components CLIP re-scores per phrase in both paths (random maps '
+                             'are noisy; a trained model finds the object and a look-alike)')
+    parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
+    parser.add_argument('--json', help='also write the rows to this JSON file')
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    width, height = (int(v) for v in args.size.lower().split('x'))
+    rows = run(args.clip_arch, args.clipseg, args.phrases, args.repeats, width, height,
+               args.threshold, args.instances_per_phrase)
+    print_table(rows, f'{width}x{height} frame, CLIPSeg {args.clipseg}, CLIP {args.clip_arch}, '
+                      f'cpu, {torch.get_num_threads()} threads, torch {torch.__version__}')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

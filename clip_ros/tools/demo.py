@@ -1,0 +1,250 @@
+"""
+Ground commands in the MuJoCo tabletop and act on them, all in one process over real DDS.
+
+Starts the graph of launch/demo_sim.launch.py (simulator, grounding node, vla_policy_node) with
+a probe node. For each scene it sends a command about one of the scene's objects, prints what was
+grounded (IoU against the simulator's ground truth) and how the policy ended, then measures the
+grounding rate at camera speed and writes an annotated strip PNG.
+"""
+import argparse
+import json
+import os
+import statistics
+import threading
+import time
+
+import numpy as np
+from PIL import Image as PILImage
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+from std_msgs.msg import Int32, String
+from vision_msgs.msg import Detection2DArray
+
+from clip_ros.nodes.common import COMMAND_QOS, RESULTS_QOS
+from clip_ros.nodes.conversions import image_to_numpy
+from clip_ros.nodes.grounding_node import GroundingNode
+from clip_ros.nodes.overlay import draw_overlay
+from clip_ros.nodes.sim_node import TabletopSimNode
+from clip_ros.nodes.vla_policy_node import VlaPolicyNode
+from clip_ros.perception.geometry import Detection
+
+CAMERA = {'image': 'camera/image_raw', 'depth': 'camera/depth/image_raw',
+          'camera_info': 'camera/camera_info', 'camera_pose': 'sim/camera_pose'}
+PHRASINGS = ('pick up the {}', 'grab the {}', 'could you pick up the {} please', 'get me {}')
+FINAL = ('succeeded', 'aborted', 'rejected')
+EXECUTORS = {'single': SingleThreadedExecutor, 'multi': MultiThreadedExecutor}
+
+
+def remap(*names) -> list:
+    """Return ROS arguments remapping `names` to the simulator's topics."""
+    return ['--ros-args'] + [a for n in names for a in ('-r', f'{n}:={CAMERA[n]}')]
+
+
+def box_of(d) -> tuple:
+    """Return (x_min, y_min, x_max, y_max) of a Detection2D."""
+    cx, cy = d.bbox.center.position.x, d.bbox.center.position.y
+    return cx - d.bbox.size_x / 2, cy - d.bbox.size_y / 2, cx + d.bbox.size_x / 2, \
+        cy + d.bbox.size_y / 2
+
+
+def iou(a, b) -> float:
+    """Return the intersection over union of two boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+class Probe:
+    """A node that keeps the latest frames, results, truth and policy status by stamp."""
+
+    def __init__(self, context):
+        self.node = rclpy.create_node('demo_probe', context=context)
+        self.lock = threading.Condition()
+        self.frames, self.results, self.masks, self.status = {}, {}, {}, []
+        self.truth = None
+        self.arrivals = []  # (receipt time, stamp seconds) of every Detection2DArray
+        sub = self.node.create_subscription
+        sub(Image, CAMERA['image'], self._on_frame, RESULTS_QOS)
+        sub(Detection2DArray, 'detections', self._on_detections, RESULTS_QOS)
+        sub(Image, 'mask', self._on_mask, RESULTS_QOS)
+        sub(Detection2DArray, 'sim/ground_truth_2d', self._on_truth, RESULTS_QOS)
+        sub(String, 'policy_status', self._on_status, RESULTS_QOS)
+        self.command = self.node.create_publisher(String, 'command', COMMAND_QOS)
+        self.reset = self.node.create_publisher(Int32, 'sim/reset', COMMAND_QOS)
+
+    @staticmethod
+    def key(header) -> int:
+        return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+    def _keep(self, table: dict, key: int, value) -> None:
+        with self.lock:
+            table[key] = value
+            for old in sorted(table)[:-60]:  # bounded: only recent frames matter
+                del table[old]
+            self.lock.notify_all()
+
+    def _on_frame(self, msg) -> None:
+        self._keep(self.frames, self.key(msg.header), image_to_numpy(msg, copy=True))
+
+    def _on_detections(self, msg) -> None:
+        self.arrivals.append((time.time(), self.key(msg.header) / 1e9))
+        self._keep(self.results, self.key(msg.header), msg)
+
+    def _on_mask(self, msg) -> None:
+        self._keep(self.masks, self.key(msg.header), image_to_numpy(msg, copy=True))
+
+    def _on_truth(self, msg) -> None:
+        with self.lock:
+            self.truth = (self.key(msg.header), msg)
+            self.lock.notify_all()
+
+    def _on_status(self, msg) -> None:
+        with self.lock:
+            self.status.append(json.loads(msg.data))
+            self.lock.notify_all()
+
+    def wait(self, predicate, timeout: float):
+        """Wait until predicate() (called under the lock) is truthy; return its value."""
+        with self.lock:
+            return self.lock.wait_for(predicate, timeout)
+
+
+def build(context, args) -> list:
+    """Create the simulator, grounding and policy nodes."""
+    model = [Parameter('clip_arch', value=args.model),
+             Parameter('clipseg_model', value=args.model), Parameter('device', value=args.device)]
+    if args.model == 'tiny':
+        model.append(Parameter('clip_pretrained', value='random'))
+    sim = TabletopSimNode(context=context, parameter_overrides=[
+        Parameter('seed', value=args.seeds[0]), Parameter('rate', value=args.rate),
+        Parameter('width', value=args.width), Parameter('height', value=args.height)])
+    grounding = GroundingNode(context=context, cli_args=remap('image'),
+                              parameter_overrides=model)
+    policy = VlaPolicyNode(context=context, cli_args=remap(*CAMERA), parameter_overrides=[
+        Parameter('device', value=args.device)])
+    return [sim, grounding, policy]
+
+
+def ground(probe: Probe, seed: int, phrasing: str, timeout: float) -> dict | None:
+    """Reset to `seed`, command one of its objects; return what was grounded and how it ended."""
+    start = time.time()
+    probe.reset.publish(Int32(data=seed))
+    truth = probe.wait(lambda: probe.truth and probe.truth[0] / 1e9 > start + 0.3 and probe.truth,
+                       timeout)
+    if not truth:
+        return None
+    objects = {d.results[0].hypothesis.class_id: box_of(d) for d in truth[1].detections}
+    target = sorted(objects)[seed % len(objects)]
+    command = phrasing.format(target)
+    sent = time.time()
+    probe.command.publish(String(data=command))
+    # The first result computed after the command, with its frame and mask.
+    found = probe.wait(lambda: next(((probe.results[k], probe.frames[k], probe.masks[k])
+                                     for k in sorted(probe.results) if k / 1e9 > sent + 0.2
+                                     and k in probe.frames and k in probe.masks), None), timeout)
+    if found is None:
+        return None
+    msg, frame, mask = found
+    status = probe.wait(lambda: next((s for s in probe.status if s['command'] == command
+                                      and s['state'] in FINAL), None), timeout)
+    top = msg.detections[0] if msg.detections else None
+    return {'command': command, 'target': target, 'frame': frame, 'mask': mask,
+            'detections': msg.detections,
+            'grounded': top.results[0].hypothesis.class_id if top else None,
+            'score': top.results[0].hypothesis.score if top else 0.0,
+            'iou': iou(box_of(top), objects[target]) if top else 0.0,
+            'policy': status or {'state': 'timeout', 'phase': '', 'detail': ''}}
+
+
+def rate(probe: Probe, seconds: float) -> tuple:
+    """Return (results per second, p50 stamp-to-receipt latency in ms) over `seconds`."""
+    since = time.time()
+    time.sleep(seconds)
+    window = [(t, s) for t, s in list(probe.arrivals) if t >= since]
+    if len(window) < 2:
+        return 0.0, float('nan')
+    latency = statistics.median((t - s) * 1e3 for t, s in window)
+    return (len(window) - 1) / (window[-1][0] - window[0][0]), latency
+
+
+def panel(result: dict) -> np.ndarray:
+    """Draw a result's detections over its frame."""
+    dets = [Detection(i, d.results[0].hypothesis.class_id, d.results[0].hypothesis.score,
+                      box_of(d), 0, (0.0, 0.0), 0.0) for i, d in enumerate(result['detections'])]
+    return draw_overlay(result['frame'], dets, result['mask'], [result['target']])
+
+
+def report(result: dict, seed: int) -> bool:
+    """Print one command's outcome; return True when the right object was grounded."""
+    policy = result['policy']
+    ok = result['grounded'] is not None and result['iou'] >= 0.5
+    print(f"seed {seed}: {result['command']!r} -> grounded {result['grounded']!r} "
+          f"score {result['score']:.2f}, IoU {result['iou']:.2f} with the true "
+          f"{result['target']} [{'ok' if ok else 'wrong'}]; policy {policy['state']} "
+          f"{policy['phase']} {policy['detail']}".rstrip())
+    return ok
+
+
+def run(args) -> int:
+    """Spin the graph, run the commands, print the results, write the strip."""
+    context = Context()
+    rclpy.init(context=context)
+    nodes = build(context, args)
+    probe = Probe(context)
+    # One executor thread: inference runs on the grounding node's worker, and more executor
+    # threads only fight over the GIL (`--executor multi` measures the difference).
+    executor = EXECUTORS[args.executor](context=context)
+    for node in nodes + [probe.node]:
+        executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    panels, grounded = [], 0
+    try:
+        for i, seed in enumerate(args.seeds):
+            result = ground(probe, seed, PHRASINGS[i % len(PHRASINGS)], args.timeout)
+            if result is None:
+                print(f'seed {seed}: no result within {args.timeout:.0f} s')
+                continue
+            grounded += report(result, seed)
+            panels.append(panel(result))
+        hz, latency = rate(probe, args.measure)
+        print(f'grounded {grounded}/{len(args.seeds)} commands; grounding rate {hz:.1f} '
+              f'frames/s at {args.rate:.0f} Hz camera input, stamp-to-result p50 '
+              f'{latency:.0f} ms ({args.width}x{args.height}, model {args.model}, '
+              f'{args.executor}-threaded executor)')
+    finally:
+        executor.shutdown()
+        for node in nodes + [probe.node]:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    if panels:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        PILImage.fromarray(np.concatenate(panels, axis=1)).save(args.output)
+        print(f'wrote {args.output}')
+    # Fails only when nothing came back: a wrong grounding or a failed pick is a result.
+    return 0 if panels else 1
+
+
+def main(argv=None) -> int:
+    """Parse arguments and run the demo."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument('--model', default='tabletop', choices=['tabletop', 'tiny'])
+    parser.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
+    parser.add_argument('--seeds', type=int, nargs='+', default=[200001, 200002, 200003])
+    parser.add_argument('--rate', type=float, default=30.0, help='camera frames per second')
+    parser.add_argument('--width', type=int, default=640)
+    parser.add_argument('--height', type=int, default=480)
+    parser.add_argument('--timeout', type=float, default=60.0, help='seconds per command')
+    parser.add_argument('--measure', type=float, default=5.0, help='seconds of rate measurement')
+    parser.add_argument('--output', default='out/demo_strip.png', help='annotated strip PNG')
+    parser.add_argument('--executor', default='single', choices=list(EXECUTORS),
+                        help='rclpy executor of the graph (multi: for comparison)')
+    return run(parser.parse_args(argv))
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Record demonstrations of the geometric policy in the MuJoCo sim for behaviour cloning."""
+import argparse
+import time
+
+from clip_ros.learning.behaviour_cloning import record_demonstrations
+from clip_ros.policy.learned import Embedder, save_demonstrations
+from clip_ros.sim.dataset import HELD_OUT
+from clip_ros.sim.episodes import (
+    EpisodeConfig, load_perception, PERCEPTION_CHOICES, sample_task)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--episodes', type=int, default=200, help='episodes (pick and place)')
+    parser.add_argument('--out', default='demos/demos.npz', help='output .npz')
+    parser.add_argument('--perception', choices=PERCEPTION_CHOICES, default='truth',
+                        help="how targets are grounded ('truth': sim instance masks)")
+    parser.add_argument('--clip', default='tiny',
+                        help="frozen CLIP for the embeddings: 'tiny' or 'tabletop'")
+    parser.add_argument('--seed', type=int, default=100000, help='first scene seed')
+    # The size evaluate_policy renders at, so the head sees the same image embeddings.
+    parser.add_argument('--width', type=int, default=640)
+    parser.add_argument('--height', type=int, default=480)
+    parser.add_argument('--device', default='auto')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    """Record, then print what was kept."""
+    from clip_ros.perception.loading import load_clip
+    from clip_ros.sim.simulator import TabletopSim
+
+    args = parse_args(argv)
+    perception, clip = load_perception(args.perception, args.device)
+    if args.clip != clip.name.split('/')[0]:
+        clip = load_clip(args.clip, 'random' if args.clip == 'tiny' else '', args.device)
+    # Demonstrations never show the held-out colour x shape combinations.
+    tasks = [sample_task(args.seed + 7 * k, ('pick', 'place')[k % 2], HELD_OUT, False)
+             for k in range(args.episodes)]
+    start = time.monotonic()
+    with TabletopSim(args.seed, args.width, args.height) as sim:
+        arrays, stats = record_demonstrations(sim, tasks, perception, Embedder(clip),
+                                              episode_config=EpisodeConfig())
+    meta = {'clip': clip.name, 'clip_arch': args.clip, 'perception': args.perception,
+            'size': [args.width, args.height], **stats}
+    save_demonstrations(args.out, arrays, meta)
+    print(f"kept {stats['kept']}/{stats['episodes']} successful episodes, {stats['rows']} "
+          f'steps, in {time.monotonic() - start:.0f} s -> {args.out}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,51 @@
+"""Retrain the bundled `tabletop` model on simulator renders (one command, CPU, < 30 min)."""
+import argparse
+import json
+import logging
+import sys
+
+from clip_ros.learning.tabletop_recipe import run
+from clip_ros.perception import tabletop_model as tabletop
+from clip_ros.perception.registry import ModelLoadError
+
+
+def parse_args(argv=None):
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(prog='train_tabletop', description=__doc__.strip())
+    parser.add_argument('--out', default=str(tabletop.BUNDLED_DIR),
+                        help='checkpoint directory to write (default: the bundled model)')
+    parser.add_argument('--curves', default='',
+                        help='loss-curve PNG (default: <out>/training_curves.png)')
+    parser.add_argument('--scenes', type=int, default=1200, help='training scenes to render')
+    parser.add_argument('--steps', type=int, default=2400, help='optimiser steps')
+    parser.add_argument('--minutes', type=float, default=27.0,
+                        help='wall-time budget of the whole command; training ends early, with '
+                             'its learning-rate schedule compressed, when it would overrun')
+    parser.add_argument('--batch', type=int, default=16, help='scenes per step')
+    parser.add_argument('--lr', type=float, default=2e-3, help='peak learning rate')
+    parser.add_argument('--seed', type=int, default=0, help='initialisation and sampling seed')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch CPU threads (0: 2 on an idle machine, else 1); on shared, '
+                             'busy cores two threads wait on each other and run several times '
+                             'slower than one')
+    parser.add_argument('--render-width', type=int, default=640, help='render width (pixels)')
+    parser.add_argument('--render-height', type=int, default=480, help='render height (pixels)')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """Console entry point."""
+    logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
+    args = parse_args(argv)
+    try:
+        summary = run(args)
+    except (ModelLoadError, OSError, ValueError) as e:
+        print(f'train_tabletop: {e}', file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
