@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 
 from clip_ros.policy.geometric import GeometricPolicy
-from clip_ros.policy.lifting import Extrinsic
 from clip_ros.sim.dataset import HELD_OUT
 from clip_ros.sim.episodes import (
-    _lift, check_success, EpisodeConfig, ModelPerception, run_episode, sample_task, save_strip,
-    Task, TruthPerception)
+    check_success, EpisodeConfig, run_episode, sample_task, save_strip, Task, TruthPerception)
 
 pytest.importorskip('mujoco')
 
@@ -66,33 +64,3 @@ def test_cylinder_place_rests_on_top(sim):
     assert result.success, (task, result.status, result.detail)
     assert sim.resting_on(task.target) == [task.destination]
     assert check_success(sim, task, True)
-
-
-def test_lift_skips_flat_masks_and_centres_objects(sim):
-    sim.reset(5)
-    frame = sim.render(instances=True)
-    extrinsic = Extrinsic(*sim.camera_pose())
-    table = frame.instances == 0
-    table[:frame.instances.shape[0] // 2] = False  # near half: the table top, no floor
-    obj = frame.instances == 1
-    assert _lift(frame, table, extrinsic, (0.05, 5.0)) is None  # a shadow-like patch
-    lifted = _lift(frame, [table, obj], extrinsic, (0.05, 5.0))
-    truth = sim.object_position(sim.object_names[0])
-    assert np.linalg.norm(lifted.centre[:2] - truth[:2]) < 0.03
-    assert lifted.top > 0.01
-
-
-def test_model_perception_keeps_every_detection_by_score():
-    class Pipeline:
-        clip = type('C', (), {'name': 'c'})
-        runner = type('R', (), {'model': type('M', (), {'name': 'm'})})
-
-        def __call__(self, rgb, phrases, threshold, with_heatmaps):
-            label = np.array([[1, 2, 0]], np.uint16)
-            dets = [type('D', (), {'phrase': 'a', 'index': i}) for i in range(2)]
-            return type('G', (), {'detections': dets, 'label_image': label})
-
-    frame = type('F', (), {'rgb': None})
-    masks = ModelPerception(Pipeline())(frame, ['a', 'b'], [])
-    assert masks['b'] is None and [m.tolist() for m in masks['a']] == [
-        [[True, False, False]], [[False, True, False]]]

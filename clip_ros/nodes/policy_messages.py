@@ -7,7 +7,27 @@ from std_msgs.msg import Header, String
 from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 from visualization_msgs.msg import Marker, MarkerArray
 
+from clip_ros.policy.perceive import Candidate
+
 ROLE_COLOURS = {'target': (0.1, 0.9, 0.2), 'destination': (0.2, 0.5, 1.0)}
+
+
+def detection_candidates(msg, labels: np.ndarray, phrases) -> dict:
+    """
+    Return {phrase: [Candidate]} of a Detection2DArray for the given phrases.
+
+    grounding_node's mask holds detection position + 1 per pixel (a detection's id is its
+    track id, not its position).
+    """
+    candidates = {}
+    for i, detection in enumerate(msg.detections):
+        if not detection.results:
+            continue
+        hypothesis = detection.results[0].hypothesis
+        if hypothesis.class_id in phrases:
+            candidates.setdefault(hypothesis.class_id, []).append(
+                Candidate(float(hypothesis.score), labels == i + 1))
+    return candidates
 
 
 def _centre(target) -> np.ndarray:

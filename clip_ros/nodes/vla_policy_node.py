@@ -25,11 +25,12 @@ from clip_ros.nodes.common import (
 from clip_ros.nodes.conversions import image_to_numpy, to_rgb
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.policy_messages import (
-    goal_msg, markers_msg, position_of, status_msg, targets_3d_msg, twist_msg)
+    detection_candidates, goal_msg, markers_msg, position_of, status_msg, targets_3d_msg,
+    twist_msg)
 from clip_ros.policy.command import parse_command
 from clip_ros.policy.geometric import GeometricPolicy, Observation, OPEN, PolicyConfig
-from clip_ros.policy.lifting import (
-    check_intrinsics, depth_to_metres, Extrinsic, lift_standing, place_point, quat_to_matrix)
+from clip_ros.policy.lifting import check_intrinsics, depth_to_metres, Extrinsic, quat_to_matrix
+from clip_ros.policy.perceive import LiftConfig, perceive, roles
 from clip_ros.policy.sync import TimeMatcher
 
 STREAMS = ('detections', 'mask', 'depth', 'camera_info')
@@ -274,47 +275,28 @@ class VlaPolicyNode(ManagedNode):
                              f'camera_info {info.width}x{info.height}')
         return K, depth, labels, self._lookup_extrinsic(depth_msg.header)
 
-    def _candidates(self, detections, phrase: str) -> list:
-        """Return [(index, detection)] of `phrase` above min_score, best score first."""
-        # The mask's pixel value is the detection's position + 1 (its id is a track id).
-        found = [(i, d) for i, d in enumerate(detections) if d.results and
-                 d.results[0].hypothesis.class_id == phrase and
-                 d.results[0].hypothesis.score >= self._p['min_score']]
-        return sorted(found, key=lambda p: -p[1].results[0].hypothesis.score)
+    def _lift_config(self) -> LiftConfig:
+        p = self._p
+        return LiftConfig(min_score=p['min_score'], depth_range=(p['min_depth'], p['max_depth']),
+                          table_z=p['table_z'], min_height=p['min_height'])
 
     def _perceive(self, match: dict, command) -> None:
-        lifted, errors = {}, []
         try:
             K, depth, labels, extrinsic = self._read_inputs(match)
         except ValueError as e:
             self._perceive_error = str(e)
             return
-        p = self._p
-        roles = {'target': command.targets[0] if command.targets else None,
-                 'destination': command.destination}
-        for role, phrase in roles.items():
-            found = self._candidates(match['detections'].detections, phrase) if phrase else []
-            if phrase and not found:
-                errors.append(f'{phrase!r} not detected')
-            if not found:
-                continue
-            (k, target), reasons = lift_standing(
-                depth, [labels == i + 1 for i, _ in found], K, extrinsic,
-                (p['min_depth'], p['max_depth']), p['table_z'], p['min_height'])
-            if target is None:
-                errors.append(f"{phrase!r}: {'; '.join(dict.fromkeys(reasons))}")
-                continue
-            lifted[role] = (phrase, found[k][1].results[0].hypothesis.score, target)
-        self._perceive_error = '; '.join(errors)
-        # Grasp at the object's centre; place onto the destination's top face.
-        points = {role: place_point(v[2]) if role == 'destination' else v[2].centre
-                  for role, v in lifted.items()}
+        phrases = {phrase for phrase in roles(command).values() if phrase}
+        candidates = detection_candidates(match['detections'], labels, phrases)
+        found = perceive(command, candidates, depth, K, extrinsic, self._lift_config())
+        self._perceive_error = found.error
         with self._fresh_lock:
-            self._fresh.update(points)
-        if lifted:
-            header = Header(frame_id=p['base_frame'], stamp=match['detections'].header.stamp)
-            self._pubs['targets_3d'].publish(targets_3d_msg(lifted, header))
-            self._pubs['target_markers'].publish(markers_msg(lifted, header))
+            self._fresh.update(found.points)
+        if found.lifted:
+            header = Header(frame_id=self._p['base_frame'],
+                            stamp=match['detections'].header.stamp)
+            self._pubs['targets_3d'].publish(targets_3d_msg(found.lifted, header))
+            self._pubs['target_markers'].publish(markers_msg(found.lifted, header))
 
     def _input_context(self) -> str:
         missing = [s for s in STREAMS if s not in self._seen]

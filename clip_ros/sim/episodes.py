@@ -16,11 +16,11 @@ import numpy as np
 
 from clip_ros.policy.command import parse_command
 from clip_ros.policy.geometric import CLOSED, Observation, OPEN
-from clip_ros.policy.lifting import Extrinsic, lift_standing, place_point
+from clip_ros.policy.lifting import Extrinsic
+from clip_ros.policy.perceive import Candidate, LiftConfig, perceive, roles
 from clip_ros.sim.scene import GRIPPER_HOME
 
 LIFT_SUCCESS = 0.05  # metres the picked object's bottom must rise above the table
-FLAT_HEIGHT = 0.01   # a mask whose points all lie this close to the table top is no object
 STAGES = ('render', 'grounding', 'lifting', 'policy', 'sim')
 
 
@@ -31,13 +31,13 @@ class TruthPerception:
     needs_instances = True
 
     def __call__(self, frame, phrases: list, names: list) -> dict:
-        """Return {phrase: bool mask [H, W] or None}; a phrase matches an exact object name."""
-        masks = {}
+        """Return {phrase: [Candidate]}: the visible object of exactly that name, if any."""
+        candidates = {}
         for phrase in phrases:
             index = names.index(phrase) + 1 if phrase in names else 0
             mask = frame.instances == index if index else None
-            masks[phrase] = mask if mask is not None and mask.any() else None
-        return masks
+            candidates[phrase] = [Candidate(1.0, mask)] if mask is not None and mask.any() else []
+        return candidates
 
 
 class ModelPerception:
@@ -51,13 +51,13 @@ class ModelPerception:
         self.name = f'{pipeline.clip.name} + {pipeline.runner.model.name}'
 
     def __call__(self, frame, phrases: list, names: list) -> dict:
-        """Return {phrase: [bool mask [H, W], ...] by score, or None} from the label image."""
+        """Return {phrase: [Candidate]}, as grounding_node's detections and mask give them."""
         result = self.pipeline(frame.rgb, phrases, self.threshold, with_heatmaps=False)
-        masks = dict.fromkeys(phrases)
-        for det in result.detections:  # sorted by score
-            masks[det.phrase] = (masks[det.phrase] or []) + [
-                result.label_image == det.index + 1]
-        return masks
+        candidates = {phrase: [] for phrase in phrases}
+        for det in result.detections:
+            mask = result.label_image == det.index + 1
+            candidates[det.phrase].append(Candidate(det.score, mask))
+        return candidates
 
 
 @dataclass
@@ -100,16 +100,6 @@ class EpisodeConfig:
     with_image: bool = False     # pass the rgb frame in observations (learned policies)
 
 
-def _lift(frame, masks, extrinsic, depth_range):
-    """Lift the best of `masks` (one mask or a list by score) that stands above the table."""
-    if masks is None:
-        return None
-    masks = masks if isinstance(masks, list) else [masks]
-    (_, lifted), _ = lift_standing(frame.depth, masks, frame.K, extrinsic, depth_range,
-                                   min_height=FLAT_HEIGHT)
-    return lifted
-
-
 def _timed(latency: dict, stage: str, fn, *args):
     start = time.perf_counter()
     value = fn(*args)
@@ -136,22 +126,14 @@ def check_success(sim, task: Task, finished: bool) -> bool:
 def _observe(sim, task, perception, config, latency, t, gripper) -> tuple:
     frame = _timed(latency, 'render', sim.render, True, perception.needs_instances)
     command = parse_command(task.command)
-    phrases = list(dict.fromkeys(command.targets[:1] + [command.destination or '']))
-    phrases = [p for p in phrases if p]
-    masks = _timed(latency, 'grounding', perception, frame, phrases, sim.object_names) \
+    phrases = [p for p in dict.fromkeys(roles(command).values()) if p]
+    candidates = _timed(latency, 'grounding', perception, frame, phrases, sim.object_names) \
         if phrases else {}
-    rot, origin = sim.camera_pose()
-    extrinsic = Extrinsic(rot, origin)
-    target = destination = None
-    start = time.perf_counter()
-    # Grasp at the object's centre; place onto the destination's top face (bowl: its rim).
-    if command.targets:
-        lifted = _lift(frame, masks.get(command.targets[0]), extrinsic, config.depth_range)
-        target = None if lifted is None else lifted.centre
-    if command.destination:
-        lifted = _lift(frame, masks.get(command.destination), extrinsic, config.depth_range)
-        destination = None if lifted is None else place_point(lifted)
-    latency.setdefault('lifting', []).append(time.perf_counter() - start)
+    # The same perceive -> lift as vla_policy_node, with its default limits.
+    lift = LiftConfig(depth_range=config.depth_range)
+    found = _timed(latency, 'lifting', perceive, command, candidates, frame.depth, frame.K,
+                   Extrinsic(*sim.camera_pose()), lift)
+    target, destination = found.points.get('target'), found.points.get('destination')
     obs = Observation(t, sim.gripper_position, gripper, target, destination,
                       sim.holding is not None,
                       image=frame.rgb if config.with_image else None)

@@ -1,0 +1,102 @@
+"""
+Perceive -> lift: from a command's phrases and their scored masks to the policy's 3D points.
+
+One function for vla_policy_node and the simulator's episode runner, so the closed-loop
+evaluation measures the code a robot runs. For each role of the command (the first target, the
+destination) the candidates of its phrase are tried best score first; a candidate whose points
+all lie within `min_height` of the table is a shadow or reflection and is skipped; the target
+is grasped at its box centre and a load is placed onto the destination's top face.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clip_ros.policy.command import Command
+from clip_ros.policy.lifting import lift_standing, LiftedTarget, place_point
+
+
+@dataclass
+class LiftConfig:
+    """What counts as a usable detection and usable depth (metres, base frame)."""
+
+    min_score: float = 0.0                 # ignore candidates scoring below this
+    depth_range: tuple = (0.05, 5.0)       # valid depth (near, far), exclusive
+    table_z: float = 0.0                   # base-frame z of the table top
+    min_height: float = 0.01               # a mask must reach this far above the table
+
+
+@dataclass
+class Candidate:
+    """One detection of a phrase: its score and its instance mask."""
+
+    score: float
+    mask: np.ndarray  # bool [H, W], the depth image's size
+
+
+@dataclass
+class Perception:
+    """What one perception set gave the policy."""
+
+    # role -> (phrase, score, LiftedTarget) for every role that was lifted
+    lifted: dict = field(default_factory=dict)
+    # role -> the point the policy uses: target = grasp point, destination = place point
+    points: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)  # why a role was not lifted
+
+    @property
+    def error(self) -> str:
+        """Return the reasons as one line ('' when every role was lifted)."""
+        return '; '.join(self.errors)
+
+
+def roles(command: Command) -> dict:
+    """Return {role: phrase} of what the policy needs grounded (None when the role is absent)."""
+    return {'target': command.targets[0] if command.targets else None,
+            'destination': command.destination}
+
+
+def policy_point(role: str, lifted: LiftedTarget) -> np.ndarray:
+    """Return where the policy acts on a lifted object: grasp centre, or place point on top."""
+    return place_point(lifted) if role == 'destination' else lifted.centre
+
+
+def perceive(command: Command, candidates: dict, depth: np.ndarray, K, extrinsic,
+             config: LiftConfig = None) -> Perception:
+    """
+    Lift the command's target and destination from one perception set.
+
+    Parameters
+    ----------
+    command
+        the parsed command (its first target and its destination are lifted).
+    candidates
+        {phrase: [Candidate, ...]} in any order; phrases without detections may be absent.
+    depth, K, extrinsic
+        float32 metres [H, W], 3x3 intrinsics, base_from_camera (see lifting.lift_mask).
+    config
+        score, depth and table limits.
+
+    Returns
+    -------
+    Perception with the lifted roles, the policy's points and the reasons for the others.
+
+    """
+    config = config or LiftConfig()
+    result = Perception()
+    for role, phrase in roles(command).items():
+        if not phrase:
+            continue
+        found = sorted((c for c in candidates.get(phrase, ()) if c.score >= config.min_score),
+                       key=lambda c: -c.score)
+        if not found:
+            result.errors.append(f'{phrase!r} not detected')
+            continue
+        (k, lifted), reasons = lift_standing(
+            depth, [c.mask for c in found], K, extrinsic, config.depth_range, config.table_z,
+            config.min_height)
+        if lifted is None:
+            result.errors.append(f"{phrase!r}: {'; '.join(dict.fromkeys(reasons))}")
+            continue
+        result.lifted[role] = (phrase, found[k].score, lifted)
+        result.points[role] = policy_point(role, lifted)
+    return result
