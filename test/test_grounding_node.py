@@ -269,3 +269,39 @@ def test_double_arrays_from_the_parameter_services_are_accepted():
     # `ros2 param set` and SetParameters deliver double arrays as array.array('d').
     pairs, default = query_thresholds(['cup'], array.array('d', [0.25]))
     assert pairs == {'cup': 0.25} and default == 0.25
+
+
+def test_each_distinct_rejection_reason_is_logged(ros):
+    # One throttle key per family used to hide a second reason: a yuv422 frame right after an
+    # rgb8 frame with short data, a command 'pick up' right after '?!.,'.
+    from rcl_interfaces.msg import Log
+    rosout = ros.subscribe(Log, '/rosout')
+    node = ros.add(GroundingNode(context=ros.context, namespace='reasons',
+                                 parameter_overrides=OVERRIDES))
+    image_pub = ros.publisher(Image, '/reasons/image')
+    command_pub = ros.publisher(String, '/reasons/command')
+    assert wait_for(lambda: image_pub.get_subscription_count() > 0
+                    and command_pub.get_subscription_count() > 0)
+
+    def logged(*words):
+        return wait_for(lambda: rosout.find(
+            lambda m: m.name.endswith('grounding_node') and all(w in m.msg for w in words)))
+
+    short = Image(width=32, height=32, encoding='rgb8', step=96, data=bytes(96 * 32 - 1))
+    for msg in (short, Image(width=32, height=32, encoding='yuv422', step=64, data=bytes(2048)),
+                Image(width=32, height=32, encoding='', step=96, data=bytes(96 * 32))):
+        before = node.rejected
+        msg.header = ros.header()
+        node.submit_frame(msg)  # the worker processes one frame at a time: none replaced
+        assert wait_for(lambda: node.rejected > before)
+    assert logged('rejected image', f'{96 * 32 - 1} bytes')
+    assert logged('rejected image', "'yuv422'")
+    assert logged('rejected image', "unsupported encoding ''")
+    for text in ('?!.,', 'pick up', 'pick up'):
+        before = node.rejected
+        command_pub.publish(String(data=text))
+        assert wait_for(lambda: node.rejected > before)
+    assert logged("'?!.,'", 'names nothing') and logged("'pick up'", 'names nothing')
+    # The repeat is throttled (counted in `rejected`), not logged a second time.
+    time.sleep(0.5)
+    assert len([m for m in rosout.messages if "'pick up'" in m.msg]) == 1

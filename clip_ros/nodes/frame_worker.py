@@ -1,4 +1,5 @@
 """Newest-frame slot with a worker thread, and per-reason throttled logging."""
+import collections
 import threading
 import time
 from typing import Any, Callable
@@ -88,36 +89,79 @@ class FrameWorker:
 
 class KeyedThrottle:
     """
-    Log at most once per `period` seconds for each reason key.
+    Log each distinct reason at most once per `period` seconds.
 
     rclpy throttles per call site, so one helper logging many reasons would silence all
-    but the first; this keeps one clock per reason and reports how many were suppressed.
+    but the first. Here the clock is per (key, reason): the reason is the message (or an
+    explicit `reason`) cut to MAX_REASON_CHARS, so a repeat of one reason is throttled while a
+    different reason under the same key still logs. At most `max_reasons` distinct reasons of
+    one key log per period (a flood of varied input cannot flood the log); whatever is
+    suppressed is counted, and the count rides on the next line logged for that key.
     """
 
-    def __init__(self, logger, level: str, period: float = 5.0):
+    MAX_REASON_CHARS = 200
+    MAX_MESSAGE_CHARS = 2000
+    MAX_SLOTS = 1024  # expired reason clocks are forgotten beyond this many
+
+    def __init__(self, logger, level: str, period: float = 5.0, max_reasons: int = 10):
         if level not in ('info', 'warning', 'error'):
             raise ValueError(f"level must be 'info', 'warning' or 'error', got {level!r}")
         self._logger = logger
         self._level = level
         self._period = period
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._max_reasons = max_reasons
+        self._last: dict[tuple, float] = {}  # (key, reason) -> when it last logged
+        self._repeats: dict[tuple, int] = {}  # (key, reason) -> suppressed repeats
+        self._logged: dict[str, collections.deque] = {}  # key -> log times within the period
+        self._others: dict[str, int] = {}  # key -> suppressed over the max_reasons cap
         self._lock = threading.Lock()
+        self.suppressed = 0  # total messages not logged
 
-    def __call__(self, key: str, message: str) -> bool:
-        """Log `message` unless `key` was logged within the period; return whether it logged."""
+    def __call__(self, key: str, message: str, reason: str | None = None) -> bool:
+        """
+        Log `message` unless its reason under `key` logged within the period.
+
+        `reason` defaults to `message`; returns whether it logged.
+        """
+        slot = (key, (message if reason is None else reason)[:self.MAX_REASON_CHARS])
         now = time.monotonic()
         with self._lock:
-            last = self._last.get(key)
+            if len(self._last) > self.MAX_SLOTS:
+                self._forget(now)
+            last = self._last.get(slot)
             if last is not None and now - last < self._period:
-                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                self._repeats[slot] = self._repeats.get(slot, 0) + 1
+                self.suppressed += 1
                 return False
-            self._last[key] = now
-            suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            message = f'{message} ({suppressed} similar messages suppressed)'
+            logged = self._logged.setdefault(key, collections.deque())
+            while logged and now - logged[0] >= self._period:
+                logged.popleft()
+            if len(logged) >= self._max_reasons:
+                self._others[key] = self._others.get(key, 0) + 1
+                self.suppressed += 1
+                return False
+            logged.append(now)
+            self._last[slot] = now
+            repeats = self._repeats.pop(slot, 0)
+            others = self._others.pop(key, 0)
+        if len(message) > self.MAX_MESSAGE_CHARS:
+            message = f'{message[:self.MAX_MESSAGE_CHARS]}... ({len(message)} characters)'
+        notes = [f'{repeats} repeats suppressed'] if repeats else []
+        if others:
+            notes.append(f'{others} more with other reasons suppressed')
+        if notes:
+            message = f'{message} ({"; ".join(notes)})'
         self._emit(message)
         return True
+
+    def _forget(self, now: float) -> None:
+        """Drop expired reason clocks; their suppressed counts move to the key's count."""
+        for slot, last in list(self._last.items()):
+            if now - last >= self._period:
+                del self._last[slot]
+                repeats = self._repeats.pop(slot, 0)
+                if repeats:
+                    self._others[slot[0]] = self._others.get(slot[0], 0) + repeats
 
     def _emit(self, message: str) -> None:
         # rclpy pins a call site to the severity of its first call: one line per level.
