@@ -202,6 +202,34 @@ def test_incompatible_qos_is_reported(ros):
     assert node.stats.received == 0
 
 
+def test_paused_publisher_with_matching_qos_gets_no_qos_hint(ros):
+    node = grounding(ros, 'pause', [Parameter('silent_input_sec', value=0.5),
+                                    Parameter('diagnostics_period', value=0.2)])
+    assert answers(ros, 'pause') is not None  # a reliable publisher feeds best effort, then stops
+
+    def silent(status) -> bool:
+        return status.level == bytes([WARN]) and 'no input frame' in status.message
+
+    status = wait_for(lambda: status_of(ros, node, silent))
+    assert status is not None, 'a paused input must be reported as silent'
+    values = {kv.key: kv.value for kv in status.values}
+    assert values['qos_hint'] == '' and 'QoS' not in status.message
+    assert node.count_publishers('/pause/image') == 1
+
+
+def test_incompatible_publisher_gets_a_qos_hint_from_the_graph(ros):
+    node = grounding(ros, 'qos_graph', [Parameter('image_qos', value='reliable'),
+                                        Parameter('silent_input_sec', value=0.5)])
+    ros.publisher(Image, '/qos_graph/image', BEST_EFFORT)
+    assert wait_for(lambda: node._qos_hint, timeout=10.0)
+    node._qos_hint = ''  # as if the incompatible-QoS event had been missed: the graph tells
+    snapshot = wait_for(lambda: node._qos_hint and node.diagnostics(), timeout=10.0)
+    assert snapshot and snapshot.level == WARN
+    hint = next(r for r in snapshot.reasons if 'QoS' in r)
+    assert 'QoS mismatch (Best effort publisher and reliable subscription)' in hint, hint
+    assert 'publishers offer [best_effort, volatile]' in hint
+
+
 def test_camera_before_node_and_restart_while_publishing(ros):
     pub = ros.publisher(Image, '/cam/image')
     detections = ros.subscribe(Detection2DArray, '/cam/detections')

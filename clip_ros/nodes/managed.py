@@ -22,7 +22,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
-from rclpy.qos import QoSPolicyKind
+from rclpy.qos import qos_check_compatible, QoSCompatibility, QoSPolicyKind
 from sensor_msgs.msg import Image
 import torch
 
@@ -80,6 +80,18 @@ def qos_text(qos) -> str:
     """Describe the QoS policies that decide whether a publisher and subscription match."""
     # The graph reports no history or depth for remote endpoints, and they never block a match.
     return f'{qos.reliability.name.lower()}, {qos.durability.name.lower()}'
+
+
+def incompatible_offers(publishers, requested) -> list[str]:
+    """Return why each of `publishers` (endpoint infos) cannot feed a `requested` subscription."""
+    reasons = []
+    for info in publishers:
+        # The graph gives remote endpoints no history or depth: those only ever warn.
+        compatibility, reason = qos_check_compatible(info.qos_profile, requested)
+        if compatibility == QoSCompatibility.ERROR:
+            reasons.append('; '.join(part[len('ERROR:'):].strip() for part in reason.split(';')
+                                     if part.startswith('ERROR:')))
+    return reasons
 
 
 class ManagedNode(LifecycleNode):
@@ -338,10 +350,13 @@ class ManagedNode(LifecycleNode):
             return  # kept until frames flow
         if snapshot.since_input <= limits.silent_after:
             return
-        topic = self._inputs[0].topic_name
-        if self.count_publishers(topic) > 0:
-            silent = f'publisher present but no frame for {limits.silent_after:g} s'
-            self._qos_hint = self._qos_mismatch(topic, silent)
+        # A silent publisher whose QoS matches ours has merely paused: the diagnostics report
+        # the silence, and only an offer that cannot match our request gets a QoS hint.
+        sub = self._inputs[0]
+        conflicts = incompatible_offers(self.get_publishers_info_by_topic(sub.topic_name),
+                                        sub.qos_profile)
+        self._qos_hint = (self._qos_mismatch(sub.topic_name, f'QoS mismatch ({conflicts[0]})')
+                          if conflicts else '')
 
     def input_hint(self, snapshot, limits: HealthLimits) -> str:
         """Return why input may be missing, for the diagnostics ('' when nothing is suspected)."""
