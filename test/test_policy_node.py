@@ -23,7 +23,7 @@ from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
-from std_msgs.msg import Float64, String  # noqa: E402
+from std_msgs.msg import Float64, Header, String  # noqa: E402
 from vision_msgs.msg import Detection2D, Detection2DArray, Detection3DArray  # noqa: E402
 from vision_msgs.msg import ObjectHypothesisWithPose  # noqa: E402
 
@@ -94,7 +94,7 @@ def managed(harness, request):
         harness.remove(node)
 
 
-def send_frame(ros, depth_fill=0.6, info=True, depth_size=(W, H)):
+def send_frame(ros, depth_fill=0.6, info=True, depth_size=(W, H), info_frame=None):
     """Publish one matched set: a 'blue block' detection, its mask, depth and camera_info."""
     header = ros.header('camera_optical_frame')
     labels = np.zeros((H, W), np.uint16)
@@ -104,15 +104,15 @@ def send_frame(ros, depth_fill=0.6, info=True, depth_size=(W, H)):
     hyp.hypothesis.class_id, hyp.hypothesis.score = 'blue block', 0.9
     det.results.append(hyp)
     depth = np.full((depth_size[1], depth_size[0]), depth_fill, np.float32)
-    ee = PoseStamped(header=header)
-    ee.header.frame_id = 'world'
+    ee = PoseStamped(header=Header(stamp=header.stamp, frame_id='world'))
     ee.pose.position.x, ee.pose.position.y, ee.pose.position.z = 0.0, 0.12, 0.45
     ros.pubs['ee_state'].publish(ee)
     ros.pubs['detections'].publish(Detection2DArray(header=header, detections=[det]))
     ros.pubs['mask'].publish(numpy_to_image(labels, 'mono16', header))
     ros.pubs['depth'].publish(numpy_to_image(depth, '32FC1', header))
     if info:
-        ros.pubs['camera_info'].publish(camera_info_msg(K, W, H, header))
+        info_header = Header(stamp=header.stamp, frame_id=info_frame or header.frame_id)
+        ros.pubs['camera_info'].publish(camera_info_msg(K, W, H, info_header))
 
 
 def run_command(ros, text, frames=30, final=('aborted', 'rejected', 'succeeded'), settle=5.0,
@@ -144,11 +144,14 @@ def test_unknown_verb_is_rejected_without_motion(ros):
 
 @pytest.mark.parametrize('frame, reason', [
     ({'depth_fill': np.nan}, 'all NaN'), ({'depth_fill': 0.0}, 'all zero'),
-    ({'depth_size': (40, 30)}, 'differs'), ({'info': False}, 'camera_info')])
+    ({'depth_size': (40, 30)}, 'differs'), ({'info': False}, 'no camera_info since the command'),
+    ({'info_frame': 'other_camera'}, "camera_info frame 'other_camera'")])
 def test_bad_depth_or_no_camera_info_never_moves(ros, frame, reason):
     status, goals = run_command(ros, 'pick up the blue block', **frame)
     assert status is not None and status['state'] == 'aborted', status
     assert reason in status['detail'], status
+    # A new command's status never carries the previous command's reason.
+    assert reason == 'differs' or 'differs' not in status['detail'], status
     assert goals == 0
 
 

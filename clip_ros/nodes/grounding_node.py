@@ -18,7 +18,7 @@ from clip_ros.perception.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
 from clip_ros.perception.loading import load_or_tabletop
 from clip_ros.perception.registry import DEFAULT_CLIP, DEFAULT_CLIPSEG
 from clip_ros.perception.tracking import Tracker
-from clip_ros.policy.command import MAX_COMMAND_CHARS, parse_command
+from clip_ros.policy.command import MAX_COMMAND_CHARS, parse_command, quote
 
 WARM_UP_SIZE = 224
 # Parameters that need a new GroundingPipeline (the models are kept).
@@ -197,16 +197,13 @@ class GroundingNode(ManagedNode):
         if not text.strip():
             self._reject('empty_command', 'ignored an empty command')
             return
-        if len(text) > MAX_COMMAND_CHARS:
-            self._warn('long_command', f'command of {len(text)} characters truncated to '
-                       f'{MAX_COMMAND_CHARS}')
-            # Cut at a word boundary so no half word becomes a phrase.
-            head = text[:MAX_COMMAND_CHARS + 1]
-            text = head.rsplit(maxsplit=1)[0] if len(head.split()) > 1 else head[:-1]
         command = parse_command(text)
-        phrases = clean_phrases(command.targets + [command.destination or ''])
+        if command.truncated:
+            self._warn('long_command', f'command of {len(text)} characters cut to '
+                       f'{len(command.text)} (max {MAX_COMMAND_CHARS})')
+        phrases = command.phrases
         if not phrases:
-            self._reject('vague_command', f'command {text[:80]!r} names nothing to ground; '
+            self._reject('vague_command', f'command {quote(text)} names nothing to ground; '
                          f'keeping {self._phrases}')
             return
         self.get_logger().info(f'command {command.verb or "(no verb)"}: grounding {phrases}')

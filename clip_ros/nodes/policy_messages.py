@@ -85,10 +85,12 @@ def twist_msg(velocity, header: Header) -> TwistStamped:
     return msg
 
 
-def status_msg(command: str, action) -> String:
-    """Return the status as JSON: command, state, phase, detail."""
-    return String(data=json.dumps({'command': command, 'state': action.state,
-                                   'phase': action.phase, 'detail': action.detail}))
+def status_msg(command, action) -> String:
+    """Return the status as JSON: command text, its target and destination, state, detail."""
+    target = command.targets[0] if command.targets else None
+    return String(data=json.dumps({
+        'command': command.text, 'target': target, 'destination': command.destination,
+        'state': action.state, 'phase': action.phase, 'detail': action.detail}))
 
 
 def position_of(msg) -> np.ndarray:

@@ -27,7 +27,7 @@ from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.policy_messages import (
     detection_candidates, goal_msg, markers_msg, position_of, status_msg, targets_3d_msg,
     twist_msg)
-from clip_ros.policy.command import parse_command
+from clip_ros.policy.command import parse_command, quote
 from clip_ros.policy.geometric import GeometricPolicy, Observation, OPEN, PolicyConfig
 from clip_ros.policy.lifting import check_intrinsics, depth_to_metres, Extrinsic, quat_to_matrix
 from clip_ros.policy.perceive import LiftConfig, perceive, roles
@@ -111,6 +111,7 @@ class VlaPolicyNode(ManagedNode):
         # Detections come a few hundred ms after their frame on a CPU: keep ~1 s of 30 Hz depth.
         self._matcher = TimeMatcher(STREAMS, self._p['sync_tolerance'], queue_size=30)
         self._seen, self._fresh, self._perceive_error, self._sent = set(), {}, '', None
+        self._seen_for_command = set()  # streams seen since the current command arrived
         self._ee, self._gripper, self._image = None, OPEN, None
 
     # Lifecycle hooks -----------------------------------------------------------------------
@@ -222,6 +223,7 @@ class VlaPolicyNode(ManagedNode):
     def _stream(self, name: str):
         def callback(msg) -> None:
             self._seen.add(name)
+            self._seen_for_command.add(name)
             match = self._matcher.add(name, _stamp(msg.header), msg)
             if match is not None:
                 self.submit_frame(match)  # lifted on the worker thread, newest set first
@@ -232,11 +234,14 @@ class VlaPolicyNode(ManagedNode):
             policy = self._policy
             if policy is None:
                 return  # shutting down
+            # The same parse as grounding_node's, so both act on the same phrases.
             self._command = parse_command(msg.data)
             with self._fresh_lock:
                 self._fresh = {}
+            # A new command starts clean: no reason left over from the previous one.
+            self._perceive_error, self._sent, self._seen_for_command = '', None, set()
             action = policy.start(self._command, time.monotonic())
-            self.get_logger().info(f'command {msg.data!r}: {action.state} {action.detail}')
+            self.get_logger().info(f'command {quote(msg.data)}: {action.state} {action.detail}')
             self._publish_status(action)
 
     def _on_ee(self, msg: PoseStamped) -> None:
@@ -264,8 +269,20 @@ class VlaPolicyNode(ManagedNode):
         q, v = t.transform.rotation, t.transform.translation
         return Extrinsic(quat_to_matrix((q.x, q.y, q.z, q.w)), np.array([v.x, v.y, v.z]))
 
+    def _check_frames(self, info_frame: str, depth_frame: str) -> None:
+        """Refuse intrinsics of another frame than the depth image's unless tf2 relates them."""
+        if info_frame == depth_frame:
+            return
+        if self._tf is not None and self._tf.can_transform(depth_frame, info_frame,
+                                                           rclpy.time.Time()):
+            return
+        raise ValueError(f'camera_info frame {info_frame!r} is not the depth image frame '
+                         f'{depth_frame!r}; publish both in one frame, or set use_tf with a '
+                         f'transform between them')
+
     def _read_inputs(self, match: dict) -> tuple:
         info, depth_msg = match['camera_info'], match['depth']
+        self._check_frames(info.header.frame_id, depth_msg.header.frame_id)
         K = check_intrinsics(info.k)
         depth = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding,
                                 self._p['depth_scale'])
@@ -299,9 +316,9 @@ class VlaPolicyNode(ManagedNode):
             self._pubs['target_markers'].publish(markers_msg(found.lifted, header))
 
     def _input_context(self) -> str:
-        missing = [s for s in STREAMS if s not in self._seen]
+        missing = [s for s in STREAMS if s not in self._seen_for_command]
         if missing:
-            return f"no {', '.join(missing)} yet"
+            return f"no {', '.join(missing)} since the command"
         if self._ee is None:
             return 'no end-effector state on ee_state yet'
         return self._perceive_error
@@ -347,7 +364,7 @@ class VlaPolicyNode(ManagedNode):
         if key == self._sent:
             return
         self._sent = key
-        self._pubs['policy_status'].publish(status_msg(self._command.text, action))
+        self._pubs['policy_status'].publish(status_msg(self._command, action))
         # rclpy fixes a logging call site's severity on first use: one call per level.
         if action.state == 'succeeded':
             self.get_logger().info(f'{action.state}: {action.detail}')

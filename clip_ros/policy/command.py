@@ -23,8 +23,11 @@ pick-and-place: ``verb='place'``, ``targets=['X']``, ``destination='Y'``.
 
 Cleaning: NFKC, lowercase, punctuation removed (commas split phrases), politeness (please,
 could you, can you, would you, kindly, thanks) and determiners (a, an, the, this, that, these,
-those, some) dropped, whitespace normalised. Input longer than ``MAX_COMMAND_CHARS`` is
-truncated. ``parse_command`` never raises.
+those, some) dropped, whitespace normalised. Input longer than ``MAX_COMMAND_CHARS`` is cut
+at a word boundary (``truncate``). ``parse_command`` never raises.
+
+This is the one parse of a command: grounding_node and vla_policy_node both call it on the same
+text, so the phrases grounded are exactly the phrases the policy waits for.
 """
 from dataclasses import dataclass, field
 import re
@@ -86,11 +89,35 @@ _TOKEN_RE = re.compile(r"\w+(?:[.'-]\w+)*|[,;.!?&]")
 class Command:
     """A parsed command; ``targets`` are the phrases to ground in the image."""
 
-    text: str  # the input, truncated to MAX_COMMAND_CHARS
+    text: str  # the input, cut to MAX_COMMAND_CHARS at a word boundary
     verb: str | None = None  # canonical verb (see module table) or None if unknown
     targets: list[str] = field(default_factory=list)
     destination: str | None = None  # where a place/push should end up
     direction: str | None = None  # left, right, forward, backward, up, down, away, closer
+    truncated: int = 0  # characters cut from the input (0: the whole input was parsed)
+
+    @property
+    def phrases(self) -> list[str]:
+        """Return every phrase to ground: the targets, then the destination, no repeats."""
+        destination = [self.destination] if self.destination else []
+        return list(dict.fromkeys(self.targets + destination))
+
+
+def quote(text: str, limit: int = 80) -> str:
+    """Return `text` quoted for a log line or status, cut to `limit` characters with its length."""
+    if len(text) <= limit:
+        return repr(text)
+    return f'{text[:limit]!r}... ({len(text)} characters)'
+
+
+def truncate(text: str) -> str:
+    """Cut `text` to at most MAX_COMMAND_CHARS at a word boundary, so no half word is a phrase."""
+    if len(text) <= MAX_COMMAND_CHARS:
+        return text
+    head = text[:MAX_COMMAND_CHARS + 1]
+    if head[-1].isspace() or len(head.split()) == 1:
+        return head[:-1].rstrip() or head[:-1]
+    return head.rsplit(maxsplit=1)[0]
 
 
 def parse_command(text: str) -> Command:
@@ -101,7 +128,7 @@ def parse_command(text: str) -> Command:
     ----------
     text
         free text such as 'please pick up the blue block'. Non-str input gives an
-        empty Command; input longer than MAX_COMMAND_CHARS is truncated.
+        empty Command; input longer than MAX_COMMAND_CHARS is cut at a word boundary.
 
     Returns
     -------
@@ -110,10 +137,12 @@ def parse_command(text: str) -> Command:
     """
     if not isinstance(text, str):
         return Command(text='')
-    text = text[:MAX_COMMAND_CHARS]
-    tokens = _strip_trailing(_strip_leading(_tokenize(text)))
+    cut = truncate(text)
+    tokens = _strip_trailing(_strip_leading(_tokenize(cut)))
     clauses = [_parse_clause(_strip_leading(c)) for c in _split_clauses(tokens)]
-    return _merge(text, clauses)
+    command = _merge(cut, clauses)
+    command.truncated = len(text) - len(cut)
+    return command
 
 
 def _tokenize(text: str) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clip_ros.policy.command import Command
+from clip_ros.policy.command import Command, quote
 
 ACTION_VERBS = ('pick', 'place', 'push', 'point', 'go_to', 'find')
 # Status states: idle -> waiting (no target yet) -> executing -> succeeded | aborted;
@@ -139,12 +139,12 @@ def validate_command(command: Command) -> str:
     """Return '' when `command` can be executed, else the reason it cannot."""
     if command.verb not in ACTION_VERBS:
         verb = 'no known verb' if command.verb is None else f'verb {command.verb!r}'
-        return (f'{verb} in {command.text!r}; no motion (known verbs: '
+        return (f'{verb} in {quote(command.text)}; no motion (known verbs: '
                 f'{", ".join(ACTION_VERBS)})')
     if not command.targets:
-        return f'{command.text!r} names no target; no motion'
+        return f'{quote(command.text)} names no target; no motion'
     if command.verb == 'place' and not command.destination:
-        return f'{command.text!r} names no destination; no motion'
+        return f'{quote(command.text)} names no destination; no motion'
     return ''
 
 
