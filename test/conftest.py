@@ -1,5 +1,7 @@
-"""Shared test set-up: CPU only, offline hubs, DDS kept on this machine."""
+"""Shared test set-up: CPU only, offline hubs, DDS kept on this machine, one OpenGL probe."""
 import os
+
+import pytest
 
 # Set before torch/transformers/rclpy import anywhere in the test session.
 os.environ['CUDA_VISIBLE_DEVICES'] = ''
@@ -7,3 +9,21 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_DOMAIN_ID', '42')
+
+
+@pytest.fixture(scope='session')
+def gl_context():
+    """
+    Skip the requesting test when this machine has no offscreen OpenGL for MuJoCo.
+
+    The one environment gap that may skip a simulator test. Probed once per session with the
+    simulator's own backend choice (MUJOCO_GL, else EGL then OSMesa); any other error of a
+    simulator test, a RuntimeError included, is a failure.
+    """
+    from clip_ros.sim.simulator import create_gl_context, NoOffscreenGLError
+
+    try:
+        context = create_gl_context(8, 8)
+    except NoOffscreenGLError as e:
+        pytest.skip(str(e))
+    context.free()

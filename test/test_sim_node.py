@@ -5,10 +5,6 @@ os.environ['ROS_DOMAIN_ID'] = '64'  # before rclpy: own domain, no cross-talk wi
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-pytest.importorskip('mujoco')
-pytest.importorskip('vision_msgs')
-
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Int32  # noqa: E402
@@ -23,7 +19,7 @@ SIZE = (160, 120)
 
 
 @pytest.fixture(scope='module')
-def ros():
+def ros(gl_context):
     harness = Harness(DOMAIN)
     harness.node = harness.add(TabletopSimNode(context=harness.context, parameter_overrides=[
         Parameter('seed', value=3), Parameter('rate', value=30.0),
@@ -34,9 +30,12 @@ def ros():
     harness.truth = harness.subscribe(Detection3DArray, 'sim/ground_truth')
     harness.truth_2d = harness.subscribe(Detection2DArray, 'sim/ground_truth_2d')
     harness.reset_pub = harness.publisher(Int32, 'sim/reset')
-    if wait_for(lambda: harness.node.error, timeout=2.0):
+    # The simulator starts in the node's render thread: it either publishes or says why not.
+    started = wait_for(lambda: harness.node.error or harness.node.frames > 0)
+    error = harness.node.error
+    if not started or error:
         harness.shutdown()
-        pytest.skip(harness.node.error)
+        pytest.fail(error or 'the simulator published no frame', pytrace=False)
     yield harness
     harness.shutdown()
 

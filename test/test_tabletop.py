@@ -63,19 +63,12 @@ def test_clip_adapter_embeddings(clip):
     torch.testing.assert_close(images.norm(dim=-1), torch.ones(2))
 
 
-def _scenes():
-    pytest.importorskip('mujoco')
-    try:
-        return list(render_scenes(SCENES, 640, 480))
-    except RuntimeError as e:  # no offscreen OpenGL on this machine
-        pytest.skip(str(e))
-
-
 @pytest.fixture(scope='module')
-def scene_summary(clip, clipseg):
+def scene_summary(clip, clipseg, gl_context):
     from clip_ros.tools.evaluate import evaluate, summarise
     pipeline = GroundingPipeline(clip, clipseg)
-    summary, _ = summarise(evaluate(pipeline, zip(SCENES, _scenes()), 0.4, 64, progress=False))
+    scenes = list(render_scenes(SCENES, 640, 480))
+    summary, _ = summarise(evaluate(pipeline, zip(SCENES, scenes), 0.4, 64, progress=False))
     return summary
 
 

@@ -15,8 +15,16 @@ from clip_ros.sim.scene import (  # noqa: F401 - COLOURS, SHAPES re-exported
     COLOURS, FINGER_OPEN, FOVY_DEG, GRIPPER_GROUP, GRIPPER_HOME, sample_scene, scene_xml,
     SceneSpec, SHAPES)
 
-os.environ.setdefault('MUJOCO_GL', 'egl')  # mujoco picks its GL backend when first imported
-import mujoco  # noqa: E402, I100
+_GL_BACKEND = os.environ.setdefault('MUJOCO_GL', 'egl')  # mujoco binds it when first imported
+try:
+    import mujoco  # noqa: E402, I100
+except (ImportError, OSError, AttributeError):
+    # Without the backend's library (no libEGL or libOSMesa) PyOpenGL fails inside `import
+    # mujoco`. Import it without a backend: the physics needs none, and create_gl_context
+    # tries each backend itself and names what is missing.
+    os.environ['MUJOCO_GL'] = 'disable'
+    import mujoco  # noqa: E402, I100
+    os.environ['MUJOCO_GL'] = _GL_BACKEND
 
 # MuJoCo's camera looks down its -z with y up; the ROS optical frame has z forward, y down.
 _MJCAM_TO_OPTICAL = np.diag([1.0, -1.0, -1.0])
@@ -52,6 +60,10 @@ class Frame:
     K: np.ndarray                   # 3x3 intrinsics
 
 
+class NoOffscreenGLError(RuntimeError):
+    """No offscreen OpenGL backend for MuJoCo on this machine (neither EGL nor OSMesa)."""
+
+
 def _drop_opengl_modules() -> None:
     # PyOpenGL binds one platform per process; forget the failed one before trying another.
     for name in [n for n in sys.modules if n == 'OpenGL' or n.startswith('OpenGL.')]:
@@ -64,8 +76,8 @@ def create_gl_context(width: int, height: int):
 
     Raises
     ------
-    RuntimeError
-        Naming both backends' errors and the packages that provide them.
+    NoOffscreenGLError
+        A RuntimeError naming both backends' errors and the packages that provide them.
 
     """
     errors = []
@@ -86,7 +98,7 @@ def create_gl_context(width: int, height: int):
             if os.environ.get('PYOPENGL_PLATFORM') == backend:
                 del os.environ['PYOPENGL_PLATFORM']
                 _drop_opengl_modules()
-    raise RuntimeError(
+    raise NoOffscreenGLError(
         'no offscreen OpenGL for MuJoCo (' + '; '.join(errors) + '). Install EGL (Debian: '
         'libegl1, Mesa or the NVIDIA driver) and use MUJOCO_GL=egl, or install libosmesa6 '
         'and use MUJOCO_GL=osmesa')
