@@ -4,9 +4,6 @@ import os
 os.environ['ROS_DOMAIN_ID'] = '62'  # before rclpy: own domain, no cross-talk with other tests
 
 import pytest  # noqa: E402
-
-pytest.importorskip('vision_msgs')
-
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from vision_msgs.msg import Classification  # noqa: E402

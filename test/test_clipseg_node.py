@@ -5,9 +5,6 @@ os.environ['ROS_DOMAIN_ID'] = '63'  # before rclpy: own domain, no cross-talk wi
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-pytest.importorskip('vision_msgs')
-
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402

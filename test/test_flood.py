@@ -3,10 +3,6 @@ import os
 
 os.environ['ROS_DOMAIN_ID'] = '72'  # before rclpy: own domain, no cross-talk with other tests
 
-import pytest  # noqa: E402
-
-pytest.importorskip('vision_msgs')
-
 from clip_ros.tools.flood import run_flood, table_row  # noqa: E402
 
 
