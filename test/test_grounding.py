@@ -7,7 +7,7 @@ import pytest
 from clip_ros.perception.grounding import (
     check_thresholds, DEFAULT_DISTRACTORS, GroundingPipeline, rival_mask)
 from clip_ros.perception.loading import load_clip, load_clipseg
-from clip_ros.sim.synthetic import tabletop_image
+from clip_ros.sim.synthetic import COLOURS, TABLE_RGB, tabletop_image
 
 W, H = 96, 64
 PHRASES = ['red block', 'blue ball']
@@ -121,6 +121,45 @@ def test_min_area_and_max_detections(models, rgb):
     assert len(result.detections) == 1 and result.label_image.max() == 1
     with pytest.raises(ValueError, match='max_detections'):
         GroundingPipeline(*models, max_detections=0)
+
+
+def blue_blocks(rows: int, cols: int, side: int = 40, pitch: int = 75) -> tuple:
+    """Draw rows x cols separate blue blocks on the table; return (rgb, block boxes)."""
+    rgb = np.empty((20 + rows * pitch, 20 + cols * pitch, 3), np.uint8)
+    rgb[:] = TABLE_RGB
+    boxes = []
+    for row in range(rows):
+        for col in range(cols):
+            x0, y0 = 20 + col * pitch, 15 + row * pitch
+            rgb[y0:y0 + side, x0:x0 + side] = COLOURS['blue']
+            boxes.append((x0, y0, x0 + side, y0 + side))
+    return rgb, boxes
+
+
+def block_under(point, boxes) -> int:
+    """Return the index of the box containing `point`, or -1."""
+    x, y = point
+    return next((i for i, (x0, y0, x1, y1) in enumerate(boxes)
+                 if x0 <= x < x1 and y0 <= y < y1), -1)
+
+
+def test_max_detections_keeps_the_best_of_many_instances():
+    # The bundled tabletop model finds each of twelve separate blue blocks: more candidate
+    # instances than the limits under test.
+    models = load_clip('tabletop', device='cpu'), load_clipseg('tabletop', device='cpu')
+    rgb, blocks = blue_blocks(3, 4)
+    every = GroundingPipeline(*models, min_area=16, max_detections=64)(rgb, ['blue block'], 0.4)
+    assert sorted(block_under(d.centroid, blocks) for d in every.detections) == list(
+        range(len(blocks))), [d.box for d in every.detections]
+    assert GroundingPipeline(*models, min_area=16)(rgb, ['red block'], 0.4).detections == []
+    for limit in (1, 5, 11):
+        result = GroundingPipeline(*models, min_area=16, max_detections=limit)(
+            rgb, ['blue block'], 0.4)
+        assert len(result.detections) == limit and result.label_image.max() == limit
+        # The limit keeps the best-scoring instances, in score order.
+        assert [d.box for d in result.detections] == [d.box for d in every.detections[:limit]]
+        assert [d.score for d in result.detections] == pytest.approx(
+            [d.score for d in every.detections[:limit]])
 
 
 def test_score_is_geometric_mean_of_clip_and_clipseg(models, rgb, monkeypatch):
