@@ -3,13 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from clip_ros.learning.behaviour_cloning import anticipate_gripper, fit_head, plot_bc_history
+from clip_ros.learning.behaviour_cloning import (
+    action_label, anticipate_gripper, fit_head, load_demonstrations, plot_bc_history,
+    save_demonstrations)
 from clip_ros.learning.training import TrainConfig
 from clip_ros.policy.command import parse_command
-from clip_ros.policy.geometric import Observation
+from clip_ros.policy.geometric import Observation, TargetTracker
 from clip_ros.policy.learned import (
-    action_label, HeadConfig, LearnedPolicy, load_demonstrations, PolicyHead,
-    save_demonstrations, STATE_DIM, state_vector, Tracker)
+    HeadConfig, LearnedPolicy, PolicyHead, STATE_DIM, state_vector)
 
 DIM = 8
 
@@ -85,7 +86,7 @@ def test_learned_policy_keeps_the_safety_rules():
 
 
 def test_tracker_freezes_the_target_near_the_gripper():
-    tracker, target = Tracker(0.2), np.array([0.1, 0.0, 0.02])
+    tracker, target = TargetTracker(0.2), np.array([0.1, 0.0, 0.02])
     tracker.update(Observation(0.0, np.array([0.0, 0.1, 0.45]), target=target))
     tracker.update(Observation(0.1, np.array([0.1, 0.0, 0.12]), target=target + 0.1))
     assert np.allclose(tracker.target, target) and tracker.frozen

@@ -1,23 +1,92 @@
 """Record demonstrations of the geometric policy in the sim and fit a PolicyHead to them."""
 from dataclasses import replace
+import json
+import os
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 import torch
+from torch import nn
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from clip_ros.learning.training import train, TrainConfig
-from clip_ros.policy.geometric import GeometricPolicy, PolicyConfig
-from clip_ros.policy.learned import (
-    action_label, BCStep, Demonstrations, HeadConfig, PolicyHead, state_vector, Tracker)
+from clip_ros.policy.geometric import (
+    Action, GeometricPolicy, Observation, PolicyConfig, TargetTracker)
+from clip_ros.policy.learned import HeadConfig, PolicyHead, state_vector
 from clip_ros.sim.episodes import EpisodeConfig, run_episode
+
+
+def action_label(obs: Observation, action: Action, max_step: float) -> np.ndarray:
+    """Return the float32 [ACTION_DIM] (dx, dy, dz, gripper) target of a demonstration step."""
+    delta = np.zeros(3) if action.goal is None else (np.asarray(action.goal) - obs.ee_position)
+    gripper = obs.gripper if action.gripper is None else action.gripper
+    return np.concatenate([np.clip(delta / max_step, -1, 1), [gripper]]).astype(np.float32)
+
+
+def bc_loss(pred: torch.Tensor, target: torch.Tensor) -> dict:
+    """Return {'loss', 'loss_step', 'loss_gripper', 'accuracy' (gripper)} of a batch."""
+    step = F.mse_loss(pred[:, :3], target[:, :3])
+    gripper = F.binary_cross_entropy_with_logits(pred[:, 3], target[:, 3])
+    accuracy = ((pred[:, 3] > 0) == (target[:, 3] > 0.5)).float().mean().item()
+    return {'loss': step + 0.5 * gripper, 'loss_step': step.item(),
+            'loss_gripper': gripper.item(), 'accuracy': accuracy}
+
+
+class BCStep(nn.Module):
+    """Step function for clip_ros.learning.training.train on demonstration batches."""
+
+    def forward(self, model, loss_fn, batch: dict, log: bool = False) -> dict:
+        pred = model(batch['images'], batch['texts'], batch['state'])
+        return bc_loss(pred, batch['action'])
+
+
+class Demonstrations(torch.utils.data.Dataset):
+    """Demonstration arrays as dict items ('images' and 'texts' are CLIP embeddings)."""
+
+    KEYS = ('image_emb', 'text_emb', 'state', 'action', 'episode')
+
+    def __init__(self, arrays: dict, episodes=None):
+        missing = [k for k in self.KEYS if k not in arrays]
+        if missing:
+            raise ValueError(f'demonstrations lack {missing}; expected {list(self.KEYS)}')
+        keep = np.ones(len(arrays['state']), bool) if episodes is None else np.isin(
+            arrays['episode'], list(episodes))
+        self.image = torch.from_numpy(np.asarray(arrays['image_emb'][keep], np.float32))
+        self.text = torch.from_numpy(np.asarray(arrays['text_emb'][keep], np.float32))
+        self.state = torch.from_numpy(np.asarray(arrays['state'][keep], np.float32))
+        self.action = torch.from_numpy(np.asarray(arrays['action'][keep], np.float32))
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+    def __getitem__(self, i: int) -> dict:
+        return {'images': self.image[i], 'texts': self.text[i], 'state': self.state[i],
+                'action': self.action[i]}
+
+
+def save_demonstrations(path: str, arrays: dict, meta: dict) -> None:
+    """Write demonstration arrays and a JSON meta block to an .npz file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def load_demonstrations(path: str) -> tuple:
+    """Return (arrays dict, meta dict) from save_demonstrations' file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"demonstrations '{path}' do not exist; record them with: "
+                                'ros2 run clip_ros record_demos')
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files if k != 'meta'}
+        meta = json.loads(str(data['meta'])) if 'meta' in data.files else {}
+    return arrays, meta
 
 
 def episode_arrays(result, embedder, max_step: float, episode: int) -> dict:
     """Turn one recorded episode's (observation, action) pairs into demonstration rows."""
     text = embedder.text(result.task.command).numpy()
-    tracker, image = Tracker(), None
+    tracker, image = TargetTracker(), None
     rows = {k: [] for k in Demonstrations.KEYS}
     for obs, action in result.steps:
         tracker.update(obs)

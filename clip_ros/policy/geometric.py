@@ -135,6 +135,39 @@ def occludes(ee_position, target, near_distance: float) -> bool:
         np.linalg.norm(np.asarray(ee_position) - target) <= near_distance)
 
 
+class TargetTracker:
+    """
+    The last known target and destination, as every policy (and its demonstrations) sees them.
+
+    Near the target the gripper hides part of it and grounding may prefer a similar object or
+    flicker between parts; objects do not move until grasped, so once the end effector comes
+    within `near_distance` the estimate made from the unoccluded view is kept. A held load
+    occludes the destination, so callers stop tracking it once the carry starts.
+    """
+
+    def __init__(self, near_distance: float = PolicyConfig.near_distance):
+        self.near_distance = near_distance
+        self.target = self.destination = None
+        self.target_seen = self.destination_seen = None
+        self.frozen = False
+
+    def tracking(self, phase_tracks: bool = True) -> bool:
+        """Return whether the target estimate is still updated (and must stay in view)."""
+        return self.target is None or (phase_tracks and not self.frozen)
+
+    def update(self, obs: Observation, track_target: bool = None,
+               track_destination: bool = None) -> None:
+        """Keep this tick's sightings; by default both are tracked until something is held."""
+        track_target = not obs.holding if track_target is None else track_target
+        track_destination = not obs.holding if track_destination is None else track_destination
+        self.frozen = self.frozen or occludes(obs.ee_position, self.target, self.near_distance)
+        if obs.target is not None and self.tracking(track_target):
+            self.target, self.target_seen = np.asarray(obs.target, np.float64), obs.time
+        if obs.destination is not None and (self.destination is None or track_destination):
+            self.destination = np.asarray(obs.destination, np.float64)
+            self.destination_seen = obs.time
+
+
 def validate_command(command: Command) -> str:
     """Return '' when `command` can be executed, else the reason it cannot."""
     if command.verb not in ACTION_VERBS:
@@ -181,9 +214,8 @@ class GeometricPolicy:
         self._phases = plan(command, self.config)
         self._last_track = max((i for i, p in enumerate(self._phases) if p.track), default=-1)
         self._index, self._started, self._phase_start = 0, now, now
-        self._target = self._destination = self._goal = None
-        self._target_seen = self._destination_seen = None
-        self._anchor_ee, self._load, self._frozen = None, 0.0, False
+        self._tracker = TargetTracker(self.config.near_distance)
+        self._anchor_ee, self._load = None, 0.0
         self._last = Action('waiting', detail=f'looking for {command.targets[0]!r}')
         return self._last
 
@@ -205,7 +237,7 @@ class GeometricPolicy:
         reason = self._safety(obs)
         if reason:
             return self._finish('aborted', reason, self._phase_name())
-        if self._target is None:
+        if self._tracker.target is None:
             return self._last  # still waiting, within acquire_timeout
         if self._index >= len(self._phases):
             return self._finish('succeeded', self._success_detail())
@@ -219,47 +251,44 @@ class GeometricPolicy:
 
     def _tracking(self) -> bool:
         """Return whether the target estimate is still updated (and must stay in view)."""
-        return self._target is None or (self._index <= self._last_track and not self._frozen)
+        return self._tracker.tracking(self._index <= self._last_track)
 
     def _observe(self, obs: Observation) -> None:
-        # Near the target the gripper hides part of it and grounding may prefer a similar
-        # object or flicker between parts: objects do not move until grasped, so the
-        # estimate made from the unoccluded view is kept from here on.
-        self._frozen = self._frozen or occludes(obs.ee_position, self._target,
-                                                self.config.near_distance)
-        if obs.target is not None and self._tracking():
-            self._target, self._target_seen = np.asarray(obs.target, np.float64), obs.time
         # The destination is latched once the carry starts: the load then occludes it.
         carrying = any(p.anchor == 'destination' for p in self._phases[:self._index + 1])
-        if obs.destination is not None and (self._destination is None or not carrying):
-            self._destination = np.asarray(obs.destination, np.float64)
-            self._destination_seen = obs.time
+        self._tracker.update(obs, self._index <= self._last_track, not carrying)
 
-    def _safety(self, obs: Observation) -> str:
-        cfg, now = self.config, obs.time
+    def _limits(self, now: float) -> str:
+        """Return why the command must stop now ('' when it may go on): every policy's checks."""
+        cfg, tracker = self.config, self._tracker
         if now - self._started > cfg.time_limit:
             return f'time limit of {cfg.time_limit:g} s exceeded'
-        if self._target is None:
+        if tracker.target is None:
             if now - self._started > cfg.acquire_timeout:
                 return f'target {self.command.targets[0]!r} not found within ' \
                        f'{cfg.acquire_timeout:g} s'
             return ''
-        if self._tracking() and now - self._target_seen > cfg.lost_timeout:
-            return f'target lost for {now - self._target_seen:.2f} s (> {cfg.lost_timeout:g} s)'
-        if self._tracking() and not self._inside(self._target):
-            return f'target at {np.round(self._target, 3).tolist()} is outside the workspace'
-        phase = self._phases[self._index] if self._index < len(self._phases) else None
-        if (phase is not None and phase.anchor == 'destination' and self._destination is None
-                and now - self._phase_start > cfg.acquire_timeout):
-            return f'destination {self.command.destination!r} not found'
+        if self._tracking() and now - tracker.target_seen > cfg.lost_timeout:
+            return f'target lost for {now - tracker.target_seen:.2f} s (> {cfg.lost_timeout:g} s)'
+        if self._tracking() and not self._inside(tracker.target):
+            return f'target at {np.round(tracker.target, 3).tolist()} is outside the workspace'
         return ''
+
+    def _safety(self, obs: Observation) -> str:
+        reason = self._limits(obs.time)
+        phase = self._phases[self._index] if self._index < len(self._phases) else None
+        if (not reason and phase is not None and phase.anchor == 'destination'
+                and self._tracker.destination is None
+                and obs.time - self._phase_start > self.config.acquire_timeout):
+            return f'destination {self.command.destination!r} not found'
+        return reason
 
     def _inside(self, point) -> bool:
         return bool(np.all(point >= self._low) and np.all(point <= self._high))
 
     def _success_detail(self) -> str:
         if self.command.verb == 'find':
-            where = np.round(self._target, 3).tolist()
+            where = np.round(self._tracker.target, 3).tolist()
             return f'found {self.command.targets[0]!r} at {where}'
         return f'{self.command.verb} {self.command.targets[0]!r} done'
 
@@ -302,7 +331,8 @@ class GeometricPolicy:
         elif phase.anchor == 'home':
             base = np.asarray(self.config.home, np.float64)
         else:
-            base = self._target if phase.anchor == 'target' else self._destination
+            tracker = self._tracker
+            base = tracker.target if phase.anchor == 'target' else tracker.destination
             if base is None:
                 return None
         goal = base + np.asarray(phase.offset, np.float64)

@@ -9,17 +9,15 @@ limit per tick (clipped to [-1, 1]) and a gripper logit. Trained by behaviour cl
 demonstrations of the geometric policy (see record_demonstrations).
 """
 from dataclasses import asdict, dataclass
-import json
 import os
 
 import numpy as np
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from clip_ros.perception.image import preprocess
 from clip_ros.policy.geometric import (
-    Action, CLOSED, GeometricPolicy, Observation, occludes, OPEN, PolicyConfig,
+    Action, CLOSED, GeometricPolicy, Observation, OPEN, PolicyConfig, TargetTracker,
     validate_command)
 
 STATE_DIM = 13  # ee xyz, gripper, holding, target rel xyz + seen, destination rel xyz + seen
@@ -34,13 +32,6 @@ def state_vector(obs: Observation, target, destination) -> np.ndarray:
         parts.append([0.0, 0.0, 0.0, 0.0] if point is None
                      else list(np.asarray(point) - ee) + [1.0])
     return np.concatenate([np.asarray(p, np.float64) for p in parts]).astype(np.float32)
-
-
-def action_label(obs: Observation, action: Action, max_step: float) -> np.ndarray:
-    """Return the float32 [ACTION_DIM] target of a demonstration step."""
-    delta = np.zeros(3) if action.goal is None else (np.asarray(action.goal) - obs.ee_position)
-    gripper = obs.gripper if action.gripper is None else action.gripper
-    return np.concatenate([np.clip(delta / max_step, -1, 1), [gripper]]).astype(np.float32)
 
 
 @dataclass
@@ -95,64 +86,6 @@ class PolicyHead(nn.Module):
         return head.to(device).eval()
 
 
-def bc_loss(pred: torch.Tensor, target: torch.Tensor) -> dict:
-    """Return {'loss', 'loss_step', 'loss_gripper', 'accuracy' (gripper)} of a batch."""
-    step = F.mse_loss(pred[:, :3], target[:, :3])
-    gripper = F.binary_cross_entropy_with_logits(pred[:, 3], target[:, 3])
-    accuracy = ((pred[:, 3] > 0) == (target[:, 3] > 0.5)).float().mean().item()
-    return {'loss': step + 0.5 * gripper, 'loss_step': step.item(),
-            'loss_gripper': gripper.item(), 'accuracy': accuracy}
-
-
-class BCStep(nn.Module):
-    """Step function for clip_ros.learning.training.train on demonstration batches."""
-
-    def forward(self, model, loss_fn, batch: dict, log: bool = False) -> dict:
-        pred = model(batch['images'], batch['texts'], batch['state'])
-        return bc_loss(pred, batch['action'])
-
-
-class Demonstrations(torch.utils.data.Dataset):
-    """Demonstration arrays as dict items ('images' and 'texts' are CLIP embeddings)."""
-
-    KEYS = ('image_emb', 'text_emb', 'state', 'action', 'episode')
-
-    def __init__(self, arrays: dict, episodes=None):
-        missing = [k for k in self.KEYS if k not in arrays]
-        if missing:
-            raise ValueError(f'demonstrations lack {missing}; expected {list(self.KEYS)}')
-        keep = np.ones(len(arrays['state']), bool) if episodes is None else np.isin(
-            arrays['episode'], list(episodes))
-        self.image = torch.from_numpy(np.asarray(arrays['image_emb'][keep], np.float32))
-        self.text = torch.from_numpy(np.asarray(arrays['text_emb'][keep], np.float32))
-        self.state = torch.from_numpy(np.asarray(arrays['state'][keep], np.float32))
-        self.action = torch.from_numpy(np.asarray(arrays['action'][keep], np.float32))
-
-    def __len__(self) -> int:
-        return len(self.state)
-
-    def __getitem__(self, i: int) -> dict:
-        return {'images': self.image[i], 'texts': self.text[i], 'state': self.state[i],
-                'action': self.action[i]}
-
-
-def save_demonstrations(path: str, arrays: dict, meta: dict) -> None:
-    """Write demonstration arrays and a JSON meta block to an .npz file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
-
-
-def load_demonstrations(path: str) -> tuple:
-    """Return (arrays dict, meta dict) from save_demonstrations' file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"demonstrations '{path}' do not exist; record them with: "
-                                'ros2 run clip_ros record_demos')
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files if k != 'meta'}
-        meta = json.loads(str(data['meta'])) if 'meta' in data.files else {}
-    return arrays, meta
-
-
 class Embedder:
     """Frozen CLIP embeddings of frames and commands (commands cached by the model)."""
 
@@ -169,30 +102,6 @@ class Embedder:
     def text(self, command: str) -> torch.Tensor:
         """Return the [D] float32 embedding of a command."""
         return self.clip.encode_text([command])[0].float().cpu()
-
-
-class Tracker:
-    """Last known target and destination, as the learned policy and its demonstrations see."""
-
-    def __init__(self, near_distance: float = PolicyConfig.near_distance):
-        self.target = self.destination = None
-        self.target_seen = None
-        self.near_distance = near_distance
-        self.frozen = False
-
-    def update(self, obs: Observation) -> None:
-        """
-        Keep the newest sightings.
-
-        As in GeometricPolicy, the target estimate freezes once the end effector comes within
-        `near_distance` of it (the gripper then occludes it); a held target moves with the
-        hand, so it is not updated either.
-        """
-        self.frozen = self.frozen or occludes(obs.ee_position, self.target, self.near_distance)
-        if obs.target is not None and not obs.holding and not self.frozen:
-            self.target, self.target_seen = np.asarray(obs.target, np.float64), obs.time
-        if obs.destination is not None and not obs.holding:
-            self.destination = np.asarray(obs.destination, np.float64)
 
 
 class LearnedPolicy(GeometricPolicy):
@@ -218,30 +127,21 @@ class LearnedPolicy(GeometricPolicy):
             reason = reason or f'the learned head handles pick and place, not {command.verb!r}'
             return self._finish('rejected', reason)
         self._text = self.embedder.text(command.text)[None].to(self._device)
-        self._image, self._tracker = None, Tracker()
+        self._image, self._tracker = None, TargetTracker(self.config.near_distance)
         self._started, self._held, self._grasp_z = now, False, None
         self._last = Action('waiting', detail=f'looking for {command.targets[0]!r}')
         return self._last
 
-    def _check(self, obs: Observation) -> str:
-        cfg, tracker, now = self.config, self._tracker, obs.time
-        if now - self._started > cfg.time_limit:
-            return f'time limit of {cfg.time_limit:g} s exceeded'
-        if tracker.target is None:
-            return f'target {self.command.targets[0]!r} not found within ' \
-                f'{cfg.acquire_timeout:g} s' if now - self._started > cfg.acquire_timeout else ''
-        if not (self._held or tracker.frozen) and now - tracker.target_seen > cfg.lost_timeout:
-            return f'target lost for {now - tracker.target_seen:.2f} s (> {cfg.lost_timeout:g} s)'
-        if not self._held and not self._inside(tracker.target):
-            return f'target at {np.round(tracker.target, 3).tolist()} is outside the workspace'
-        return ''
+    def _tracking(self) -> bool:
+        # Until the grasp; the geometric policy's limits (_limits) then apply unchanged.
+        return self._tracker.tracking(not self._held)
 
     def step(self, obs: Observation) -> Action:
         """Return the head's action for this tick, or the final status."""
         if self._last.state not in ('waiting', 'executing'):
             return self._last
         self._tracker.update(obs)
-        reason = self._check(obs)
+        reason = self._limits(obs.time)
         if reason:
             return self._finish('aborted', reason, 'learned')
         if obs.image is not None:

@@ -3,7 +3,8 @@ import argparse
 import time
 
 from clip_ros.learning.behaviour_cloning import record_demonstrations
-from clip_ros.policy.learned import Embedder, save_demonstrations
+from clip_ros.learning.behaviour_cloning import save_demonstrations
+from clip_ros.policy.learned import Embedder
 from clip_ros.sim.dataset import HELD_OUT
 from clip_ros.sim.episodes import (
     EpisodeConfig, load_perception, PERCEPTION_CHOICES, sample_task)

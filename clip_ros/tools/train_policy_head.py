@@ -4,8 +4,9 @@ import json
 import os
 
 from clip_ros.learning.behaviour_cloning import fit_head, plot_bc_history
+from clip_ros.learning.behaviour_cloning import load_demonstrations
 from clip_ros.learning.training import TrainConfig
-from clip_ros.policy.learned import HeadConfig, load_demonstrations
+from clip_ros.policy.learned import HeadConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:
