@@ -13,17 +13,12 @@ from clip_ros.sim.dataset import HELD_OUT
 from clip_ros.sim.episodes import (
     check_success, EpisodeConfig, run_episode, sample_task, save_strip, Task, TruthPerception)
 
-pytest.importorskip('mujoco')
-
 
 @pytest.fixture(scope='module')
-def sim():
+def sim(gl_context):
     from clip_ros.sim.simulator import TabletopSim
 
-    try:
-        sim = TabletopSim(0, 96, 72)
-    except RuntimeError as e:
-        pytest.skip(str(e))
+    sim = TabletopSim(0, 96, 72)
     yield sim
     sim.close_renderer()
 

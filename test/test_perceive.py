@@ -18,7 +18,7 @@ from clip_ros.sim.episodes import load_perception, TruthPerception
 
 
 @pytest.fixture(scope='module')
-def frame_and_sim():
+def frame_and_sim(gl_context):
     from clip_ros.sim.simulator import TabletopSim
 
     with TabletopSim(0, 320, 240) as sim:
