@@ -146,7 +146,10 @@ def test_to_image_size():
     maps = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
     out = to_image_size(maps, (8, 12))
     assert isinstance(out, np.ndarray) and out.shape == (2, 8, 12) and out.dtype == np.float32
-    assert to_image_size(maps, (4, 4)) is not None
+    np.testing.assert_array_equal(to_image_size(maps, (4, 4)), maps)  # same size: unchanged
+    # Bilinear with pixel centres aligned: upsampled, the corners keep the corner values.
+    assert out[:, 0, 0].tolist() == maps[:, 0, 0].tolist()
+    assert out[:, -1, -1].tolist() == maps[:, -1, -1].tolist()
     np.testing.assert_allclose(to_image_size(np.ones((1, 3, 3)), (7, 5)), 1.0, rtol=1e-6)
     t = to_image_size(torch.from_numpy(maps), (2, 2))
     assert isinstance(t, torch.Tensor) and t.shape == (2, 2, 2)

@@ -58,9 +58,15 @@ def test_place_ends_open_above_destination():
 
 @pytest.mark.parametrize('text', ['dance with the blue block', 'blue block', 'sing'])
 def test_unknown_verb_never_moves(text):
-    action, log = run(text)
+    policy = GeometricPolicy(CONFIG)
+    action = policy.start(parse_command(text), 0.0)
     assert action.state == 'rejected' and 'no motion' in action.detail
-    assert all(a.goal is None and not a.moving for _, a in log)
+    # Stepped on with the target in view, the rejected command still holds the arm still.
+    ee = np.array([0.0, 0.12, 0.45])
+    actions = [action] + [policy.step(Observation(tick / CONFIG.rate, ee, OPEN, TARGET, BOWL))
+                          for tick in range(1, 60)]
+    assert [a.state for a in actions] == ['rejected'] * 60
+    assert all(a.goal is None and not a.moving and a.gripper is None for a in actions)
 
 
 def test_lost_target_aborts():
@@ -74,7 +80,7 @@ def test_lost_target_aborts():
 def test_never_seen_target_aborts_without_motion():
     action, log = run('grab the blue block', seen=lambda t: False)
     assert action.state == 'aborted' and 'not found' in action.detail
-    assert all(a.goal is None for _, a in log)
+    assert len(log) > 1 and all(a.goal is None and a.gripper is None for _, a in log)
 
 
 def test_target_outside_workspace_aborts():
