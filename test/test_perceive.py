@@ -5,6 +5,9 @@ The node's path (grounding results -> Detection2DArray + mask -> detection_candi
 episode runner's path (ModelPerception) must hand `perceive` the same candidates, so the
 closed-loop evaluation measures what vla_policy_node does.
 """
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from std_msgs.msg import Header
@@ -94,3 +97,16 @@ def test_node_and_episode_paths_give_the_same_points(frame_and_sim):
     assert a.points.keys() == b.points.keys() and a.points
     for role in a.points:
         np.testing.assert_array_equal(a.points[role], b.points[role])
+
+
+def test_models_load_after_a_gl_context_in_one_process(gl_context):
+    # The demo runs the simulator and the grounding models in one process; a GL driver's LLVM
+    # and triton's used to collide there (segmentation fault on the models' first import).
+    code = ('from clip_ros.sim.simulator import create_gl_context\n'
+            'context = create_gl_context(8, 8)\n'
+            'from clip_ros.perception.loading import load_clipseg\n'
+            "load_clipseg('tabletop', device='cpu')\n"
+            'context.free()\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -5,6 +5,8 @@ Rendering needs an offscreen OpenGL backend: EGL (default, Mesa or NVIDIA) or OS
 MUJOCO_GL=egl|osmesa to choose; without it EGL is tried first, then OSMesa.
 """
 from dataclasses import dataclass
+import importlib
+import importlib.util
 import math
 import os
 import sys
@@ -70,6 +72,15 @@ def _drop_opengl_modules() -> None:
         del sys.modules[name]
 
 
+def _load_triton_first() -> None:
+    # Mesa's EGL/OSMesa drivers bring their own LLVM; triton (which torch and transformers
+    # import on first use of torch._dynamo) bundles another, and loading it after a GL context
+    # exists crashes the process. Loaded first, both coexist (a simulator and the grounding
+    # models share the demo's process).
+    if importlib.util.find_spec('triton') is not None:
+        importlib.import_module('triton')
+
+
 def create_gl_context(width: int, height: int):
     """
     Create an offscreen OpenGL context: MUJOCO_GL's backend, then OSMesa if EGL fails.
@@ -80,6 +91,7 @@ def create_gl_context(width: int, height: int):
         A RuntimeError naming both backends' errors and the packages that provide them.
 
     """
+    _load_triton_first()
     errors = []
     backends = [os.environ['MUJOCO_GL'].lower()]
     if backends[0] == 'egl':
