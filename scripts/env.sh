@@ -23,6 +23,12 @@ esac
 
 if [ -f "$_clip_ros_root/install/setup.bash" ]; then
     . "$_clip_ros_root/install/setup.bash"
+    # ament_python installs console scripts under lib/<package> (for `ros2 run`); put them on
+    # PATH too, so `benchmark`, `evaluate`, `demo`, ... run by name without ros2cli.
+    case ":${PATH}:" in
+        *":$_clip_ros_root/install/clip_ros/lib/clip_ros:"*) ;;
+        *) export PATH="$_clip_ros_root/install/clip_ros/lib/clip_ros:$PATH" ;;
+    esac
 else
     echo "clip_ros: $_clip_ros_root/install is missing; run: bash scripts/setup.sh" >&2
 fi
