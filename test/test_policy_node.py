@@ -250,7 +250,7 @@ def head_path(tmp_path_factory):
     """Write a random policy head over the tiny CLIP (no weights needed)."""
     dim = load_clip('tiny', 'random', 'cpu').encode_text(['a block']).shape[1]
     path = tmp_path_factory.mktemp('head') / 'head.pt'
-    PolicyHead(HeadConfig(dim, hidden=16)).save(str(path))
+    PolicyHead(HeadConfig(dim, 'tiny', 'random', hidden=16)).save(str(path))
     return str(path)
 
 

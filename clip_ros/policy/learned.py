@@ -39,8 +39,8 @@ class HeadConfig:
     """Sizes of the head; saved with its weights."""
 
     embed_dim: int            # CLIP embedding size
-    clip_arch: str = 'tiny'   # the frozen CLIP the embeddings came from
-    clip_pretrained: str = 'random'
+    clip_arch: str = 'tabletop'  # the frozen CLIP the embeddings came from (the bundled one)
+    clip_pretrained: str = ''
     hidden: int = 256
     layers: int = 3
     dropout: float = 0.1

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from clip_ros.policy.geometric import GeometricPolicy
-from clip_ros.sim.dataset import HELD_OUT
+from clip_ros.sim.dataset import HELD_OUT, SPLIT_SIZE, SPLITS
 from clip_ros.sim.episodes import (
     EpisodeConfig, load_perception, PERCEPTION_CHOICES, run_episode, sample_task, save_strip,
     STAGES)
@@ -27,7 +27,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--perception', choices=PERCEPTION_CHOICES, default='tabletop',
                         help="grounding models, or 'truth' for the sim's instance masks")
     parser.add_argument('--head', default='', help='policy head checkpoint to compare')
-    parser.add_argument('--seed', type=int, default=0, help='first scene seed')
+    parser.add_argument('--only-head', action='store_true',
+                        help='run only the learned head (the geometric figures are known)')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='offset of the scene seeds within the split')
+    parser.add_argument('--split', choices=sorted(SPLITS), default='test',
+                        help='scene split (the tabletop model trained on train, thresholds '
+                             'and demonstrations use val)')
     parser.add_argument('--held-out-share', type=float, default=0.5,
                         help='share of episodes whose target is a held-out colour x shape')
     parser.add_argument('--perceive-every', type=int, default=1,
@@ -46,8 +52,11 @@ def make_tasks(args) -> list:
     """Return the task list: verbs interleaved, held-out targets at the given share."""
     count = args.episodes * len(args.verbs)
     held = np.random.default_rng(args.seed).random(count) < args.held_out_share
-    return [sample_task(args.seed + 7919 * k % 100003, args.verbs[k % len(args.verbs)],
-                        HELD_OUT, bool(held[k])) for k in range(count)]
+    first = SPLITS[args.split]
+    # sample_task looks up to 200 seeds ahead for a fitting scene: stay inside the split.
+    seeds = [first + (args.seed + 7919 * k) % (SPLIT_SIZE - 200) for k in range(count)]
+    return [sample_task(seed, args.verbs[k % len(args.verbs)], HELD_OUT, bool(held[k]))
+            for k, seed in enumerate(seeds)]
 
 
 def rate(results) -> str:
@@ -97,7 +106,7 @@ def failures(runs: dict, limit: int = 8) -> str:
 
 def policies(args, clip) -> dict:
     """Return {name: factory} for the geometric policy and, with --head, the learned one."""
-    made = {'geometric': GeometricPolicy}
+    made = {} if args.only_head and args.head else {'geometric': GeometricPolicy}
     if args.head:
         from clip_ros.perception.loading import load_clip
         from clip_ros.policy.learned import Embedder, LearnedPolicy, PolicyHead

@@ -2,8 +2,7 @@
 import argparse
 import time
 
-from clip_ros.learning.behaviour_cloning import record_demonstrations
-from clip_ros.learning.behaviour_cloning import save_demonstrations
+from clip_ros.learning.behaviour_cloning import record_demonstrations, save_demonstrations
 from clip_ros.policy.learned import Embedder
 from clip_ros.sim.dataset import HELD_OUT
 from clip_ros.sim.episodes import (
@@ -17,8 +16,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--out', default='demos/demos.npz', help='output .npz')
     parser.add_argument('--perception', choices=PERCEPTION_CHOICES, default='truth',
                         help="how targets are grounded ('truth': sim instance masks)")
-    parser.add_argument('--clip', default='tiny',
-                        help="frozen CLIP for the embeddings: 'tiny' or 'tabletop'")
+    parser.add_argument('--clip', default='tabletop', choices=('tabletop', 'tiny'),
+                        help="frozen CLIP for the embeddings: 'tabletop' (the bundled trained "
+                             "model) or 'tiny' (random weights: the head then sees noise)")
     parser.add_argument('--seed', type=int, default=100000, help='first scene seed')
     # The size evaluate_policy renders at, so the head sees the same image embeddings.
     parser.add_argument('--width', type=int, default=640)

@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     """Train, save the head, history.json and the loss curve next to it."""
     args = parse_args(argv)
     arrays, meta = load_demonstrations(args.demos)
-    arch = meta.get('clip_arch', 'tiny')
+    arch = meta.get('clip_arch', HeadConfig.clip_arch)
     head_config = HeadConfig(int(arrays['image_emb'].shape[1]), arch,
                              'random' if arch == 'tiny' else '', hidden=args.hidden)
     config = TrainConfig(seed=args.seed, batch_size=args.batch_size, epochs=args.epochs,
