@@ -146,3 +146,15 @@ def test_helpers():
     assert retrieval_accuracy(features, texts, labels=[5, 6, 5]) == 1.0
     with pytest.raises(ValueError, match='batch_size'):
         make_loader(squares(4, 0), 0)
+
+
+def test_time_budget_stops_and_compresses_the_schedule(tmp_path):
+    # A budget far shorter than the run: the loop stops early and says why, and the
+    # learning rate follows elapsed time (already near its floor before the steps run out).
+    history = run(tmp_path, 'budget', epochs=50, time_budget=0.5, min_lr=0.1, warmup_steps=1)
+    assert 0 < len(history['steps']) < 50 * 4
+    assert history['stopped'].startswith('time budget reached')
+    rates = [s['lr'] for s in history['steps']]
+    assert min(rates) >= 0.1 * 1e-2 - 1e-12 and rates[-1] < 0.5 * max(rates)
+    full = run(tmp_path, 'full', epochs=2)
+    assert full['stopped'] == '' and len(full['steps']) == 2 * 4

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from clip_ros.learning.losses import ClipLoss, MAX_LOGIT_SCALE, UncertaintyWeighting
-from clip_ros.learning.training import pick_threads
+from clip_ros.learning import training
+from clip_ros.learning.lora import apply_lora, count_parameters, merge_lora
+from clip_ros.learning.losses import ClipLoss, create_loss, MAX_LOGIT_SCALE, UncertaintyWeighting
+from clip_ros.learning.training import pick_threads, TrainConfig
 from clip_ros.perception import tabletop_model as tabletop
 from clip_ros.perception.grounding import DEFAULT_DISTRACTORS
 from clip_ros.perception.image import crops, preprocess
@@ -33,6 +35,9 @@ TEMPLATES = ('{}', '{}', 'the {}', 'a {}', 'pick up the {}', 'the {} on the tabl
 # Token ids beyond the end-of-text id are padding; short contexts give identical features.
 TRAIN_CONTEXT = 16
 POS_WEIGHT = torch.tensor(3.0)
+# LoRA fine-tuning adapts every attention projection of both towers and the decoder.
+LORA_TARGETS = ('*self_attn.q_proj', '*self_attn.k_proj', '*self_attn.v_proj',
+                '*self_attn.out_proj')
 _log = logging.getLogger('train_tabletop')
 
 # Sizes of the bundled model; 'clip_ros' holds what transformers' config does not know.
@@ -190,24 +195,63 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * overlap + 1) / (prob.sum(1) + target.sum(1) + 1)).mean()
 
 
-def train_step(model, losses, batch, config) -> dict:
-    """Run one forward pass; return the losses (total included) for backward and logging."""
-    weights, clip_loss = losses
-    phrases, owner, targets, (cut, captions, labels), images = batch
-    pixels = normalise(images, config)
-    out = model.clip.vision_model(pixel_values=pixels, output_hidden_states=True,
-                                  interpolate_pos_encoding=True)
-    hidden = [out.hidden_states[i + 1][owner] for i in model.extract_layers]
-    cond = tabletop.text_features(model, tokenize(phrases, TRAIN_CONTEXT))
-    logits = model.decoder(hidden, cond).logits.reshape(targets.shape)
-    # Objects cover about 1% of a frame: up-weight their pixels so 'all background' is no minimum.
-    seg = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=POS_WEIGHT)
-    seg = seg + dice_loss(logits, targets)
-    image = tabletop.image_features(model, normalise(cut, config))
-    text = F.normalize(tabletop.text_features(model, tokenize(captions, TRAIN_CONTEXT)), dim=-1)
-    scale = model.clip.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
-    clip = clip_loss(image, text, labels=labels, logit_scale=scale)
-    return {'total': weights([seg, clip]), 'segmentation': seg, 'contrastive': clip}
+class TabletopStep(torch.nn.Module):
+    """
+    One step of the recipe for clip_ros.learning.training.train: segmentation + contrastive.
+
+    The CLIPSeg decoder segments phrases (BCE + dice) while the CLIP towers match object crops
+    to their names with `loss_fn` (ClipLoss at the model's own temperature, or TripletLoss);
+    the two losses are balanced by learned uncertainty weights, trained with the model.
+    """
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = config
+        self.weighting = UncertaintyWeighting(2)
+
+    def forward(self, model, loss_fn, batch: dict, log: bool = False) -> dict:
+        """Return {'loss': weighted total, and each part as a float for the history}."""
+        pixels = normalise(batch['images'], self.config)
+        out = model.clip.vision_model(pixel_values=pixels, output_hidden_states=True,
+                                      interpolate_pos_encoding=True)
+        hidden = [out.hidden_states[i + 1][batch['owner']] for i in model.extract_layers]
+        targets = batch['targets']
+        cond = tabletop.text_features(model, tokenize(batch['phrases'], TRAIN_CONTEXT))
+        logits = model.decoder(hidden, cond).logits.reshape(targets.shape)
+        # Objects cover about 1% of a frame: up-weight their pixels so 'all background' is no
+        # minimum.
+        seg = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=POS_WEIGHT)
+        seg = seg + dice_loss(logits, targets)
+        image = tabletop.image_features(model, normalise(batch['crops'], self.config))
+        text = F.normalize(tabletop.text_features(
+            model, tokenize(batch['captions'], TRAIN_CONTEXT)), dim=-1)
+        if isinstance(loss_fn, ClipLoss):
+            scale = model.clip.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+            contrastive = loss_fn(image, text, labels=batch['labels'], logit_scale=scale)
+        else:
+            contrastive = loss_fn(image, text, labels=batch['labels'])
+        weights = self.weighting.weights().detach()
+        return {'loss': self.weighting([seg, contrastive]), 'segmentation': seg.item(),
+                'contrastive': contrastive.item(), 'weight_segmentation': weights[0].item(),
+                'weight_contrastive': weights[1].item()}
+
+
+class RecipeBatches(torch.utils.data.Dataset):
+    """Batch i of a run: scenes sampled from the pool with a generator seeded by (seed, i)."""
+
+    def __init__(self, pool: Pool, steps: int, batch: int, seed: int):
+        self.pool, self.steps, self.batch, self.seed = pool, steps, batch, seed
+        self.vocabulary = sorted({n for names in pool.names for n in names})
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int) -> dict:
+        rng = random.Random(self.seed * 1_000_003 + i)
+        phrases, owner, targets, (cut, captions, labels), images = make_batch(
+            self.pool, self.vocabulary, self.batch, rng)
+        return {'phrases': phrases, 'owner': owner, 'targets': targets, 'crops': cut,
+                'captions': captions, 'labels': labels, 'images': images}
 
 
 def make_batch(pool: Pool, vocabulary: list, size: int, rng: random.Random) -> tuple:
@@ -220,45 +264,23 @@ def make_batch(pool: Pool, vocabulary: list, size: int, rng: random.Random) -> t
     return phrases, owner, targets, crop_batch(pool, scenes, rng), images
 
 
-def learning_rate(base: float, progress: float, warmup: float = 0.03) -> float:
-    """Linear warm-up then cosine decay to 2% over progress in [0, 1]."""
-    if progress < warmup:
-        return base * progress / warmup
-    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+def train(model, pool: Pool, config: dict, args, seconds: float, step=None) -> list:
+    """
+    Train with the package's one training loop for args.steps or `seconds`; return the rows.
 
-
-def train(model, pool: Pool, config: dict, args, seconds: float) -> list:
-    """Train for args.steps or `seconds`, whichever ends first; return the loss history."""
-    rng = random.Random(args.seed)
-    vocabulary = sorted({n for names in pool.names for n in names})
-    weights = UncertaintyWeighting(2)
-    params = list(model.parameters()) + list(weights.parameters())
-    losses = (weights, ClipLoss())
-    optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    model.train()
-    history, start = [], time.monotonic()
-    bar = tqdm(total=args.steps, desc='train', disable=args.quiet)
-    for step in range(args.steps):
-        elapsed = time.monotonic() - start
-        progress = max(step / args.steps, elapsed / seconds)
-        if progress >= 1.0:
-            _log.warning('time budget reached at step %d of %d', step, args.steps)
-            break
-        for group in optimiser.param_groups:
-            group['lr'] = learning_rate(args.lr, progress)
-        values = train_step(model, losses, make_batch(pool, vocabulary, args.batch, rng), config)
-        optimiser.zero_grad(set_to_none=True)
-        values['total'].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimiser.step()
-        record = {k: float(v.detach()) for k, v in values.items()}
-        seg_weight, clip_weight = weights.weights().tolist()
-        record.update(weight_segmentation=seg_weight, weight_contrastive=clip_weight)
-        history.append({'step': step, 'seconds': elapsed, **record})
-        bar.set_postfix(seg=f"{record['segmentation']:.3f}", clip=f"{record['contrastive']:.3f}")
-        bar.update()
-    bar.close()
-    return history
+    `step` defaults to a new TabletopStep; the learning rate warms up over 3% of the run, then
+    decays (cosine, to 2%) along whichever of steps and time is further along.
+    """
+    batches = torch.utils.data.DataLoader(
+        RecipeBatches(pool, args.steps, args.batch, args.seed), batch_size=None)
+    settings = TrainConfig(
+        seed=args.seed, epochs=1, max_steps=args.steps, lr=args.lr, weight_decay=0.01,
+        warmup_steps=max(1, round(0.03 * args.steps)), min_lr=0.02, grad_clip=1.0,
+        deterministic=False, progress=not args.quiet, time_budget=seconds)
+    loss = create_loss(getattr(args, 'loss', 'clip'))
+    history = training.train(model, loss, batches, config=settings,
+                             step_fn=step or TabletopStep(config))
+    return history['steps']
 
 
 def write_curves(history: list, path: Path) -> None:
@@ -268,18 +290,36 @@ def write_curves(history: list, path: Path) -> None:
     import matplotlib.pyplot as plt
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     steps = np.array([h['step'] for h in history])
-    for axis, key in zip(axes, ('total', 'segmentation', 'contrastive')):
+    for axis, key in zip(axes, ('loss', 'segmentation', 'contrastive')):
         values = np.array([h[key] for h in history])
         width = max(1, len(values) // 50)
         smooth = np.convolve(values, np.ones(width) / width, mode='valid')
         axis.plot(steps, values, alpha=0.25, color='tab:blue')
         axis.plot(steps[width - 1:], smooth, color='tab:blue')
-        axis.set_title(f'{key} loss')
+        axis.set_title('total loss' if key == 'loss' else f'{key} loss')
         axis.set_xlabel('step')
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)
+
+
+def initial_model(args, config: dict) -> tuple:
+    """
+    Return (model in train mode, its config, LoRA-adapted layer names) for a run.
+
+    From scratch by default; with args.lora > 0 the checkpoint args.init (default: the bundled
+    model) gets rank-args.lora adapters on every attention projection and only they (and the
+    loss weights) train, so a few minutes adapt it to new scenes without forgetting.
+    """
+    if not getattr(args, 'lora', 0):
+        return tabletop.build(config).train(), config, []
+    model, config, _, _ = tabletop.load(getattr(args, 'init', '') or None, 'cpu', 'float32')
+    adapted = apply_lora(model, LORA_TARGETS, r=args.lora, alpha=2.0 * args.lora)
+    trainable, total = count_parameters(model)
+    _log.info('LoRA rank %d on %d layers: %d of %d parameters train', args.lora, len(adapted),
+              trainable, total)
+    return model.train(), config, adapted
 
 
 def run(args) -> dict:
@@ -296,14 +336,17 @@ def run(args) -> dict:
     extra = config['clip_ros']
     pool = build_pool(scenes, extra['image_size'], extra['crop_size'])
     render_seconds = time.monotonic() - start
-    model = tabletop.build(config)
+    model, config, adapted = initial_model(args, config)
     # The time budget covers the whole command; keep a little for saving and plotting.
     history = train(model, pool, config, args, args.minutes * 60 - render_seconds - 15)
+    if adapted:
+        merge_lora(model)  # a plain checkpoint again: loads like any other
     out = tabletop.save(model, config, args.out)
     write_curves(history, Path(args.curves or out / 'training_curves.png'))
     summary = {'parameters': tabletop.parameter_count(model), 'scenes': len(pool.images),
                'threads': threads, 'cpu_seconds': round(time.process_time(), 1),
                'steps': len(history), 'render_seconds': round(render_seconds, 1),
+               'lora_layers': len(adapted), 'loss': getattr(args, 'loss', 'clip'),
                'total_seconds': round(time.monotonic() - start, 1), 'out': str(out)}
     (out / 'training.json').write_text(json.dumps(summary, indent=2) + '\n', encoding='utf-8')
     return summary

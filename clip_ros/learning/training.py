@@ -15,9 +15,11 @@ history.json and curves.png there.
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 import json
+import logging
 import math
 import os
 import random
+import time
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -39,6 +41,7 @@ __all__ = [
 ]
 
 BATCH_KEYS = ('images', 'texts', 'labels', 'masks')
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,7 +54,11 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimiser steps (0: no limit)
     lr: float = 1e-3  # peak learning rate (AdamW)
     weight_decay: float = 0.01  # on weight matrices only, not biases/norms/temperature
-    warmup_steps: int = 0  # linear warm-up, then cosine decay to 0
+    warmup_steps: int = 0  # linear warm-up, then cosine decay to min_lr
+    min_lr: float = 0.0  # floor of the cosine decay, as a share of lr
+    # Wall-clock budget in seconds (0: none): the schedule follows whichever of steps and time
+    # is further along, and training stops when the time is spent.
+    time_budget: float = 0.0
     grad_clip: float = 0.0  # max gradient norm (0: off)
     log_every: int = 1  # steps between costly diagnostics (gradient cosine)
     device: str = 'cpu'  # 'auto', 'cpu', 'cuda' or 'cuda:N'
@@ -157,7 +164,7 @@ def _parameters(modules) -> list:
     return params
 
 
-def _optimiser(params, config: TrainConfig, total_steps: int):
+def _optimiser(params, config: TrainConfig, total_steps: int, start: float):
     # As CLIP: no decay on biases, norms and the temperature (0-d/1-d tensors).
     groups = [{'params': [p for p in params if p.ndim >= 2],
                'weight_decay': config.weight_decay},
@@ -168,7 +175,10 @@ def _optimiser(params, config: TrainConfig, total_steps: int):
         if step < config.warmup_steps:
             return (step + 1) / config.warmup_steps
         progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if config.time_budget > 0:
+            progress = max(progress, (time.monotonic() - start) / config.time_budget)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return config.min_lr + (1 - config.min_lr) * cosine
     return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
 
 
@@ -216,6 +226,16 @@ class _Run:
     device: torch.device
     total_steps: int
     history: dict
+    start: float  # time.monotonic() when training began
+
+    def out_of_time(self) -> bool:
+        """Tell whether the time budget is spent (logged once when it is)."""
+        spent = self.config.time_budget > 0 and (
+            time.monotonic() - self.start >= self.config.time_budget)
+        if spent and not self.history.get('stopped'):
+            self.history['stopped'] = f'time budget reached at step {len(self.history["steps"])}'
+            _log.warning(self.history['stopped'])
+        return spent
 
 
 @contextmanager
@@ -258,7 +278,7 @@ def _train_epoch(run: _Run, epoch: int, loader) -> dict:
     bar = tqdm(loader, desc=f'epoch {epoch}/{config.epochs}', disable=not config.progress,
                dynamic_ncols=True)
     for batch in bar:
-        if len(steps) >= run.total_steps:
+        if len(steps) >= run.total_steps or run.out_of_time():
             break
         step = len(steps) + 1
         out = run.step_fn(run.model, run.loss_fn, as_batch(batch, run.device),
@@ -301,7 +321,8 @@ def train(model, loss_fn, train_loader, val_loader=None, config: TrainConfig = N
 
     Returns
     -------
-    History {'steps': [per-step rows], 'epochs': [per-epoch rows], 'config': dict}.
+    History {'steps': [per-step rows], 'epochs': [per-epoch rows], 'config': dict, 'seconds':
+    wall time, 'stopped': why training ended before its steps ('' when it did not)}.
 
     """
     config = config or TrainConfig()
@@ -318,14 +339,15 @@ def train(model, loss_fn, train_loader, val_loader=None, config: TrainConfig = N
         raise ValueError('nothing to train: no parameter requires grad')
     total = len(train_loader) * config.epochs
     total = min(total, config.max_steps) if config.max_steps > 0 else total
-    optimiser, scheduler = _optimiser(params, config, total)
-    history = {'steps': [], 'epochs': [], 'config': asdict(config)}
+    start = time.monotonic()
+    optimiser, scheduler = _optimiser(params, config, total, start)
+    history = {'steps': [], 'epochs': [], 'config': asdict(config), 'stopped': ''}
     run = _Run(model, loss_fn, step_fn, modules, params, optimiser, scheduler, config, device,
-               total, history)
+               total, history, start)
     was_training = model.training
     with _deterministic(config.deterministic):
         for epoch in range(1, config.epochs + 1):
-            if len(history['steps']) >= total:
+            if len(history['steps']) >= total or run.out_of_time():
                 break
             record = _train_epoch(run, epoch, train_loader)
             if val_loader is not None:
@@ -333,6 +355,7 @@ def train(model, loss_fn, train_loader, val_loader=None, config: TrainConfig = N
                 record.update({f'val_{k}': v for k, v in metrics.items()})
             history['epochs'].append(record)
     model.train(was_training)
+    history['seconds'] = round(time.monotonic() - start, 3)
     if config.out_dir:
         save_history(history, config.out_dir)
     return history

@@ -4,6 +4,7 @@ import json
 import logging
 import sys
 
+from clip_ros.learning.losses import list_losses
 from clip_ros.learning.tabletop_recipe import run
 from clip_ros.perception import tabletop_model as tabletop
 from clip_ros.perception.registry import ModelLoadError
@@ -12,8 +13,9 @@ from clip_ros.perception.registry import ModelLoadError
 def parse_args(argv=None):
     """Parse the command line."""
     parser = argparse.ArgumentParser(prog='train_tabletop', description=__doc__.strip())
-    parser.add_argument('--out', default=str(tabletop.BUNDLED_DIR),
-                        help='checkpoint directory to write (default: the bundled model)')
+    parser.add_argument('--out', default='',
+                        help='checkpoint directory to write (default: the bundled model; with '
+                             '--lora: out/tabletop_lora)')
     parser.add_argument('--curves', default='',
                         help='loss-curve PNG (default: <out>/training_curves.png)')
     parser.add_argument('--scenes', type=int, default=1200, help='training scenes to render')
@@ -31,7 +33,19 @@ def parse_args(argv=None):
     parser.add_argument('--render-width', type=int, default=640, help='render width (pixels)')
     parser.add_argument('--render-height', type=int, default=480, help='render height (pixels)')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
-    return parser.parse_args(argv)
+    parser.add_argument('--loss', choices=list_losses(), default='clip',
+                        help='contrastive loss of the crops against their names')
+    parser.add_argument('--lora', type=int, default=0, metavar='RANK',
+                        help='fine-tune --init with LoRA adapters of this rank instead of '
+                             'training from scratch (0: off)')
+    parser.add_argument('--init', default='',
+                        help='checkpoint directory --lora starts from (default: the bundled '
+                             'model)')
+    args = parser.parse_args(argv)
+    if args.lora < 0:
+        parser.error('--lora must be >= 0')
+    args.out = args.out or ('out/tabletop_lora' if args.lora else str(tabletop.BUNDLED_DIR))
+    return args
 
 
 def main(argv=None) -> int:
