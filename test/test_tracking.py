@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from clip_ros.perception.tracking import box_iou, mask_iou, shift_mask, Tracker
+from clip_ros.perception.geometry import box_iou, mask_iou
+from clip_ros.perception.tracking import shift_mask, Tracker
 
 H, W = 240, 320
 

@@ -68,6 +68,28 @@ def slices_to_box(slices) -> tuple:
     return (float(cols.start), float(rows.start), float(cols.stop), float(rows.stop))
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Return the IoU matrix [K, T] of xyxy boxes `a` [K, 4] and `b` [T, 4]."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Return the IoU matrix [K, T] of bool masks `a` [K, h, w] and `b` [T, h, w]."""
+    fa = a.reshape(len(a), -1).astype(np.float32)
+    fb = b.reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T  # [K, T]
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
 def _check_mask(mask, prob) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2:

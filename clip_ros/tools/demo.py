@@ -29,7 +29,7 @@ from clip_ros.nodes.grounding_node import GroundingNode
 from clip_ros.nodes.overlay import draw_overlay
 from clip_ros.nodes.sim_node import TabletopSimNode
 from clip_ros.nodes.vla_policy_node import VlaPolicyNode
-from clip_ros.perception.geometry import Detection
+from clip_ros.perception.geometry import box_iou, Detection
 
 CAMERA = {'image': 'camera/image_raw', 'depth': 'camera/depth/image_raw',
           'camera_info': 'camera/camera_info', 'camera_pose': 'sim/camera_pose'}
@@ -48,14 +48,6 @@ def box_of(d) -> tuple:
     cx, cy = d.bbox.center.position.x, d.bbox.center.position.y
     return cx - d.bbox.size_x / 2, cy - d.bbox.size_y / 2, cx + d.bbox.size_x / 2, \
         cy + d.bbox.size_y / 2
-
-
-def iou(a, b) -> float:
-    """Return the intersection over union of two boxes."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
 
 
 class Probe:
@@ -156,7 +148,7 @@ def ground(probe: Probe, seed: int, phrasing: str, timeout: float) -> dict | Non
             'detections': msg.detections,
             'grounded': top.results[0].hypothesis.class_id if top else None,
             'score': top.results[0].hypothesis.score if top else 0.0,
-            'iou': iou(box_of(top), objects[target]) if top else 0.0,
+            'iou': float(box_iou(box_of(top), objects[target])[0, 0]) if top else 0.0,
             'policy': status or {'state': 'timeout', 'phase': '', 'detail': ''}}
 
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from clip_ros.learning.training import pick_threads
 from clip_ros.perception import tabletop_model as tabletop
+from clip_ros.perception.geometry import box_iou, mask_iou
 from clip_ros.perception.grounding import GroundingPipeline
 from clip_ros.perception.registry import ModelLoadError
 from clip_ros.policy.command import parse_command
@@ -29,23 +30,6 @@ TEMPLATES = ('the {}', 'pick up the {}')
 TARGETS = {'seen_accuracy': 0.97, 'held_out_accuracy': 0.90, 'mean_mask_iou': 0.6}
 BOX_IOU = 0.5
 HELD_OUT_NAMES = tuple(f'{colour} {shape}' for colour, shape in HELD_OUT)
-
-
-def box_iou(a, b) -> float:
-    """Return the IoU of two (x_min, y_min, x_max, y_max) boxes (max exclusive)."""
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    if width <= 0 or height <= 0:
-        return 0.0
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union)
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Return the IoU of two boolean masks (0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
 def target_phrase(text: str) -> str:
@@ -60,9 +44,10 @@ def ground(pipeline, rgb, obj, phrase: str, threshold: float) -> dict:
     if not result.detections:
         return {'correct': False, 'box_iou': 0.0, 'mask_iou': 0.0, 'found': False}
     top = result.detections[0]
-    iou = box_iou(top.box, obj.box)
+    iou = float(box_iou(top.box, obj.box)[0, 0])
     return {'correct': iou >= BOX_IOU, 'box_iou': iou, 'found': True,
-            'mask_iou': mask_iou(result.label_image == top.index + 1, obj.mask)}
+            'mask_iou': float(mask_iou((result.label_image == top.index + 1)[None],
+                                       obj.mask[None])[0, 0])}
 
 
 def evaluate(pipeline, scenes, threshold: float, min_pixels: int, progress=True) -> list:
