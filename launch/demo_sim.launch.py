@@ -5,6 +5,9 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
+from clip_ros.tools.demo_graph import (
+    GROUNDING_INPUTS, model_parameters, POLICY_INPUTS, remappings)
+
 
 def _config(name: str):
     return PathJoinSubstitution([FindPackageShare('clip_ros'), 'config', name])
@@ -30,19 +33,16 @@ def generate_launch_description():
     ]
     autostart = LaunchConfiguration('autostart')
     namespace = LaunchConfiguration('namespace')
-    camera = [('image', 'camera/image_raw'), ('depth', 'camera/depth/image_raw'),
-              ('camera_info', 'camera/camera_info'), ('camera_pose', 'sim/camera_pose')]
     nodes = [
         Node(package='clip_ros', executable='sim_node', name='tabletop_sim',
              namespace=namespace, output='screen', parameters=[_config('sim_node.yaml')]),
         LifecycleNode(package='clip_ros', executable='grounding_node', name='grounding_node',
-                      namespace=namespace, output='screen', remappings=camera[:1],
+                      namespace=namespace, output='screen',
+                      remappings=remappings(GROUNDING_INPUTS),
                       parameters=[_config('grounding_node.yaml'),
-                                  {'clip_arch': model, 'clip_pretrained': 'random',
-                                   'clipseg_model': model, 'device': device,
-                                   'autostart': autostart}]),
+                                  {**model_parameters(model, device), 'autostart': autostart}]),
         LifecycleNode(package='clip_ros', executable='vla_policy_node', name='vla_policy_node',
-                      namespace=namespace, output='screen', remappings=camera,
+                      namespace=namespace, output='screen', remappings=remappings(POLICY_INPUTS),
                       parameters=[_config('vla_policy_node.yaml'),
                                   {'policy': LaunchConfiguration('policy'),
                                    'head_path': LaunchConfiguration('head_path'),

@@ -18,29 +18,19 @@ from PIL import Image as PILImage
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
-from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_msgs.msg import Int32, String
 from vision_msgs.msg import Detection2DArray
 
 from clip_ros.nodes.common import COMMAND_QOS, RESULTS_QOS
 from clip_ros.nodes.conversions import image_to_numpy
-from clip_ros.nodes.grounding_node import GroundingNode
 from clip_ros.nodes.overlay import draw_overlay
-from clip_ros.nodes.sim_node import TabletopSimNode
-from clip_ros.nodes.vla_policy_node import VlaPolicyNode
 from clip_ros.perception.geometry import box_iou, Detection
+from clip_ros.tools.demo_graph import build_graph, SIM_TOPICS
 
-CAMERA = {'image': 'camera/image_raw', 'depth': 'camera/depth/image_raw',
-          'camera_info': 'camera/camera_info', 'camera_pose': 'sim/camera_pose'}
 PHRASINGS = ('pick up the {}', 'grab the {}', 'could you pick up the {} please', 'get me {}')
 FINAL = ('succeeded', 'aborted', 'rejected')
 EXECUTORS = {'single': SingleThreadedExecutor, 'multi': MultiThreadedExecutor}
-
-
-def remap(*names) -> list:
-    """Return ROS arguments remapping `names` to the simulator's topics."""
-    return ['--ros-args'] + [a for n in names for a in ('-r', f'{n}:={CAMERA[n]}')]
 
 
 def box_of(d) -> tuple:
@@ -60,7 +50,7 @@ class Probe:
         self.truth = None
         self.arrivals = []  # (receipt time, stamp seconds) of every Detection2DArray
         sub = self.node.create_subscription
-        sub(Image, CAMERA['image'], self._on_frame, RESULTS_QOS)
+        sub(Image, SIM_TOPICS['image'], self._on_frame, RESULTS_QOS)
         sub(Detection2DArray, 'detections', self._on_detections, RESULTS_QOS)
         sub(Image, 'mask', self._on_mask, RESULTS_QOS)
         sub(Detection2DArray, 'sim/ground_truth_2d', self._on_truth, RESULTS_QOS)
@@ -107,18 +97,8 @@ class Probe:
 
 def build(context, args) -> list:
     """Create the simulator, grounding and policy nodes."""
-    model = [Parameter('clip_arch', value=args.model),
-             Parameter('clipseg_model', value=args.model), Parameter('device', value=args.device)]
-    if args.model == 'tiny':
-        model.append(Parameter('clip_pretrained', value='random'))
-    sim = TabletopSimNode(context=context, parameter_overrides=[
-        Parameter('seed', value=args.seeds[0]), Parameter('rate', value=args.rate),
-        Parameter('width', value=args.width), Parameter('height', value=args.height)])
-    grounding = GroundingNode(context=context, cli_args=remap('image'),
-                              parameter_overrides=model)
-    policy = VlaPolicyNode(context=context, cli_args=remap(*CAMERA), parameter_overrides=[
-        Parameter('device', value=args.device)])
-    return [sim, grounding, policy]
+    sim = {'seed': args.seeds[0], 'rate': args.rate, 'width': args.width, 'height': args.height}
+    return build_graph(context, sim, args.model, args.device)
 
 
 def ground(probe: Probe, seed: int, phrasing: str, timeout: float) -> dict | None:

@@ -13,18 +13,13 @@ import time
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.parameter import Parameter
 from std_msgs.msg import String
 
 from clip_ros.nodes.common import COMMAND_QOS, RESULTS_QOS
-from clip_ros.nodes.grounding_node import GroundingNode
 from clip_ros.nodes.managed import ManagedNode
-from clip_ros.nodes.sim_node import TabletopSimNode
-from clip_ros.nodes.vla_policy_node import VlaPolicyNode
 from clip_ros.sim.scene import sample_scene
+from clip_ros.tools.demo_graph import build_graph
 
-CAMERA = {'image': 'camera/image_raw', 'depth': 'camera/depth/image_raw',
-          'camera_info': 'camera/camera_info', 'camera_pose': 'sim/camera_pose'}
 FINAL = ('succeeded', 'aborted', 'rejected')
 
 
@@ -32,23 +27,11 @@ class NodeStartError(RuntimeError):
     """A node of the graph did not start (its lifecycle configure or activate failed)."""
 
 
-def remap(*names) -> list:
-    """Return ROS arguments remapping `names` to the simulator's topics."""
-    return ['--ros-args'] + [a for n in names for a in ('-r', f'{n}:={CAMERA[n]}')]
-
-
 def build(context, args) -> list:
     """Create the three nodes of the graph."""
-    sim = TabletopSimNode(context=context, parameter_overrides=[
-        Parameter('seed', value=args.seed), Parameter('width', value=args.width),
-        Parameter('height', value=args.height)])
-    grounding = GroundingNode(context=context, cli_args=remap('image'), parameter_overrides=[
-        Parameter('clip_arch', value=args.model), Parameter('clip_pretrained', value='random'),
-        Parameter('clipseg_model', value=args.model), Parameter('device', value=args.device)])
-    policy = VlaPolicyNode(context=context, cli_args=remap(*CAMERA), parameter_overrides=[
-        Parameter('policy', value=args.policy), Parameter('head_path', value=args.head),
-        Parameter('device', value=args.device)])
-    return [sim, grounding, policy]
+    sim = {'seed': args.seed, 'width': args.width, 'height': args.height}
+    return build_graph(context, sim, args.model, args.device,
+                       {'policy': args.policy, 'head_path': args.head})
 
 
 def not_started(nodes) -> str:
