@@ -142,7 +142,8 @@ def request(publisher, msg, inbox: Inbox, timeout: float = TIMEOUT, resend: floa
 @contextmanager
 def node_process(module: str, domain: int, ros_args: list):
     """Run `python -m <module> --ros-args <ros_args>` in `domain`; kill it if still running."""
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
+    # Fatal signals dump every thread's Python stack: interrupt() aborts a hung process so.
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONFAULTHANDLER='1')
     proc = subprocess.Popen([sys.executable, '-m', module, '--ros-args', *ros_args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -153,14 +154,28 @@ def node_process(module: str, domain: int, ros_args: list):
             proc.wait()
 
 
-def interrupt(proc, repeat: float = None) -> str:
-    """Send SIGINT (again after `repeat` s); return the output of a clean, traceback-free exit."""
+def interrupt(proc, repeat: float = None, timeout: float = 20.0) -> str:
+    """
+    Send SIGINT (again after `repeat` s); return the output of a clean, traceback-free exit.
+
+    A process still running `timeout` s after the last SIGINT is aborted and fails the test
+    with its output, which shows each thread's Python stack.
+    """
     proc.send_signal(signal.SIGINT)
     if repeat is not None:
         time.sleep(repeat)
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=20)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # the fault handler prints where each thread hangs
+        try:
+            output, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+        raise AssertionError(f'still running {timeout:g} s after SIGINT:\n{output}') from None
     assert proc.returncode == 0, output
     assert 'Traceback' not in output, output
     return output

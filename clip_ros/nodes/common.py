@@ -1,12 +1,14 @@
 """Parameter, QoS, logging and input helpers shared by the nodes."""
 import array
 from contextlib import contextmanager
+import gc
 import logging
 import signal
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
@@ -21,6 +23,9 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 # Commands: reliable and volatile, so a restarted node never replays an old command.
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
+RCLError = _rclpy.RCLError
+# Longest a spin waits without looking at the context (see spin_until_shutdown).
+SPIN_WAKE_SEC = 0.2
 
 
 def describe(description: str, read_only: bool = False, float_range: tuple | None = None,
@@ -160,13 +165,35 @@ def package_logs_to(node_logger):
         package.removeHandler(handler)
 
 
+def spin_until_shutdown(executor, context) -> None:
+    """
+    Spin `executor` until `context` is shut down (SIGINT, SIGTERM or rclpy.shutdown).
+
+    rclpy's signal thread first wakes the executors and then shuts the contexts down. A spin
+    that wakes and goes back to waiting in between sleeps until its next event: forever for a
+    node without timers, hence the wait is bounded by SPIN_WAKE_SEC. One that builds its wait
+    set in between, or a callback that publishes while the shutdown lands, gets an RCLError
+    ('the given context is not valid'), which then only means the context is gone; the same
+    error with the context still valid is real and propagates.
+    """
+    try:
+        while context.ok():
+            executor.spin_once(timeout_sec=SPIN_WAKE_SEC)
+    except ExternalShutdownException:
+        pass
+    except RCLError:
+        if context.ok():
+            raise
+
+
 def spin_node(node_class, args=None) -> None:
     """
-    Create `node_class()`, spin it until interrupted, clean up.
+    Create `node_class()`, spin it until interrupted, clean up; for a node's main().
 
-    One executor thread is enough (inference runs on the node's own worker thread) and is
-    faster: rclpy's MultiThreadedExecutor holds the GIL so much that a 2-core graph grounded
-    at a third of the rate.
+    The process is expected to exit afterwards: the heap is left frozen (gc.freeze). One
+    executor thread is enough (inference runs on the node's own worker thread) and is faster:
+    rclpy's MultiThreadedExecutor holds the GIL so much that a 2-core graph grounded at a
+    third of the rate.
     """
     starting = [True]
 
@@ -178,17 +205,37 @@ def spin_node(node_class, args=None) -> None:
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_sigint)  # before rclpy.init, which chains to it
+    context = None
     try:
-        with rclpy.init(args=args):
-            node = node_class()
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            starting[0] = False
+        with rclpy.init(args=args) as init:
+            context = init.context
             try:
-                executor.spin()
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
+                _spin_new_node(node_class, context, starting)
+            except RCLError:
+                if context.ok():
+                    raise  # not a node cut short by a shutdown during start-up
+    except KeyboardInterrupt:
         pass
     # Interpreter exit resets Python's handlers to the default action, which a late SIGINT kills.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if context is not None:
+        context.destroy()
+    # One collection frees what still holds the context (the node's objects form cycles), so
+    # the DDS participant leaves the graph now; then freezing the heap spares interpreter exit
+    # its repeated walks over torch and transformers: seconds on a busy CPU, past the 5 s that
+    # launch waits after SIGINT before it sends SIGTERM.
+    gc.collect()
+    gc.freeze()
+
+
+def _spin_new_node(node_class, context, starting: list) -> None:
+    node = node_class()
+    executor = SingleThreadedExecutor(context=context)
+    try:
+        executor.add_node(node)
+        starting[0] = False
+        spin_until_shutdown(executor, context)
+    finally:
+        starting[0] = False  # a KeyboardInterrupt must not cut the clean-up short
+        node.destroy_node()
+        executor.shutdown(timeout_sec=0.0)  # its guard conditions hold the context

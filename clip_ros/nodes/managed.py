@@ -318,6 +318,8 @@ class ManagedNode(LifecycleNode):
             self.get_logger().info(report)
 
     def _on_worker_error(self, error: Exception) -> None:
+        if not self.context.ok():
+            return  # a shutdown (Ctrl-C) cut the frame short: its publish fails, nothing is wrong
         message = f'inference failed: {type(error).__name__}: {error}'
         self.stats.on_error(message)
         self._error('inference', message)
