@@ -4,7 +4,7 @@ import math
 import pytest
 
 from clip_ros.perception.stats import (
-    assess, ERROR, FrameStats, HealthLimits, OK, percentiles, WARN)
+    assess, ERROR, FrameStats, HealthLimits, OK, percentiles, WARN, wilson_interval)
 
 
 class Clock:
@@ -101,3 +101,10 @@ def test_last_error_is_kept():
     stats = FrameStats()
     stats.on_error('inference failed: boom')
     assert stats.snapshot().last_error == 'inference failed: boom'
+
+
+def test_wilson_interval():
+    low, high = wilson_interval(19, 20)
+    assert (round(low, 3), round(high, 3)) == (0.764, 0.991)  # the textbook 95% interval
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)

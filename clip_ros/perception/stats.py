@@ -1,6 +1,7 @@
 """Frame-rate, latency and drop statistics for a node's diagnostics, with the level decision."""
 import collections
 from dataclasses import dataclass, field
+import math
 import threading
 import time
 
@@ -36,6 +37,17 @@ class Snapshot:
     last_error: str
     level: int = OK
     reasons: list = field(default_factory=list)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple:
+    """Return the Wilson score interval (low, high) of a success rate (95% for z = 1.96)."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (
+        1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def percentiles(values, qs=(50, 99)) -> tuple:

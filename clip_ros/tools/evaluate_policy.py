@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from clip_ros.perception.stats import wilson_interval
 from clip_ros.policy.geometric import GeometricPolicy
 from clip_ros.sim.dataset import HELD_OUT, SPLIT_SIZE, SPLITS
 from clip_ros.sim.episodes import (
@@ -60,24 +61,26 @@ def make_tasks(args) -> list:
 
 
 def rate(results) -> str:
-    """Return 'k/n pct' for episode results, or '-'."""
+    """Return 'k/n pct [95% Wilson interval]' for episode results, or '-'."""
     if not results:
         return '-'
     wins = sum(r.success for r in results)
-    return f'{wins}/{len(results)} {100 * wins / len(results):3.0f}%'
+    low, high = wilson_interval(wins, len(results))
+    return (f'{wins}/{len(results)} {100 * wins / len(results):3.0f}% '
+            f'[{100 * low:.0f}-{100 * high:.0f}]')
 
 
 def success_table(runs: dict, verbs) -> str:
     """Format {policy: [EpisodeResult]} as rows per policy and verb, columns by split."""
-    header = f"{'policy':<10} {'verb':<8} {'seen':>12} {'held-out':>12} {'all':>12}"
+    header = f"{'policy':<10} {'verb':<8} {'seen':>20} {'held-out':>20} {'all':>20}"
     lines = [header, '-' * len(header)]
     for policy, results in runs.items():
         for verb in list(verbs) + ['overall']:
             rows = [r for r in results if verb == 'overall' or r.task.verb == verb]
             seen = [r for r in rows if not r.task.held_out]
             held = [r for r in rows if r.task.held_out]
-            lines.append(f'{policy:<10} {verb:<8} {rate(seen):>12} {rate(held):>12} '
-                         f'{rate(rows):>12}')
+            lines.append(f'{policy:<10} {verb:<8} {rate(seen):>20} {rate(held):>20} '
+                         f'{rate(rows):>20}')
     return '\n'.join(lines)
 
 
