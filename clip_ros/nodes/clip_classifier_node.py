@@ -1,6 +1,5 @@
 """Zero-shot classification of whole camera frames with CLIP."""
 import numpy as np
-from rcl_interfaces.msg import SetParametersResult
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Classification
 
@@ -22,7 +21,7 @@ def check_lists(values: dict) -> tuple[list, list]:
     templates = [t for t in string_list('templates', values['templates']) if t.strip()]
     missing = [t for t in templates if '{}' not in t]
     if missing:
-        raise ValueError(f"every template needs a '{{}}' placeholder, got {missing}")
+        raise ValueError(f"every one of templates needs a '{{}}' placeholder, got {missing}")
     return classes, templates or list(DEFAULT_TEMPLATES)
 
 
@@ -47,9 +46,7 @@ class ClipClassifierNode(ManagedNode):
         self._clip = None
         self._classifier = None
         self._classes: list = []
-        self._apply_parameters([])
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        self.watch_parameters(check_lists, self._apply_parameters)
         self.start()
 
     def load_model(self) -> tuple:
@@ -58,7 +55,7 @@ class ClipClassifierNode(ManagedNode):
         self._clip = load_clip(values['clip_arch'], values['clip_pretrained'],
                                values['device'], values['dtype'], values['cache_dir'] or None)
         self.get_logger().info(f'loaded {self._clip.name} on {self._clip.device}')
-        self._apply_parameters([])
+        self._apply_parameters(set())
         # One inference now, so the first camera frame does not pay for lazy initialisation.
         ZeroShotClassifier(self._clip, self._classes or ['an object'], DEFAULT_TEMPLATES)(
             np.zeros((WARM_UP_SIZE, WARM_UP_SIZE, 3), np.uint8))
@@ -69,25 +66,12 @@ class ClipClassifierNode(ManagedNode):
         """Drop the model and the classifier."""
         self._classifier = self._clip = None
 
-    def _validate_parameters(self, params) -> SetParametersResult:
-        values = parameter_values(self)
-        values.update({p.name: p.value for p in params})
-        try:
-            check_lists(values)
-        except ValueError as e:
-            return SetParametersResult(successful=False, reason=str(e))
-        return SetParametersResult(successful=True)
-
-    def _apply_parameters(self, params) -> None:
+    def _apply_parameters(self, names: set) -> None:
+        # Checked by check_lists before the set landed; frames read these when they start.
         values = parameter_values(self)
         self._max_image_size = int(values['max_image_size'])
         self._top_k = int(values['top_k'])
-        try:
-            classes, templates = check_lists(values)
-        except ValueError as e:
-            self._classifier, self._classes = None, []
-            self.get_logger().error(f'invalid parameters: {e}')
-            return
+        classes, templates = check_lists(values)
         if self._clip is not None and classes:
             # Build a new classifier and swap it in one assignment, so a frame never sees
             # new text embeddings with the old class names.

@@ -1,6 +1,5 @@
 """Semantic segmentation of camera frames into named classes with CLIPSeg."""
 import numpy as np
-from rcl_interfaces.msg import SetParametersResult
 from sensor_msgs.msg import Image
 import torch
 from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -16,6 +15,11 @@ from clip_ros.perception.clipseg import ClipSegRunner, load_clipseg
 from clip_ros.perception.registry import DEFAULT_CLIPSEG
 
 WARM_UP_SIZE = 224
+
+
+def check_classes(values: dict) -> list:
+    """Return the cleaned `classes`; raise ValueError naming the problem."""
+    return clean_phrases(string_list('classes', values['classes']))
 
 
 class ClipSegNode(ManagedNode):
@@ -37,9 +41,8 @@ class ClipSegNode(ManagedNode):
         self._label_pub = None
         self._classes: list = []
         self._label_sent = False
-        self._apply_parameters([])
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._background = None
+        self.watch_parameters(check_classes, self._apply_parameters)
         self.start()
 
     def load_model(self) -> tuple:
@@ -65,28 +68,17 @@ class ClipSegNode(ManagedNode):
     def on_activated(self) -> None:
         """Publish the current label map, latched for late subscribers."""
         self._label_sent = False
-        self._apply_parameters([])
+        self._apply_parameters(set())
 
-    def _validate_parameters(self, params) -> SetParametersResult:
-        for param in params:
-            if param.name == 'classes':
-                try:
-                    string_list('classes', param.value)
-                except ValueError as e:
-                    return SetParametersResult(successful=False, reason=str(e))
-        return SetParametersResult(successful=True)
-
-    def _apply_parameters(self, params) -> None:
+    def _apply_parameters(self, names: set) -> None:
+        # Checked by check_classes before the set landed; frames read these when they start.
         values = parameter_values(self)
         self._max_image_size = int(values['max_image_size'])
-        self._background = float(values['background_threshold'])
-        try:
-            classes = clean_phrases(string_list('classes', values['classes']))
-        except ValueError as e:
-            classes = []
-            self.get_logger().error(f'invalid parameters: {e}')
-        if classes != self._classes or not self._label_sent:
-            self._classes = classes
+        background = float(values['background_threshold'])
+        classes = check_classes(values)
+        # label_info carries the classes and the threshold: republished when either changes.
+        if classes != self._classes or background != self._background or not self._label_sent:
+            self._classes, self._background = classes, background
             self._label_sent = self._label_pub is not None and self.active
             if self._label_sent:
                 self._label_pub.publish(label_info_msg(classes, self._background))

@@ -5,7 +5,8 @@ import gc
 import logging
 import signal
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import (
+    FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult)
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
@@ -102,13 +103,21 @@ def decode_rgb(msg, max_size: int):
     return to_rgb(image_to_numpy(msg), msg.encoding)
 
 
-def common_parameters() -> tuple:
-    """Return (name, default, descriptor) for the device, input and size parameters."""
+def model_parameters() -> tuple:
+    """Return (name, default, descriptor) for where and how a model loads (read-only)."""
     ro = {'read_only': True}
     return (
         ('device', 'auto', describe("'auto', 'cpu', 'cuda' or 'cuda:N'", **ro)),
         ('dtype', 'auto', describe("'auto', 'float32', 'float16' or 'bfloat16'", **ro)),
         ('cache_dir', '', describe("model cache root; '' for the default caches", **ro)),
+    )
+
+
+def common_parameters() -> tuple:
+    """Return (name, default, descriptor) for the model, input and size parameters."""
+    ro = {'read_only': True}
+    return (
+        *model_parameters(),
         ('image_qos', 'sensor_data',
          describe("image QoS: 'sensor_data' (best effort, depth 1) or 'reliable'", **ro)),
         ('max_image_size', 4096, describe(
@@ -125,6 +134,29 @@ def declare_all(node, table) -> None:
 def parameter_values(node) -> dict:
     """Return {name: value} for all of the node's parameters."""
     return {name: p.value for name, p in node.get_parameters_by_prefix('').items()}
+
+
+def watch_parameters(node, check, apply) -> None:
+    """
+    Validate every parameter set on `node` before it lands and apply it after.
+
+    rclpy first refuses read-only parameters, wrong types and values outside a descriptor's
+    range. Then `check(values)` gets all of the node's values with the set's new ones merged in
+    (so limits that depend on each other are checked together) and raises ValueError naming the
+    valid range or choices: the set is refused with that reason and every old value stays.
+    After a successful set, `apply(names)` gets the names of the parameters it changed.
+    """
+    def validate(params) -> SetParametersResult:
+        values = parameter_values(node)
+        values.update({p.name: p.value for p in params})
+        try:
+            check(values)
+        except ValueError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(validate)
+    node.add_post_set_parameters_callback(lambda params: apply({p.name for p in params}))
 
 
 def subscribe_images(node, qos_name: str, callback):

@@ -2,7 +2,6 @@
 import time
 
 import numpy as np
-from rcl_interfaces.msg import SetParametersResult
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -59,15 +58,8 @@ class GroundingNode(ManagedNode):
         self._default_threshold = 0.4
         self._clip = self._clipseg = self._pipeline = None
         self._label_pub = None
-        self._params_error = ''
         self._tracker = Tracker()
-        try:
-            self._read_parameters(parameter_values(self))
-        except ValueError as e:
-            self._params_error = f'invalid parameters: {e}'
-            self.get_logger().error(self._params_error)
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        self.watch_parameters(self._check_parameters, self._apply_parameters)
         self.start()
 
     @property
@@ -115,8 +107,6 @@ class GroundingNode(ManagedNode):
 
     def load_model(self) -> tuple:
         """Load both models, warm them up and create the outputs."""
-        if self._params_error:
-            raise ValueError(self._params_error)
         values = parameter_values(self)
         device, dtype, cache_dir = values['device'], values['dtype'], values['cache_dir'] or None
         # Uncached pretrained weights fall back to the bundled tabletop model, with a warning.
@@ -159,24 +149,19 @@ class GroundingNode(ManagedNode):
         return GroundingPipeline(self._clip, self._clipseg, self._distractors, self._min_area,
                                  self._max_detections, self._rescore)
 
-    def _validate_parameters(self, params) -> SetParametersResult:
-        values = parameter_values(self)
-        values.update({p.name: p.value for p in params})
-        try:
-            query_thresholds(values['queries'], values['thresholds'])
-            string_list('distractors', values['distractors'])
-        except ValueError as e:
-            return SetParametersResult(successful=False, reason=str(e))
-        return SetParametersResult(successful=True)
+    @staticmethod
+    def _check_parameters(values: dict) -> None:
+        query_thresholds(values['queries'], values['thresholds'])
+        string_list('distractors', values['distractors'])
 
-    def _apply_parameters(self, params) -> None:
+    def _apply_parameters(self, names: set) -> None:
+        # Frames read the attributes (and the pipeline) when they start: the next one sees them.
         self._read_parameters(parameter_values(self))
-        if self._params_error:
-            self._params_error = ''  # fixed at run time: start what startup skipped
-            if self.lifecycle_state == 'unconfigured':
-                self.start()
-        if self._pipeline is not None and any(p.name in PIPELINE_PARAMS for p in params):
+        if self._pipeline is not None and names & set(PIPELINE_PARAMS):
             self._pipeline = self._build_pipeline()
+        if 'thresholds' in names:
+            self._label_sent = False  # label_info carries the default threshold
+            self._set_phrases(self._phrases)
 
     def _set_phrases(self, phrases: list) -> None:
         """Make `phrases` active and republish the label map when they change."""

@@ -1,7 +1,8 @@
 """
 Lifecycle base for model-owning nodes: transitions, newest-frame worker, diagnostics.
 
-A subclass declares its parameters in `__init__`, calls `self.start()` last, and implements:
+A subclass declares its parameters in `__init__`, registers how they are checked and applied
+with `self.watch_parameters(check, apply)`, calls `self.start()` last, and implements:
 
 * `load_model()` -> (model name, device): load and warm the weights, create outputs with
   `self.output(...)`; raise to fail the configure transition (the reason is logged).
@@ -26,7 +27,8 @@ from rclpy.qos import qos_check_compatible, QoSCompatibility, QoSPolicyKind
 from sensor_msgs.msg import Image
 import torch
 
-from clip_ros.nodes.common import declare_all, describe, image_qos, package_logs_to
+from clip_ros.nodes.common import (
+    declare_all, describe, image_qos, package_logs_to, parameter_values, watch_parameters)
 from clip_ros.nodes.frame_worker import FrameWorker, KeyedThrottle
 from clip_ros.nodes.messages import diagnostics_msg
 from clip_ros.perception.stats import assess, FrameStats, HealthLimits
@@ -45,6 +47,7 @@ def managed_parameters() -> tuple:
             'manager or `ros2 lifecycle set`', **ro)),
         ('diagnostics_period', 1.0, describe(
             'seconds between /diagnostics messages', float_range=(0.1, 60.0), **ro)),
+        # Both are read by every diagnostics message: a set applies from the next one.
         ('silent_input_sec', 5.0, describe(
             'an active node with no input frame for this long reports WARN',
             float_range=(0.1, 3600.0))),
@@ -104,6 +107,7 @@ class ManagedNode(LifecycleNode):
         self._error = KeyedThrottle(self.get_logger(), 'error', THROTTLE_SEC)
         self.stats = FrameStats()
         self.load_error = ''
+        self.params_error = ''  # why the start-up parameter values are unusable
         self.memory = {}  # 'configure' / 'cleanup' -> (resident bytes, CUDA bytes)
         self._model = ('', '')  # (name, device)
         self._outputs, self._inputs = [], []
@@ -155,6 +159,32 @@ class ManagedNode(LifecycleNode):
             return
         if self.trigger_configure() == SUCCESS:
             self.trigger_activate()
+
+    def watch_parameters(self, check, apply) -> None:
+        """
+        Check every parameter set with `check(values)` and apply it with `apply(names)`.
+
+        See common.watch_parameters. Start-up values that `check` refuses are logged and fail
+        configure (the reason shows in the diagnostics) until a set fixes them; then `apply`
+        gets every parameter name and the node starts as `autostart` says.
+        """
+        try:
+            check(parameter_values(self))
+        except ValueError as e:
+            self.params_error = f'invalid parameters: {e}'
+            self.get_logger().error(self.params_error)
+        else:
+            apply(set(parameter_values(self)))
+
+        def applied(names: set) -> None:
+            if self.params_error:
+                self.params_error = ''  # fixed at run time: apply all and start what was skipped
+                apply(set(parameter_values(self)))
+                if self.lifecycle_state == 'unconfigured':
+                    self.start()
+                return
+            apply(names)
+        watch_parameters(self, check, applied)
 
     def output(self, msg_type, topic: str, qos):
         """Create a lifecycle publisher that publishes only while active."""
@@ -209,6 +239,8 @@ class ManagedNode(LifecycleNode):
         free_memory()
         self.memory['configure'] = (resident_bytes(), cuda_bytes())
         try:
+            if self.params_error:
+                raise ValueError(self.params_error)
             with package_logs_to(self.get_logger()):
                 self._model = self.load_model()
         except Exception as e:  # noqa: B902 - any load error fails the transition, with reason
