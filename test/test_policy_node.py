@@ -283,3 +283,33 @@ def test_diagnostics_name_the_missing_stream(managed, harness):
     values = wait_for(lambda: (v := diagnostics_of(harness, node)) and v['level'] == WARN and v)
     assert values and 'no detections, mask, depth, camera_info since activation' in \
         values['message'], values
+
+
+def test_learned_head_takes_dtype_and_logs_the_loader_warnings(managed, harness, head_path):
+    from rcl_interfaces.msg import Log
+    rosout = harness.subscribe(Log, '/rosout')
+    node = managed.policy_node(MANAGED + [
+        Parameter('policy', value='learned'), Parameter('head_path', value=head_path),
+        Parameter('device', value='cpu'), Parameter('dtype', value='float16')])
+    assert node.trigger_configure() == SUCCESS
+    clip = node._policy.embedder.clip
+    assert str(clip.device) == 'cpu' and str(clip.dtype) == 'torch.float32', 'float16 -> float32'
+    # The loader's Python warning (the 'clip_ros' logger) reaches the node's log.
+    warned = wait_for(lambda: rosout.find(lambda m: m.name == node.get_logger().name
+                                          and 'float16 is not supported well on CPU' in m.msg))
+    assert warned and warned.level == Log.WARN, 'loader warning not in the node log'
+
+
+def test_learned_head_looks_for_its_clip_in_cache_dir(managed, tmp_path):
+    # A head over ViT-B-32/openai: its CLIP weights are looked up in cache_dir, and only there.
+    path = tmp_path / 'head.pt'
+    PolicyHead(HeadConfig(512, clip_arch='ViT-B-32', clip_pretrained='openai',
+                          hidden=16)).save(str(path))
+    cache = tmp_path / 'empty_cache'
+    cache.mkdir()
+    node = managed.policy_node(MANAGED + [
+        Parameter('policy', value='learned'), Parameter('head_path', value=str(path)),
+        Parameter('device', value='cpu'), Parameter('cache_dir', value=str(cache))])
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert 'not in the local cache' in node.load_error and str(cache) in node.load_error, \
+        node.load_error

@@ -5,6 +5,10 @@ Detections, the instance mask, depth and camera_info are matched by stamp (TimeM
 command's target and destination are lifted to the base frame with the median masked depth and
 the static extrinsic (or tf2, or a camera_pose topic); a geometric or learned policy then
 publishes goals, a servo twist, the gripper command and a JSON status at `rate` Hz.
+
+Parameter sets are checked before they land (a bad value is refused with the valid range) and
+take effect without a restart: the lifting limits on the next perception set; base_frame,
+extrinsic, depth_scale and sync_tolerance at once; the policy limits from the next command.
 """
 import os
 import threading
@@ -21,7 +25,8 @@ from vision_msgs.msg import Detection2DArray, Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from clip_ros.nodes.common import (
-    COMMAND_QOS, declare_all, describe, image_qos, LATCHED_QOS, RESULTS_QOS, spin_node)
+    COMMAND_QOS, declare_all, describe, image_qos, LATCHED_QOS, model_parameters,
+    parameter_values, RESULTS_QOS, spin_node)
 from clip_ros.nodes.conversions import image_to_numpy, to_rgb
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.policy_messages import (
@@ -49,38 +54,75 @@ def _parameters() -> tuple:
     return (
         ('policy', 'geometric', describe("'geometric' or 'learned' (needs head_path)", **ro)),
         ('head_path', '', describe('policy head checkpoint (train_policy_head)', **ro)),
-        ('device', 'auto', describe("device of the learned head's CLIP", **ro)),
-        ('rate', 15.0, describe('control ticks per second', float_range=(1.0, 200.0), **ro)),
-        ('base_frame', 'world', describe('frame of goals, targets and end-effector state')),
+        *model_parameters(),  # of the learned head's CLIP
+        ('rate', 15.0, describe('control ticks per second; read-only: the step length '
+                                'max_speed / rate and the timer are fixed at start',
+                                float_range=(1.0, 200.0), **ro)),
+        ('base_frame', 'world', describe(
+            'frame of goals, targets and end-effector state; applies at once')),
         ('extrinsic', [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], describe(
-            'base_from_camera [x, y, z, qx, qy, qz, qw]; overridden by camera_pose or tf2')),
+            'base_from_camera [x, y, z, qx, qy, qz, qw], a non-zero quaternion; a set applies '
+            'at once, until the next camera_pose; tf2 (use_tf) overrides it')),
         ('use_tf', False, describe('look up base_frame <- camera frame with tf2', **ro)),
-        ('depth_scale', 0.001, describe('metres per unit of 16UC1 depth',
+        ('depth_scale', 0.001, describe('metres per unit of 16UC1 depth; applies at once',
                                         float_range=(1e-6, 1.0))),
-        ('min_depth', 0.05, describe('nearest valid depth (m)', float_range=(0.0, 100.0))),
-        ('max_depth', 5.0, describe('farthest valid depth (m)', float_range=(0.01, 1000.0))),
-        ('sync_tolerance', 0.05, describe('largest stamp gap of matched inputs (s)',
-                                          float_range=(0.0, 10.0))),
-        ('min_score', 0.0, describe('ignore detections below this score',
-                                    float_range=(0.0, 1.0))),
-        ('table_z', 0.0, describe('base-frame z of the table top')),
+        ('min_depth', 0.05, describe('nearest valid depth (m), below max_depth; applies from '
+                                     'the next perception set', float_range=(0.0, 100.0))),
+        ('max_depth', 5.0, describe('farthest valid depth (m), above min_depth; applies from '
+                                    'the next perception set', float_range=(0.01, 1000.0))),
+        ('sync_tolerance', 0.05, describe('largest stamp gap of matched inputs (s); applies at '
+                                          'once', float_range=(0.0, 10.0))),
+        ('min_score', 0.0, describe('ignore detections below this score; applies from the '
+                                    'next perception set', float_range=(0.0, 1.0))),
+        ('table_z', 0.0, describe('base-frame z of the table top (m); applies from the next '
+                                  'perception set', float_range=(-100.0, 100.0))),
         ('min_height', 0.01, describe(
-            'skip detections whose points all lie this close to the table (shadows); 0: off',
-            float_range=(0.0, 1.0))),
+            'skip detections whose points all lie this close to the table (shadows); 0: off; '
+            'applies from the next perception set', float_range=(0.0, 1.0))),
         ('near_distance', 0.20, describe(
             'freeze the target estimate once the gripper is this close (it occludes the '
-            'object)', float_range=(0.0, 2.0), **ro)),
-        ('max_speed', 0.3, describe('end-effector speed limit (m/s)',
-                                    float_range=(0.001, 5.0), **ro)),
-        ('workspace_min', [-0.55, -0.45, 0.0], describe('workspace box low corner', **ro)),
-        ('workspace_max', [0.55, 0.45, 0.6], describe('workspace box high corner', **ro)),
-        ('lost_timeout', 2.0, describe('abort when the target is unseen this long (s)',
-                                       float_range=(0.05, 60.0), **ro)),
-        ('acquire_timeout', 3.0, describe('abort when the target is never seen (s)',
-                                          float_range=(0.05, 600.0), **ro)),
-        ('time_limit', 30.0, describe('abort a command running longer (s)',
-                                      float_range=(1.0, 3600.0), **ro)),
+            'object); applies from the next command', float_range=(0.0, 2.0))),
+        ('max_speed', 0.3, describe('end-effector speed limit (m/s); applies from the next '
+                                    'command', float_range=(0.001, 5.0))),
+        ('workspace_min', [-0.55, -0.45, 0.0], describe(
+            'workspace box low corner [x, y, z], below workspace_max on every axis; applies '
+            'from the next command')),
+        ('workspace_max', [0.55, 0.45, 0.6], describe(
+            'workspace box high corner [x, y, z]; applies from the next command')),
+        ('lost_timeout', 2.0, describe('abort when the target is unseen this long (s); applies '
+                                       'from the next command', float_range=(0.05, 60.0))),
+        ('acquire_timeout', 3.0, describe('abort when the target is never seen (s); applies '
+                                          'from the next command', float_range=(0.05, 600.0))),
+        ('time_limit', 30.0, describe('abort a command running longer (s); applies from the '
+                                      'next command', float_range=(1.0, 3600.0))),
     )
+
+
+def policy_config(p: dict) -> PolicyConfig:
+    """Return the PolicyConfig of parameter values `p`; ValueError names a bad limit."""
+    for name in ('workspace_min', 'workspace_max'):
+        value = p[name]
+        if isinstance(value, (str, bytes)) or not hasattr(value, '__len__') or len(value) != 3:
+            raise ValueError(f'{name} must be 3 numbers [x, y, z], got {value!r}')
+    return PolicyConfig(rate=p['rate'], max_speed=p['max_speed'],
+                        workspace_min=tuple(float(v) for v in p['workspace_min']),
+                        workspace_max=tuple(float(v) for v in p['workspace_max']),
+                        lost_timeout=p['lost_timeout'], acquire_timeout=p['acquire_timeout'],
+                        time_limit=p['time_limit'], near_distance=p['near_distance'])
+
+
+def check_parameters(p: dict) -> None:
+    """Raise ValueError naming the parameter and its valid values when `p` cannot be used."""
+    if not p['base_frame'].strip():
+        raise ValueError("base_frame must name a frame, got ''")
+    if not p['min_depth'] < p['max_depth']:
+        raise ValueError(f"min_depth ({p['min_depth']:g}) must be below max_depth "
+                         f"({p['max_depth']:g})")
+    try:
+        Extrinsic.from_xyz_quat(p['extrinsic'])
+    except ValueError as e:
+        raise ValueError(f"extrinsic {list(p['extrinsic'])} refused: {e}") from e
+    policy_config(p)
 
 
 class VlaPolicyNode(ManagedNode):
@@ -96,16 +138,24 @@ class VlaPolicyNode(ManagedNode):
     def __init__(self, **kwargs):
         super().__init__('vla_policy_node', **kwargs)
         declare_all(self, _parameters())
-        p = {name: self.get_parameter(name).value for name, _, _ in _parameters()}
-        self._p = p
-        self._extrinsic = Extrinsic.from_xyz_quat(p['extrinsic'])
-        self._policy, self._pubs, self._command = None, {}, None
+        self._p = p = parameter_values(self)
+        self._extrinsic = Extrinsic(np.eye(3), np.zeros(3))
+        self._policy, self._new_policy, self._pubs, self._command = None, None, {}, None
         self._fresh_lock, self._control_lock = threading.Lock(), threading.Lock()
         self._reset_inputs()
         self._tf = self._make_tf() if p['use_tf'] else None
         self._timer = self.create_timer(1.0 / p['rate'], self._tick, autostart=False,
                                         callback_group=MutuallyExclusiveCallbackGroup())
+        self.watch_parameters(check_parameters, self._apply_parameters)
         self.start()
+
+    def _apply_parameters(self, names: set) -> None:
+        """Take checked parameter values into use (see the module docstring for when)."""
+        # One assignment: a perception set or tick reads either the old or the new values.
+        self._p = p = parameter_values(self)
+        if 'extrinsic' in names:
+            self._extrinsic = Extrinsic.from_xyz_quat(p['extrinsic'])
+        self._matcher.tolerance = float(p['sync_tolerance'])
 
     def _reset_inputs(self) -> None:
         # Detections come a few hundred ms after their frame on a CPU: keep ~1 s of 30 Hz depth.
@@ -118,14 +168,15 @@ class VlaPolicyNode(ManagedNode):
 
     def load_model(self) -> tuple:
         """Build the policy and the outputs; return (policy name, device)."""
-        self._policy, model = self._make_policy(self._p)
+        self._new_policy, model = self._make_policy(self._p)
+        self._policy = self._new_policy(policy_config(self._p))
         self._pubs = {topic: self.output(kind, topic, RESULTS_QOS) for kind, topic in OUTPUTS}
         return model
 
     def release_model(self) -> None:
         """Stop the ticks and drop the policy (with the learned head and its CLIP)."""
         self._timer.cancel()
-        self._policy = None
+        self._policy = self._new_policy = None
 
     def subscribe_inputs(self) -> None:
         """Subscribe perception, command, arm state and camera pose, forgetting older inputs."""
@@ -187,27 +238,29 @@ class VlaPolicyNode(ManagedNode):
     # Policy and inputs ---------------------------------------------------------------------
 
     def _make_policy(self, p: dict) -> tuple:
-        config = PolicyConfig(rate=p['rate'], max_speed=p['max_speed'],
-                              workspace_min=tuple(p['workspace_min']),
-                              workspace_max=tuple(p['workspace_max']),
-                              lost_timeout=p['lost_timeout'],
-                              acquire_timeout=p['acquire_timeout'], time_limit=p['time_limit'],
-                              near_distance=p['near_distance'])
+        """
+        Return (policy factory, (name, device)); the factory builds a policy from a PolicyConfig.
+
+        The learned head and its CLIP load once here (with `device`, `dtype`, `cache_dir`, as
+        the perception nodes load theirs); each command with new limits gets a new policy
+        object around them.
+        """
         if p['policy'] not in POLICIES:
             raise ValueError(f"policy {p['policy']!r} is not one of {', '.join(POLICIES)}")
         if p['policy'] == 'geometric':
-            return GeometricPolicy(config), ('geometric policy', 'cpu')
+            return GeometricPolicy, ('geometric policy', 'cpu')
         from clip_ros.perception.loading import load_clip
         from clip_ros.policy.learned import Embedder, LearnedPolicy, PolicyHead
 
         head = PolicyHead.load(p['head_path'])
-        clip = load_clip(head.config.clip_arch, head.config.clip_pretrained, p['device'])
+        clip = load_clip(head.config.clip_arch, head.config.clip_pretrained, p['device'],
+                         p['dtype'], p['cache_dir'] or None)
         embedder = Embedder(clip)
         # One pass each now, so the first command and frame do not pay for lazy initialisation.
         embedder.image(np.zeros((clip.image_size, clip.image_size, 3), np.uint8))
         embedder.text('pick up the block')
         name = f"learned head {os.path.basename(p['head_path'])} on {clip.name}"
-        return LearnedPolicy(head, embedder, config), (name, str(clip.device))
+        return (lambda config: LearnedPolicy(head, embedder, config)), (name, str(clip.device))
 
     def _make_tf(self):
         try:
@@ -234,6 +287,10 @@ class VlaPolicyNode(ManagedNode):
             policy = self._policy
             if policy is None:
                 return  # shutting down
+            config = policy_config(self._p)
+            if config != policy.config:
+                # Limits set since the last command: a new policy around the same model.
+                policy = self._policy = self._new_policy(config)
             # The same parse as grounding_node's, so both act on the same phrases.
             self._command = parse_command(msg.data)
             with self._fresh_lock:
