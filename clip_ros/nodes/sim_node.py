@@ -5,6 +5,7 @@ import time
 
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from geometry_msgs.msg import PoseStamped  # noqa: I100 - ROS messages after rclpy
 from sensor_msgs.msg import CameraInfo, Image
@@ -13,7 +14,7 @@ from vision_msgs.msg import Detection2DArray, Detection3DArray
 
 from clip_ros.nodes.common import (
     COMMAND_QOS, declare_all, describe, LATCHED_QOS, parameter_values, RESULTS_QOS,
-    spin_node)
+    spin_node, watch_parameters)
 from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.sim_messages import (
     camera_info_msg, ground_truth_2d_msg, ground_truth_3d_msg)
@@ -22,6 +23,7 @@ from clip_ros.policy.lifting import matrix_to_quat
 # Reliable publishers match both reliable and best-effort (sensor_data) subscribers.
 CAMERA_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
 RCLError = _rclpy.RCLError
+MAX_SEED = 2**31 - 1  # sim/reset carries an Int32; scene seeds are non-negative
 
 
 class TabletopSimNode(Node):
@@ -35,7 +37,9 @@ class TabletopSimNode(Node):
     def __init__(self, **kwargs):
         super().__init__('tabletop_sim', **kwargs)
         declare_all(self, (
-            ('seed', 0, describe('scene seed at start; publish sim/reset to change it')),
+            ('seed', 0, describe(
+                'scene seed; a set (or an Int32 on sim/reset, which sets it) loads that '
+                'scene before the next frame', int_range=(0, MAX_SEED))),
             ('rate', 15.0, describe('frames per second', read_only=True,
                                     float_range=(0.1, 120.0))),
             ('width', 640, describe('image width (px)', read_only=True, int_range=(8, 4096))),
@@ -50,6 +54,8 @@ class TabletopSimNode(Node):
                                              read_only=True)),
         ))
         self._values = parameter_values(self)
+        # Range and type are all there is to check; the other parameters are read-only.
+        watch_parameters(self, lambda values: None, self._apply_parameters)
         self._image_pub = self.create_publisher(Image, 'camera/image_raw', CAMERA_QOS)
         self._depth_pub = self.create_publisher(Image, 'camera/depth/image_raw', CAMERA_QOS)
         self._info_pub = self.create_publisher(CameraInfo, 'camera/camera_info', CAMERA_QOS)
@@ -89,8 +95,17 @@ class TabletopSimNode(Node):
             self.call_in_sim(lambda sim: sim.close() if closed else sim.open())
 
     def _on_reset(self, msg: Int32) -> None:
-        self.get_logger().info(f'reset to seed {msg.data}')
-        self.call_in_sim(lambda sim: sim.reset(msg.data))
+        # Through the parameter, so `seed` always names the scene on show.
+        result = self.set_parameters([Parameter('seed', value=int(msg.data))])[0]
+        if not result.successful:
+            self.get_logger().warning(f'sim/reset {msg.data} refused: {result.reason}')
+
+    def _apply_parameters(self, names: set) -> None:
+        self._values = values = parameter_values(self)
+        if 'seed' in names:
+            seed = values['seed']
+            self.get_logger().info(f'reset to seed {seed}')
+            self.call_in_sim(lambda sim: sim.reset(seed))
 
     def _run(self) -> None:
         from clip_ros.sim.simulator import TabletopSim  # loads MuJoCo and OpenGL in this thread
