@@ -25,7 +25,7 @@ from lifecycle_msgs.srv import ChangeState  # noqa: E402
 import rclpy  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Float64, String  # noqa: E402
 from vision_msgs.msg import Classification, Detection2D, Detection2DArray  # noqa: E402
 from vision_msgs.msg import ObjectHypothesisWithPose  # noqa: E402
@@ -115,8 +115,7 @@ def send_scene(feed: Feed, ns: str) -> None:
     feed.publisher(ns, Image, 'mask').publish(numpy_to_image(labels, 'mono16', header))
     feed.publisher(ns, Image, 'depth').publish(
         numpy_to_image(np.full((H, W), 0.6, np.float32), '32FC1', header))
-    feed.publisher(ns, type(camera_info_msg(K, W, H, header)), 'camera_info').publish(
-        camera_info_msg(K, W, H, header))
+    feed.publisher(ns, CameraInfo, 'camera_info').publish(camera_info_msg(K, W, H, header))
     command = feed.publisher(ns, String, 'command')
     if not feed.inboxes[ns].messages and command.get_subscription_count():
         command.publish(String(data='pick up the blue block'))
