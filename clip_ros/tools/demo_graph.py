@@ -34,6 +34,8 @@ def build_graph(context, sim: dict, model: str, device: str, policy: dict = None
 
     Parameters
     ----------
+    context
+        the rclpy context the nodes join.
     sim
         sim_node parameters (seed, width, height, rate, ...).
     model, device
