@@ -7,6 +7,7 @@ on cleanup.
 import gc
 import json
 import os
+import time
 import weakref
 
 os.environ['ROS_DOMAIN_ID'] = '66'  # before rclpy: own domain, no cross-talk with other tests
@@ -313,3 +314,16 @@ def test_learned_head_looks_for_its_clip_in_cache_dir(managed, tmp_path):
     assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert 'not in the local cache' in node.load_error and str(cache) in node.load_error, \
         node.load_error
+
+
+def test_an_ended_command_is_reported_once(ros):
+    # After the end the control ticks go on and the input explanation may change: no repeats.
+    count = len(ros.status.messages)
+    status, _ = run_command(ros, 'pick up the blue block', frames=3, info=False)
+    assert status is not None and status['state'] == 'aborted', status
+    for _ in range(10):  # the missing input now arrives: the explanation would change
+        send_frame(ros)
+        time.sleep(0.1)
+    ended = [s for s in (json.loads(m.data) for m in ros.status.messages[count:])
+             if s['state'] in ('succeeded', 'aborted', 'rejected')]
+    assert len(ended) == 1, ended

@@ -190,11 +190,15 @@ class NodeLogHandler(logging.Handler):
 def package_logs_to(node_logger):
     """Send the 'clip_ros' Python loggers' records to `node_logger` inside the block."""
     handler, package = NodeLogHandler(node_logger), logging.getLogger('clip_ros')
+    # Not also to Python's root logger: a library (open_clip) may have given it a handler, and
+    # each warning would then print twice, once unformatted.
+    propagate, package.propagate = package.propagate, False
     package.addHandler(handler)
     try:
         yield
     finally:
         package.removeHandler(handler)
+        package.propagate = propagate
 
 
 def spin_until_shutdown(executor, context) -> None:

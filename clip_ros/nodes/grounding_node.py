@@ -146,8 +146,10 @@ class GroundingNode(ManagedNode):
         self._set_phrases(self._phrases)
 
     def _build_pipeline(self) -> GroundingPipeline:
+        # CLIP re-scores at most 64 candidates a frame, or max_detections when that is more.
         return GroundingPipeline(self._clip, self._clipseg, self._distractors, self._min_area,
-                                 self._max_detections, self._rescore)
+                                 self._max_detections, self._rescore,
+                                 max_candidates=max(64, self._max_detections))
 
     @staticmethod
     def _check_parameters(values: dict) -> None:

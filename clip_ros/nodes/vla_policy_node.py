@@ -40,6 +40,7 @@ from clip_ros.policy.sync import TimeMatcher
 
 STREAMS = ('detections', 'mask', 'depth', 'camera_info')
 POLICIES = ('geometric', 'learned')
+FINAL = ('succeeded', 'aborted', 'rejected')
 OUTPUTS = ((Detection3DArray, 'targets_3d'), (MarkerArray, 'target_markers'),
            (PoseStamped, 'ee_goal'), (TwistStamped, 'ee_twist'), (Float64, 'gripper_command'),
            (String, 'policy_status'))
@@ -418,8 +419,8 @@ class VlaPolicyNode(ManagedNode):
         if context and context not in action.detail:
             action = type(action)(action.state, action.phase, f'{action.detail} ({context})')
         key = (action.state, action.phase, action.detail if action.state != 'executing' else '')
-        if key == self._sent:
-            return
+        if key == self._sent or (self._sent and self._sent[0] in FINAL and key[0] in FINAL):
+            return  # unchanged, or the command already ended (its explanation may change)
         self._sent = key
         self._pubs['policy_status'].publish(status_msg(self._command, action))
         # rclpy fixes a logging call site's severity on first use: one call per level.

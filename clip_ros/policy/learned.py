@@ -127,7 +127,8 @@ class LearnedPolicy(GeometricPolicy):
             reason = reason or f'the learned head handles pick and place, not {command.verb!r}'
             return self._finish('rejected', reason)
         self._text = self.embedder.text(command.text)[None].to(self._device)
-        self._image, self._tracker = None, TargetTracker(self.config.near_distance)
+        self._image, self._frame = None, None
+        self._tracker = TargetTracker(self.config.near_distance)
         self._started, self._held, self._grasp_z = now, False, None
         self._last = Action('waiting', detail=f'looking for {command.targets[0]!r}')
         return self._last
@@ -144,9 +145,13 @@ class LearnedPolicy(GeometricPolicy):
         reason = self._limits(obs.time)
         if reason:
             return self._finish('aborted', reason, 'learned')
-        if obs.image is not None:
+        if self._tracker.target is None:
+            return self._last  # nothing to act on: no image embedding spent while waiting
+        if obs.image is not None and obs.image is not self._frame:
+            # A node passes its newest frame every tick: embed each frame once.
+            self._frame = obs.image
             self._image = self.embedder.image(obs.image)[None].to(self._device)
-        if self._tracker.target is None or self._image is None:
+        if self._image is None:
             return self._last
         done = self._progress(obs)
         if done:
