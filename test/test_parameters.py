@@ -390,6 +390,8 @@ def grounding_max_detections(rig, name):
         assert len(ground(rig).detections) >= 2
         with changed(rig, max_detections=1):
             assert len(ground(rig).detections) == 1
+        with changed(rig, max_detections=1000):  # above the 64 re-scored by default
+            assert len(ground(rig).detections) >= 2
 
 
 def rejects_large_frames(rig, answer):
