@@ -34,7 +34,7 @@ def generate_launch_description():
     autostart = LaunchConfiguration('autostart')
     namespace = LaunchConfiguration('namespace')
     nodes = [
-        Node(package='clip_ros', executable='sim_node', name='tabletop_sim',
+        Node(package='clip_ros', executable='sim_node', name='sim_node',
              namespace=namespace, output='screen', parameters=[_config('sim_node.yaml')]),
         LifecycleNode(package='clip_ros', executable='grounding_node', name='grounding_node',
                       namespace=namespace, output='screen',

@@ -1,4 +1,4 @@
-"""Launch tabletop_sim: MuJoCo camera images, depth, camera_info and ground truth (headless)."""
+"""Launch sim_node: MuJoCo camera images, depth, camera_info and ground truth (headless)."""
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -18,10 +18,10 @@ def generate_launch_description():
             'params_file',
             default_value=PathJoinSubstitution(
                 [FindPackageShare('clip_ros'), 'config', 'sim_node.yaml']),
-            description='node parameters (YAML, /**/tabletop_sim: ros__parameters:)'),
+            description='node parameters (YAML, /**/sim_node: ros__parameters:)'),
     ]
     node = Node(
-        package='clip_ros', executable='sim_node', name='tabletop_sim',
+        package='clip_ros', executable='sim_node', name='sim_node',
         namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
         parameters=[LaunchConfiguration('params_file'),
                     {'seed': ParameterValue(LaunchConfiguration('seed'), value_type=int),

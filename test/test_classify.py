@@ -5,7 +5,7 @@ import torch
 
 from clip_ros.perception.classify import (
     semantic_regions, semantic_segmentation, ZeroShotClassifier)
-from clip_ros.sim.synthetic import tabletop_image
+from clip_ros.sim.synthetic import scene_image
 
 
 def _heatmaps():
@@ -75,7 +75,7 @@ def clip():
 
 
 def test_classifier_probabilities(clip):
-    rgb, _ = tabletop_image(seed=1, width=96, height=64, count=2)
+    rgb, _ = scene_image(seed=1, width=96, height=64, count=2)
     classifier = ZeroShotClassifier(clip, ['red block', 'blue ball', 'table'])
     probs = classifier(rgb)
     assert probs.dtype == np.float32 and probs.shape == (3,)
@@ -100,7 +100,7 @@ def test_classifier_template_averaging(clip):
 
 def test_classifier_set_classes_and_errors(clip):
     classifier = ZeroShotClassifier(clip, ['cup'])
-    rgb, _ = tabletop_image(seed=2, width=64, height=64, count=1)
+    rgb, _ = scene_image(seed=2, width=64, height=64, count=1)
     assert classifier(rgb) == pytest.approx([1.0])
     classifier.set_classes(['cup', 'plate', 'fork', 'knife'])
     assert classifier.classes == ['cup', 'plate', 'fork', 'knife']

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from clip_ros.sim.dataset import (
-    generate, HELD_OUT, scene_caption, split_exclude, split_seeds, TabletopDataset)
+    generate, HELD_OUT, scene_caption, SceneDataset, split_exclude, split_seeds)
 from clip_ros.sim.scene import sample_scene
 from clip_ros.tools.make_dataset import main
 
@@ -22,7 +22,7 @@ def test_files_and_shapes(train_root):
     index = json.loads((train_root / 'train' / 'dataset.json').read_text())
     assert index['split'] == 'train' and (index['width'], index['height']) == (96, 64)
     assert [scene['seed'] for scene in index['scenes']] == [0, 1, 2]
-    data = TabletopDataset(train_root, 'train')
+    data = SceneDataset(train_root, 'train')
     assert len(data) == 3
     item = data[1]
     assert item['rgb'].shape == (64, 96, 3) and item['rgb'].dtype == np.uint8
@@ -45,8 +45,8 @@ def test_files_and_shapes(train_root):
 
 def test_regenerating_a_seed_is_identical(train_root, tmp_path):
     generate(tmp_path, 'train', 1, 96, 64, start=2, depth=True)
-    again = TabletopDataset(tmp_path, 'train')[0]
-    first = TabletopDataset(train_root, 'train')[2]
+    again = SceneDataset(tmp_path, 'train')[0]
+    first = SceneDataset(train_root, 'train')[2]
     assert np.array_equal(again['rgb'], first['rgb'])
     assert np.array_equal(again['masks'], first['masks'])
     assert again['meta'] == first['meta']
@@ -68,7 +68,7 @@ def test_splits_disjoint_and_held_out_only_outside_train():
 
 def test_missing_index_names_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match='make_dataset'):
-        TabletopDataset(tmp_path, 'val')
+        SceneDataset(tmp_path, 'val')
 
 
 def test_scene_caption():

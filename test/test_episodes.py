@@ -16,9 +16,9 @@ from clip_ros.sim.episodes import (
 
 @pytest.fixture(scope='module')
 def sim(gl_context):
-    from clip_ros.sim.simulator import TabletopSim
+    from clip_ros.sim.simulator import Simulator
 
-    sim = TabletopSim(0, 96, 72)
+    sim = Simulator(0, 96, 72)
     yield sim
     sim.close_renderer()
 

@@ -7,7 +7,7 @@ import pytest
 from clip_ros.perception.grounding import (
     check_thresholds, DEFAULT_DISTRACTORS, GroundingPipeline, rival_mask)
 from clip_ros.perception.loading import load_clip, load_clipseg
-from clip_ros.sim.synthetic import COLOURS, TABLE_RGB, tabletop_image
+from clip_ros.sim.synthetic import COLOURS, scene_image, TABLE_RGB
 
 W, H = 96, 64
 PHRASES = ['red block', 'blue ball']
@@ -20,7 +20,7 @@ def models():
 
 @pytest.fixture(scope='module')
 def rgb():
-    image, _ = tabletop_image(seed=3, width=W, height=H, count=2)
+    image, _ = scene_image(seed=3, width=W, height=H, count=2)
     return image
 
 
@@ -224,7 +224,7 @@ def pipeline_crop(pipeline, rgb):
 def test_text_encoded_once_across_frames(models):
     clip = models[0]
     pipeline = GroundingPipeline(*models, min_area=1)
-    frames = [tabletop_image(seed=s, width=W, height=H, count=2)[0] for s in (10, 11, 12)]
+    frames = [scene_image(seed=s, width=W, height=H, count=2)[0] for s in (10, 11, 12)]
     pipeline(frames[0], ['green bowl', 'yellow ball'], thresholds=0.0)
     clip_misses = clip.text_cache.misses
     seg_misses = pipeline.runner.text_cache.misses

@@ -18,7 +18,7 @@ NODES = {
 CONFIGS = {
     **{f'{node}.yaml': (node, module, cls) for node, module, cls in NODES.values()},
     'vla_policy_node.yaml': ('vla_policy_node', 'clip_ros.nodes.vla_policy_node', 'VlaPolicyNode'),
-    'sim_node.yaml': ('tabletop_sim', 'clip_ros.nodes.sim_node', 'TabletopSimNode'),
+    'sim_node.yaml': ('sim_node', 'clip_ros.nodes.sim_node', 'SimNode'),
 }
 BUILT_IN = {'use_sim_time', 'start_type_description_service'}
 

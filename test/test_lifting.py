@@ -84,9 +84,9 @@ def test_size_mismatch_and_missing_intrinsics():
 
 
 def test_sim_objects_lift_near_their_centres(gl_context):
-    from clip_ros.sim.simulator import TabletopSim
+    from clip_ros.sim.simulator import Simulator
 
-    with TabletopSim(3, 160, 120) as sim:
+    with Simulator(3, 160, 120) as sim:
         frame = sim.render(depth=True, instances=True)
         extrinsic = Extrinsic(*sim.camera_pose())
         lifted_count = 0

@@ -33,7 +33,7 @@ from clip_ros.nodes.clipseg_node import ClipSegNode  # noqa: E402
 from clip_ros.nodes.conversions import image_to_numpy, numpy_to_image  # noqa: E402
 from clip_ros.nodes.grounding_node import GroundingNode  # noqa: E402
 from clip_ros.nodes.sim_messages import camera_info_msg  # noqa: E402
-from clip_ros.nodes.sim_node import TabletopSimNode  # noqa: E402
+from clip_ros.nodes.sim_node import SimNode  # noqa: E402
 from clip_ros.nodes.vla_policy_node import VlaPolicyNode  # noqa: E402
 from clip_ros.policy.lifting import matrix_to_quat  # noqa: E402
 from node_harness import (  # noqa: E402, I100, I201
@@ -236,12 +236,9 @@ def policy(harness):
 @pytest.fixture(scope='module')
 def sim(harness):
     # Parameters are listed without OpenGL; the seed's effect needs the renderer (gl_context).
-    rig = Rig(harness, TabletopSimNode(context=harness.context, namespace='/sim',
-                                       parameter_overrides=[
-                                           Parameter('seed', value=3),
-                                           Parameter('rate', value=30.0),
-                                           Parameter('width', value=160),
-                                           Parameter('height', value=120)]), '/sim')
+    rig = Rig(harness, SimNode(context=harness.context, namespace='/sim', parameter_overrides=[
+        Parameter('seed', value=3), Parameter('rate', value=30.0), Parameter('width', value=160),
+        Parameter('height', value=120)]), '/sim')
     truth = rig.subscribe(Detection2DArray, 'sim/ground_truth_2d')
     rig.publisher(Int32, 'sim/reset')
     rig.stamp_count = lambda: len(truth.messages)
@@ -706,7 +703,7 @@ def policy_near_distance(rig, name):
             statuses(rig, since)
 
 
-# tabletop_sim -------------------------------------------------------------------------------
+# sim_node -------------------------------------------------------------------------------
 
 
 def scene_names(msg) -> list:

@@ -22,9 +22,9 @@ from clip_ros.sim.episodes import load_perception, TruthPerception
 
 @pytest.fixture(scope='module')
 def frame_and_sim(gl_context):
-    from clip_ros.sim.simulator import TabletopSim
+    from clip_ros.sim.simulator import Simulator
 
-    with TabletopSim(0, 320, 240) as sim:
+    with Simulator(0, 320, 240) as sim:
         sim.reset(200_003)  # a test-split scene
         yield sim.render(depth=True, instances=True), sim
 

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 
 from clip_ros.sim.scene import COLOURS, sample_scene, SHAPES
-from clip_ros.sim.simulator import intrinsics, TabletopSim
+from clip_ros.sim.simulator import intrinsics, Simulator
 
 
 @pytest.fixture(scope='module')
 def sim(gl_context):
-    simulator = TabletopSim(seed=7, width=160, height=120)
+    simulator = Simulator(seed=7, width=160, height=120)
     yield simulator
     simulator.close_renderer()
 

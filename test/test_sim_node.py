@@ -1,4 +1,4 @@
-"""tabletop_sim over real DDS: camera topics with identical stamps, ground truth, reset."""
+"""sim_node over real DDS: camera topics with identical stamps, ground truth, reset."""
 import os
 
 os.environ['ROS_DOMAIN_ID'] = '64'  # before rclpy: own domain, no cross-talk with other tests
@@ -11,7 +11,7 @@ from std_msgs.msg import Int32  # noqa: E402
 from vision_msgs.msg import Detection2DArray, Detection3DArray  # noqa: E402
 
 from clip_ros.nodes.conversions import image_to_numpy  # noqa: E402
-from clip_ros.nodes.sim_node import TabletopSimNode  # noqa: E402
+from clip_ros.nodes.sim_node import SimNode  # noqa: E402
 from node_harness import Harness, interrupt, node_process, wait_for  # noqa: E402, I100, I201
 
 DOMAIN = 64
@@ -21,7 +21,7 @@ SIZE = (160, 120)
 @pytest.fixture(scope='module')
 def ros(gl_context):
     harness = Harness(DOMAIN)
-    harness.node = harness.add(TabletopSimNode(context=harness.context, parameter_overrides=[
+    harness.node = harness.add(SimNode(context=harness.context, parameter_overrides=[
         Parameter('seed', value=3), Parameter('rate', value=30.0),
         Parameter('width', value=SIZE[0]), Parameter('height', value=SIZE[1])]))
     harness.images = harness.subscribe(Image, 'camera/image_raw')

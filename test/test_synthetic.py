@@ -1,20 +1,20 @@
 """Procedural tabletop scenes are deterministic per seed; their ground truth matches pixels."""
 import numpy as np
 
-from clip_ros.sim.synthetic import COLOURS, tabletop_image
+from clip_ros.sim.synthetic import COLOURS, scene_image
 
 
 def test_same_seed_same_image():
-    a, objs_a = tabletop_image(seed=5)
-    b, objs_b = tabletop_image(seed=5)
-    c, _ = tabletop_image(seed=6)
+    a, objs_a = scene_image(seed=5)
+    b, objs_b = scene_image(seed=5)
+    c, _ = scene_image(seed=6)
     assert np.array_equal(a, b)
     assert [o.name for o in objs_a] == [o.name for o in objs_b]
     assert not np.array_equal(a, c)
 
 
 def test_ground_truth_matches_pixels():
-    rgb, objects = tabletop_image(seed=1, width=320, height=240, count=3)
+    rgb, objects = scene_image(seed=1, width=320, height=240, count=3)
     assert rgb.shape == (240, 320, 3) and rgb.dtype == np.uint8
     for obj in objects:
         colour = obj.name.split()[0]

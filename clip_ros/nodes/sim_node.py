@@ -26,16 +26,16 @@ RCLError = _rclpy.RCLError
 MAX_SEED = 2**31 - 1  # sim/reset carries an Int32; scene seeds are non-negative
 
 
-class TabletopSimNode(Node):
+class SimNode(Node):
     """
-    Render the tabletop sim at `rate` Hz in its own thread (it owns the GL context).
+    Render the simulator at `rate` Hz in its own thread (it owns the GL context).
 
     Other code drives the end effector through `call_in_sim(fn)`, which runs `fn(sim)` in that
     thread before the next frame.
     """
 
     def __init__(self, **kwargs):
-        super().__init__('tabletop_sim', **kwargs)
+        super().__init__('sim_node', **kwargs)
         declare_all(self, (
             ('seed', 0, describe(
                 'scene seed; a set (or an Int32 on sim/reset, which sets it) loads that '
@@ -77,7 +77,7 @@ class TabletopSimNode(Node):
         self.create_subscription(Float64, 'gripper_command', self._on_gripper, RESULTS_QOS)
         # Not a daemon: interpreter exit waits for it to free the GL context, as MuJoCo's EGL
         # atexit hook terminates the display under a still-rendering thread (SIGSEGV).
-        self._thread = threading.Thread(target=self._run, name='tabletop_sim')
+        self._thread = threading.Thread(target=self._run, name='sim_node')
         self._thread.start()
 
     def call_in_sim(self, fn) -> None:
@@ -108,13 +108,12 @@ class TabletopSimNode(Node):
             self.call_in_sim(lambda sim: sim.reset(seed))
 
     def _run(self) -> None:
-        from clip_ros.sim.simulator import TabletopSim  # loads MuJoCo and OpenGL in this thread
+        from clip_ros.sim.simulator import Simulator  # loads MuJoCo and OpenGL in this thread
 
         values = self._values
         try:
-            sim = TabletopSim(values['seed'], values['width'], values['height'],
-                              values['object_count'] or None,
-                              show_gripper=values['show_gripper'])
+            sim = Simulator(values['seed'], values['width'], values['height'],
+                            values['object_count'] or None, show_gripper=values['show_gripper'])
         except (RuntimeError, ValueError) as e:
             self.error = f'simulator not started: {e}'
             self.get_logger().error(self.error)
@@ -180,8 +179,8 @@ class TabletopSimNode(Node):
 
 
 def main(args=None):
-    """Run the tabletop simulator node until shutdown."""
-    spin_node(TabletopSimNode, args)
+    """Run the simulator node until shutdown."""
+    spin_node(SimNode, args)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,5 @@
 """
-Tabletop grounding datasets rendered from the MuJoCo sim, and a torch Dataset to read them.
+Grounding datasets rendered from the MuJoCo simulator, and a torch Dataset to read them.
 
 On disk, one folder per split::
 
@@ -114,13 +114,13 @@ def generate(out, split: str, count: int, width: int = 224, height: int = 224,
         The dataset.json written.
 
     """
-    from clip_ros.sim.simulator import TabletopSim  # needs OpenGL; reading a dataset does not
+    from clip_ros.sim.simulator import Simulator  # needs OpenGL; reading a dataset does not
 
     seeds = split_seeds(split, count, start)
     root = Path(out) / split
     scenes = []
-    with TabletopSim(seeds[0] if count else 0, width, height, exclude=split_exclude(split),
-                     show_gripper=False) as sim:
+    with Simulator(seeds[0] if count else 0, width, height, exclude=split_exclude(split),
+                   show_gripper=False) as sim:
         for seed in (progress(seeds) if progress else seeds):
             sim.reset(seed)
             meta = write_scene(root / f'{seed:06d}', seed,
@@ -135,7 +135,7 @@ def generate(out, split: str, count: int, width: int = 224, height: int = 224,
     return path
 
 
-class TabletopDataset(torch.utils.data.Dataset):
+class SceneDataset(torch.utils.data.Dataset):
     """
     Read one split written by `generate`.
 
@@ -170,8 +170,8 @@ class TabletopDataset(torch.utils.data.Dataset):
 
 def render_scenes(seeds, width: int, height: int, exclude=()):
     """Yield (rgb, visible SceneObjects, all names) for each seed from the MuJoCo sim."""
-    from clip_ros.sim.simulator import TabletopSim  # needs OpenGL; reading a dataset does not
-    with TabletopSim(seeds[0], width, height, exclude=exclude, show_gripper=False) as sim:
+    from clip_ros.sim.simulator import Simulator  # needs OpenGL; reading a dataset does not
+    with Simulator(seeds[0], width, height, exclude=exclude, show_gripper=False) as sim:
         for seed in seeds:
             sim.reset(seed)
             frame = sim.render(depth=False, instances=True)

@@ -6,7 +6,7 @@ camera, grounds the target (and destination) phrase, lifts the mask to the base 
 rendered depth, steps the policy, and executes its goal and gripper command on the kinematic
 gripper. Success: pick = the target held and lifted >= 5 cm; place = the target released and
 resting on the destination (inside a bowl, or on top of a block, ball or cylinder: its centre
-within the destination's footprint, see TabletopSim.resting_on); point/go_to = the grasp point
+within the destination's footprint, see Simulator.resting_on); point/go_to = the grasp point
 above the target. Per-stage wall-clock latencies are recorded.
 """
 from dataclasses import dataclass, field
@@ -112,7 +112,7 @@ def check_success(sim, task: Task, finished: bool) -> bool:
     if task.verb == 'pick':
         return sim.holding == task.target and sim.lift_height(task.target) >= LIFT_SUCCESS
     if task.verb == 'place':
-        # Released objects drop onto what lies under their centre (TabletopSim.resting_on):
+        # Released objects drop onto what lies under their centre (Simulator.resting_on):
         # in a bowl, or on top of a block, ball or cylinder; beside it is the table.
         if sim.holding is not None or task.destination is None:
             return False

@@ -239,7 +239,7 @@ class _Renderer:
             self._gl = None
 
 
-class TabletopSim:
+class Simulator:
     """
     A seeded tabletop scene with a fixed camera and a kinematic mocap end effector.
 

@@ -23,7 +23,7 @@ def _shape_mask(shape: str, box: tuple, height: int, width: int) -> np.ndarray:
     return disc & ((xx - cx) ** 2 + (yy - cy) ** 2 >= (0.6 * r) ** 2)
 
 
-def tabletop_image(seed: int = 0, width: int = 640, height: int = 480, count: int = 4):
+def scene_image(seed: int = 0, width: int = 640, height: int = 480, count: int = 4):
     """
     Draw `count` non-overlapping objects of distinct colours on a table.
 

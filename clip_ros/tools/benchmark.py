@@ -25,7 +25,7 @@ from clip_ros.perception.geometry import connected_components
 from clip_ros.perception.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
 from clip_ros.perception.loading import load_clip
 from clip_ros.perception.tokenizer import tokenize
-from clip_ros.sim.synthetic import tabletop_image
+from clip_ros.sim.synthetic import scene_image
 
 PHRASES = ('blue block', 'red ball', 'green bowl', 'yellow block', 'purple ball',
            'orange bowl', 'white block', 'black ball', 'red block', 'blue ball')
@@ -85,7 +85,7 @@ def run(clip_arch: str, clipseg_name: str, counts: list, repeats: int, width: in
     clip = load_clip(clip_arch, 'random', device='cpu', dtype='float32')
     seg = load_clipseg(clipseg_name, device='cpu', dtype='float32')
     pipeline = GroundingPipeline(clip, seg)
-    rgb, _ = tabletop_image(seed=0, width=width, height=height)
+    rgb, _ = scene_image(seed=0, width=width, height=height)
     rows = []
     for count in counts:
         phrases = list(PHRASES[:count])

@@ -47,14 +47,14 @@ def build_graph(context, sim: dict, model: str, device: str, policy: dict = None
     from rclpy.parameter import Parameter
 
     from clip_ros.nodes.grounding_node import GroundingNode
-    from clip_ros.nodes.sim_node import TabletopSimNode
+    from clip_ros.nodes.sim_node import SimNode
     from clip_ros.nodes.vla_policy_node import VlaPolicyNode
 
     def overrides(values: dict) -> list:
         return [Parameter(name, value=value) for name, value in values.items()]
 
     return [
-        TabletopSimNode(context=context, parameter_overrides=overrides(sim)),
+        SimNode(context=context, parameter_overrides=overrides(sim)),
         GroundingNode(context=context, cli_args=remap_args(GROUNDING_INPUTS),
                       parameter_overrides=overrides(model_parameters(model, device))),
         VlaPolicyNode(context=context, cli_args=remap_args(POLICY_INPUTS),

@@ -147,12 +147,12 @@ def evaluate(args, sim, perception, factories: dict, tasks: list) -> dict:
 
 def main(argv=None) -> None:
     """Run the evaluation and print the tables."""
-    from clip_ros.sim.simulator import TabletopSim
+    from clip_ros.sim.simulator import Simulator
 
     args = parse_args(argv)
     perception, clip = load_perception(args.perception, args.device, args.threshold)
     tasks = make_tasks(args)
-    with TabletopSim(args.seed, args.width, args.height) as sim:
+    with Simulator(args.seed, args.width, args.height) as sim:
         runs = evaluate(args, sim, perception, policies(args, clip), tasks)
     print(f'\nperception: {perception.name}; {len(tasks)} episodes per policy; held-out '
           f'colour x shape: {", ".join(" ".join(c) for c in HELD_OUT)}\n')

@@ -30,7 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     """Record, then print what was kept."""
     from clip_ros.perception.loading import load_clip
-    from clip_ros.sim.simulator import TabletopSim
+    from clip_ros.sim.simulator import Simulator
 
     args = parse_args(argv)
     perception, clip = load_perception(args.perception, args.device)
@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     tasks = [sample_task(args.seed + 7 * k, ('pick', 'place')[k % 2], HELD_OUT, False)
              for k in range(args.episodes)]
     start = time.monotonic()
-    with TabletopSim(args.seed, args.width, args.height) as sim:
+    with Simulator(args.seed, args.width, args.height) as sim:
         arrays, stats = record_demonstrations(sim, tasks, perception, Embedder(clip),
                                               episode_config=EpisodeConfig())
     meta = {'clip': clip.name, 'clip_arch': args.clip, 'perception': args.perception,
