@@ -4,7 +4,7 @@ from sensor_msgs.msg import Image
 from vision_msgs.msg import Classification
 
 from clip_ros.nodes.common import (
-    clean_phrases, common_parameters, declare_all, decode_rgb, describe, parameter_values,
+    clean_phrases, common_parameters, declare_all, describe, parameter_values,
     RESULTS_QOS, spin_node, string_list)
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import classification_msg
@@ -42,7 +42,6 @@ class ClipClassifierNode(ManagedNode):
             ('top_k', 0, describe('publish only the best k classes; 0 for all',
                                   int_range=(0, 65535))),
         ))
-        self.rejected = 0
         self._clip = None
         self._classifier = None
         self._classes: list = []
@@ -88,11 +87,8 @@ class ClipClassifierNode(ManagedNode):
         if classifier is None:
             self._warn('no_classes', 'no classes to score: set the `classes` parameter')
             return
-        try:
-            rgb = decode_rgb(msg, self._max_image_size)
-        except ValueError as e:
-            self.rejected += 1
-            self._warn('bad_image', f'rejected image: {e}')
+        rgb = self.decode_frame(msg)
+        if rgb is None:
             return
         probabilities = classifier(rgb)
         self._pub.publish(

@@ -5,7 +5,7 @@ import torch
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from clip_ros.nodes.common import (
-    clean_phrases, common_parameters, declare_all, decode_rgb, describe, LATCHED_QOS,
+    clean_phrases, common_parameters, declare_all, describe, LATCHED_QOS,
     parameter_values, RESULTS_QOS, spin_node, string_list)
 from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.managed import ManagedNode
@@ -36,7 +36,6 @@ class ClipSegNode(ManagedNode):
                 'pixels whose best class probability is below this are background (0)',
                 float_range=(0.0, 1.0))),
         ))
-        self.rejected = 0
         self._runner = None
         self._label_pub = None
         self._classes: list = []
@@ -91,11 +90,8 @@ class ClipSegNode(ManagedNode):
         if not classes:
             self._warn('no_classes', 'no classes to segment: set the `classes` parameter')
             return
-        try:
-            rgb = decode_rgb(msg, self._max_image_size)
-        except ValueError as e:
-            self.rejected += 1
-            self._warn('bad_image', f'rejected image: {e}')
+        rgb = self.decode_frame(msg)
+        if rgb is None:
             return
         with torch.inference_mode():
             heatmaps = runner.probabilities(rgb, classes)  # [C, H, W]

@@ -7,7 +7,7 @@ from std_msgs.msg import String
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from clip_ros.nodes.common import (
-    clean_phrases, COMMAND_QOS, common_parameters, declare_all, decode_rgb, describe, LATCHED_QOS,
+    clean_phrases, COMMAND_QOS, common_parameters, declare_all, describe, LATCHED_QOS,
     parameter_values, RESULTS_QOS, spin_node, string_list, unit_floats)
 from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.managed import ManagedNode
@@ -51,7 +51,6 @@ class GroundingNode(ManagedNode):
     def __init__(self, **kwargs):
         super().__init__('grounding_node', **kwargs)
         self._declare_parameters()
-        self.rejected = 0
         self._command_phrases: list | None = None
         self._phrases: list = []
         self._label_sent = False
@@ -182,7 +181,7 @@ class GroundingNode(ManagedNode):
     def _on_command(self, msg: String) -> None:
         text = msg.data
         if not text.strip():
-            self._reject('empty_command', 'ignored an empty command')
+            self.reject('empty_command', 'ignored an empty command')
             return
         command = parse_command(text)
         if command.truncated:
@@ -190,16 +189,12 @@ class GroundingNode(ManagedNode):
                        f'{len(command.text)} (max {MAX_COMMAND_CHARS})')
         phrases = command.phrases
         if not phrases:
-            self._reject('vague_command', f'command {quote(text)} names nothing to ground; '
-                         f'keeping {self._phrases}')
+            self.reject('vague_command', f'command {quote(text)} names nothing to ground; '
+                        f'keeping {self._phrases}')
             return
         self.get_logger().info(f'command {command.verb or "(no verb)"}: grounding {phrases}')
         self._command_phrases = phrases
         self._set_phrases(phrases)
-
-    def _reject(self, key: str, message: str) -> None:
-        self.rejected += 1
-        self._warn(key, message)
 
     def process(self, msg: Image) -> None:
         """Ground the active phrases in one frame and publish the results."""
@@ -209,10 +204,8 @@ class GroundingNode(ManagedNode):
         if not phrases:
             self._warn('no_phrases', 'no phrases to ground: set `queries` or publish a command')
             return
-        try:
-            rgb = decode_rgb(msg, self._max_image_size)
-        except ValueError as e:
-            self._reject('bad_image', f'rejected image: {e}')
+        rgb = self.decode_frame(msg)
+        if rgb is None:
             return
         heat = self._heatmap_pub.get_subscription_count() > 0
         result = pipeline(rgb, phrases, self._threshold_list(phrases), with_heatmaps=heat)

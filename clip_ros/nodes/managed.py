@@ -28,7 +28,8 @@ from sensor_msgs.msg import Image
 import torch
 
 from clip_ros.nodes.common import (
-    declare_all, describe, image_qos, package_logs_to, parameter_values, watch_parameters)
+    declare_all, decode_rgb, describe, image_qos, package_logs_to, parameter_values,
+    watch_parameters)
 from clip_ros.nodes.frame_worker import FrameWorker, KeyedThrottle
 from clip_ros.nodes.messages import diagnostics_msg
 from clip_ros.perception.stats import assess, FrameStats, HealthLimits
@@ -107,6 +108,8 @@ class ManagedNode(LifecycleNode):
         self._error = KeyedThrottle(self.get_logger(), 'error', THROTTLE_SEC)
         self.stats = FrameStats()
         self.load_error = ''
+        self.rejected = 0  # inputs refused with a logged reason (bad frames, vague commands)
+        self._max_image_size = 4096  # a subclass with max_image_size sets it from its parameter
         self.params_error = ''  # why the start-up parameter values are unusable
         self.memory = {}  # 'configure' / 'cleanup' -> (resident bytes, CUDA bytes)
         self._model = ('', '')  # (name, device)
@@ -217,6 +220,19 @@ class ManagedNode(LifecycleNode):
         if self._active:
             return ''
         return self.load_error or f'lifecycle state is {self.lifecycle_state}'
+
+    def reject(self, key: str, message: str) -> None:
+        """Count a refused input and log why (once per distinct reason per throttle period)."""
+        self.rejected += 1
+        self._warn(key, message)
+
+    def decode_frame(self, msg):
+        """Return an Image message as RGB uint8 [H, W, 3], or None after rejecting it."""
+        try:
+            return decode_rgb(msg, self._max_image_size)
+        except ValueError as e:
+            self.reject('bad_image', f'rejected image: {e}')
+            return None
 
     def submit_frame(self, msg) -> None:
         """Hand `msg` to the worker as if it arrived on the input topic (ignored unless active)."""
