@@ -7,7 +7,6 @@ os.environ['ROS_DOMAIN_ID'] = '61'  # before rclpy: own domain, no cross-talk wi
 
 import pytest  # noqa: E402
 
-pytest.importorskip('vision_msgs')
 
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402

@@ -17,9 +17,8 @@ os.environ['ROS_DOMAIN_ID'] = '78'  # before rclpy: own domain, no cross-talk wi
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-pytest.importorskip('vision_msgs')
 
-from geometry_msgs.msg import PoseStamped  # noqa: E402, I100 - after the skip
+from geometry_msgs.msg import PoseStamped  # noqa: E402, I100
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState  # noqa: E402
 import rclpy  # noqa: E402

@@ -6,11 +6,8 @@ os.environ['ROS_DOMAIN_ID'] = '71'  # before rclpy: own domain, no cross-talk wi
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-pytest.importorskip('vision_msgs')
-pytest.importorskip('diagnostic_msgs')
-pytest.importorskip('lifecycle_msgs')
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402, I100 - after the skips
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402, I100
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402

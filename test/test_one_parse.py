@@ -12,9 +12,8 @@ os.environ['ROS_DOMAIN_ID'] = '77'  # before rclpy: own domain, no cross-talk wi
 
 import pytest  # noqa: E402
 
-pytest.importorskip('vision_msgs')
 
-from rclpy.parameter import Parameter  # noqa: E402, I100 - after the skip
+from rclpy.parameter import Parameter  # noqa: E402, I100
 from std_msgs.msg import String  # noqa: E402
 from vision_msgs.msg import LabelInfo  # noqa: E402
 

@@ -15,11 +15,8 @@ os.environ['ROS_DOMAIN_ID'] = '66'  # before rclpy: own domain, no cross-talk wi
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-pytest.importorskip('vision_msgs')
-pytest.importorskip('visualization_msgs')
-pytest.importorskip('diagnostic_msgs')
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402, I100 - after the skips
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402, I100
 from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
