@@ -1,5 +1,5 @@
 """
-Run the demo_sim graph in one process: tabletop sim, grounding node and vla_policy_node.
+Run the demo_sim graph in one process: simulator, grounding node and vla_policy_node.
 
 Publishes one command (default: pick up an object of the scene), waits for the policy's final
 status and prints it with how high the target was lifted. The same wiring as
@@ -15,7 +15,7 @@ from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from std_msgs.msg import String
 
-from clip_ros.nodes.common import COMMAND_QOS, RESULTS_QOS
+from clip_ros.nodes.common import COMMAND_QOS, RCLError, RESULTS_QOS
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.sim.scene import sample_scene
 from clip_ros.tools.demo_graph import build_graph
@@ -71,13 +71,21 @@ def _spin(context, args) -> dict | None:
     executor = SingleThreadedExecutor(context=context)
     for node in nodes + [probe]:
         executor.add_node(node)
-    executor.spin_once(timeout_sec=0.1)
     deadline, sent = time.monotonic() + args.timeout, False
-    while time.monotonic() < deadline and not any(s['state'] in FINAL for s in final):
-        if not sent and nodes[0].frames > 5 and command.get_subscription_count() >= 2:
-            command.publish(String(data=args.command))
-            sent = True
-        executor.spin_once(timeout_sec=0.05)
+    try:
+        while time.monotonic() < deadline and not any(s['state'] in FINAL for s in final):
+            if not sent and nodes[0].frames > 5 and command.get_subscription_count() >= 2:
+                command.publish(String(data=args.command))
+                sent = True
+            executor.spin_once(timeout_sec=0.05)
+    except (ExternalShutdownException, RCLError):
+        # Ctrl-C shut the context down between our checks; any other RCLError is real.
+        if context.ok():
+            raise
+    if not context.ok():
+        for node in nodes + [probe]:
+            node.destroy_node()
+        return None
     holding = {}
     nodes[0].call_in_sim(lambda sim: holding.update(name=sim.holding))
     time.sleep(0.5)
