@@ -118,15 +118,21 @@ class SimNode(Node):
             self.error = f'simulator not started: {e}'
             self.get_logger().error(self.error)
             return
-        self.get_logger().info(f'tabletop scene {sim.seed}: {", ".join(sim.object_names)}')
+        self.get_logger().info(f'scene {sim.seed}: {", ".join(sim.object_names)}')
         try:
             self._loop(sim, 1.0 / values['rate'])
         except RCLError:
             # SIGINT shuts the context down before destroy_node stops this loop.
             if self.context.ok():
                 raise
+        except Exception as e:  # noqa: B902 - the render thread must say why it stopped
+            self._stopped_by(e)
         finally:
             sim.close_renderer()  # in this thread: it owns the GL context
+
+    def _stopped_by(self, error) -> None:
+        self.error = f'simulator stopped: {type(error).__name__}: {error}'
+        self.get_logger().error(self.error)
 
     def _loop(self, sim, period: float) -> None:
         due = time.monotonic()
