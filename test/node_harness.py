@@ -223,3 +223,31 @@ class LaunchHarness:
     @classmethod
     def tearDownClass(cls):
         cls.ros.shutdown()
+
+
+def blue_block(header: Header, width: int, height: int) -> tuple:
+    """
+    Return (Detection2DArray, mono16 mask) of one 'blue block' as grounding_node publishes it.
+
+    The block covers pixels 35..44 x 25..34 (mask value 1), score 0.9; the arm state that goes
+    with the policy tests is at (0, 0.12, 0.45) in 'world'.
+    """
+    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+    labels = np.zeros((height, width), np.uint16)
+    labels[25:35, 35:45] = 1
+    detection = Detection2D(header=header, id='0')
+    hypothesis = ObjectHypothesisWithPose()
+    hypothesis.hypothesis.class_id, hypothesis.hypothesis.score = 'blue block', 0.9
+    detection.results.append(hypothesis)
+    return (Detection2DArray(header=header, detections=[detection]),
+            numpy_to_image(labels, 'mono16', header))
+
+
+def arm_state(header: Header):
+    """Return the policy tests' end-effector state: (0, 0.12, 0.45) in 'world' at the stamp."""
+    from geometry_msgs.msg import PoseStamped
+
+    ee = PoseStamped(header=Header(stamp=header.stamp, frame_id='world'))
+    ee.pose.position.x, ee.pose.position.y, ee.pose.position.z = 0.0, 0.12, 0.45
+    return ee

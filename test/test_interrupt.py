@@ -26,15 +26,14 @@ from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Float64, String  # noqa: E402
-from vision_msgs.msg import Classification, Detection2D, Detection2DArray  # noqa: E402
-from vision_msgs.msg import ObjectHypothesisWithPose  # noqa: E402
+from vision_msgs.msg import Classification, Detection2DArray  # noqa: E402
 
 from clip_ros.nodes.common import RCLError, spin_until_shutdown, SPIN_WAKE_SEC  # noqa: E402
 from clip_ros.nodes.conversions import numpy_to_image  # noqa: E402
 from clip_ros.nodes.sim_messages import camera_info_msg  # noqa: E402
 from clip_ros.policy.lifting import matrix_to_quat  # noqa: E402
 from node_harness import (  # noqa: E402, I100
-    Harness, interrupt, node_process, rgb_image, wait_for)
+    arm_state, blue_block, Harness, interrupt, node_process, rgb_image, wait_for)
 
 DOMAIN = 78
 # Processes of one node, started together and interrupted together (model loading is slow).
@@ -99,19 +98,10 @@ def send_goal(feed: Feed, ns: str) -> None:
 def send_scene(feed: Feed, ns: str) -> None:
     """Publish one matched set with a 'blue block', the arm state, and the command once."""
     header = feed.ros.header('camera_optical_frame')
-    labels = np.zeros((H, W), np.uint16)
-    labels[25:35, 35:45] = 1
-    det = Detection2D(header=header, id='0')
-    hyp = ObjectHypothesisWithPose()
-    hyp.hypothesis.class_id, hyp.hypothesis.score = 'blue block', 0.9
-    det.results.append(hyp)
-    ee = PoseStamped()
-    ee.header.stamp, ee.header.frame_id = header.stamp, 'world'
-    ee.pose.position.y, ee.pose.position.z = 0.12, 0.45
-    feed.publisher(ns, PoseStamped, 'ee_state').publish(ee)
-    feed.publisher(ns, Detection2DArray, 'detections').publish(
-        Detection2DArray(header=header, detections=[det]))
-    feed.publisher(ns, Image, 'mask').publish(numpy_to_image(labels, 'mono16', header))
+    detections, mask = blue_block(header, W, H)
+    feed.publisher(ns, PoseStamped, 'ee_state').publish(arm_state(header))
+    feed.publisher(ns, Detection2DArray, 'detections').publish(detections)
+    feed.publisher(ns, Image, 'mask').publish(mask)
     feed.publisher(ns, Image, 'depth').publish(
         numpy_to_image(np.full((H, W), 0.6, np.float32), '32FC1', header))
     feed.publisher(ns, CameraInfo, 'camera_info').publish(camera_info_msg(K, W, H, header))

@@ -22,8 +22,7 @@ from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Float64, Header, String  # noqa: E402
-from vision_msgs.msg import Detection2D, Detection2DArray, Detection3DArray  # noqa: E402
-from vision_msgs.msg import ObjectHypothesisWithPose  # noqa: E402
+from vision_msgs.msg import Detection2DArray, Detection3DArray  # noqa: E402
 
 from clip_ros.nodes.conversions import numpy_to_image  # noqa: E402
 from clip_ros.nodes.sim_messages import camera_info_msg  # noqa: E402
@@ -32,7 +31,7 @@ from clip_ros.perception.loading import load_clip  # noqa: E402
 from clip_ros.perception.stats import ERROR, WARN  # noqa: E402
 from clip_ros.policy.learned import HeadConfig, PolicyHead  # noqa: E402
 from clip_ros.policy.lifting import matrix_to_quat  # noqa: E402
-from node_harness import Harness, wait_for  # noqa: E402, I100, I201
+from node_harness import arm_state, blue_block, Harness, wait_for  # noqa: E402, I100, I201
 
 DOMAIN = 66
 W, H = 80, 60
@@ -95,18 +94,11 @@ def managed(harness, request):
 def send_frame(ros, depth_fill=0.6, info=True, depth_size=(W, H), info_frame=None):
     """Publish one matched set: a 'blue block' detection, its mask, depth and camera_info."""
     header = ros.header('camera_optical_frame')
-    labels = np.zeros((H, W), np.uint16)
-    labels[25:35, 35:45] = 1
-    det = Detection2D(header=header, id='0')
-    hyp = ObjectHypothesisWithPose()
-    hyp.hypothesis.class_id, hyp.hypothesis.score = 'blue block', 0.9
-    det.results.append(hyp)
+    detections, mask = blue_block(header, W, H)
     depth = np.full((depth_size[1], depth_size[0]), depth_fill, np.float32)
-    ee = PoseStamped(header=Header(stamp=header.stamp, frame_id='world'))
-    ee.pose.position.x, ee.pose.position.y, ee.pose.position.z = 0.0, 0.12, 0.45
-    ros.pubs['ee_state'].publish(ee)
-    ros.pubs['detections'].publish(Detection2DArray(header=header, detections=[det]))
-    ros.pubs['mask'].publish(numpy_to_image(labels, 'mono16', header))
+    ros.pubs['ee_state'].publish(arm_state(header))
+    ros.pubs['detections'].publish(detections)
+    ros.pubs['mask'].publish(mask)
     ros.pubs['depth'].publish(numpy_to_image(depth, '32FC1', header))
     if info:
         info_header = Header(stamp=header.stamp, frame_id=info_frame or header.frame_id)
