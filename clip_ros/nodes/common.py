@@ -16,6 +16,7 @@ from sensor_msgs.msg import Image
 from clip_ros.nodes.conversions import image_to_numpy, to_rgb
 
 IMAGE_QOS_CHOICES = ('sensor_data', 'reliable')
+IMAGE_TRANSPORTS = ('raw', 'compressed')
 # Results: reliable so no detection is lost between nodes on one machine.
 RESULTS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 # What the label values mean: late subscribers still get the current map.
@@ -103,6 +104,20 @@ def decode_rgb(msg, max_size: int):
     return to_rgb(image_to_numpy(msg), msg.encoding)
 
 
+def transport_topic(node, topic: str, transport: str, choices=IMAGE_TRANSPORTS) -> str:
+    """
+    Return the topic of `topic`'s `transport` ('raw': `topic` itself).
+
+    By the image_transport convention a transport publishes on <resolved base topic>/<name>,
+    so the base is resolved first: a remapping of `topic` moves its transports too.
+    """
+    if transport not in choices:
+        raise ValueError(f'{topic} transport {transport!r} is not one of {", ".join(choices)}')
+    if transport == 'raw':
+        return topic
+    return f'{node.resolve_topic_name(topic)}/{transport}'
+
+
 def model_parameters() -> tuple:
     """Return (name, default, descriptor) for where and how a model loads (read-only)."""
     ro = {'read_only': True}
@@ -120,6 +135,9 @@ def common_parameters() -> tuple:
         *model_parameters(),
         ('image_qos', 'sensor_data',
          describe("image QoS: 'sensor_data' (best effort, depth 1) or 'reliable'", **ro)),
+        ('image_transport', 'raw', describe(
+            "'raw' (sensor_msgs/Image on image) or 'compressed' (sensor_msgs/CompressedImage, "
+            'JPEG or PNG, on <image>/compressed)', **ro)),
         ('max_image_size', 4096, describe(
             'frames with a side above this many pixels are rejected', int_range=(32, 16384))),
     )

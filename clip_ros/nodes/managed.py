@@ -24,14 +24,15 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import qos_check_compatible, QoSCompatibility, QoSPolicyKind
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 import torch
 
 from clip_ros.nodes.common import (
     declare_all, decode_rgb, describe, image_qos, package_logs_to, parameter_values,
-    watch_parameters)
+    transport_topic, watch_parameters)
 from clip_ros.nodes.frame_worker import FrameWorker, KeyedThrottle
 from clip_ros.nodes.messages import diagnostics_msg
+from clip_ros.perception.compressed import decode_colour
 from clip_ros.perception.stats import assess, FrameStats, HealthLimits
 
 THROTTLE_SEC = 5.0
@@ -145,7 +146,9 @@ class ManagedNode(LifecycleNode):
         except ValueError as e:
             self.get_logger().error(f'{e}; using sensor_data')
             qos = image_qos('sensor_data')
-        self.subscribe_frames(Image, 'image', qos)
+        transport = self.get_parameter('image_transport').value
+        kind = Image if transport == 'raw' else CompressedImage
+        self.subscribe_frames(kind, transport_topic(self, 'image', transport), qos)
 
     def on_activated(self) -> None:
         """Run after the inputs are subscribed and the outputs enabled."""
@@ -227,8 +230,12 @@ class ManagedNode(LifecycleNode):
         self._warn(key, message)
 
     def decode_frame(self, msg):
-        """Return an Image message as RGB uint8 [H, W, 3], or None after rejecting it."""
+        """Return an Image or CompressedImage as RGB uint8 [H, W, 3], or None (rejected)."""
         try:
+            if isinstance(msg, CompressedImage):
+                # On the model's device: torchvision decodes JPEG on the GPU there.
+                return decode_colour(msg.data, msg.format, self._max_image_size,
+                                     self._model[1] or 'cpu')
             return decode_rgb(msg, self._max_image_size)
         except ValueError as e:
             self.reject('bad_image', f'rejected image: {e}')
@@ -257,6 +264,7 @@ class ManagedNode(LifecycleNode):
         try:
             if self.params_error:
                 raise ValueError(self.params_error)
+            self.check_transports()
             with package_logs_to(self.get_logger()):
                 self._model = self.load_model()
         except Exception as e:  # noqa: B902 - any load error fails the transition, with reason
@@ -270,6 +278,11 @@ class ManagedNode(LifecycleNode):
                                    f'{self.get_name()}_worker')
         self.get_logger().info(f'configured: {self._model[0]} on {self._model[1]}')
         return SUCCESS
+
+    def check_transports(self) -> None:
+        """Raise ValueError naming the choices when an input transport parameter is unknown."""
+        if self.has_parameter('image_transport'):
+            transport_topic(self, 'image', self.get_parameter('image_transport').value)
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         """Subscribe the inputs and enable the outputs."""

@@ -19,19 +19,20 @@ import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import TransitionCallbackReturn
 from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: I100 - ROS messages after rclpy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float64, Header, String
 from vision_msgs.msg import Detection2DArray, Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from clip_ros.nodes.common import (
     COMMAND_QOS, declare_all, describe, image_qos, LATCHED_QOS, model_parameters,
-    parameter_values, RESULTS_QOS, spin_node)
+    parameter_values, RESULTS_QOS, spin_node, transport_topic)
 from clip_ros.nodes.conversions import image_to_numpy, to_rgb
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.policy_messages import (
     detection_candidates, goal_msg, markers_msg, position_of, status_msg, targets_3d_msg,
     twist_msg)
+from clip_ros.perception.compressed import decode_depth
 from clip_ros.policy.command import parse_command, quote
 from clip_ros.policy.geometric import GeometricPolicy, Observation, OPEN, PolicyConfig
 from clip_ros.policy.lifting import check_intrinsics, depth_to_metres, Extrinsic, quat_to_matrix
@@ -40,6 +41,8 @@ from clip_ros.policy.sync import TimeMatcher
 
 STREAMS = ('detections', 'mask', 'depth', 'camera_info')
 POLICIES = ('geometric', 'learned')
+DEPTH_TRANSPORTS = ('raw', 'compressedDepth')
+MAX_DEPTH_SIZE = 16384  # pixels per side of a compressed depth frame (checked before decoding)
 FINAL = ('succeeded', 'aborted', 'rejected')
 OUTPUTS = ((Detection3DArray, 'targets_3d'), (MarkerArray, 'target_markers'),
            (PoseStamped, 'ee_goal'), (TwistStamped, 'ee_twist'), (Float64, 'gripper_command'),
@@ -65,6 +68,9 @@ def _parameters() -> tuple:
             'base_from_camera [x, y, z, qx, qy, qz, qw], a non-zero quaternion; a set applies '
             'at once, until the next camera_pose; tf2 (use_tf) overrides it')),
         ('use_tf', False, describe('look up base_frame <- camera frame with tf2', **ro)),
+        ('depth_transport', 'raw', describe(
+            "'raw' (sensor_msgs/Image on depth) or 'compressedDepth' (image_transport's PNG "
+            'compressedDepth, 16UC1 or 32FC1, on <depth>/compressedDepth)', **ro)),
         ('depth_scale', 0.001, describe('metres per unit of 16UC1 depth; applies at once',
                                         float_range=(1e-6, 1.0))),
         ('min_depth', 0.05, describe('nearest valid depth (m), below max_depth; applies from '
@@ -167,6 +173,10 @@ class VlaPolicyNode(ManagedNode):
 
     # Lifecycle hooks -----------------------------------------------------------------------
 
+    def check_transports(self) -> None:
+        """Refuse an unknown depth_transport at configure, naming the choices."""
+        transport_topic(self, 'depth', self._p['depth_transport'], DEPTH_TRANSPORTS)
+
     def load_model(self) -> tuple:
         """Build the policy and the outputs; return (policy name, device)."""
         self._new_policy, model = self._make_policy(self._p)
@@ -183,10 +193,14 @@ class VlaPolicyNode(ManagedNode):
         """Subscribe perception, command, arm state and camera pose, forgetting older inputs."""
         self._reset_inputs()
         sensor = image_qos('reliable')
-        for kind, topic, qos in ((Detection2DArray, 'detections', RESULTS_QOS),
-                                 (Image, 'mask', RESULTS_QOS), (Image, 'depth', sensor),
-                                 (CameraInfo, 'camera_info', sensor)):
-            self.subscribe(kind, topic, self._stream(topic), qos)
+        transport = self._p['depth_transport']
+        depth = (Image if transport == 'raw' else CompressedImage,
+                 transport_topic(self, 'depth', transport, DEPTH_TRANSPORTS))
+        for kind, topic, qos, stream in ((Detection2DArray, 'detections', RESULTS_QOS, None),
+                                         (Image, 'mask', RESULTS_QOS, None),
+                                         (*depth, sensor, 'depth'),
+                                         (CameraInfo, 'camera_info', sensor, None)):
+            self.subscribe(kind, topic, self._stream(stream or topic), qos)
         self.subscribe(String, 'command', self._on_command, COMMAND_QOS)
         self.subscribe(PoseStamped, 'ee_state', self._on_ee, RESULTS_QOS)
         self.subscribe(Float64, 'gripper_state', self._on_gripper, RESULTS_QOS)
@@ -342,8 +356,11 @@ class VlaPolicyNode(ManagedNode):
         info, depth_msg = match['camera_info'], match['depth']
         self._check_frames(info.header.frame_id, depth_msg.header.frame_id)
         K = check_intrinsics(info.k)
-        depth = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding,
-                                self._p['depth_scale'])
+        if isinstance(depth_msg, CompressedImage):
+            raw, encoding = decode_depth(depth_msg.data, depth_msg.format, MAX_DEPTH_SIZE)
+        else:
+            raw, encoding = image_to_numpy(depth_msg), depth_msg.encoding
+        depth = depth_to_metres(raw, encoding, self._p['depth_scale'])
         labels = image_to_numpy(match['mask'])
         if (info.width, info.height) != (depth.shape[1], depth.shape[0]):
             raise ValueError(f'depth size {depth.shape[1]}x{depth.shape[0]} differs from '

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from clip_ros.perception.clipseg import load_clipseg
+from clip_ros.perception.compressed import decode_colour, encode_colour
 from clip_ros.perception.geometry import connected_components
 from clip_ros.perception.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
 from clip_ros.perception.loading import load_clip
@@ -116,6 +117,30 @@ def print_table(rows: list, title: str) -> None:
               f"{r['clipseg_ours_ms']:.0f} | {r['clipseg_ratio']:.2f}x |")
 
 
+def decode_rows(rgb: np.ndarray, repeats: int) -> list:
+    """Time decoding `rgb` sent raw, as JPEG (quality 90) and as PNG; bytes on the wire."""
+    rows = [{'transport': 'raw rgb8', 'bytes': int(rgb.nbytes), 'decode_ms': 0.0}]
+    for kind in ('jpeg', 'png'):
+        data = encode_colour(rgb, kind)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            decode_colour(data, kind, 16384)
+            times.append((time.perf_counter() - start) * 1000)
+        rows.append({'transport': f'compressed {kind}', 'bytes': len(data),
+                     'decode_ms': float(np.median(times))})
+    return rows
+
+
+def print_decode_table(rows: list) -> None:
+    """Print the compressed-input rows as a Markdown table."""
+    print('| input | bytes per frame | share of raw | decode ms (p50, CPU) |')
+    print('|---|---|---|---|')
+    for r in rows:
+        print(f"| {r['transport']} | {r['bytes']:,} | {r['bytes'] / rows[0]['bytes']:.1%} | "
+              f"{r['decode_ms']:.1f} |")
+
+
 def main(argv=None) -> int:
     """Parse arguments, run the benchmark, print the table and optionally write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
@@ -139,9 +164,12 @@ def main(argv=None) -> int:
                args.threshold, args.instances_per_phrase)
     print_table(rows, f'{width}x{height} frame, CLIPSeg {args.clipseg}, CLIP {args.clip_arch}, '
                       f'cpu, {torch.get_num_threads()} threads, torch {torch.__version__}')
+    decoding = decode_rows(scene_image(0, width, height)[0], max(args.repeats, 20))
+    print()
+    print_decode_table(decoding)
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(rows, f, indent=2)
+            json.dump({'grounding': rows, 'decoding': decoding}, f, indent=2)
     return 0
 
 

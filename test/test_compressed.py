@@ -1,0 +1,186 @@
+"""
+Compressed camera input: JPEG/PNG frames and compressedDepth, decoded, checked and grounded.
+
+A 640x480 JPEG frame grounds like the raw frame (box IoU >= 0.95); corrupt, truncated,
+mislabelled and oversized data are rejected with a logged reason and counted, and the next good
+frame is still answered; vla_policy_node lifts from compressedDepth as from raw depth.
+"""
+import os
+
+os.environ['ROS_DOMAIN_ID'] = '81'  # before rclpy: own domain, no cross-talk with other tests
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402, I100
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from vision_msgs.msg import Detection2DArray, Detection3DArray  # noqa: E402
+
+from clip_ros.nodes.grounding_node import GroundingNode  # noqa: E402
+from clip_ros.nodes.sim_messages import camera_info_msg  # noqa: E402
+from clip_ros.nodes.vla_policy_node import VlaPolicyNode  # noqa: E402
+from clip_ros.perception.compressed import (  # noqa: E402
+    decode_colour, decode_depth, encode_colour, encode_depth)
+from clip_ros.perception.geometry import box_iou  # noqa: E402
+from clip_ros.perception.grounding import GroundingPipeline  # noqa: E402
+from clip_ros.perception.loading import load_clip, load_clipseg  # noqa: E402
+from clip_ros.policy.lifting import matrix_to_quat  # noqa: E402
+from node_harness import arm_state, blue_block, Harness, wait_for  # noqa: E402, I100
+
+DOMAIN = 81
+SMALL = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+
+
+def test_png_is_lossless_and_jpeg_close():
+    assert np.array_equal(decode_colour(encode_colour(SMALL, 'png'), 'png', 4096), SMALL)
+    smooth = np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], 48, 0)
+    smooth = np.repeat(smooth, 3, axis=2)
+    jpeg = decode_colour(encode_colour(smooth, 'jpeg', 95), 'rgb8; jpeg compressed bgr8', 4096)
+    assert jpeg.shape == smooth.shape and np.abs(jpeg.astype(int) - smooth).mean() < 2
+
+
+@pytest.mark.parametrize('data, fmt, reason', [
+    (b'', 'jpeg', 'empty compressed data'),
+    (b'not an image at all', 'jpeg', 'cannot be read'),
+    (encode_colour(SMALL, 'jpeg')[:300], 'jpeg', 'Truncated File Read'),
+    (encode_colour(SMALL, 'jpeg')[:-400], 'jpeg', 'corrupt or truncated'),
+    (encode_colour(SMALL, 'png'), 'jpeg', 'the format says jpeg but the data is PNG'),
+    (encode_colour(SMALL, 'jpeg'), 'theora', 'neither JPEG nor PNG'),
+    (encode_depth(np.ones((4, 4), np.uint16), '16UC1'), '16UC1; compressedDepth png',
+     'is a compressedDepth image'),
+])
+def test_bad_colour_data_says_why(data, fmt, reason):
+    with pytest.raises(ValueError, match=reason):
+        decode_colour(data, fmt, 4096)
+
+
+def test_size_is_checked_before_decoding():
+    with pytest.raises(ValueError, match='64x48 exceeds max_image_size 32'):
+        decode_colour(encode_colour(SMALL, 'png'), 'png', 32)
+
+
+def test_compressed_depth_round_trips():
+    millimetres = (np.arange(48 * 64).reshape(48, 64) % 5000).astype(np.uint16)
+    depth, encoding = decode_depth(encode_depth(millimetres, '16UC1'),
+                                   '16UC1; compressedDepth png', 4096)
+    assert encoding == '16UC1' and np.array_equal(depth, millimetres)
+    metres = np.linspace(0.3, 4.0, 48 * 64, dtype=np.float32).reshape(48, 64)
+    metres[0, 0] = np.nan
+    depth, encoding = decode_depth(encode_depth(metres, '32FC1'), '32FC1; compressedDepth png',
+                                   4096)
+    assert encoding == '32FC1' and np.isnan(depth[0, 0])
+    # Inverse-depth quantisation: the step is z^2 / a (a = 10100: 1.6 mm at 4 m).
+    assert np.nanmax(np.abs(depth - metres) / metres ** 2) < 0.6 / 10100
+    with pytest.raises(ValueError, match='not compressedDepth'):
+        decode_depth(b'x' * 20, 'png', 4096)
+    with pytest.raises(ValueError, match='RVL is not supported'):
+        decode_depth(b'\x01' + b'\x00' * 19, '16UC1; compressedDepth rvl', 4096)
+
+
+@pytest.fixture(scope='module')
+def ros():
+    harness = Harness(DOMAIN)
+    yield harness
+    harness.shutdown()
+
+
+@pytest.fixture(scope='module')
+def frame(gl_context):
+    from clip_ros.sim.simulator import Simulator
+
+    with Simulator(200_004, 640, 480) as sim:  # a test-split scene
+        render = sim.render(depth=False, instances=False)
+        return render.rgb, sim.object_names[0]
+
+
+def compressed_msg(harness, data: bytes, fmt: str) -> CompressedImage:
+    msg = CompressedImage(header=harness.header(), format=fmt)
+    msg.data = data
+    return msg
+
+
+def test_jpeg_frame_grounds_like_the_raw_frame(ros, frame):
+    rgb, name = frame
+    node = ros.add(GroundingNode(
+        context=ros.context, namespace='jpeg', cli_args=['--ros-args', '-r', 'image:=cam/raw'],
+        parameter_overrides=[Parameter('clip_arch', value='tabletop'),
+                             Parameter('clipseg_model', value='tabletop'),
+                             Parameter('device', value='cpu'),
+                             Parameter('image_transport', value='compressed'),
+                             Parameter('max_image_size', value=1024),
+                             Parameter('queries', value=[name])]))
+    assert node.lifecycle_state == 'active', node.not_ready
+    # The image_transport convention: the remapped base topic plus /compressed.
+    pub = ros.publisher(CompressedImage, '/jpeg/cam/raw/compressed')
+    results = ros.subscribe(Detection2DArray, '/jpeg/detections')
+    assert wait_for(lambda: pub.get_subscription_count() > 0)
+    jpeg = encode_colour(rgb, 'jpeg', 95)
+    pub.publish(compressed_msg(ros, jpeg, 'rgb8; jpeg compressed bgr8'))
+    answer = wait_for(lambda: results.messages, timeout=60)
+    assert answer, 'no detections for the JPEG frame'
+    pipeline = GroundingPipeline(load_clip('tabletop', device='cpu'),
+                                 load_clipseg('tabletop', device='cpu'))
+    expected = pipeline(rgb, [name], 0.4).detections
+    got = answer[-1].detections
+    assert expected and len(got) == len(expected)
+    for want, have in zip(expected, got):
+        c, s = have.bbox.center.position, (have.bbox.size_x, have.bbox.size_y)
+        box = (c.x - s[0] / 2, c.y - s[1] / 2, c.x + s[0] / 2, c.y + s[1] / 2)
+        assert box_iou(want.box, box)[0, 0] >= 0.95, (want.box, box)
+    print(f'640x480 frame: raw {rgb.nbytes} bytes, JPEG q95 {len(jpeg)} bytes')
+
+    # Bad data: each refused with its reason and counted; the next good frame is answered.
+    bad = [(b'\xff\xd8garbage', 'jpeg'), (jpeg[:len(jpeg) // 3], 'jpeg'),
+           (encode_colour(rgb, 'png'), 'jpeg'), (jpeg, 'webp'),
+           (encode_colour(np.zeros((1100, 8, 3), np.uint8), 'png'), 'png')]
+    before = node.rejected
+    for data, fmt in bad:
+        pub.publish(compressed_msg(ros, data, fmt))
+        wait_for(lambda: False, timeout=0.3)  # the worker keeps only the newest frame
+    assert wait_for(lambda: node.rejected - before == len(bad)), node.rejected - before
+    count = len(results.messages)
+    pub.publish(compressed_msg(ros, jpeg, 'jpeg'))
+    assert wait_for(lambda: len(results.messages) > count, timeout=60)
+
+
+def test_unknown_transport_fails_configure(ros):
+    node = ros.add(GroundingNode(context=ros.context, namespace='bad_transport',
+                                 parameter_overrides=[
+                                     Parameter('clip_arch', value='tiny'),
+                                     Parameter('clip_pretrained', value='random'),
+                                     Parameter('clipseg_model', value='tiny'),
+                                     Parameter('image_transport', value='theora')]))
+    assert node.lifecycle_state == 'unconfigured'
+    assert "transport 'theora' is not one of raw, compressed" in node.not_ready
+
+
+def test_policy_lifts_from_compressed_depth(ros):
+    W, H = 80, 60
+    K = np.array([[80.0, 0.0, 39.5], [0.0, 80.0, 29.5], [0.0, 0.0, 1.0]])
+    extrinsic = [0.0, 0.0, 0.7] + matrix_to_quat(np.diag([1.0, -1.0, -1.0]))
+    ros.add(VlaPolicyNode(context=ros.context, namespace='cdepth', parameter_overrides=[
+        Parameter('depth_transport', value='compressedDepth'),
+        Parameter('extrinsic', value=extrinsic), Parameter('acquire_timeout', value=30.0)]))
+    pubs = {name: ros.publisher(kind, f'/cdepth/{name}') for kind, name in (
+        (Detection2DArray, 'detections'), (Image, 'mask'), (CameraInfo, 'camera_info'),
+        (CompressedImage, 'depth/compressedDepth'), (String, 'command'))}
+    ee = ros.publisher(type(arm_state(ros.header())), '/cdepth/ee_state')
+    targets = ros.subscribe(Detection3DArray, '/cdepth/targets_3d')
+    assert wait_for(lambda: pubs['command'].get_subscription_count() > 0)
+    pubs['command'].publish(String(data='pick up the blue block'))
+    depth = encode_depth(np.full((H, W), 0.6, np.float32), '32FC1')
+
+    def send():
+        header = ros.header('camera_optical_frame')
+        detections, mask = blue_block(header, W, H)
+        ee.publish(arm_state(header))
+        pubs['detections'].publish(detections)
+        pubs['mask'].publish(mask)
+        pubs['camera_info'].publish(camera_info_msg(K, W, H, header))
+        msg = CompressedImage(header=header, format='32FC1; compressedDepth png')
+        msg.data = depth
+        pubs['depth/compressedDepth'].publish(msg)
+        return bool(targets.messages)
+    assert wait_for(send, timeout=20), 'no 3D target from compressedDepth'
+    position = targets.messages[-1].detections[0].results[0].pose.pose.position
+    assert (position.x, position.y, position.z) == pytest.approx((0.0, 0.0, 0.1), abs=0.01)
