@@ -28,6 +28,7 @@ DECLARED_AS = {
     'std_msgs': 'std_msgs',
     'tf2_ros': 'tf2_ros',
     'torch': 'python3-torch',
+    'torchvision': 'python3-torchvision',
     'tqdm': 'python3-tqdm',
     'transformers': 'pip:transformers',
     'vision_msgs': 'vision_msgs',

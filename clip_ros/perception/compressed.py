@@ -5,8 +5,9 @@ The byte layouts are image_transport's: a CompressedImage `format` such as 'jpeg
 'bgr8; jpeg compressed bgr8' or 'png'; compressedDepth as '16UC1; compressedDepth png' or
 '32FC1; compressedDepth png' with a 12-byte header (int32 compression format, float32 depth
 quantisation a, b) before a 16-bit PNG. 16UC1 depth is stored as is; 32FC1 depth in metres as
-inverse depth, v = a / z + b (0 = no depth; the decoder takes a and b from the header). Every problem raises ValueError with the reason,
-and a frame's size is checked from its header before any pixel is decoded.
+inverse depth, v = a / z + b (0 = no depth; the decoder takes a and b from the header). Every
+problem raises ValueError with the reason, and a frame's size is checked from its header before
+any pixel is decoded.
 """
 import io
 import struct
