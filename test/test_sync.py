@@ -1,7 +1,7 @@
 """TimeMatcher: approximate stamp matching of detections with mask, depth and camera_info."""
 import pytest
 
-from clip_ros.policy.sync import TimeMatcher
+from clip_ros.policy.sync import StampBuffer, TimeMatcher
 
 NAMES = ('detections', 'mask', 'depth', 'info')
 
@@ -39,3 +39,14 @@ def test_bad_arguments():
         TimeMatcher(['a'])
     with pytest.raises(ValueError, match='unknown stream'):
         TimeMatcher(('a', 'b')).add('c', 0.0, None)
+
+
+def test_stamp_buffer_gives_the_nearest_within_tolerance():
+    buffer = StampBuffer(tolerance=0.05, size=3)
+    for stamp in (1.0, 1.1, 1.2, 1.3):  # the first falls out of the three kept
+        buffer.add(stamp, f'm{stamp}')
+    assert len(buffer) == 3
+    assert buffer.nearest(1.12) == 'm1.1' and buffer.nearest(1.29) == 'm1.3'
+    assert buffer.nearest(1.0) is None and buffer.nearest(1.5) is None
+    with pytest.raises(ValueError, match='tolerance'):
+        StampBuffer(tolerance=-1)

@@ -10,6 +10,7 @@ from clip_ros.nodes.common import (
     clean_phrases, COMMAND_QOS, common_parameters, declare_all, describe, LATCHED_QOS,
     parameter_values, RESULTS_QOS, spin_node, string_list, unit_floats)
 from clip_ros.nodes.conversions import numpy_to_image
+from clip_ros.nodes.depth_lift import depth_parameters, DepthLift
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import detections_msg, label_info_msg
 from clip_ros.nodes.overlay import draw_overlay
@@ -52,6 +53,7 @@ class GroundingNode(ManagedNode):
         super().__init__('grounding_node', **kwargs)
         self._declare_parameters()
         self._command_phrases: list | None = None
+        self._depth = None  # DepthLift while configured with publish_3d
         self._phrases: list = []
         self._label_sent = False
         self._default_threshold = 0.4
@@ -75,6 +77,7 @@ class GroundingNode(ManagedNode):
             ('clipseg_model', DEFAULT_CLIPSEG,
              describe("CLIPSeg hub id or local directory, or 'tiny'", **ro)),
             *common_parameters(),
+            *depth_parameters(),
             ('queries', None, describe('standing phrases to ground until a command arrives',
                                        dynamic=True)),
             ('thresholds', [0.4], describe(
@@ -126,18 +129,23 @@ class GroundingNode(ManagedNode):
         self._heatmap_pub = self.output(Image, 'heatmap', RESULTS_QOS)
         self._debug_pub = self.output(Image, 'debug_image', RESULTS_QOS)
         self._label_pub = self.output(LabelInfo, 'label_info', LATCHED_QOS)
+        self._depth = DepthLift(self, values) if values['publish_3d'] else None
+        if self._depth is not None:
+            self._depth.create_outputs()
         return f'{self._clip.name} + {self._clipseg.name}', str(self._clip.device)
 
     def release_model(self) -> None:
         """Drop the models, the pipeline and the outputs."""
         self._pipeline = self._clip = self._clipseg = None
-        self._label_pub = None
+        self._label_pub = self._depth = None
         self._tracker.reset()
 
     def subscribe_inputs(self) -> None:
         """Subscribe the camera images and the command topic."""
         super().subscribe_inputs()
         self.subscribe(String, 'command', self._on_command, COMMAND_QOS)
+        if self._depth is not None:
+            self._depth.subscribe()
 
     def on_activated(self) -> None:
         """Publish the current label map, latched for late subscribers."""
@@ -216,6 +224,8 @@ class GroundingNode(ManagedNode):
         ids = self._tracker.update([d.phrase for d in result.detections],
                                    [d.box for d in result.detections], stamp, result.label_image)
         self._det_pub.publish(detections_msg(result.detections, header, ids))
+        if self._depth is not None:
+            self._depth.publish(header, result, ids)
         self._mask_pub.publish(numpy_to_image(result.label_image, 'mono16', header))
         if result.heatmaps is not None and len(result.heatmaps):
             heatmap = result.heatmaps.max(axis=0).astype(np.float32)  # [H, W]

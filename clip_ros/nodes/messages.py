@@ -5,8 +5,9 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
 from std_msgs.msg import Header
 from vision_msgs.msg import (
-    Classification, Detection2D, Detection2DArray, LabelInfo, ObjectHypothesis,
-    ObjectHypothesisWithPose, VisionClass)
+    Classification, Detection2D, Detection2DArray, Detection3D, Detection3DArray, LabelInfo,
+    ObjectHypothesis, ObjectHypothesisWithPose, VisionClass)
+from visualization_msgs.msg import Marker, MarkerArray
 
 
 def detection_msg(detection, header: Header, track_id: int | None = None) -> Detection2D:
@@ -85,3 +86,46 @@ def diagnostics_msg(name: str, snapshot, extra: dict, stamp=None) -> DiagnosticA
     if stamp is not None:
         msg.header.stamp = stamp
     return msg
+
+
+def _centre(target) -> np.ndarray:
+    """Return a lifted target's box centre (its median point when no box was measured)."""
+    return target.position if target.centre is None else target.centre
+
+
+def detection_3d(ident: str, phrase: str, score: float, target, header: Header) -> Detection3D:
+    """Return a Detection3D of a LiftedTarget: box centre and size in the header's frame."""
+    msg = Detection3D(header=header, id=str(ident))
+    hypothesis = ObjectHypothesisWithPose()
+    hypothesis.hypothesis.class_id, hypothesis.hypothesis.score = phrase, float(score)
+    position = hypothesis.pose.pose.position
+    position.x, position.y, position.z = (float(v) for v in _centre(target))
+    hypothesis.pose.pose.orientation.w = 1.0
+    msg.results.append(hypothesis)
+    msg.bbox.center = hypothesis.pose.pose
+    msg.bbox.size.x, msg.bbox.size.y, msg.bbox.size.z = (float(v) for v in target.size)
+    return msg
+
+
+def detections_3d_msg(items: Sequence, header: Header) -> Detection3DArray:
+    """Return a Detection3DArray of (id, phrase, score, LiftedTarget) items."""
+    return Detection3DArray(header=header, detections=[
+        detection_3d(ident, phrase, score, target, header)
+        for ident, phrase, score, target in items])
+
+
+def object_markers(items: Sequence, header: Header, namespace: str) -> MarkerArray:
+    """Return a sphere and a text label per (label, rgb 0..1, LiftedTarget), replacing the last."""
+    markers = [Marker(header=header, action=Marker.DELETEALL)]
+    for k, (label, (r, g, b), target) in enumerate(items):
+        for kind, ident in ((Marker.SPHERE, 2 * k), (Marker.TEXT_VIEW_FACING, 2 * k + 1)):
+            marker = Marker(header=header, ns=namespace, id=ident, type=kind)
+            marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = (
+                float(v) for v in _centre(target) + np.array([0, 0, 0.06 * (ident % 2)]))
+            marker.pose.orientation.w = 1.0
+            side = 0.03 if kind == Marker.SPHERE else 0.025
+            marker.scale.x = marker.scale.y = marker.scale.z = side
+            marker.color.r, marker.color.g, marker.color.b, marker.color.a = r, g, b, 0.9
+            marker.text = label if kind == Marker.TEXT_VIEW_FACING else ''
+            markers.append(marker)
+    return MarkerArray(markers=markers)

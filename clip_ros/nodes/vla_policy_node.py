@@ -28,21 +28,20 @@ from clip_ros.nodes.common import (
     COMMAND_QOS, declare_all, describe, image_qos, LATCHED_QOS, model_parameters,
     parameter_values, RESULTS_QOS, spin_node, transport_topic)
 from clip_ros.nodes.conversions import image_to_numpy, to_rgb
+from clip_ros.nodes.depth_lift import depth_metres, DEPTH_TRANSPORTS
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.policy_messages import (
     detection_candidates, goal_msg, markers_msg, position_of, status_msg, targets_3d_msg,
     twist_msg)
-from clip_ros.perception.compressed import decode_depth
+from clip_ros.nodes.transforms import lookup_extrinsic, make_tf_buffer
 from clip_ros.policy.command import parse_command, quote
 from clip_ros.policy.geometric import GeometricPolicy, Observation, OPEN, PolicyConfig
-from clip_ros.policy.lifting import check_intrinsics, depth_to_metres, Extrinsic, quat_to_matrix
+from clip_ros.policy.lifting import check_intrinsics, Extrinsic, quat_to_matrix
 from clip_ros.policy.perceive import LiftConfig, perceive, roles
 from clip_ros.policy.sync import TimeMatcher
 
 STREAMS = ('detections', 'mask', 'depth', 'camera_info')
 POLICIES = ('geometric', 'learned')
-DEPTH_TRANSPORTS = ('raw', 'compressedDepth')
-MAX_DEPTH_SIZE = 16384  # pixels per side of a compressed depth frame (checked before decoding)
 FINAL = ('succeeded', 'aborted', 'rejected')
 OUTPUTS = ((Detection3DArray, 'targets_3d'), (MarkerArray, 'target_markers'),
            (PoseStamped, 'ee_goal'), (TwistStamped, 'ee_twist'), (Float64, 'gripper_command'),
@@ -150,7 +149,8 @@ class VlaPolicyNode(ManagedNode):
         self._policy, self._new_policy, self._pubs, self._command = None, None, {}, None
         self._fresh_lock, self._control_lock = threading.Lock(), threading.Lock()
         self._reset_inputs()
-        self._tf = self._make_tf() if p['use_tf'] else None
+        self._tf = make_tf_buffer(self, 'use_tf is set: using the extrinsic parameter') \
+            if p['use_tf'] else None
         self._timer = self.create_timer(1.0 / p['rate'], self._tick, autostart=False,
                                         callback_group=MutuallyExclusiveCallbackGroup())
         self.watch_parameters(check_parameters, self._apply_parameters)
@@ -277,17 +277,6 @@ class VlaPolicyNode(ManagedNode):
         name = f"learned head {os.path.basename(p['head_path'])} on {clip.name}"
         return (lambda config: LearnedPolicy(head, embedder, config)), (name, str(clip.device))
 
-    def _make_tf(self):
-        try:
-            import tf2_ros
-        except ImportError:
-            self.get_logger().warning('use_tf is set but tf2_ros is not installed; using the '
-                                      'extrinsic parameter')
-            return None
-        buffer = tf2_ros.Buffer()
-        self._tf_listener = tf2_ros.TransformListener(buffer, self)
-        return buffer
-
     def _stream(self, name: str):
         def callback(msg) -> None:
             self._seen.add(name)
@@ -332,14 +321,7 @@ class VlaPolicyNode(ManagedNode):
     def _lookup_extrinsic(self, header) -> Extrinsic:
         if self._tf is None:
             return self._extrinsic
-        try:
-            t = self._tf.lookup_transform(self._p['base_frame'], header.frame_id,
-                                          rclpy.time.Time())
-        except Exception as e:  # noqa: B902 - tf2 raises several unrelated types
-            raise ValueError(f"no transform {self._p['base_frame']} <- {header.frame_id}: "
-                             f'{e}') from e
-        q, v = t.transform.rotation, t.transform.translation
-        return Extrinsic(quat_to_matrix((q.x, q.y, q.z, q.w)), np.array([v.x, v.y, v.z]))
+        return lookup_extrinsic(self._tf, self._p['base_frame'], header.frame_id)
 
     def _check_frames(self, info_frame: str, depth_frame: str) -> None:
         """Refuse intrinsics of another frame than the depth image's unless tf2 relates them."""
@@ -356,11 +338,7 @@ class VlaPolicyNode(ManagedNode):
         info, depth_msg = match['camera_info'], match['depth']
         self._check_frames(info.header.frame_id, depth_msg.header.frame_id)
         K = check_intrinsics(info.k)
-        if isinstance(depth_msg, CompressedImage):
-            raw, encoding = decode_depth(depth_msg.data, depth_msg.format, MAX_DEPTH_SIZE)
-        else:
-            raw, encoding = image_to_numpy(depth_msg), depth_msg.encoding
-        depth = depth_to_metres(raw, encoding, self._p['depth_scale'])
+        depth = depth_metres(depth_msg, self._p['depth_scale'])
         labels = image_to_numpy(match['mask'])
         if (info.width, info.height) != (depth.shape[1], depth.shape[0]):
             raise ValueError(f'depth size {depth.shape[1]}x{depth.shape[0]} differs from '

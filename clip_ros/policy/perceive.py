@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clip_ros.policy.command import Command
-from clip_ros.policy.lifting import lift_standing, LiftedTarget, place_point
+from clip_ros.policy.lifting import lift_mask, lift_standing, LiftedTarget, place_point
 
 
 @dataclass
@@ -100,3 +100,22 @@ def perceive(command: Command, candidates: dict, depth: np.ndarray, K, extrinsic
         result.lifted[role] = (phrase, found[k].score, lifted)
         result.points[role] = policy_point(role, lifted)
     return result
+
+
+def lift_instances(label_image: np.ndarray, count: int, depth: np.ndarray, K, extrinsic=None,
+                   depth_range: tuple = (0.05, 5.0)) -> tuple:
+    """
+    Lift every instance of a label image (pixel = index + 1) with the policy's lift_mask.
+
+    Returns
+    -------
+    ({index: LiftedTarget} for the instances with usable depth, {index: reason} for the rest).
+
+    """
+    lifted, reasons = {}, {}
+    for index in range(count):
+        try:
+            lifted[index] = lift_mask(depth, label_image == index + 1, K, extrinsic, depth_range)
+        except ValueError as e:
+            reasons[index] = str(e)
+    return lifted, reasons

@@ -1,5 +1,6 @@
 """Approximate time matching of several message streams to an anchor stream (no ROS needed)."""
 from collections import deque
+from threading import Lock
 
 
 class TimeMatcher:
@@ -85,3 +86,34 @@ class TimeMatcher:
             kept = [m for m in queue if m[0] >= item[0] and m is not item]
             queue.clear()
             queue.extend(kept)
+
+
+class StampBuffer:
+    """
+    The newest messages of one stream, looked up by the stamp nearest another message's.
+
+    For a consumer that has its own anchor (a grounded frame) and needs, say, the depth image
+    taken at the same time. Thread-safe: filled by subscription callbacks, read by a worker.
+    """
+
+    def __init__(self, tolerance: float = 0.05, size: int = 30):
+        if not tolerance >= 0:
+            raise ValueError(f'tolerance must be >= 0 seconds, got {tolerance}')
+        self.tolerance = float(tolerance)
+        self._items = deque(maxlen=size)
+        self._lock = Lock()
+
+    def add(self, stamp: float, msg) -> None:
+        """Keep `msg` stamped `stamp` (s); the oldest one leaves when the buffer is full."""
+        with self._lock:
+            self._items.append((float(stamp), msg))
+
+    def nearest(self, stamp: float):
+        """Return the message nearest `stamp` within the tolerance, or None."""
+        with self._lock:
+            items = list(self._items)
+        best = min(items, key=lambda item: abs(item[0] - stamp), default=None)
+        return best[1] if best is not None and abs(best[0] - stamp) <= self.tolerance else None
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,31 @@
+"""tf2 for the nodes: an optional buffer, and base_from_camera transforms as Extrinsics."""
+import numpy as np
+import rclpy
+
+from clip_ros.policy.lifting import Extrinsic, quat_to_matrix
+
+
+def make_tf_buffer(node, why: str):
+    """
+    Return a tf2 buffer listening on `node`'s /tf, or None (warned) without tf2_ros.
+
+    `why` completes the warning: what the node does instead.
+    """
+    try:
+        import tf2_ros
+    except ImportError:
+        node.get_logger().warning(f'tf2_ros is not installed; {why}')
+        return None
+    buffer = tf2_ros.Buffer()
+    node._tf_listener = tf2_ros.TransformListener(buffer, node)  # kept alive with the node
+    return buffer
+
+
+def lookup_extrinsic(buffer, target: str, source: str) -> Extrinsic:
+    """Return target_from_source at the latest time; raise ValueError when it is unknown."""
+    try:
+        t = buffer.lookup_transform(target, source, rclpy.time.Time())
+    except Exception as e:  # noqa: B902 - tf2 raises several unrelated types
+        raise ValueError(f'no transform {target} <- {source}: {e}') from e
+    q, v = t.transform.rotation, t.transform.translation
+    return Extrinsic(quat_to_matrix((q.x, q.y, q.z, q.w)), np.array([v.x, v.y, v.z]))
