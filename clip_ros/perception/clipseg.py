@@ -122,9 +122,9 @@ class ClipSegRunner:
 
     @torch.no_grad()
     def visual(self, pixels: torch.Tensor) -> list:
-        """Run the vision tower once; return the hidden states [1, T, W] at extract_layers."""
-        if pixels.ndim != 4 or pixels.shape[0] != 1 or pixels.shape[1] != 3:
-            raise ValueError(f'pixels must be [1, 3, S, S], got {list(pixels.shape)}')
+        """Run the vision tower once on [B, 3, S, S]; return hidden states [B, T, W] per layer."""
+        if pixels.ndim != 4 or pixels.shape[0] < 1 or pixels.shape[1] != 3:
+            raise ValueError(f'pixels must be [B, 3, S, S], got {list(pixels.shape)}')
         net = self.model.model
         outputs = net.clip.vision_model(
             pixel_values=pixels.to(self.model.device, self.model.dtype),
@@ -146,15 +146,31 @@ class ClipSegRunner:
 
     def probabilities(self, rgb: np.ndarray, phrases) -> np.ndarray:
         """Return sigmoid maps float32 [N, H, W] resized to the original image size."""
-        height, width = validate_rgb(rgb).shape[:2]
-        if len(phrases) == 0:
-            return np.zeros((0, height, width), np.float32)
+        return self.probabilities_batch([rgb], [phrases])[0]
+
+    def probabilities_batch(self, images: list, phrase_lists: list) -> list:
+        """
+        Return the maps of several images: one vision pass over the batch, a decoder per image.
+
+        `images` are RGB uint8 [H, W, 3] of any sizes, `phrase_lists` one phrase list per
+        image; returns one float32 [N, H, W] per image, as `probabilities` gives it.
+        """
+        sizes = [validate_rgb(rgb).shape[:2] for rgb in images]
+        busy = [b for b, phrases in enumerate(phrase_lists) if len(phrases)]
+        maps = [np.zeros((0, h, w), np.float32) for h, w in sizes]
+        if not busy:
+            return maps
         m = self.model
-        pixels = preprocess(rgb, m.image_size, m.mean, m.std, m.device, m.dtype)
-        logits = self.decode(self.visual(pixels), self.encode_text(phrases))
-        probs = torch.sigmoid(logits.float())[:, None]  # [N, 1, s, s]
-        probs = F.interpolate(probs, size=(height, width), mode='bilinear', align_corners=False)
-        return probs[:, 0].cpu().numpy().astype(np.float32, copy=False)
+        pixels = torch.cat([preprocess(images[b], m.image_size, m.mean, m.std, m.device,
+                                       m.dtype) for b in busy])  # [B, 3, S, S]
+        activations = self.visual(pixels)
+        for row, b in enumerate(busy):
+            logits = self.decode([a[row:row + 1] for a in activations],
+                                 self.encode_text(phrase_lists[b]))
+            probs = torch.sigmoid(logits.float())[:, None]  # [N, 1, s, s]
+            probs = F.interpolate(probs, size=sizes[b], mode='bilinear', align_corners=False)
+            maps[b] = probs[:, 0].cpu().numpy().astype(np.float32, copy=False)
+        return maps
 
     @torch.no_grad()
     def _encode_text(self, phrases: list) -> torch.Tensor:

@@ -112,14 +112,34 @@ class GroundingPipeline:
         GroundingResult in original-image pixels.
 
         """
-        rgb = validate_rgb(rgb)
-        phrases = check_phrases(phrases)
-        limits = check_thresholds(thresholds, len(phrases))
+        return self.batch([(rgb, phrases, thresholds)], with_heatmaps)[0]
+
+    def batch(self, requests, with_heatmaps: bool = True) -> list:
+        """
+        Ground several frames at once: one GroundingResult per (rgb, phrases, thresholds).
+
+        CLIPSeg's vision tower runs once over all frames and CLIP encodes the crops of all
+        frames in one call; each frame keeps its own phrases, thresholds and results, the
+        same as calling the pipeline on it alone (up to float rounding of the batched matmuls).
+        A single frame is the batch of one.
+        """
+        frames, phrase_lists, limits = [], [], []
+        for rgb, phrases, thresholds in requests:
+            frames.append(validate_rgb(rgb))
+            phrase_lists.append(check_phrases(phrases))
+            limits.append(check_thresholds(thresholds, len(phrase_lists[-1])))
         with torch.inference_mode():
-            heatmaps = self.runner.probabilities(rgb, phrases)  # [N, H, W]
-        heatmaps = np.asarray(heatmaps, dtype=np.float32)
-        owners, regions = self._instances(heatmaps, limits)
-        scores = self._scores(rgb, phrases, owners, regions)
+            maps = self.runner.probabilities_batch(frames, phrase_lists)  # [N, H, W] each
+        maps = [np.asarray(m, dtype=np.float32) for m in maps]
+        found = [self._instances(m, lim) for m, lim in zip(maps, limits)]  # (owners, regions)
+        scores = self._scores(frames, phrase_lists, found)
+        return [self._result(rgb, phrases, owners, regions, frame_scores,
+                             heatmaps if with_heatmaps else None)
+                for rgb, phrases, (owners, regions), frame_scores, heatmaps
+                in zip(frames, phrase_lists, found, scores, maps)]
+
+    def _result(self, rgb, phrases, owners, regions, scores, heatmaps) -> GroundingResult:
+        """Keep the best max_detections regions, paint the label image, build the detections."""
         order = sorted(range(len(regions)), key=lambda k: -scores[k])[:self.max_detections]
         label_image = np.zeros(rgb.shape[:2], np.uint16)
         detections = []
@@ -129,8 +149,7 @@ class GroundingPipeline:
             detections.append(Detection(
                 index=index, phrase=phrases[owners[k]], score=scores[k], box=region.box,
                 area=region.area, centroid=region.centroid, mean_prob=region.mean_prob))
-        return GroundingResult(phrases, detections, label_image,
-                               heatmaps if with_heatmaps else None)
+        return GroundingResult(phrases, detections, label_image, heatmaps)
 
     def _instances(self, heatmaps: np.ndarray, limits: list) -> tuple:
         """Return (phrase index per region, regions) from the thresholded maps."""
@@ -144,13 +163,16 @@ class GroundingPipeline:
         keep = sorted(keep[:self.max_candidates])
         return [owners[k] for k in keep], [regions[k] for k in keep]
 
-    def _scores(self, rgb, phrases, owners, regions) -> list:
-        """Return one score in [0, 1] per region (CLIPSeg mean, or its mix with CLIP)."""
-        seg = [min(max(r.mean_prob, 0.0), 1.0) for r in regions]
-        if not self.rescore or not regions:
+    def _scores(self, frames, phrase_lists, found) -> list:
+        """Return per frame one score in [0, 1] per region (CLIPSeg mean, or its mix with CLIP)."""
+        seg = [[min(max(r.mean_prob, 0.0), 1.0) for r in regions] for _, regions in found]
+        if not self.rescore or not any(regions for _, regions in found):
             return seg
-        clip_probs = self.clip_probabilities(rgb, phrases, owners, [r.box for r in regions])
-        return [float(np.sqrt(c * s)) for c, s in zip(clip_probs, seg)]
+        clip_probs = self.clip_probabilities_batch(
+            [(rgb, phrases, owners, [r.box for r in regions])
+             for rgb, phrases, (owners, regions) in zip(frames, phrase_lists, found)])
+        return [[float(np.sqrt(c * s)) for c, s in zip(probs, frame_seg)]
+                for probs, frame_seg in zip(clip_probs, seg)]
 
     def clip_probabilities(self, rgb, phrases, owners, boxes) -> list:
         """
@@ -161,19 +183,40 @@ class GroundingPipeline:
         with 'block', so a query can be as general as the user likes). All crops of the frame
         go through one encode_images call; text embeddings come from the model's cache.
         """
+        return self.clip_probabilities_batch([(rgb, phrases, owners, boxes)])[0]
+
+    def clip_probabilities_batch(self, items) -> list:
+        """
+        Return clip_probabilities for each (rgb, phrases, owners, boxes) of several frames.
+
+        The crops of all frames go through one encode_images call; each frame's softmax runs
+        over its own texts.
+        """
         clip = self.clip
-        texts = list(dict.fromkeys([*phrases, *self.distractors, *clip.vocabulary]))
-        rivals = rival_mask(texts, [phrases[o] for o in owners])  # [K, T]
-        pixels = crops(rgb, boxes, clip.image_size, clip.mean, clip.std, clip.device, clip.dtype,
-                       pad=self.crop_pad)  # [K, 3, S, S]
+        pixels = [crops(rgb, boxes, clip.image_size, clip.mean, clip.std, clip.device,
+                        clip.dtype, pad=self.crop_pad)
+                  for rgb, _, _, boxes in items]  # [K, 3, S, S] per frame
+        counts = [len(p) for p in pixels]
+        results = []
         with torch.inference_mode():
-            text = clip.encode_text(texts).float()  # [T, D]
-            images = clip.encode_images(pixels).float()  # [K, D]
-            logits = clip.logit_scale * images @ text.to(images.device).T
-            probs = logits.masked_fill(~rivals.to(logits.device), float('-inf')).softmax(dim=-1)
-            cols = torch.tensor([texts.index(phrases[o]) for o in owners], device=probs.device)
-            own = probs.gather(1, cols[:, None])[:, 0]
-        return own.cpu().tolist()
+            images = clip.encode_images(torch.cat(pixels)).float() if sum(counts) else None
+            first = 0
+            for (_, phrases, owners, _), count in zip(items, counts):
+                if not count:
+                    results.append([])
+                    continue
+                texts = list(dict.fromkeys([*phrases, *self.distractors, *clip.vocabulary]))
+                rivals = rival_mask(texts, [phrases[o] for o in owners])  # [K, T]
+                text = clip.encode_text(texts).float()  # [T, D]
+                frame = images[first:first + count]  # [K, D]
+                first += count
+                logits = clip.logit_scale * frame @ text.to(frame.device).T
+                probs = logits.masked_fill(~rivals.to(logits.device),
+                                           float('-inf')).softmax(dim=-1)
+                cols = torch.tensor([texts.index(phrases[o]) for o in owners],
+                                    device=probs.device)
+                results.append(probs.gather(1, cols[:, None])[:, 0].cpu().tolist())
+        return results
 
 
 _ARTICLES = frozenset(('a', 'an', 'the'))
