@@ -48,6 +48,8 @@ setup(
             'record_demos = clip_ros.tools.record_demos:main',
             'train_policy_head = clip_ros.tools.train_policy_head:main',
             'evaluate_policy = clip_ros.tools.evaluate_policy:main',
+            'record_sim_bag = clip_ros.tools.record_sim_bag:main',
+            'ground_bag = clip_ros.tools.ground_bag:main',
         ],
     },
 )

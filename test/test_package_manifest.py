@@ -17,6 +17,8 @@ DECLARED_AS = {
     'launch': 'launch',
     'launch_ros': 'launch_ros',
     'matplotlib': 'python3-matplotlib',
+    'mcap': 'pip:mcap',
+    'mcap_ros2': 'pip:mcap-ros2-support',
     'mujoco': 'pip:mujoco',
     'numpy': 'python3-numpy',
     'open_clip': 'pip:open_clip_torch',
@@ -33,6 +35,7 @@ DECLARED_AS = {
     'transformers': 'pip:transformers',
     'vision_msgs': 'vision_msgs',
     'visualization_msgs': 'visualization_msgs',
+    'yaml': 'python3-yaml',
 }
 # System-package keys checked against ros/rosdistro rosdep/base.yaml and python.yaml: each
 # resolves to an apt package on Ubuntu 24.04 (Jazzy, Kilted). python3-safetensors, for one, is

@@ -1,0 +1,202 @@
+"""
+Messages as dicts for tools/bags.py, and numpy views of decoded bag messages (no ROS needed).
+
+The builders give the fields that nodes/messages.py, nodes/sim_messages.py and
+nodes/conversions.py set on real message objects, so a bag written here holds the bytes the
+nodes publish (test_ground_bag compares them). Decoded messages are mcap-ros2-support's
+objects: fields as attributes, uint8[] as bytes.
+"""
+import io
+
+import numpy as np
+
+# encoding: (numpy dtype, channels), as nodes/conversions.py.
+ENCODINGS = {
+    'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3), 'rgba8': (np.uint8, 4),
+    'bgra8': (np.uint8, 4), 'mono8': (np.uint8, 1), 'mono16': (np.uint16, 1),
+    'rgb16': (np.uint16, 3), 'bgr16': (np.uint16, 3), 'rgba16': (np.uint16, 4),
+    'bgra16': (np.uint16, 4), '8UC1': (np.uint8, 1), '8UC3': (np.uint8, 3),
+    '8UC4': (np.uint8, 4), '16UC1': (np.uint16, 1), '16SC1': (np.int16, 1),
+    '32SC1': (np.int32, 1), '32FC1': (np.float32, 1), '64FC1': (np.float64, 1),
+}
+# encoding: (channel order to reach RGB, right shift to reach 8 bits)
+_TO_RGB = {
+    'rgb8': ((0, 1, 2), 0), 'bgr8': ((2, 1, 0), 0), 'rgba8': ((0, 1, 2), 0),
+    'bgra8': ((2, 1, 0), 0), 'rgb16': ((0, 1, 2), 8), 'bgr16': ((2, 1, 0), 8),
+    'rgba16': ((0, 1, 2), 8), 'bgra16': ((2, 1, 0), 8), 'mono8': ((0, 0, 0), 0),
+    '8UC1': ((0, 0, 0), 0),
+}
+COMPRESSED_FORMATS = ('jpeg', 'png')
+
+
+def header(sec: int = 0, nanosec: int = 0, frame_id: str = '') -> dict:
+    """Return a std_msgs/Header."""
+    return {'stamp': {'sec': int(sec), 'nanosec': int(nanosec)}, 'frame_id': str(frame_id)}
+
+
+def header_at(stamp_ns: int, frame_id: str = '') -> dict:
+    """Return a Header stamped `stamp_ns` nanoseconds."""
+    return header(stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000, frame_id)
+
+
+def copy_header(decoded) -> dict:
+    """Return a decoded message's header as a dict."""
+    return header(decoded.stamp.sec, decoded.stamp.nanosec, decoded.frame_id)
+
+
+def stamp_seconds(head: dict) -> float:
+    """Return a header's stamp in seconds."""
+    return head['stamp']['sec'] + head['stamp']['nanosec'] * 1e-9
+
+
+def string_msg(text: str) -> dict:
+    """Return a std_msgs/String."""
+    return {'data': str(text)}
+
+
+def image_msg(arr: np.ndarray, encoding: str, head: dict) -> dict:
+    """Return a sensor_msgs/Image of `arr` (step = width * pixel bytes, little-endian)."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f'unsupported encoding {encoding!r}; supported: {", ".join(ENCODINGS)}')
+    base, channels = ENCODINGS[encoding]
+    arr = np.asarray(arr)
+    if arr.dtype != np.dtype(base):
+        raise ValueError(f'{encoding} needs dtype {np.dtype(base)}; got {arr.dtype}')
+    if channels == 1 and arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim != (2 if channels == 1 else 3) or (channels > 1 and arr.shape[2] != channels):
+        raise ValueError(f'{encoding} needs {"HxW" if channels == 1 else f"HxWx{channels}"}; '
+                         f'got shape {arr.shape}')
+    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder('<'))
+    return {'header': head, 'height': arr.shape[0], 'width': arr.shape[1],
+            'encoding': encoding, 'is_bigendian': 0, 'step': arr.strides[0],
+            'data': arr.tobytes()}
+
+
+def compressed_image_msg(rgb: np.ndarray, image_format: str, head: dict,
+                         quality: int = 90) -> dict:
+    """Return a sensor_msgs/CompressedImage of an RGB frame as 'jpeg' or 'png'."""
+    from PIL import Image
+
+    if image_format not in COMPRESSED_FORMATS:
+        raise ValueError(f'format {image_format!r} is not one of {", ".join(COMPRESSED_FORMATS)}')
+    out = io.BytesIO()
+    options = {'quality': quality} if image_format == 'jpeg' else {}
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(out, format=image_format.upper(), **options)
+    return {'header': head, 'format': image_format, 'data': out.getvalue()}
+
+
+def camera_info_msg(K, width: int, height: int, head: dict) -> dict:
+    """Return the CameraInfo of an undistorted pinhole camera (as nodes/sim_messages.py)."""
+    fx, fy, cx, cy = float(K[0][0]), float(K[1][1]), float(K[0][2]), float(K[1][2])
+    return {'header': head, 'height': int(height), 'width': int(width),
+            'distortion_model': 'plumb_bob', 'd': [0.0] * 5,
+            'k': [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0],
+            'r': [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+            'p': [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]}
+
+
+def _hypothesis(phrase: str, score: float, position=None) -> dict:
+    pose = {} if position is None else {'pose': {'position': _xyz(position)}}
+    return {'hypothesis': {'class_id': phrase, 'score': float(score)}, 'pose': pose}
+
+
+def _xyz(values) -> dict:
+    x, y, z = (float(v) for v in values)
+    return {'x': x, 'y': y, 'z': z}
+
+
+def detections_msg(detections, head: dict, ids=None) -> dict:
+    """Return a vision_msgs/Detection2DArray (fields as nodes/messages.py detections_msg)."""
+    ids = [None] * len(detections) if ids is None else ids
+    out = []
+    for detection, track_id in zip(detections, ids):
+        cx, cy, w, h = detection.center_size
+        out.append({
+            'header': head, 'id': str(detection.index if track_id is None else track_id),
+            'results': [_hypothesis(detection.phrase, detection.score)],
+            'bbox': {'center': {'position': {'x': float(cx), 'y': float(cy)}},
+                     'size_x': float(w), 'size_y': float(h)}})
+    return {'header': head, 'detections': out}
+
+
+def detections_3d_msg(items, head: dict) -> dict:
+    """
+    Return a vision_msgs/Detection3DArray in the camera optical frame.
+
+    `items` holds (detection, id, LiftedTarget lifted in the camera frame): box centre =
+    lifted.centre, size = lifted.size; the hypothesis pose is the box centre.
+    """
+    out = []
+    for detection, track_id, lifted in items:
+        out.append({
+            'header': head, 'id': str(track_id),
+            'results': [_hypothesis(detection.phrase, detection.score, lifted.centre)],
+            'bbox': {'center': {'position': _xyz(lifted.centre)}, 'size': _xyz(lifted.size)}})
+    return {'header': head, 'detections': out}
+
+
+def label_info_msg(phrases, threshold: float, head: dict) -> dict:
+    """Return a vision_msgs/LabelInfo: class_id = phrase index + 1 (as nodes/messages.py)."""
+    return {'header': head, 'threshold': float(threshold),
+            'class_map': [{'class_id': i + 1, 'class_name': p} for i, p in enumerate(phrases)]}
+
+
+def image_array(msg) -> np.ndarray:
+    """Return a decoded sensor_msgs/Image as HxW or HxWxC (a view of its data when possible)."""
+    encoding = msg.encoding
+    if encoding not in ENCODINGS:
+        raise ValueError(f'unsupported encoding {encoding!r}; supported: {", ".join(ENCODINGS)}')
+    base, channels = ENCODINGS[encoding]
+    dtype = np.dtype(base).newbyteorder('>' if msg.is_bigendian else '<')
+    pixel_bytes = dtype.itemsize * channels
+    height, width, step = msg.height, msg.width, msg.step
+    if height == 0 or width == 0:
+        raise ValueError(f'image has zero size: {width}x{height} (width x height)')
+    if step < width * pixel_bytes:
+        raise ValueError(f'step {step} is smaller than width * bytes per pixel = '
+                         f'{width} * {pixel_bytes} for {encoding}')
+    data = np.frombuffer(msg.data, np.uint8)
+    if data.size != step * height:
+        raise ValueError(f'data has {data.size} bytes; expected step * height = '
+                         f'{step} * {height} = {step * height}')
+    arr = np.ndarray((height, width, channels), dtype=dtype, buffer=data,
+                     strides=(step, pixel_bytes, dtype.itemsize))
+    if channels == 1:
+        arr = arr[:, :, 0]
+    return arr if dtype.isnative else arr.astype(dtype.newbyteorder('='))
+
+
+def image_rgb(msg, type_name: str) -> np.ndarray:
+    """Return a decoded Image or CompressedImage as RGB uint8 HxWx3, or raise ValueError."""
+    if type_name.endswith('CompressedImage'):
+        return _decompress(msg)
+    arr = image_array(msg)
+    if msg.encoding not in _TO_RGB:
+        raise ValueError(f'{msg.encoding} is not a colour image; colour encodings: '
+                         f'{", ".join(_TO_RGB)}')
+    order, shift = _TO_RGB[msg.encoding]
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if msg.encoding == 'rgb8':
+        return arr if arr.flags.writeable else arr.copy()  # torch wants writable arrays
+    return np.stack([arr[:, :, c] >> shift for c in order], axis=-1).astype(np.uint8)
+
+
+def _decompress(msg) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if 'compressedDepth' in msg.format:
+        raise ValueError(f'format {msg.format!r} is compressed depth, not a colour image')
+    try:
+        with Image.open(io.BytesIO(bytes(msg.data))) as image:
+            if image.format not in ('JPEG', 'PNG'):
+                raise ValueError(f'compressed image is {image.format}, not jpeg or png')
+            return np.array(image.convert('RGB'))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f'cannot decode the {msg.format!r} image: {e}') from e
+
+
+def intrinsics(camera_info) -> np.ndarray:
+    """Return K (3x3) of a decoded CameraInfo."""
+    return np.asarray(camera_info.k, np.float64).reshape(3, 3)

@@ -1,0 +1,479 @@
+r"""
+Ground phrases in a camera topic of a rosbag2 MCAP file and write the results to a new one.
+
+  ground_bag IN.mcap --image-topic /camera/image_raw --command-topic /command \\
+      --depth-topic /camera/depth/image_raw --camera-info-topic /camera/camera_info
+
+Runs what grounding_node runs on each frame (the same model loading, GroundingPipeline and
+track ids) on a sensor_msgs/Image or CompressedImage (jpeg/png) topic. The phrases are
+--phrases, replaced from its log time on by each std_msgs/String command of --command-topic
+(parse_command, as grounding_node). Per grounded frame the output holds, stamped and logged
+as the frame, under --prefix: detections (vision_msgs/Detection2DArray), mask (mono16
+instance mask: detection index + 1), label_info (vision_msgs/LabelInfo, when the phrases
+change) and, with depth (32FC1 or 16UC1) and camera_info, detections_3d
+(vision_msgs/Detection3DArray: each detection's mask lifted in the camera frame). Prints a
+summary table and writes a PNG strip of a few overlaid frames. Needs no ROS install.
+
+Exit status: 0 done, 1 no frame could be grounded or a model failed, 2 bad input (a bag that
+does not exist or is not MCAP, a topic not in the bag, a topic of the wrong type).
+"""
+import argparse
+import json
+from pathlib import Path
+import sys
+import time
+
+import numpy as np
+
+from clip_ros.nodes.overlay import draw_overlay
+from clip_ros.perception.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
+from clip_ros.perception.loading import load_or_tabletop, ModelLoadError
+from clip_ros.perception.tracking import Tracker
+from clip_ros.policy.command import parse_command, quote
+from clip_ros.policy.lifting import depth_to_metres, lift_mask
+from clip_ros.policy.sync import TimeMatcher
+from clip_ros.tools import bag_messages as msgs
+from clip_ros.tools.bags import BagError, BagReader, BagWriter, IMAGE_TYPES, LATCHED_QOS
+
+STRING_TYPE = 'std_msgs/msg/String'
+DEPTH_TYPES = ('sensor_msgs/msg/Image',)
+CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
+WARM_UP_SIZE = 224  # as grounding_node
+
+
+def clean_phrases(values) -> list:
+    """Normalise whitespace, drop empty phrases and duplicates, keep order (as the nodes)."""
+    phrases = []
+    for value in values:
+        phrase = ' '.join(str(value).split())
+        if phrase and phrase not in phrases:
+            phrases.append(phrase)
+    return phrases
+
+
+class Summary:
+    """Counts and timings of one replay, per phrase and over all frames."""
+
+    def __init__(self):
+        self.frames = self.grounded = self.without_phrases = self.rejected = 0
+        self.reject_reason = ''
+        self.ms = []
+        self.per_phrase = {}  # phrase -> {'frames', 'detected', 'scores', 'ms'}
+        self.any_detected, self.best_scores = 0, []
+        self.lifted_frames = self.lifted = self.not_lifted = self.without_depth = 0
+        self.lift_reason = ''
+        self.lift_ms = []
+        self.commands = []
+
+    def add(self, phrases: list, detections: list, ms: float) -> None:
+        """Count one grounded frame."""
+        self.grounded += 1
+        self.ms.append(ms)
+        for phrase in phrases:
+            row = self.per_phrase.setdefault(
+                phrase, {'frames': 0, 'detected': 0, 'scores': [], 'ms': []})
+            row['frames'] += 1
+            row['ms'].append(ms)
+            scores = [d.score for d in detections if d.phrase == phrase]
+            if scores:
+                row['detected'] += 1
+                row['scores'].append(max(scores))
+        if detections:
+            self.any_detected += 1
+            self.best_scores.append(max(d.score for d in detections))
+
+    def rows(self) -> list:
+        """Return one dict per phrase, then 'all frames'."""
+        def row(name, frames, detected, scores, ms):
+            p50, p99 = np.percentile(ms, [50, 99]) if ms else (float('nan'),) * 2
+            return {'phrase': name, 'frames': frames, 'with_detection': detected,
+                    'mean_score': float(np.mean(scores)) if scores else float('nan'),
+                    'ms_p50': float(p50), 'ms_p99': float(p99)}
+
+        rows = [row(p, r['frames'], r['detected'], r['scores'], r['ms'])
+                for p, r in self.per_phrase.items()]
+        return rows + [row('all frames', self.grounded, self.any_detected, self.best_scores,
+                           self.ms)]
+
+    def table(self) -> str:
+        """Return the rows as a Markdown table."""
+        lines = ['| phrase | frames | frames with a detection | mean score | ms p50 | ms p99 |',
+                 '|---|---|---|---|---|---|']
+        for r in self.rows():
+            share = f" ({100 * r['with_detection'] / r['frames']:.0f}%)" if r['frames'] else ''
+            lines.append(f"| {r['phrase']} | {r['frames']} | {r['with_detection']}{share} | "
+                         f"{r['mean_score']:.2f} | {r['ms_p50']:.1f} | {r['ms_p99']:.1f} |")
+        return '\n'.join(lines)
+
+    def to_dict(self) -> dict:
+        """Return everything for --json."""
+        return {'frames': self.frames, 'grounded': self.grounded,
+                'without_phrases': self.without_phrases, 'rejected': self.rejected,
+                'reject_reason': self.reject_reason, 'rows': self.rows(),
+                'lifted_frames': self.lifted_frames, 'without_depth': self.without_depth,
+                'lifted': self.lifted,
+                'not_lifted': self.not_lifted, 'lift_reason': self.lift_reason,
+                'lift_ms_p50': float(np.median(self.lift_ms)) if self.lift_ms else None,
+                'commands': self.commands}
+
+
+class BagGrounder:
+    """grounding_node's per-frame work on the messages of a bag, written to another bag."""
+
+    def __init__(self, args, pipeline: GroundingPipeline, image_type: str, writer: BagWriter):
+        self.args, self.pipeline, self.image_type, self.out = args, pipeline, image_type, writer
+        self.phrases = clean_phrases(args.phrases or [])
+        self.tracker = Tracker()
+        self.summary = Summary()
+        self.strip = {}  # image index -> overlay
+        self.picks = set()
+        self._label_phrases = None
+        self.with_3d = bool(args.depth_topic)
+        # Depth is matched to each frame by stamp; the intrinsics are the latest camera_info
+        # (often published once, or after its frame), and frames wait for the first one.
+        self.matcher = TimeMatcher(('image', 'depth'), args.sync_tolerance,
+                                   queue_size=10) if self.with_3d else None
+        self.camera_info, self._waiting = None, []
+        self.topics = {name: f'{args.prefix.rstrip("/")}/{name}' for name in
+                       ('detections', 'mask', 'label_info', 'detections_3d', 'debug_image')}
+        writer.add_topic(self.topics['detections'], 'vision_msgs/msg/Detection2DArray')
+        writer.add_topic(self.topics['mask'], 'sensor_msgs/msg/Image')
+        writer.add_topic(self.topics['label_info'], 'vision_msgs/msg/LabelInfo', LATCHED_QOS)
+        if self.with_3d:
+            writer.add_topic(self.topics['detections_3d'], 'vision_msgs/msg/Detection3DArray')
+        if args.debug_image:
+            writer.add_topic(self.topics['debug_image'], 'sensor_msgs/msg/Image')
+        self._copied = set()
+        self.start_time = 0  # ns, the bag's first log time: command times are relative to it
+
+    def handle(self, message) -> None:
+        """Process one input message."""
+        if self.args.copy_input and message.topic != self.args.command_topic:
+            if message.topic not in self._copied:
+                self._copied.add(message.topic)
+                self.out.copy_topic(message)
+            self.out.write_raw(message.topic, message.data, message.log_time,
+                               message.publish_time)
+        if message.topic == self.args.image_topic:
+            self.on_image(message)
+        elif message.topic == self.args.command_topic:
+            self.on_command(message)
+        elif message.topic == self.args.depth_topic:
+            self._match('depth', message)
+        elif message.topic == self.args.camera_info_topic:
+            self.camera_info = message.decoded
+            waiting, self._waiting = self._waiting, []
+            for item, depth in waiting:
+                self._write_3d(item, depth)
+
+    def finish(self) -> None:
+        """Count the frames that never got depth, or never camera_info, as not lifted."""
+        for (_, result, _, _), _ in self._waiting:
+            self.summary.not_lifted += len(result.detections)
+            self.summary.lift_reason = self.summary.lift_reason or (
+                f'no camera_info on {self.args.camera_info_topic}')
+        self._waiting = []
+        if self.with_3d:
+            self.summary.without_depth = self.summary.grounded - self.summary.lifted_frames
+
+    def on_command(self, message) -> None:
+        """Replace the phrases with those of a command, as grounding_node's command topic."""
+        text = message.decoded.data
+        seconds = (message.log_time - self.start_time) * 1e-9
+        if not text.strip():
+            self.summary.commands.append({'time': seconds, 'text': text, 'phrases': None})
+            return
+        phrases = parse_command(text).phrases
+        self.summary.commands.append({'time': seconds, 'text': text, 'phrases': phrases})
+        if phrases:
+            self.phrases = phrases
+        elif not self.args.quiet:
+            print(f'command {quote(text)} names nothing to ground; keeping {self.phrases}',
+                  file=sys.stderr)
+
+    def on_image(self, message) -> None:
+        """Ground one frame and write its results."""
+        index = self.summary.frames
+        self.summary.frames += 1
+        phrases = self.phrases
+        if not phrases and index not in self.picks:
+            self.summary.without_phrases += 1
+            return
+        started = time.perf_counter()
+        try:
+            rgb = msgs.image_rgb(message.decoded, self.image_type)
+        except ValueError as e:
+            self.summary.rejected += 1
+            self.summary.reject_reason = self.summary.reject_reason or str(e)
+            return
+        if not phrases:
+            self.summary.without_phrases += 1
+            self.strip[index] = np.array(rgb)
+            return
+        head = msgs.copy_header(message.decoded.header)
+        result = self.pipeline(rgb, phrases, self.args.threshold, with_heatmaps=False)
+        stamp = msgs.stamp_seconds(head) or time.monotonic()
+        ids = self.tracker.update([d.phrase for d in result.detections],
+                                  [d.box for d in result.detections], stamp, result.label_image)
+        self.summary.add(phrases, result.detections, (time.perf_counter() - started) * 1e3)
+        self._write_2d(message, head, rgb, result, ids)
+        if index in self.picks:
+            self.strip[index] = draw_overlay(rgb, result.detections, result.label_image,
+                                             result.phrases)
+        if self.with_3d:
+            self._match('image', message, (head, result, ids, message.log_time))
+
+    def _write_2d(self, message, head: dict, rgb: np.ndarray, result, ids: list) -> None:
+        t, out = message.log_time, self.out
+        if result.phrases != self._label_phrases:
+            self._label_phrases = list(result.phrases)
+            out.write(self.topics['label_info'],
+                      msgs.label_info_msg(result.phrases, self.args.threshold, head), t)
+        out.write(self.topics['detections'], msgs.detections_msg(result.detections, head, ids), t)
+        out.write(self.topics['mask'], msgs.image_msg(result.label_image, 'mono16', head), t)
+        if self.args.debug_image:
+            overlay = draw_overlay(rgb, result.detections, result.label_image, result.phrases)
+            out.write(self.topics['debug_image'], msgs.image_msg(overlay, 'rgb8', head), t)
+
+    def _match(self, name: str, message, item=None) -> None:
+        if name == 'image':
+            stamp = msgs.stamp_seconds(item[0])
+        else:
+            stamp = msgs.stamp_seconds(msgs.copy_header(message.decoded.header))
+        match = self.matcher.add(name, stamp, message.decoded if item is None else item)
+        if match is None:
+            return
+        if self.camera_info is None:
+            self._waiting.append((match['image'], match['depth']))
+        else:
+            self._write_3d(match['image'], match['depth'])
+
+    def _write_3d(self, item, depth_msg) -> None:
+        head, result, ids, log_time = item
+        started = time.perf_counter()
+        items = []
+        try:
+            depth = depth_to_metres(msgs.image_array(depth_msg), depth_msg.encoding,
+                                    self.args.depth_scale)
+            K = msgs.intrinsics(self.camera_info)
+        except ValueError as e:
+            self.summary.not_lifted += len(result.detections)
+            self.summary.lift_reason = self.summary.lift_reason or str(e)
+            return
+        for detection, track_id in zip(result.detections, ids):
+            try:
+                lifted = lift_mask(depth, result.label_image == detection.index + 1, K)
+            except ValueError as e:
+                self.summary.not_lifted += 1
+                self.summary.lift_reason = self.summary.lift_reason or str(e)
+                continue
+            items.append((detection, track_id, lifted))
+        self.summary.lifted += len(items)
+        self.summary.lifted_frames += 1
+        self.summary.lift_ms.append((time.perf_counter() - started) * 1e3)
+        self.out.write(self.topics['detections_3d'], msgs.detections_3d_msg(items, head),
+                       log_time)
+
+
+def check_inputs(reader: BagReader, args) -> str:
+    """Check the topics and types against the bag; return the image type, else BagError."""
+    image_type = reader.require(args.image_topic, IMAGE_TYPES, 'image')
+    if args.command_topic:
+        reader.require(args.command_topic, (STRING_TYPE,), 'command')
+    if args.depth_topic:
+        reader.require(args.depth_topic, DEPTH_TYPES, 'depth')
+        reader.require(args.camera_info_topic, (CAMERA_INFO_TYPE,), 'camera_info')
+    return image_type
+
+
+def output_path(args) -> Path:
+    """Return --output, or IN_grounded.mcap next to the input; BagError when it is the input."""
+    source = Path(args.bag)
+    path = Path(args.output) if args.output else source.with_name(
+        f'{source.stem}_grounded.mcap')
+    if path.exists() and source.exists() and path.resolve() == source.resolve():
+        raise BagError(f'the output {path} is the input bag; give another --output')
+    return path
+
+
+def write_strip(images: list, path: Path) -> None:
+    """Write overlays side by side as one PNG."""
+    from PIL import Image
+
+    height = max(image.shape[0] for image in images)
+    strip = Image.new('RGB', (sum(image.shape[1] for image in images), height))
+    x = 0
+    for image in images:
+        strip.paste(Image.fromarray(image), (x, 0))
+        x += image.shape[1]
+    strip.save(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser."""
+    parser = argparse.ArgumentParser(prog='ground_bag', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split('\n\n', 1)[1])
+    parser.add_argument('bag', help='rosbag2 MCAP file (or a rosbag2 directory with one)')
+    parser.add_argument('-o', '--output', default='',
+                        help='MCAP file to write (default: IN_grounded.mcap next to IN)')
+    parser.add_argument('--image-topic', default='/camera/image_raw',
+                        help='sensor_msgs/Image or CompressedImage (jpeg/png) topic')
+    parser.add_argument('--phrases', nargs='+', default=[],
+                        help='phrases to ground (until a command replaces them)')
+    parser.add_argument('--command-topic', default='',
+                        help='std_msgs/String command topic; each command sets the phrases')
+    parser.add_argument('--depth-topic', default='',
+                        help='depth image topic (32FC1 metres or 16UC1): adds detections_3d')
+    parser.add_argument('--camera-info-topic', default='',
+                        help='sensor_msgs/CameraInfo topic of the depth image')
+    parser.add_argument('--depth-scale', type=float, default=0.001,
+                        help='metres per 16UC1 depth unit')
+    parser.add_argument('--sync-tolerance', type=float, default=0.05,
+                        help='largest stamp difference (s) between a frame and its depth')
+    parser.add_argument('--clip-arch', default='tabletop',
+                        help="open_clip architecture, 'tiny', or 'tabletop' (bundled)")
+    parser.add_argument('--clip-pretrained', default='',
+                        help="pretrained tag or weights file; '' or 'random' for random init")
+    parser.add_argument('--clipseg', default='tabletop',
+                        help="CLIPSeg hub id or local directory, 'tiny' or 'tabletop'")
+    parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument('--dtype', default='auto',
+                        help="'auto', 'float32', 'float16' or 'bfloat16'")
+    parser.add_argument('--cache-dir', default='', help="model cache root; '' for the default")
+    parser.add_argument('--threshold', type=float, default=0.4,
+                        help='CLIPSeg probability threshold in [0, 1]')
+    parser.add_argument('--min-area', type=int, default=64, help='smallest instance (pixels)')
+    parser.add_argument('--max-detections', type=int, default=20,
+                        help='most detections per frame')
+    parser.add_argument('--prefix', default='/grounding', help='namespace of the output topics')
+    parser.add_argument('--debug-image', action='store_true',
+                        help='also write the overlay image (debug_image) per frame')
+    parser.add_argument('--copy-input', action='store_true',
+                        help='also copy the image, depth and camera_info topics to the output')
+    parser.add_argument('--max-frames', type=int, default=0,
+                        help='stop after this many image messages (0: all)')
+    parser.add_argument('--strip', default='',
+                        help='PNG strip of overlaid frames (default: OUT with .png)')
+    parser.add_argument('--strip-frames', type=int, default=4,
+                        help='frames in the strip, evenly spaced (0: no strip)')
+    parser.add_argument('--json', default='', help='also write the summary to this JSON file')
+    parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
+    parser.add_argument('--quiet', action='store_true', help='print only the summary')
+    return parser
+
+
+def check_arguments(parser, args) -> None:
+    """Reject inconsistent arguments (argparse's exit status 2)."""
+    if not args.phrases and not args.command_topic:
+        parser.error('give --phrases, --command-topic or both')
+    if bool(args.depth_topic) != bool(args.camera_info_topic):
+        parser.error('--depth-topic and --camera-info-topic go together')
+    if not 0.0 <= args.threshold <= 1.0:
+        parser.error(f'--threshold must be in [0, 1], got {args.threshold}')
+    if args.max_frames < 0 or args.strip_frames < 0 or args.min_area < 1 or \
+            args.max_detections < 1 or not args.depth_scale > 0 or args.sync_tolerance < 0:
+        parser.error('--max-frames and --strip-frames must be >= 0, --min-area and '
+                     '--max-detections >= 1, --depth-scale > 0, --sync-tolerance >= 0')
+
+
+def load_pipeline(args) -> GroundingPipeline:
+    """Load the models as grounding_node does and build its pipeline."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clip, clipseg, note = load_or_tabletop((args.clip_arch, args.clip_pretrained), args.clipseg,
+                                           args.device, args.dtype, args.cache_dir or None)
+    if note:
+        print(f'ground_bag: {note}', file=sys.stderr)
+    if not args.quiet:
+        print(f'loaded {clip.name} and {clipseg.name} on {clip.device} ({clip.dtype})')
+    pipeline = GroundingPipeline(clip, clipseg, DEFAULT_DISTRACTORS, args.min_area,
+                                 args.max_detections, True,
+                                 max_candidates=max(64, args.max_detections))
+    # Warm both models up (grounding_node runs the first of these), so the first frame's
+    # time is not lazy initialisation's.
+    blank = np.zeros((WARM_UP_SIZE, WARM_UP_SIZE, 3), np.uint8)
+    pipeline(blank, ['an object'], args.threshold)
+    pipeline.clip_probabilities(blank, ['an object'], [0], [(0, 0, WARM_UP_SIZE, WARM_UP_SIZE)])
+    return pipeline
+
+
+def run(args) -> int:
+    """Replay the bag; return the exit status."""
+    with BagReader(args.bag) as reader:
+        image_type = check_inputs(reader, args)
+        path = output_path(args)
+        try:
+            pipeline = load_pipeline(args)
+        except (ModelLoadError, ValueError) as e:
+            print(f'ground_bag: error: {e}', file=sys.stderr)
+            return 1
+        topics = [t for t in (args.image_topic, args.command_topic, args.depth_topic,
+                              args.camera_info_topic) if t]
+        total = reader.topics[args.image_topic].count
+        if args.max_frames:
+            total = min(total, args.max_frames) if total else args.max_frames
+        with BagWriter(path) as writer:
+            grounder = BagGrounder(args, pipeline, image_type, writer)
+            grounder.start_time = reader.start_time or 0
+            if total and args.strip_frames:
+                picks = np.linspace(0, total - 1, min(args.strip_frames, total))
+                grounder.picks = set(picks.round().astype(int).tolist())
+            for message in reader.messages(topics):
+                if message.topic == args.image_topic and args.max_frames and \
+                        grounder.summary.frames >= args.max_frames:
+                    break
+                grounder.handle(message)
+            grounder.finish()
+            counts = writer.counts()
+    summary = grounder.summary
+    report(args, image_type, path, summary, counts)
+    if grounder.strip:
+        strip_path = Path(args.strip) if args.strip else path.with_suffix('.png')
+        write_strip([grounder.strip[i] for i in sorted(grounder.strip)], strip_path)
+        print(f'strip of {len(grounder.strip)} frames: {strip_path}')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'bag': str(args.bag), 'output': str(path), 'image_topic': args.image_topic,
+                       'image_type': image_type, **summary.to_dict()}, f, indent=2)
+    if summary.grounded == 0:
+        reason = summary.reject_reason or ('no phrases: give --phrases or a --command-topic '
+                                           'with commands' if summary.frames else
+                                           f'no messages on {args.image_topic}')
+        print(f'ground_bag: no frame was grounded: {reason}', file=sys.stderr)
+        return 1
+    return 0
+
+
+def report(args, image_type: str, path: Path, summary: Summary, counts: dict) -> None:
+    """Print what was read and written, and the summary table."""
+    print(f'{args.bag}: {summary.frames} frames of {args.image_topic} ({image_type}); '
+          f'grounded {summary.grounded}, {summary.without_phrases} without phrases, '
+          f'{summary.rejected} rejected{": " + summary.reject_reason if summary.rejected else ""}')
+    for command in summary.commands:
+        print(f"  command at +{command['time']:.3f} s: {command['text']!r} -> "
+              f"{command['phrases'] if command['phrases'] else 'ignored'}")
+    if args.depth_topic:
+        note = f' ({summary.lift_reason})' if summary.not_lifted else ''
+        print(f'3D: {summary.lifted_frames} frames lifted ({summary.without_depth} without '
+              f'depth), {summary.lifted} detections lifted, {summary.not_lifted} not{note}')
+    print(f'wrote {path}: ' + ', '.join(f'{t} ({n})' for t, n in counts.items()))
+    print(summary.table())
+
+
+def main(argv=None) -> int:
+    """Parse arguments, replay the bag, print the summary; exit status 2 on bad input."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    try:
+        return run(args)
+    except BagError as e:
+        print(f'ground_bag: error: {e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
