@@ -3,7 +3,9 @@ Launch the Gazebo Harmonic tabletop world and bridge its RGB-D camera to the cli
 
 Needs Gazebo Harmonic with ros_gz_sim and ros_gz_bridge. Publishes camera/image_raw (rgb8),
 camera/depth/image_raw (32FC1, metres) and camera/camera_info, as launch/sim.launch.py does;
-the MuJoCo-only sim/ground_truth topics and sim/reset are not available here.
+the MuJoCo-only sim/ground_truth topics and sim/reset are not available here. The default world
+is the MuJoCo scene sim.launch.py starts with (seed 0), written by clip_ros.tools.gazebo_world;
+test/test_gazebo_world.py checks that its camera and objects are the simulator's.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Set up clip_ros from a clean clone: Python venv, ROS 2 wheels, colcon build, then the demo.
+# Set up clip_ros from a clean clone: Python venv, ROS 2 wheels, colcon build, SDFormat for the
+# Gazebo world test, then the demo.
 #
 #   bash scripts/setup.sh
 #
 # Safe to rerun: pip is skipped while the requirement files are unchanged, colcon rebuilds
-# incrementally. Environment knobs:
+# incrementally, apt runs only for a missing package. Environment knobs:
 #   PYTHON=/path/to/python3.11    interpreter for a new .venv (default: python3.11)
+#   CLIP_ROS_SKIP_APT=1           install no system (apt) packages
 #   CLIP_ROS_SKIP_DEMO=1          stop after the build
 set -euo pipefail
 
@@ -15,6 +17,9 @@ STAMP="$VENV/.clip_ros-requirements.sha256"
 REQ_TORCH="$ROOT/scripts/requirements-torch.txt"
 REQ="$ROOT/scripts/requirements.txt"
 STANDIN="test/fixtures/vision_msgs"
+# SDFormat's parser and what builds its loader: test/test_gazebo_world.py reads
+# config/gazebo/tabletop.sdf with it (and skips, saying why, without it).
+SDFORMAT_PACKAGES=(libsdformat-dev pkg-config g++)
 # Where the ROS wheels were built; their CMake and ament index files still point there.
 WHEEL_PREFIX=/opt/python/cp311-cp311
 
@@ -25,6 +30,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 cd "$ROOT"
 
 log() { printf '[setup] %s\n' "$*"; }
+warn() { printf '[setup] warning: %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
 make_venv() {
@@ -112,6 +118,45 @@ build_packages() {
         --cmake-args -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$VENV/bin/python"
 }
 
+install_sdformat() {
+    # Optional: any failure warns and carries on, the Gazebo world test then skips.
+    local missing=() pkg as_root='' apt_log
+    local skips='test/test_gazebo_world.py will skip'
+    if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
+        pkg-config --list-all 2>/dev/null | grep '^sdformat[0-9]' >/dev/null \
+            || warn "no apt-get: install SDFormat (libsdformat 12+), pkg-config and g++; $skips"
+        return 0
+    fi
+    for pkg in "${SDFORMAT_PACKAGES[@]}"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    if [ -n "${CLIP_ROS_SKIP_APT:-}" ]; then
+        log "CLIP_ROS_SKIP_APT set: not installing ${missing[*]}; $skips"
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+            as_root='sudo -n'
+        else
+            warn "not root and no password-less sudo: apt-get install ${missing[*]}; $skips"
+            return 0
+        fi
+    fi
+    log "installing ${missing[*]} (apt) ..."
+    apt_log="$(mktemp)" || { warn "no temporary file for apt's log; $skips"; return 0; }
+    # A first failure may be missing or stale package lists (a fresh container): update, retry.
+    if ! $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+            --no-install-recommends "${missing[@]}" >"$apt_log" 2>&1 \
+        && ! { $as_root apt-get update -q >>"$apt_log" 2>&1 \
+            && $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+                --no-install-recommends "${missing[@]}" >>"$apt_log" 2>&1; }; then
+        warn "apt-get could not install ${missing[*]}; $skips. Its last lines:"
+        tail -n 5 "$apt_log" >&2
+    fi
+    rm -f "$apt_log"
+}
+
 run_demo() {
     if [ -n "${CLIP_ROS_SKIP_DEMO:-}" ]; then
         log 'CLIP_ROS_SKIP_DEMO set: not running the demo'
@@ -129,6 +174,7 @@ main() {
     install_requirements
     repoint_wheel_paths
     build_packages
+    install_sdformat
     log "environment ready in $((SECONDS - start)) s; use it with: source scripts/env.sh"
     run_demo
 }
