@@ -5,14 +5,27 @@ os.environ['ROS_DOMAIN_ID'] = '83'  # before rclpy: own domain, no cross-talk wi
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from vision_msgs.msg import Detection2DArray  # noqa: E402
 
+from clip_ros.nodes.grounding_node import GroundingNode  # noqa: E402
 from clip_ros.perception.grounding import GroundingPipeline  # noqa: E402
 from clip_ros.perception.loading import load_clip, load_clipseg  # noqa: E402
+from clip_ros.perception.stats import ERROR, OK, WARN  # noqa: E402
 from clip_ros.sim.synthetic import scene_image  # noqa: E402
+from node_harness import Harness, request, rgb_image, wait_for  # noqa: E402, I100
 
 DOMAIN = 83
 SIZES = [(160, 120), (96, 64), (160, 120)]
 PHRASES = [['red block', 'blue ball'], ['green bowl'], ['red block', 'yellow block']]
+TINY = [Parameter('clip_arch', value='tiny'), Parameter('clip_pretrained', value='random'),
+        Parameter('clipseg_model', value='tiny'), Parameter('device', value='cpu')]
+CAMERAS = ['cam_a', 'cam_b', 'cam_c']  # cam_c stays silent
+# Threshold 0 makes every pixel foreground, so each frame yields a detection.
+OVERRIDES = TINY + [Parameter('queries', value=['red block']),
+                    Parameter('thresholds', value=[0.0]), Parameter('min_area', value=16),
+                    Parameter('cameras', value=CAMERAS), Parameter('silent_input_sec', value=0.5)]
 
 
 def assert_same(single, batched) -> None:
@@ -38,9 +51,86 @@ def test_batch_equals_one_frame_at_a_time(model, thresholds):
     batched = pipeline.batch(requests)
     assert len(batched) == len(frames)
     found = 0
-    for request, result in zip(requests, batched):
-        assert_same(pipeline(*request), result)
+    for one, result in zip(requests, batched):
+        assert_same(pipeline(*one), result)
         found += len(result.detections)
     assert found, 'the comparison needs detections to compare'
     # A frame alone in its batch is the single-frame call.
     assert_same(pipeline(*requests[1]), pipeline.batch(requests[1:2])[0])
+
+
+@pytest.fixture(scope='module')
+def ros():
+    harness = Harness(DOMAIN)
+    harness.node = harness.add(GroundingNode(context=harness.context,
+                                             parameter_overrides=OVERRIDES))
+    harness.images = {c: harness.publisher(Image, f'{c}/image') for c in CAMERAS}
+    harness.detections = {c: harness.subscribe(Detection2DArray, f'{c}/detections')
+                          for c in CAMERAS}
+    harness.masks = {c: harness.subscribe(Image, f'{c}/mask') for c in CAMERAS}
+    assert wait_for(lambda: all(p.get_subscription_count() for p in harness.images.values()))
+    yield harness
+    harness.shutdown()
+
+
+def test_each_camera_answers_on_its_own_topics(ros):
+    assert ros.node.not_ready == ''
+    assert ros.node.get_publishers_info_by_topic('detections') == []  # no single-camera output
+    sent = {}
+    for camera in ('cam_a', 'cam_b'):
+        msg = rgb_image(ros.header(frame_id=camera), 160, 120)
+        result = request(ros.images[camera], msg, ros.detections[camera])
+        assert result is not None, f'no detections for {camera}'
+        assert result.header == msg.header and result.detections
+        assert wait_for(lambda: ros.masks[camera].find(lambda m: m.header == msg.header))
+        sent[camera] = msg.header
+    # Each camera's results carry only its own frames' stamps.
+    for camera, inbox in ros.detections.items():
+        assert all(m.header.frame_id == camera for m in inbox.messages), camera
+    assert not ros.detections['cam_c'].messages
+
+
+def test_frames_of_several_cameras_share_a_batch(ros):
+    worker = ros.node.worker
+    shared = worker.processed - worker.batches  # frames that rode in another camera's batch
+    for seed in range(10):
+        msgs = {c: rgb_image(ros.header(frame_id=c), 160, 120, seed=seed)
+                for c in ('cam_a', 'cam_b')}
+        for camera, msg in msgs.items():
+            ros.images[camera].publish(msg)
+        wait_for(lambda: all(ros.detections[c].find(lambda m, c=c: m.header == msgs[c].header)
+                             for c in msgs), 3.0)
+        if worker.processed - worker.batches > shared:
+            return
+    pytest.fail('frames of two cameras never shared a batch')
+
+
+def camera_statuses(node) -> dict:
+    """Return {camera: DiagnosticStatus} of the node's per-camera diagnostics."""
+    return {s.name.rsplit('/', 1)[-1]: s
+            for s in node.extra_diagnostics(node.health_limits(), None)}
+
+
+def test_a_silent_camera_stalls_no_other(ros):
+    # One DiagnosticStatus per camera: silent cam_c warns once silent_input_sec has passed.
+    assert sorted(camera_statuses(ros.node)) == CAMERAS
+    assert wait_for(lambda: camera_statuses(ros.node)['cam_c'].level == bytes([WARN]), 5.0)
+    # cam_c never sends: cam_a keeps getting answers frame after frame, without waiting on it.
+    for seed in range(3):
+        msg = rgb_image(ros.header(frame_id='cam_a'), 160, 120, seed=seed)
+        assert request(ros.images['cam_a'], msg, ros.detections['cam_a']) is not None
+    statuses = camera_statuses(ros.node)
+    assert statuses['cam_a'].level == bytes([OK]), statuses['cam_a'].message
+    assert 'no input frame' in statuses['cam_c'].message
+    values = {v.key: v.value for v in statuses['cam_a'].values}
+    assert int(values['frames_processed']) >= 3
+
+
+@pytest.mark.parametrize('cameras, reason', [
+    (['cam_a', 'cam_b', 'cam_a/'], 'given twice'), ([], 'empty list')])
+def test_bad_cameras_refused_at_configure(ros, cameras, reason):
+    node = ros.add(GroundingNode(context=ros.context, parameter_overrides=TINY + [
+        Parameter('queries', value=['red block']), Parameter('cameras', value=cameras)]))
+    assert node.lifecycle_state == 'unconfigured'
+    assert reason in node.load_error, node.load_error
+    assert node.diagnostics().level == ERROR

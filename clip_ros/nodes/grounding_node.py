@@ -2,21 +2,24 @@
 import time
 
 import numpy as np
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
+from clip_ros.nodes.cameras import BatchWorker, Camera, camera_names
 from clip_ros.nodes.common import (
-    clean_phrases, COMMAND_QOS, common_parameters, declare_all, describe, LATCHED_QOS,
-    parameter_values, RESULTS_QOS, spin_node, string_list, unit_floats)
+    clean_phrases, COMMAND_QOS, common_parameters, declare_all, describe, image_qos,
+    LATCHED_QOS, parameter_values, RESULTS_QOS, spin_node, string_list, transport_topic,
+    unit_floats)
 from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.depth_lift import depth_parameters, DepthLift
 from clip_ros.nodes.managed import ManagedNode
-from clip_ros.nodes.messages import detections_msg, label_info_msg
+from clip_ros.nodes.messages import detections_msg, diagnostics_msg, label_info_msg
 from clip_ros.nodes.overlay import draw_overlay
 from clip_ros.perception.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
 from clip_ros.perception.loading import load_or_tabletop
 from clip_ros.perception.registry import DEFAULT_CLIP, DEFAULT_CLIPSEG
+from clip_ros.perception.stats import assess
 from clip_ros.perception.tracking import Tracker
 from clip_ros.policy.command import MAX_COMMAND_CHARS, parse_command, quote
 
@@ -59,7 +62,8 @@ class GroundingNode(ManagedNode):
         self._default_threshold = 0.4
         self._clip = self._clipseg = self._pipeline = None
         self._label_pub = None
-        self._tracker = Tracker()
+        self._single = Camera('', Tracker())  # the node's own topics while `cameras` is unset
+        self._cameras: list = []  # Camera per `cameras` entry, while configured
         self.watch_parameters(self._check_parameters, self._apply_parameters)
         self.start()
 
@@ -93,6 +97,12 @@ class GroundingNode(ManagedNode):
                 float_range=(0.01, 1.0), **ro)),
             ('track_timeout', 1.0, describe(
                 'seconds an unseen instance keeps its id', float_range=(0.0, 3600.0), **ro)),
+            ('cameras', None, describe(
+                'camera namespaces served by one model: <camera>/image in, <camera>/detections '
+                "... out; unset = the node's own image topic", dynamic=True, **ro)),
+            ('batch_window', 0.01, describe(
+                'seconds to wait after the first frame for the other cameras before a batch',
+                float_range=(0.0, 1.0), **ro)),
         ))
 
     def _read_parameters(self, values: dict) -> None:
@@ -110,6 +120,10 @@ class GroundingNode(ManagedNode):
     def load_model(self) -> tuple:
         """Load both models, warm them up and create the outputs."""
         values = parameter_values(self)
+        names = camera_names(self, values['cameras'])  # refused before any model loads
+        if names and values['publish_3d']:
+            raise ValueError('publish_3d serves one camera: leave cameras unset, or run one '
+                             'node per camera for 3D output')
         device, dtype, cache_dir = values['device'], values['dtype'], values['cache_dir'] or None
         # Uncached pretrained weights fall back to the bundled tabletop model, with a warning.
         self._clip, self._clipseg, note = load_or_tabletop(
@@ -123,11 +137,13 @@ class GroundingNode(ManagedNode):
         # One inference now, so the first camera frame does not pay for lazy initialisation.
         self._pipeline(np.zeros((WARM_UP_SIZE, WARM_UP_SIZE, 3), np.uint8),
                        self._phrases or ['an object'], self._default_threshold)
-        self._tracker = Tracker(values['track_iou'], values['track_timeout'])
-        self._det_pub = self.output(Detection2DArray, 'detections', RESULTS_QOS)
-        self._mask_pub = self.output(Image, 'mask', RESULTS_QOS)
-        self._heatmap_pub = self.output(Image, 'heatmap', RESULTS_QOS)
-        self._debug_pub = self.output(Image, 'debug_image', RESULTS_QOS)
+        track = (values['track_iou'], values['track_timeout'])
+        self._single = Camera('', Tracker(*track))
+        self._cameras = [Camera(name, Tracker(*track)) for name in names]
+        for camera in self._cameras or [self._single]:
+            camera.pubs = {base: self.output(kind, camera.topic(base), RESULTS_QOS) for base, kind
+                           in (('detections', Detection2DArray), ('mask', Image),
+                               ('heatmap', Image), ('debug_image', Image))}
         self._label_pub = self.output(LabelInfo, 'label_info', LATCHED_QOS)
         self._depth = DepthLift(self, values) if values['publish_3d'] else None
         if self._depth is not None:
@@ -138,11 +154,28 @@ class GroundingNode(ManagedNode):
         """Drop the models, the pipeline and the outputs."""
         self._pipeline = self._clip = self._clipseg = None
         self._label_pub = self._depth = None
-        self._tracker.reset()
+        self._single.tracker.reset()
+        self._cameras = []
+
+    def make_worker(self):
+        """Return a BatchWorker over the cameras, or the single-camera newest-frame worker."""
+        if not self._cameras:
+            return super().make_worker()
+        return BatchWorker(self._cameras, self._run_batch, self._on_worker_error,
+                           self.get_parameter('batch_window').value, f'{self.get_name()}_worker')
 
     def subscribe_inputs(self) -> None:
-        """Subscribe the camera images and the command topic."""
-        super().subscribe_inputs()
+        """Subscribe the camera images (one per camera) and the command topic."""
+        if not self._cameras:
+            super().subscribe_inputs()
+        else:
+            qos = image_qos(self.get_parameter('image_qos').value)
+            transport = self.get_parameter('image_transport').value
+            kind = Image if transport == 'raw' else CompressedImage
+            for camera in self._cameras:
+                self.subscribe_frames(
+                    kind, transport_topic(self, camera.topic('image'), transport), qos,
+                    lambda msg, camera=camera: self._on_camera_frame(camera, msg))
         self.subscribe(String, 'command', self._on_command, COMMAND_QOS)
         if self._depth is not None:
             self._depth.subscribe()
@@ -151,6 +184,8 @@ class GroundingNode(ManagedNode):
         """Publish the current label map, latched for late subscribers."""
         self._label_sent = False
         self._set_phrases(self._phrases)
+        for camera in self._cameras:
+            camera.stats.reset()
 
     def _build_pipeline(self) -> GroundingPipeline:
         # CLIP re-scores at most 64 candidates a frame, or max_detections when that is more.
@@ -206,33 +241,75 @@ class GroundingNode(ManagedNode):
 
     def process(self, msg: Image) -> None:
         """Ground the active phrases in one frame and publish the results."""
+        self._ground([(self._single, msg)])
+
+    def _on_camera_frame(self, camera: Camera, msg) -> None:
+        worker = self.worker
+        if worker is None or not self.active:
+            return
+        dropped = worker.submit(camera, (time.monotonic(), msg))
+        camera.stats.on_input(dropped)
+        self.stats.on_input(dropped)
+
+    def _run_batch(self, batch: list) -> None:
+        """Ground the newest frame of several cameras as one batch (BatchWorker thread)."""
+        start = time.monotonic()
+        try:
+            self._ground([(camera, msg) for camera, (_, msg) in batch])
+        finally:
+            end = time.monotonic()
+            for camera, (received, _) in batch:
+                camera.stats.on_processed(end - start, end - received)
+                # The node's statistics share the batch time out, so `busy` stays wall time.
+                self.stats.on_processed((end - start) / len(batch), end - received)
+
+    def _ground(self, items: list) -> None:
+        """Ground the active phrases in each (camera, frame) and publish per camera."""
         pipeline, phrases = self._pipeline, self._phrases
         if pipeline is None:
             return
         if not phrases:
             self._warn('no_phrases', 'no phrases to ground: set `queries` or publish a command')
             return
-        rgb = self.decode_frame(msg)
-        if rgb is None:
+        frames = [(camera, msg, self.decode_frame(msg)) for camera, msg in items]
+        frames = [frame for frame in frames if frame[2] is not None]
+        if not frames:
             return
-        heat = self._heatmap_pub.get_subscription_count() > 0
-        result = pipeline(rgb, phrases, self._threshold_list(phrases), with_heatmaps=heat)
-        self._publish(msg.header, rgb, result)
+        heat = any(c.pubs['heatmap'].get_subscription_count() > 0 for c, _, _ in frames)
+        thresholds = self._threshold_list(phrases)
+        if len(frames) == 1:  # the batch of one
+            results = [pipeline(frames[0][2], phrases, thresholds, with_heatmaps=heat)]
+        else:
+            results = pipeline.batch([(rgb, phrases, thresholds) for _, _, rgb in frames],
+                                     with_heatmaps=heat)
+        for (camera, msg, rgb), result in zip(frames, results):
+            self._publish(camera, msg.header, rgb, result)
 
-    def _publish(self, header, rgb: np.ndarray, result) -> None:
+    def _publish(self, camera: Camera, header, rgb: np.ndarray, result) -> None:
         stamp = header.stamp.sec + header.stamp.nanosec * 1e-9 or time.monotonic()
-        ids = self._tracker.update([d.phrase for d in result.detections],
-                                   [d.box for d in result.detections], stamp, result.label_image)
-        self._det_pub.publish(detections_msg(result.detections, header, ids))
+        ids = camera.tracker.update([d.phrase for d in result.detections],
+                                    [d.box for d in result.detections], stamp,
+                                    result.label_image)
+        pubs = camera.pubs
+        pubs['detections'].publish(detections_msg(result.detections, header, ids))
         if self._depth is not None:
             self._depth.publish(header, result, ids)
-        self._mask_pub.publish(numpy_to_image(result.label_image, 'mono16', header))
+        pubs['mask'].publish(numpy_to_image(result.label_image, 'mono16', header))
         if result.heatmaps is not None and len(result.heatmaps):
             heatmap = result.heatmaps.max(axis=0).astype(np.float32)  # [H, W]
-            self._heatmap_pub.publish(numpy_to_image(heatmap, '32FC1', header))
-        if self._debug_pub.get_subscription_count() > 0:
+            pubs['heatmap'].publish(numpy_to_image(heatmap, '32FC1', header))
+        if pubs['debug_image'].get_subscription_count() > 0:
             overlay = draw_overlay(rgb, result.detections, result.label_image, result.phrases)
-            self._debug_pub.publish(numpy_to_image(overlay, 'rgb8', header))
+            pubs['debug_image'].publish(numpy_to_image(overlay, 'rgb8', header))
+
+    def extra_diagnostics(self, limits, stamp) -> list:
+        """Return one DiagnosticStatus per camera, named <node>/<camera>, with its own stats."""
+        node, active = self.get_fully_qualified_name(), self.active
+        return [diagnostics_msg(f'{node}/{camera.name}',
+                                assess(camera.stats.snapshot(), limits, active),
+                                {'camera': camera.name, 'device': self._model[1]},
+                                stamp).status[0]
+                for camera in self._cameras]
 
 
 def main(args=None) -> None:

@@ -150,6 +150,14 @@ class ManagedNode(LifecycleNode):
         kind = Image if transport == 'raw' else CompressedImage
         self.subscribe_frames(kind, transport_topic(self, 'image', transport), qos)
 
+    def make_worker(self):
+        """Return the worker that runs the input frames (default: newest frame, one at a time)."""
+        return FrameWorker(self._run_frame, self._on_worker_error, f'{self.get_name()}_worker')
+
+    def extra_diagnostics(self, limits: HealthLimits, stamp) -> list:
+        """Return more DiagnosticStatus entries for this node's DiagnosticArray (default none)."""
+        return []
+
     def on_activated(self) -> None:
         """Run after the inputs are subscribed and the outputs enabled."""
 
@@ -198,10 +206,10 @@ class ManagedNode(LifecycleNode):
         self._outputs.append(publisher)
         return publisher
 
-    def subscribe_frames(self, msg_type, topic: str, qos):
-        """Subscribe `topic` into the newest-frame worker, watching for incompatible QoS."""
+    def subscribe_frames(self, msg_type, topic: str, qos, callback=None):
+        """Subscribe `topic` into the worker (`callback`: instead of _on_frame), watching QoS."""
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
-        sub = self.create_subscription(msg_type, topic, self._on_frame, qos,
+        sub = self.create_subscription(msg_type, topic, callback or self._on_frame, qos,
                                        event_callbacks=events)
         self._inputs.append(sub)
         return sub
@@ -274,8 +282,7 @@ class ManagedNode(LifecycleNode):
             return FAILURE
         self.load_error = ''
         self.stats.reset()
-        self._worker = FrameWorker(self._run_frame, self._on_worker_error,
-                                   f'{self.get_name()}_worker')
+        self._worker = self.make_worker()
         self.get_logger().info(f'configured: {self._model[0]} on {self._model[1]}')
         return SUCCESS
 
@@ -426,10 +433,14 @@ class ManagedNode(LifecycleNode):
         self._check_silent_input(snapshot, limits)
         return self._qos_hint
 
+    def health_limits(self) -> HealthLimits:
+        """Return the diagnostics limits from the current parameter values."""
+        return HealthLimits(silent_after=self.get_parameter('silent_input_sec').value,
+                            max_drop_ratio=self.get_parameter('max_drop_ratio').value)
+
     def diagnostics(self):
         """Return the current statistics, assessed (level and reasons set)."""
-        limits = HealthLimits(silent_after=self.get_parameter('silent_input_sec').value,
-                              max_drop_ratio=self.get_parameter('max_drop_ratio').value)
+        limits = self.health_limits()
         snapshot = self.stats.snapshot()
         hint = self.input_hint(snapshot, limits)
         return assess(snapshot, limits, self._active, self.load_error, hint)
@@ -439,5 +450,7 @@ class ManagedNode(LifecycleNode):
         snapshot = self.diagnostics()
         extra = {'state': self.lifecycle_state, 'model': self._model[0],
                  'device': self._model[1], 'qos_hint': self._qos_hint}
-        self._diag_pub.publish(diagnostics_msg(
-            self.get_fully_qualified_name(), snapshot, extra, self.get_clock().now().to_msg()))
+        stamp = self.get_clock().now().to_msg()
+        msg = diagnostics_msg(self.get_fully_qualified_name(), snapshot, extra, stamp)
+        msg.status.extend(self.extra_diagnostics(self.health_limits(), stamp))
+        self._diag_pub.publish(msg)

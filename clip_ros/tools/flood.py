@@ -6,6 +6,10 @@ DDS. Frames are published at `--rate` by a dedicated thread; the node keeps only
 frame, so processed frames should follow the model's own speed while latency and memory stay
 flat. Examples: `flood --rate 200 --duration 30` (flood), `flood --rate 30 --duration 600
 --warmup 60` (soak).
+
+`flood --cameras 1 2 4 --model tabletop --rate 30 --size 640x480` instead compares one
+grounding_node serving N cameras with N separate nodes, each setup in its own processes
+(see flood_cameras).
 """
 import argparse
 from dataclasses import asdict, dataclass
@@ -227,8 +231,12 @@ def main(args=None) -> int:
     parser.add_argument('--duration', type=float, default=30.0, help='measured seconds')
     parser.add_argument('--warmup', type=float, default=2.0, help='seconds before measuring')
     parser.add_argument('--size', default='320x240', help='frame WIDTHxHEIGHT')
-    parser.add_argument('--model', default='tiny', choices=['tiny', 'default'],
-                        help="'tiny': random-init models, no weights; 'default': the nodes' own")
+    parser.add_argument('--model', default='tiny', choices=['tiny', 'default', 'tabletop'],
+                        help="'tiny': random-init models, no weights; 'default': the nodes' own; "
+                        "'tabletop' (--cameras only): the bundled trained model")
+    parser.add_argument('--cameras', type=int, nargs='+', metavar='N',
+                        help='grounding_node only: one node with N cameras against N nodes, '
+                        'for each N, in separate processes')
     parser.add_argument('--device', default='cpu', help="'auto', 'cpu' or 'cuda'")
     parser.add_argument('--domain-id', type=int, default=72)
     parsed = parser.parse_args(rclpy.utilities.remove_ros_args(args)[1:] if args else None)
@@ -238,6 +246,12 @@ def main(args=None) -> int:
             raise ValueError(parsed.size)
     except ValueError as e:
         parser.error(f'--size must be WIDTHxHEIGHT, got {parsed.size!r}: {e}')
+    if parsed.cameras:
+        from clip_ros.tools.flood_cameras import run_cameras
+        return run_cameras(parsed.cameras, parsed.model, parsed.device, parsed.rate,
+                           parsed.duration, size, parsed.domain_id)
+    if parsed.model == 'tabletop':
+        parser.error("--model tabletop is for --cameras; the flood's node loads 'default'")
     result = run_flood(parsed.node, parsed.rate, parsed.duration, parsed.warmup, size,
                        parsed.model, parsed.device, parsed.domain_id)
     print(TABLE)

@@ -1,0 +1,194 @@
+"""
+Many cameras, one model: one grounding_node with N `cameras` against N separate nodes.
+
+Each setup runs as separate processes (`python -m clip_ros.nodes.grounding_node`), so their
+resident memory is measured honestly; this process publishes every camera's frames at `rate`
+Hz (stamped with the wall time) and receives every camera's detections. After each camera's
+first result (the model is warm), it counts results for `duration` seconds: frames/s per
+camera, latency (frame stamp to detections received) p50/p99 over all cameras, and the peak
+summed resident memory of the node processes.
+"""
+from dataclasses import dataclass
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import Image
+from vision_msgs.msg import Detection2DArray
+
+from clip_ros.nodes.common import RESULTS_QOS
+from clip_ros.nodes.conversions import numpy_to_image
+from clip_ros.perception.stats import percentiles
+from clip_ros.sim.synthetic import scene_image
+
+MODELS = {'tiny': ['clip_arch:=tiny', 'clip_pretrained:=random', 'clipseg_model:=tiny'],
+          'tabletop': ['clip_arch:=tabletop', 'clipseg_model:=tabletop'], 'default': []}
+QUERIES = 'queries:=[red block, blue bowl]'
+START_TIMEOUT = 300.0
+
+
+@dataclass
+class CamerasResult:
+    """One setup's figures (rates in Hz, times in ms, memory in MB)."""
+
+    cameras: int
+    setup: str  # 'one node' or 'N nodes'
+    per_camera: float  # mean results/s per camera
+    total: float
+    latency_p50: float
+    latency_p99: float
+    rss: float  # peak of the node processes' summed resident memory
+
+
+def rss_mb(pids: list) -> float:
+    """Return the summed VmRSS of `pids` in MB (0 for a process that is gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f'/proc/{pid}/status') as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith('VmRSS:'))
+        except (OSError, StopIteration):
+            pass
+    return total / 1024
+
+
+def node_commands(count: int, one_node: bool, model: str, device: str) -> list:
+    """Return the command lines of the grounding_node processes of one setup."""
+    base = [sys.executable, '-m', 'clip_ros.nodes.grounding_node', '--ros-args',
+            '-p', f'device:={device}', '-p', QUERIES]
+    for value in MODELS[model]:
+        base += ['-p', value]
+    names = [f'cam{k}' for k in range(count)]
+    if one_node:
+        return [base + ['-p', f'cameras:=[{", ".join(names)}]']]
+    return [base + ['-r', f'__ns:=/{name}'] for name in names]
+
+
+class Driver:
+    """Publish every camera's frames and record the age of every result, per camera."""
+
+    def __init__(self, count: int, domain: int, size: tuple):
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.node = rclpy.create_node('flood_cameras', context=self.context)
+        self.names = [f'cam{k}' for k in range(count)]
+        self.ages = {name: [] for name in self.names}  # (receipt time, age)
+        self.pubs = [self.node.create_publisher(Image, f'/{name}/image', RESULTS_QOS)
+                     for name in self.names]
+        for name in self.names:
+            self.node.create_subscription(Detection2DArray, f'/{name}/detections',
+                                          lambda msg, name=name: self._on_result(name, msg),
+                                          RESULTS_QOS)
+        self.frames = [numpy_to_image(scene_image(seed, size[0], size[1])[0], 'rgb8')
+                       for seed in range(4)]
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.executor.spin, daemon=True)]
+
+    def _on_result(self, name: str, msg) -> None:
+        now = time.time()
+        self.ages[name].append((now, now - msg.header.stamp.sec - msg.header.stamp.nanosec
+                                * 1e-9))
+
+    def publish(self, rate: float) -> None:
+        """Publish one frame per camera every 1/rate s (cameras slightly staggered)."""
+        tick, sent = time.monotonic(), 0
+        while not self.stop.is_set():
+            for pub in self.pubs:
+                msg = self.frames[sent % len(self.frames)]
+                stamp = time.time()
+                msg.header.stamp.sec, msg.header.stamp.nanosec = int(stamp), int(stamp % 1 * 1e9)
+                pub.publish(msg)
+            sent += 1
+            tick += 1.0 / rate
+            self.stop.wait(max(tick - time.monotonic(), 0.0))
+
+    def start(self, rate: float) -> None:
+        """Start spinning and publishing."""
+        self.threads.append(threading.Thread(target=self.publish, args=(rate,), daemon=True))
+        for thread in self.threads:
+            thread.start()
+
+    def close(self) -> None:
+        """Stop publishing and spinning; destroy the node."""
+        self.stop.set()
+        self.executor.shutdown(timeout_sec=5.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def run_setup(count: int, one_node: bool, model: str, device: str, rate: float,
+              duration: float, size: tuple, domain: int) -> CamerasResult:
+    """Run one setup: start the node processes, flood them, measure, stop them."""
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for cmd in node_commands(count, one_node, model, device)]
+    driver = Driver(count, domain, size)
+    try:
+        driver.start(rate)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not all(driver.ages.values()):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f'{count} cameras ({"one node" if one_node else "nodes"}): '
+                                   'no results from every camera')
+            time.sleep(0.2)
+        time.sleep(2.0)  # past the first frames
+        start, peak = time.time(), 0.0
+        while time.time() < start + duration:
+            peak = max(peak, rss_mb([p.pid for p in procs]))
+            time.sleep(0.5)
+        end = time.time()
+    finally:
+        driver.close()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    window = {name: [age for t, age in ages if start <= t < end]
+              for name, ages in driver.ages.items()}
+    rates = [len(ages) / (end - start) for ages in window.values()]
+    p50, p99 = percentiles([age for ages in window.values() for age in ages])
+    return CamerasResult(count, 'one node' if one_node else f'{count} nodes',
+                         sum(rates) / count, sum(rates), p50 * 1e3, p99 * 1e3, peak)
+
+
+TABLE = ('| cameras | setup | frames/s per camera | total frames/s | latency p50/p99 ms | '
+         'resident MB |')
+
+
+def table_row(r: CamerasResult) -> str:
+    """Format a result as a row of the README table."""
+    return (f'| {r.cameras} | {r.setup} | {r.per_camera:.1f} | {r.total:.1f} | '
+            f'{r.latency_p50:.0f}/{r.latency_p99:.0f} | {r.rss:.0f} |')
+
+
+def run_cameras(counts: list, model: str, device: str, rate: float, duration: float,
+                size: tuple, domain: int) -> int:
+    """Run every camera count both ways, print the table and the ratios; return 0."""
+    results = []
+    print(TABLE)
+    print('|' + ' --- |' * (TABLE.count('|') - 1), flush=True)
+    for count in counts:
+        pair = [run_setup(count, True, model, device, rate, duration, size, domain)]
+        if count > 1:  # one camera: both setups are the same single node
+            pair.append(run_setup(count, False, model, device, rate, duration, size, domain))
+        for result in pair:
+            print(table_row(result), flush=True)
+        results.append(pair)
+    for pair in results:
+        if len(pair) == 2:
+            one, many = pair
+            print(f'{one.cameras} cameras: one node / {many.setup}: '
+                  f'{one.total / many.total:.2f}x total frames/s, '
+                  f'{100 * one.rss / many.rss:.0f} % resident memory')
+    return 0
