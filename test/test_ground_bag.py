@@ -15,10 +15,10 @@ from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import get_typestore, Stores
 from std_msgs.msg import Header
-from vision_msgs.msg import Detection2DArray, LabelInfo
+from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 import yaml
 
-from clip_ros.nodes.messages import detections_msg, label_info_msg
+from clip_ros.nodes.messages import detections_3d_msg, detections_msg, label_info_msg
 from clip_ros.perception.grounding import GroundingPipeline
 from clip_ros.perception.loading import load_or_tabletop
 from clip_ros.perception.tracking import Tracker
@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FRAMES, SCENES, WIDTH, HEIGHT = 10, 2, 320, 240
 COMPRESSED_FRAMES = 3
 THRESHOLD = 0.4
+NODE_DEPTH_RANGE = (0.05, 5.0)  # grounding_node's min_depth, max_depth
 TOPICS = record_sim_bag.TOPICS
 REPLAY = ['--command-topic', TOPICS['command'], '--device', 'cpu', '--quiet']
 WITH_3D = ['--depth-topic', TOPICS['depth'], '--camera-info-topic', TOPICS['camera_info']]
@@ -122,22 +123,27 @@ def test_replay_equals_a_direct_run(recording, replay, pipeline):
         np.testing.assert_array_equal(bag_messages.image_array(mask.decoded), result.label_image)
 
 
-def test_replay_lifts_each_detection_in_the_camera_frame(recording, replay, pipeline):
+def test_replay_lifts_each_detection_as_grounding_node(recording, replay, pipeline):
     _, frames = recording
     output, _, summary = replay
     lifted = read_topic(output, '/grounding/detections_3d')
     assert len(lifted) == FRAMES
     for (item, result, ids), message in zip(direct_run(pipeline, frames), lifted):
         assert message.log_time == item.stamp_ns
-        want = []
+        items = []
         for detection, track_id in zip(result.detections, ids):
             target = lift_mask(item.frame.depth, result.label_image == detection.index + 1,
-                               item.frame.K)
-            want.append((detection.phrase, str(track_id), *target.centre, *target.size))
-        got = [(d.results[0].hypothesis.class_id, d.id, d.bbox.center.position.x,
-                d.bbox.center.position.y, d.bbox.center.position.z, d.bbox.size.x,
-                d.bbox.size.y, d.bbox.size.z) for d in message.decoded.detections]
-        assert got == pytest.approx(want) and [g[:2] for g in got] == [w[:2] for w in want]
+                               item.frame.K, depth_range=NODE_DEPTH_RANGE)
+            items.append((track_id, detection.phrase, detection.score, target))
+        got = message.decoded.detections
+        assert [(d.id, d.results[0].hypothesis.class_id) for d in got] == [
+            (str(i), phrase) for i, phrase, _, _ in items]
+        assert [(d.bbox.center.position.x, d.bbox.center.position.y, d.bbox.center.position.z,
+                 d.bbox.size.x, d.bbox.size.y, d.bbox.size.z) for d in got] == [
+            (*target.centre, *target.size) for _, _, _, target in items]
+        # The bytes are what grounding_node's publish_3d sends (the depth image's frame).
+        assert deserialize_message(message.data, Detection3DArray) == round_trip(
+            detections_3d_msg(items, ros_header(item)))
     assert summary['lifted_frames'] == FRAMES and summary['not_lifted'] == 0
 
 

@@ -122,10 +122,10 @@ def detections_msg(detections, head: dict, ids=None) -> dict:
 
 def detections_3d_msg(items, head: dict) -> dict:
     """
-    Return a vision_msgs/Detection3DArray in the camera optical frame.
+    Return a vision_msgs/Detection3DArray (fields as nodes/messages.py detections_3d_msg).
 
-    `items` holds (detection, id, LiftedTarget lifted in the camera frame): box centre =
-    lifted.centre, size = lifted.size; the hypothesis pose is the box centre.
+    `items` holds (detection, id, LiftedTarget): box centre = lifted.centre, size =
+    lifted.size, in the header's frame; the hypothesis pose is the box centre.
     """
     out = []
     for detection, track_id, lifted in items:

@@ -11,8 +11,9 @@ track ids) on a sensor_msgs/Image or CompressedImage (jpeg/png) topic. The phras
 as the frame, under --prefix: detections (vision_msgs/Detection2DArray), mask (mono16
 instance mask: detection index + 1), label_info (vision_msgs/LabelInfo, when the phrases
 change) and, with depth (32FC1 or 16UC1) and camera_info, detections_3d
-(vision_msgs/Detection3DArray: each detection's mask lifted in the camera frame). Prints a
-summary table and writes a PNG strip of a few overlaid frames. Needs no ROS install.
+(vision_msgs/Detection3DArray: each detection's mask lifted in the depth image's frame, as
+grounding_node's publish_3d). Prints a summary table and writes a PNG strip of a few overlaid
+frames. Needs no ROS install.
 
 Exit status: 0 done, 1 no frame could be grounded or a model failed, 2 bad input (a bag that
 does not exist or is not MCAP, a topic not in the bag, a topic of the wrong type).
@@ -30,7 +31,8 @@ from clip_ros.perception.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
 from clip_ros.perception.loading import load_or_tabletop, ModelLoadError
 from clip_ros.perception.tracking import Tracker
 from clip_ros.policy.command import parse_command, quote
-from clip_ros.policy.lifting import depth_to_metres, lift_mask
+from clip_ros.policy.lifting import check_intrinsics, depth_to_metres
+from clip_ros.policy.perceive import lift_instances
 from clip_ros.policy.sync import TimeMatcher
 from clip_ros.tools import bag_messages as msgs
 from clip_ros.tools.bags import BagError, BagReader, BagWriter, IMAGE_TYPES, LATCHED_QOS
@@ -249,29 +251,35 @@ class BagGrounder:
             self._write_3d(match['image'], match['depth'])
 
     def _write_3d(self, item, depth_msg) -> None:
+        """Lift every detection as grounding_node's publish_3d does, in the depth image frame."""
         head, result, ids, log_time = item
         started = time.perf_counter()
-        items = []
+        summary = self.summary
         try:
             depth = depth_to_metres(msgs.image_array(depth_msg), depth_msg.encoding,
                                     self.args.depth_scale)
-            K = msgs.intrinsics(self.camera_info)
+            if depth.shape != result.label_image.shape:
+                raise ValueError(f'depth {depth.shape[1]}x{depth.shape[0]} is not the frame '
+                                 f'size {result.label_image.shape[1]}x'
+                                 f'{result.label_image.shape[0]}')
+            lifted, reasons = lift_instances(
+                result.label_image, len(result.detections), depth,
+                check_intrinsics(self.camera_info.k), None,
+                (self.args.min_depth, self.args.max_depth))
         except ValueError as e:
-            self.summary.not_lifted += len(result.detections)
-            self.summary.lift_reason = self.summary.lift_reason or str(e)
+            summary.not_lifted += len(result.detections)
+            summary.lift_reason = summary.lift_reason or str(e)
             return
-        for detection, track_id in zip(result.detections, ids):
-            try:
-                lifted = lift_mask(depth, result.label_image == detection.index + 1, K)
-            except ValueError as e:
-                self.summary.not_lifted += 1
-                self.summary.lift_reason = self.summary.lift_reason or str(e)
-                continue
-            items.append((detection, track_id, lifted))
-        self.summary.lifted += len(items)
-        self.summary.lifted_frames += 1
-        self.summary.lift_ms.append((time.perf_counter() - started) * 1e3)
-        self.out.write(self.topics['detections_3d'], msgs.detections_3d_msg(items, head),
+        items = [(d, ids[d.index], lifted[d.index]) for d in result.detections
+                 if d.index in lifted]
+        summary.lifted += len(items)
+        summary.not_lifted += len(reasons)
+        summary.lift_reason = summary.lift_reason or next(iter(reasons.values()), '')
+        summary.lifted_frames += 1
+        summary.lift_ms.append((time.perf_counter() - started) * 1e3)
+        out_head = msgs.header(head['stamp']['sec'], head['stamp']['nanosec'],
+                               depth_msg.header.frame_id)
+        self.out.write(self.topics['detections_3d'], msgs.detections_3d_msg(items, out_head),
                        log_time)
 
 
@@ -329,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='sensor_msgs/CameraInfo topic of the depth image')
     parser.add_argument('--depth-scale', type=float, default=0.001,
                         help='metres per 16UC1 depth unit')
+    parser.add_argument('--min-depth', type=float, default=0.05,
+                        help='nearest valid depth (m)')
+    parser.add_argument('--max-depth', type=float, default=5.0,
+                        help='farthest valid depth (m)')
     parser.add_argument('--sync-tolerance', type=float, default=0.05,
                         help='largest stamp difference (s) between a frame and its depth')
     parser.add_argument('--clip-arch', default='tabletop',
@@ -369,6 +381,9 @@ def check_arguments(parser, args) -> None:
         parser.error('give --phrases, --command-topic or both')
     if bool(args.depth_topic) != bool(args.camera_info_topic):
         parser.error('--depth-topic and --camera-info-topic go together')
+    if not 0.0 <= args.min_depth < args.max_depth:
+        parser.error(f'need 0 <= --min-depth < --max-depth, got {args.min_depth} and '
+                     f'{args.max_depth}')
     if not 0.0 <= args.threshold <= 1.0:
         parser.error(f'--threshold must be in [0, 1], got {args.threshold}')
     if args.max_frames < 0 or args.strip_frames < 0 or args.min_area < 1 or \
