@@ -118,6 +118,8 @@ class Driver:
     def close(self) -> None:
         """Stop publishing and spinning; destroy the node."""
         self.stop.set()
+        for thread in self.threads[1:]:
+            thread.join(5.0)  # the publisher thread, before its publishers go
         self.executor.shutdown(timeout_sec=5.0)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
