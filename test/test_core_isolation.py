@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / 'clip_ros'
 ROS_FREE_PACKAGES = ('clip_ros.perception', 'clip_ros.policy', 'clip_ros.sim', 'clip_ros.learning')
 # Tools that run ROS graphs; every other tool is ROS-free.
-ROS_TOOLS = ('demo', 'flood', 'policy_demo')
+ROS_TOOLS = ('demo', 'flood', 'flood_cameras', 'policy_demo')
 # What each layer may import: perception <- policy <- sim/learning (learning may use the
 # simulator to render data), nodes on top, tools over everything.
 ALLOWED = {
