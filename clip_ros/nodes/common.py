@@ -14,6 +14,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import Image
 
 from clip_ros.nodes.conversions import image_to_numpy, to_rgb
+from clip_ros.perception.grounding import clean_phrases  # noqa: F401 - the nodes' import
 
 IMAGE_QOS_CHOICES = ('sensor_data', 'reliable')
 IMAGE_TRANSPORTS = ('raw', 'compressed')
@@ -82,16 +83,6 @@ def unit_floats(name: str, value) -> list[float]:
     if bad:
         raise ValueError(f'{name} values must be in [0, 1], got {bad}')
     return [float(v) for v in values]
-
-
-def clean_phrases(values) -> list[str]:
-    """Normalise whitespace, drop empty phrases and duplicates, keep order."""
-    phrases = []
-    for value in values:
-        phrase = ' '.join(str(value).split())
-        if phrase and phrase not in phrases:
-            phrases.append(phrase)
-    return phrases
 
 
 def decode_rgb(msg, max_size: int):

@@ -26,6 +26,16 @@ class GroundingResult:
     heatmaps: object         # float32 [N, H, W] CLIPSeg probabilities, or None if not asked
 
 
+def clean_phrases(values) -> list[str]:
+    """Normalise whitespace, drop empty phrases and duplicates, keep order."""
+    phrases = []
+    for value in values:
+        phrase = ' '.join(str(value).split())
+        if phrase and phrase not in phrases:
+            phrases.append(phrase)
+    return phrases
+
+
 def check_phrases(phrases) -> list:
     """Return phrases as a list of str; raise ValueError when empty or not a list."""
     if isinstance(phrases, str):

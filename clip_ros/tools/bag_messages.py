@@ -10,22 +10,11 @@ import io
 
 import numpy as np
 
-# encoding: (numpy dtype, channels), as nodes/conversions.py.
-ENCODINGS = {
-    'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3), 'rgba8': (np.uint8, 4),
-    'bgra8': (np.uint8, 4), 'mono8': (np.uint8, 1), 'mono16': (np.uint16, 1),
-    'rgb16': (np.uint16, 3), 'bgr16': (np.uint16, 3), 'rgba16': (np.uint16, 4),
-    'bgra16': (np.uint16, 4), '8UC1': (np.uint8, 1), '8UC3': (np.uint8, 3),
-    '8UC4': (np.uint8, 4), '16UC1': (np.uint16, 1), '16SC1': (np.int16, 1),
-    '32SC1': (np.int32, 1), '32FC1': (np.float32, 1), '64FC1': (np.float64, 1),
-}
-# encoding: (channel order to reach RGB, right shift to reach 8 bits)
-_TO_RGB = {
-    'rgb8': ((0, 1, 2), 0), 'bgr8': ((2, 1, 0), 0), 'rgba8': ((0, 1, 2), 0),
-    'bgra8': ((2, 1, 0), 0), 'rgb16': ((0, 1, 2), 8), 'bgr16': ((2, 1, 0), 8),
-    'rgba16': ((0, 1, 2), 8), 'bgra16': ((2, 1, 0), 8), 'mono8': ((0, 0, 0), 0),
-    '8UC1': ((0, 0, 0), 0),
-}
+from clip_ros.perception.compressed import decode_colour
+from clip_ros.perception.pixels import ENCODINGS, message_pixels, to_rgb
+
+MAX_FRAME_SIZE = 16384  # pixels per side of a compressed frame (checked before decoding)
+
 COMPRESSED_FORMATS = ('jpeg', 'png')
 
 
@@ -144,57 +133,15 @@ def label_info_msg(phrases, threshold: float, head: dict) -> dict:
 
 def image_array(msg) -> np.ndarray:
     """Return a decoded sensor_msgs/Image as HxW or HxWxC (a view of its data when possible)."""
-    encoding = msg.encoding
-    if encoding not in ENCODINGS:
-        raise ValueError(f'unsupported encoding {encoding!r}; supported: {", ".join(ENCODINGS)}')
-    base, channels = ENCODINGS[encoding]
-    dtype = np.dtype(base).newbyteorder('>' if msg.is_bigendian else '<')
-    pixel_bytes = dtype.itemsize * channels
-    height, width, step = msg.height, msg.width, msg.step
-    if height == 0 or width == 0:
-        raise ValueError(f'image has zero size: {width}x{height} (width x height)')
-    if step < width * pixel_bytes:
-        raise ValueError(f'step {step} is smaller than width * bytes per pixel = '
-                         f'{width} * {pixel_bytes} for {encoding}')
-    data = np.frombuffer(msg.data, np.uint8)
-    if data.size != step * height:
-        raise ValueError(f'data has {data.size} bytes; expected step * height = '
-                         f'{step} * {height} = {step * height}')
-    arr = np.ndarray((height, width, channels), dtype=dtype, buffer=data,
-                     strides=(step, pixel_bytes, dtype.itemsize))
-    if channels == 1:
-        arr = arr[:, :, 0]
-    return arr if dtype.isnative else arr.astype(dtype.newbyteorder('='))
+    return message_pixels(msg)
 
 
 def image_rgb(msg, type_name: str) -> np.ndarray:
     """Return a decoded Image or CompressedImage as RGB uint8 HxWx3, or raise ValueError."""
     if type_name.endswith('CompressedImage'):
-        return _decompress(msg)
-    arr = image_array(msg)
-    if msg.encoding not in _TO_RGB:
-        raise ValueError(f'{msg.encoding} is not a colour image; colour encodings: '
-                         f'{", ".join(_TO_RGB)}')
-    order, shift = _TO_RGB[msg.encoding]
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if msg.encoding == 'rgb8':
-        return arr if arr.flags.writeable else arr.copy()  # torch wants writable arrays
-    return np.stack([arr[:, :, c] >> shift for c in order], axis=-1).astype(np.uint8)
-
-
-def _decompress(msg) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    if 'compressedDepth' in msg.format:
-        raise ValueError(f'format {msg.format!r} is compressed depth, not a colour image')
-    try:
-        with Image.open(io.BytesIO(bytes(msg.data))) as image:
-            if image.format not in ('JPEG', 'PNG'):
-                raise ValueError(f'compressed image is {image.format}, not jpeg or png')
-            return np.array(image.convert('RGB'))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f'cannot decode the {msg.format!r} image: {e}') from e
+        return decode_colour(msg.data, msg.format, MAX_FRAME_SIZE)
+    rgb = to_rgb(message_pixels(msg), msg.encoding)
+    return rgb if rgb.flags.writeable else rgb.copy()  # torch wants writable arrays
 
 
 def intrinsics(camera_info) -> np.ndarray:

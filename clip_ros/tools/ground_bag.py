@@ -27,7 +27,8 @@ import time
 import numpy as np
 
 from clip_ros.nodes.overlay import draw_overlay
-from clip_ros.perception.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
+from clip_ros.perception.grounding import (
+    clean_phrases, DEFAULT_DISTRACTORS, GroundingPipeline)
 from clip_ros.perception.loading import load_or_tabletop, ModelLoadError
 from clip_ros.perception.tracking import Tracker
 from clip_ros.policy.command import parse_command, quote
@@ -41,16 +42,6 @@ STRING_TYPE = 'std_msgs/msg/String'
 DEPTH_TYPES = ('sensor_msgs/msg/Image',)
 CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 WARM_UP_SIZE = 224  # as grounding_node
-
-
-def clean_phrases(values) -> list:
-    """Normalise whitespace, drop empty phrases and duplicates, keep order (as the nodes)."""
-    phrases = []
-    for value in values:
-        phrase = ' '.join(str(value).split())
-        if phrase and phrase not in phrases:
-            phrases.append(phrase)
-    return phrases
 
 
 class Summary:
