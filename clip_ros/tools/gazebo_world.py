@@ -28,6 +28,7 @@ import numpy as np
 
 from clip_ros.sim.scene import sample_scene, scene_xml, SceneSpec
 from clip_ros.sim.simulator import horizontal_fov, intrinsics, mujoco
+from clip_ros.tools.make_dataset import parse_size
 
 SEED = 0                  # sim.launch.py's default scene
 SIZE = (640, 480)         # sim_node's default image size
@@ -256,17 +257,6 @@ def world_sdf(seed: int = SEED, width: int = SIZE[0], height: int = SIZE[1]) -> 
     lines += _camera(model, data, width, height)
     lines += ['  </world>', '</sdf>']
     return _header(seed, width, height) + '\n'.join(lines) + '\n'
-
-
-def parse_size(text: str) -> tuple:
-    """Parse 'WxH' (e.g. '640x480') into (width, height)."""
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f'size must look like 640x480, got {text!r}') from e
-    if width < 8 or height < 8:
-        raise argparse.ArgumentTypeError(f'size must be at least 8x8, got {text!r}')
-    return width, height
 
 
 def build_parser() -> argparse.ArgumentParser:

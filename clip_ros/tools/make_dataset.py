@@ -9,11 +9,11 @@ from clip_ros.sim.dataset import generate, SPLIT_SIZE, SPLITS
 
 
 def parse_size(text: str) -> tuple:
-    """Parse 'WxH' (e.g. '224x224') into (width, height)."""
+    """Parse 'WxH' (e.g. '640x480') into (width, height), at least 8x8."""
     try:
         width, height = (int(v) for v in text.lower().split('x'))
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f'size must look like 224x224, got {text!r}') from e
+        raise argparse.ArgumentTypeError(f'size must look like 640x480, got {text!r}') from e
     if width < 8 or height < 8:
         raise argparse.ArgumentTypeError(f'size must be at least 8x8, got {text!r}')
     return width, height
