@@ -60,7 +60,7 @@ def rss_mb(pids: list) -> float:
 def node_commands(count: int, one_node: bool, model: str, device: str) -> list:
     """Return the command lines of the grounding_node processes of one setup."""
     base = [sys.executable, '-m', 'clip_ros.nodes.grounding_node', '--ros-args',
-            '-p', f'device:={device}', '-p', QUERIES]
+            '-p', f'device:={device}', '-p', QUERIES, '-p', 'image_qos:=reliable']
     for value in MODELS[model]:
         base += ['-p', value]
     names = [f'cam{k}' for k in range(count)]
