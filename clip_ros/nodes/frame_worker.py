@@ -1,13 +1,125 @@
-"""Newest-frame slot with a worker thread, and per-reason throttled logging."""
+"""Newest-frame slots (one per camera) with a worker thread, and per-reason throttled logging."""
 import collections
 import threading
 import time
 from typing import Any, Callable
 
 
-class FrameWorker:
+# A camera silent for this long is not waited for when a batch forms.
+RECENT_SEC = 1.0
+
+
+class BatchWorker:
     """
-    Run `process` on the newest submitted item in a dedicated thread.
+    Run `process(batch)` on a thread with the newest frame of every camera that has one.
+
+    `batch` is a list of (key, item) in the order of `keys`. Each key has a one-item slot: a
+    frame that arrives while the model is busy replaces the waiting one of its camera
+    (counted in `dropped`). Once a frame waits, the worker waits at most `window` seconds for
+    the other cameras that sent a frame within RECENT_SEC, then runs whatever is there.
+    Same interface as FrameWorker, except that `submit` takes the key.
+    """
+
+    def __init__(self, keys: list, process: Callable[[list], None],
+                 on_error: Callable[[Exception], None], window: float,
+                 name: str = 'batch_worker'):
+        self._keys = list(keys)
+        self._process = process
+        self._on_error = on_error
+        self._window = float(window)
+        self._cond = threading.Condition()
+        self._slots = dict.fromkeys(self._keys)
+        self._last = dict.fromkeys(self._keys, float('-inf'))
+        self._stopped = False
+        self.received = self.dropped = self.processed = self.batches = 0
+        self._reported = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, key, item: Any) -> bool:
+        """Store `item` as `key`'s newest frame; return whether a waiting frame was dropped."""
+        with self._cond:
+            replaced = self._slots[key] is not None
+            self.dropped += int(replaced)
+            self._slots[key] = item
+            self._last[key] = time.monotonic()
+            self.received += 1
+            self._cond.notify()
+        return replaced
+
+    @property
+    def pending(self) -> int:
+        """Return how many frames wait for the worker (at most one per camera)."""
+        with self._cond:
+            return sum(item is not None for item in self._slots.values())
+
+    def clear(self) -> None:
+        """Drop the waiting frames (the batch in progress finishes)."""
+        with self._cond:
+            self._slots = dict.fromkeys(self._keys)
+
+    def dropped_report(self) -> str | None:
+        """Describe the frames dropped since the last call, or return None if there were none."""
+        with self._cond:
+            new, self._reported = self.dropped - self._reported, self.dropped
+        if not new:
+            return None
+        if len(self._keys) == 1:
+            return (f'dropped {new} frames while busy (only the newest frame is processed); '
+                    f'{self.processed} processed of {self.received} received')
+        return (f'dropped {new} frames while busy (only the newest frame per camera is '
+                f'processed); {self.processed} processed in {self.batches} batches of '
+                f'{self.received} received')
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker after the batch in progress, if any."""
+        with self._cond:
+            self._stopped = True
+            self._slots = dict.fromkeys(self._keys)
+            self._cond.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _complete(self, now: float) -> bool:
+        """Return whether every camera that sent a frame recently has one waiting."""
+        return all(item is not None or now - self._last[key] > RECENT_SEC
+                   for key, item in self._slots.items())
+
+    def _take(self) -> list | None:
+        """Wait for a batch; return it, or None once stopped."""
+        with self._cond:
+            while not self._stopped and not any(v is not None for v in self._slots.values()):
+                self._cond.wait()
+            deadline = time.monotonic() + self._window
+            while not self._stopped and not self._complete(time.monotonic()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            if self._stopped:
+                return None
+            batch = [(key, self._slots[key]) for key in self._keys
+                     if self._slots[key] is not None]
+            for key, _ in batch:
+                self._slots[key] = None
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                self._process(batch)
+            except Exception as e:  # noqa: B902 - one bad batch must not end the worker
+                self._on_error(e)
+            self.processed += len(batch)
+            self.batches += 1
+
+
+class FrameWorker(BatchWorker):
+    """
+    Run `process` on the newest submitted item in a dedicated thread (one camera).
 
     The slot holds one item: a frame that arrives while the model is busy replaces the
     waiting one (counted in `dropped`), so latency stays at one inference and no backlog
@@ -17,74 +129,11 @@ class FrameWorker:
 
     def __init__(self, process: Callable[[Any], None], on_error: Callable[[Exception], None],
                  name: str = 'frame_worker'):
-        self._process = process
-        self._on_error = on_error
-        self._cond = threading.Condition()
-        self._item = None
-        self._stopped = False
-        self.received = 0
-        self.dropped = 0
-        self.processed = 0
-        self._reported = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        super().__init__([None], lambda batch: process(batch[0][1]), on_error, 0.0, name)
 
     def submit(self, item: Any) -> bool:
-        """
-        Store `item` as the newest frame and wake the worker; never blocks on inference.
-
-        Returns whether a waiting frame was replaced (dropped).
-        """
-        with self._cond:
-            replaced = self._item is not None
-            self.dropped += int(replaced)
-            self._item = item
-            self.received += 1
-            self._cond.notify()
-        return replaced
-
-    @property
-    def pending(self) -> int:
-        """Return how many frames wait for the worker: 0 or 1."""
-        with self._cond:
-            return int(self._item is not None)
-
-    def clear(self) -> None:
-        """Drop the waiting frame, if any (the frame in progress finishes)."""
-        with self._cond:
-            self._item = None
-
-    def dropped_report(self) -> str | None:
-        """Describe the frames dropped since the last call, or return None if there were none."""
-        with self._cond:
-            new, self._reported = self.dropped - self._reported, self.dropped
-        if not new:
-            return None
-        return (f'dropped {new} frames while busy (only the newest frame is processed); '
-                f'{self.processed} processed of {self.received} received')
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the worker after the frame in progress, if any."""
-        with self._cond:
-            self._stopped = True
-            self._item = None
-            self._cond.notify()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._item is None and not self._stopped:
-                    self._cond.wait()
-                if self._stopped:
-                    return
-                item, self._item = self._item, None
-            try:
-                self._process(item)
-            except Exception as e:  # noqa: B902 - one bad frame must not end the worker
-                self._on_error(e)
-            self.processed += 1
+        """Store `item` as the newest frame and wake the worker; return whether one was dropped."""
+        return super().submit(None, item)
 
 
 class KeyedThrottle:

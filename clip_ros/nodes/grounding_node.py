@@ -6,13 +6,14 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from clip_ros.nodes.cameras import BatchWorker, Camera, camera_names
+from clip_ros.nodes.cameras import Camera, camera_names
 from clip_ros.nodes.common import (
     clean_phrases, COMMAND_QOS, common_parameters, declare_all, describe, image_qos,
     LATCHED_QOS, parameter_values, RESULTS_QOS, spin_node, string_list, transport_topic,
     unit_floats)
 from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.depth_lift import depth_parameters, DepthLift
+from clip_ros.nodes.frame_worker import BatchWorker
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import detections_msg, diagnostics_msg, label_info_msg
 from clip_ros.nodes.overlay import draw_overlay
