@@ -50,6 +50,7 @@ setup(
             'evaluate_policy = clip_ros.tools.evaluate_policy:main',
             'record_sim_bag = clip_ros.tools.record_sim_bag:main',
             'ground_bag = clip_ros.tools.ground_bag:main',
+            'export = clip_ros.tools.export:main',
         ],
     },
 )

@@ -21,6 +21,7 @@ DECLARED_AS = {
     'mcap_ros2': 'pip:mcap-ros2-support',
     'mujoco': 'pip:mujoco',
     'numpy': 'python3-numpy',
+    'onnxruntime': 'pip:onnxruntime',
     'open_clip': 'pip:open_clip_torch',
     'rcl_interfaces': 'rcl_interfaces',
     'rclpy': 'rclpy',

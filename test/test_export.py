@@ -1,0 +1,155 @@
+"""ONNX export and the onnxruntime backend against torch on the tiny and tabletop models."""
+import numpy as np
+import pytest
+import torch
+
+from clip_ros.perception.backends import BACKENDS, make_pipeline, OnnxClipSegRunner
+from clip_ros.perception.clipseg import ClipSegRunner
+from clip_ros.perception.export import export_clipseg, graph_dir
+from clip_ros.perception.loading import load_clip, load_clipseg
+from clip_ros.perception.tabletop_model import load_tabletop_clip, load_tabletop_clipseg
+from clip_ros.sim.synthetic import scene_image
+from clip_ros.tools import export as export_tool
+
+pytest.importorskip('onnxruntime')
+
+MAP_TOL = 1e-4  # max abs difference of CLIPSeg probabilities, any pixel
+PROB_TOL = 1e-4  # max abs difference of CLIP re-scoring probabilities and final scores
+MIN_IOU = 0.99  # box IoU of matching detections
+PHRASES = ['red block', 'blue ball', 'green cube']
+SEEDS = (0, 1, 2)
+
+
+def _load(name):
+    if name == 'tiny':
+        return load_clip('tiny', '', device='cpu'), load_clipseg('tiny', device='cpu')
+    return load_tabletop_clip(device='cpu'), load_tabletop_clipseg(device='cpu')
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp('onnx')
+
+
+@pytest.fixture(scope='module', params=['tiny', 'tabletop'])
+def pipelines(request, cache):
+    clip, clipseg = _load(request.param)
+    options = {'min_area': 4}
+    return (make_pipeline(clip, clipseg, **options),
+            make_pipeline(clip, clipseg, backend='onnxruntime', cache_dir=cache, **options))
+
+
+def _frames():
+    return [scene_image(seed=s, width=128, height=96, count=3)[0] for s in SEEDS]
+
+
+def _iou(a, b):
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0) * max(h, 0)
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / area if area else 1.0
+
+
+def _assert_same_results(ref, got):
+    assert np.abs(ref.heatmaps - got.heatmaps).max() <= MAP_TOL
+    assert len(ref.detections) == len(got.detections)
+    for a, b in zip(ref.detections, got.detections):
+        assert a.phrase == b.phrase
+        assert _iou(a.box, b.box) >= MIN_IOU
+        assert b.score == pytest.approx(a.score, abs=PROB_TOL)
+
+
+def test_backends_are_what_was_asked(pipelines):
+    torch_pipe, onnx_pipe = pipelines
+    assert (torch_pipe.backend, onnx_pipe.backend) == ('torch', 'onnxruntime')
+    assert isinstance(onnx_pipe.runner, OnnxClipSegRunner)
+    assert not isinstance(torch_pipe.runner, OnnxClipSegRunner)
+
+
+@pytest.mark.parametrize('threshold', [0.3, 0.5])
+def test_maps_and_detections_match_torch(pipelines, threshold):
+    torch_pipe, onnx_pipe = pipelines
+    for rgb in _frames():
+        _assert_same_results(torch_pipe(rgb, PHRASES, threshold),
+                             onnx_pipe(rgb, PHRASES, threshold))
+
+
+def test_batch_matches_torch(pipelines):
+    torch_pipe, onnx_pipe = pipelines
+    requests = [(rgb, PHRASES[:k + 1], 0.3) for k, rgb in enumerate(_frames())]
+    for ref, got in zip(torch_pipe.batch(requests), onnx_pipe.batch(requests)):
+        _assert_same_results(ref, got)
+
+
+def test_clip_probabilities_match_torch(pipelines):
+    torch_pipe, onnx_pipe = pipelines
+    rgb = _frames()[0]
+    boxes = [(0, 0, 64, 48), (30, 20, 100, 90), (0, 0, 128, 96), (5, 60, 40, 96)]
+    owners = [0, 1, 2, 0]
+    ref = torch_pipe.clip_probabilities(rgb, PHRASES, owners, boxes)
+    got = onnx_pipe.clip_probabilities(rgb, PHRASES, owners, boxes)
+    assert np.abs(np.subtract(ref, got)).max() <= PROB_TOL
+
+
+@pytest.mark.parametrize('count', [1, 2, 5])
+def test_decoder_takes_any_number_of_phrases(pipelines, count):
+    torch_pipe, onnx_pipe = pipelines
+    phrases = ['a', 'red block', 'the blue ball', 'a green cube on a table', 'wall'][:count]
+    ref = torch_pipe.runner.probabilities(_frames()[1], phrases)
+    got = onnx_pipe.runner.probabilities(_frames()[1], phrases)
+    assert got.shape == ref.shape == (count, 96, 128)
+    assert np.abs(ref - got).max() <= MAP_TOL
+
+
+def test_text_embeddings_match_torch(pipelines):
+    torch_pipe, onnx_pipe = pipelines
+    ref = torch_pipe.clip.encode_text(PHRASES)
+    got = onnx_pipe.clip.encode_text(PHRASES)
+    assert (got - ref).abs().max() <= 1e-4
+    ref = torch_pipe.runner.encode_text(PHRASES)
+    got = onnx_pipe.runner.encode_text(PHRASES)
+    assert (got - ref).abs().max() <= 1e-4 * max(1.0, float(ref.abs().max()))
+
+
+def test_cache_is_reused_and_rebuilt_when_weights_change(tmp_path):
+    clipseg = load_clipseg('tiny', device='cpu')
+    first = export_clipseg(clipseg, tmp_path)
+    stamps = {name: p.stat().st_mtime_ns for name, p in first.items()}
+    assert export_clipseg(clipseg, tmp_path) == first  # reused, not rewritten
+    assert {name: p.stat().st_mtime_ns for name, p in first.items()} == stamps
+    with torch.no_grad():
+        clipseg.model.decoder.reduces[0].bias.add_(0.5)
+    second = export_clipseg(clipseg, tmp_path)
+    assert second['clipseg_decoder'].parent == graph_dir(clipseg, tmp_path)
+    assert second['clipseg_decoder'].parent != first['clipseg_decoder'].parent
+    assert all(p.is_file() for p in second.values())
+    # The rebuilt graphs follow the changed weights.
+    runner = OnnxClipSegRunner(clipseg, cache_dir=tmp_path)
+    rgb = _frames()[0]
+    ref = ClipSegRunner(clipseg).probabilities(rgb, PHRASES)
+    assert np.abs(runner.probabilities(rgb, PHRASES) - ref).max() <= MAP_TOL
+
+
+def test_unknown_backend_names_the_choices():
+    clip, clipseg = _load('tiny')
+    with pytest.raises(ValueError) as error:
+        make_pipeline(clip, clipseg, backend='tensorrt')
+    assert all(name in str(error.value) for name in BACKENDS)
+
+
+def test_unavailable_provider_is_refused(tmp_path):
+    clip, clipseg = _load('tiny')
+    with pytest.raises(ValueError, match='CPUExecutionProvider'):
+        make_pipeline(clip, clipseg, backend='onnxruntime', providers=['NoSuchProvider'],
+                      cache_dir=tmp_path)
+
+
+def test_export_command_prints_the_graphs(tmp_path, capsys):
+    assert export_tool.main(['--model', 'tiny', '--cache-dir', str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = ['clipseg_visual', 'clipseg_decoder', 'clipseg_text', 'clip_image', 'clip_text']
+    assert [line.split(':')[0] for line in lines] == names
+    for line in lines:
+        path = line.split(': ', 1)[1].rsplit(' (', 1)[0]
+        assert path.startswith(str(tmp_path)) and path.endswith('.onnx')
