@@ -2,11 +2,14 @@
 import numpy as np
 import pytest
 import torch
+from transformers import CLIPSegForImageSegmentation
 
 from clip_ros.perception.backends import BACKENDS, make_pipeline, OnnxClipSegRunner
 from clip_ros.perception.clipseg import ClipSegRunner
 from clip_ros.perception.export import export_clipseg, graph_dir
+from clip_ros.perception.handles import ClipSegModel
 from clip_ros.perception.loading import load_clip, load_clipseg
+from clip_ros.perception.registry import clipseg_config, IMAGENET_MEAN, IMAGENET_STD
 from clip_ros.perception.tabletop_model import load_tabletop_clip, load_tabletop_clipseg
 from clip_ros.sim.synthetic import scene_image
 from clip_ros.tools import export as export_tool
@@ -153,3 +156,27 @@ def test_export_command_prints_the_graphs(tmp_path, capsys):
     for line in lines:
         path = line.split(': ', 1)[1].rsplit(' (', 1)[0]
         assert path.startswith(str(tmp_path)) and path.endswith('.onnx')
+
+
+def test_refined_decoder_matches_torch(tmp_path):
+    """The rd64-refined layout (convolutions before the transposed ones) exports too."""
+    config = clipseg_config('tiny')
+    config.use_complex_transposed_convolution = True
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = CLIPSegForImageSegmentation(config).eval()
+    handle = ClipSegModel(model=net, name='tiny-refined', image_size=64, mean=IMAGENET_MEAN,
+                          std=IMAGENET_STD, device=torch.device('cpu'), dtype=torch.float32)
+    rgb = _frames()[2]
+    onnx_runner = OnnxClipSegRunner(handle, cache_dir=tmp_path)
+    for count in (1, 5):
+        phrases = (PHRASES + ['a', 'the wall'])[:count]
+        ref = ClipSegRunner(handle).probabilities(rgb, phrases)
+        assert np.abs(onnx_runner.probabilities(rgb, phrases) - ref).max() <= MAP_TOL
+
+
+def test_providers_must_be_a_list(tmp_path):
+    clip, clipseg = _load('tiny')
+    with pytest.raises(ValueError, match='list'):
+        make_pipeline(clip, clipseg, backend='onnxruntime', providers='CPUExecutionProvider',
+                      cache_dir=tmp_path)

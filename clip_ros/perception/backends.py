@@ -33,9 +33,9 @@ def _onnxruntime():
 def check_providers(providers=None) -> list:
     """Return the ONNX Runtime providers to use; ValueError names the available ones."""
     ort = _onnxruntime()
+    if isinstance(providers, str):
+        raise ValueError(f'providers must be a list of names, got the single string {providers!r}')
     providers = list(providers or DEFAULT_PROVIDERS)
-    if isinstance(providers, str) or not providers:
-        raise ValueError(f'providers must be a non-empty list, got {providers!r}')
     available = ort.get_available_providers()
     missing = [p for p in providers if p not in available]
     if missing:
