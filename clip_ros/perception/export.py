@@ -125,7 +125,7 @@ def _cpu_float(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _export(module, args, path: Path, inputs: list, outputs: list, dynamic: dict) -> None:
-    tmp = path.with_name(path.name + '.tmp')
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
     # Grad stays enabled: under no_grad torch's MultiheadAttention takes its fused fast path,
     # which has no ONNX symbolic.
     with warnings.catch_warnings(), torch.enable_grad():
