@@ -233,3 +233,29 @@ def test_every_detection_is_lifted_to_3d(ros, gl_context):
         # The box centre of the visible points: within a few cm of the object's true centre.
         assert np.linalg.norm(np.array([p.x, p.y, p.z]) - truth[name]) < 0.04, name
         assert 0.01 < d.bbox.size.x < 0.3 and 0.01 < d.bbox.size.z < 0.3
+
+
+def test_onnxruntime_backend_answers_like_torch(ros, tmp_path):
+    tiny = [Parameter('clip_arch', value='tiny'), Parameter('clip_pretrained', value='random'),
+            Parameter('clipseg_model', value='tiny'), Parameter('device', value='cpu'),
+            Parameter('queries', value=['red block']), Parameter('thresholds', value=[0.5]),
+            Parameter('cache_dir', value=str(tmp_path))]
+    answers = {}
+    for backend in ('torch', 'onnxruntime'):
+        node = ros.add(GroundingNode(context=ros.context, namespace=f'b_{backend}',
+                                     parameter_overrides=tiny + [
+                                         Parameter('backend', value=backend)]))
+        assert node.lifecycle_state == 'active', node.not_ready
+        pub = ros.publisher(Image, f'/b_{backend}/image')
+        results = ros.subscribe(Detection2DArray, f'/b_{backend}/detections')
+        assert wait_for(lambda: pub.get_subscription_count() > 0)
+        pub.publish(numpy_to_image(SMALL, 'rgb8', ros.header('camera')))
+        answers[backend] = wait_for(lambda: results.messages, timeout=60)[-1].detections
+    assert (tmp_path / 'onnx').is_dir()  # the graphs went under cache_dir
+    torch_boxes = [(d.bbox.center.position.x, d.bbox.size_x) for d in answers['torch']]
+    onnx_boxes = [(d.bbox.center.position.x, d.bbox.size_x) for d in answers['onnxruntime']]
+    assert torch_boxes and onnx_boxes == pytest.approx(torch_boxes, abs=1e-3)
+    bad = ros.add(GroundingNode(context=ros.context, namespace='b_bad',
+                                parameter_overrides=tiny + [Parameter('backend', value='tvm')]))
+    assert bad.lifecycle_state == 'unconfigured'
+    assert "unknown backend 'tvm'; valid backends: torch, onnxruntime" in bad.not_ready

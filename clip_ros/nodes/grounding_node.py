@@ -1,4 +1,5 @@
 """Ground language phrases in camera images: detections, instance mask, heatmap, overlay."""
+import os
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ from clip_ros.nodes.frame_worker import BatchWorker
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import detections_msg, diagnostics_msg, label_info_msg
 from clip_ros.nodes.overlay import draw_overlay
+from clip_ros.perception.backends import make_pipeline
 from clip_ros.perception.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
 from clip_ros.perception.loading import load_or_tabletop
 from clip_ros.perception.registry import DEFAULT_CLIP, DEFAULT_CLIPSEG
@@ -92,6 +94,12 @@ class GroundingNode(ManagedNode):
              describe('competing texts for CLIP re-scoring', dynamic=True)),
             ('min_area', 64, describe('smallest instance in pixels', int_range=(1, 1 << 24))),
             ('max_detections', 20, describe('most detections per frame', int_range=(1, 1000))),
+            ('backend', 'torch', describe(
+                "'torch' or 'onnxruntime' (graphs exported on first use, cached per model and "
+                'weights under <cache_dir>/onnx or ~/.cache/clip_ros/onnx)', read_only=True)),
+            ('onnx_providers', ['CPUExecutionProvider'], describe(
+                'ONNX Runtime execution providers in order of preference (backend onnxruntime)',
+                read_only=True)),
             ('rescore', True, describe('re-score instances with CLIP crops')),
             ('track_iou', 0.3, describe(
                 'smallest mask IoU (after motion prediction) that keeps an instance id',
@@ -190,9 +198,15 @@ class GroundingNode(ManagedNode):
 
     def _build_pipeline(self) -> GroundingPipeline:
         # CLIP re-scores at most 64 candidates a frame, or max_detections when that is more.
-        return GroundingPipeline(self._clip, self._clipseg, self._distractors, self._min_area,
-                                 self._max_detections, self._rescore,
-                                 max_candidates=max(64, self._max_detections))
+        values = parameter_values(self)
+        cache = os.path.join(values['cache_dir'], 'onnx') if values['cache_dir'] else None
+        onnx = values['backend'] == 'onnxruntime'
+        return make_pipeline(self._clip, self._clipseg, backend=values['backend'],
+                             providers=list(values['onnx_providers']) if onnx else None,
+                             cache_dir=cache if onnx else None,
+                             distractors=self._distractors, min_area=self._min_area,
+                             max_detections=self._max_detections, rescore=self._rescore,
+                             max_candidates=max(64, self._max_detections))
 
     @staticmethod
     def _check_parameters(values: dict) -> None:
