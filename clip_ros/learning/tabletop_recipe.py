@@ -65,6 +65,15 @@ DEFAULT_CONFIG = {
         'tokenizer': 'open_clip bpe_simple_vocab_16e6 via clip_ros.perception.tokenizer',
         # Every object the simulator makes (held-out combinations included: their words are known).
         'vocabulary': [f'{colour} {shape}' for colour in COLOURS for shape in SHAPES],
+        # User words -> vocabulary words (clip_ros.perception.vocabulary.Lexicon).
+        'synonyms': {
+            'cube': 'block', 'cuboid': 'block', 'box': 'block', 'brick': 'block',
+            'sphere': 'ball', 'marble': 'ball', 'orb': 'ball',
+            'can': 'cylinder', 'tin': 'cylinder', 'tube': 'cylinder', 'canister': 'cylinder',
+            'pillar': 'cylinder', 'column': 'cylinder', 'dish': 'bowl', 'basin': 'bowl',
+            'violet': 'purple', 'crimson': 'red', 'scarlet': 'red', 'gold': 'yellow',
+            'golden': 'yellow',
+        },
     },
 }
 

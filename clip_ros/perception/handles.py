@@ -37,6 +37,8 @@ class ClipModel(ModelHandle):
     logit_scale: float = 100.0  # exp of the learned temperature (about 100 for trained models)
     # Object names the model was trained to tell apart; re-scoring lets them compete with a query.
     vocabulary: tuple = ()
+    # Word -> vocabulary word(s) (model config 'clip_ros' "synonyms"); see perception.vocabulary.
+    synonyms: dict = field(default_factory=dict)
     text_cache: TextCache = field(default=None, repr=False)  # filled in __post_init__
 
     def __post_init__(self):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from clip_ros.perception.handles import ClipModel, ClipSegModel
 from clip_ros.perception.registry import (
     ModelLoadError, ModelNotFoundError, MODELS_DIR, resolve_placement, TABLETOP)
+from clip_ros.perception.vocabulary import Lexicon
 
 NAME = TABLETOP
 BUNDLED_DIR = MODELS_DIR / NAME
@@ -102,6 +103,11 @@ def _read_config(directory: Path) -> dict:
         vocabulary = extra.get('vocabulary', [])
         if not isinstance(vocabulary, list) or not all(isinstance(v, str) for v in vocabulary):
             raise ValueError('vocabulary must be a list of strings')
+        synonyms = extra.get('synonyms', {})
+        if not isinstance(synonyms, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in synonyms.items()):
+            raise ValueError('synonyms must map words to vocabulary words (strings)')
+        Lexicon(vocabulary, synonyms)  # a synonym onto a word the model lacks is a ValueError
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelLoadError(
             f"tabletop model: config '{path}' is invalid ({_reason(e)}); it needs "
@@ -197,7 +203,8 @@ def load_tabletop_clip(path=None, device='auto', dtype='auto'):
     return ClipModel(model=clip, name=model_name(path), image_size=int(extra['crop_size']),
                      mean=tuple(extra['mean']), std=tuple(extra['std']), device=device,
                      dtype=dtype, logit_scale=float(clip.logit_scale.float().exp().item()),
-                     vocabulary=tuple(extra.get('vocabulary', ())))
+                     vocabulary=tuple(extra.get('vocabulary', ())),
+                     synonyms=dict(extra.get('synonyms', {})))
 
 
 def checkpoint_dir(value):

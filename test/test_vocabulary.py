@@ -1,0 +1,118 @@
+"""Lexicon: synonyms onto a closed model's words, unknown words and two-object phrases."""
+import json
+import shutil
+
+import pytest
+
+from clip_ros.learning.tabletop_recipe import DEFAULT_CONFIG
+from clip_ros.perception import tabletop_model as tabletop
+from clip_ros.perception.loading import load_clip
+from clip_ros.perception.registry import ModelLoadError
+from clip_ros.perception.vocabulary import FILLERS, Lexicon
+
+BUNDLED = json.loads((tabletop.BUNDLED_DIR / tabletop.CONFIG_FILE).read_text())['clip_ros']
+
+
+@pytest.fixture(scope='module')
+def lexicon():
+    return Lexicon(BUNDLED['vocabulary'], BUNDLED['synonyms'])
+
+
+@pytest.mark.parametrize('phrase,text', [
+    ('red block', 'red block'),
+    ('Red Cube!', 'red block'),
+    ('the blue sphere', 'blue ball'),
+    ('green marble', 'green ball'),
+    ('yellow can', 'yellow cylinder'),
+    ('tin can', 'cylinder'),
+    ('the white dish', 'white bowl'),
+    ('violet box', 'purple block'),
+    ('the violet-coloured box', 'purple block'),
+    ('crimson brick', 'red block'),
+    ('block red', 'red block'),  # word order of the vocabulary name
+    ('BLUE-BALL', 'blue ball'),
+    ('the blocks', 'block'),
+    ('boxes', 'block'),
+    ('spheres', 'ball'),
+    ('the red one', 'red'),
+    ('black object', 'black'),
+    ('orange thing', 'orange'),  # a model word is never rewritten
+    ('\uff32\uff25\uff24 block', 'red block'),  # full-width letters (NFKC)
+])
+def test_maps_onto_model_words(lexicon, phrase, text):
+    assert lexicon.canonical(phrase) == (text, None)
+
+
+@pytest.mark.parametrize('phrase,reason', [
+    ('the turquoise block', 'unknown word: turquoise'),
+    ('grey ball', 'unknown word: grey'),
+    ('small blue block', 'unknown word: small'),
+    ('block next to cup', 'unknown word: next'),
+    ('red mug', 'unknown word: mug'),
+    ('red block and blue ball', 'two objects: red block, blue ball'),
+    ('red cube, blue sphere', 'two objects: red block, blue ball'),
+    ('red block blue ball', 'two objects: red block, blue ball'),
+    ('block or bowl', 'two objects: block, bowl'),
+    ('the', 'empty phrase'),
+    ('', 'empty phrase'),
+    ('?!', 'empty phrase'),
+])
+def test_reasons(lexicon, phrase, reason):
+    assert lexicon.canonical(phrase) == (phrase, reason)
+
+
+def test_every_vocabulary_name_is_itself(lexicon):
+    assert all(lexicon.canonical(name) == (name, None) for name in BUNDLED['vocabulary'])
+
+
+def test_open_model_keeps_the_users_words():
+    lexicon = Lexicon((), {'cube': 'block'})
+    assert lexicon.is_open
+    for phrase in ('The Turquoise cube!', 'red block and blue ball', '', 'small mug'):
+        assert lexicon.canonical(phrase) == (phrase, None)
+
+
+def test_synonym_onto_unknown_word_is_refused():
+    with pytest.raises(ValueError, match='not made of'):
+        Lexicon(['red block'], {'cube': 'box'})
+    with pytest.raises(ValueError, match='strings'):
+        Lexicon(['red block'], {'cube': 3})
+
+
+def test_multi_word_synonym_and_model_word_keys():
+    lexicon = Lexicon(['red block', 'blue ball'], {'play ball': 'ball', 'red': 'blue'})
+    assert lexicon.canonical('the red play ball') == ('red ball', None)
+    assert lexicon.canonical('red') == ('red', None)  # a model word is not rewritten
+
+
+def test_fillers_are_few_and_not_model_words():
+    assert len(FILLERS) < 25
+    words = {w for name in BUNDLED['vocabulary'] for w in name.split()}
+    assert not FILLERS & words and not FILLERS & set(BUNDLED['synonyms'])
+
+
+def test_synonyms_table_is_data_kept_on_retraining():
+    # A retrained model writes DEFAULT_CONFIG: it keeps the bundled table.
+    assert DEFAULT_CONFIG['clip_ros']['synonyms'] == BUNDLED['synonyms']
+    assert {'cube', 'sphere', 'violet'} <= set(BUNDLED['synonyms'])
+    assert 'turquoise' not in BUNDLED['synonyms']
+
+
+def test_handle_carries_synonyms():
+    clip = load_clip('tabletop', device='cpu')
+    assert clip.synonyms == BUNDLED['synonyms']
+    assert Lexicon(clip.vocabulary, clip.synonyms).canonical('a blue cube') == ('blue block', None)
+    # A pretrained (open) model has no table.
+    tiny = load_clip('tiny', 'random', device='cpu')
+    assert tiny.synonyms == {} and tiny.vocabulary == ()
+
+
+@pytest.mark.parametrize('synonyms', [['cube'], {'cube': 'box'}, {'cube': 1}])
+def test_bad_synonyms_in_config_refused_at_load(tmp_path, synonyms):
+    target = tmp_path / 'tabletop'
+    shutil.copytree(tabletop.BUNDLED_DIR, target)
+    config = json.loads((target / tabletop.CONFIG_FILE).read_text())
+    config['clip_ros']['synonyms'] = synonyms
+    (target / tabletop.CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match='synonym'):
+        load_clip('tabletop', str(target), device='cpu')
