@@ -35,6 +35,8 @@ COMMANDS = {
     'emoji': 'pick up the 🍎 apple',
     'odd punctuation': '?!., pick up!!! the   yellow\tcylinder ... now',
     'cut mid-word': 'put the red block in the ' + 'very ' * 194 + 'bowlxyz',
+    'wanting and descriptions': 'I need the block that is red, then put it in the blue '
+                                'colored bowl',
 }
 
 
@@ -82,3 +84,6 @@ def test_cut_commands_keep_whole_words():
     cut = parse_command(COMMANDS['cut mid-word'])
     assert cut.truncated > 0 and not cut.text.endswith('bowlx')
     assert cut.destination.split()[-1] == 'very'
+    wanting = parse_command(COMMANDS['wanting and descriptions'])
+    assert (wanting.verb, wanting.targets, wanting.destination) == (
+        'place', ['red block'], 'blue bowl')

@@ -7,7 +7,7 @@ Verb vocabulary (canonical verb: phrases that select it at the start of a clause
 verb      phrases
 ========  ==============================================================================
 pick      pick up, pick, grab, grasp, get me, get, take, fetch, lift, bring me, bring,
-          hand me, carry
+          hand me, carry, give me, i need, i want, i would like, i'd like
 place     put, place, drop, set, stack, insert; pick-style verbs with ``into``/``onto``/
           ``to X``; ``move X`` with a destination (``move X into Y``) or no qualifier
 push      push, shove, slide, nudge, poke; ``move X`` with a direction (``move X left``)
@@ -22,9 +22,18 @@ phrase(s). Targets are split on commas, ``and`` and ``or``. ``grab X and put it 
 pick-and-place: ``verb='place'``, ``targets=['X']``, ``destination='Y'``.
 
 Cleaning: NFKC, lowercase, punctuation removed (commas split phrases), politeness (please,
-could you, can you, would you, kindly, thanks) and determiners (a, an, the, this, that, these,
-those, some) dropped, whitespace normalised. Input longer than ``MAX_COMMAND_CHARS`` is cut
-at a word boundary (``truncate``). ``parse_command`` never raises.
+could you, can you, would you, kindly, thanks, i want to, i need to) and determiners (a, an, the,
+this, that, these, those, some) dropped, whitespace normalised. A polite opening that is the
+start of a verb phrase stays a verb ('can you see the cup' is find).
+
+Phrase forms: 'the block that is red' / 'which is' / "that's" -> 'red block' (a description of
+at most two words moves before its noun; one that starts with a relation stays after it:
+'the block that is next to the cup' -> 'block next to cup'); 'red colored block', 'red coloured
+block', 'red-coloured block', 'the block that is colored red' -> 'red block'. Synonyms ('cube')
+are left to the model's Lexicon (clip_ros.perception.vocabulary), which knows its words.
+
+Input longer than ``MAX_COMMAND_CHARS`` is cut at a word boundary (``truncate``).
+``parse_command`` never raises.
 
 This is the one parse of a command: grounding_node and vla_policy_node both call it on the same
 text, so the phrases grounded are exactly the phrases the policy waits for.
@@ -37,7 +46,8 @@ MAX_COMMAND_CHARS = 1000
 
 _VERBS = {
     'pick': ('pick up', 'pick', 'grab', 'grasp', 'get me', 'get', 'take', 'fetch', 'lift',
-             'bring me', 'bring', 'hand me', 'carry'),
+             'bring me', 'bring', 'hand me', 'carry', 'give me', 'i need', 'i want',
+             'i would like', "i'd like"),
     'place': ('put', 'place', 'drop', 'set', 'stack', 'insert'),
     'move': ('move',),  # resolved to place or push once the clause is parsed
     'push': ('push', 'shove', 'slide', 'nudge', 'poke'),
@@ -76,10 +86,19 @@ _PRONOUNS = {'it', 'them', 'they', 'him', 'her', 'one', 'something', 'me'}
 _POLITE_ANYWHERE = (('please',), ('pls',), ('plz',), ('kindly',), ('thanks',), ('thank', 'you'))
 _POLITE_LEADING = tuple(tuple(p.split()) for p in (
     'could you', 'can you', 'would you', 'will you', 'could u', 'can u', 'i want you to',
-    'i would like you to', "i'd like you to", 'i need you to', 'go ahead and', 'try to', 'just',
+    'i would like you to', "i'd like you to", 'i need you to', 'i want to', 'i need to',
+    'i would like to', "i'd like to", 'go ahead and', 'try to', 'just',
     'now', 'then', 'also', 'hey', 'hi', 'hello', 'ok', 'okay', 'alright', 'and', ','))
 _POLITE_TRAILING = (('for', 'me'), ('right', 'now'), ('now',), (',',))
 _CONJUNCTIONS = {',', 'and', 'then', 'also'}
+# 'the block that is red' -> 'red block'; 'block that is next to the cup' -> 'block next to cup'.
+_RELATIVE = (('that', 'is'), ('which', 'is'), ('that', 'are'), ('which', 'are'), ("that's",),
+             ('that', 'looks'), ('which', 'looks'))
+_COLOURED = {'colored', 'coloured', 'color', 'colour'}
+_COLOURED_SUFFIXES = tuple(f'-{w}' for w in _COLOURED)
+# After 'that is', these start a relation that stays after the noun.
+_RELATION_WORDS = {w for p in _PLACE_PREPS for w in p} | _RELATION_BEFORE_TO | {
+    'of', 'from', 'with', 'by', 'closest', 'nearest', 'farthest', 'furthest', 'between'}
 _SEPARATORS = {',', 'and', 'or'}
 
 _TOKEN_RE = re.compile(r"\w+(?:[.'-]\w+)*|[,;.!?&]")
@@ -182,6 +201,9 @@ def _strip_leading(tokens: list[str]) -> list[str]:
     i = 0
     while i < len(tokens):
         n = _match(tokens, i, _POLITE_LEADING)
+        verb = _match_verb(tokens, i)
+        if n and verb and verb[1] > n:  # 'can you see the cup' is a verb, not politeness
+            break
         # 'robot, pick up ...' addresses the robot; 'the robot' alone stays a target.
         if not n and tokens[i] == 'robot' and tokens[i + 1:i + 2] == [',']:
             n = 2
@@ -277,10 +299,40 @@ def _split_at(rest: list[str], preps) -> tuple[list[str], str | None]:
 
 
 def _phrase(tokens: list[str]) -> str | None:
-    words = [t for t in tokens if t not in _ARTICLES and t != ',']
+    words = [t for t in _reorder(_uncolour(tokens)) if t not in _ARTICLES and t != ',']
     if not words or (len(words) == 1 and words[0] in _PRONOUNS):
         return None
     return ' '.join(words)
+
+
+def _uncolour(tokens: list[str]) -> list[str]:
+    """Drop 'colored' after a word: 'red colored block', 'red-coloured block' -> 'red block'."""
+    out = []
+    for tok in tokens:
+        if tok.endswith(_COLOURED_SUFFIXES) and len(tok.rsplit('-', 1)[0]) > 0:
+            out.append(tok.rsplit('-', 1)[0])
+        elif not (tok in _COLOURED and out and out[-1] not in _ARTICLES):
+            out.append(tok)
+    return out
+
+
+def _reorder(tokens: list[str]) -> list[str]:
+    """Move a short description after 'that is' before its noun: 'block that is red'."""
+    for k in range(1, len(tokens)):
+        n = _match(tokens, k, _RELATIVE)
+        if not n:
+            continue
+        head, tail = tokens[:k], tokens[k + n:]
+        while tail and tail[0] in _COLOURED:
+            tail = tail[1:]  # 'that is colored red'
+        if not tail or not any(t not in _ARTICLES for t in head):
+            return tokens
+        if tail[0] in _RELATION_WORDS:
+            return head + tail  # 'block that is next to the cup' -> 'block next to the cup'
+        if len(tail) <= 2:
+            return tail + head
+        return tokens
+    return tokens
 
 
 def _split_targets(tokens: list[str]) -> list[str]:
