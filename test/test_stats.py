@@ -4,7 +4,8 @@ import math
 import pytest
 
 from clip_ros.perception.stats import (
-    assess, ERROR, FrameStats, HealthLimits, OK, percentiles, WARN, wilson_interval)
+    assess, ERROR, FrameStats, HealthLimits, mean_interval, OK, percentiles, proportion, WARN,
+    wilson_interval)
 
 
 class Clock:
@@ -108,3 +109,16 @@ def test_wilson_interval():
     assert (round(low, 3), round(high, 3)) == (0.764, 0.991)  # the textbook 95% interval
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_proportion_and_mean_interval():
+    assert proportion(19, 20) == pytest.approx(
+        {'k': 19, 'n': 20, 'rate': 0.95, 'low': 0.764, 'high': 0.991}, abs=5e-4)
+    empty = proportion(0, 0)
+    assert empty['n'] == 0 and math.isnan(empty['rate']) and (empty['low'], empty['high']) == (
+        0.0, 1.0)
+    figure = mean_interval([0.5, 0.7, 0.9])
+    half = 1.96 * 0.2 / math.sqrt(3)  # sample standard deviation 0.2
+    assert figure == pytest.approx({'n': 3, 'mean': 0.7, 'low': 0.7 - half, 'high': 0.7 + half})
+    assert mean_interval([0.4]) == {'n': 1, 'mean': 0.4, 'low': 0.4, 'high': 0.4}
+    assert mean_interval([])['n'] == 0 and math.isnan(mean_interval([])['mean'])

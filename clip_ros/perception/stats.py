@@ -50,6 +50,23 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def proportion(successes: int, trials: int, z: float = 1.96) -> dict:
+    """Return {'k', 'n', 'rate', 'low', 'high'}: a success rate with its Wilson interval."""
+    low, high = wilson_interval(successes, trials, z)
+    rate = successes / trials if trials > 0 else float('nan')
+    return {'k': int(successes), 'n': int(trials), 'rate': rate, 'low': low, 'high': high}
+
+
+def mean_interval(values, z: float = 1.96) -> dict:
+    """Return {'n', 'mean', 'low', 'high'}: a mean with its normal-approximation interval."""
+    values = np.asarray(list(values), dtype=np.float64)
+    if not len(values):
+        return {'n': 0, 'mean': float('nan'), 'low': float('nan'), 'high': float('nan')}
+    mean = float(values.mean())
+    half = z * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return {'n': len(values), 'mean': mean, 'low': mean - half, 'high': mean + half}
+
+
 def percentiles(values, qs=(50, 99)) -> tuple:
     """Return the percentiles `qs` of `values`, NaN for each when empty."""
     if not len(values):

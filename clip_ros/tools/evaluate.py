@@ -1,16 +1,23 @@
 """
-Evaluate grounding on held-out simulator scenes: accuracy, mask IoU, per-combination table.
+Evaluate grounding on test-split simulator scenes: accuracy, mask IoU, absent-object rejection.
 
-Each visible object of each test scene is asked for as 'the <colour> <shape>' and 'pick up the
-<colour> <shape>'; the command goes through parse_command as in the grounding node, and the
-GroundingPipeline's top detection is correct when its box has IoU >= 0.5 with the object's box.
-Mask IoU compares that detection's pixels with the object's mask (0 when nothing is found).
+Models load and the pipeline is built as grounding_node builds them (same loaders, make_pipeline
+with the node's defaults); each command goes through parse_command as in the node. A query is
+one (scene, phrase) pair: 'the blue block' and 'pick up the blue block' parse to one phrase and
+are asked once. The top detection is correct when its box has IoU >= 0.5 with the object's box;
+mask IoU compares its pixels with the object's mask (0 when nothing is found).
+
+Without --conditions: every visible object of each scene, with a per-combination table.
+With --conditions: the shift benchmark (tools/shift_eval.py): scenes rendered under named
+conditions, present and absent-object queries, rates with 95 % Wilson intervals.
 """
 import argparse
 from collections import defaultdict
+import hashlib
 import json
 import logging
 from pathlib import Path
+import subprocess
 import sys
 import time
 
@@ -20,51 +27,21 @@ from tqdm import tqdm
 
 from clip_ros.learning.training import pick_threads
 from clip_ros.perception import tabletop_model as tabletop
-from clip_ros.perception.geometry import box_iou, mask_iou
-from clip_ros.perception.grounding import GroundingPipeline
+from clip_ros.perception.backends import BACKENDS, make_pipeline
 from clip_ros.perception.registry import ModelLoadError
-from clip_ros.policy.command import parse_command
-from clip_ros.sim.dataset import HELD_OUT, render_scenes, split_seeds
+from clip_ros.sim.dataset import render_scenes, split_seeds
+from clip_ros.tools import shift_eval, shift_report
+from clip_ros.tools.shift_eval import ground_query, HELD_OUT_NAMES, NODE_DEFAULTS, scene_queries
 
-TEMPLATES = ('the {}', 'pick up the {}')
 TARGETS = {'seen_accuracy': 0.97, 'held_out_accuracy': 0.90, 'mean_mask_iou': 0.6}
-BOX_IOU = 0.5
-HELD_OUT_NAMES = tuple(f'{colour} {shape}' for colour, shape in HELD_OUT)
-
-
-def target_phrase(text: str) -> str:
-    """Return what the grounding node looks for in a command (its first target)."""
-    targets = parse_command(text).targets
-    return targets[0] if targets else text
-
-
-def ground(pipeline, rgb, obj, phrase: str, threshold: float) -> dict:
-    """Ground one phrase; score the top detection against the object's box and mask."""
-    result = pipeline(rgb, [phrase], thresholds=threshold, with_heatmaps=False)
-    if not result.detections:
-        return {'correct': False, 'box_iou': 0.0, 'mask_iou': 0.0, 'found': False}
-    top = result.detections[0]
-    iou = float(box_iou(top.box, obj.box)[0, 0])
-    return {'correct': iou >= BOX_IOU, 'box_iou': iou, 'found': True,
-            'mask_iou': float(mask_iou((result.label_image == top.index + 1)[None],
-                                       obj.mask[None])[0, 0])}
 
 
 def evaluate(pipeline, scenes, threshold: float, min_pixels: int, progress=True) -> list:
-    """Return one record per (scene, object, template)."""
+    """Return one record per distinct (scene, phrase) query about a visible object."""
     records = []
-    for seed, (rgb, objects, _) in tqdm(scenes, desc='evaluate', disable=not progress):
-        for obj in objects:
-            if obj.mask.sum() < min_pixels:
-                continue  # hidden behind others: no method can find it
-            done = {}
-            for template in TEMPLATES:
-                phrase = target_phrase(template.format(obj.name))
-                if phrase not in done:
-                    done[phrase] = ground(pipeline, rgb, obj, phrase, threshold)
-                records.append({'seed': seed, 'name': obj.name, 'template': template,
-                                'phrase': phrase, 'held_out': obj.name in HELD_OUT_NAMES,
-                                **done[phrase]})
+    for seed, (rgb, objects, names) in tqdm(scenes, desc='evaluate', disable=not progress):
+        for query in scene_queries(objects, names, (), seed, min_pixels, 0):
+            records.append({'seed': seed, **ground_query(pipeline, rgb, query, threshold)})
     return records
 
 
@@ -85,8 +62,6 @@ def summarise(records: list) -> tuple:
         'mean_mask_iou': _mean(r['mask_iou'] for r in records),
         'seen_mask_iou': _mean(r['mask_iou'] for r in seen),
         'held_out_mask_iou': _mean(r['mask_iou'] for r in held),
-        'per_template': {t: _mean(r['correct'] for r in records if r['template'] == t)
-                         for t in TEMPLATES},
     }
     summary['passed'] = all(summary[k] >= v for k, v in TARGETS.items())
     groups = defaultdict(list)
@@ -141,19 +116,47 @@ def write_png(summary: dict, table: list, path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def load_pipeline(args) -> tuple:
-    """Return (GroundingPipeline, model title) for the command-line model choice."""
+def load_models(args) -> tuple:
+    """Return (ClipModel, ClipSegModel, title) with the loaders grounding_node uses."""
+    from clip_ros.perception.loading import load_clip, load_clipseg
     if args.clipseg:
-        from clip_ros.perception.loading import load_clip, load_clipseg
         clip = load_clip(args.clip_arch, args.clip_pretrained, device=args.device)
         clipseg = load_clipseg(args.clipseg, device=args.device)
-        title = f'{clipseg.name} + {clip.name}'
-    else:
-        path = None if args.model == tabletop.NAME else args.model
-        clip = tabletop.load_tabletop_clip(path, device=args.device)
-        clipseg = tabletop.load_tabletop_clipseg(path, device=args.device)
-        title = clipseg.name
-    return GroundingPipeline(clip, clipseg, rescore=args.rescore == 'on'), title
+        return clip, clipseg, f'{clipseg.name} + {clip.name}'
+    path = '' if args.model == tabletop.NAME else args.model
+    clip = load_clip(tabletop.NAME, path, device=args.device)
+    clipseg = load_clipseg(path or tabletop.NAME, device=args.device)
+    return clip, clipseg, clipseg.name
+
+
+def node_pipeline(clip, clipseg, args):
+    """Return the GroundingPipeline grounding_node builds with its default parameters."""
+    return make_pipeline(clip, clipseg, backend=args.backend,
+                         distractors=NODE_DEFAULTS['distractors'],
+                         min_area=NODE_DEFAULTS['min_area'],
+                         max_detections=NODE_DEFAULTS['max_detections'],
+                         rescore=args.rescore == 'on',
+                         max_candidates=max(64, NODE_DEFAULTS['max_detections']))
+
+
+def provenance(args) -> dict:
+    """Return the source commit (and whether the tree differs from it) and the weights' hash."""
+    root = Path(__file__).resolve().parents[2]
+    info = {}
+    try:
+        def git(*cmd):
+            return subprocess.run(['git', '-C', str(root), *cmd], capture_output=True,
+                                  text=True, timeout=10, check=True).stdout.strip()
+        info['commit'] = git('rev-parse', '--short', 'HEAD')
+        info['uncommitted_changes'] = bool(git('status', '--porcelain', '--', 'clip_ros'))
+    except (OSError, subprocess.SubprocessError):
+        info['commit'] = None  # an installed copy without its git history
+    if not args.clipseg:
+        folder = tabletop.BUNDLED_DIR if args.model == tabletop.NAME else Path(args.model)
+        weights = Path(folder) / tabletop.WEIGHTS_FILE
+        if weights.is_file():
+            info['weights_sha256'] = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return info
 
 
 def parse_args(argv=None):
@@ -165,56 +168,131 @@ def parse_args(argv=None):
                         help='evaluate this CLIPSeg (hub id or directory) instead of --model')
     parser.add_argument('--clip-arch', default='ViT-B-16', help='CLIP with --clipseg')
     parser.add_argument('--clip-pretrained', default='openai', help='CLIP tag with --clipseg')
-    parser.add_argument('--scenes', type=int, default=200, help='test-split scenes')
-    parser.add_argument('--start', type=int, default=0, help='first scene of the test split')
+    parser.add_argument('--conditions', nargs='+', default=None, metavar='NAME',
+                        help="shift benchmark under these scene conditions ('all' or names, "
+                             'space- or comma-separated)')
+    parser.add_argument('--scenes', type=int, default=None,
+                        help='test-split scenes (per condition with --conditions; default 200, '
+                             f'with --conditions {shift_eval.DEFAULT_SCENES})')
+    parser.add_argument('--seed', '--start', dest='start', type=int, default=0,
+                        help='first scene of the test split (scene seed = 200000 + this)')
+    parser.add_argument('--absent', type=int, default=shift_eval.ABSENT_PER_SCENE,
+                        help='absent-object names asked per scene (with --conditions)')
     parser.add_argument('--width', type=int, default=640, help='render width (pixels)')
     parser.add_argument('--height', type=int, default=480, help='render height (pixels)')
-    parser.add_argument('--threshold', type=float, default=0.4, help='pipeline threshold')
+    parser.add_argument('--threshold', type=float, default=NODE_DEFAULTS['threshold'],
+                        help="pipeline threshold (grounding_node's default)")
     parser.add_argument('--rescore', choices=('on', 'off'), default='on',
                         help='CLIP crop re-scoring in the pipeline')
-    parser.add_argument('--min-pixels', type=int, default=64,
+    parser.add_argument('--backend', choices=BACKENDS, default='torch', help='inference backend')
+    parser.add_argument('--min-pixels', type=int, default=NODE_DEFAULTS['min_area'],
                         help='skip objects with fewer visible pixels (the min_area default)')
     parser.add_argument('--device', default='cpu', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument('--threads', type=int, default=0,
                         help='torch CPU threads; 0: 2 on an idle machine, else 1')
+    parser.add_argument('--out', default='',
+                        help='output folder for <name>.json and <name>.png (--conditions: '
+                             'default out/evaluate, name shift)')
     parser.add_argument('--json', default='evaluation.json', help='JSON output path')
     parser.add_argument('--png', default='evaluation.png', help='PNG output path')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.conditions is not None:
+        try:
+            args.conditions = shift_eval.condition_names(args.conditions)
+        except ValueError as e:
+            parser.error(str(e))  # exits with status 2 and the usage
+    if args.scenes is None:
+        args.scenes = 200 if args.conditions is None else shift_eval.DEFAULT_SCENES
+    return args
+
+
+def output_paths(args, name: str) -> tuple:
+    """Return the (JSON, PNG) paths: in --out as <name>.json/.png, else --json and --png."""
+    if args.out or args.conditions is not None:
+        folder = Path(args.out or 'out/evaluate')
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f'{name}.json', folder / f'{name}.png'
+    return Path(args.json), Path(args.png)
 
 
 def run(args) -> dict:
     """Evaluate; write the JSON and PNG; return the report."""
     torch.set_num_threads(pick_threads(args.threads))
-    pipeline, title = load_pipeline(args)
+    clip, clipseg, title = load_models(args)
+    pipeline = node_pipeline(clip, clipseg, args)
     seeds = split_seeds('test', args.scenes, args.start)
     scenes = zip(seeds, render_scenes(seeds, args.width, args.height))
     start = time.monotonic()
     records = evaluate(pipeline, scenes, args.threshold, args.min_pixels, not args.quiet)
     summary, table = summarise(records)
     summary['seconds'] = round(time.monotonic() - start, 1)
-    report = {'model': title, 'split': 'test', 'seeds': [seeds[0], seeds[-1]],
-              'image_size': [args.width, args.height], 'threshold': args.threshold,
-              'rescore': args.rescore, 'held_out_combinations': list(HELD_OUT_NAMES),
-              'targets': TARGETS, 'summary': summary, 'per_combination': table,
-              'records': records}
-    Path(args.json).write_text(json.dumps(report, indent=1) + '\n', encoding='utf-8')
-    write_png(summary, table, Path(args.png), title)
+    report = {'model': title, **provenance(args), 'split': 'test',
+              'seeds': [seeds[0], seeds[-1]], 'image_size': [args.width, args.height],
+              'threshold': args.threshold, 'rescore': args.rescore,
+              'held_out_combinations': list(HELD_OUT_NAMES), 'targets': TARGETS,
+              'summary': summary, 'per_combination': table, 'records': records}
+    json_path, png_path = output_paths(args, 'evaluation')
+    json_path.write_text(json.dumps(report, indent=1) + '\n', encoding='utf-8')
+    write_png(summary, table, png_path, title)
+    report['paths'] = [str(json_path), str(png_path)]
+    return report
+
+
+def run_conditions(args) -> dict:
+    """Run the shift benchmark over args.conditions; write shift.json and shift.png."""
+    torch.set_num_threads(pick_threads(args.threads))
+    clip, clipseg, title = load_models(args)
+    pipeline = node_pipeline(clip, clipseg, args)
+    vocabulary = list(clip.vocabulary) or shift_eval.SIM_NAMES
+    seeds = split_seeds('test', args.scenes, args.start)
+    figures, records, seconds = {}, {}, {}
+    for condition in args.conditions:
+        start = time.monotonic()
+        scenes = shift_eval.condition_scenes(condition, seeds, args.width, args.height)
+        progress = None if args.quiet else (
+            lambda it, c=condition: tqdm(it, desc=c, total=len(seeds)))
+        records[condition] = shift_eval.evaluate_scenes(
+            pipeline, scenes, vocabulary, args.threshold, args.min_pixels, args.absent, progress)
+        figures[condition] = shift_eval.summarise_condition(records[condition])
+        seconds[condition] = round(time.monotonic() - start, 1)
+    info = provenance(args)
+    report = {'model': title, **info, 'split': 'test',
+              'seeds': [seeds[0], seeds[-1]], 'image_size': [args.width, args.height],
+              'threshold': args.threshold, 'rescore': args.rescore, 'backend': args.backend,
+              'min_pixels': args.min_pixels, 'absent_per_scene': args.absent,
+              'held_out_combinations': list(HELD_OUT_NAMES), 'targets': shift_report.TARGETS,
+              'conditions': figures, 'missed_targets': shift_report.missed_targets(figures),
+              'seconds': seconds, 'records': records}
+    json_path, png_path = output_paths(args, 'shift')
+    json_path.write_text(json.dumps(report, indent=1) + '\n', encoding='utf-8')
+    commit = info.get('commit')
+    shift_report.write_chart(figures, png_path, f'{title} @ {commit}' if commit else title)
+    json_path.with_suffix('.md').write_text(shift_report.markdown_table(figures) + '\n',
+                                            encoding='utf-8')
+    report['paths'] = [str(json_path), str(png_path), str(json_path.with_suffix('.md'))]
     return report
 
 
 def main(argv=None) -> int:
-    """Console entry point: print the table; exit 1 below target, 2 on a load error."""
+    """Console entry point: print the figures; exit 1 below target, 2 on bad input."""
     logging.basicConfig(level=logging.WARNING, format='%(name)s: %(message)s')
     args = parse_args(argv)
     try:
-        report = run(args)
+        report = run(args) if args.conditions is None else run_conditions(args)
     except (ModelLoadError, ValueError) as e:
         print(f'evaluate: {e}', file=sys.stderr)
         return 2
-    print(format_table(report['summary'], report['per_combination']))
-    print(f'wrote {args.json} and {args.png}')
-    return 0 if report['summary']['passed'] else 1
+    if args.conditions is None:
+        print(format_table(report['summary'], report['per_combination']))
+        passed = report['summary']['passed']
+    else:
+        print(shift_report.format_conditions(report['conditions']))
+        for line in report['missed_targets']:
+            print(f'BELOW TARGET {line}')
+        passed = not report['missed_targets']
+    print(f"wrote {', '.join(report['paths'])}")
+    return 0 if passed else 1
 
 
 if __name__ == '__main__':

@@ -1,0 +1,211 @@
+"""
+Shift benchmark: grounding on test-split scenes rendered under named scene conditions.
+
+A query is one (scene, phrase) pair, asked once however many command templates parse to the
+phrase. Present queries name a visible object: the top detection is right when its box has
+IoU >= 0.5 with an object of that name (mask IoU against that object; 0 when nothing is found),
+and no detection at all is a wrong rejection. Absent queries name a vocabulary object that is
+not in the scene (same colour as a scene object with another shape, held-out combinations, and
+others): they count as rejected when the phrase gets no detection. Rates come with 95 % Wilson
+intervals, mean mask IoU with a normal-approximation interval.
+"""
+from dataclasses import dataclass
+import random
+
+import numpy as np
+
+from clip_ros.perception.geometry import box_iou, mask_iou, SceneObject
+from clip_ros.perception.grounding import DEFAULT_DISTRACTORS
+from clip_ros.perception.stats import mean_interval, proportion
+from clip_ros.policy.command import parse_command
+from clip_ros.sim.dataset import HELD_OUT
+from clip_ros.sim.scene import COLOURS, SHAPES
+
+TEMPLATES = ('the {}', 'pick up the {}')
+BOX_IOU = 0.5
+HELD_OUT_NAMES = tuple(f'{colour} {shape}' for colour, shape in HELD_OUT)
+ABSENT_KINDS = ('same_colour', 'held_out', 'other')
+SIM_NAMES = [f'{colour} {shape}' for colour in COLOURS for shape in SHAPES]
+CONDITIONS = ('in_distribution',)
+DEFAULT_SCENES = 40     # per condition: about 150 present and 150 absent queries
+ABSENT_PER_SCENE = 4    # absent names asked per scene
+# grounding_node's defaults (config/grounding_node.yaml; test_evaluate holds them equal).
+NODE_DEFAULTS = {'threshold': 0.4, 'distractors': list(DEFAULT_DISTRACTORS), 'min_area': 64,
+                 'max_detections': 20, 'rescore': True}
+
+
+@dataclass
+class Query:
+    """One distinct question about one scene."""
+
+    phrase: str          # what the grounding node looks for (parse_command's first target)
+    name: str            # the object name asked for, '<colour> <shape>'
+    targets: list        # SceneObjects of that name (empty for an absent query)
+    absent_kind: str = ''  # '' for a present query, else one of ABSENT_KINDS
+
+    @property
+    def present(self) -> bool:
+        """Return whether the object asked for is in the scene."""
+        return not self.absent_kind
+
+
+def target_phrase(text: str) -> str:
+    """Return what the grounding node looks for in a command (its first target)."""
+    targets = parse_command(text).targets
+    return targets[0] if targets else text
+
+
+def command_phrases(name: str) -> list:
+    """Return the distinct phrases the command templates about `name` parse to."""
+    return list(dict.fromkeys(target_phrase(t.format(name)) for t in TEMPLATES))
+
+
+def absent_names(scene_names, vocabulary, count: int, seed: int) -> list:
+    """
+    Return up to `count` (name, kind) pairs of vocabulary names not in the scene.
+
+    Kinds are taken in turn, each shuffled with the scene's seed: 'same_colour' (a scene
+    object's colour with another shape), 'held_out' (a held-out combination) and 'other'.
+    """
+    scene_names = set(scene_names)
+    colours = {name.split()[0] for name in scene_names}
+    pools = {kind: [] for kind in ABSENT_KINDS}
+    for name in vocabulary:
+        if name in scene_names:
+            continue
+        kind = ('held_out' if name in HELD_OUT_NAMES
+                else 'same_colour' if name.split()[0] in colours else 'other')
+        pools[kind].append(name)
+    rng = random.Random(seed)
+    for names in pools.values():
+        rng.shuffle(names)
+    picked = []
+    while len(picked) < count and any(pools.values()):
+        for kind in ABSENT_KINDS:
+            if pools[kind] and len(picked) < count:
+                picked.append((pools[kind].pop(), kind))
+    return picked
+
+
+def scene_queries(objects: list, scene_names: list, vocabulary, seed: int, min_pixels: int,
+                  absent_per_scene: int) -> list:
+    """
+    Return the distinct Queries of one scene.
+
+    Parameters
+    ----------
+    objects
+        visible SceneObjects (name, box, mask).
+    scene_names
+        every object name in the scene, visible or not (never asked as absent).
+    vocabulary
+        the names absent queries are drawn from.
+    seed
+        the scene's seed (draws the absent names).
+    min_pixels
+        objects with fewer visible pixels are not asked for (nothing can find them).
+    absent_per_scene
+        how many absent names to ask per scene.
+
+    """
+    queries, phrases = [], set()
+    asked = [obj for obj in objects if obj.mask.sum() >= min_pixels]
+    for name in dict.fromkeys(obj.name for obj in asked):
+        targets = [obj for obj in asked if obj.name == name]
+        for phrase in command_phrases(name):
+            if phrase not in phrases:
+                phrases.add(phrase)
+                queries.append(Query(phrase, name, targets))
+    for name, kind in absent_names(scene_names, vocabulary, absent_per_scene, seed):
+        for phrase in command_phrases(name):
+            if phrase not in phrases:
+                phrases.add(phrase)
+                queries.append(Query(phrase, name, [], kind))
+    return queries
+
+
+def ground_query(pipeline, rgb, query: Query, threshold: float) -> dict:
+    """Ground one query's phrase and score its top detection against the truth."""
+    result = pipeline(rgb, [query.phrase], thresholds=threshold, with_heatmaps=False)
+    detections = [d for d in result.detections if d.phrase == query.phrase]
+    record = {'phrase': query.phrase, 'name': query.name, 'present': query.present,
+              'held_out': query.name in HELD_OUT_NAMES, 'absent_kind': query.absent_kind,
+              'found': bool(detections), 'score': 0.0, 'correct': False, 'box_iou': 0.0,
+              'mask_iou': 0.0, 'reason': getattr(result, 'rejected', {}).get(query.phrase, '')}
+    if not detections:
+        return record
+    top = detections[0]
+    record['score'] = float(top.score)
+    if query.targets:
+        ious = box_iou(top.box, np.array([t.box for t in query.targets]))[0]
+        best = int(np.argmax(ious))
+        mask = (result.label_image == top.index + 1)[None]
+        record.update(correct=bool(ious[best] >= BOX_IOU), box_iou=float(ious[best]),
+                      mask_iou=float(mask_iou(mask, query.targets[best].mask[None])[0, 0]))
+    return record
+
+
+def evaluate_scenes(pipeline, scenes, vocabulary, threshold: float, min_pixels: int,
+                    absent_per_scene: int, progress=None) -> list:
+    """
+    Return one record per distinct query of each scene.
+
+    scenes yields (seed, rgb, visible SceneObjects, every object name); progress wraps it.
+    """
+    records = []
+    for seed, rgb, objects, names in (progress(scenes) if progress else scenes):
+        for query in scene_queries(objects, names, vocabulary, seed, min_pixels,
+                                   absent_per_scene):
+            records.append({'seed': int(seed), **ground_query(pipeline, rgb, query, threshold)})
+    return records
+
+
+def summarise_condition(records: list) -> dict:
+    """Return the figures of one condition's records (counts, rates with intervals)."""
+    present = [r for r in records if r['present']]
+    absent = [r for r in records if not r['present']]
+
+    def share(rows, key, want=True):
+        return proportion(sum(bool(r[key]) == want for r in rows), len(rows))
+
+    return {
+        'scenes': len({r['seed'] for r in records}),
+        'present_queries': len(present),
+        'absent_queries': len(absent),
+        'accuracy': share(present, 'correct'),
+        'seen_accuracy': share([r for r in present if not r['held_out']], 'correct'),
+        'held_out_accuracy': share([r for r in present if r['held_out']], 'correct'),
+        'mask_iou': mean_interval(r['mask_iou'] for r in present),
+        'absent_rejected': share(absent, 'found', want=False),
+        'absent_rejected_by_kind': {
+            kind: share([r for r in absent if r['absent_kind'] == kind], 'found', want=False)
+            for kind in ABSENT_KINDS},
+        'present_rejected': share(present, 'found', want=False),
+    }
+
+
+def visible_objects(frame) -> list:
+    """Return the SceneObjects (name, box, mask) of a rendered Frame's visible objects."""
+    return [SceneObject(o.name, o.box, frame.instances == o.instance_id)
+            for o in frame.objects if o.box is not None and o.visible_pixels > 0]
+
+
+def condition_names(values) -> list:
+    """Return the condition names of command-line values ('all', or names split at commas)."""
+    names = [n for v in values for n in str(v).split(',') if n.strip()]
+    names = list(dict.fromkeys(n.strip() for n in names))
+    names = list(CONDITIONS) if names == ['all'] else names
+    unknown = [n for n in names if n not in CONDITIONS]
+    if unknown or not names:
+        raise ValueError(f"unknown condition(s) {unknown or values}; choose 'all' or from "
+                         f"{', '.join(CONDITIONS)}")
+    return names
+
+
+def condition_scenes(condition: str, seeds, width: int, height: int):
+    """Yield (seed, rgb, visible SceneObjects, every object name) for each seed under condition."""
+    from clip_ros.sim.dataset import render_scenes
+    if condition != 'in_distribution':
+        raise ValueError(f'unknown condition {condition!r}; choose from in_distribution')
+    for seed, (rgb, objects, names) in zip(seeds, render_scenes(seeds, width, height)):
+        yield seed, rgb, objects, names
