@@ -68,6 +68,45 @@ class SceneSpec:
     light_diffuse: float
     ambient: float
     floor_rgb: tuple = field(default=(0.25, 0.25, 0.27))
+    light_rgb: tuple = (1.0, 1.0, 1.0)  # tint of every light (white by default)
+    table_texture: str = ''             # '' (plain) or one of TABLE_TEXTURES
+    table_rgb2: tuple = (0.0, 0.0, 0.0)  # second colour of a textured table
+    condition: str = 'in_distribution'  # how the scene was drawn (clip_ros.sim.conditions)
+    focus: str = ''                     # the object the condition is about (e.g. occluded)
+
+
+TABLE_TEXTURES = ('checker', 'fine_checker', 'noise', 'gradient')
+
+
+@dataclass(frozen=True)
+class Variation:
+    """
+    Ranges a scene is drawn from; the defaults give today's distribution, seed for seed.
+
+    Attributes
+    ----------
+    elevation_deg, azimuth_deg, distance : (low, high)
+        Camera elevation above the table, azimuth about the -y side, distance to the look-at
+        point (m).
+    count : (low, high)
+        Inclusive range of the object count (when no count is given).
+    scale : (low, high)
+        Factor on every object's size.
+    neighbours : int
+        Objects sharing the first object's colour (other shapes) and as many sharing its shape
+        (other colours), each placed a few millimetres from it.
+
+    """
+
+    elevation_deg: tuple = (45.0, 60.0)
+    azimuth_deg: tuple = (-15.0, 15.0)
+    distance: tuple = (0.85, 1.0)
+    count: tuple = (3, 6)
+    scale: tuple = (1.0, 1.0)
+    neighbours: int = 0
+
+
+DEFAULT_VARIATION = Variation()
 
 
 def look_at(eye, target) -> np.ndarray:
@@ -92,11 +131,11 @@ def look_at(eye, target) -> np.ndarray:
     return np.stack([right, np.cross(back, right), back], axis=1)
 
 
-def _sample_camera(rng: np.random.Generator) -> CameraSpec:
+def _sample_camera(rng: np.random.Generator, variation: Variation) -> CameraSpec:
     target = np.array([rng.uniform(-0.03, 0.03), rng.uniform(-0.02, 0.04), 0.0])
-    elevation = math.radians(rng.uniform(45.0, 60.0))
-    azimuth = math.radians(-90.0 + rng.uniform(-15.0, 15.0))  # camera on the -y side
-    distance = rng.uniform(0.85, 1.0)
+    elevation = math.radians(rng.uniform(*variation.elevation_deg))
+    azimuth = math.radians(-90.0 + rng.uniform(*variation.azimuth_deg))  # on the -y side
+    distance = rng.uniform(*variation.distance)
     offset = distance * np.array([math.cos(elevation) * math.cos(azimuth),
                                   math.cos(elevation) * math.sin(azimuth),
                                   math.sin(elevation)])
@@ -126,23 +165,64 @@ def _in_view(point, camera: CameraSpec) -> bool:
     return depth > 0 and abs(local[0]) / depth < limit and abs(local[1]) / depth < limit
 
 
-def _corners_in_view(spec: ObjectSpec, xy, camera: CameraSpec) -> bool:
+def corners_in_view(spec: ObjectSpec, xy, camera: CameraSpec) -> bool:
+    """Return whether `spec`'s bounding box at `xy` lies inside the camera's view margin."""
     r, h = spec.radius, 2 * spec.half_size[2]
     return all(_in_view((xy[0] + dx, xy[1] + dy, z), camera)
                for dx in (-r, r) for dy in (-r, r) for z in (0.0, h))
 
 
+def footprint_clear(objects: list, spec: ObjectSpec, xy, gap: float) -> bool:
+    """Return whether `spec` at `xy` keeps `gap` (m) from every footprint in `objects`."""
+    return all(math.hypot(xy[0] - o.xy[0], xy[1] - o.xy[1]) > o.radius + spec.radius + gap
+               for o in objects)
+
+
 def _place(objects: list, spec: ObjectSpec, rng, camera: CameraSpec, tries: int = 200):
     for _ in range(tries):
         xy = (rng.uniform(-0.3, 0.3), rng.uniform(-0.2, 0.2))
-        clear = all(math.hypot(xy[0] - o.xy[0], xy[1] - o.xy[1]) > o.radius + spec.radius + MIN_GAP
-                    for o in objects)
-        if clear and _corners_in_view(spec, xy, camera):
+        if footprint_clear(objects, spec, xy, MIN_GAP) and corners_in_view(spec, xy, camera):
             return xy
     return None
 
 
-def sample_scene(seed: int, count: int | None = None, exclude=()) -> SceneSpec:
+def _place_beside(objects: list, spec: ObjectSpec, anchor: ObjectSpec, rng,
+                  camera: CameraSpec, tries: int = 60):
+    # A few millimetres from `anchor`'s footprint: touching neighbours at low camera angles.
+    for _ in range(tries):
+        angle = rng.uniform(-math.pi, math.pi)
+        reach = anchor.radius + spec.radius + rng.uniform(0.002, 0.012)
+        xy = (anchor.xy[0] + reach * math.cos(angle), anchor.xy[1] + reach * math.sin(angle))
+        if (abs(xy[0]) < 0.32 and abs(xy[1]) < 0.22 and footprint_clear(objects, spec, xy, 0.0015)
+                and corners_in_view(spec, xy, camera)):
+            return xy
+    return None
+
+
+def new_object(colour: str, shape: str, rng, scale: tuple = (1.0, 1.0)) -> ObjectSpec:
+    """Draw one object's colour jitter, size (times a factor from `scale`) and yaw at (0, 0)."""
+    jitter = rng.uniform(-0.03, 0.03, 3)
+    rgba = tuple(float(v) for v in np.clip(np.array(COLOURS[colour]) + jitter, 0, 1)) + (1.0,)
+    half = _half_size(shape, rng)
+    yaw = float(rng.uniform(-math.pi, math.pi))
+    if tuple(scale) != (1.0, 1.0):  # no extra draw for the default sizes
+        factor = rng.uniform(*scale)
+        half = tuple(v * factor for v in half)
+    return ObjectSpec(colour, shape, half, (0.0, 0.0), yaw, rgba)
+
+
+def _neighbour_order(combos: list, order, count: int) -> list:
+    # The first combination, then up to `count` of its colour and `count` of its shape.
+    first = combos[order[0]]
+    same_colour = [i for i in order[1:] if combos[i][0] == first[0]][:count]
+    same_shape = [i for i in order[1:] if combos[i][1] == first[1]][:count]
+    chosen = [order[0]] + [i for pair in zip(same_colour, same_shape) for i in pair]
+    chosen += same_colour[len(same_shape):] + same_shape[len(same_colour):]
+    return chosen + [i for i in order if i not in chosen]
+
+
+def sample_scene(seed: int, count: int | None = None, exclude=(),
+                 variation: Variation = DEFAULT_VARIATION) -> SceneSpec:
     """
     Sample a scene from `seed`: 3-6 distinct objects, table colour, lighting and camera jitter.
 
@@ -151,9 +231,11 @@ def sample_scene(seed: int, count: int | None = None, exclude=()) -> SceneSpec:
     seed : int
         Decides everything; the same seed always gives the same scene.
     count : int, optional
-        Number of objects (1-12); by default drawn from 3..6.
+        Number of objects (1-12); by default drawn from `variation.count` (3..6).
     exclude : iterable of (colour, shape)
         Combinations never used (held-out combinations for training splits).
+    variation : Variation
+        Camera, count, size and neighbour ranges; the default draws today's scenes.
 
     Returns
     -------
@@ -161,23 +243,27 @@ def sample_scene(seed: int, count: int | None = None, exclude=()) -> SceneSpec:
 
     """
     rng = np.random.default_rng(seed)
-    count = int(rng.integers(3, 7)) if count is None else int(count)
+    low, high = variation.count
+    count = int(rng.integers(low, high + 1)) if count is None else int(count)
     if not 1 <= count <= 12:
         raise ValueError(f'object count must be within 1..12, got {count}')
-    camera = _sample_camera(rng)
+    camera = _sample_camera(rng, variation)
     excluded = {tuple(c) for c in exclude}
     combos = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in excluded]
     order = rng.permutation(len(combos))
+    neighbours = set()
+    if variation.neighbours:
+        order = _neighbour_order(combos, order, variation.neighbours)
+        neighbours = set(order[1:1 + 2 * variation.neighbours])
     objects = []
     for index in order:
         if len(objects) == count:
             break
-        colour, shape = combos[index]
-        jitter = rng.uniform(-0.03, 0.03, 3)
-        rgba = tuple(float(v) for v in np.clip(np.array(COLOURS[colour]) + jitter, 0, 1)) + (1.0,)
-        spec = ObjectSpec(colour, shape, _half_size(shape, rng), (0.0, 0.0),
-                          float(rng.uniform(-math.pi, math.pi)), rgba)
-        xy = _place(objects, spec, rng, camera)
+        spec = new_object(*combos[index], rng, variation.scale)
+        if index in neighbours and objects:
+            xy = _place_beside(objects, spec, objects[0], rng, camera)
+        else:
+            xy = _place(objects, spec, rng, camera)
         if xy is not None:
             spec.xy = (float(xy[0]), float(xy[1]))
             objects.append(spec)
@@ -275,6 +361,24 @@ def _gripper_xml() -> str:
             '</body>')
 
 
+def _table_material(scene: SceneSpec) -> str:
+    if not scene.table_texture:
+        return f'<material name="table" rgba="{_fmt(scene.table_rgb)} 1" specular="0.1"/>'
+    if scene.table_texture not in TABLE_TEXTURES:
+        raise ValueError(f'unknown table texture {scene.table_texture!r}; '
+                         f'choose one of {TABLE_TEXTURES}')
+    colours = f'rgb1="{_fmt(scene.table_rgb)}" rgb2="{_fmt(scene.table_rgb2)}"'
+    builtin, repeat = {'checker': ('checker', '6 4'), 'fine_checker': ('checker', '24 16'),
+                       'noise': ('flat', '3 2'), 'gradient': ('gradient', '1 1')}[
+                           scene.table_texture]
+    marks = (f' mark="random" random="0.25" markrgb="{_fmt(scene.table_rgb2)}"'
+             if scene.table_texture == 'noise' else '')
+    return (f'<texture name="table" type="2d" builtin="{builtin}" {colours}{marks} '
+            f'width="128" height="128"/>'
+            f'<material name="table" texture="table" texrepeat="{repeat}" texuniform="false" '
+            f'specular="0.1"/>')
+
+
 def scene_xml(scene: SceneSpec, width: int, height: int) -> str:
     """
     Return the MJCF of `scene` with an offscreen buffer of `width` x `height`.
@@ -296,7 +400,8 @@ def scene_xml(scene: SceneSpec, width: int, height: int) -> str:
     materials, bodies = _objects_xml(scene)
     rot = look_at(scene.camera.eye, scene.camera.target)
     light_dir = -np.asarray(scene.light_pos) / np.linalg.norm(scene.light_pos)
-    diffuse = scene.light_diffuse
+    tint = np.asarray(scene.light_rgb, float)
+    diffuse = scene.light_diffuse * tint
     return f"""<mujoco model="tabletop">
 <compiler angle="radian"/>
 <option><flag contact="disable"/></option>
@@ -305,19 +410,20 @@ def scene_xml(scene: SceneSpec, width: int, height: int) -> str:
   <global offwidth="{width}" offheight="{height}" fovy="{FOVY_DEG}"/>
   <map znear="0.02" zfar="10"/>
   <quality shadowsize="1024" offsamples="0"/>
-  <headlight ambient="{_fmt([scene.ambient] * 3)}" diffuse="0.25 0.25 0.25" specular="0 0 0"/>
+  <headlight ambient="{_fmt(scene.ambient * tint)}" diffuse="{_fmt(0.25 * tint)}"
+             specular="0 0 0"/>
 </visual>
 <asset>
   <texture name="floor" type="2d" builtin="checker" rgb1="{_fmt(scene.floor_rgb)}"
            rgb2="{_fmt(np.array(scene.floor_rgb) * 0.8)}" width="64" height="64"/>
   <material name="floor" texture="floor" texrepeat="8 8"/>
-  <material name="table" rgba="{_fmt(scene.table_rgb)} 1" specular="0.1"/>
+  {_table_material(scene)}
   <material name="gripper" rgba="0.55 0.57 0.6 1" specular="0.6" shininess="0.6"/>
   {materials}
 </asset>
 <worldbody>
   <light name="key" pos="{_fmt(scene.light_pos)}" dir="{_fmt(light_dir)}" castshadow="true"
-         diffuse="{_fmt([diffuse] * 3)}" specular="0.2 0.2 0.2" cutoff="70"/>
+         diffuse="{_fmt(diffuse)}" specular="{_fmt(0.2 * tint)}" cutoff="70"/>
   {_table_xml(scene)}
   <camera name="camera" pos="{_fmt(scene.camera.eye)}"
           xyaxes="{_fmt(rot[:, 0])} {_fmt(rot[:, 1])}" fovy="{FOVY_DEG}"/>

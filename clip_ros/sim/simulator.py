@@ -205,6 +205,13 @@ class _Renderer:
         metres = None if zbuf is None else self._metres(np.flipud(zbuf))
         return np.flipud(rgb), metres, instances
 
+    def instances_only(self, model, data, geom_instance: np.ndarray) -> np.ndarray:
+        """Return the instance mask alone (one pass, no colour image)."""
+        self._gl.make_current()
+        mujoco.mjv_updateScene(model, data, self.option, None, self._camera,
+                               mujoco.mjtCatBit.mjCAT_ALL, self._scene)
+        return self._instances(geom_instance)
+
     def _metres(self, zbuf: np.ndarray) -> np.ndarray:
         # Reverse-Z buffer (1 at near, 0 at far) back to distance along the optical axis:
         # window z = n (f / z - 1) / (f - n)  =>  z = n f / (z_w (f - n) + n).
@@ -275,7 +282,11 @@ class Simulator:
         if object_count is not None:
             self.object_count = object_count
         self.seed = self.seed if seed is None else int(seed)
-        self.spec = sample_scene(self.seed, self.object_count, self.exclude)
+        return self.load(sample_scene(self.seed, self.object_count, self.exclude))
+
+    def load(self, spec: SceneSpec) -> SceneSpec:
+        """Build the scene `spec` (e.g. one drawn under a clip_ros.sim.conditions condition)."""
+        self.seed, self.spec = spec.seed, spec
         self.model = mujoco.MjModel.from_xml_string(
             scene_xml(self.spec, self.width, self.height))
         self.data = mujoco.MjData(self.model)
@@ -326,6 +337,11 @@ class Simulator:
             self.model, self.data, depth, self._geom_instance if instances else None)
         objects = None if ids is None else self.ground_truth(ids)
         return Frame(rgb, metres, ids, objects, self.K.copy())
+
+    def visible_pixels(self) -> np.ndarray:
+        """Return each object's visible pixel count (one instance pass, no colour image)."""
+        ids = self._renderer.instances_only(self.model, self.data, self._geom_instance)
+        return boxes_from_instances(ids, len(self.spec.objects))[1]
 
     def ground_truth(self, instances: np.ndarray) -> list:
         """Return an ObjectTruth per object; boxes and pixel counts come from `instances`."""
@@ -391,6 +407,11 @@ class Simulator:
             pos[2] = self._support(index, pos[:2])[0] + self.spec.objects[index].half_size[2]
             self._set_fingers(FINGER_OPEN)
         return name
+
+    def set_object_xy(self, index: int, xy) -> None:
+        """Move object `index` (scene order) to `xy` on the table (world frame, m)."""
+        self.data.mocap_pos[self._mocap[index]][:2] = xy
+        self._update()
 
     def object_position(self, name: str) -> np.ndarray:
         """Return the centre of object `name`, world frame (m)."""
