@@ -8,10 +8,11 @@ evaluate_policy command measures the same loop with the grounding models.
 import numpy as np
 import pytest
 
-from clip_ros.policy.geometric import GeometricPolicy
+from clip_ros.policy.geometric import GeometricPolicy, Observation
 from clip_ros.sim.dataset import HELD_OUT
 from clip_ros.sim.episodes import (
-    check_success, EpisodeConfig, run_episode, sample_task, save_strip, Task, TruthPerception)
+    check_success, EpisodeConfig, run_episode, sample_absent_task, sample_task, save_strip, Task,
+    TruthPerception)
 
 
 @pytest.fixture(scope='module')
@@ -30,16 +31,18 @@ def test_fixed_seed_episodes_succeed(sim, seed, verb):
     result = run_episode(sim, task, GeometricPolicy(), TruthPerception(),
                          EpisodeConfig(perceive_every=2))
     assert result.success, (task, result.status, result.detail)
+    assert result.status == 'succeeded' and result.agrees, result.detail
     assert result.sim_time < 10.0
     assert set(result.latency) >= {'render', 'grounding', 'lifting', 'policy', 'sim'}
 
 
-def test_unknown_target_fails_without_motion(sim, tmp_path):
+def test_unknown_target_is_rejected_without_motion(sim, tmp_path):
     task = Task(3, 'pick up the golden teapot', 'pick', sim.object_names[0])
     result = run_episode(sim, task, GeometricPolicy(), TruthPerception(),
                          EpisodeConfig(perceive_every=3, snapshot_every=6, time_limit=5.0))
-    assert not result.success and result.status == 'aborted'
-    assert 'not found' in result.detail
+    assert not result.success and result.status == 'rejected' and not result.moved
+    assert result.detail.startswith('not found: golden teapot')
+    assert result.agrees
     assert np.allclose(sim.gripper_position, (0.0, 0.12, 0.45))
     assert save_strip(result.frames, str(tmp_path / 'strip.png'))
 
@@ -59,3 +62,49 @@ def test_cylinder_place_rests_on_top(sim):
     assert result.success, (task, result.status, result.detail)
     assert sim.resting_on(task.target) == [task.destination]
     assert check_success(sim, task, True)
+
+
+def test_absent_object_command_is_rejected_without_motion(sim):
+    names = [f'{c} {s}' for c in ('red', 'blue', 'green', 'purple') for s in ('block', 'ball')]
+    task = sample_absent_task(40, names)
+    sim.reset(task.seed)
+    assert task.verb == 'absent' and task.target not in sim.object_names
+    result = run_episode(sim, task, GeometricPolicy(), TruthPerception(),
+                         EpisodeConfig(perceive_every=2, time_limit=6.0))
+    assert result.success and result.agrees and not result.moved, result.detail
+    assert result.status == 'rejected' and f'not found: {task.target}' in result.detail
+
+
+class MisplacingPolicy(GeometricPolicy):
+    """The geometric policy with a deliberate error: it sees the destination 12 cm to the side."""
+
+    def step(self, obs: Observation):
+        if obs.destination is not None:
+            obs.destination = obs.destination + (0.12, 0.0, 0.0)
+        return super().step(obs)
+
+
+def test_misplaced_object_is_reported_failed(sim):
+    """The load is released beside the destination: the look after the place says so."""
+    task = sample_task(13, 'place', HELD_OUT)
+    result = run_episode(sim, task, MisplacingPolicy(), TruthPerception(),
+                         EpisodeConfig(perceive_every=2))
+    assert sim.holding is None and task.destination not in sim.resting_on(task.target)
+    assert not result.success and result.status == 'failed' and result.agrees, result.detail
+    assert f'{task.target}' in result.detail and f'beside {task.destination}' in result.detail
+
+
+def test_dropped_pick_is_reported_failed(sim):
+    """The simulator lets go of the load during the lift: the look after the pick sees it."""
+
+    class Dropping(GeometricPolicy):
+        def step(self, obs: Observation):
+            action = super().step(obs)
+            if action.phase == 'lift' and obs.ee_position[2] > 0.08:
+                sim.open()  # the object slips out of the fingers
+            return action
+
+    task = sample_task(11, 'pick', HELD_OUT)
+    result = run_episode(sim, task, Dropping(), TruthPerception(), EpisodeConfig())
+    assert not result.success and result.status == 'failed' and result.agrees, result.detail
+    assert 'on the table' in result.detail

@@ -5,24 +5,54 @@ import pytest
 from clip_ros.policy.command import parse_command
 from clip_ros.policy.geometric import (
     CLOSED, GeometricPolicy, Observation, OPEN, plan, PolicyConfig, validate_command)
+from clip_ros.policy.lifting import LiftedTarget
 
-TARGET = np.array([0.1, 0.05, 0.02])
-BOWL = np.array([-0.2, 0.1, 0.02])
+TARGET = np.array([0.1, 0.05, 0.02])   # a 4 cm block's centre on the table
+BOWL = np.array([-0.2, 0.1, 0.02])     # the bowl's place point: footprint centre at its top
 CONFIG = PolicyConfig()
+BLOCK = np.array([0.04, 0.04, 0.04])
 
 
-def run(text, target=TARGET, destination=BOWL, ticks=400, seen=lambda t: True):
-    """Step the policy with an end effector that reaches each waypoint; return the log."""
-    policy = GeometricPolicy(CONFIG)
+def lifted(centre, size) -> LiftedTarget:
+    """A lifted object with its box centred on `centre` (what perceive reports)."""
+    centre, size = np.asarray(centre, float), np.asarray(size, float)
+    return LiftedTarget(np.zeros(3), centre, size, 0.6, (0.0, 0.0), 100,
+                        float(centre[2] + size[2] / 2), centre)
+
+
+BOWL_SEEN = lifted(BOWL - (0, 0, 0.01), (0.11, 0.11, 0.02))
+
+
+def run(text, target=TARGET, destination=BOWL, ticks=400, seen=lambda t: True,
+        config=CONFIG, drop_in=''):
+    """
+    Step the policy with an end effector that reaches each waypoint; return the log.
+
+    A closed gripper at the target holds it; opened, the load drops into the bowl when its
+    centre is over the bowl's footprint, else onto the table (in phase `drop_in` it slips
+    out of the fingers).
+    """
+    policy = GeometricPolicy(config)
     action = policy.start(parse_command(text), 0.0)
     ee, gripper, log = np.array([0.0, 0.12, 0.45]), OPEN, []
+    load, offset, dropped = np.array(target, float), None, False
     for tick in range(ticks):
         if action.state not in ('waiting', 'executing'):
             break
-        t = tick / CONFIG.rate
-        holding = gripper == CLOSED and np.linalg.norm(ee - target) < 0.03
-        obs = Observation(t, ee.copy(), gripper, target if seen(t) else None,
-                          destination if seen(t) else None, holding)
+        t = tick / config.rate
+        dropped = dropped or bool(drop_in and action.phase == drop_in)
+        if offset is not None and (gripper == OPEN or dropped):
+            in_bowl = np.linalg.norm(load[:2] - BOWL[:2]) < 0.07
+            load[2], offset = (0.028 if in_bowl else 0.02), None
+        if offset is None and gripper == CLOSED and np.linalg.norm(ee - load) < 0.03 \
+                and not dropped:
+            offset = load - ee
+        if offset is not None:
+            load = ee + offset
+        view = {'target': lifted(load, BLOCK), 'destination': BOWL_SEEN}
+        obs = Observation(t, ee.copy(), gripper, load.copy() if seen(t) else None,
+                          destination if seen(t) else None, offset is not None,
+                          seen=view if seen(t) else None)
         action = policy.step(obs)
         log.append((obs, action))
         if action.goal is not None:
@@ -36,7 +66,8 @@ def test_pick_runs_all_phases_within_limits():
     action, log = run('please pick up the blue block')
     assert action.state == 'succeeded'
     phases = list(dict.fromkeys(a.phase for _, a in log if a.phase))
-    assert phases == ['pre_grasp', 'open', 'descend', 'close', 'lift']
+    assert phases == ['pre_grasp', 'open', 'descend', 'close', 'lift', 'verify']
+    assert 'held 14 cm above the table (3 of 3 views)' in action.detail
     step_limit = CONFIG.max_speed / CONFIG.rate + 1e-9
     for obs, act in log:
         if act.goal is not None:
@@ -50,7 +81,7 @@ def test_pick_runs_all_phases_within_limits():
 
 def test_place_ends_open_above_destination():
     action, log = run('put the blue block in the green bowl')
-    assert action.state == 'succeeded'
+    assert action.state == 'succeeded' and 'on green bowl' in action.detail
     release = [obs for obs, a in log if a.phase == 'release']
     assert release and np.linalg.norm(release[0].ee_position[:2] - BOWL[:2]) < 0.02
     assert log[-1][0].gripper == OPEN
@@ -83,6 +114,38 @@ def test_never_seen_target_aborts_without_motion():
     assert len(log) > 1 and all(a.goal is None and a.gripper is None for _, a in log)
 
 
+def test_target_grounding_never_finds_is_rejected_without_motion():
+    policy = GeometricPolicy(CONFIG)
+    policy.start(parse_command('grab the purple block'), 0.0)
+    ee, actions = np.array([0.0, 0.12, 0.45]), []
+    for tick in range(100):
+        actions.append(policy.step(Observation(tick / CONFIG.rate, ee, OPEN, seen={},
+                                               undetected=('target',))))
+    assert actions[-1].state == 'rejected'
+    assert actions[-1].detail == 'not found: purple block (no detection within 3 s)'
+    assert all(a.goal is None and a.gripper is None for a in actions)
+
+
+def test_place_beside_the_destination_fails():
+    # The bowl is seen 9 cm to the side of where it is: the load lands on the table.
+    action, log = run('put the blue block in the green bowl', destination=BOWL + (0.09, 0, 0))
+    assert action.state == 'failed' and action.phase == 'verify'
+    assert action.detail.startswith('blue block 1 cm beside green bowl (centres 9 cm apart')
+    assert not any(a.goal is not None for _, a in log if a.phase == 'verify')
+
+
+def test_pick_dropped_during_the_lift_fails():
+    action, _ = run('pick up the blue block', drop_in='lift')
+    assert action.state == 'failed', action.detail
+    assert action.detail.startswith('blue block on the table')
+
+
+def test_pick_unseen_after_the_lift_fails():
+    action, log = run('pick up the blue block', seen=lambda t: t < 3.0)
+    assert action.state == 'failed' and action.detail == 'blue block not seen after the pick'
+    assert log[-1][0].time - min(o.time for o, a in log if a.phase == 'verify') >= 3.0
+
+
 def test_target_outside_workspace_aborts():
     action, log = run('pick up the blue block', target=np.array([2.0, 0.0, 0.02]))
     assert action.state == 'aborted' and 'outside the workspace' in action.detail
@@ -111,7 +174,7 @@ def test_validation_and_plans():
 def test_target_estimate_freezes_near_the_target():
     # Near the target the gripper occludes it and grounding flickers to a similar object.
     other = TARGET + np.array([0.0, 0.1, 0.03])
-    policy = GeometricPolicy(CONFIG)
+    policy = GeometricPolicy(PolicyConfig(verify=None))  # about the approach: no look after
     action = policy.start(parse_command('pick up the blue block'), 0.0)
     ee, gripper = np.array([0.0, 0.12, 0.45]), OPEN
     for tick in range(400):

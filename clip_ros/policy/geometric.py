@@ -8,17 +8,24 @@ to the workspace box, every published waypoint is at most ``max_speed / rate`` f
 effector, a target unseen for ``lost_timeout`` seconds aborts the command (until the end
 effector comes within ``near_distance`` of it: from there the estimate is frozen, as the
 gripper occludes the object), and a command without a known action verb never moves the arm.
+A target never seen within ``acquire_timeout`` rejects the command ("not found: <phrase>")
+without motion. After a pick or place the policy looks again (``verify``, policy/verify.py)
+and reports ``succeeded`` only when the target is held above the table or rests on the
+destination, else ``failed`` with what it saw.
 """
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from clip_ros.policy.command import Command, quote
+from clip_ros.policy.verify import Verification, VerifyConfig
 
 ACTION_VERBS = ('pick', 'place', 'push', 'point', 'go_to', 'find')
-# Status states: idle -> waiting (no target yet) -> executing -> succeeded | aborted;
-# rejected when the command cannot be executed at all.
-STATES = ('idle', 'waiting', 'executing', 'succeeded', 'aborted', 'rejected')
+# Status states: idle -> waiting (no target yet) -> executing -> succeeded | failed | aborted;
+# rejected when the command cannot be executed at all (no verb, target not found); failed
+# when the motion ran but the look afterwards does not show the outcome.
+STATES = ('idle', 'waiting', 'executing', 'succeeded', 'failed', 'aborted', 'rejected')
+FINAL_STATES = ('succeeded', 'failed', 'aborted', 'rejected')
 OPEN, CLOSED = 0.0, 1.0
 DIRECTIONS = {  # base frame: x right, y away from the camera, z up (the sim's world frame)
     'left': (-1.0, 0.0, 0.0), 'right': (1.0, 0.0, 0.0), 'forward': (0.0, 1.0, 0.0),
@@ -49,6 +56,7 @@ class PolicyConfig:
     acquire_timeout: float = 3.0     # abort when the target is never seen this long (s)
     time_limit: float = 30.0         # abort a command running longer than this (s)
     home: tuple = (0.0, 0.12, 0.45)  # where 'go home' / retreat ends
+    verify: VerifyConfig | None = field(default_factory=VerifyConfig)  # None: no look after
 
     def __post_init__(self):
         if not self.rate > 0 or not self.max_speed > 0:
@@ -71,6 +79,10 @@ class Observation:
     destination: np.ndarray | None = None   # lifted destination this tick; None when not seen
     holding: bool | None = None             # grasp sensor, None when unknown
     image: np.ndarray | None = None         # rgb uint8 [H, W, 3] for learned policies
+    # role -> LiftedTarget of a perception set that arrived this tick (the roles it lifted);
+    # None when no set arrived. The look after acting (verify) reads it.
+    seen: dict | None = None
+    undetected: tuple = ()  # roles that set had no detection for at all (grounding: not found)
 
 
 @dataclass
@@ -108,13 +120,15 @@ def plan(command: Command, config: PolicyConfig) -> list:
     grasp = [Phase('pre_grasp', 'target', (0, 0, up), track=True), Phase('open', gripper=OPEN),
              Phase('descend', 'target'), Phase('close', gripper=CLOSED),
              Phase('lift', 'ee', (0, 0, lift))]
+    verify = [Phase('verify')] if config.verify is not None else []
     if command.verb == 'pick':
-        return grasp
+        return grasp + verify
     if command.verb == 'place':
         drop = config.place_clearance
         return grasp + [Phase('carry', 'destination', (0, 0, up + drop)),
                         Phase('lower', 'destination', (0, 0, drop)),
-                        Phase('release', gripper=OPEN), Phase('retreat', 'ee', (0, 0, up))]
+                        Phase('release', gripper=OPEN),
+                        Phase('retreat', 'ee', (0, 0, up))] + verify
     if command.verb == 'push':
         d = np.asarray(DIRECTIONS.get(command.direction or 'forward', DIRECTIONS['forward']))
         start, end = -d * config.push_offset, d * config.push_distance
@@ -149,7 +163,9 @@ class TargetTracker:
         self.near_distance = near_distance
         self.target = self.destination = None
         self.target_seen = self.destination_seen = None
+        self.destination_view = None  # the destination's LiftedTarget with the latest point
         self.frozen = False
+        self.not_found = False  # a perception set came without any detection of the target
 
     def tracking(self, phase_tracks: bool = True) -> bool:
         """Return whether the target estimate is still updated (and must stay in view)."""
@@ -166,6 +182,15 @@ class TargetTracker:
         if obs.destination is not None and (self.destination is None or track_destination):
             self.destination = np.asarray(obs.destination, np.float64)
             self.destination_seen = obs.time
+            self.destination_view = (obs.seen or {}).get('destination', self.destination_view)
+        if self.target is None and 'target' in obs.undetected:
+            self.not_found = True
+
+    def verification(self, verb: str, command: Command, now: float,
+                     config: 'VerifyConfig') -> Verification:
+        """Return the look after acting at `now` for `command` (its target, destination)."""
+        return Verification(verb, command.targets[0], command.destination,
+                            self.destination_view, now, config)
 
 
 def validate_command(command: Command) -> str:
@@ -215,7 +240,7 @@ class GeometricPolicy:
         self._last_track = max((i for i, p in enumerate(self._phases) if p.track), default=-1)
         self._index, self._started, self._phase_start = 0, now, now
         self._tracker = TargetTracker(self.config.near_distance)
-        self._anchor_ee, self._load = None, 0.0
+        self._anchor_ee, self._load, self._verification = None, 0.0, None
         self._last = Action('waiting', detail=f'looking for {command.targets[0]!r}')
         return self._last
 
@@ -236,7 +261,7 @@ class GeometricPolicy:
         self._observe(obs)
         reason = self._safety(obs)
         if reason:
-            return self._finish('aborted', reason, self._phase_name())
+            return self._finish(*self._stopped(reason), self._phase_name())
         if self._tracker.target is None:
             return self._last  # still waiting, within acquire_timeout
         if self._index >= len(self._phases):
@@ -244,6 +269,14 @@ class GeometricPolicy:
         action = self._run_phase(self._phases[self._index], obs)
         self._last = action
         return action
+
+    def _stopped(self, reason: str) -> tuple:
+        """Return the final (state, detail) for a limit: rejected when grounding never found
+        the target (nothing moved yet), else aborted."""
+        if self._tracker.target is None and self._tracker.not_found:
+            return 'rejected', (f'not found: {self.command.targets[0]} (no detection within '
+                                f'{self.config.acquire_timeout:g} s)')
+        return 'aborted', reason
 
     def _phase_name(self) -> str:
         phases = getattr(self, '_phases', [])
@@ -298,6 +331,8 @@ class GeometricPolicy:
 
     def _run_phase(self, phase: Phase, obs: Observation) -> Action:
         cfg, now = self.config, obs.time
+        if phase.name == 'verify':
+            return self._verify(obs)
         if phase.gripper is not None:
             if now - self._phase_start >= cfg.gripper_time:
                 if phase.name == 'close' and obs.holding is False and self._needs_grasp():
@@ -319,6 +354,19 @@ class GeometricPolicy:
                 return self._finish('succeeded', self._success_detail(), phase.name)
             return Action('executing', phase.name, 'reached', ee, np.zeros(3))
         return self._servo(phase, ee, goal)
+
+    def _verify(self, obs: Observation) -> Action:
+        """Look again after the motion; finish succeeded or failed with what was seen."""
+        if self._verification is None:
+            self._verification = self._tracker.verification(
+                self.command.verb, self.command, obs.time, self.config.verify)
+        verdict = self._verification.look(obs.time, obs.seen, obs.ee_position, obs.holding)
+        if verdict is None:
+            return Action('executing', 'verify', 'looking again', None, np.zeros(3))
+        done, seen = verdict
+        if done:
+            return self._finish('succeeded', f'{self._success_detail()}: {seen}', 'verify')
+        return self._finish('failed', seen, 'verify')
 
     def _needs_grasp(self) -> bool:
         return self.command.verb in ('pick', 'place')

@@ -109,8 +109,9 @@ class LearnedPolicy(GeometricPolicy):
     Run a PolicyHead with the geometric policy's interface and safety checks.
 
     Unknown verbs are rejected, goals are clipped to the workspace and the speed limit, and a
-    target unseen for `lost_timeout` before the grasp aborts. A pick succeeds once the held
-    object is raised `lift_height` * 0.8; a place once the gripper opens after holding.
+    target unseen for `lost_timeout` before the grasp aborts. A pick is done once the held
+    object is raised `lift_height` * 0.8, a place once the gripper opens after holding; then
+    the policy holds still and looks again (verify) before it reports succeeded or failed.
     """
 
     def __init__(self, head: PolicyHead, embedder: Embedder, config: PolicyConfig = None):
@@ -130,6 +131,7 @@ class LearnedPolicy(GeometricPolicy):
         self._image, self._frame = None, None
         self._tracker = TargetTracker(self.config.near_distance)
         self._started, self._held, self._grasp_z = now, False, None
+        self._verification = None
         self._last = Action('waiting', detail=f'looking for {command.targets[0]!r}')
         return self._last
 
@@ -141,10 +143,13 @@ class LearnedPolicy(GeometricPolicy):
         """Return the head's action for this tick, or the final status."""
         if self._last.state not in ('waiting', 'executing'):
             return self._last
-        self._tracker.update(obs)
+        # The destination is latched once something is held: the load then occludes it.
+        self._tracker.update(obs, track_destination=not self._held)
         reason = self._limits(obs.time)
         if reason:
-            return self._finish('aborted', reason, 'learned')
+            return self._finish(*self._stopped(reason), 'learned')
+        if self._verification is not None:
+            return self._verify(obs)
         if self._tracker.target is None:
             return self._last  # nothing to act on: no image embedding spent while waiting
         if obs.image is not None and obs.image is not self._frame:
@@ -154,13 +159,19 @@ class LearnedPolicy(GeometricPolicy):
         if self._image is None:
             return self._last
         done = self._progress(obs)
-        if done:
+        if done and self.config.verify is None:
             return self._finish('succeeded', done, 'learned')
+        if done:  # hold still and look again (the geometric policy's verify phase)
+            self._done = done
+            return self._verify(obs)
         state = state_vector(obs, self._tracker.target, self._tracker.destination)
         with torch.no_grad():
             out = self.head(self._image, self._text,
                             torch.from_numpy(state)[None].to(self._device))[0].cpu().numpy()
         return self._action(obs, out)
+
+    def _success_detail(self) -> str:
+        return self._done
 
     def _progress(self, obs: Observation) -> str:
         ee_z = float(obs.ee_position[2])

@@ -42,6 +42,12 @@ class Perception:
     # role -> the point the policy uses: target = grasp point, destination = place point
     points: dict = field(default_factory=dict)
     errors: list = field(default_factory=list)  # why a role was not lifted
+    undetected: list = field(default_factory=list)  # roles whose phrase had no detection
+
+    @property
+    def seen(self) -> dict:
+        """Return {role: LiftedTarget} of the lifted roles (what the look after acting reads)."""
+        return {role: lifted for role, (_, _, lifted) in self.lifted.items()}
 
     @property
     def error(self) -> str:
@@ -90,6 +96,7 @@ def perceive(command: Command, candidates: dict, depth: np.ndarray, K, extrinsic
                        key=lambda c: -c.score)
         if not found:
             result.errors.append(f'{phrase!r} not detected')
+            result.undetected.append(role)
             continue
         (k, lifted), reasons = lift_standing(
             depth, [c.mask for c in found], K, extrinsic, config.depth_range, config.table_z,

@@ -4,10 +4,14 @@ Closed-loop episodes in the MuJoCo tabletop: perceive -> lift -> policy -> end e
 An episode resets a seeded scene, parses a command, and at each control tick renders the
 camera, grounds the target (and destination) phrase, lifts the mask to the base frame with the
 rendered depth, steps the policy, and executes its goal and gripper command on the kinematic
-gripper. Success: pick = the target held and lifted >= 5 cm; place = the target released and
-resting on the destination (inside a bowl, or on top of a block, ball or cylinder: its centre
-within the destination's footprint, see Simulator.resting_on); point/go_to = the grasp point
-above the target. Per-stage wall-clock latencies are recorded.
+gripper. The episode runs until the policy ends the command (or the time limit); then the
+simulator judges it. Success: pick = the target held and lifted >= 5 cm; place = the target
+released and resting on the destination (inside a bowl, or on top of a block, ball or
+cylinder: its centre within the destination's footprint, see Simulator.resting_on);
+point/go_to = the grasp point above the target; absent (a command naming an object that is not
+in the scene) = no motion and a rejected "not found" status. `agrees` says whether the policy's
+own report (succeeded after its look again, policy/verify.py) matches that judgement.
+Per-stage wall-clock latencies are recorded.
 """
 from dataclasses import dataclass, field
 import time
@@ -15,7 +19,7 @@ import time
 import numpy as np
 
 from clip_ros.policy.command import parse_command
-from clip_ros.policy.geometric import CLOSED, Observation, OPEN
+from clip_ros.policy.geometric import CLOSED, FINAL_STATES, Observation, OPEN
 from clip_ros.policy.lifting import Extrinsic
 from clip_ros.policy.perceive import Candidate, LiftConfig, perceive, roles
 from clip_ros.sim.scene import GRIPPER_HOME
@@ -71,6 +75,7 @@ class Task:
     destination: str | None = None
     distractor: str = ''          # 'colour', 'shape', 'colour+shape' or '' (none shares)
     held_out: bool = False        # the target's colour x shape is a held-out combination
+    # verb 'absent': the command (a pick) names `target`, which is not in the scene
 
 
 @dataclass
@@ -78,10 +83,18 @@ class EpisodeResult:
     """What one episode did."""
 
     task: Task
-    success: bool
+    success: bool                 # the simulator's judgement of the command's outcome
     status: str                   # the policy's final state
     detail: str
     sim_time: float               # seconds of simulated time
+    moved: bool = False           # the policy sent a goal or a gripper command
+
+    @property
+    def agrees(self) -> bool:
+        """Return whether the policy's report (succeeded or not) matches the simulator's."""
+        if self.task.verb == 'absent':  # nothing to do: any claim of success is wrong
+            return self.status != 'succeeded'
+        return (self.status == 'succeeded') == self.success
     latency: dict = field(default_factory=dict)  # stage -> list of seconds
     frames: list = field(default_factory=list)   # rgb uint8 snapshots when recorded
     steps: list = field(default_factory=list)    # (Observation, Action) when recorded
@@ -117,6 +130,8 @@ def check_success(sim, task: Task, finished: bool) -> bool:
         if sim.holding is not None or task.destination is None:
             return False
         return task.destination in sim.resting_on(task.target)
+    if task.verb == 'absent':  # judged on the policy's status and motion (run_episode)
+        return False
     if task.verb in ('point', 'go_to'):
         gap = sim.gripper_position[:2] - sim.object_position(task.target)[:2]
         return finished and bool(np.linalg.norm(gap) < 0.03)
@@ -136,7 +151,8 @@ def _observe(sim, task, perception, config, latency, t, gripper) -> tuple:
     target, destination = found.points.get('target'), found.points.get('destination')
     obs = Observation(t, sim.gripper_position, gripper, target, destination,
                       sim.holding is not None,
-                      image=frame.rgb if config.with_image else None)
+                      image=frame.rgb if config.with_image else None, seen=found.seen,
+                      undetected=tuple(found.undetected))
     return obs, frame
 
 
@@ -156,22 +172,21 @@ def run_episode(sim, task: Task, policy, perception, config: EpisodeConfig = Non
 
     Returns
     -------
-    EpisodeResult; success is checked every tick, so an episode ends as soon as it holds
-    (pick) or when the policy stops (place, point, go_to, or a failure).
+    EpisodeResult: the episode ends when the policy ends the command (succeeded, failed,
+    aborted or rejected: the policy's own report after it looked again) or at the time
+    limit; success is the simulator's judgement then.
 
     """
     config = config or EpisodeConfig()
     sim.reset(task.seed)
     sim.move_to(GRIPPER_HOME, instant=True)
     dt, latency, gripper = 1.0 / config.rate, {}, OPEN
-    result = EpisodeResult(task, False, 'idle', '', 0.0, latency)
+    result = EpisodeResult(task, False, 'idle', '', 0.0, latency=latency)
     action = policy.start(parse_command(task.command), 0.0)
     ticks = int(round(config.time_limit * config.rate))
     for tick in range(ticks):
         t = tick * dt
-        finished = action.state not in ('waiting', 'executing')
-        result.success = check_success(sim, task, finished)
-        if result.success or finished:
+        if action.state in FINAL_STATES:
             break
         if tick % max(1, config.perceive_every) == 0:
             obs, frame = _observe(sim, task, perception, config, latency, t, gripper)
@@ -183,11 +198,16 @@ def run_episode(sim, task: Task, policy, perception, config: EpisodeConfig = Non
         action = _timed(latency, 'policy', policy.step, obs)
         if config.record_steps:
             result.steps.append((obs, action))
+        result.moved = result.moved or action.goal is not None or action.gripper is not None
         gripper = _timed(latency, 'sim', _execute, sim, action, gripper, dt)
         result.sim_time = t + dt
-    finished = action.state not in ('waiting', 'executing')
-    result.success = result.success or check_success(sim, task, finished)
+    finished = action.state in FINAL_STATES
     result.status, result.detail = action.state, action.detail
+    if task.verb == 'absent':
+        result.success = (not result.moved and action.state == 'rejected'
+                          and 'not found' in action.detail)
+    else:
+        result.success = check_success(sim, task, finished)
     if config.snapshot_every:
         result.frames.append(sim.render(depth=False).rgb)
     return result
@@ -252,6 +272,32 @@ def sample_task(seed: int, verb: str, held_out: tuple = (), want_held_out: bool 
                     destination, _distractor(spec, index), (obj.colour, obj.shape) in held)
     raise ValueError(f'no scene in seeds {seed}..{seed + tries - 1} fits verb={verb!r}, '
                      f'held_out={want_held_out}')
+
+
+def sample_absent_task(seed: int, names, tries: int = 200) -> Task:
+    """
+    Return a pick command naming one of `names` that is not in the scene at or after `seed`.
+
+    The absent name shares its colour (else its shape) with an object in the scene whenever
+    one can, the case where grounding used to return the look-alike.
+    """
+    from clip_ros.sim.scene import sample_scene
+
+    for scene_seed in range(seed, seed + tries):
+        spec, rng = sample_scene(scene_seed), np.random.default_rng(scene_seed)
+        present = {o.name for o in spec.objects}
+        absent = [n for n in names if n not in present]
+        if not absent:
+            continue
+        colours, shapes = {o.colour for o in spec.objects}, {o.shape for o in spec.objects}
+        same_colour = [n for n in absent if n.split()[0] in colours]
+        same_shape = [n for n in absent if n.split()[-1] in shapes]
+        pool, kind = ((same_colour, 'colour') if same_colour else
+                      (same_shape, 'shape') if same_shape else (absent, ''))
+        name = pool[int(rng.integers(len(pool)))]
+        return Task(scene_seed, paraphrase('pick', name, None, rng), 'absent', name,
+                    distractor=kind)
+    raise ValueError(f'no scene in seeds {seed}..{seed + tries - 1} lacks one of {names}')
 
 
 PERCEPTION_CHOICES = ('truth', 'tiny', 'tabletop')
