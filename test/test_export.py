@@ -1,10 +1,11 @@
-"""ONNX export and the onnxruntime backend against torch on the tiny and tabletop models."""
+"""ONNX export and the onnxruntime and openvino backends against torch (tiny and tabletop)."""
 import numpy as np
 import pytest
 import torch
 from transformers import CLIPSegForImageSegmentation
 
-from clip_ros.perception.backends import BACKENDS, make_pipeline, OnnxClipSegRunner
+from clip_ros.perception.backends import (
+    BACKENDS, Engine, make_pipeline, OnnxClipSegRunner, OPENVINO_DEVICES, PRECISIONS)
 from clip_ros.perception.clipseg import ClipSegRunner
 from clip_ros.perception.export import export_clipseg, graph_dir
 from clip_ros.perception.handles import ClipSegModel
@@ -16,6 +17,8 @@ from clip_ros.tools import export as export_tool
 
 pytest.importorskip('onnxruntime')
 
+# The same tolerances hold for ONNX Runtime and for OpenVINO with its precision hint forced to
+# f32 (its CPU default on this Xeon is bf16, which differs from torch by about 0.03).
 MAP_TOL = 1e-4  # max abs difference of CLIPSeg probabilities, any pixel
 PROB_TOL = 1e-4  # max abs difference of CLIP re-scoring probabilities and final scores
 MIN_IOU = 0.99  # box IoU of matching detections
@@ -34,12 +37,20 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp('onnx')
 
 
-@pytest.fixture(scope='module', params=['tiny', 'tabletop'])
+def _openvino():
+    return pytest.importorskip('openvino', reason='openvino is not installed')
+
+
+@pytest.fixture(scope='module', params=[('tiny', 'onnxruntime'), ('tabletop', 'onnxruntime'),
+                                        ('tiny', 'openvino'), ('tabletop', 'openvino')],
+                ids='-'.join)
 def pipelines(request, cache):
-    clip, clipseg = _load(request.param)
+    name, backend = request.param
+    extra = {'precision': 'f32'} if backend == 'openvino' and _openvino() else {}
+    clip, clipseg = _load(name)
     options = {'min_area': 4}
     return (make_pipeline(clip, clipseg, **options),
-            make_pipeline(clip, clipseg, backend='onnxruntime', cache_dir=cache, **options))
+            make_pipeline(clip, clipseg, backend=backend, cache_dir=cache, **extra, **options))
 
 
 def _frames():
@@ -65,8 +76,9 @@ def _assert_same_results(ref, got):
 
 def test_backends_are_what_was_asked(pipelines):
     torch_pipe, onnx_pipe = pipelines
-    assert (torch_pipe.backend, onnx_pipe.backend) == ('torch', 'onnxruntime')
+    assert torch_pipe.backend == 'torch' and onnx_pipe.backend in ('onnxruntime', 'openvino')
     assert isinstance(onnx_pipe.runner, OnnxClipSegRunner)
+    assert onnx_pipe.runner.engine.backend == onnx_pipe.backend
     assert not isinstance(torch_pipe.runner, OnnxClipSegRunner)
 
 
@@ -180,3 +192,27 @@ def test_providers_must_be_a_list(tmp_path):
     with pytest.raises(ValueError, match='list'):
         make_pipeline(clip, clipseg, backend='onnxruntime', providers='CPUExecutionProvider',
                       cache_dir=tmp_path)
+
+
+def test_openvino_device_and_precision_are_checked(tmp_path):
+    _openvino()
+    clip, clipseg = _load('tiny')
+    for bad in ({'device': 'TPU'}, {'device': 'NPU.7'}, {'precision': 'int4'}):
+        with pytest.raises(ValueError) as error:
+            make_pipeline(clip, clipseg, backend='openvino', cache_dir=tmp_path, **bad)
+        names = OPENVINO_DEVICES if 'device' in bad else PRECISIONS
+        assert all(name in str(error.value) for name in names), error.value
+    with pytest.raises(ValueError, match='openvino'):
+        make_pipeline(clip, clipseg, backend='onnxruntime', device='CPU', cache_dir=tmp_path)
+
+
+def test_openvino_default_precision_stays_close(tmp_path):
+    """The device's own precision (bf16 on Xeons with AMX) moves a few edge pixels only."""
+    _openvino()
+    clipseg = load_tabletop_clipseg(device='cpu')
+    rgb = _frames()[0]
+    ref = ClipSegRunner(clipseg).probabilities(rgb, PHRASES)
+    runner = OnnxClipSegRunner(clipseg, Engine('openvino'), tmp_path)
+    error = np.abs(runner.probabilities(rgb, PHRASES) - ref)
+    # Measured on bf16: max 0.12, mean 7e-5, 0.04 % of pixels above 0.05.
+    assert error.mean() <= 1e-3 and np.mean(error > 0.05) <= 0.005

@@ -1,11 +1,13 @@
 """
-Inference backends for the grounding pipeline: torch (default) or ONNX Runtime.
+Inference backends for the grounding pipeline: torch (default), ONNX Runtime or OpenVINO.
 
 make_pipeline builds a GroundingPipeline whose CLIPSeg runner and CLIP model run either the
-torch modules or the exported ONNX graphs (perception.export); everything between the passes
-(thresholds, components, re-scoring softmax) is the same code for both.
+torch modules or the exported ONNX graphs (perception.export) under ONNX Runtime or OpenVINO;
+everything between the passes (thresholds, components, re-scoring softmax) is the same code
+for all. make_clip and make_runner give the nodes that run one model the same choice.
 """
 from dataclasses import dataclass, field, fields
+import threading
 
 import numpy as np
 import torch
@@ -17,8 +19,13 @@ from clip_ros.perception.grounding import GroundingPipeline
 from clip_ros.perception.handles import ClipModel
 from clip_ros.perception.tokenizer import tokenize
 
-BACKENDS = ('torch', 'onnxruntime')
+BACKENDS = ('torch', 'onnxruntime', 'openvino')
 DEFAULT_PROVIDERS = ('CPUExecutionProvider',)
+OPENVINO_DEVICES = ('CPU', 'GPU', 'NPU')
+# Hint -> the device capability it needs. 'auto' leaves the device's default (bf16 on Xeons
+# with AMX, f16 on GPUs); f32 for parity with torch.
+PRECISIONS = {'auto': None, 'f32': 'FP32', 'f16': 'FP16', 'bf16': 'BF16'}
+DEFAULT_PRECISION = 'auto'
 
 
 def _onnxruntime():
@@ -28,6 +35,15 @@ def _onnxruntime():
         raise ValueError(f"backend 'onnxruntime' is not available (onnxruntime is not installed: "
                          f'{e}); valid backends: {", ".join(BACKENDS)}') from e
     return onnxruntime
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError as e:
+        raise ValueError(f"backend 'openvino' is not available (openvino is not installed: "
+                         f'{e}); valid backends: {", ".join(BACKENDS)}') from e
+    return openvino
 
 
 def check_providers(providers=None) -> list:
@@ -44,6 +60,72 @@ def check_providers(providers=None) -> list:
     return providers
 
 
+def check_openvino(device: str = 'CPU', precision: str = DEFAULT_PRECISION) -> tuple:
+    """
+    Return (device, precision) for OpenVINO; ValueError names the valid and available choices.
+
+    device is CPU, GPU or NPU (or an indexed one such as GPU.1) and must be present here;
+    precision is 'auto' (the device's default) or one the device lists among its
+    OPTIMIZATION_CAPABILITIES (f32, f16, bf16).
+    """
+    ov = _openvino()
+    device = (device or 'CPU').strip().upper()
+    available = ov.Core().available_devices  # e.g. ['CPU', 'GPU.0', 'GPU.1']
+    if device.split('.')[0] not in OPENVINO_DEVICES or not any(
+            device == d or device == d.split('.')[0] for d in available):
+        raise ValueError(f'OpenVINO device {device!r} is not available; valid devices: '
+                         f'{", ".join(OPENVINO_DEVICES)} (present here: {", ".join(available)})')
+    precision = (precision or DEFAULT_PRECISION).strip().lower()
+    if precision not in PRECISIONS:
+        raise ValueError(f'unknown OpenVINO precision {precision!r}; valid: '
+                         f'{", ".join(PRECISIONS)}')
+    if PRECISIONS[precision]:
+        supported = ov.Core().get_property(device, 'OPTIMIZATION_CAPABILITIES')
+        if PRECISIONS[precision] not in supported:
+            valid = [k for k, v in PRECISIONS.items() if v is None or v in supported]
+            raise ValueError(f'OpenVINO device {device} does not run {precision}; valid '
+                             f'precisions there: {", ".join(valid)}')
+    return device, precision
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How exported graphs run: ONNX Runtime with providers, or OpenVINO on a device."""
+
+    backend: str = 'onnxruntime'
+    providers: tuple = DEFAULT_PROVIDERS  # onnxruntime
+    device: str = 'CPU'  # openvino
+    precision: str = DEFAULT_PRECISION  # openvino
+
+    def session(self, path):
+        """Open the graph at path; the session maps torch tensors to a list of tensors."""
+        if self.backend == 'openvino':
+            return _OpenVinoSession(path, self.device, self.precision)
+        return _Session(path, self.providers)
+
+
+def make_engine(backend: str, providers=None, device=None, precision=None) -> Engine:
+    """
+    Check a backend's options and return its Engine (None for 'torch').
+
+    ValueError names the valid choices for an unknown backend, an unavailable provider or
+    device, an unknown precision, or options given to a backend that does not take them.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f'unknown backend {backend!r}; valid backends: {", ".join(BACKENDS)}')
+    if providers and backend != 'onnxruntime':
+        raise ValueError(f"providers apply to backend 'onnxruntime' only, not {backend!r}")
+    if (device or precision) and backend != 'openvino':
+        raise ValueError(f"device and precision apply to backend 'openvino' only, "
+                         f'not {backend!r}')
+    if backend == 'onnxruntime':
+        return Engine('onnxruntime', providers=tuple(check_providers(providers)))
+    if backend == 'openvino':
+        device, precision = check_openvino(device, precision)
+        return Engine('openvino', device=device, precision=precision)
+    return None
+
+
 class _Session:
     """One ONNX Runtime session fed with torch tensors and returning float32 CPU tensors."""
 
@@ -58,13 +140,36 @@ class _Session:
         return [torch.from_numpy(np.asarray(o)) for o in self.session.run(None, feed)]
 
 
+class _OpenVinoSession:
+    """One OpenVINO compiled graph fed with torch tensors and returning float32 CPU tensors."""
+
+    def __init__(self, path, device: str, precision: str):
+        ov = _openvino()
+        self.path = str(path)
+        config = {'PERFORMANCE_HINT': 'LATENCY'}
+        if PRECISIONS[precision]:
+            config['INFERENCE_PRECISION_HINT'] = precision
+        self.compiled = ov.Core().compile_model(self.path, device, config)
+        self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()  # one infer request: one caller at a time
+
+    def __call__(self, *tensors) -> list:
+        inputs = [np.ascontiguousarray(t.detach().cpu().numpy()) for t in tensors]
+        with self.lock:
+            results = self.request.infer(inputs)
+            # The request reuses its output buffers: copy before the next call overwrites them.
+            return [torch.from_numpy(np.array(results[o], np.float32))
+                    for o in self.compiled.outputs]
+
+
 class OnnxClipSegRunner(ClipSegRunner):
     """ClipSegRunner whose vision pass, decoder and text tower run exported ONNX graphs."""
 
-    def __init__(self, model, providers=DEFAULT_PROVIDERS, cache_dir=None):
+    def __init__(self, model, engine: Engine = None, cache_dir=None):
+        engine = engine or Engine()
         paths = export_clipseg(model, cache_dir)
-        self.providers = list(providers)
-        self.sessions = {name: _Session(path, providers) for name, path in paths.items()}
+        self.engine = engine
+        self.sessions = {name: engine.session(path) for name, path in paths.items()}
         self.graph_paths = paths
         super().__init__(model)
 
@@ -86,16 +191,16 @@ class OnnxClipSegRunner(ClipSegRunner):
 class OnnxClipModel(ClipModel):
     """ClipModel whose image and text towers run exported ONNX graphs (float32, CPU tensors)."""
 
-    sessions: dict = field(default=None, repr=False)  # graph name -> _Session
+    sessions: dict = field(default=None, repr=False)  # graph name -> session
 
     @classmethod
-    def from_model(cls, clip: ClipModel, providers=DEFAULT_PROVIDERS, cache_dir=None):
+    def from_model(cls, clip: ClipModel, engine: Engine = None, cache_dir=None):
         """Export (or reuse) the graphs of a loaded ClipModel and open them."""
+        engine = engine or Engine()
         paths = export_clip(clip, cache_dir)
         values = {f.name: getattr(clip, f.name) for f in fields(ClipModel)}
-        values['text_cache'] = None  # a cache of its own, filled by the ONNX text tower
-        return cls(**values, sessions={name: _Session(path, providers)
-                                       for name, path in paths.items()})
+        values['text_cache'] = None  # a cache of its own, filled by the exported text tower
+        return cls(**values, sessions={name: engine.session(path) for name, path in paths.items()})
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Return L2-normalised float32 image embeddings [B, D] for normalised pixels [B,3,S,S]."""
@@ -107,8 +212,19 @@ class OnnxClipModel(ClipModel):
         return F.normalize(self.sessions['clip_text'](tokenize(phrases))[0], dim=-1)
 
 
+def make_clip(clip: ClipModel, engine: Engine = None, cache_dir=None) -> ClipModel:
+    """Return the ClipModel as loaded (engine None: torch) or on the engine's graphs."""
+    return clip if engine is None else OnnxClipModel.from_model(clip, engine, cache_dir)
+
+
+def make_runner(clipseg, engine: Engine = None, cache_dir=None) -> ClipSegRunner:
+    """Return a ClipSegRunner on torch (engine None) or on the engine's graphs."""
+    return ClipSegRunner(clipseg) if engine is None else OnnxClipSegRunner(
+        clipseg, engine, cache_dir)
+
+
 def make_pipeline(clip, clipseg, backend: str = 'torch', providers=None, cache_dir=None,
-                  **options) -> GroundingPipeline:
+                  device=None, precision=None, **options) -> GroundingPipeline:
     """
     Build a GroundingPipeline on the chosen backend.
 
@@ -117,34 +233,35 @@ def make_pipeline(clip, clipseg, backend: str = 'torch', providers=None, cache_d
     clip, clipseg
         loaded ClipModel and ClipSegModel (perception.loading).
     backend
-        'torch' (the modules as loaded) or 'onnxruntime' (graphs exported on first use and
-        cached per model name and weights hash, perception.export).
+        'torch' (the modules as loaded), 'onnxruntime' or 'openvino' (graphs exported on first
+        use and cached per model name and weights hash, perception.export).
     providers
         ONNX Runtime execution providers in order of preference (default
         CPUExecutionProvider); each must be available in the installed onnxruntime.
     cache_dir
         graph cache root (default $CLIP_ROS_ONNX_CACHE or ~/.cache/clip_ros/onnx).
+    device, precision
+        OpenVINO device (CPU, GPU, NPU; default CPU) and precision hint ('auto' = the
+        device's default, 'f32', 'f16', 'bf16').
     options
         GroundingPipeline's keyword arguments (min_area, distractors, ...).
 
     Raises
     ------
     ValueError
-        unknown or unavailable backend or provider (the message names the valid choices).
+        unknown or unavailable backend, provider, device or precision (the message names the
+        valid choices).
 
     """
-    if backend not in BACKENDS:
-        raise ValueError(f'unknown backend {backend!r}; valid backends: {", ".join(BACKENDS)}')
+    engine = make_engine(backend, providers, device, precision)
     pipeline = GroundingPipeline(clip, clipseg, **options)
-    if backend == 'onnxruntime':
-        providers = check_providers(providers)
-        pipeline.runner = OnnxClipSegRunner(clipseg, providers, cache_dir)
-        pipeline.clip = OnnxClipModel.from_model(clip, providers, cache_dir)
-    elif providers:
-        raise ValueError(f"providers apply to backend 'onnxruntime' only, not {backend!r}")
+    if engine is not None:
+        pipeline.runner = make_runner(clipseg, engine, cache_dir)
+        pipeline.clip = make_clip(clip, engine, cache_dir)
     pipeline.backend = backend
     return pipeline
 
 
-__all__ = ['BACKENDS', 'check_providers', 'DEFAULT_PROVIDERS', 'make_pipeline',
-           'OnnxClipModel', 'OnnxClipSegRunner']
+__all__ = ['BACKENDS', 'check_openvino', 'check_providers', 'DEFAULT_PRECISION',
+           'DEFAULT_PROVIDERS', 'Engine', 'make_clip', 'make_engine', 'make_pipeline',
+           'make_runner', 'OnnxClipModel', 'OnnxClipSegRunner', 'OPENVINO_DEVICES', 'PRECISIONS']
