@@ -3,11 +3,13 @@ import numpy as np
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Classification
 
+from clip_ros.nodes.backend_parameters import backend_options, backend_parameters
 from clip_ros.nodes.common import (
     clean_phrases, common_parameters, declare_all, describe, parameter_values,
     RESULTS_QOS, spin_node, string_list)
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import classification_msg
+from clip_ros.perception.backends import make_clip, make_engine
 from clip_ros.perception.classify import DEFAULT_TEMPLATES, ZeroShotClassifier
 from clip_ros.perception.loading import load_clip
 from clip_ros.perception.registry import DEFAULT_CLIP
@@ -36,6 +38,7 @@ class ClipClassifierNode(ManagedNode):
             ('clip_pretrained', DEFAULT_CLIP[1],
              describe("pretrained tag or weights file; '' or 'random' for random init", **ro)),
             *common_parameters(),
+            *backend_parameters(),
             ('classes', None, describe('class names to score', dynamic=True)),
             ('templates', list(DEFAULT_TEMPLATES),
              describe("prompt templates with a '{}' for the class name", dynamic=True)),
@@ -51,9 +54,14 @@ class ClipClassifierNode(ManagedNode):
     def load_model(self) -> tuple:
         """Load CLIP, build the classifier for the current classes and create the output."""
         values = parameter_values(self)
-        self._clip = load_clip(values['clip_arch'], values['clip_pretrained'],
-                               values['device'], values['dtype'], values['cache_dir'] or None)
-        self.get_logger().info(f'loaded {self._clip.name} on {self._clip.device}')
+        options = backend_options(values)
+        cache = options.pop('cache_dir')
+        engine = make_engine(**options)  # an unknown backend or device fails before loading
+        clip = load_clip(values['clip_arch'], values['clip_pretrained'],
+                         values['device'], values['dtype'], values['cache_dir'] or None)
+        self._clip = make_clip(clip, engine, cache)
+        self.get_logger().info(f'loaded {clip.name} on {clip.device}, '
+                               f'backend {options["backend"]}')
         self._apply_parameters(set())
         # One inference now, so the first camera frame does not pay for lazy initialisation.
         ZeroShotClassifier(self._clip, self._classes or ['an object'], DEFAULT_TEMPLATES)(

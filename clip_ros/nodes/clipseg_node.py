@@ -4,14 +4,16 @@ from sensor_msgs.msg import Image
 import torch
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
+from clip_ros.nodes.backend_parameters import backend_options, backend_parameters
 from clip_ros.nodes.common import (
     clean_phrases, common_parameters, declare_all, describe, LATCHED_QOS,
     parameter_values, RESULTS_QOS, spin_node, string_list)
 from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import detections_msg, label_info_msg
+from clip_ros.perception.backends import make_engine, make_runner
 from clip_ros.perception.classify import semantic_regions, semantic_segmentation
-from clip_ros.perception.clipseg import ClipSegRunner, load_clipseg
+from clip_ros.perception.clipseg import load_clipseg
 from clip_ros.perception.registry import DEFAULT_CLIPSEG
 
 WARM_UP_SIZE = 224
@@ -31,6 +33,7 @@ class ClipSegNode(ManagedNode):
             ('clipseg_model', DEFAULT_CLIPSEG,
              describe("CLIPSeg hub id or local directory, or 'tiny'", read_only=True)),
             *common_parameters(),
+            *backend_parameters(),
             ('classes', None, describe('class names to segment', dynamic=True)),
             ('background_threshold', 0.5, describe(
                 'pixels whose best class probability is below this are background (0)',
@@ -47,10 +50,14 @@ class ClipSegNode(ManagedNode):
     def load_model(self) -> tuple:
         """Load CLIPSeg, warm it up and create the outputs."""
         values = parameter_values(self)
+        options = backend_options(values)
+        cache = options.pop('cache_dir')
+        engine = make_engine(**options)  # an unknown backend or device fails before loading
         model = load_clipseg(values['clipseg_model'], values['device'], values['dtype'],
                              values['cache_dir'] or None)
-        self.get_logger().info(f'loaded {model.name} on {model.device}')
-        self._runner = ClipSegRunner(model)
+        self.get_logger().info(f'loaded {model.name} on {model.device}, '
+                               f'backend {options["backend"]}')
+        self._runner = make_runner(model, engine, cache)
         # One inference now, so the first camera frame does not pay for lazy initialisation.
         with torch.inference_mode():
             self._runner.probabilities(np.zeros((WARM_UP_SIZE, WARM_UP_SIZE, 3), np.uint8),

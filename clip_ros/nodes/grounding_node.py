@@ -1,5 +1,4 @@
 """Ground language phrases in camera images: detections, instance mask, heatmap, overlay."""
-import os
 import time
 
 import numpy as np
@@ -7,6 +6,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
+from clip_ros.nodes.backend_parameters import backend_options, backend_parameters
 from clip_ros.nodes.cameras import Camera, camera_names
 from clip_ros.nodes.common import (
     clean_phrases, COMMAND_QOS, common_parameters, declare_all, describe, image_qos,
@@ -94,12 +94,7 @@ class GroundingNode(ManagedNode):
              describe('competing texts for CLIP re-scoring', dynamic=True)),
             ('min_area', 64, describe('smallest instance in pixels', int_range=(1, 1 << 24))),
             ('max_detections', 20, describe('most detections per frame', int_range=(1, 1000))),
-            ('backend', 'torch', describe(
-                "'torch' or 'onnxruntime' (graphs exported on first use, cached per model and "
-                'weights under <cache_dir>/onnx or ~/.cache/clip_ros/onnx)', read_only=True)),
-            ('onnx_providers', ['CPUExecutionProvider'], describe(
-                'ONNX Runtime execution providers in order of preference (backend onnxruntime)',
-                read_only=True)),
+            *backend_parameters(),
             ('rescore', True, describe('re-score instances with CLIP crops')),
             ('track_iou', 0.3, describe(
                 'smallest mask IoU (after motion prediction) that keeps an instance id',
@@ -199,11 +194,7 @@ class GroundingNode(ManagedNode):
     def _build_pipeline(self) -> GroundingPipeline:
         # CLIP re-scores at most 64 candidates a frame, or max_detections when that is more.
         values = parameter_values(self)
-        cache = os.path.join(values['cache_dir'], 'onnx') if values['cache_dir'] else None
-        onnx = values['backend'] == 'onnxruntime'
-        return make_pipeline(self._clip, self._clipseg, backend=values['backend'],
-                             providers=list(values['onnx_providers']) if onnx else None,
-                             cache_dir=cache if onnx else None,
+        return make_pipeline(self._clip, self._clipseg, **backend_options(values),
                              distractors=self._distractors, min_area=self._min_area,
                              max_detections=self._max_detections, rescore=self._rescore,
                              max_candidates=max(64, self._max_detections))
