@@ -18,6 +18,7 @@ from clip_ros.perception.geometry import box_iou, mask_iou, SceneObject
 from clip_ros.perception.grounding import DEFAULT_DISTRACTORS
 from clip_ros.perception.stats import mean_interval, proportion
 from clip_ros.policy.command import parse_command
+from clip_ros.sim.conditions import condition_frames, CONDITIONS
 from clip_ros.sim.dataset import HELD_OUT
 from clip_ros.sim.scene import COLOURS, SHAPES
 
@@ -26,7 +27,6 @@ BOX_IOU = 0.5
 HELD_OUT_NAMES = tuple(f'{colour} {shape}' for colour, shape in HELD_OUT)
 ABSENT_KINDS = ('same_colour', 'held_out', 'other')
 SIM_NAMES = [f'{colour} {shape}' for colour in COLOURS for shape in SHAPES]
-CONDITIONS = ('in_distribution',)
 DEFAULT_SCENES = 40     # per condition: about 150 present and 150 absent queries
 ABSENT_PER_SCENE = 4    # absent names asked per scene
 # grounding_node's defaults (config/grounding_node.yaml; test_evaluate holds them equal).
@@ -150,13 +150,16 @@ def evaluate_scenes(pipeline, scenes, vocabulary, threshold: float, min_pixels: 
     """
     Return one record per distinct query of each scene.
 
-    scenes yields (seed, rgb, visible SceneObjects, every object name); progress wraps it.
+    scenes yields (seed, rgb, visible SceneObjects, every object name, focus name or ''), as
+    condition_scenes does; progress wraps it. A record's 'focus' marks a present query about
+    the object the condition is about.
     """
     records = []
-    for seed, rgb, objects, names in (progress(scenes) if progress else scenes):
+    for seed, rgb, objects, names, focus in (progress(scenes) if progress else scenes):
         for query in scene_queries(objects, names, vocabulary, seed, min_pixels,
                                    absent_per_scene):
-            records.append({'seed': int(seed), **ground_query(pipeline, rgb, query, threshold)})
+            records.append({'seed': int(seed), 'focus': bool(focus) and query.name == focus,
+                            **ground_query(pipeline, rgb, query, threshold)})
     return records
 
 
@@ -176,6 +179,7 @@ def summarise_condition(records: list) -> dict:
         'seen_accuracy': share([r for r in present if not r['held_out']], 'correct'),
         'held_out_accuracy': share([r for r in present if r['held_out']], 'correct'),
         'mask_iou': mean_interval(r['mask_iou'] for r in present),
+        'focus_accuracy': share([r for r in present if r['focus']], 'correct'),
         'absent_rejected': share(absent, 'found', want=False),
         'absent_rejected_by_kind': {
             kind: share([r for r in absent if r['absent_kind'] == kind], 'found', want=False)
@@ -203,9 +207,18 @@ def condition_names(values) -> list:
 
 
 def condition_scenes(condition: str, seeds, width: int, height: int):
-    """Yield (seed, rgb, visible SceneObjects, every object name) for each seed under condition."""
-    from clip_ros.sim.dataset import render_scenes
-    if condition != 'in_distribution':
-        raise ValueError(f'unknown condition {condition!r}; choose from in_distribution')
-    for seed, (rgb, objects, names) in zip(seeds, render_scenes(seeds, width, height)):
-        yield seed, rgb, objects, names
+    """
+    Yield (seed, rgb, visible SceneObjects, every object name, focus) per test-split seed.
+
+    seeds is a contiguous range of the test split; focus names the object the condition is
+    about (the occluded one, the one with same-colour neighbours) or is ''.
+    """
+    from clip_ros.sim.dataset import SPLITS
+    from clip_ros.sim.simulator import Simulator  # needs OpenGL
+    if not len(seeds):
+        return
+    with Simulator(seeds[0], width, height, show_gripper=False) as sim:
+        for seed, spec, frame in condition_frames(sim, 'test', condition, len(seeds),
+                                                  seeds[0] - SPLITS['test']):
+            yield seed, frame.rgb, visible_objects(frame), [o.name for o in frame.objects], \
+                spec.focus

@@ -28,7 +28,7 @@ def missed_targets(conditions: dict) -> list:
     for name, figures in conditions.items():
         floor = (TARGETS['in_distribution_accuracy'] if name == 'in_distribution'
                  else TARGETS['shift_accuracy'])
-        for key in ('seen_accuracy', 'held_out_accuracy'):
+        for key in ('seen_accuracy', 'held_out_accuracy', 'focus_accuracy'):
             rate = figures[key]['rate']
             if figures[key]['n'] and not rate >= floor:
                 missed.append(f'{name}: {key} {rate:.1%} < {floor:.0%}')
@@ -56,6 +56,8 @@ def format_conditions(conditions: dict) -> str:
                      f"{f['absent_queries']} absent distinct queries")
         for key, title in (('accuracy', 'accuracy'), *RATES[:2]):
             lines.append(f'  {title:<18} {_rate(f[key])}')
+        if f['focus_accuracy']['n']:
+            lines.append(f"  {'focus object acc':<18} {_rate(f['focus_accuracy'])}")
         lines.append(f"  {'mask IoU':<18} {_mean(f['mask_iou'])}")
         for key, title in RATES[2:]:
             lines.append(f'  {title:<18} {_rate(f[key])}')
@@ -76,11 +78,13 @@ def markdown_table(conditions: dict) -> str:
         return f"{value:.1%} ({figure['low']:.0%}–{figure['high']:.0%})".replace('%', ' %')
 
     lines = ['| condition | queries (present / absent) | seen accuracy | held-out accuracy | '
-             'mask IoU | absent rejected | present wrongly rejected |',
-             '|---|---|---|---|---|---|---|']
+             'focus object accuracy | mask IoU | absent rejected | present wrongly rejected |',
+             '|---|---|---|---|---|---|---|---|']
     for name, f in conditions.items():
+        focus = f['focus_accuracy']
         lines.append(f"| {name} | {f['present_queries']} / {f['absent_queries']} | "
                      f"{cell(f['seen_accuracy'])} | {cell(f['held_out_accuracy'])} | "
+                     f"{cell(focus) + ' of ' + str(focus['n']) if focus['n'] else '–'} | "
                      f"{cell(f['mask_iou'], mean=True)} | {cell(f['absent_rejected'])} | "
                      f"{cell(f['present_rejected'])} |")
     return '\n'.join(lines)
