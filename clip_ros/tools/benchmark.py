@@ -1,5 +1,5 @@
 """
-Time one grounding step: the transformers reference path against the clip_ros pipeline.
+Time one grounding step: the transformers reference path against the clip_ros pipeline backends.
 
 Both paths run in the same process on the same frame and weights (random-initialised at the
 default sizes, so no download is needed; the arithmetic equals the pretrained models'):
@@ -8,7 +8,9 @@ default sizes, so no download is needed; the arithmetic equals the pretrained mo
   through CLIPSegForImageSegmentation's forward (which encodes the prompts every call), then the
   same thresholding, and CLIP re-scoring with open_clip's PIL transform crop by crop;
   both paths re-score the same number of components (``--instances-per-phrase``);
-- ours: GroundingPipeline (one CLIPSeg vision pass, cached text, batched tensor crops).
+- ours: GroundingPipeline (one CLIPSeg vision pass, cached text, batched tensor crops) on each
+  backend: torch, onnxruntime and openvino (the device's default precision, bf16 on Xeons with
+  AMX; 'openvino-f32' forces f32). Each backend's detections are compared with torch's.
 """
 import argparse
 import json
@@ -20,10 +22,11 @@ from PIL import Image
 import torch
 import torch.nn.functional as F
 
+from clip_ros.perception.backends import make_pipeline
 from clip_ros.perception.clipseg import load_clipseg
 from clip_ros.perception.compressed import decode_colour, encode_colour
 from clip_ros.perception.geometry import connected_components
-from clip_ros.perception.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
+from clip_ros.perception.grounding import DEFAULT_DISTRACTORS
 from clip_ros.perception.loading import load_clip
 from clip_ros.perception.tokenizer import tokenize
 from clip_ros.sim.synthetic import scene_image
@@ -80,41 +83,87 @@ def time_ms(step, repeats: int) -> tuple:
     return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))]
 
 
+# Benchmark backend name -> make_pipeline keywords.
+BACKENDS = {'torch': {}, 'onnxruntime': {'backend': 'onnxruntime'},
+            'openvino': {'backend': 'openvino'},
+            'openvino-f32': {'backend': 'openvino', 'precision': 'f32'}}
+DEFAULT_BACKENDS = ('torch', 'onnxruntime', 'openvino')
+
+
+def _iou(a, b) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0) * max(h, 0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 1.0
+
+
+def agreement(ref, got) -> dict:
+    """Compare two GroundingResults: same detections (phrase, box IoU >= 0.99), max score diff."""
+    same = len(ref.detections) == len(got.detections) and all(
+        a.phrase == b.phrase and _iou(a.box, b.box) >= 0.99
+        for a, b in zip(ref.detections, got.detections))
+    diffs = [abs(a.score - b.score) for a, b in zip(ref.detections, got.detections)]
+    return {'same_detections': bool(same), 'max_score_diff': max(diffs, default=0.0)}
+
+
 def run(clip_arch: str, clipseg_name: str, counts: list, repeats: int, width: int,
-        height: int, threshold: float, per_phrase: int) -> list:
-    """Time both paths for each phrase count; return one row dict per count."""
+        height: int, threshold: float, per_phrase: int, backends=DEFAULT_BACKENDS,
+        cache_dir=None) -> list:
+    """Time the reference and each backend for each phrase count; return one row per count."""
     clip = load_clip(clip_arch, 'random', device='cpu', dtype='float32')
     seg = load_clipseg(clipseg_name, device='cpu', dtype='float32')
-    pipeline = GroundingPipeline(clip, seg)
+    pipelines = {name: make_pipeline(clip, seg, cache_dir=cache_dir, **BACKENDS[name])
+                 for name in dict.fromkeys(['torch', *backends])}
     rgb, _ = scene_image(seed=0, width=width, height=height)
     rows = []
     for count in counts:
         phrases = list(PHRASES[:count])
         cap = per_phrase * count
-        pipeline.max_candidates = pipeline.max_detections = cap
         found = reference_step(clip, seg, rgb, phrases, threshold, cap)
         ref = time_ms(lambda: reference_step(clip, seg, rgb, phrases, threshold, cap), repeats)
-        ours = time_ms(lambda: pipeline(rgb, phrases, threshold, with_heatmaps=False), repeats)
         seg_ref = time_ms(lambda: reference_maps(seg, rgb, phrases), repeats)
-        seg_ours = time_ms(lambda: pipeline.runner.probabilities(rgb, phrases), repeats)
-        rows.append({'phrases': count, 'instances': found, 'reference_ms': ref[0],
-                     'reference_p90_ms': ref[1], 'ours_ms': ours[0], 'ours_p90_ms': ours[1],
-                     'ratio': ref[0] / ours[0], 'clipseg_reference_ms': seg_ref[0],
-                     'clipseg_ours_ms': seg_ours[0], 'clipseg_ratio': seg_ref[0] / seg_ours[0]})
+        row = {'phrases': count, 'instances': found, 'reference_ms': ref[0],
+               'reference_p90_ms': ref[1], 'clipseg_reference_ms': seg_ref[0], 'backends': {}}
+        expected = None
+        for name, pipeline in pipelines.items():
+            pipeline.max_candidates = pipeline.max_detections = cap
+            result = pipeline(rgb, phrases, threshold, with_heatmaps=False)
+            expected = expected or result  # torch runs first
+            ours = time_ms(lambda: pipeline(rgb, phrases, threshold, with_heatmaps=False),
+                           repeats)
+            seg_ours = time_ms(lambda: pipeline.runner.probabilities(rgb, phrases), repeats)
+            row['backends'][name] = {
+                'ms': ours[0], 'p90_ms': ours[1], 'ratio': ref[0] / ours[0],
+                'clipseg_ms': seg_ours[0], 'detections': len(result.detections),
+                **agreement(expected, result)}
+        torch_row = row['backends']['torch']
+        best = min(row['backends'], key=lambda n: row['backends'][n]['ms'])
+        row.update(ours_ms=torch_row['ms'], ours_p90_ms=torch_row['p90_ms'],
+                   ratio=torch_row['ratio'], clipseg_ours_ms=torch_row['clipseg_ms'],
+                   clipseg_ratio=seg_ref[0] / torch_row['clipseg_ms'], best_backend=best,
+                   best_ratio=row['backends'][best]['ratio'])
+        rows.append(row)
     return rows
 
 
 def print_table(rows: list, title: str) -> None:
-    """Print rows as a Markdown table."""
+    """Print rows as a Markdown table: p50 ms per path, each backend's ratio to the reference."""
+    names = list(rows[0]['backends']) if rows else []
     print(title)
-    print('| phrases | instances | reference ms (p50 / p90) | clip_ros ms (p50 / p90) | ratio '
-          '| CLIPSeg stage: reference / clip_ros ms | ratio |')
-    print('|---|---|---|---|---|---|---|')
+    print('| phrases | instances | reference ms | '
+          + ' | '.join(f'{n} ms (ratio)' for n in names)
+          + ' | CLIPSeg stage: reference / torch ms | same detections as torch |')
+    print('|---|---|---|' + '---|' * len(names) + '---|---|')
     for r in rows:
-        print(f"| {r['phrases']} | {r['instances']} | {r['reference_ms']:.0f} / "
-              f"{r['reference_p90_ms']:.0f} | {r['ours_ms']:.0f} / {r['ours_p90_ms']:.0f} | "
-              f"{r['ratio']:.2f}x | {r['clipseg_reference_ms']:.0f} / "
-              f"{r['clipseg_ours_ms']:.0f} | {r['clipseg_ratio']:.2f}x |")
+        cells = [f"{b['ms']:.0f} ({b['ratio']:.2f}x)" for b in r['backends'].values()]
+        same = ', '.join(
+            f"{n} {'yes' if b['same_detections'] else 'NO'} (score diff {b['max_score_diff']:.0e})"
+            for n, b in r['backends'].items() if n != 'torch')
+        print(f"| {r['phrases']} | {r['instances']} | {r['reference_ms']:.0f} | "
+              + ' | '.join(cells)
+              + f" | {r['clipseg_reference_ms']:.0f} / {r['clipseg_ours_ms']:.0f} | "
+              f'{same or "-"} |')
 
 
 def decode_rows(rgb: np.ndarray, repeats: int) -> list:
@@ -155,13 +204,16 @@ def main(argv=None) -> int:
                         help='components CLIP re-scores per phrase in both paths (random maps '
                              'are noisy; a trained model finds the object and a look-alike)')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
+    parser.add_argument('--backends', nargs='+', default=list(DEFAULT_BACKENDS),
+                        choices=list(BACKENDS), help='pipeline backends to time (torch always)')
+    parser.add_argument('--cache-dir', help='ONNX graph cache (default: ~/.cache/clip_ros/onnx)')
     parser.add_argument('--json', help='also write the rows to this JSON file')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     width, height = (int(v) for v in args.size.lower().split('x'))
     rows = run(args.clip_arch, args.clipseg, args.phrases, args.repeats, width, height,
-               args.threshold, args.instances_per_phrase)
+               args.threshold, args.instances_per_phrase, args.backends, args.cache_dir)
     print_table(rows, f'{width}x{height} frame, CLIPSeg {args.clipseg}, CLIP {args.clip_arch}, '
                       f'cpu, {torch.get_num_threads()} threads, torch {torch.__version__}')
     decoding = decode_rows(scene_image(0, width, height)[0], max(args.repeats, 20))
