@@ -98,6 +98,7 @@ def test_dropped_pick_is_reported_failed(sim):
     """The simulator lets go of the load during the lift: the look after the pick sees it."""
 
     class Dropping(GeometricPolicy):
+
         def step(self, obs: Observation):
             action = super().step(obs)
             if action.phase == 'lift' and obs.ee_position[2] > 0.08:

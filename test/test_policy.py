@@ -14,7 +14,7 @@ BLOCK = np.array([0.04, 0.04, 0.04])
 
 
 def lifted(centre, size) -> LiftedTarget:
-    """A lifted object with its box centred on `centre` (what perceive reports)."""
+    """Return a lifted object with its box centred on `centre` (what perceive reports)."""
     centre, size = np.asarray(centre, float), np.asarray(size, float)
     return LiftedTarget(np.zeros(3), centre, size, 0.6, (0.0, 0.0), 100,
                         float(centre[2] + size[2] / 2), centre)

@@ -35,14 +35,16 @@ from clip_ros.nodes.policy_messages import (
     twist_msg)
 from clip_ros.nodes.transforms import lookup_extrinsic, make_tf_buffer
 from clip_ros.policy.command import parse_command, quote
-from clip_ros.policy.geometric import GeometricPolicy, Observation, OPEN, PolicyConfig
+from clip_ros.policy.geometric import (
+    FINAL_STATES, GeometricPolicy, Observation, OPEN, PolicyConfig)
 from clip_ros.policy.lifting import check_intrinsics, Extrinsic, quat_to_matrix
 from clip_ros.policy.perceive import LiftConfig, perceive, roles
 from clip_ros.policy.sync import TimeMatcher
+from clip_ros.policy.verify import VerifyConfig
 
 STREAMS = ('detections', 'mask', 'depth', 'camera_info')
 POLICIES = ('geometric', 'learned')
-FINAL = ('succeeded', 'aborted', 'rejected')
+FINAL = FINAL_STATES  # succeeded, failed (the look after acting disagreed), aborted, rejected
 OUTPUTS = ((Detection3DArray, 'targets_3d'), (MarkerArray, 'target_markers'),
            (PoseStamped, 'ee_goal'), (TwistStamped, 'ee_twist'), (Float64, 'gripper_command'),
            (String, 'policy_status'))
@@ -114,7 +116,8 @@ def policy_config(p: dict) -> PolicyConfig:
                         workspace_min=tuple(float(v) for v in p['workspace_min']),
                         workspace_max=tuple(float(v) for v in p['workspace_max']),
                         lost_timeout=p['lost_timeout'], acquire_timeout=p['acquire_timeout'],
-                        time_limit=p['time_limit'], near_distance=p['near_distance'])
+                        time_limit=p['time_limit'], near_distance=p['near_distance'],
+                        verify=VerifyConfig(table_z=p['table_z']))
 
 
 def check_parameters(p: dict) -> None:
@@ -362,6 +365,8 @@ class VlaPolicyNode(ManagedNode):
         self._perceive_error = found.error
         with self._fresh_lock:
             self._fresh.update(found.points)
+            # What this set showed, for the policy's look after acting and "not found".
+            self._fresh['seen'], self._fresh['undetected'] = found.seen, tuple(found.undetected)
         if found.lifted:
             header = Header(frame_id=self._p['base_frame'],
                             stamp=match['detections'].header.stamp)
@@ -393,7 +398,8 @@ class VlaPolicyNode(ManagedNode):
             fresh = {}
         ee = self._ee if self._ee is not None else np.zeros(3)
         obs = Observation(time.monotonic(), ee, self._gripper, fresh.get('target'),
-                          fresh.get('destination'), None, self._image)
+                          fresh.get('destination'), None, self._image, fresh.get('seen'),
+                          fresh.get('undetected', ()))
         before = policy.status.state
         action = policy.step(obs) if self._ee is not None or before != 'executing' \
             else policy.cancel('end-effector state lost')
@@ -421,7 +427,7 @@ class VlaPolicyNode(ManagedNode):
         # rclpy fixes a logging call site's severity on first use: one call per level.
         if action.state == 'succeeded':
             self.get_logger().info(f'{action.state}: {action.detail}')
-        elif action.state in ('aborted', 'rejected'):
+        elif action.state in ('aborted', 'rejected', 'failed'):
             self.get_logger().warning(f'{action.state}: {action.detail}')
 
 

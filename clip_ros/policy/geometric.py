@@ -271,8 +271,11 @@ class GeometricPolicy:
         return action
 
     def _stopped(self, reason: str) -> tuple:
-        """Return the final (state, detail) for a limit: rejected when grounding never found
-        the target (nothing moved yet), else aborted."""
+        """Return the final (state, detail) for a limit: rejected when never found, else aborted.
+
+        Rejected only when grounding answered without any detection of the target (nothing has
+        moved yet); missing inputs or unusable depth abort with their reason.
+        """
         if self._tracker.target is None and self._tracker.not_found:
             return 'rejected', (f'not found: {self.command.targets[0]} (no detection within '
                                 f'{self.config.acquire_timeout:g} s)')

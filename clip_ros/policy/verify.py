@@ -1,5 +1,5 @@
 """
-Verify after acting: does what the camera shows now match what the command asked for?
+Verify after acting: check that what the camera shows matches what the command asked for.
 
 After a pick the target must be held above the table (its lifted bottom at least `held_height`
 above the table top, its centre near the grasp point); after a place it must rest on or in the

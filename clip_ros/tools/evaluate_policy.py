@@ -1,11 +1,16 @@
 """
 Evaluate the policies in closed loop: N random scenes and paraphrased commands per verb.
 
-Prints a success table (overall, per verb, seen vs held-out colour x shape targets) for the
-geometric policy and, given a trained head, the learned one, plus per-stage latency; saves the
-first episode of each policy as a PNG strip and a GIF.
+Verbs: pick, place, and absent (a pick naming a vocabulary object that is not in the scene:
+success = no motion and a rejected "not found" status). Prints a success table (overall, per
+verb, seen vs held-out colour x shape targets, 95 % Wilson intervals) for the geometric policy
+and, given a trained head, the learned one; how often the policy's own report (succeeded after
+its look again, or not) agrees with the simulator's judgement; per-stage latency. Writes the
+figures and every episode to OUT/evaluation.json and the first episode of each policy as a PNG
+strip and a GIF.
 """
 import argparse
+import json
 import os
 import time
 
@@ -15,16 +20,19 @@ from clip_ros.perception.stats import wilson_interval
 from clip_ros.policy.geometric import GeometricPolicy
 from clip_ros.sim.dataset import HELD_OUT, SPLIT_SIZE, SPLITS
 from clip_ros.sim.episodes import (
-    EpisodeConfig, load_perception, PERCEPTION_CHOICES, run_episode, sample_task, save_strip,
-    STAGES)
+    EpisodeConfig, load_perception, PERCEPTION_CHOICES, run_episode, sample_absent_task,
+    sample_task, save_strip, STAGES)
+from clip_ros.sim.scene import COLOURS, SHAPES
+
+VERBS = ('pick', 'place', 'absent')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--episodes', type=int, default=20, help='episodes per verb')
-    parser.add_argument('--verbs', nargs='+', default=['pick', 'place'],
-                        choices=['pick', 'place'])
+    parser.add_argument('--verbs', nargs='+', default=list(VERBS), choices=VERBS,
+                        help='absent: a pick naming an object that is not in the scene')
     parser.add_argument('--perception', choices=PERCEPTION_CHOICES, default='tabletop',
                         help="grounding models, or 'truth' for the sim's instance masks")
     parser.add_argument('--head', default='', help='policy head checkpoint to compare')
@@ -56,23 +64,35 @@ def make_tasks(args) -> list:
     first = SPLITS[args.split]
     # sample_task looks up to 200 seeds ahead for a fitting scene: stay inside the split.
     seeds = [first + (args.seed + 7919 * k) % (SPLIT_SIZE - 200) for k in range(count)]
-    return [sample_task(seed, args.verbs[k % len(args.verbs)], HELD_OUT, bool(held[k]))
-            for k, seed in enumerate(seeds)]
+    names = [f'{colour} {shape}' for colour in COLOURS for shape in SHAPES]
+    tasks = []
+    for k, seed in enumerate(seeds):
+        verb = args.verbs[k % len(args.verbs)]
+        tasks.append(sample_absent_task(seed, names) if verb == 'absent' else
+                     sample_task(seed, verb, HELD_OUT, bool(held[k])))
+    return tasks
 
 
-def rate(results) -> str:
+def share(results, key=lambda r: r.success) -> dict:
+    """Return {k, n, rate, low, high} of `key` over episode results (95% Wilson interval)."""
+    wins, n = sum(bool(key(r)) for r in results), len(results)
+    low, high = wilson_interval(wins, n) if n else (0.0, 1.0)
+    return {'k': wins, 'n': n, 'rate': wins / n if n else None, 'low': low, 'high': high}
+
+
+def rate(results, key=lambda r: r.success) -> str:
     """Return 'k/n pct [95% Wilson interval]' for episode results, or '-'."""
     if not results:
         return '-'
-    wins = sum(r.success for r in results)
-    low, high = wilson_interval(wins, len(results))
-    return (f'{wins}/{len(results)} {100 * wins / len(results):3.0f}% '
-            f'[{100 * low:.0f}-{100 * high:.0f}]')
+    s = share(results, key)
+    return (f"{s['k']}/{s['n']} {100 * s['rate']:3.0f}% "
+            f"[{100 * s['low']:.0f}-{100 * s['high']:.0f}]")
 
 
 def success_table(runs: dict, verbs) -> str:
     """Format {policy: [EpisodeResult]} as rows per policy and verb, columns by split."""
-    header = f"{'policy':<10} {'verb':<8} {'seen':>20} {'held-out':>20} {'all':>20}"
+    header = (f"{'policy':<10} {'verb':<8} {'seen':>20} {'held-out':>20} {'all':>20} "
+              f"{'report agrees':>20}")
     lines = [header, '-' * len(header)]
     for policy, results in runs.items():
         for verb in list(verbs) + ['overall']:
@@ -80,8 +100,31 @@ def success_table(runs: dict, verbs) -> str:
             seen = [r for r in rows if not r.task.held_out]
             held = [r for r in rows if r.task.held_out]
             lines.append(f'{policy:<10} {verb:<8} {rate(seen):>20} {rate(held):>20} '
-                         f'{rate(rows):>20}')
+                         f'{rate(rows):>20} {rate(rows, lambda r: r.agrees):>20}')
     return '\n'.join(lines)
+
+
+def summary(runs: dict, verbs) -> dict:
+    """Return the figures and every episode as a JSON-ready dict."""
+    out = {}
+    for policy, results in runs.items():
+        table = {}
+        for verb in list(verbs) + ['overall']:
+            rows = [r for r in results if verb == 'overall' or r.task.verb == verb]
+            table[verb] = {
+                'success': share(rows),
+                'seen': share([r for r in rows if not r.task.held_out]),
+                'held_out': share([r for r in rows if r.task.held_out]),
+                'report_agrees': share(rows, lambda r: r.agrees),
+                'moved': share(rows, lambda r: r.moved)}
+        episodes = [{'seed': r.task.seed, 'verb': r.task.verb, 'command': r.task.command,
+                     'target': r.task.target, 'destination': r.task.destination,
+                     'held_out': r.task.held_out, 'distractor': r.task.distractor,
+                     'success': r.success, 'status': r.status, 'detail': r.detail,
+                     'agrees': r.agrees, 'moved': r.moved, 'sim_time': r.sim_time}
+                    for r in results]
+        out[policy] = {'verbs': table, 'episodes': episodes}
+    return out
 
 
 def latency_table(runs: dict) -> str:
@@ -97,13 +140,15 @@ def latency_table(runs: dict) -> str:
     return '\n'.join(lines) + '\n(ms per call: mean/p95)'
 
 
-def failures(runs: dict, limit: int = 8) -> str:
-    """List a few failed episodes with the policy's last status."""
+def failures(runs: dict, limit: int = 12) -> str:
+    """List failed episodes and those whose report disagrees with the simulator."""
     lines = []
     for policy, results in runs.items():
-        for r in [r for r in results if not r.success][:limit]:
-            lines.append(f'  {policy}: seed {r.task.seed} {r.task.command!r}: {r.status} '
-                         f'({r.detail})')
+        for r in [r for r in results if not (r.success and r.agrees)][:limit]:
+            mark = '' if r.agrees else ' [report disagrees]'
+            lines.append(f'  {policy}: seed {r.task.seed} {r.task.verb} {r.task.command!r}: '
+                         f'sim {"success" if r.success else "failure"}, {r.status} '
+                         f'({r.detail}){mark}')
     return '\n'.join(lines)
 
 
@@ -161,7 +206,13 @@ def main(argv=None) -> None:
     print(latency_table(runs))
     lines = failures(runs)
     if lines:
-        print('\nfailures:\n' + lines)
+        print('\nfailures and disagreements:\n' + lines)
+    path = os.path.join(args.out, 'evaluation.json')
+    with open(path, 'w') as f:
+        json.dump({'perception': perception.name, 'split': args.split, 'seed': args.seed,
+                   'episodes_per_verb': args.episodes, 'size': [args.width, args.height],
+                   'policies': summary(runs, args.verbs)}, f, indent=1)
+    print(f'\nwrote {path}')
 
 
 if __name__ == '__main__':
