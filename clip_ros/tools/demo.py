@@ -29,7 +29,7 @@ from clip_ros.perception.geometry import box_iou, Detection
 from clip_ros.tools.demo_graph import build_graph, SIM_TOPICS
 
 PHRASINGS = ('pick up the {}', 'grab the {}', 'could you pick up the {} please', 'get me {}')
-FINAL = ('succeeded', 'aborted', 'rejected')
+FINAL = ('succeeded', 'failed', 'aborted', 'rejected')
 EXECUTORS = {'single': SingleThreadedExecutor, 'multi': MultiThreadedExecutor}
 
 

@@ -20,7 +20,7 @@ from clip_ros.nodes.managed import ManagedNode
 from clip_ros.sim.scene import sample_scene
 from clip_ros.tools.demo_graph import build_graph
 
-FINAL = ('succeeded', 'aborted', 'rejected')
+FINAL = ('succeeded', 'failed', 'aborted', 'rejected')
 
 
 class NodeStartError(RuntimeError):
