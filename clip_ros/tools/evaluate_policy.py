@@ -181,6 +181,9 @@ def evaluate(args, sim, perception, factories: dict, tasks: list) -> dict:
                                    with_image=name != 'geometric')
             result = run_episode(sim, task, factory(), perception, config)
             runs[name].append(result)
+            print(f'{name} {k + 1}/{len(tasks)} {task.verb} seed {task.seed} '
+                  f'{task.command!r}: simulator {"success" if result.success else "failure"}'
+                  f', policy {result.status} ({result.detail})', flush=True)
             if k == 0:
                 base = os.path.join(args.out, f'{name}_episode')
                 save_strip(result.frames, base + '.png')
