@@ -58,18 +58,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_tasks(args) -> list:
-    """Return the task list: verbs interleaved, held-out targets at the given share."""
-    count = args.episodes * len(args.verbs)
+    """
+    Return the task list: the verbs interleaved, held-out targets at the given share.
+
+    Absent-object commands get scenes of their own, so the pick and place tasks are the same
+    with or without them.
+    """
+    verbs = [v for v in args.verbs if v != 'absent']
+    count = args.episodes * len(verbs)
     held = np.random.default_rng(args.seed).random(count) < args.held_out_share
     first = SPLITS[args.split]
     # sample_task looks up to 200 seeds ahead for a fitting scene: stay inside the split.
-    seeds = [first + (args.seed + 7919 * k) % (SPLIT_SIZE - 200) for k in range(count)]
-    names = [f'{colour} {shape}' for colour in COLOURS for shape in SHAPES]
-    tasks = []
-    for k, seed in enumerate(seeds):
-        verb = args.verbs[k % len(args.verbs)]
-        tasks.append(sample_absent_task(seed, names) if verb == 'absent' else
-                     sample_task(seed, verb, HELD_OUT, bool(held[k])))
+    seeds = [first + (args.seed + 7919 * k) % (SPLIT_SIZE - 200)
+             for k in range(count + args.episodes)]
+    tasks = [sample_task(seed, verbs[k % len(verbs)], HELD_OUT, bool(held[k]))
+             for k, seed in enumerate(seeds[:count])]
+    if 'absent' in args.verbs:
+        names = [f'{colour} {shape}' for colour in COLOURS for shape in SHAPES]
+        absent = [sample_absent_task(seed, names) for seed in seeds[count:]]
+        per = len(verbs)
+        tasks = [t for k in range(args.episodes)
+                 for t in tasks[per * k:per * (k + 1)] + absent[k:k + 1]]
     return tasks
 
 
