@@ -17,6 +17,7 @@ from clip_ros.perception.clipseg import ClipSegRunner
 from clip_ros.perception.export import export_clip, export_clipseg
 from clip_ros.perception.grounding import GroundingPipeline
 from clip_ros.perception.handles import ClipModel
+from clip_ros.perception.static_shapes import make_static
 from clip_ros.perception.tokenizer import tokenize
 
 BACKENDS = ('torch', 'onnxruntime', 'openvino')
@@ -224,7 +225,8 @@ def make_runner(clipseg, engine: Engine = None, cache_dir=None) -> ClipSegRunner
 
 
 def make_pipeline(clip, clipseg, backend: str = 'torch', providers=None, cache_dir=None,
-                  device=None, precision=None, **options) -> GroundingPipeline:
+                  device=None, precision=None, static_shapes=None,
+                  **options) -> GroundingPipeline:
     """
     Build a GroundingPipeline on the chosen backend.
 
@@ -243,6 +245,10 @@ def make_pipeline(clip, clipseg, backend: str = 'torch', providers=None, cache_d
     device, precision
         OpenVINO device (CPU, GPU, NPU; default CPU) and precision hint ('auto' = the
         device's default, 'f32', 'f16', 'bf16').
+    static_shapes
+        backend torch: pad the phrase count, crop batch and frame batch to shape buckets and
+        replay the passes as CUDA graphs (perception.static_shapes); None (default) turns it
+        on when the models are on CUDA; True on the CPU pads without graphs.
     options
         GroundingPipeline's keyword arguments (min_area, distractors, ...).
 
@@ -254,10 +260,15 @@ def make_pipeline(clip, clipseg, backend: str = 'torch', providers=None, cache_d
 
     """
     engine = make_engine(backend, providers, device, precision)
+    if static_shapes and engine is not None:
+        raise ValueError(f"static_shapes applies to backend 'torch' only, not {backend!r}")
     pipeline = GroundingPipeline(clip, clipseg, **options)
     if engine is not None:
         pipeline.runner = make_runner(clipseg, engine, cache_dir)
         pipeline.clip = make_clip(clip, engine, cache_dir)
+    elif static_shapes or (static_shapes is None and torch.device(clip.device).type == 'cuda'
+                           and torch.device(clipseg.device).type == 'cuda'):
+        pipeline.clip, pipeline.runner = make_static(clip, clipseg)
     pipeline.backend = backend
     return pipeline
 
