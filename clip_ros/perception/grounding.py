@@ -1,5 +1,16 @@
-"""Phrase grounding: CLIPSeg maps -> thresholded instances -> CLIP re-scoring -> detections."""
-from dataclasses import dataclass
+"""
+Phrase grounding: CLIPSeg maps -> thresholded instances -> CLIP re-scoring -> detections.
+
+A phrase is first mapped onto the model's words (perception.vocabulary.Lexicon); a phrase with
+a word the model does not know gets no detection. Each candidate instance then has to pass the
+model's abstention rule (AbstainRule, calibrated per model by the `calibrate` command): CLIP's
+best-matching text for its crop must be the phrase or a text that only specialises it, by a
+margin, and CLIPSeg must be sure enough somewhere inside it. A phrase left without any instance
+is "not found". Both kinds of refusal are reported in GroundingResult.rejected.
+"""
+from dataclasses import dataclass, field, fields
+import functools
+import math
 import re
 
 import numpy as np
@@ -8,12 +19,13 @@ import torch
 from clip_ros.perception.clipseg import ClipSegRunner
 from clip_ros.perception.geometry import connected_components, Detection, paint
 from clip_ros.perception.image import crops, validate_rgb
+from clip_ros.perception.vocabulary import Lexicon
 
 # Competing texts in the re-scoring softmax so a crop of table or wall can lose to 'background'.
 DEFAULT_DISTRACTORS = ('background', 'a table surface', 'a wall', 'the floor')
 
-__all__ = ['DEFAULT_DISTRACTORS', 'Detection', 'GroundingPipeline', 'GroundingResult',
-           'check_phrases', 'check_thresholds', 'rival_mask']
+__all__ = ['AbstainRule', 'DEFAULT_DISTRACTORS', 'Detection', 'Evidence', 'GroundingPipeline',
+           'GroundingResult', 'check_phrases', 'check_thresholds', 'not_found', 'rival_mask']
 
 
 @dataclass
@@ -24,6 +36,73 @@ class GroundingResult:
     detections: list         # Detection, sorted by score desc; index = position
     label_image: np.ndarray  # uint16 [H, W]: detection index + 1, 0 background
     heatmaps: object         # float32 [N, H, W] CLIPSeg probabilities, or None if not asked
+    # phrase -> why it has no detection: 'not found: <phrase>', 'unknown word: <word>', ...
+    rejected: dict = field(default_factory=dict)
+
+
+def not_found(phrase: str) -> str:
+    """Return the reason given for a phrase without any accepted instance."""
+    return f'not found: {phrase}'
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the models say about one candidate instance of a phrase (no extra model pass)."""
+
+    # CLIP logit of the best text that is the phrase or only specialises it, minus the best
+    # rival's (log-odds between the two); inf when nothing competes or without re-scoring.
+    margin: float
+    clip_prob: float  # CLIP softmax probability of the phrase among its rivals (nan: no CLIP)
+    seg_mean: float   # CLIPSeg mean probability over the instance
+    seg_peak: float   # CLIPSeg highest probability inside the instance
+
+
+@dataclass(frozen=True)
+class AbstainRule:
+    """
+    When a candidate instance counts as its phrase; a phrase left with none is 'not found'.
+
+    Read from the model config's 'clip_ros' block, key "abstain" (the `calibrate` command writes
+    it). A model without one (pretrained CLIP, random test models) gets the defaults, which
+    accept every candidate: only a phrase CLIPSeg finds nowhere above its threshold is then
+    'not found'.
+    """
+
+    min_margin: float = -math.inf  # Evidence.margin at least this (0: the phrase must win)
+    min_peak: float = 0.0          # Evidence.seg_peak at least this
+
+    @classmethod
+    def from_config(cls, values) -> 'AbstainRule':
+        """Return the rule of a config block (dict; missing keys keep their default)."""
+        if not values:
+            return cls()
+        if not isinstance(values, dict):
+            raise ValueError(f'abstain must be a mapping of thresholds, got {values!r}')
+        known = {f.name for f in fields(cls)}
+        rule = {}
+        for key, value in values.items():
+            if key not in known:
+                continue  # calibration figures travel in the same block
+            try:
+                rule[key] = float(value)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f'abstain {key} must be a number, got {value!r}') from e
+            if math.isnan(rule[key]):
+                raise ValueError(f'abstain {key} must be a number, got NaN')
+        return cls(**rule)
+
+    @classmethod
+    def off(cls) -> 'AbstainRule':
+        """Return a rule that accepts every candidate (the defaults)."""
+        return cls()
+
+    def accepts(self, evidence: Evidence) -> bool:
+        """Tell whether `evidence` is enough to report the instance."""
+        return evidence.margin >= self.min_margin and evidence.seg_peak >= self.min_peak
+
+    def as_dict(self) -> dict:
+        """Return the thresholds as the config block stores them."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def clean_phrases(values) -> list[str]:
@@ -65,22 +144,41 @@ def check_thresholds(thresholds, count: int) -> list:
     return values
 
 
+@dataclass
+class _Frame:
+    """One request on its way through the pipeline."""
+
+    rgb: np.ndarray
+    phrases: list       # the user's phrases
+    limits: list        # one threshold per phrase
+    asked: list         # indices of the phrases that go to the models
+    words: list         # the model's words for each asked phrase
+    rejected: dict      # phrase -> reason, filled on the way
+    owners: list = None   # per candidate: index into `asked`
+    regions: list = None  # candidate Regions
+    evidence: list = None  # per candidate Evidence
+    maps: np.ndarray = None  # float32 [len(asked), H, W] CLIPSeg probabilities
+
+
 class GroundingPipeline:
     """
     Find the image regions that match text phrases.
 
+    Each phrase is mapped onto the model's words (Lexicon of the CLIP model's vocabulary and
+    synonyms; unchanged for open models); a word the model does not know rejects the phrase.
     CLIPSeg gives a probability map per phrase; a pixel is foreground where its probability
     exceeds the phrase's threshold (so 1.0 switches a phrase off). Each connected component of at
-    least min_area pixels becomes an instance, which CLIP re-scores against all phrases, the
+    least min_area pixels becomes a candidate, which CLIP re-scores against all phrases, the
     distractors and the CLIP model's vocabulary of known object names (at most max_candidates
-    components per frame, highest CLIPSeg mean first).
+    components per frame, highest CLIPSeg mean first). A candidate the abstention rule refuses
+    is dropped; a phrase left without candidates is 'not found'.
     Final score = sqrt(clip_prob * mean_prob): the geometric mean lets either model veto an
     instance while agreement keeps the score high.
     """
 
     def __init__(self, clip, clipseg, distractors=DEFAULT_DISTRACTORS, min_area: int = 64,
                  max_detections: int = 20, rescore: bool = True, crop_pad: float = 0.1,
-                 max_candidates: int = 64):
+                 max_candidates: int = 64, abstain=None):
         if min_area < 1:
             raise ValueError(f'min_area must be >= 1, got {min_area}')
         if max_detections < 1:
@@ -100,6 +198,11 @@ class GroundingPipeline:
         self.rescore = bool(rescore)
         self.crop_pad = float(crop_pad)
         self.max_candidates = int(max_candidates)
+        # None: the model's calibrated rule (config 'abstain'), or the defaults.
+        self.abstain = abstain if isinstance(abstain, AbstainRule) else AbstainRule.from_config(
+            getattr(clip, 'abstain', None) if abstain is None else abstain)
+        self.lexicon = Lexicon(getattr(clip, 'vocabulary', ()), getattr(clip, 'synonyms', {}))
+        self.canonical = functools.lru_cache(maxsize=256)(self.lexicon.canonical)
 
     def __call__(self, rgb: np.ndarray, phrases, thresholds=0.4,
                  with_heatmaps: bool = True) -> GroundingResult:
@@ -119,7 +222,7 @@ class GroundingPipeline:
 
         Returns
         -------
-        GroundingResult in original-image pixels.
+        GroundingResult in original-image pixels; detections carry the phrases as given.
 
         """
         return self.batch([(rgb, phrases, thresholds)], with_heatmaps)[0]
@@ -133,33 +236,70 @@ class GroundingPipeline:
         same as calling the pipeline on it alone (up to float rounding of the batched matmuls).
         A single frame is the batch of one.
         """
-        frames, phrase_lists, limits = [], [], []
-        for rgb, phrases, thresholds in requests:
-            frames.append(validate_rgb(rgb))
-            phrase_lists.append(check_phrases(phrases))
-            limits.append(check_thresholds(thresholds, len(phrase_lists[-1])))
-        with torch.inference_mode():
-            maps = self.runner.probabilities_batch(frames, phrase_lists)  # [N, H, W] each
-        maps = [np.asarray(m, dtype=np.float32) for m in maps]
-        found = [self._instances(m, lim) for m, lim in zip(maps, limits)]  # (owners, regions)
-        scores = self._scores(frames, phrase_lists, found)
-        return [self._result(rgb, phrases, owners, regions, frame_scores,
-                             heatmaps if with_heatmaps else None)
-                for rgb, phrases, (owners, regions), frame_scores, heatmaps
-                in zip(frames, phrase_lists, found, scores, maps)]
+        frames = self.candidates(requests)
+        return [self._result(frame, with_heatmaps) for frame in frames]
 
-    def _result(self, rgb, phrases, owners, regions, scores, heatmaps) -> GroundingResult:
-        """Keep the best max_detections regions, paint the label image, build the detections."""
-        order = sorted(range(len(regions)), key=lambda k: -scores[k])[:self.max_detections]
-        label_image = np.zeros(rgb.shape[:2], np.uint16)
+    def candidates(self, requests) -> list:
+        """
+        Return every candidate instance with its Evidence, before the abstention rule.
+
+        One _Frame per (rgb, phrases, thresholds): `owners[k]` is the index into `asked` (and
+        `words`) of candidate k's phrase, `regions[k]` its Region, `evidence[k]` its Evidence,
+        `rejected` the phrases refused for their words, `maps` the asked phrases' CLIPSeg maps.
+        """
+        frames = []
+        for rgb, phrases, thresholds in requests:
+            phrases = check_phrases(phrases)
+            frame = _Frame(validate_rgb(rgb), phrases, check_thresholds(thresholds, len(phrases)),
+                           [], [], {})
+            for k, phrase in enumerate(phrases):
+                words, reason = self.canonical(phrase)
+                if reason:
+                    frame.rejected.setdefault(phrase, reason)
+                else:
+                    frame.asked.append(k)
+                    frame.words.append(words)
+            frames.append(frame)
+        with torch.inference_mode():
+            maps = self.runner.probabilities_batch([f.rgb for f in frames],
+                                                   [f.words for f in frames])  # [N, H, W] each
+        for frame, frame_maps in zip(frames, maps):
+            frame.maps = np.asarray(frame_maps, dtype=np.float32)
+            frame.owners, frame.regions = self._instances(
+                frame.maps, [frame.limits[k] for k in frame.asked])
+        self._evidence(frames)
+        return frames
+
+    def _result(self, frame: _Frame, with_heatmaps: bool) -> GroundingResult:
+        """Apply the abstention rule, keep the best max_detections, paint, build detections."""
+        keep = [k for k, e in enumerate(frame.evidence) if self.abstain.accepts(e)]
+        rejected = dict(frame.rejected)
+        kept_owners = {frame.owners[k] for k in keep}
+        for i, k in enumerate(frame.asked):
+            if i not in kept_owners:
+                rejected.setdefault(frame.phrases[k], not_found(frame.phrases[k]))
+        scores = {k: _score(frame.evidence[k]) for k in keep}
+        order = sorted(keep, key=lambda k: -scores[k])[:self.max_detections]
+        label_image = np.zeros(frame.rgb.shape[:2], np.uint16)
         detections = []
         for index, k in enumerate(order):
-            region = regions[k]
+            region = frame.regions[k]
             paint(label_image, region, index + 1)  # higher scores paint first and keep overlaps
             detections.append(Detection(
-                index=index, phrase=phrases[owners[k]], score=scores[k], box=region.box,
-                area=region.area, centroid=region.centroid, mean_prob=region.mean_prob))
-        return GroundingResult(phrases, detections, label_image, heatmaps)
+                index=index, phrase=frame.phrases[frame.asked[frame.owners[k]]],
+                score=scores[k], box=region.box, area=region.area, centroid=region.centroid,
+                mean_prob=region.mean_prob))
+        heatmaps = self._heatmaps(frame) if with_heatmaps else None
+        return GroundingResult(frame.phrases, detections, label_image, heatmaps, rejected)
+
+    @staticmethod
+    def _heatmaps(frame: _Frame) -> np.ndarray:
+        """Return one map per phrase; a phrase refused for its words gets zeros."""
+        if len(frame.asked) == len(frame.phrases):
+            return frame.maps
+        heatmaps = np.zeros((len(frame.phrases), *frame.rgb.shape[:2]), np.float32)
+        heatmaps[frame.asked] = frame.maps
+        return heatmaps
 
     def _instances(self, heatmaps: np.ndarray, limits: list) -> tuple:
         """Return (phrase index per region, regions) from the thresholded maps."""
@@ -173,16 +313,26 @@ class GroundingPipeline:
         keep = sorted(keep[:self.max_candidates])
         return [owners[k] for k in keep], [regions[k] for k in keep]
 
-    def _scores(self, frames, phrase_lists, found) -> list:
-        """Return per frame one score in [0, 1] per region (CLIPSeg mean, or its mix with CLIP)."""
-        seg = [[min(max(r.mean_prob, 0.0), 1.0) for r in regions] for _, regions in found]
-        if not self.rescore or not any(regions for _, regions in found):
-            return seg
-        clip_probs = self.clip_probabilities_batch(
-            [(rgb, phrases, owners, [r.box for r in regions])
-             for rgb, phrases, (owners, regions) in zip(frames, phrase_lists, found)])
-        return [[float(np.sqrt(c * s)) for c, s in zip(probs, frame_seg)]
-                for probs, frame_seg in zip(clip_probs, seg)]
+    def _evidence(self, frames: list) -> None:
+        """Fill each frame's per-candidate Evidence from its maps and one batched CLIP call."""
+        for frame in frames:
+            frame.evidence = []
+            for owner, region in zip(frame.owners, frame.regions):
+                row, col = region.offset
+                h, w = region.mask.shape
+                peak = float(frame.maps[owner, row:row + h, col:col + w][region.mask].max())
+                frame.evidence.append(Evidence(math.inf, math.nan,
+                                               min(max(region.mean_prob, 0.0), 1.0), peak))
+        if not self.rescore or not any(f.regions for f in frames):
+            return
+        logits = self._clip_logits_batch(
+            [(f.rgb, f.words, f.owners, [r.box for r in f.regions]) for f in frames])
+        for frame, (texts, frame_logits) in zip(frames, logits):
+            if not frame.regions:
+                continue
+            margins, probs = _margins(texts, frame_logits, [frame.words[o] for o in frame.owners])
+            frame.evidence = [Evidence(float(m), float(p), e.seg_mean, e.seg_peak)
+                              for m, p, e in zip(margins, probs, frame.evidence)]
 
     def clip_probabilities(self, rgb, phrases, owners, boxes) -> list:
         """
@@ -202,6 +352,17 @@ class GroundingPipeline:
         The crops of all frames go through one encode_images call; each frame's softmax runs
         over its own texts.
         """
+        results = []
+        logits_per_frame = self._clip_logits_batch(items)
+        for (_, phrases, owners, _), (texts, logits) in zip(items, logits_per_frame):
+            if logits is None:
+                results.append([])
+                continue
+            results.append(_margins(texts, logits, [phrases[o] for o in owners])[1].tolist())
+        return results
+
+    def _clip_logits_batch(self, items) -> list:
+        """Return per (rgb, phrases, owners, boxes): (texts, CLIP logits [K, T] or None)."""
         clip = self.clip
         pixels = [crops(rgb, boxes, clip.image_size, clip.mean, clip.std, clip.device,
                         clip.dtype, pad=self.crop_pad)
@@ -211,22 +372,44 @@ class GroundingPipeline:
         with torch.inference_mode():
             images = clip.encode_images(torch.cat(pixels)).float() if sum(counts) else None
             first = 0
-            for (_, phrases, owners, _), count in zip(items, counts):
-                if not count:
-                    results.append([])
-                    continue
+            for (_, phrases, _, _), count in zip(items, counts):
                 texts = list(dict.fromkeys([*phrases, *self.distractors, *clip.vocabulary]))
-                rivals = rival_mask(texts, [phrases[o] for o in owners])  # [K, T]
+                if not count:
+                    results.append((texts, None))
+                    continue
                 text = clip.encode_text(texts).float()  # [T, D]
                 frame = images[first:first + count]  # [K, D]
                 first += count
-                logits = clip.logit_scale * frame @ text.to(frame.device).T
-                probs = logits.masked_fill(~rivals.to(logits.device),
-                                           float('-inf')).softmax(dim=-1)
-                cols = torch.tensor([texts.index(phrases[o]) for o in owners],
-                                    device=probs.device)
-                results.append(probs.gather(1, cols[:, None])[:, 0].cpu().tolist())
+                results.append((texts, (clip.logit_scale * frame @ text.to(frame.device).T)
+                                .cpu()))
         return results
+
+
+def _score(evidence: Evidence) -> float:
+    """Return the detection score: sqrt(CLIP probability x CLIPSeg mean), or the mean alone."""
+    if math.isnan(evidence.clip_prob):
+        return evidence.seg_mean
+    return float(np.sqrt(evidence.clip_prob * evidence.seg_mean))
+
+
+def _margins(texts: list, logits: torch.Tensor, queries: list) -> tuple:
+    """
+    Return (margin, probability) per crop for its query among `texts` (numpy [K] each).
+
+    margin: the best logit of the query or a text that only specialises it ('blue block' for
+    'block') minus the best rival's (inf without rivals); probability: the query's softmax over
+    itself and its rivals, as in the re-scoring.
+    """
+    rivals = rival_mask(texts, queries)  # [K, T]: the query and its rivals
+    own = torch.zeros_like(rivals)
+    own[torch.arange(len(queries)), [texts.index(q) for q in queries]] = True
+    minus = float('-inf')
+    best_own = logits.masked_fill(rivals & ~own, minus).max(dim=-1).values
+    best_rival = logits.masked_fill(~rivals | own, minus).max(dim=-1).values
+    margins = torch.where(torch.isinf(best_rival), torch.full_like(best_own, math.inf),
+                          best_own - best_rival)
+    probs = logits.masked_fill(~rivals, minus).softmax(dim=-1)[own]
+    return margins.numpy(), probs.numpy()
 
 
 _ARTICLES = frozenset(('a', 'an', 'the'))

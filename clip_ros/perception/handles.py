@@ -39,6 +39,9 @@ class ClipModel(ModelHandle):
     vocabulary: tuple = ()
     # Word -> vocabulary word(s) (model config 'clip_ros' "synonyms"); see perception.vocabulary.
     synonyms: dict = field(default_factory=dict)
+    # Abstention thresholds (model config 'clip_ros' "abstain", written by `calibrate`); see
+    # perception.grounding.AbstainRule. Empty: every candidate is accepted.
+    abstain: dict = field(default_factory=dict)
     text_cache: TextCache = field(default=None, repr=False)  # filled in __post_init__
 
     def __post_init__(self):

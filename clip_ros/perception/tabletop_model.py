@@ -108,6 +108,8 @@ def _read_config(directory: Path) -> dict:
                 isinstance(k, str) and isinstance(v, str) for k, v in synonyms.items()):
             raise ValueError('synonyms must map words to vocabulary words (strings)')
         Lexicon(vocabulary, synonyms)  # a synonym onto a word the model lacks is a ValueError
+        if not isinstance(extra.get('abstain', {}), dict):
+            raise ValueError('abstain must map threshold names to numbers')
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelLoadError(
             f"tabletop model: config '{path}' is invalid ({_reason(e)}); it needs "
@@ -204,7 +206,8 @@ def load_tabletop_clip(path=None, device='auto', dtype='auto'):
                      mean=tuple(extra['mean']), std=tuple(extra['std']), device=device,
                      dtype=dtype, logit_scale=float(clip.logit_scale.float().exp().item()),
                      vocabulary=tuple(extra.get('vocabulary', ())),
-                     synonyms=dict(extra.get('synonyms', {})))
+                     synonyms=dict(extra.get('synonyms', {})),
+                     abstain=dict(extra.get('abstain', {})))
 
 
 def checkpoint_dir(value):
