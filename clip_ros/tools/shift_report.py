@@ -95,19 +95,22 @@ def write_chart(conditions: dict, path, title: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    keys = (*RATES[:2], ('mask_iou', 'mask IoU'), *RATES[2:])
+    keys = (*RATES[:2], ('focus_accuracy', 'focus object acc'), ('mask_iou', 'mask IoU'),
+            *RATES[2:])
     names = list(conditions)
     width = 0.8 / len(keys)
     figure, axis = plt.subplots(figsize=(max(8.0, 1.3 * len(names) + 2), 4.8))
     x = np.arange(len(names))
     for i, (key, label) in enumerate(keys):
         figs = [conditions[n][key] for n in names]
-        value = np.array([f['mean' if key == 'mask_iou' else 'rate'] for f in figs], float)
+        # No bar where a condition has no such query (e.g. focus outside occlusion).
+        value = np.array([f['mean' if key == 'mask_iou' else 'rate'] if f['n'] else np.nan
+                          for f in figs], float)
         low = np.array([f['low'] for f in figs], float)
         high = np.array([f['high'] for f in figs], float)
         error = np.nan_to_num(np.stack([value - low, high - value]).clip(0.0))
-        axis.bar(x + (i - (len(keys) - 1) / 2) * width, np.nan_to_num(value), width,
-                 yerr=error, capsize=2, label=label)
+        axis.bar(x + (i - (len(keys) - 1) / 2) * width, value, width, yerr=error, capsize=2,
+                 label=label)
     axis.set_xticks(x, names, rotation=30, ha='right', fontsize=8)
     axis.set_ylim(0, 1.05)
     axis.axhline(TARGETS['shift_accuracy'], color='grey', lw=0.8, ls='--')
