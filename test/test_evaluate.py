@@ -128,6 +128,9 @@ def test_shift_queries_distinct_and_absent_ones_asked(shift_run):
             assert present and not present & {r['name'] for r in absent if r['seed'] == seed}
         for r in absent:
             assert not r['correct'] and r['box_iou'] == r['mask_iou'] == 0.0
+        # The pipeline names the reason of every phrase it gives no detection.
+        assert all(r['reason'] for r in records if not r['found']), name
+        assert all(not r['reason'] for r in records if r['found']), name
 
 
 def test_in_distribution_floor(gl_context, tmp_path):

@@ -9,6 +9,7 @@ not in the scene (same colour as a scene object with another shape, held-out com
 others): they count as rejected when the phrase gets no detection. Rates come with 95 % Wilson
 intervals, mean mask IoU with a normal-approximation interval.
 """
+from collections import Counter
 from dataclasses import dataclass
 import random
 
@@ -185,6 +186,10 @@ def summarise_condition(records: list) -> dict:
             kind: share([r for r in absent if r['absent_kind'] == kind], 'found', want=False)
             for kind in ABSENT_KINDS},
         'present_rejected': share(present, 'found', want=False),
+        # Why phrases got no detection: the pipeline's reason up to its colon.
+        'reasons': {kind: dict(Counter(r['reason'].split(':')[0] or '(none given)'
+                                       for r in rows if not r['found']))
+                    for kind, rows in (('present', present), ('absent', absent))},
     }
 
 
