@@ -75,3 +75,12 @@ def test_scene_caption():
     assert scene_caption(['red ball']) == 'a red ball on a table'
     assert scene_caption(['red ball', 'blue block', 'green bowl']) == (
         'a red ball, a blue block and a green bowl on a table')
+
+
+def test_condition_dataset_records_condition_and_focus(tmp_path, gl_context):
+    assert main(['--out', str(tmp_path), '--split', 'val', '--count', '2', '--size', '96x64',
+                 '--condition', 'occlusion']) == 0
+    index = json.loads((tmp_path / 'val' / 'dataset.json').read_text())
+    assert index['condition'] == 'occlusion'
+    for scene in index['scenes']:
+        assert scene['focus'] in scene['objects']

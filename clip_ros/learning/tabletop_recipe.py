@@ -1,9 +1,16 @@
 """
 The recipe of the bundled `tabletop` model: render simulator scenes, train, save (CPU, < 30 min).
 
-The CLIPSeg decoder learns to segment '<colour> <shape>' phrases (BCE + dice on the target's mask,
-an empty mask for absent objects) while its CLIP towers learn object crops against their names
-(contrastive loss); the two losses are balanced by learned uncertainty weights.
+Scenes are drawn in clip_ros.sim.conditions' 'randomised' mode by default (light colour and
+intensity, table colours and textures, camera distance/height/elevation, object scale, occluders,
+crowds with same-colour and same-shape neighbours); held-out colour x shape combinations never
+appear, not even as text. The CLIPSeg decoder learns to segment '<colour> <shape>' phrases (BCE +
+dice on the target's mask, an empty mask for absent objects, half of them sharing a colour or
+shape with an object in the scene) while its CLIP towers learn object crops against their names:
+the in-batch contrastive loss, plus a classification of each crop among every trained name (all
+absent names are negatives), of its colour among the colour words and its shape among the shape
+words, and a pull of each name's text towards the sum of its two words' texts, so that unseen
+combinations compose. The two losses are balanced by learned uncertainty weights.
 """
 from dataclasses import dataclass
 import json
@@ -27,11 +34,16 @@ from clip_ros.perception.grounding import DEFAULT_DISTRACTORS
 from clip_ros.perception.image import crops, preprocess
 from clip_ros.perception.registry import IMAGENET_MEAN, IMAGENET_STD
 from clip_ros.perception.tokenizer import tokenize
+from clip_ros.sim.conditions import RANDOMISED
 from clip_ros.sim.dataset import render_scenes, split_exclude, split_seeds
 from clip_ros.sim.scene import COLOURS, SHAPES
 
+COLOUR_WORDS, SHAPE_WORDS = tuple(COLOURS), tuple(SHAPES)
+MIN_CROP_PIXELS = 40  # objects hidden down to fewer pixels give no crop (nothing to learn)
 # Phrasings seen in training; the node strips commands to '<colour> <shape>' first.
-TEMPLATES = ('{}', '{}', 'the {}', 'a {}', 'pick up the {}', 'the {} on the table')
+# 'a photo of a {}.' is clip_classifier_node's default template.
+TEMPLATES = ('{}', '{}', 'the {}', 'a {}', 'pick up the {}', 'the {} on the table',
+             'a photo of a {}.')
 # Token ids beyond the end-of-text id are padding; short contexts give identical features.
 TRAIN_CONTEXT = 16
 POS_WEIGHT = torch.tensor(3.0)
@@ -78,6 +90,11 @@ DEFAULT_CONFIG = {
 }
 
 
+# The 'clip_ros' keys a training run decides; the others (synonyms, abstention calibration)
+# are data kept from the checkpoint a run overwrites.
+MODEL_KEYS = ('image_size', 'crop_size', 'mean', 'std', 'tokenizer', 'vocabulary')
+
+
 @dataclass
 class Pool:
     """Pre-rendered training scenes at model resolution (uint8 pixels, float16 masks)."""
@@ -113,7 +130,8 @@ def _scene_tensors(rgb, objects, size, crop_size, rng):
     image = _as_uint8(preprocess(rgb, size, *raw)[0])
     masks = torch.from_numpy(np.stack([o.mask for o in objects]).astype(np.float32))
     masks = _as_uint8(F.interpolate(masks[None], size=(size, size), mode='area')[0] * 255)
-    boxes, names = [o.box for o in objects], [o.name for o in objects]
+    shown = [o for o in objects if o.mask.sum() >= MIN_CROP_PIXELS]
+    boxes, names = [o.box for o in shown], [o.name for o in shown]
     background = _background_box(rng, objects, *rgb.shape[:2])
     if background is not None:
         boxes, names = boxes + [background], names + ['']
@@ -150,6 +168,13 @@ def _phrase(name: str, rng: random.Random) -> str:
     return rng.choice(TEMPLATES).format(name)
 
 
+def _hard_absent(names: list, absent: list, rng: random.Random) -> list:
+    """Return the absent names sharing a colour or a shape with a present one."""
+    present = [n.split() for n in names]
+    return [n for n in absent
+            if any(n.split()[0] == c or n.split()[1] == s for c, s in present)]
+
+
 def segmentation_batch(pool: Pool, scenes: list, vocabulary: list, rng: random.Random,
                        positives: int = 3):
     """Return (query phrases, scene index per query, target masks [Q, S, S])."""
@@ -160,17 +185,20 @@ def segmentation_batch(pool: Pool, scenes: list, vocabulary: list, rng: random.R
             phrases.append(_phrase(names[k], rng))
             owner.append(row)
             targets.append(masks[k].float() / 255)
-        # One random absent name (two hard negatives sharing a colour or shape scored lower).
+        # One absent name (empty target); half the time one sharing a colour or a shape with
+        # an object present, the look-alikes that must not light up.
         absent = [n for n in vocabulary if n not in names]
+        hard = _hard_absent(names, absent, rng)
         if absent:
-            phrases.append(_phrase(rng.choice(absent), rng))
+            pick = rng.choice(hard if hard and rng.random() < 0.5 else absent)
+            phrases.append(_phrase(pick, rng))
             owner.append(row)
             targets.append(torch.zeros_like(masks[0], dtype=torch.float32))
     return phrases, torch.tensor(owner), torch.stack(targets)
 
 
 def crop_batch(pool: Pool, scenes: list, rng: random.Random, limit: int = 32):
-    """Return (crops uint8 [M,3,c,c], captions, caption ids [M]) from the scenes' crops."""
+    """Return (crops float [M,3,c,c] 0..255, captions, caption ids [M], names ('' = table))."""
     wanted = set(scenes)
     index = [k for k, scene in enumerate(pool.crop_scene) if scene in wanted]
     index = sorted(rng.sample(index, min(limit, len(index))))
@@ -180,7 +208,39 @@ def crop_batch(pool: Pool, scenes: list, rng: random.Random, limit: int = 32):
     texts = {key: _phrase(key, rng) if key != 'background' else rng.choice(DEFAULT_DISTRACTORS)
              for key in ids}
     labels = torch.tensor([ids[key] for key in keys])
-    return _jitter(pool.crops[index], rng), [texts[key] for key in keys], labels
+    return (_colour_jitter(_jitter(pool.crops[index], rng), rng), [texts[key] for key in keys],
+            labels, [pool.crop_names[k] for k in index])
+
+
+def vocabulary_targets(names: list, vocabulary: list, rng: random.Random) -> dict:
+    """
+    Return the per-crop classification targets among all trained names and among the words.
+
+    'vocab_texts': one phrasing of every vocabulary name, then one background text;
+    'vocab_labels' [M]: each crop's index in it ('' = background, the last); 'colour_labels'
+    and 'shape_labels' [M]: indices in COLOUR_WORDS / SHAPE_WORDS (-100 for background).
+    """
+    index = {name: i for i, name in enumerate(vocabulary)}
+    texts = [_phrase(name, rng) for name in vocabulary] + [rng.choice(DEFAULT_DISTRACTORS)]
+    words = [name.split() if name else (None, None) for name in names]
+    return {'vocab_texts': texts,
+            'vocab_labels': torch.tensor([index.get(n, len(vocabulary)) for n in names]),
+            'colour_labels': torch.tensor([COLOUR_WORDS.index(c) if c else -100
+                                           for c, _ in words]),
+            'shape_labels': torch.tensor([SHAPE_WORDS.index(s) if s else -100
+                                          for _, s in words]),
+            'names': list(vocabulary)}
+
+
+def _colour_jitter(pixels: torch.Tensor, rng: random.Random, p: float = 0.5) -> torch.Tensor:
+    """Scale each image's channels by random gains (light colour and intensity), 0..255."""
+    out = pixels.float()
+    gains = torch.ones(len(out), 3, 1, 1)
+    for k in range(len(out)):
+        if rng.random() < p:
+            level = rng.uniform(0.6, 1.4)
+            gains[k, :, 0, 0] = torch.tensor([level * rng.uniform(0.8, 1.2) for _ in range(3)])
+    return (out * gains).clamp(0, 255)
 
 
 def _jitter(cut: torch.Tensor, rng: random.Random) -> torch.Tensor:
@@ -234,15 +294,49 @@ class TabletopStep(torch.nn.Module):
         image = tabletop.image_features(model, normalise(batch['crops'], self.config))
         text = F.normalize(tabletop.text_features(
             model, tokenize(batch['captions'], TRAIN_CONTEXT)), dim=-1)
+        scale = model.clip.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
         if isinstance(loss_fn, ClipLoss):
-            scale = model.clip.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
             contrastive = loss_fn(image, text, labels=batch['labels'], logit_scale=scale)
         else:
             contrastive = loss_fn(image, text, labels=batch['labels'])
+        parts = {}
+        if 'vocab_texts' in batch:
+            parts = self.vocabulary_terms(model, image, batch, scale)
+            contrastive = contrastive + sum(parts.values())
         weights = self.weighting.weights().detach()
         return {'loss': self.weighting([seg, contrastive]), 'segmentation': seg.item(),
                 'contrastive': contrastive.item(), 'weight_segmentation': weights[0].item(),
-                'weight_contrastive': weights[1].item()}
+                'weight_contrastive': weights[1].item(),
+                **{k: v.item() for k, v in parts.items()}}
+
+    @staticmethod
+    def vocabulary_terms(model, image: torch.Tensor, batch: dict, scale) -> dict:
+        """
+        Return the per-crop terms: names (all trained names, absent ones are negatives), words.
+
+        'names': cross-entropy of each crop among every trained name and a background text;
+        'words': of its colour among COLOUR_WORDS plus of its shape among SHAPE_WORDS;
+        'compose': 1 - cosine between each name's text and the normalised sum of its words'.
+        """
+        def encode(texts):
+            return F.normalize(tabletop.text_features(
+                model, tokenize(texts, TRAIN_CONTEXT)), dim=-1)
+
+        vocab = encode(batch['vocab_texts'])
+        names = ce = F.cross_entropy(scale * image @ vocab.T, batch['vocab_labels'])
+        words = encode(list(COLOUR_WORDS) + list(SHAPE_WORDS))
+        colours, shapes = words[:len(COLOUR_WORDS)], words[len(COLOUR_WORDS):]
+        ce = F.cross_entropy(scale * image @ colours.T, batch['colour_labels'],
+                             ignore_index=-100)
+        ce = ce + F.cross_entropy(scale * image @ shapes.T, batch['shape_labels'],
+                                  ignore_index=-100)
+        plain = encode(batch['names'])
+        pairs = [name.split() for name in batch['names']]
+        summed = F.normalize(torch.stack([colours[COLOUR_WORDS.index(c)]
+                                          + shapes[SHAPE_WORDS.index(s)] for c, s in pairs]),
+                             dim=-1)
+        compose = (1 - (plain * summed).sum(-1)).mean()
+        return {'names': names, 'words': 0.5 * ce, 'compose': compose}
 
 
 class RecipeBatches(torch.utils.data.Dataset):
@@ -257,17 +351,18 @@ class RecipeBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rng = random.Random(self.seed * 1_000_003 + i)
-        phrases, owner, targets, (cut, captions, labels), images = make_batch(
+        phrases, owner, targets, (cut, captions, labels, names), images = make_batch(
             self.pool, self.vocabulary, self.batch, rng)
         return {'phrases': phrases, 'owner': owner, 'targets': targets, 'crops': cut,
-                'captions': captions, 'labels': labels, 'images': images}
+                'captions': captions, 'labels': labels, 'images': images,
+                **vocabulary_targets(names, self.vocabulary, rng)}
 
 
 def make_batch(pool: Pool, vocabulary: list, size: int, rng: random.Random) -> tuple:
-    """Sample scenes; return (phrases, owner, targets, (crops, captions, labels), images)."""
+    """Sample scenes; return (phrases, owner, targets, crop_batch's tuple, images 0..255)."""
     scenes = rng.sample(range(len(pool.images)), size)
     phrases, owner, targets = segmentation_batch(pool, scenes, vocabulary, rng)
-    images = pool.images[scenes]
+    images = _colour_jitter(pool.images[scenes], rng, p=0.3)
     if rng.random() < 0.5:  # mirror whole scenes: masks follow, names stay true
         images, targets = images.flip(-1), targets.flip(-1)
     return phrases, owner, targets, crop_batch(pool, scenes, rng), images
@@ -317,18 +412,52 @@ def initial_model(args, config: dict) -> tuple:
     """
     Return (model in train mode, its config, LoRA-adapted layer names) for a run.
 
-    From scratch by default; with args.lora > 0 the checkpoint args.init (default: the bundled
-    model) gets rank-args.lora adapters on every attention projection and only they (and the
-    loss weights) train, so a few minutes adapt it to new scenes without forgetting.
+    From scratch by default; with args.finetune every weight of the checkpoint args.init (default:
+    the bundled model) trains on from where it stands; with args.lora > 0 that checkpoint gets
+    rank-args.lora adapters on every attention projection and only they (and the loss weights)
+    train, so a few minutes adapt it to new scenes without forgetting.
     """
-    if not getattr(args, 'lora', 0):
+    if not getattr(args, 'lora', 0) and not getattr(args, 'finetune', False):
         return tabletop.build(config).train(), config, []
     model, config, _, _ = tabletop.load(getattr(args, 'init', '') or None, 'cpu', 'float32')
+    if not getattr(args, 'lora', 0):
+        return model.train(), config, []
     adapted = apply_lora(model, LORA_TARGETS, r=args.lora, alpha=2.0 * args.lora)
     trainable, total = count_parameters(model)
     _log.info('LoRA rank %d on %d layers: %d of %d parameters train', args.lora, len(adapted),
               trainable, total)
     return model.train(), config, adapted
+
+
+def _pool(args, mode: str, extra: dict) -> Pool:
+    """Render the training pool, or load it from args.pool (written there on first use)."""
+    key = {'scenes': args.scenes, 'mode': mode, 'width': args.render_width,
+           'height': args.render_height, 'image_size': extra['image_size'],
+           'crop_size': extra['crop_size']}
+    path = Path(args.pool) if getattr(args, 'pool', '') else None
+    if path is not None and path.is_file():
+        saved = torch.load(path, weights_only=False)
+        if saved['key'] != key:
+            raise ValueError(f'{path} holds a pool of {saved["key"]}, this run wants {key}')
+        return saved['pool']
+    seeds = split_seeds('train', args.scenes)
+    scenes = render_scenes(seeds, args.render_width, args.render_height, split_exclude('train'),
+                           mode)
+    scenes = tqdm(scenes, total=len(seeds), desc='render', disable=args.quiet)
+    pool = build_pool(scenes, extra['image_size'], extra['crop_size'])
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({'key': key, 'pool': pool}, path)
+    return pool
+
+
+def _other_keys(out: Path) -> dict:
+    """Return an existing checkpoint's 'clip_ros' keys that training does not decide."""
+    path = out / tabletop.CONFIG_FILE
+    if not path.is_file():
+        return {}
+    block = json.loads(path.read_text(encoding='utf-8')).get('clip_ros', {})
+    return {k: v for k, v in block.items() if k not in MODEL_KEYS}
 
 
 def run(args) -> dict:
@@ -339,23 +468,28 @@ def run(args) -> dict:
     torch.manual_seed(args.seed)
     config = DEFAULT_CONFIG
     start = time.monotonic()
-    seeds = split_seeds('train', args.scenes)
-    scenes = render_scenes(seeds, args.render_width, args.render_height, split_exclude('train'))
-    scenes = tqdm(scenes, total=len(seeds), desc='render', disable=args.quiet)
-    extra = config['clip_ros']
-    pool = build_pool(scenes, extra['image_size'], extra['crop_size'])
+    mode = getattr(args, 'scene_mode', RANDOMISED)
+    pool = _pool(args, mode, config['clip_ros'])
     render_seconds = time.monotonic() - start
     model, config, adapted = initial_model(args, config)
     # The time budget covers the whole command; keep a little for saving and plotting.
     history = train(model, pool, config, args, args.minutes * 60 - render_seconds - 15)
     if adapted:
         merge_lora(model)  # a plain checkpoint again: loads like any other
+    kept = _other_keys(Path(args.out))
     out = tabletop.save(model, config, args.out)
+    if kept:  # synonyms, abstention calibration...: written by other commands, kept
+        path = out / tabletop.CONFIG_FILE
+        saved = json.loads(path.read_text(encoding='utf-8'))
+        saved['clip_ros'].update(kept)
+        path.write_text(json.dumps(saved, indent=2) + '\n', encoding='utf-8')
     write_curves(history, Path(args.curves or out / 'training_curves.png'))
     summary = {'parameters': tabletop.parameter_count(model), 'scenes': len(pool.images),
                'threads': threads, 'cpu_seconds': round(time.process_time(), 1),
                'steps': len(history), 'render_seconds': round(render_seconds, 1),
                'lora_layers': len(adapted), 'loss': getattr(args, 'loss', 'clip'),
+               'finetune': bool(getattr(args, 'finetune', False)),
+               'scene_mode': mode, 'seed': args.seed,
                'total_seconds': round(time.monotonic() - start, 1), 'out': str(out)}
     (out / 'training.json').write_text(json.dumps(summary, indent=2) + '\n', encoding='utf-8')
     return summary

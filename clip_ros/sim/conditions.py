@@ -20,10 +20,11 @@ same_colour_distractors           two objects of the first object's colour and t
                                   shape placed a few millimetres from it; focus names it
 ================================  =============================================================
 
-RANDOMISED ('randomised') is the training mode: each of those factors is switched on at random
-per scene with wider, continuous ranges. Every draw is seeded by (seed, condition), so a scene
-renders identically every time; the in_distribution scene of a seed is today's scene of that
-seed. The split decides the held-out combinations (never in 'train'), conditions never add them.
+RANDOMISED ('randomised') is the training mode: a fifth of its scenes are the plain ones, the
+others switch each of those factors on at random with wider, continuous ranges. Every draw is
+seeded by (seed, condition), so a scene renders identically every time; the in_distribution
+scene of a seed is today's scene of that seed. The split decides the held-out combinations
+(never in 'train'); conditions never add them.
 
 Usage::
 
@@ -47,6 +48,7 @@ CONDITIONS = ('in_distribution', 'light_colour', 'light_intensity', 'table_colou
               'camera_far', 'camera_low', 'occlusion', 'small_objects', 'many_objects',
               'same_colour_distractors')
 RANDOMISED = 'randomised'
+PLAIN_SHARE = 0.2  # randomised scenes left exactly as drawn (today's distribution)
 OCCLUDED_FRACTION = (0.2, 0.8)  # share of the hidden object's pixels behind the occluder
 _VARIATIONS = {
     'camera_far': Variation(distance=(1.3, 1.6)),
@@ -146,6 +148,8 @@ def _pixels(sim, index: int) -> int:
 
 
 def _randomised(seed: int, rng, exclude, sim) -> SceneSpec:
+    if rng.random() < PLAIN_SHARE:
+        return sample_scene(seed, exclude=exclude)
     variation = Variation(
         elevation_deg=(20.0, 70.0) if rng.random() < 0.5 else (45.0, 60.0),
         azimuth_deg=(-30.0, 30.0),

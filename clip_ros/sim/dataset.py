@@ -89,7 +89,8 @@ def write_scene(folder: Path, seed: int, frame) -> dict:
 
 
 def generate(out, split: str, count: int, width: int = 224, height: int = 224,
-             start: int = 0, depth: bool = False, progress=None) -> Path:
+             start: int = 0, depth: bool = False, progress=None,
+             condition: str = 'in_distribution') -> Path:
     """
     Render `count` scenes of `split` into `out/split` and write its dataset.json.
 
@@ -107,6 +108,8 @@ def generate(out, split: str, count: int, width: int = 224, height: int = 224,
         Also save depth.npy per scene.
     progress : callable, optional
         Wraps the seed iterable (e.g. tqdm).
+    condition : str
+        Scene condition (clip_ros.sim.conditions.CONDITIONS or 'randomised').
 
     Returns
     -------
@@ -114,6 +117,7 @@ def generate(out, split: str, count: int, width: int = 224, height: int = 224,
         The dataset.json written.
 
     """
+    from clip_ros.sim.conditions import load_condition
     from clip_ros.sim.simulator import Simulator  # needs OpenGL; reading a dataset does not
 
     seeds = split_seeds(split, count, start)
@@ -122,12 +126,13 @@ def generate(out, split: str, count: int, width: int = 224, height: int = 224,
     with Simulator(seeds[0] if count else 0, width, height, exclude=split_exclude(split),
                    show_gripper=False) as sim:
         for seed in (progress(seeds) if progress else seeds):
-            sim.reset(seed)
+            spec = load_condition(sim, seed, condition, split_exclude(split))
             meta = write_scene(root / f'{seed:06d}', seed,
                                sim.render(depth=depth, instances=True))
-            scenes.append({'seed': seed, 'dir': f'{seed:06d}',
+            scenes.append({'seed': seed, 'dir': f'{seed:06d}', 'focus': spec.focus,
                            'objects': [obj['name'] for obj in meta['objects']]})
-    index = {'format': FORMAT, 'split': split, 'width': width, 'height': height,
+    index = {'format': FORMAT, 'split': split, 'condition': condition,
+             'width': width, 'height': height,
              'depth': depth, 'held_out': [list(c) for c in HELD_OUT], 'scenes': scenes}
     path = root / 'dataset.json'
     root.mkdir(parents=True, exist_ok=True)
@@ -168,12 +173,18 @@ class SceneDataset(torch.utils.data.Dataset):
         return self.transform(item) if self.transform else item
 
 
-def render_scenes(seeds, width: int, height: int, exclude=()):
-    """Yield (rgb, visible SceneObjects, all names) for each seed from the MuJoCo sim."""
+def render_scenes(seeds, width: int, height: int, exclude=(), condition: str = 'in_distribution'):
+    """
+    Yield (rgb, visible SceneObjects, all names) for each seed from the MuJoCo sim.
+
+    `condition` draws each seed's scene under one of clip_ros.sim.conditions' names (or its
+    'randomised' training mode); the default renders the seed's usual scene.
+    """
+    from clip_ros.sim.conditions import load_condition
     from clip_ros.sim.simulator import Simulator  # needs OpenGL; reading a dataset does not
     with Simulator(seeds[0], width, height, exclude=exclude, show_gripper=False) as sim:
         for seed in seeds:
-            sim.reset(seed)
+            load_condition(sim, seed, condition, exclude)
             frame = sim.render(depth=False, instances=True)
             objects = [SceneObject(o.name, o.box, frame.instances == o.instance_id)
                        for o in frame.objects if o.box is not None and o.visible_pixels > 0]

@@ -5,6 +5,7 @@ import time
 
 from tqdm import tqdm
 
+from clip_ros.sim.conditions import CONDITIONS, RANDOMISED
 from clip_ros.sim.dataset import generate, SPLIT_SIZE, SPLITS
 
 
@@ -29,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f'first scene index within the split (0..{SPLIT_SIZE - 1})')
     parser.add_argument('--size', type=parse_size, default=(224, 224), help='WxH pixels')
     parser.add_argument('--depth', action='store_true', help='also save depth.npy (metres)')
+    parser.add_argument('--condition', choices=CONDITIONS + (RANDOMISED,),
+                        default='in_distribution',
+                        help='scene condition (clip_ros.sim.conditions): light, table, camera, '
+                             'occlusion, sizes, crowds, or the randomised training mode')
     return parser
 
 
@@ -39,7 +44,8 @@ def main(argv=None) -> int:
     started = time.monotonic()
     try:
         path = generate(args.out, args.split, args.count, width, height, args.start, args.depth,
-                        progress=lambda seeds: tqdm(seeds, desc=args.split, unit='scene'))
+                        progress=lambda seeds: tqdm(seeds, desc=args.split, unit='scene'),
+                        condition=args.condition)
     except (ValueError, RuntimeError) as e:
         print(f'make_dataset: {e}', file=sys.stderr)
         return 2
