@@ -315,3 +315,44 @@ def test_each_distinct_rejection_reason_is_logged(ros):
     # The repeat is throttled (counted in `rejected`), not logged a second time.
     time.sleep(0.5)
     assert len([m for m in rosout.messages if "'pick up'" in m.msg]) == 1
+
+
+def test_phrase_without_detection_is_reported_once(ros):
+    # Threshold 1.0 switches 'blue ball' off: no detection, reported 'not found' on
+    # grounding_status (latched), once in the log and in /diagnostics while frames keep coming.
+    import json
+
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rcl_interfaces.msg import Log
+    rosout = ros.subscribe(Log, '/rosout')
+    diagnostics = ros.subscribe(DiagnosticArray, '/diagnostics')
+    ros.add(GroundingNode(context=ros.context, namespace='absent', parameter_overrides=(
+        OVERRIDES + [Parameter('queries', value=['red block', 'blue ball']),
+                     Parameter('thresholds', value=[0.0, 1.0])])))
+    image_pub = ros.publisher(Image, '/absent/image')
+    detections = ros.subscribe(Detection2DArray, '/absent/detections')
+    assert wait_for(lambda: image_pub.get_subscription_count() > 0)
+    for _ in range(3):
+        result = request(image_pub, frame(ros), detections)
+        assert result is not None and result.detections
+        assert {d.results[0].hypothesis.class_id for d in result.detections} == {'red block'}
+    status = ros.subscribe(String, '/absent/grounding_status', LATCHED)  # a late subscriber
+    message = wait_for(lambda: status.find(lambda m: 'blue ball' in m.data))
+    assert message is not None
+    assert json.loads(message.data) == {
+        'phrases': ['red block', 'blue ball'], 'found': ['red block'],
+        'rejected': {'blue ball': 'not found: blue ball'}, 'stamp': json.loads(
+            message.data)['stamp']}
+
+    def phrases_status(msg):
+        return next((s for s in msg.status if s.name == '/absent/grounding_node/phrases'), None)
+
+    entry = wait_for(lambda: diagnostics.find(
+        lambda m: getattr(phrases_status(m), 'message', '') == 'not found: blue ball'))
+    assert entry is not None, [phrases_status(m) for m in diagnostics.messages[-2:]]
+    phrases = phrases_status(entry)
+    assert {v.key: v.value for v in phrases.values} == {
+        'red block': 'found', 'blue ball': 'not found: blue ball'}
+    lines = [m for m in rosout.messages
+             if m.name.endswith('grounding_node') and 'not found: blue ball' in m.msg]
+    assert len(lines) == 1 and "no detection published for 'blue ball'" in lines[0].msg

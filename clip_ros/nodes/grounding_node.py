@@ -18,8 +18,9 @@ from clip_ros.nodes.frame_worker import BatchWorker
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import detections_msg, diagnostics_msg, label_info_msg
 from clip_ros.nodes.overlay import draw_overlay
+from clip_ros.nodes.phrase_report import PhraseReport
 from clip_ros.perception.backends import make_pipeline
-from clip_ros.perception.grounding import DEFAULT_DISTRACTORS, GroundingPipeline
+from clip_ros.perception.grounding import AbstainRule, DEFAULT_DISTRACTORS, GroundingPipeline
 from clip_ros.perception.loading import load_or_tabletop
 from clip_ros.perception.registry import DEFAULT_CLIP, DEFAULT_CLIPSEG
 from clip_ros.perception.stats import assess
@@ -28,7 +29,7 @@ from clip_ros.policy.command import MAX_COMMAND_CHARS, parse_command, quote
 
 WARM_UP_SIZE = 224
 # Parameters that need a new GroundingPipeline (the models are kept).
-PIPELINE_PARAMS = ('distractors', 'min_area', 'max_detections', 'rescore')
+PIPELINE_PARAMS = ('distractors', 'min_area', 'max_detections', 'rescore', 'abstain')
 
 
 def query_thresholds(queries, thresholds) -> tuple[dict, float]:
@@ -67,6 +68,7 @@ class GroundingNode(ManagedNode):
         self._label_pub = None
         self._single = Camera('', Tracker())  # the node's own topics while `cameras` is unset
         self._cameras: list = []  # Camera per `cameras` entry, while configured
+        self._report = PhraseReport(self.get_logger())  # found / refused, per phrase
         self.watch_parameters(self._check_parameters, self._apply_parameters)
         self.start()
 
@@ -96,6 +98,9 @@ class GroundingNode(ManagedNode):
             ('max_detections', 20, describe('most detections per frame', int_range=(1, 1000))),
             *backend_parameters(),
             ('rescore', True, describe('re-score instances with CLIP crops')),
+            ('abstain', True, describe(
+                "refuse instances the model's calibrated abstention rule rejects (config.json "
+                "'abstain'); a phrase left without any is reported 'not found'")),
             ('track_iou', 0.3, describe(
                 'smallest mask IoU (after motion prediction) that keeps an instance id',
                 float_range=(0.01, 1.0), **ro)),
@@ -118,6 +123,7 @@ class GroundingNode(ManagedNode):
         self._max_detections = int(values['max_detections'])
         self._max_image_size = int(values['max_image_size'])
         self._rescore = bool(values['rescore'])
+        self._abstain = bool(values['abstain'])
         if self._command_phrases is None:
             self._set_phrases(list(self._query_thresholds))
 
@@ -148,6 +154,9 @@ class GroundingNode(ManagedNode):
             camera.pubs = {base: self.output(kind, camera.topic(base), RESULTS_QOS) for base, kind
                            in (('detections', Detection2DArray), ('mask', Image),
                                ('heatmap', Image), ('debug_image', Image))}
+            # Latched: a policy that subscribes late still learns why its phrase has no detection.
+            camera.pubs['grounding_status'] = self.output(
+                String, camera.topic('grounding_status'), LATCHED_QOS)
         self._label_pub = self.output(LabelInfo, 'label_info', LATCHED_QOS)
         self._depth = DepthLift(self, values) if values['publish_3d'] else None
         if self._depth is not None:
@@ -197,7 +206,8 @@ class GroundingNode(ManagedNode):
         return make_pipeline(self._clip, self._clipseg, **backend_options(values),
                              distractors=self._distractors, min_area=self._min_area,
                              max_detections=self._max_detections, rescore=self._rescore,
-                             max_candidates=max(64, self._max_detections))
+                             max_candidates=max(64, self._max_detections),
+                             abstain=None if self._abstain else AbstainRule.off())
 
     @staticmethod
     def _check_parameters(values: dict) -> None:
@@ -223,6 +233,19 @@ class GroundingNode(ManagedNode):
             return
         self._label_sent = True
         self._label_pub.publish(label_info_msg(phrases, self._default_threshold))
+        self._report.start(phrases, self._word_reasons(phrases), {
+            camera.name: camera.pubs['grounding_status'] for camera in self._all_cameras()})
+
+    def _all_cameras(self) -> list:
+        return self._cameras or [self._single]
+
+    def _word_reasons(self, phrases: list) -> dict:
+        """Return {phrase: reason} for the phrases the model's words cannot express."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            return {}
+        reasons = {p: pipeline.canonical(p)[1] for p in phrases}
+        return {p: reason for p, reason in reasons.items() if reason}
 
     def _threshold_list(self, phrases: list) -> list:
         return [self._query_thresholds.get(p, self._default_threshold) for p in phrases]
@@ -241,9 +264,18 @@ class GroundingNode(ManagedNode):
             self.reject('vague_command', f'command {quote(text)} names nothing to ground; '
                         f'keeping {self._phrases}')
             return
-        self.get_logger().info(f'command {command.verb or "(no verb)"}: grounding {phrases}')
+        self.get_logger().info(f'command {command.verb or "(no verb)"}: grounding {phrases}'
+                               f'{self._model_words(phrases)}')
         self._command_phrases = phrases
         self._set_phrases(phrases)
+
+    def _model_words(self, phrases: list) -> str:
+        """Return ' as [...]' naming the model's words for the phrases, when they differ."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            return ''
+        words = [pipeline.canonical(p)[0] for p in phrases]
+        return f' as {words}' if words != phrases else ''
 
     def process(self, msg: Image) -> None:
         """Ground the active phrases in one frame and publish the results."""
@@ -298,6 +330,8 @@ class GroundingNode(ManagedNode):
                                     result.label_image)
         pubs = camera.pubs
         pubs['detections'].publish(detections_msg(result.detections, header, ids))
+        self._report.update(camera.name, result.phrases, result.rejected, header,
+                            pubs['grounding_status'])
         if self._depth is not None:
             self._depth.publish(header, result, ids)
         pubs['mask'].publish(numpy_to_image(result.label_image, 'mono16', header))
@@ -309,13 +343,19 @@ class GroundingNode(ManagedNode):
             pubs['debug_image'].publish(numpy_to_image(overlay, 'rgb8', header))
 
     def extra_diagnostics(self, limits, stamp) -> list:
-        """Return one DiagnosticStatus per camera, named <node>/<camera>, with its own stats."""
+        """
+        Return the phrases' outcome (<node>/phrases) and one status per camera.
+
+        <node>/phrases names each refused phrase with its reason; a camera's status,
+        <node>/<camera>, carries its own statistics.
+        """
         node, active = self.get_fully_qualified_name(), self.active
-        return [diagnostics_msg(f'{node}/{camera.name}',
-                                assess(camera.stats.snapshot(), limits, active),
-                                {'camera': camera.name, 'device': self._model[1]},
-                                stamp).status[0]
-                for camera in self._cameras]
+        return [self._report.diagnostic(f'{node}/phrases', self._model[1])] + [
+            diagnostics_msg(f'{node}/{camera.name}',
+                            assess(camera.stats.snapshot(), limits, active),
+                            {'camera': camera.name, 'device': self._model[1]},
+                            stamp).status[0]
+            for camera in self._cameras]
 
 
 def main(args=None) -> None:

@@ -1,9 +1,10 @@
 """Build vision_msgs and diagnostic messages from core results (images: nodes/conversions.py)."""
+import json
 from typing import Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
-from std_msgs.msg import Header
+from std_msgs.msg import Header, String
 from vision_msgs.msg import (
     Classification, Detection2D, Detection2DArray, Detection3D, Detection3DArray, LabelInfo,
     ObjectHypothesis, ObjectHypothesisWithPose, VisionClass)
@@ -39,6 +40,21 @@ def label_info_msg(phrases: Sequence[str], threshold: float = 0.0,
     """Map label-image values to phrases: class_id = phrase index + 1, 0 is background."""
     class_map = [VisionClass(class_id=i + 1, class_name=p) for i, p in enumerate(phrases)]
     return LabelInfo(header=header or Header(), class_map=class_map, threshold=float(threshold))
+
+
+def grounding_status_msg(phrases: Sequence[str], rejected: dict, header=None) -> String:
+    """
+    Return grounding_node's per-phrase outcome as JSON text.
+
+    {"phrases": [...], "found": [...], "rejected": {phrase: reason}, "stamp": [sec, nanosec]}:
+    every active phrase is either found (it has detections) or rejected with the reason
+    ('not found: <phrase>', 'unknown word: <word>', ...); stamp is the frame's, or null when
+    the reasons come from the words alone.
+    """
+    stamp = None if header is None else [int(header.stamp.sec), int(header.stamp.nanosec)]
+    return String(data=json.dumps({
+        'phrases': list(phrases), 'found': [p for p in phrases if p not in rejected],
+        'rejected': {p: rejected[p] for p in phrases if p in rejected}, 'stamp': stamp}))
 
 
 def classification_msg(classes: Sequence[str], probabilities: np.ndarray,

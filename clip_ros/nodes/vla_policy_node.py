@@ -10,6 +10,7 @@ Parameter sets are checked before they land (a bad value is refused with the val
 take effect without a restart: the lifting limits on the next perception set; base_frame,
 extrinsic, depth_scale and sync_tolerance at once; the policy limits from the next command.
 """
+import json
 import os
 import threading
 import time
@@ -36,7 +37,7 @@ from clip_ros.nodes.policy_messages import (
 from clip_ros.nodes.transforms import lookup_extrinsic, make_tf_buffer
 from clip_ros.policy.command import parse_command, quote
 from clip_ros.policy.geometric import (
-    FINAL_STATES, GeometricPolicy, Observation, OPEN, PolicyConfig)
+    Action, FINAL_STATES, GeometricPolicy, Observation, OPEN, PolicyConfig)
 from clip_ros.policy.lifting import check_intrinsics, Extrinsic, quat_to_matrix
 from clip_ros.policy.perceive import LiftConfig, perceive, roles
 from clip_ros.policy.sync import TimeMatcher
@@ -173,6 +174,7 @@ class VlaPolicyNode(ManagedNode):
         self._seen, self._fresh, self._perceive_error, self._sent = set(), {}, '', None
         self._seen_for_command = set()  # streams seen since the current command arrived
         self._ee, self._gripper, self._image = None, OPEN, None
+        self._refused = {}  # phrase -> grounding_node's refusal of its words (unknown word, ...)
 
     # Lifecycle hooks -----------------------------------------------------------------------
 
@@ -209,6 +211,8 @@ class VlaPolicyNode(ManagedNode):
         self.subscribe(Float64, 'gripper_state', self._on_gripper, RESULTS_QOS)
         # Transient local: the pose is latched once per scene, usually before this node starts.
         self.subscribe(PoseStamped, 'camera_pose', self._on_camera_pose, LATCHED_QOS)
+        # Latched: why grounding gives no detection for a phrase, published when it changes.
+        self.subscribe(String, 'grounding_status', self._on_grounding_status, LATCHED_QOS)
         if self._p['policy'] == 'learned':
             self.subscribe(Image, 'image', self._on_image, sensor)
 
@@ -311,6 +315,26 @@ class VlaPolicyNode(ManagedNode):
     def _on_ee(self, msg: PoseStamped) -> None:
         self._ee = position_of(msg)
 
+    def _on_grounding_status(self, msg: String) -> None:
+        """Keep grounding_node's refusals of words; 'not found' waits for acquire_timeout."""
+        try:
+            rejected = json.loads(msg.data)['rejected']
+            self._refused = {str(phrase): str(reason) for phrase, reason in rejected.items()
+                             if not str(reason).startswith('not found')}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            self.reject('grounding_status', f'ignored an unreadable grounding_status '
+                        f'({type(e).__name__}: {e})')
+
+    def _word_refusal(self, policy) -> str:
+        """Return grounding's refusal of the waiting command's target or destination words."""
+        command = self._command
+        if policy.status.state != 'waiting':
+            return ''
+        for phrase in (*command.targets[:1], command.destination):
+            if phrase and phrase in self._refused:
+                return self._refused[phrase]
+        return ''
+
     def _on_gripper(self, msg: Float64) -> None:
         self._gripper = float(msg.data)
 
@@ -391,6 +415,12 @@ class VlaPolicyNode(ManagedNode):
                 self._step(policy)
 
     def _step(self, policy) -> None:
+        refusal = self._word_refusal(policy)
+        if refusal:
+            # Nothing has moved yet: end the command with grounding's reason.
+            policy.cancel(refusal)
+            self._publish_status(Action('rejected', detail=refusal))
+            return
         with self._fresh_lock:
             fresh, self._fresh = self._fresh, {}
         if self._ee is None:
