@@ -51,6 +51,7 @@ setup(
             'record_sim_bag = clip_ros.tools.record_sim_bag:main',
             'ground_bag = clip_ros.tools.ground_bag:main',
             'export = clip_ros.tools.export:main',
+            'calibrate = clip_ros.tools.calibrate:main',
         ],
     },
 )

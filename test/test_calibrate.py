@@ -1,0 +1,105 @@
+"""calibrate: sweep and choice of the abstention rule, and a run on a copy of the bundled model."""
+import json
+import math
+import shutil
+
+import pytest
+
+from clip_ros.perception import tabletop_model as tabletop
+from clip_ros.perception.grounding import AbstainRule
+from clip_ros.sim.dataset import SPLIT_SIZE, SPLITS
+from clip_ros.tools import calibrate
+
+
+def record(present: bool, *candidates) -> dict:
+    """Return a query record with candidates (margin, peak, score, correct)."""
+    return {'condition': 'in_distribution', 'seed': 0, 'phrase': 'x', 'present': present,
+            'absent_kind': '' if present else 'same_colour', 'held_out': False,
+            'language': '', 'candidates': [list(c) for c in candidates]}
+
+
+# Present queries have margins 1..10 (one also a weak CLIPSeg peak); absent ones -5..-1 and one
+# look-alike at 2: a margin threshold in (-1, 1] rejects every absent query but the look-alike.
+RECORDS = ([record(True, (m, 0.9 if m != 3 else 0.3, 0.8, True)) for m in range(1, 11)]
+           + [record(False, (m, 0.9, 0.5, False)) for m in (-5, -4, -3, -2, -1)]
+           + [record(False, (2.0, 0.9, 0.5, False)), record(False)])
+
+
+def test_sweep_rates_follow_the_thresholds():
+    rows = calibrate.sweep(RECORDS, peaks=(0.0, 0.5))
+    row = next(r for r in rows if r['min_peak'] == 0.0 and r['min_margin'] == 1.0)
+    assert row['present_rejected'] == 0.0 and row['absent_rejected'] == pytest.approx(6 / 7)
+    row = next(r for r in rows if r['min_peak'] == 0.5 and r['min_margin'] == 1.0)
+    assert row['present_rejected'] == pytest.approx(0.1)  # margin 3's weak peak
+    row = next(r for r in rows if r['min_peak'] == 0.0 and r['min_margin'] == 3.0)
+    assert row['present_rejected'] == pytest.approx(0.2) and row['absent_rejected'] == 1.0
+
+
+def test_choice_meets_the_targets_when_it_can():
+    rows = calibrate.sweep(RECORDS, peaks=(0.0, 0.5))
+    chosen, met = calibrate.choose(rows, absent_target=0.8, present_limit=0.0)
+    assert met and chosen['min_peak'] == 0.0 and chosen['min_margin'] <= 1.0
+    assert chosen['present_rejected'] == 0.0 and chosen['absent_rejected'] >= 0.8
+
+
+def test_unreachable_targets_give_the_best_trade_off():
+    rows = calibrate.sweep(RECORDS, peaks=(0.0, 0.5))
+    chosen, met = calibrate.choose(rows, absent_target=1.0, present_limit=0.0)
+    assert not met
+    best = max(r['absent_rejected'] - r['present_rejected'] for r in rows)
+    assert chosen['absent_rejected'] - chosen['present_rejected'] == pytest.approx(best)
+
+
+def test_figures_of_a_rule():
+    figures = calibrate.figures(RECORDS, AbstainRule(min_margin=0.5))
+    assert figures['absent_rejected']['k'] == 6 and figures['absent_rejected']['n'] == 7
+    assert figures['present_rejected']['k'] == 0 and figures['top_correct']['k'] == 10
+    assert figures['per_condition']['in_distribution']['present_queries'] == 10
+    assert calibrate.min_score_floor(RECORDS, AbstainRule(min_margin=0.5)) == 0.8
+
+
+@pytest.fixture(scope='module')
+def calibrated(gl_context, tmp_path_factory):
+    """Run calibrate on two validation scenes against a copy of the bundled model."""
+    root = tmp_path_factory.mktemp('calibrate')
+    model = root / 'tabletop'
+    shutil.copytree(tabletop.BUNDLED_DIR, model)
+    config = json.loads((model / 'config.json').read_text())
+    config['clip_ros'].pop('abstain', None)
+    (model / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
+    code = calibrate.main(['--model', str(model), '--conditions', 'in_distribution',
+                           '--scenes', '2', '--absent', '3', '--width', '320', '--height',
+                           '240', '--threads', '1', '--quiet', '--json',
+                           str(root / 'calibration.json'), '--png', str(root / 'curve.png')])
+    return code, model, root, config
+
+
+def test_calibration_writes_the_rule_into_the_model_config(calibrated):
+    code, model, root, before = calibrated
+    assert code == 0
+    config = json.loads((model / 'config.json').read_text())
+    block = config['clip_ros']
+    # Every other key of the block is kept.
+    assert {k: v for k, v in block.items() if k != 'abstain'} == before['clip_ros']
+    rule = block['abstain']
+    assert math.isfinite(rule['min_margin']) and 0.0 <= rule['min_peak'] <= 1.0
+    assert rule['calibration']['split'] == 'val'
+    assert rule['calibration']['command'].startswith('calibrate --model')
+    # The pipeline's handle carries it.
+    clip = tabletop.load_tabletop_clip(str(model), device='cpu')
+    assert AbstainRule.from_config(clip.abstain) == AbstainRule(
+        rule['min_margin'], rule['min_peak'])
+    assert (root / 'curve.png').stat().st_size > 0
+
+
+def test_calibration_uses_validation_scenes_only(calibrated):
+    _, _, root, _ = calibrated
+    report = json.loads((root / 'calibration.json').read_text())
+    seeds = {r['seed'] for r in report['records']}
+    assert seeds and all(SPLITS['val'] <= s < SPLITS['val'] + SPLIT_SIZE for s in seeds)
+    present = [r for r in report['records'] if r['present']]
+    absent = [r for r in report['records'] if not r['present']]
+    assert present and absent
+    # Present objects are found with the rule off; the rates match the records.
+    assert sum(bool(r['candidates']) for r in present) >= len(present) - 1
+    assert report['figures']['present_queries'] == len(present)
