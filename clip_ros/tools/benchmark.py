@@ -13,6 +13,7 @@ default sizes, so no download is needed; the arithmetic equals the pretrained mo
   AMX; 'openvino-f32' forces f32). Each backend's detections are compared with torch's.
 """
 import argparse
+from functools import partial
 import json
 import statistics
 import time
@@ -43,10 +44,11 @@ def reference_maps(seg, rgb: np.ndarray, phrases: list) -> np.ndarray:
     x = (x - np.array(seg.mean, np.float32)) / np.array(seg.std, np.float32)
     pixels = torch.from_numpy(x.transpose(2, 0, 1).copy())[None].repeat(len(phrases), 1, 1, 1)
     with torch.inference_mode():
-        logits = seg.model(input_ids=tokenize(phrases), pixel_values=pixels).logits
+        logits = seg.model(input_ids=tokenize(phrases).to(seg.device),
+                           pixel_values=pixels.to(seg.device, seg.dtype)).logits.float()
         logits = logits.reshape(len(phrases), 1, *logits.shape[-2:])
         probs = F.interpolate(torch.sigmoid(logits), size=(height, width), mode='bilinear')
-    return probs[:, 0].numpy()
+    return probs[:, 0].cpu().numpy()
 
 
 def reference_step(clip, seg, rgb: np.ndarray, phrases: list, threshold: float,
@@ -65,28 +67,38 @@ def reference_step(clip, seg, rgb: np.ndarray, phrases: list, threshold: float,
     crops = torch.stack([transform(frame.crop(tuple(int(v) for v in b))) for b in boxes])
     texts = list(phrases) + list(DEFAULT_DISTRACTORS)
     with torch.inference_mode():
-        text = F.normalize(clip.model.encode_text(tokenize(texts)), dim=-1)
-        image = F.normalize(clip.model.encode_image(crops), dim=-1)
+        text = F.normalize(clip.model.encode_text(tokenize(texts).to(clip.device)), dim=-1)
+        image = F.normalize(clip.model.encode_image(crops.to(clip.device, clip.dtype)), dim=-1)
         (clip.logit_scale * image @ text.T).softmax(dim=-1)
     return len(boxes)
 
 
-def time_ms(step, repeats: int) -> tuple:
-    """Return (median, p90) wall time of step() in ms after one warm-up call."""
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def time_all(steps: dict, repeats: int) -> dict:
+    """
+    Return {name: (median, p90) ms} of each step() after one warm-up call each.
+
+    The steps take turns (one call of each per round), so load from other processes on a
+    shared machine falls on all of them alike and their ratios stay comparable.
+    """
+    times = {name: [] for name in steps}
+    for name, step in steps.items():
         step()
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))]
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if torch.cuda.is_initialized():
+                torch.cuda.synchronize()  # the reference leaves its last kernels queued
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: (statistics.median(t), sorted(t)[min(len(t) - 1, int(0.9 * len(t)))])
+            for name, t in times.items()}
 
 
 # Benchmark backend name -> make_pipeline keywords.
 BACKENDS = {'torch': {}, 'onnxruntime': {'backend': 'onnxruntime'},
             'openvino': {'backend': 'openvino'},
-            'openvino-f32': {'backend': 'openvino', 'precision': 'f32'}}
+            'openvino-f32': {'backend': 'openvino', 'precision': 'f32'},
+            'torch-eager': {'static_shapes': False}}  # on CUDA: without buckets and graphs
 DEFAULT_BACKENDS = ('torch', 'onnxruntime', 'openvino')
 
 
@@ -109,10 +121,10 @@ def agreement(ref, got) -> dict:
 
 def run(clip_arch: str, clipseg_name: str, counts: list, repeats: int, width: int,
         height: int, threshold: float, per_phrase: int, backends=DEFAULT_BACKENDS,
-        cache_dir=None) -> list:
+        cache_dir=None, device='cpu', dtype='float32') -> list:
     """Time the reference and each backend for each phrase count; return one row per count."""
-    clip = load_clip(clip_arch, 'random', device='cpu', dtype='float32')
-    seg = load_clipseg(clipseg_name, device='cpu', dtype='float32')
+    clip = load_clip(clip_arch, 'random', device=device, dtype=dtype)
+    seg = load_clipseg(clipseg_name, device=device, dtype=dtype)
     pipelines = {name: make_pipeline(clip, seg, cache_dir=cache_dir, **BACKENDS[name])
                  for name in dict.fromkeys(['torch', *backends])}
     rgb, _ = scene_image(seed=0, width=width, height=height)
@@ -121,27 +133,31 @@ def run(clip_arch: str, clipseg_name: str, counts: list, repeats: int, width: in
         phrases = list(PHRASES[:count])
         cap = per_phrase * count
         found = reference_step(clip, seg, rgb, phrases, threshold, cap)
-        ref = time_ms(lambda: reference_step(clip, seg, rgb, phrases, threshold, cap), repeats)
-        seg_ref = time_ms(lambda: reference_maps(seg, rgb, phrases), repeats)
-        row = {'phrases': count, 'instances': found, 'reference_ms': ref[0],
-               'reference_p90_ms': ref[1], 'clipseg_reference_ms': seg_ref[0], 'backends': {}}
-        expected = None
+        steps = {'reference': lambda: reference_step(clip, seg, rgb, phrases, threshold, cap),
+                 'clipseg_reference': lambda: reference_maps(seg, rgb, phrases)}
+        results = {}
         for name, pipeline in pipelines.items():
             pipeline.max_candidates = pipeline.max_detections = cap
-            result = pipeline(rgb, phrases, threshold, with_heatmaps=False)
-            expected = expected or result  # torch runs first
-            ours = time_ms(lambda: pipeline(rgb, phrases, threshold, with_heatmaps=False),
-                           repeats)
-            seg_ours = time_ms(lambda: pipeline.runner.probabilities(rgb, phrases), repeats)
+            results[name] = pipeline(rgb, phrases, threshold, with_heatmaps=False)
+            steps[name] = partial(pipeline, rgb, phrases, threshold, with_heatmaps=False)
+            steps[f'clipseg_{name}'] = partial(pipeline.runner.probabilities, rgb, phrases)
+        timed = time_all(steps, repeats)
+        ref = timed['reference']
+        row = {'phrases': count, 'instances': found, 'reference_ms': ref[0],
+               'reference_p90_ms': ref[1], 'clipseg_reference_ms': timed['clipseg_reference'][0],
+               'backends': {}}
+        for name, result in results.items():
+            ours = timed[name]
             row['backends'][name] = {
                 'ms': ours[0], 'p90_ms': ours[1], 'ratio': ref[0] / ours[0],
-                'clipseg_ms': seg_ours[0], 'detections': len(result.detections),
-                **agreement(expected, result)}
+                'clipseg_ms': timed[f'clipseg_{name}'][0], 'detections': len(result.detections),
+                **agreement(results['torch'], result)}
         torch_row = row['backends']['torch']
         best = min(row['backends'], key=lambda n: row['backends'][n]['ms'])
         row.update(ours_ms=torch_row['ms'], ours_p90_ms=torch_row['p90_ms'],
                    ratio=torch_row['ratio'], clipseg_ours_ms=torch_row['clipseg_ms'],
-                   clipseg_ratio=seg_ref[0] / torch_row['clipseg_ms'], best_backend=best,
+                   clipseg_ratio=row['clipseg_reference_ms'] / torch_row['clipseg_ms'],
+                   best_backend=best,
                    best_ratio=row['backends'][best]['ratio'])
         rows.append(row)
     return rows
@@ -207,15 +223,24 @@ def main(argv=None) -> int:
     parser.add_argument('--backends', nargs='+', default=list(DEFAULT_BACKENDS),
                         choices=list(BACKENDS), help='pipeline backends to time (torch always)')
     parser.add_argument('--cache-dir', help='ONNX graph cache (default: ~/.cache/clip_ros/onnx)')
+    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda' (the GPU path)")
+    parser.add_argument('--dtype', default='float32', help='float32, or float16 on CUDA')
     parser.add_argument('--json', help='also write the rows to this JSON file')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     width, height = (int(v) for v in args.size.lower().split('x'))
     rows = run(args.clip_arch, args.clipseg, args.phrases, args.repeats, width, height,
-               args.threshold, args.instances_per_phrase, args.backends, args.cache_dir)
+               args.threshold, args.instances_per_phrase, args.backends, args.cache_dir,
+               args.device, args.dtype)
+    where = (torch.cuda.get_device_name() if args.device.startswith('cuda')
+             else f'cpu, {torch.get_num_threads()} threads')
     print_table(rows, f'{width}x{height} frame, CLIPSeg {args.clipseg}, CLIP {args.clip_arch}, '
-                      f'cpu, {torch.get_num_threads()} threads, torch {torch.__version__}')
+                      f'{where}, {args.dtype}, torch {torch.__version__}')
+    if args.device.startswith('cuda'):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        print(f'GPU memory: {peak:.0f} MiB peak allocated by torch')
+        rows[-1]['gpu_peak_mib'] = peak
     decoding = decode_rows(scene_image(0, width, height)[0], max(args.repeats, 20))
     print()
     print_decode_table(decoding)
