@@ -38,7 +38,7 @@ def pick_then_look(load_at) -> tuple:
     # Grasped at the block, then raised by the lift height: the head's own steps are ignored.
     path = [(low, False), (low, True)] + [(high, True)] * 60
     for k, (ee, holding) in enumerate(path):
-        seen = {'target': block(load_at(ee))}
+        seen = {'target': [block(load_at(ee))]}
         actions.append(policy.step(Observation(0.1 * k, ee, 1.0, target, None, holding,
                                                IMAGE, seen)))
         if actions[-1].state not in ('waiting', 'executing'):

@@ -24,13 +24,13 @@ BOWL_SEEN = lifted(BOWL - (0, 0, 0.01), (0.11, 0.11, 0.02))
 
 
 def run(text, target=TARGET, destination=BOWL, ticks=400, seen=lambda t: True,
-        config=CONFIG, drop_in=''):
+        config=CONFIG, drop_in='', look_alike=None):
     """
     Step the policy with an end effector that reaches each waypoint; return the log.
 
     A closed gripper at the target holds it; opened, the load drops into the bowl when its
     centre is over the bowl's footprint, else onto the table (in phase `drop_in` it slips
-    out of the fingers).
+    out of the fingers). A `look_alike` of the target, if given, is its best detection.
     """
     policy = GeometricPolicy(config)
     action = policy.start(parse_command(text), 0.0)
@@ -49,7 +49,8 @@ def run(text, target=TARGET, destination=BOWL, ticks=400, seen=lambda t: True,
             offset = load - ee
         if offset is not None:
             load = ee + offset
-        view = {'target': lifted(load, BLOCK), 'destination': BOWL_SEEN}
+        others = [] if look_alike is None else [lifted(look_alike, BLOCK)]
+        view = {'target': others + [lifted(load, BLOCK)], 'destination': [BOWL_SEEN]}
         obs = Observation(t, ee.copy(), gripper, load.copy() if seen(t) else None,
                           destination if seen(t) else None, offset is not None,
                           seen=view if seen(t) else None)
@@ -198,3 +199,14 @@ def test_place_releases_the_load_above_the_destination():
     release = [obs.ee_position for obs, a in log if a.phase == 'release'][0]
     load = grasp_z - CONFIG.workspace_min[2]  # the load hangs this far below the grasp point
     assert release[2] == pytest.approx(BOWL[2] + CONFIG.place_clearance + load, abs=0.011)
+
+
+@pytest.mark.parametrize('text', ['pick up the blue block', 'put the blue block in the bowl'])
+def test_a_look_alike_on_the_table_does_not_hide_the_outcome(text):
+    action, _ = run(text, look_alike=np.array([0.3, -0.2, 0.02]))
+    assert action.state == 'succeeded', action.detail
+
+
+def test_only_a_look_alike_is_not_the_outcome():
+    action, _ = run('pick up the blue block', drop_in='lift', look_alike=(0.0, 0.12, 0.3))
+    assert action.state == 'failed', action.detail  # the look-alike is not at the gripper

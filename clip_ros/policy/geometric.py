@@ -79,8 +79,9 @@ class Observation:
     destination: np.ndarray | None = None   # lifted destination this tick; None when not seen
     holding: bool | None = None             # grasp sensor, None when unknown
     image: np.ndarray | None = None         # rgb uint8 [H, W, 3] for learned policies
-    # role -> LiftedTarget of a perception set that arrived this tick (the roles it lifted);
-    # None when no set arrived. The look after acting (verify) reads it.
+    # role -> [LiftedTarget] of a perception set that arrived this tick: every candidate of
+    # the role's phrase standing above the table, best first (Perception.seen); None when no
+    # set arrived. The look after acting (verify) reads it.
     seen: dict | None = None
     undetected: tuple = ()  # roles that set had no detection for at all (grounding: not found)
 
@@ -182,7 +183,8 @@ class TargetTracker:
         if obs.destination is not None and (self.destination is None or track_destination):
             self.destination = np.asarray(obs.destination, np.float64)
             self.destination_seen = obs.time
-            self.destination_view = (obs.seen or {}).get('destination', self.destination_view)
+            self.destination_view = ((obs.seen or {}).get('destination') or
+                                     [self.destination_view])[0]
         if self.target is None and 'target' in obs.undetected:
             self.not_found = True
 

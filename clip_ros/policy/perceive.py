@@ -43,11 +43,9 @@ class Perception:
     points: dict = field(default_factory=dict)
     errors: list = field(default_factory=list)  # why a role was not lifted
     undetected: list = field(default_factory=list)  # roles whose phrase had no detection
-
-    @property
-    def seen(self) -> dict:
-        """Return {role: LiftedTarget} of the lifted roles (what the look after acting reads)."""
-        return {role: lifted for role, (_, _, lifted) in self.lifted.items()}
+    # role -> every candidate of its phrase that stands above the table, lifted, best first
+    # (the first is the one in `lifted`): what the look after acting reads
+    seen: dict = field(default_factory=dict)
 
     @property
     def error(self) -> str:
@@ -106,7 +104,22 @@ def perceive(command: Command, candidates: dict, depth: np.ndarray, K, extrinsic
             continue
         result.lifted[role] = (phrase, found[k].score, lifted)
         result.points[role] = policy_point(role, lifted)
+        result.seen[role] = [lifted] + _standing(
+            depth, [c.mask for c in found[k + 1:]], K, extrinsic, config)
     return result
+
+
+def _standing(depth, masks: list, K, extrinsic, config: LiftConfig) -> list:
+    """Return the LiftedTarget of each of `masks` that stands above the table, in order."""
+    views = []
+    while masks:
+        (k, lifted), _ = lift_standing(depth, masks, K, extrinsic, config.depth_range,
+                                       config.table_z, config.min_height)
+        if lifted is None:
+            break
+        views.append(lifted)
+        masks = masks[k + 1:]
+    return views
 
 
 def lift_instances(label_image: np.ndarray, count: int, depth: np.ndarray, K, extrinsic=None,

@@ -5,8 +5,10 @@ After a pick the target must be held above the table (its lifted bottom at least
 above the table top, its centre near the grasp point); after a place it must rest on or in the
 destination (its centre within the destination's footprint, the bounding circle of the
 destination's lifted box as seen before the carry, and its bottom not hanging above the
-destination's top). The policy looks several times and goes by the majority of the views
-(`Verification`), so one flickering detection neither confirms nor refutes the outcome. Every
+destination's top). Each view considers every detection of the target's phrase that stands
+above the table: a look-alike elsewhere must not hide the real target. The policy looks several
+times and goes by the majority of the views (`Verification`), so one flickering detection
+neither confirms nor refutes the outcome. Every
 policy (geometric, learned) and so both vla_policy_node and the episode runner use this check.
 """
 from dataclasses import dataclass, field
@@ -99,18 +101,23 @@ class Verification:
     seen: list = field(default_factory=list)  # (passed, detail) per view
 
     def look(self, now: float, seen: dict | None, ee_position, holding=None):
-        """Add this tick's view (`seen`: role -> LiftedTarget, None: no perception set)."""
+        """Add this tick's view (`seen`: role -> [LiftedTarget], None: no perception set)."""
         config, waited = self.config, now - self.start
         if seen is not None and waited >= config.settle:
-            target = seen.get('target')
-            if self.verb == 'pick':
-                self.seen.append(check_pick(self.target, target, ee_position, config))
-            else:
-                self.seen.append(check_place(self.target, target, self.destination,
-                                             self.destination_view, config, holding))
+            checks = [self._check(view, ee_position, holding)
+                      for view in seen.get('target') or [None]]
+            # Any detection of the target showing the outcome confirms it; else the best
+            # detection's story.
+            self.seen.append(next((c for c in checks if c[0]), checks[0]))
         if len(self.seen) < config.views and waited < config.timeout:
             return None
         return self.verdict()
+
+    def _check(self, target, ee_position, holding) -> tuple:
+        if self.verb == 'pick':
+            return check_pick(self.target, target, ee_position, self.config)
+        return check_place(self.target, target, self.destination, self.destination_view,
+                           self.config, holding)
 
     def verdict(self) -> tuple:
         """Return (succeeded, detail) from the views so far (none: failed)."""
