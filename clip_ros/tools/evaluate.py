@@ -28,6 +28,7 @@ from tqdm import tqdm
 from clip_ros.learning.training import pick_threads
 from clip_ros.perception import tabletop_model as tabletop
 from clip_ros.perception.backends import BACKENDS, make_pipeline
+from clip_ros.perception.grounding import AbstainRule
 from clip_ros.perception.registry import ModelLoadError
 from clip_ros.sim.dataset import render_scenes, split_seeds
 from clip_ros.tools import shift_eval, shift_report
@@ -136,7 +137,8 @@ def node_pipeline(clip, clipseg, args):
                          min_area=NODE_DEFAULTS['min_area'],
                          max_detections=NODE_DEFAULTS['max_detections'],
                          rescore=args.rescore == 'on',
-                         max_candidates=max(64, NODE_DEFAULTS['max_detections']))
+                         max_candidates=max(64, NODE_DEFAULTS['max_detections']),
+                         abstain=None if args.abstain == 'on' else AbstainRule.off())
 
 
 def provenance(args) -> dict:
@@ -184,6 +186,9 @@ def parse_args(argv=None):
                         help="pipeline threshold (grounding_node's default)")
     parser.add_argument('--rescore', choices=('on', 'off'), default='on',
                         help='CLIP crop re-scoring in the pipeline')
+    parser.add_argument('--abstain', choices=('on', 'off'), default='on',
+                        help="the model's calibrated abstention rule (off: every candidate "
+                             'counts, as grounding_node with abstain: false)')
     parser.add_argument('--backend', choices=BACKENDS, default='torch', help='inference backend')
     parser.add_argument('--min-pixels', type=int, default=NODE_DEFAULTS['min_area'],
                         help='skip objects with fewer visible pixels (the min_area default)')
@@ -260,6 +265,7 @@ def run_conditions(args) -> dict:
     report = {'model': title, **info, 'split': 'test',
               'seeds': [seeds[0], seeds[-1]], 'image_size': [args.width, args.height],
               'threshold': args.threshold, 'rescore': args.rescore, 'backend': args.backend,
+              'abstain': args.abstain, 'abstain_rule': dict(clip.abstain),
               'min_pixels': args.min_pixels, 'absent_per_scene': args.absent,
               'held_out_combinations': list(HELD_OUT_NAMES), 'targets': shift_report.TARGETS,
               'conditions': figures, 'missed_targets': shift_report.missed_targets(figures),
