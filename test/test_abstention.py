@@ -112,10 +112,10 @@ def test_results_built_without_the_field_have_no_refusals():
 
 # Bundled model, its shipped rule, rendered test-split scenes ---------------------------------
 
-SCENES = 6
-# Floors well below what calibrate measured on validation scenes (README), so a retrained
-# model that keeps the calibration's figures passes; absent queries as the benchmark asks them.
-ABSENT_FLOOR, PRESENT_CEILING = 0.8, 0.25
+SCENES = 8
+# Floors below what calibrate measured on validation scenes (config.json 'abstain'), so any
+# model that keeps its calibration's figures passes; absent queries as the benchmark asks them.
+ABSENT_FLOOR, PRESENT_CEILING = 0.6, 0.2
 
 
 @pytest.fixture(scope='module')

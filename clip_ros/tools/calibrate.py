@@ -278,7 +278,9 @@ def run(args) -> dict:
                       args.min_pixels, args.absent, progress)
     rows = sweep(records)
     chosen, met = choose(rows, args.absent_target, args.present_limit)
-    rule = AbstainRule(min_margin=chosen['min_margin'], min_peak=chosen['min_peak'])
+    # Rounded down, so the candidate at the threshold stays accepted.
+    rule = AbstainRule(min_margin=math.floor(chosen['min_margin'] * 1000) / 1000,
+                       min_peak=chosen['min_peak'])
     report = {'model': clipseg.name, 'split': SPLIT, 'conditions': conditions,
               'scenes_per_condition': args.scenes, 'start': args.start,
               'image_size': [args.width, args.height], 'threshold': args.threshold,
