@@ -1,6 +1,7 @@
 """Ground language phrases in camera images: detections, instance mask, heatmap, overlay."""
 import time
 
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
@@ -25,9 +26,12 @@ from clip_ros.perception.loading import load_or_tabletop
 from clip_ros.perception.registry import DEFAULT_CLIP, DEFAULT_CLIPSEG
 from clip_ros.perception.stats import assess
 from clip_ros.perception.tracking import Tracker
+from clip_ros.perception.triton_client import (
+    connect, DEFAULT_TIMEOUT, DEFAULT_URL, server_ready, triton_pipeline)
 from clip_ros.policy.command import MAX_COMMAND_CHARS, parse_command, quote
 
 WARM_UP_SIZE = 224
+TRITON_RETRY_SEC = 2.0  # how often an autostarted node looks for its absent Triton server
 # Parameters that need a new GroundingPipeline (the models are kept).
 PIPELINE_PARAMS = ('distractors', 'min_area', 'max_detections', 'rescore', 'abstain')
 
@@ -65,12 +69,17 @@ class GroundingNode(ManagedNode):
         self._label_sent = False
         self._default_threshold = 0.4
         self._clip = self._clipseg = self._pipeline = None
+        self._triton = None  # TritonServer while configured with backend 'triton'
         self._label_pub = None
         self._single = Camera('', Tracker())  # the node's own topics while `cameras` is unset
         self._cameras: list = []  # Camera per `cameras` entry, while configured
         self._report = PhraseReport(self.get_logger())  # found / refused, per phrase
         self.watch_parameters(self._check_parameters, self._apply_parameters)
         self.start()
+        self._triton_retry = None
+        if 'TritonUnavailable' in self.load_error and self.get_parameter('autostart').value:
+            # A robot may boot before its server: configure once the server answers.
+            self._triton_retry = self.create_timer(TRITON_RETRY_SEC, self._retry_triton)
 
     @property
     def phrases(self) -> list:
@@ -112,6 +121,14 @@ class GroundingNode(ManagedNode):
             ('batch_window', 0.01, describe(
                 'seconds to wait after the first frame for the other cameras before a batch',
                 float_range=(0.0, 1.0), **ro)),
+            ('triton_url', DEFAULT_URL, describe(
+                "backend 'triton': host:port of the `serve` gRPC endpoint", **ro)),
+            ('triton_timeout', DEFAULT_TIMEOUT, describe(
+                "backend 'triton': seconds a request may take before the frame fails",
+                float_range=(0.1, 600.0), **ro)),
+            ('triton_ca', '', describe(
+                "backend 'triton': PEM CA file of a TLS server ('' = plain gRPC, localhost)",
+                **ro)),
         ))
 
     def _read_parameters(self, values: dict) -> None:
@@ -135,10 +152,17 @@ class GroundingNode(ManagedNode):
             raise ValueError('publish_3d serves one camera: leave cameras unset, or run one '
                              'node per camera for 3D output')
         device, dtype, cache_dir = values['device'], values['dtype'], values['cache_dir'] or None
-        # Uncached pretrained weights fall back to the bundled tabletop model, with a warning.
-        self._clip, self._clipseg, note = load_or_tabletop(
-            (values['clip_arch'], values['clip_pretrained']), values['clipseg_model'], device,
-            dtype, cache_dir)
+        if values['backend'] == 'triton':  # the server's models: no weights on this robot
+            ca = values['triton_ca']
+            self._triton, self._clip, self._clipseg = connect(
+                values['triton_url'], values['triton_timeout'], ssl=bool(ca),
+                root_certificates=ca or None)
+            note = ''
+        else:
+            # Uncached pretrained weights fall back to the bundled tabletop model, with a warning.
+            self._clip, self._clipseg, note = load_or_tabletop(
+                (values['clip_arch'], values['clip_pretrained']), values['clipseg_model'],
+                device, dtype, cache_dir)
         if note:
             self.get_logger().warning(note)
         self.get_logger().info(f'loaded {self._clip.name} and {self._clipseg.name} on '
@@ -166,6 +190,9 @@ class GroundingNode(ManagedNode):
     def release_model(self) -> None:
         """Drop the models, the pipeline and the outputs."""
         self._pipeline = self._clip = self._clipseg = None
+        if self._triton is not None:
+            self._triton.close()
+            self._triton = None
         self._label_pub = self._depth = None
         self._single.tracker.reset()
         self._cameras = []
@@ -203,11 +230,13 @@ class GroundingNode(ManagedNode):
     def _build_pipeline(self) -> GroundingPipeline:
         # CLIP re-scores at most 64 candidates a frame, or max_detections when that is more.
         values = parameter_values(self)
-        return make_pipeline(self._clip, self._clipseg, **backend_options(values),
-                             distractors=self._distractors, min_area=self._min_area,
-                             max_detections=self._max_detections, rescore=self._rescore,
-                             max_candidates=max(64, self._max_detections),
-                             abstain=None if self._abstain else AbstainRule.off())
+        options = {'distractors': self._distractors, 'min_area': self._min_area,
+                   'max_detections': self._max_detections, 'rescore': self._rescore,
+                   'max_candidates': max(64, self._max_detections),
+                   'abstain': None if self._abstain else AbstainRule.off()}
+        if self._triton is not None:
+            return triton_pipeline(self._triton, self._clip, self._clipseg, **options)
+        return make_pipeline(self._clip, self._clipseg, **backend_options(values), **options)
 
     @staticmethod
     def _check_parameters(values: dict) -> None:
@@ -350,12 +379,34 @@ class GroundingNode(ManagedNode):
         <node>/<camera>, carries its own statistics.
         """
         node, active = self.get_fully_qualified_name(), self.active
-        return [self._report.diagnostic(f'{node}/phrases', self._model[1])] + [
+        return [self._report.diagnostic(f'{node}/phrases', self._model[1])] + \
+            self._triton_diagnostics(node) + [
             diagnostics_msg(f'{node}/{camera.name}',
                             assess(camera.stats.snapshot(), limits, active),
                             {'camera': camera.name, 'device': self._model[1]},
                             stamp).status[0]
             for camera in self._cameras]
+
+    def _retry_triton(self) -> None:
+        if self.lifecycle_state != 'unconfigured':
+            self._triton_retry.cancel()  # configured meanwhile (or shutting down)
+            return
+        ca = self.get_parameter('triton_ca').value
+        if not server_ready(self.get_parameter('triton_url').value, ssl=bool(ca),
+                            root_certificates=ca or None):
+            return  # still absent: the configure error already said so, once
+        self.start()
+
+    def _triton_diagnostics(self, node: str) -> list:
+        """Return <node>/triton: ERROR with the reason while the server's requests fail."""
+        server = self._triton
+        if server is None:
+            return []
+        ok, message, values = server.health()
+        return [DiagnosticStatus(
+            level=DiagnosticStatus.OK if ok else DiagnosticStatus.ERROR, name=f'{node}/triton',
+            message=message, hardware_id=server.url,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()])]
 
 
 def main(args=None) -> None:
