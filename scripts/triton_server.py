@@ -179,6 +179,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format='[serve] %(message)s')
     logging.getLogger('pytriton').setLevel(logging.WARNING)
     bundle = Bundle(args.bundle, args.threads)
+    bundle.info['max_crops'] = args.max_crops  # clients split larger crop or phrase batches
     with Triton(config=triton_config(args)) as triton:
         bind(triton, bundle, args.max_batch, args.max_crops, args.delay_us)
         LOG.info(f"serving {bundle.info['clip']['name']} + {bundle.info['clipseg']['name']} "

@@ -106,6 +106,12 @@ class TritonServer:
             self.failing_since = None
         return np.array(result.as_numpy(output))  # writable, for torch
 
+    def infer_rows(self, model: str, name: str, array: np.ndarray, output: str) -> np.ndarray:
+        """Run a batched model on rows of `array`, split into the server's largest batch."""
+        step = int((self.info or {}).get('max_crops', 64))
+        return np.concatenate([self.infer(model, {name: array[i:i + step]}, output)
+                               for i in range(0, len(array), step)])
+
     def health(self) -> tuple:
         """Return (ok, message, values) for the diagnostics: failures and the last reason."""
         with self._lock:
@@ -155,13 +161,13 @@ class TritonClipModel(ClipModel):
         """Return L2-normalised float32 image embeddings [B, D] for normalised pixels [B,3,S,S]."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f'pixels must be [B, 3, S, S], got {list(pixels.shape)}')
-        features = self.server.infer('clip_image', {'pixels': pixels.float().numpy()},
-                                     'features')
+        features = self.server.infer_rows('clip_image', 'pixels', pixels.float().numpy(),
+                                          'features')
         return F.normalize(torch.from_numpy(features), dim=-1)
 
     def _encode_text(self, phrases: list) -> torch.Tensor:
-        features = self.server.infer('clip_text', {'tokens': tokenize(phrases).numpy()},
-                                     'features')
+        features = self.server.infer_rows('clip_text', 'tokens', tokenize(phrases).numpy(),
+                                          'features')
         return F.normalize(torch.from_numpy(features), dim=-1)
 
 
@@ -186,8 +192,8 @@ class TritonClipSegRunner(ClipSegRunner):
         return torch.from_numpy(logits[0])
 
     def _encode_text(self, phrases: list) -> torch.Tensor:
-        return torch.from_numpy(self.server.infer(
-            'clipseg_text', {'tokens': tokenize(phrases).numpy()}, 'features'))
+        return torch.from_numpy(self.server.infer_rows(
+            'clipseg_text', 'tokens', tokenize(phrases).numpy(), 'features'))
 
 
 def connect(url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT, **tls) -> tuple:

@@ -1,0 +1,167 @@
+"""The 'triton' backend against a real server: parity with local inference, refusals, absence."""
+import numpy as np
+import pytest
+
+from clip_ros.perception.backends import make_pipeline
+from clip_ros.perception.loading import load_clip, load_clipseg
+from clip_ros.perception.tabletop_model import load_tabletop_clip, load_tabletop_clipseg
+from clip_ros.perception.triton_client import (
+    connect, server_ready, triton_pipeline, TritonClipSegRunner, TritonUnavailable)
+from clip_ros.sim.synthetic import scene_image
+from clip_ros.tools import serve
+from triton_harness import free_ports, serve_python, Server  # noqa: I100, I201
+
+pytest.importorskip('onnxruntime')
+
+# test_export's tolerances: the server runs the same graphs under ONNX Runtime.
+MAP_TOL = 1e-4
+PROB_TOL = 1e-4
+MIN_IOU = 0.99
+PHRASES = ['red block', 'blue ball', 'green cube']
+
+
+def _load(name):
+    if name == 'tiny':
+        return load_clip('tiny', '', device='cpu'), load_clipseg('tiny', device='cpu')
+    return load_tabletop_clip(device='cpu'), load_tabletop_clipseg(device='cpu')
+
+
+@pytest.fixture(scope='module', params=['tiny', 'tabletop'])
+def served(request, tmp_path_factory):
+    serve_python()
+    clip, clipseg = _load(request.param)
+    cache = tmp_path_factory.mktemp('onnx')
+    bundle = serve.write_bundle(clip, clipseg, cache_dir=cache)
+    server = Server(bundle, cache / 'server.log').start()
+    remote, rclip, rseg = connect(server.url)
+    options = {'min_area': 4}
+    pipes = {'torch': make_pipeline(clip, clipseg, **options),
+             'onnxruntime': make_pipeline(clip, clipseg, 'onnxruntime', cache_dir=cache,
+                                          **options),
+             'triton': triton_pipeline(remote, rclip, rseg, **options)}
+    yield request.param, server, remote, pipes
+    remote.close()
+    server.stop()
+
+
+def _frames():
+    return [scene_image(seed=s, width=128, height=96, count=3)[0] for s in (0, 1, 2)]
+
+
+def _iou(a, b):
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0) * max(h, 0)
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / area if area else 1.0
+
+
+def _assert_same_results(ref, got):
+    assert np.abs(ref.heatmaps - got.heatmaps).max() <= MAP_TOL
+    assert [d.phrase for d in ref.detections] == [d.phrase for d in got.detections]
+    for a, b in zip(ref.detections, got.detections):
+        assert _iou(a.box, b.box) >= MIN_IOU
+        assert b.score == pytest.approx(a.score, abs=PROB_TOL)
+    assert ref.rejected == got.rejected
+
+
+def test_handles_come_from_the_server_without_weights(served):
+    name, _, remote, pipes = served
+    local, triton = pipes['torch'], pipes['triton']
+    assert triton.backend == 'triton' and isinstance(triton.runner, TritonClipSegRunner)
+    assert triton.clip.model is None and triton.runner.model.model is None
+    for field in ('name', 'image_size', 'vocabulary', 'synonyms', 'abstain'):
+        assert getattr(triton.clip, field) == getattr(local.clip, field), field
+    for field in ('mean', 'std', 'logit_scale'):
+        assert getattr(triton.clip, field) == pytest.approx(getattr(local.clip, field)), field
+    assert remote.info['clipseg']['name'] == local.runner.model.name
+
+
+@pytest.mark.parametrize('threshold', [0.3, 0.5])
+def test_results_equal_local_inference(served, threshold):
+    _, _, _, pipes = served
+    for rgb in _frames():
+        got = pipes['triton'](rgb, PHRASES, threshold, with_heatmaps=True)
+        for local in ('torch', 'onnxruntime'):
+            _assert_same_results(pipes[local](rgb, PHRASES, threshold, with_heatmaps=True), got)
+
+
+def test_batch_and_crop_probabilities_equal_local(served):
+    _, _, _, pipes = served
+    requests = [(rgb, PHRASES[:k + 1], 0.3) for k, rgb in enumerate(_frames())]
+    for ref, got in zip(pipes['onnxruntime'].batch(requests, with_heatmaps=True),
+                        pipes['triton'].batch(requests, with_heatmaps=True)):
+        _assert_same_results(ref, got)
+    rgb = _frames()[0]
+    boxes = [(0, 0, 64, 48), (30, 20, 100, 90), (0, 0, 128, 96), (5, 60, 40, 96)]
+    owners = [0, 1, 2, 0]
+    ref = pipes['torch'].clip_probabilities(rgb, PHRASES, owners, boxes)
+    got = pipes['triton'].clip_probabilities(rgb, PHRASES, owners, boxes)
+    assert np.abs(np.subtract(ref, got)).max() <= PROB_TOL
+
+
+def _refusal(remote, model, arrays, output, dtype=None):
+    """Return the reason the server gives for a bad request (it must refuse it)."""
+    if dtype is None:
+        with pytest.raises(TritonUnavailable) as error:
+            remote.infer(model, arrays, output)
+        return str(error.value)
+    import tritonclient.grpc as grpcclient
+    (name, array), = arrays.items()
+    item = grpcclient.InferInput(name, list(array.shape), dtype)
+    item.set_data_from_numpy(array)
+    with pytest.raises(grpcclient.InferenceServerException) as error:
+        remote.client.infer(model, [item])
+    return error.value.message()
+
+
+def test_bad_requests_are_refused_with_a_reason(served):
+    name, server, remote, pipes = served
+    if name != 'tiny':
+        pytest.skip('one model is enough for the refusals')
+    size = remote.info['clip']['image_size']
+    seg = remote.info['clipseg']['image_size']
+    assert 'unexpected shape' in _refusal(
+        remote, 'clip_image', {'pixels': np.zeros((2, 3, size // 2, size // 2), np.float32)},
+        'features')
+    assert "expects 'FP32'" in _refusal(
+        remote, 'clip_image', {'pixels': np.zeros((1, 3, size, size), np.float64)}, None, 'FP64')
+    assert 'batch-size must be <= 64' in _refusal(
+        remote, 'clip_image', {'pixels': np.zeros((65, 3, size, size), np.float32)}, 'features')
+    assert 'tokens must be [N, 77], got [2, 5]' in _refusal(
+        remote, 'clip_text', {'tokens': np.zeros((2, 5), np.int64)}, 'features')
+    reason = _refusal(remote, 'clipseg', {'pixels': np.zeros((1, 3, seg, seg), np.float32),
+                                          'conditionals': np.zeros((1, 2, 7), np.float32)},
+                      'logits')
+    assert 'conditionals must be [B, N >= 1, ' in reason
+    ok, message, values = remote.health()
+    assert not ok and 'conditionals must be' in message and int(values['failed_requests']) >= 4
+    # The server is still up and answers a good request; the client's health clears.
+    assert server.proc.poll() is None and server_ready(server.url)
+    assert pipes['triton'](_frames()[0], PHRASES, 0.3).phrases == PHRASES
+    assert remote.health()[0]
+
+
+def test_absent_server_is_one_clear_error():
+    serve_python()
+    url = f'localhost:{free_ports(1)[0]}'
+    assert not server_ready(url)
+    with pytest.raises(TritonUnavailable) as error:
+        connect(url, timeout=2.0)
+    message = str(error.value)
+    assert message.startswith(f'Triton server at {url} is not available (')
+    assert '`serve`' in message and '\n' not in message
+
+
+def test_serve_without_server_environment_says_how_to_make_it(tmp_path, capsys):
+    assert serve.main(['--model', 'tiny', '--python', str(tmp_path / 'nothing')]) == 1
+    assert 'scripts/setup.sh' in capsys.readouterr().err
+
+
+def test_serve_command_line_keeps_localhost_and_passes_tls(tmp_path):
+    args = serve.build_parser().parse_args(['--ssl-cert', 'a.pem', '--ssl-key', 'b.pem'])
+    command = serve.server_command(args, tmp_path)
+    assert command[1] == str(serve.SERVER_SCRIPT) and command[2] == str(tmp_path)
+    assert command[command.index('--host') + 1] == '127.0.0.1'
+    assert command[command.index('--ssl-cert') + 1] == 'a.pem'
+    assert '--ssl-root' not in command
