@@ -262,6 +262,12 @@ class GroundingNode(ManagedNode):
             return
         self._label_sent = True
         self._label_pub.publish(label_info_msg(phrases, self._default_threshold))
+        self._start_report(phrases)
+
+    def _start_report(self, phrases: list) -> None:
+        """Report the phrases afresh: each refusal is logged once more, the status resent."""
+        if self._label_pub is None or not self.active:
+            return
         self._report.start(phrases, self._word_reasons(phrases), {
             camera.name: camera.pubs['grounding_status'] for camera in self._all_cameras()})
 
@@ -296,7 +302,10 @@ class GroundingNode(ManagedNode):
         self.get_logger().info(f'command {command.verb or "(no verb)"}: grounding {phrases}'
                                f'{self._model_words(phrases)}')
         self._command_phrases = phrases
+        repeated = phrases == self._phrases and self._label_sent
         self._set_phrases(phrases)
+        if repeated:
+            self._start_report(phrases)  # a new command, though about the same phrases
 
     def _model_words(self, phrases: list) -> str:
         """Return ' as [...]' naming the model's words for the phrases, when they differ."""
