@@ -9,6 +9,8 @@
 #   PYTHON=/path/to/python3.11    interpreter for a new .venv (default: python3.11)
 #   CLIP_ROS_SKIP_APT=1           install no system (apt) packages
 #   CLIP_ROS_SKIP_DEMO=1          stop after the build
+#   CLIP_ROS_SKIP_TRITON=1        make no .venv-serve (the Triton server environment of `serve`)
+#   SERVE_PYTHON=/path/python3.11 interpreter for .venv-serve (default: /usr/bin/python3.11)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +24,9 @@ STANDIN="test/fixtures/vision_msgs"
 SDFORMAT_PACKAGES=(libsdformat-dev pkg-config g++)
 # Where the ROS wheels were built; their CMake and ament index files still point there.
 WHEEL_PREFIX=/opt/python/cp311-cp311
+
+SERVE_VENV="$ROOT/.venv-serve"
+REQ_SERVE="$ROOT/scripts/requirements-serve.txt"
 
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
@@ -157,6 +162,38 @@ install_sdformat() {
     rm -f "$apt_log"
 }
 
+make_serve_venv() {
+    # `serve` runs Triton (nvidia-pytriton) in a venv of its own, made from Debian's python3.11:
+    # PyTriton's Python stub fails at model load under pyenv's 3.11.7 ('_thread.RLock' object
+    # has no attribute '_recursion_count'). Optional: a failure warns, the triton tests skip.
+    local python="${SERVE_PYTHON:-/usr/bin/python3.11}" stamp="$SERVE_VENV/.requirements.sha256"
+    local want skips='serve cannot start and test/test_triton*.py will skip'
+    if [ -n "${CLIP_ROS_SKIP_TRITON:-}" ]; then
+        log "CLIP_ROS_SKIP_TRITON set: no $SERVE_VENV; $skips"
+        return 0
+    fi
+    if [ ! -x "$SERVE_VENV/bin/python" ]; then
+        if [ ! -x "$python" ]; then
+            warn "no $python (apt-get install python3.11 python3.11-venv); $skips"
+            return 0
+        fi
+        log "creating $SERVE_VENV with $("$python" --version) for serve (Triton)"
+        "$python" -m venv "$SERVE_VENV" || { warn "venv failed; $skips"; return 0; }
+    fi
+    want="$(sha256sum "$REQ_SERVE" | cut -d' ' -f1)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        log 'serve requirements unchanged, skipping pip'
+        return 0
+    fi
+    log 'installing nvidia-pytriton and onnxruntime into .venv-serve ...'
+    if "$SERVE_VENV/bin/python" -m pip install --quiet --progress-bar off -r "$REQ_SERVE" 2>&1 \
+            | { grep -v "^WARNING: Location '.*' is ignored" || true; }; then
+        echo "$want" > "$stamp"
+    else
+        warn "pip could not install $REQ_SERVE into $SERVE_VENV; $skips"
+    fi
+}
+
 run_demo() {
     if [ -n "${CLIP_ROS_SKIP_DEMO:-}" ]; then
         log 'CLIP_ROS_SKIP_DEMO set: not running the demo'
@@ -175,6 +212,7 @@ main() {
     repoint_wheel_paths
     build_packages
     install_sdformat
+    make_serve_venv
     log "environment ready in $((SECONDS - start)) s; use it with: source scripts/env.sh"
     run_demo
 }
