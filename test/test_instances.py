@@ -1,0 +1,126 @@
+"""Instances from probability maps: touching objects cut apart, fragments joined, blobs kept."""
+import numpy as np
+import pytest
+
+from clip_ros.perception.geometry import box_iou, connected_components
+from clip_ros.perception.regions import distinct, instances, overlap, split_region
+
+H, W = 120, 160
+
+
+def _disc(cx, cy, r, shape=(H, W)) -> np.ndarray:
+    ys, xs = np.mgrid[:shape[0], :shape[1]]
+    return (xs - cx) ** 2 + (ys - cy) ** 2 <= r * r
+
+
+def _boxes(regions) -> list:
+    return sorted(tuple(int(v) for v in r.box) for r in regions)
+
+
+def test_two_touching_blobs_with_two_peaks_give_two_regions():
+    # Two discs that overlap a little: one connected blob with a neck between two peaks.
+    left, right = _disc(50, 60, 22), _disc(92, 60, 22)
+    prob = np.where(left | right, 0.95, 0.02).astype(np.float32)
+    assert len(connected_components(prob > 0.4, prob)) == 1
+    found = instances(prob, 0.4, min_area=64)
+    assert len(found) == 2
+    truth = np.array([[28, 38, 73, 83], [70, 38, 115, 83]], float)
+    ious = box_iou(np.array([r.box for r in found]), truth)
+    assert ious.max(axis=1).min() > 0.8  # each part is one disc's box
+    assert sum(r.area for r in found) == int((left | right).sum())  # every pixel kept once
+
+
+def test_unequal_touching_blobs_split_at_the_neck():
+    # A ball beside a bowl: the small peak counts because the neck is low for it too.
+    big, small = _disc(60, 60, 32), _disc(106, 60, 16)
+    prob = np.where(big | small, 1.0, 0.0).astype(np.float32)
+    found = instances(prob, 0.4, min_area=64)
+    assert len(found) == 2
+    areas = sorted(r.area for r in found)
+    assert areas[0] == pytest.approx(small.sum(), rel=0.25)
+
+
+def test_probability_dip_between_peaks_splits_a_blob_without_a_neck():
+    # One convex blob whose probability has two peaks and a dip between them (a soft map).
+    ys, xs = np.mgrid[:H, :W]
+    blob = ((xs - 80) / 50.0) ** 2 + ((ys - 60) / 25.0) ** 2 <= 1
+    peaks = np.exp(-((xs - 55) ** 2 + (ys - 60) ** 2) / 150.0)
+    peaks += np.exp(-((xs - 105) ** 2 + (ys - 60) ** 2) / 150.0)
+    prob = np.where(blob, 0.42 + 0.58 * np.clip(peaks, 0, 1), 0.0).astype(np.float32)
+    assert len(instances(prob, 0.4, min_area=64)) == 2
+    flat = np.where(blob, 0.9, 0.0).astype(np.float32)
+    assert len(instances(flat, 0.4, min_area=64)) == 1  # saturated: convex, never cut
+
+
+def test_one_noisy_blob_stays_one_region():
+    rng = np.random.default_rng(0)
+    blob = _disc(80, 60, 30)
+    prob = np.where(blob, 0.9, 0.05) + rng.normal(0, 0.08, (H, W))
+    prob = np.clip(prob, 0, 1).astype(np.float32)
+    found = instances(prob, 0.4, min_area=64)
+    assert len(found) == 1
+    assert box_iou(np.array(found[0].box), np.array([50, 30, 111, 91]))[0, 0] > 0.9
+
+
+def test_convex_shapes_are_never_cut():
+    ys, xs = np.mgrid[:H, :W]
+    shapes = [((xs - 80) / 70.0) ** 2 + ((ys - 60) / 12.0) ** 2 <= 1,  # long ellipse
+              (abs(xs - 80) < 60) & (abs(ys - 60) < 15),                 # long bar
+              (abs(xs - 80) + abs(ys - 60)) < 40]                       # diamond
+    for shape in shapes:
+        prob = np.where(shape, 1.0, 0.0).astype(np.float32)
+        assert len(instances(prob, 0.4, min_area=64)) == 1
+
+
+def test_fragments_of_one_object_join():
+    # A distant object breaks into two halves and a speck, each under min_area alone.
+    body = _disc(80, 60, 12)
+    body[:, 80:82] = False          # a thin crack through it
+    speck = _disc(100, 60, 4)       # a speck just beside it
+    prob = np.where(body | speck, 0.8, 0.0).astype(np.float32)
+    pieces = connected_components(prob > 0.4, prob)
+    assert [p.area for p in pieces] == [208, 185, 49]
+    assert connected_components(prob > 0.4, prob, min_area=250) == []
+    found = instances(prob, 0.4, min_area=250)
+    assert len(found) == 1
+    assert found[0].area == int((body | speck).sum())
+    assert _boxes(found) == [(68, 49, 105, 72)]
+
+
+def test_far_apart_objects_stay_apart():
+    prob = np.where(_disc(30, 30, 10) | _disc(120, 90, 5), 0.9, 0.0).astype(np.float32)
+    found = instances(prob, 0.4, min_area=20)
+    assert len(found) == 2
+
+
+def test_alternatives_and_distinct_keep_one_reading():
+    left, right = _disc(50, 60, 22), _disc(92, 60, 22)
+    prob = np.where(left | right, 0.95, 0.0).astype(np.float32)
+    found = instances(prob, 0.4, min_area=64, alternatives=True)
+    assert len(found) == 3  # the blob whole, then its two parts
+    whole, parts = found[0], found[1:]
+    assert whole.area == sum(p.area for p in parts)
+    assert all(overlap(whole, p) == p.area for p in parts) and overlap(*parts) == 0
+    owners = [0, 0, 0]
+    assert distinct(found, owners, [1, 0, 2]) == [1, 2]   # a part scored best: both parts
+    assert distinct(found, owners, [0, 1, 2]) == [0]      # the whole scored best: it alone
+    assert distinct(found, [0, 1, 1], [0, 1, 2]) == [0, 1, 2]  # other phrases never clash
+
+
+def test_split_region_leaves_small_regions_alone():
+    prob = np.where(_disc(20, 20, 5), 1.0, 0.0).astype(np.float32)
+    (region,) = connected_components(prob > 0.4, prob)
+    assert split_region(region, prob, min_area=64) == []
+
+
+def test_regions_carry_geometry_fields():
+    left, right = _disc(50, 60, 22), _disc(92, 60, 22)
+    prob = np.where(left | right, 0.7, 0.0).astype(np.float32)
+    for r in instances(prob, 0.4, min_area=64):
+        r0, c0 = r.offset
+        h, w = r.mask.shape
+        assert r.box == (float(c0), float(r0), float(c0 + w), float(r0 + h))
+        assert r.mask.sum() == r.area and r.mask[0].any() and r.mask[:, 0].any()
+        assert r.mean_prob == pytest.approx(0.7)
+        ys, xs = np.nonzero(r.mask)
+        assert r.centroid == pytest.approx((c0 + xs.mean() + 0.5, r0 + ys.mean() + 0.5))
