@@ -52,6 +52,7 @@ setup(
             'ground_bag = clip_ros.tools.ground_bag:main',
             'export = clip_ros.tools.export:main',
             'calibrate = clip_ros.tools.calibrate:main',
+            'serve = clip_ros.tools.serve:main',
         ],
     },
 )

@@ -37,6 +37,9 @@ LOG = logging.getLogger('clip_ros.serve')
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
+    # Five graphs share the cores with each other (and, on a small box, with clients): threads
+    # that spin while idle would take the CPU from the next request.
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
