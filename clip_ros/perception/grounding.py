@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from clip_ros.perception.clipseg import ClipSegRunner
-from clip_ros.perception.geometry import connected_components, Detection, paint
+from clip_ros.perception.geometry import Detection, paint
 from clip_ros.perception.image import crops, validate_rgb
+from clip_ros.perception.regions import instances
 from clip_ros.perception.vocabulary import Lexicon
 
 # Competing texts in the re-scoring softmax so a crop of table or wall can lose to 'background'.
@@ -302,10 +303,16 @@ class GroundingPipeline:
         return heatmaps
 
     def _instances(self, heatmaps: np.ndarray, limits: list) -> tuple:
-        """Return (phrase index per region, regions) from the thresholded maps."""
+        """
+        Return (phrase index per region, regions) from the thresholded maps.
+
+        One region per object rather than per blob (perception.regions.instances): a blob is
+        cut between the peaks of two touching objects, and the pieces of a broken-up object
+        are joined.
+        """
         owners, regions = [], []
         for i, (prob, limit) in enumerate(zip(heatmaps, limits)):
-            found = connected_components(prob > limit, prob, self.min_area)
+            found = instances(prob, limit, self.min_area)
             owners += [i] * len(found)
             regions += found
         # Bound the CLIP batch on noisy maps: keep the components CLIPSeg is surest about.

@@ -6,13 +6,14 @@ blob is not an object: two touching objects that both match a phrase (same colou
 front of the other) come back as one blob, and a small or distant object can break into
 pieces that are each too small to keep. `instances` fixes both, cheaply and from the map alone:
 
-- fragments: pieces separated by a crack of at most GAP_PX, or a small piece near a larger one,
-  are joined (before min_area applies, so a broken-up distant object is kept);
+- fragments: a piece too small to keep (under min_area) near a larger one is joined to it
+  rather than dropped, so a broken-up distant object keeps its pieces;
 - touching objects: each region is cut between separate peaks of height = distance to the
   region's border times the probability, where the neck between two peaks is lower than
-  split_ratio of the lower one; every pixel goes to its nearest peak core. A convex blob has a
-  single peak of distance, so a saturated convex blob is never cut; where the map is not
-  saturated, a dip of probability between two peaks counts as a neck too.
+  split_ratio of the lower one; every pixel goes to its nearest peak core, and each part must
+  be a blob of its own (not a thin arm, which is what an occluder leaves of one object). A
+  convex blob has a single peak of distance, so a saturated convex blob is never cut; where
+  the map is not saturated, a dip of probability between two peaks counts as a neck too.
 
 Coordinates and Region fields follow perception.geometry.
 """
@@ -26,6 +27,7 @@ MIN_PEAK = 3.0         # pixels: each part is at least this far from its border 
 MIN_PEAK_SHARE = 0.15  # ... and at least this share of the region's highest peak
 LEVELS = np.arange(0.1, 0.75, 0.05)  # cut levels tried, as shares of the highest peak
 MIN_PART_SHARE = 0.15  # every part holds at least this share of the region's pixels
+MIN_COMPACTNESS = 0.34  # ... and is a blob, not an arm (see compactness)
 COARSE_AREA = 2500     # regions above this many pixels are cut at half resolution
 FRAGMENT_SHARE = 0.35  # a fragment has at most this share of its neighbour's area
 FRAGMENT_GAP = 0.6     # ... and lies within this many fragment radii (at least GAP_PX) of it
@@ -66,7 +68,8 @@ def instances(prob: np.ndarray, limit: float, min_area: int = 1,
     # Specks far under min_area are noise, not fragments worth joining.
     pieces = connected_components(prob > limit, prob, max(1, min_area // 8) if merge else min_area)
     if merge and len(pieces) > 1:
-        pieces = join_fragments(sorted(pieces, key=lambda r: -r.area)[:MAX_PIECES], prob)
+        pieces = join_fragments(sorted(pieces, key=lambda r: -r.area)[:MAX_PIECES], prob,
+                                min_area)
     found = []
     for region in pieces:
         if region.area < min_area:
@@ -141,11 +144,21 @@ def split_region(region: Region, prob: np.ndarray, min_area: int = 1,
     least = max(min_area, MIN_PART_SHARE * region.area)
     while len(keep) > 1:
         parts = _nearest_parts(region, window, cores, keep, step)
-        areas = [p.area for p in parts]
-        if min(areas) >= least:
+        # An object is a blob; a thin arm is what is left beside an occluder of one object.
+        fit = [min(p.area / least, compactness(p.mask) / max(MIN_COMPACTNESS, 1e-6))
+               for p in parts]
+        if min(fit) >= 1.0:
             return parts
-        keep = np.delete(keep, int(np.argmin(areas)))  # too small to stand alone: re-assign
+        keep = np.delete(keep, int(np.argmin(fit)))  # cannot stand alone: re-assign its pixels
     return []
+
+
+def compactness(mask: np.ndarray) -> float:
+    """Return the inscribed radius over the square root of the area (disc 0.56, 2:1 bar 0.35)."""
+    area = int(np.count_nonzero(mask))
+    if not area:
+        return 0.0
+    return float(ndimage.distance_transform_edt(np.pad(mask, 1)).max() / np.sqrt(area))
 
 
 def _nearest_parts(region: Region, window, cores, keep, step: int) -> list:
@@ -162,14 +175,15 @@ def _nearest_parts(region: Region, window, cores, keep, step: int) -> list:
             for k in range(1, len(keep) + 1) if (mask & (nearest == k)).any()]
 
 
-def join_fragments(regions: list, prob: np.ndarray) -> list:
+def join_fragments(regions: list, prob: np.ndarray, min_area: int) -> list:
     """
     Join the pieces of a map that belong together.
 
-    Two pieces join when the gap between them is at most GAP_PX (a crack), or when one has at
-    most FRAGMENT_SHARE of the other's area and lies within max(GAP_PX, FRAGMENT_GAP * its
-    radius) of it (a fragment). A joined region keeps the union of their pixels (the gap stays
-    background).
+    A piece under min_area (too small to keep on its own) with at most FRAGMENT_SHARE of
+    another's area joins it when it lies within max(GAP_PX, FRAGMENT_GAP * its radius) of it;
+    pieces of similar size stay apart (they are as likely two objects), and pieces big enough
+    to keep stay candidates of their own. A joined region keeps the union of their pixels (the
+    gap stays background).
     """
     parent = list(range(len(regions)))
 
@@ -183,10 +197,10 @@ def join_fragments(regions: list, prob: np.ndarray) -> list:
         for j in range(k + 1, len(regions)):
             b = regions[j]
             small, big = (a, b) if a.area <= b.area else (b, a)
-            reach = GAP_PX
-            if small.area <= FRAGMENT_SHARE * big.area:
-                reach = max(GAP_PX, FRAGMENT_GAP * np.sqrt(small.area / np.pi))
-            if root(k) != root(j) and _gap(a, b) <= reach:
+            if small.area >= min_area or small.area > FRAGMENT_SHARE * big.area or \
+                    root(k) == root(j):
+                continue
+            if _gap(a, b) <= max(GAP_PX, FRAGMENT_GAP * np.sqrt(small.area / np.pi)):
                 parent[root(j)] = root(k)
     groups = {}
     for k, region in enumerate(regions):
