@@ -97,15 +97,17 @@ class Engine:
     providers: tuple = DEFAULT_PROVIDERS  # onnxruntime
     device: str = 'CPU'  # openvino
     precision: str = DEFAULT_PRECISION  # openvino
+    threads: int = 0  # CPU threads per session; 0: the library's default (all cores)
 
     def session(self, path):
         """Open the graph at path; the session maps torch tensors to a list of tensors."""
         if self.backend == 'openvino':
-            return _OpenVinoSession(path, self.device, self.precision)
-        return _Session(path, self.providers)
+            return _OpenVinoSession(path, self.device, self.precision, self.threads)
+        return _Session(path, self.providers, self.threads)
 
 
-def make_engine(backend: str, providers=None, device=None, precision=None) -> Engine:
+def make_engine(backend: str, providers=None, device=None, precision=None,
+                threads: int = 0) -> Engine:
     """
     Check a backend's options and return its Engine (None for 'torch').
 
@@ -120,20 +122,23 @@ def make_engine(backend: str, providers=None, device=None, precision=None) -> En
         raise ValueError(f"device and precision apply to backend 'openvino' only, "
                          f'not {backend!r}')
     if backend == 'onnxruntime':
-        return Engine('onnxruntime', providers=tuple(check_providers(providers)))
+        return Engine('onnxruntime', providers=tuple(check_providers(providers)),
+                      threads=threads)
     if backend == 'openvino':
         device, precision = check_openvino(device, precision)
-        return Engine('openvino', device=device, precision=precision)
+        return Engine('openvino', device=device, precision=precision, threads=threads)
     return None
 
 
 class _Session:
     """One ONNX Runtime session fed with torch tensors and returning float32 CPU tensors."""
 
-    def __init__(self, path, providers):
+    def __init__(self, path, providers, threads: int = 0):
         ort = _onnxruntime()
         self.path = str(path)
-        self.session = ort.InferenceSession(self.path, providers=list(providers))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(self.path, options, providers=list(providers))
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, *tensors) -> list:
@@ -144,10 +149,12 @@ class _Session:
 class _OpenVinoSession:
     """One OpenVINO compiled graph fed with torch tensors and returning float32 CPU tensors."""
 
-    def __init__(self, path, device: str, precision: str):
+    def __init__(self, path, device: str, precision: str, threads: int = 0):
         ov = _openvino()
         self.path = str(path)
         config = {'PERFORMANCE_HINT': 'LATENCY'}
+        if threads and device == 'CPU':
+            config['INFERENCE_NUM_THREADS'] = int(threads)
         if PRECISIONS[precision]:
             config['INFERENCE_PRECISION_HINT'] = precision
         self.compiled = ov.Core().compile_model(self.path, device, config)
@@ -225,7 +232,7 @@ def make_runner(clipseg, engine: Engine = None, cache_dir=None) -> ClipSegRunner
 
 
 def make_pipeline(clip, clipseg, backend: str = 'torch', providers=None, cache_dir=None,
-                  device=None, precision=None, static_shapes=None,
+                  device=None, precision=None, static_shapes=None, threads: int = 0,
                   **options) -> GroundingPipeline:
     """
     Build a GroundingPipeline on the chosen backend.
@@ -249,6 +256,8 @@ def make_pipeline(clip, clipseg, backend: str = 'torch', providers=None, cache_d
         backend torch: pad the phrase count, crop batch and frame batch to shape buckets and
         replay the passes as CUDA graphs (perception.static_shapes); None (default) turns it
         on when the models are on CUDA; True on the CPU pads without graphs.
+    threads
+        CPU threads of each ONNX Runtime / OpenVINO session (0: the library's default).
     options
         GroundingPipeline's keyword arguments (min_area, distractors, ...).
 
@@ -259,7 +268,7 @@ def make_pipeline(clip, clipseg, backend: str = 'torch', providers=None, cache_d
         valid choices).
 
     """
-    engine = make_engine(backend, providers, device, precision)
+    engine = make_engine(backend, providers, device, precision, threads)
     if static_shapes and engine is not None:
         raise ValueError(f"static_shapes applies to backend 'torch' only, not {backend!r}")
     pipeline = GroundingPipeline(clip, clipseg, **options)

@@ -121,11 +121,14 @@ def agreement(ref, got) -> dict:
 
 def run(clip_arch: str, clipseg_name: str, counts: list, repeats: int, width: int,
         height: int, threshold: float, per_phrase: int, backends=DEFAULT_BACKENDS,
-        cache_dir=None, device='cpu', dtype='float32') -> list:
+        cache_dir=None, device='cpu', dtype='float32', threads: int = 0) -> list:
     """Time the reference and each backend for each phrase count; return one row per count."""
     clip = load_clip(clip_arch, 'random', device=device, dtype=dtype)
     seg = load_clipseg(clipseg_name, device=device, dtype=dtype)
-    pipelines = {name: make_pipeline(clip, seg, cache_dir=cache_dir, **BACKENDS[name])
+    # ONNX Runtime and OpenVINO get torch's thread count, so every path has the same cores.
+    pipelines = {name: make_pipeline(
+        clip, seg, cache_dir=cache_dir, **BACKENDS[name],
+        **({'threads': threads} if 'backend' in BACKENDS[name] else {}))
                  for name in dict.fromkeys(['torch', *backends])}
     rgb, _ = scene_image(seed=0, width=width, height=height)
     rows = []
@@ -232,7 +235,7 @@ def main(argv=None) -> int:
     width, height = (int(v) for v in args.size.lower().split('x'))
     rows = run(args.clip_arch, args.clipseg, args.phrases, args.repeats, width, height,
                args.threshold, args.instances_per_phrase, args.backends, args.cache_dir,
-               args.device, args.dtype)
+               args.device, args.dtype, torch.get_num_threads())
     where = (torch.cuda.get_device_name() if args.device.startswith('cuda')
              else f'cpu, {torch.get_num_threads()} threads')
     print_table(rows, f'{width}x{height} frame, CLIPSeg {args.clipseg}, CLIP {args.clip_arch}, '
