@@ -169,10 +169,12 @@ def triton_config(args) -> TritonConfig:
                'grpc_server_key': args.ssl_key}
         if args.ssl_root:
             ssl.update(grpc_use_ssl_mutual=True, grpc_root_cert=args.ssl_root)
+    # PyTriton talks to its own server over HTTP, so HTTP stays open; with TLS it listens on
+    # localhost only and robots reach nothing but the encrypted gRPC endpoint.
+    local = '127.0.0.1' if ssl else args.host
     return TritonConfig(
-        grpc_address=args.host, grpc_port=args.grpc_port, http_address=args.host,
-        http_port=args.http_port, metrics_address=args.host, metrics_port=args.metrics_port,
-        allow_http=not ssl,  # with TLS only the encrypted gRPC endpoint is open
+        grpc_address=args.host, grpc_port=args.grpc_port, http_address=local,
+        http_port=args.http_port, metrics_address=local, metrics_port=args.metrics_port,
         log_verbose=1 if args.verbose else 0, exit_on_error=True, **ssl)
 
 

@@ -1,4 +1,7 @@
 """The 'triton' backend against a real server: parity with local inference, refusals, absence."""
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,7 @@ from clip_ros.perception.triton_client import (
     connect, server_ready, triton_pipeline, TritonClipSegRunner, TritonUnavailable)
 from clip_ros.sim.synthetic import scene_image
 from clip_ros.tools import serve
+from node_harness import wait_for  # noqa: I100
 from triton_harness import free_ports, serve_python, Server  # noqa: I100, I201
 
 pytest.importorskip('onnxruntime')
@@ -165,3 +169,28 @@ def test_serve_command_line_keeps_localhost_and_passes_tls(tmp_path):
     assert command[command.index('--host') + 1] == '127.0.0.1'
     assert command[command.index('--ssl-cert') + 1] == 'a.pem'
     assert '--ssl-root' not in command
+
+
+def test_tls_server_answers_its_ca_and_refuses_plain_grpc(tmp_path):
+    serve_python()
+    if shutil.which('openssl') is None:
+        pytest.skip('no openssl to make a certificate')
+    key, cert = tmp_path / 'server.key', tmp_path / 'server.crt'
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout',
+                    str(key), '-out', str(cert), '-days', '1', '-subj', '/CN=localhost',
+                    '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'],
+                   check=True, capture_output=True)
+    bundle = serve.write_bundle(load_clip('tiny', '', device='cpu'),
+                                load_clipseg('tiny', device='cpu'), cache_dir=tmp_path)
+    server = Server(bundle, tmp_path / 'server.log', '--ssl-cert', str(cert),
+                    '--ssl-key', str(key)).start(wait=False)
+    try:
+        tls = {'ssl': True, 'root_certificates': str(cert)}
+        assert wait_for(lambda: server_ready(server.url, **tls), timeout=240), \
+            (tmp_path / 'server.log').read_text()[-2000:]
+        remote, clip, _ = connect(server.url, **tls)
+        assert clip.name == 'tiny/random'
+        remote.close()
+        assert not server_ready(server.url)  # plain gRPC gets no answer
+    finally:
+        server.stop()
