@@ -28,7 +28,7 @@ GRAPHS = ('clipseg_visual', 'clipseg_decoder', 'clipseg_text', 'clip_image', 'cl
 SERVER_OPTIONS = (('--host', str, '127.0.0.1',
                    'listen address (default localhost; 0.0.0.0 for robots on a network: use TLS)'),
                   ('--grpc-port', int, 8001, 'gRPC port robots connect to (triton_url)'),
-                  ('--http-port', int, 8000, 'HTTP port (off with TLS)'),
+                  ('--http-port', int, 8000, 'HTTP port (on 127.0.0.1 only with TLS)'),
                   ('--metrics-port', int, 8002, 'Prometheus metrics port'),
                   ('--max-batch', int, 8, 'most frames the dynamic batcher joins'),
                   ('--max-crops', int, 64, 'most crops or phrases in one batch'),
