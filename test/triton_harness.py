@@ -74,7 +74,7 @@ class Server:
         """Kill the server and its children at once, as a crash would."""
         self.stop(signal.SIGKILL)
 
-    def stop(self, sig=signal.SIGINT) -> None:
+    def stop(self, sig=signal.SIGTERM) -> None:
         """Stop the server's process group (SIGKILL when it does not exit within 30 s)."""
         if self.proc is None or self.proc.poll() is not None:
             return
