@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 from pathlib import Path
+import signal
 import socket
 import subprocess
 import sys
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
                 row[f'triton_{clients}'] = run_clients(url, phrases, frames, clients)
             rows.append(row)
     finally:
-        os.killpg(proc.pid, 2)
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
     print(f'{args.model}, {args.width}x{args.height}, {args.frames} frames per client, '
           f'{os.cpu_count()} cores shared by the server and the clients')
