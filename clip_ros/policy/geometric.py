@@ -192,7 +192,7 @@ class TargetTracker:
                      config: 'VerifyConfig') -> Verification:
         """Return the look after acting at `now` for `command` (its target, destination)."""
         return Verification(verb, command.targets[0], command.destination,
-                            self.destination_view, now, config)
+                            self.destination_view, now, config, grasped_at=self.target)
 
 
 def validate_command(command: Command) -> str:

@@ -1,15 +1,26 @@
 """
-Verify after acting: check that what the camera shows matches what the command asked for.
+Verify after acting: check that what the robot senses matches what the command asked for.
 
-After a pick the target must be held above the table (its lifted bottom at least `held_height`
-above the table top, its centre near the grasp point); after a place it must rest on or in the
-destination (its centre within the destination's footprint, the bounding circle of the
-destination's lifted box as seen before the carry, and its bottom not hanging above the
-destination's top). Each view considers every detection of the target's phrase that stands
-above the table: a look-alike elsewhere must not hide the real target. The policy looks several
-times and goes by the majority of the views (`Verification`), so one flickering detection
-neither confirms nor refutes the outcome. Every
-policy (geometric, learned) and so both vla_policy_node and the episode runner use this check.
+Evidence, as a real robot has it: the grasp sensor (`holding`, the fingers stopped on an object
+instead of closing fully; None where no such reading reaches the policy) and the camera. The
+bundled model does not ground objects held in the gripper, inside bowls or stacked, so "not
+seen" is no evidence of failure where the grasp sensor or the destination explains it.
+
+Pick: with a grasp sensor, the gripper closed on something is the primary evidence and the
+camera may only veto (the target seen still lying on the table where it was grasped); an empty
+closed gripper fails. Without one, the target must be seen held above the table (its lifted
+bottom at least `held_height` above the table top, its centre near the grasp point).
+Place: the target must rest on or in the destination (its centre within the destination's
+footprint, the bounding circle of the destination's lifted box as seen before the carry, and
+its bottom not hanging above the destination's top); seen beside it fails; still held fails;
+not seen at all while the destination is still seen where it was succeeds (in a bowl or on a
+stack the bundled model does not ground it). A detection farther than `beside_distance` from
+the footprint is another object of that name, not the released load.
+Each view considers every detection of the target's phrase that stands above the table: a
+look-alike elsewhere must not hide the real target. The policy looks several times and goes by
+the majority of the views (`Verification`), so one flickering detection neither confirms nor
+refutes the outcome. Every policy (geometric, learned) and so both vla_policy_node and the
+episode runner use this check.
 """
 from dataclasses import dataclass, field
 
@@ -26,6 +37,7 @@ class VerifyConfig:
     held_height: float = 0.05     # a picked target's bottom this far above the table
     hold_distance: float = 0.08   # a held target's centre lies this close to the grasp point
     above_tolerance: float = 0.03  # a placed target's bottom at most this above the top
+    beside_distance: float = 0.1  # a load that misses lands this close to the footprint
     settle: float = 0.3           # look only this long after the motion ended (fresh frames)
     views: int = 3                # decide on this many perception sets
     timeout: float = 3.0          # decide on what was seen by then; nothing seen: failed
@@ -45,9 +57,9 @@ def _cm(metres: float) -> str:
     return f'{100 * metres:.0f} cm'
 
 
-def check_pick(name: str, target: LiftedTarget | None, ee_position,
+def _seen_held(name: str, target: LiftedTarget | None, ee_position,
                config: VerifyConfig) -> tuple:
-    """Return (held, what was seen) for a picked `target` (None: not seen this view)."""
+    """Return (seen held, what the camera shows) for one view of a picked target."""
     if target is None:
         return False, f'{name} not seen after the lift'
     height = bottom(target) - config.table_z
@@ -61,18 +73,64 @@ def check_pick(name: str, target: LiftedTarget | None, ee_position,
     return True, f'{name} held {_cm(height)} above the table'
 
 
+def check_pick(name: str, target: LiftedTarget | None, ee_position, config: VerifyConfig,
+               holding: bool | None = None, grasped_at=None) -> tuple:
+    """
+    Return (picked, what was sensed) for one view after a pick.
+
+    `target`: a detection of the target this view (None: not seen); `holding`: the grasp
+    sensor (None: no reading, the camera decides alone); `grasped_at`: where the target was
+    when grasped (None: straight below the gripper, which lifts vertically).
+    """
+    seen_ok, seen = _seen_held(name, target, ee_position, config)
+    if holding is None:
+        return seen_ok, seen
+    if not holding:
+        return False, f'{seen}; the gripper closed on nothing'
+    if seen_ok:
+        return True, f'the gripper closed on it; {seen}'
+    if target is None:
+        return True, f'the gripper closed on an object; {seen} (hidden in the gripper)'
+    where = np.asarray(ee_position if grasped_at is None else grasped_at, np.float64)
+    moved = float(np.linalg.norm(target.centre[:2] - where[:2]))
+    if bottom(target) - config.table_z < config.held_height / 2 and \
+            moved <= config.hold_distance:
+        return False, f'{seen}, where it was grasped: the gripper holds something else'
+    return True, f'the gripper closed on an object; {seen}: another {name}'
+
+
+def _still_there(destination: LiftedTarget, views) -> bool:
+    """Tell whether one of `views` (detections now) lies on the destination's footprint."""
+    radius = footprint_radius(destination)
+    return any(float(np.linalg.norm(v.centre[:2] - destination.centre[:2])) <= radius
+               for v in views or ())
+
+
 def check_place(name: str, target: LiftedTarget | None, destination_name: str,
                 destination: LiftedTarget | None, config: VerifyConfig,
-                holding: bool | None = None) -> tuple:
-    """Return (resting on the destination, what was seen) for a placed `target`."""
+                holding: bool | None = None, destination_now=None) -> tuple:
+    """
+    Return (resting on the destination, what was sensed) for one view after a place.
+
+    `destination`: the destination as seen before the carry; `destination_now`: its detections
+    this view (None: not looked for), which explain an unseen target (in or on it).
+    """
     if holding:
         return False, f'{name} still held'
     if destination is None:
         return False, f'{destination_name} was never seen'
-    if target is None:
-        return False, f'{name} not seen after the place'
     radius = footprint_radius(destination)
-    gap = float(np.linalg.norm(target.centre[:2] - destination.centre[:2]))
+    gap = np.inf if target is None else \
+        float(np.linalg.norm(target.centre[:2] - destination.centre[:2]))
+    if gap > radius + config.beside_distance:  # not seen, or another object of that name
+        other = '' if target is None else f' (the {name} {_cm(gap)} away is another one)'
+        if destination_now is None:
+            return False, f'{name} not seen after the place{other}'
+        if not _still_there(destination, destination_now):
+            return False, (f'{name} not seen after release over {destination_name}, nor '
+                           f'{destination_name} where it was{other}')
+        inside = 'inside it' if 'bowl' in destination_name.split() else 'on it, not told apart'
+        return True, f'{name} not seen after release over {destination_name}: {inside}{other}'
     if gap > radius:
         return False, (f'{name} {_cm(gap - radius)} beside {destination_name} (centres '
                        f'{_cm(gap)} apart, footprint radius {_cm(radius)})')
@@ -99,25 +157,31 @@ class Verification:
     start: float
     config: VerifyConfig = field(default_factory=VerifyConfig)
     seen: list = field(default_factory=list)  # (passed, detail) per view
+    grasped_at: np.ndarray | None = None  # the target's position when grasped, if known
 
     def look(self, now: float, seen: dict | None, ee_position, holding=None):
         """Add this tick's view (`seen`: role -> [LiftedTarget], None: no perception set)."""
         config, waited = self.config, now - self.start
         if seen is not None and waited >= config.settle:
-            checks = [self._check(view, ee_position, holding)
+            checks = [self._check(view, seen, ee_position, holding)
                       for view in seen.get('target') or [None]]
-            # Any detection of the target showing the outcome confirms it; else the best
-            # detection's story.
-            self.seen.append(next((c for c in checks if c[0]), checks[0]))
+            if self.verb == 'pick' and holding is not None:
+                # The grasp sensor decides; a detection left where it was grasped vetoes.
+                self.seen.append(next((c for c in checks if not c[0]), checks[0]))
+            else:
+                # Any detection of the target showing the outcome confirms it; else the best
+                # detection's story.
+                self.seen.append(next((c for c in checks if c[0]), checks[0]))
         if len(self.seen) < config.views and waited < config.timeout:
             return None
         return self.verdict()
 
-    def _check(self, target, ee_position, holding) -> tuple:
+    def _check(self, target, seen, ee_position, holding) -> tuple:
         if self.verb == 'pick':
-            return check_pick(self.target, target, ee_position, self.config)
+            return check_pick(self.target, target, ee_position, self.config, holding,
+                              self.grasped_at)
         return check_place(self.target, target, self.destination, self.destination_view,
-                           self.config, holding)
+                           self.config, holding, seen.get('destination') or [])
 
     def verdict(self) -> tuple:
         """Return (succeeded, detail) from the views so far (none: failed)."""
