@@ -43,6 +43,7 @@ import numpy as np
 from clip_ros.sim.scene import (
     COLOURS, corners_in_view, footprint_clear, new_object, sample_scene, SceneSpec, TABLE_TEXTURES,
     Variation)
+from clip_ros.sim.splits import split_exclude, split_seeds
 
 CONDITIONS = ('in_distribution', 'light_colour', 'light_intensity', 'table_colour',
               'camera_far', 'camera_low', 'occlusion', 'small_objects', 'many_objects',
@@ -214,9 +215,8 @@ def condition_frames(sim, split: str, condition: str, count: int, start: int = 0
     """
     Yield (seed, spec, Frame with instances) for scenes start..start+count-1 of `split`.
 
-    The split's seeds and held-out rule come from clip_ros.sim.dataset (test stays test).
+    The split's seeds and held-out rule come from clip_ros.sim.splits (test stays test).
     """
-    from clip_ros.sim.dataset import split_exclude, split_seeds
     exclude = split_exclude(split)
     for seed in split_seeds(split, count, start):
         spec = load_condition(sim, seed, condition, exclude)
