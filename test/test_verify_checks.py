@@ -1,0 +1,113 @@
+"""The checks after acting, one view at a time: grasp sensor and camera as evidence."""
+import numpy as np
+
+from clip_ros.policy.lifting import LiftedTarget
+from clip_ros.policy.verify import check_pick, check_place, Verification, VerifyConfig
+
+CONFIG = VerifyConfig()
+EE = np.array([0.1, 0.0, 0.17])        # the gripper after lifting straight up from GRASPED
+GRASPED = np.array([0.1, 0.0, 0.02])   # where the block was grasped
+BOWL = np.array([0.3, 0.1, 0.01])
+
+
+def lifted(centre, size=(0.04, 0.04, 0.04)) -> LiftedTarget:
+    """Return a lifted object with its box centred on `centre` (what perceive reports)."""
+    centre, size = np.asarray(centre, float), np.asarray(size, float)
+    return LiftedTarget(np.zeros(3), centre, size, 0.6, (0.0, 0.0), 100,
+                        float(centre[2] + size[2] / 2), centre)
+
+
+BOWL_SEEN = lifted(BOWL, (0.11, 0.11, 0.02))
+
+
+def pick(target, holding):
+    return check_pick('blue block', target, EE, CONFIG, holding, GRASPED)
+
+
+def place(target, now, destination='green bowl', holding=False):
+    return check_place('blue block', target, destination, BOWL_SEEN, CONFIG, holding, now)
+
+
+def test_pick_held_but_not_seen_succeeds_on_the_grasp_sensor():
+    ok, detail = pick(None, True)
+    assert ok
+    assert detail == ('the gripper closed on an object; blue block not seen after the lift '
+                      '(hidden in the gripper)')
+
+
+def test_pick_seen_held_succeeds_with_both_kinds_of_evidence():
+    ok, detail = pick(lifted(EE - (0, 0, 0.02)), True)
+    assert ok and detail == 'the gripper closed on it; blue block held 13 cm above the table'
+
+
+def test_pick_vetoed_when_the_target_lies_where_it_was_grasped():
+    ok, detail = pick(lifted(GRASPED + (0.01, 0, 0)), True)
+    assert not ok
+    assert detail.startswith('blue block on the table, 15 cm from the gripper')
+    assert detail.endswith('where it was grasped: the gripper holds something else')
+
+
+def test_pick_look_alike_elsewhere_on_the_table_does_not_veto():
+    ok, detail = pick(lifted(GRASPED + (0.2, 0.1, 0)), True)
+    assert ok and detail.startswith('the gripper closed on an object; blue block on the table')
+    assert detail.endswith(': another blue block')
+
+
+def test_pick_with_an_empty_closed_gripper_fails():
+    ok, detail = pick(None, False)
+    assert not ok
+    assert detail == 'blue block not seen after the lift; the gripper closed on nothing'
+    ok, detail = pick(lifted(EE - (0, 0, 0.02)), False)  # the camera cannot outvote it
+    assert not ok and detail.endswith('; the gripper closed on nothing')
+
+
+def test_pick_without_a_grasp_sensor_goes_by_the_camera():
+    assert pick(None, None) == (False, 'blue block not seen after the lift')
+    assert pick(lifted(EE - (0, 0, 0.02)), None) == \
+        (True, 'blue block held 13 cm above the table')
+
+
+def test_one_view_with_a_veto_fails_even_if_a_look_alike_is_held_high():
+    look = Verification('pick', 'blue block', None, None, 0.0, grasped_at=GRASPED)
+    seen = {'target': [lifted(GRASPED + (0.3, 0, 0)), lifted(GRASPED)]}
+    for k in range(3):
+        verdict = look.look(1.0 + k, seen, EE, True)
+    assert verdict[0] is False and 'where it was grasped' in verdict[1]
+    assert verdict[1].endswith('(0 of 3 views confirm the pick)')
+
+
+def test_place_seen_on_the_destination_succeeds():
+    ok, detail = place(lifted(BOWL + (0.02, 0, 0.02)), [BOWL_SEEN])
+    assert ok and detail == 'blue block on green bowl (2 cm from its centre)'
+
+
+def test_place_seen_beside_the_destination_fails():
+    ok, detail = place(lifted(BOWL + (0.12, 0, 0.01)), [BOWL_SEEN])
+    assert not ok and detail.startswith('blue block 4 cm beside green bowl (centres 12 cm')
+
+
+def test_place_not_seen_over_a_destination_still_there_succeeds():
+    ok, detail = place(None, [lifted(BOWL + (0.01, 0, 0), (0.11, 0.11, 0.02))])
+    assert ok and detail == 'blue block not seen after release over green bowl: inside it'
+    ok, detail = place(None, [BOWL_SEEN], destination='red block')
+    assert ok and detail == 'blue block not seen after release over red block: on it, ' \
+                            'not told apart'
+
+
+def test_place_look_alike_far_away_is_not_the_load():
+    ok, detail = place(lifted(BOWL + (0.3, 0, 0.01)), [BOWL_SEEN])
+    assert ok and detail.endswith('inside it (the blue block 30 cm away is another one)')
+
+
+def test_place_not_seen_without_the_destination_fails():
+    ok, detail = place(None, [])
+    assert not ok
+    assert detail == 'blue block not seen after release over green bowl, nor green bowl ' \
+                     'where it was'
+    ok, _ = place(None, [lifted(BOWL + (0.2, 0, 0), (0.11, 0.11, 0.02))])  # it moved
+    assert not ok
+
+
+def test_place_still_held_fails():
+    assert place(None, [BOWL_SEEN], holding=True) == (False, 'blue block still held')
+    assert place(lifted(BOWL), [BOWL_SEEN], holding=True)[0] is False
