@@ -38,7 +38,8 @@ def pick_then_look(load_at) -> tuple:
     # Grasped at the block, then raised by the lift height: the head's own steps are ignored.
     path = [(low, False), (low, True)] + [(high, True)] * 60
     for k, (ee, holding) in enumerate(path):
-        seen = {'target': [block(load_at(ee))]}
+        load = load_at(ee)  # None: the load is not grounded (hidden in the gripper)
+        seen = {'target': [] if load is None else [block(load)]}
         actions.append(policy.step(Observation(0.1 * k, ee, 1.0, target, None, holding,
                                                IMAGE, seen)))
         if actions[-1].state not in ('waiting', 'executing'):
@@ -50,6 +51,7 @@ def test_learned_pick_is_confirmed_when_the_load_is_held():
     actions = pick_then_look(lambda ee: ee)
     assert actions[-1].state == 'succeeded' and actions[-1].phase == 'verify'
     assert 'held 15 cm above the table (3 of 3 views)' in actions[-1].detail
+    assert 'the gripper closed on it' in actions[-1].detail
     assert all(a.goal is None for a in actions if a.phase == 'verify')
 
 
@@ -57,3 +59,10 @@ def test_learned_pick_fails_when_the_load_stays_on_the_table():
     actions = pick_then_look(lambda ee: (0.1, 0.0, 0.02))
     assert actions[-1].state == 'failed'
     assert actions[-1].detail.startswith('blue block on the table, 15 cm from the gripper')
+
+
+def test_learned_pick_held_but_not_grounded_is_confirmed_by_the_grasp_sensor():
+    actions = pick_then_look(lambda ee: None)
+    assert actions[-1].state == 'succeeded', actions[-1].detail
+    assert 'the gripper closed on an object; blue block not seen after the lift' in \
+        actions[-1].detail
