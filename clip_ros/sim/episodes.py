@@ -149,6 +149,7 @@ def _observe(sim, task, perception, config, latency, t, gripper) -> tuple:
     found = _timed(latency, 'lifting', perceive, command, candidates, frame.depth, frame.K,
                    Extrinsic(*sim.camera_pose()), lift)
     target, destination = found.points.get('target'), found.points.get('destination')
+    # The grasp sensor: the closed fingers stopped on an object's width (the sim holds one).
     obs = Observation(t, sim.gripper_position, gripper, target, destination,
                       sim.holding is not None,
                       image=frame.rgb if config.with_image else None, seen=found.seen,
