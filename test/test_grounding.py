@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from clip_ros.perception.grounding import (
-    check_thresholds, DEFAULT_DISTRACTORS, GroundingPipeline, rival_mask)
+    AbstainRule, check_thresholds, DEFAULT_DISTRACTORS, GroundingPipeline, rival_mask)
 from clip_ros.perception.loading import load_clip, load_clipseg
 from clip_ros.sim.synthetic import COLOURS, scene_image, TABLE_RGB
 
 W, H = 96, 64
+OFF = AbstainRule.off()
 PHRASES = ['red block', 'blue ball']
 
 
@@ -145,15 +146,17 @@ def block_under(point, boxes) -> int:
 
 def test_max_detections_keeps_the_best_of_many_instances():
     # The bundled tabletop model finds each of twelve separate blue blocks: more candidate
-    # instances than the limits under test.
+    # instances than the limits under test (the abstention rule off: the limit is under test).
     models = load_clip('tabletop', device='cpu'), load_clipseg('tabletop', device='cpu')
     rgb, blocks = blue_blocks(3, 4)
-    every = GroundingPipeline(*models, min_area=16, max_detections=64)(rgb, ['blue block'], 0.4)
+    every = GroundingPipeline(*models, abstain=OFF, min_area=16, max_detections=64)(
+        rgb, ['blue block'], 0.4)
     assert sorted(block_under(d.centroid, blocks) for d in every.detections) == list(
         range(len(blocks))), [d.box for d in every.detections]
-    assert GroundingPipeline(*models, min_area=16)(rgb, ['red block'], 0.4).detections == []
+    assert GroundingPipeline(*models, abstain=OFF, min_area=16)(
+        rgb, ['red block'], 0.4).detections == []
     for limit in (1, 5, 11):
-        result = GroundingPipeline(*models, min_area=16, max_detections=limit)(
+        result = GroundingPipeline(*models, abstain=OFF, min_area=16, max_detections=limit)(
             rgb, ['blue block'], 0.4)
         assert len(result.detections) == limit and result.label_image.max() == limit
         # The limit keeps the best-scoring instances, in score order.
