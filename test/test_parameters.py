@@ -22,7 +22,7 @@ from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rclpy.parameter import Parameter, parameter_value_to_python  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
 from std_msgs.msg import Float64, Header, Int32, String  # noqa: E402
 from vision_msgs.msg import (  # noqa: E402
     Classification, Detection2D, Detection2DArray, Detection3DArray, LabelInfo,
@@ -62,6 +62,7 @@ INVALID = {
         'min_height': 2.0, 'near_distance': 3.0, 'max_speed': 0.0,
         'workspace_min': [0.6, 0.0, 0.0], 'workspace_max': [0.55, 0.45],
         'lost_timeout': 0.0, 'acquire_timeout': 0.0, 'time_limit': 0.5,
+        'empty_grip_opening': -0.1,
         'silent_input_sec': 0.0, 'max_drop_ratio': 2.0},
     'sim': {'seed': -1},
 }
@@ -223,7 +224,8 @@ def policy(harness):
                                          Parameter('lost_timeout', value=0.5)]), '/policy')
     for kind, topic in ((String, 'command'), (Detection2DArray, 'detections'), (Image, 'mask'),
                         (Image, 'depth'), (CameraInfo, 'camera_info'),
-                        (PoseStamped, 'ee_state'), (Float64, 'gripper_state')):
+                        (PoseStamped, 'ee_state'), (Float64, 'gripper_state'),
+                        (JointState, 'gripper/joint_states')):
         rig.publisher(kind, topic)
     for kind, topic in ((String, 'policy_status'), (PoseStamped, 'ee_goal'),
                         (Detection3DArray, 'targets_3d')):
@@ -701,6 +703,31 @@ def policy_near_distance(rig, name):
         assert wait_for(lambda: len(goals.messages) > count + 2), 'the arm stopped'
         assert not [s for s in statuses(rig, since) if s['state'] == 'aborted'], \
             statuses(rig, since)
+
+
+@effect('policy', 'empty_grip_opening')
+def policy_empty_grip_opening(rig, name):
+    # A closed gripper whose fingers stopped 3 cm apart holds an object, unless 3 cm is empty.
+    grasp = f'{rig.node.get_fully_qualified_name()}/grasp'
+
+    def reading(limit: float) -> str | None:
+        since = len(rig.harness.diagnostics.messages)
+        shown = f'opening 0.0300 m, empty at or below {limit:g} m'
+
+        def found():
+            rig.pubs['gripper_state'].publish(Float64(data=1.0))
+            rig.pubs['gripper/joint_states'].publish(JointState(
+                name=['finger_left_joint', 'finger_right_joint'], position=[0.015, 0.015]))
+            return next((s.message for m in rig.harness.diagnostics.messages[since:]
+                         for s in m.status if s.name == grasp and shown in s.message),
+                        None)
+        return wait_for(found)
+
+    assert reading(0.005).startswith('holding')
+    with changed(rig, empty_grip_opening=0.04):
+        assert reading(0.04).startswith('not holding')
+    assert reading(0.005).startswith('holding')
+    rig.pubs['gripper_state'].publish(Float64(data=0.0))  # open again for the other checks
 
 
 # sim_node -------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Build CameraInfo and ground-truth vision_msgs messages from the MuJoCo sim's frames."""
-from sensor_msgs.msg import CameraInfo
+from sensor_msgs.msg import CameraInfo, JointState
 from std_msgs.msg import Header
 from vision_msgs.msg import (
     Detection2D, Detection2DArray, Detection3D, Detection3DArray, ObjectHypothesisWithPose)
@@ -12,6 +12,31 @@ def camera_info_msg(K, width: int, height: int, header: Header) -> CameraInfo:
                       d=[0.0] * 5, k=[fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0],
                       r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
                       p=[fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+# Two prismatic finger joints, each the travel of one finger from the grasp centre (m), so their
+# sum is the opening between the fingers, as franka_gripper's joint_states reports it.
+FINGER_JOINTS = ('finger_left_joint', 'finger_right_joint')
+
+
+def finger_opening(sim, closed: bool) -> float:
+    """
+    Return the measured gap between the inner faces of `sim`'s fingers (m).
+
+    The fingers stop at the held object's width; closed on nothing they meet (0). The sim
+    leaves its fingers drawn open when closing on nothing, so `closed` (the last command the
+    sim ran) says whether they are shut.
+    """
+    if sim.holding is None and closed:
+        return 0.0
+    finger = sim.model.geom('finger_l')
+    return max(0.0, 2.0 * float(finger.pos[1] - finger.size[1]))
+
+
+def finger_joint_state_msg(opening: float, header: Header) -> JointState:
+    """Return the fingers' JointState: each finger at half of `opening` (m)."""
+    return JointState(header=header, name=list(FINGER_JOINTS), position=[opening / 2] * 2,
+                      velocity=[], effort=[])
 
 
 def _hypothesis(truth) -> ObjectHypothesisWithPose:

@@ -8,7 +8,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from geometry_msgs.msg import PoseStamped  # noqa: I100 - ROS messages after rclpy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64, Header, Int32
 from vision_msgs.msg import Detection2DArray, Detection3DArray
 
@@ -17,7 +17,8 @@ from clip_ros.nodes.common import (
     spin_node, watch_parameters)
 from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.sim_messages import (
-    camera_info_msg, ground_truth_2d_msg, ground_truth_3d_msg)
+    camera_info_msg, finger_joint_state_msg, finger_opening, ground_truth_2d_msg,
+    ground_truth_3d_msg)
 from clip_ros.policy.lifting import matrix_to_quat
 
 # Reliable publishers match both reliable and best-effort (sensor_data) subscribers.
@@ -69,9 +70,13 @@ class SimNode(Node):
         # End-effector interface: goals and gripper in, state and camera extrinsic out.
         self._ee_pub = self.create_publisher(PoseStamped, 'ee_state', RESULTS_QOS)
         self._gripper_pub = self.create_publisher(Float64, 'gripper_state', RESULTS_QOS)
+        # The measured finger opening, as a gripper driver reports it: the grasp sensor.
+        self._fingers_pub = self.create_publisher(JointState, 'gripper/joint_states',
+                                                  RESULTS_QOS)
         self._camera_pose_pub = self.create_publisher(PoseStamped, 'sim/camera_pose',
                                                       LATCHED_QOS)
         self._gripper_closed = False
+        self._fingers_closed = False  # the last gripper command the render thread ran
         self._camera_pose = None
         self.create_subscription(PoseStamped, 'ee_goal', self._on_goal, RESULTS_QOS)
         self.create_subscription(Float64, 'gripper_command', self._on_gripper, RESULTS_QOS)
@@ -92,7 +97,14 @@ class SimNode(Node):
         closed = msg.data >= 0.5
         if closed != self._gripper_closed:
             self._gripper_closed = closed
-            self.call_in_sim(lambda sim: sim.close() if closed else sim.open())
+            self.call_in_sim(lambda sim: self._grip(sim, closed))
+
+    def _grip(self, sim, closed: bool) -> None:
+        if closed:
+            sim.close()
+        else:
+            sim.open()
+        self._fingers_closed = closed
 
     def _on_reset(self, msg: Int32) -> None:
         # Through the parameter, so `seed` always names the scene on show.
@@ -167,6 +179,8 @@ class SimNode(Node):
         self._ee_pub.publish(ee)
         self._gripper_pub.publish(Float64(data=1.0 if sim.holding or self._gripper_closed
                                           else 0.0))
+        self._fingers_pub.publish(finger_joint_state_msg(
+            finger_opening(sim, self._fingers_closed), base))
         rot, origin = sim.camera_pose()
         pose = (tuple(origin.tolist()), tuple(matrix_to_quat(rot)))
         if pose != self._camera_pose:  # latched: sent at start and after each reset

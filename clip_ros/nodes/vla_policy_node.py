@@ -11,6 +11,7 @@ take effect without a restart: the lifting limits on the next perception set; ba
 extrinsic, depth_scale and sync_tolerance at once; the policy limits from the next command.
 """
 import json
+import math
 import os
 import threading
 import time
@@ -19,8 +20,9 @@ import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import TransitionCallbackReturn
-from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: I100 - ROS messages after rclpy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue  # noqa: I100 - ROS messages last
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from std_msgs.msg import Float64, Header, String
 from vision_msgs.msg import Detection2DArray, Detection3DArray
 from visualization_msgs.msg import MarkerArray
@@ -105,6 +107,9 @@ def _parameters() -> tuple:
                                           'from the next command', float_range=(0.05, 600.0))),
         ('time_limit', 30.0, describe('abort a command running longer (s); applies from the '
                                       'next command', float_range=(1.0, 3600.0))),
+        ('empty_grip_opening', 0.005, describe(
+            'finger opening (m, gripper/joint_states) at or below which a closed gripper holds '
+            'nothing; above it, it holds an object; applies at once', float_range=(0.0, 0.5))),
     )
 
 
@@ -175,6 +180,8 @@ class VlaPolicyNode(ManagedNode):
         self._seen, self._fresh, self._perceive_error, self._sent = set(), {}, '', None
         self._seen_for_command = set()  # streams seen since the current command arrived
         self._ee, self._gripper, self._image = None, OPEN, None
+        # Grasp sensor: the finger opening (m); closed?: gripper_state, else the last command.
+        self._opening, self._closed, self._state_closed = None, None, None
         self._refused = {}  # phrase -> grounding_node's refusal of its words (unknown word, ...)
 
     # Lifecycle hooks -----------------------------------------------------------------------
@@ -210,6 +217,7 @@ class VlaPolicyNode(ManagedNode):
         self.subscribe(String, 'command', self._on_command, COMMAND_QOS)
         self.subscribe(PoseStamped, 'ee_state', self._on_ee, RESULTS_QOS)
         self.subscribe(Float64, 'gripper_state', self._on_gripper, RESULTS_QOS)
+        self.subscribe(JointState, 'gripper/joint_states', self._on_fingers, RESULTS_QOS)
         # Transient local: the pose is latched once per scene, usually before this node starts.
         self.subscribe(PoseStamped, 'camera_pose', self._on_camera_pose, LATCHED_QOS)
         # Latched: why grounding gives no detection for a phrase, published when it changes.
@@ -338,6 +346,37 @@ class VlaPolicyNode(ManagedNode):
 
     def _on_gripper(self, msg: Float64) -> None:
         self._gripper = float(msg.data)
+        self._state_closed = self._gripper >= 0.5
+
+    def _on_fingers(self, msg: JointState) -> None:
+        """Take the opening: the sum of the finger joints' travels (m), franka_gripper style."""
+        opening = float(np.sum(msg.position)) if len(msg.position) else math.nan
+        if not math.isfinite(opening) or opening < 0.0:
+            self.reject('gripper/joint_states', f'ignored gripper/joint_states with positions '
+                        f'{list(msg.position)}: need finite finger travels (m) >= 0')
+            return
+        self._opening = opening
+
+    def _holding(self) -> bool | None:
+        """Return the grasp sensor's reading: a closed gripper stopped apart holds something."""
+        if self._opening is None:
+            return None  # no sensor: the camera decides alone
+        closed = self._state_closed if self._state_closed is not None else self._closed
+        if closed is None:
+            return None  # an opening alone does not tell an open gripper from a full one
+        return bool(closed and self._opening > self._p['empty_grip_opening'])
+
+    def extra_diagnostics(self, limits, stamp) -> list:
+        """Return the grasp sensor's reading as <node>/grasp."""
+        holding, opening = self._holding(), self._opening
+        text = {None: 'no gripper/joint_states: the camera alone confirms picks',
+                True: 'holding', False: 'not holding'}[holding]
+        if opening is not None:
+            limit = self._p['empty_grip_opening']
+            text += f' (opening {opening:.4f} m, empty at or below {limit:g} m)'
+        return [DiagnosticStatus(level=DiagnosticStatus.OK, message=text,
+                                 name=f'{self.get_fully_qualified_name()}/grasp',
+                                 values=[KeyValue(key='holding', value=str(holding))])]
 
     def _on_image(self, msg: Image) -> None:
         self._image = to_rgb(image_to_numpy(msg, copy=True), msg.encoding)
@@ -429,7 +468,8 @@ class VlaPolicyNode(ManagedNode):
             fresh = {}
         ee = self._ee if self._ee is not None else np.zeros(3)
         obs = Observation(time.monotonic(), ee, self._gripper, fresh.get('target'),
-                          fresh.get('destination'), None, self._image, fresh.get('seen'),
+                          fresh.get('destination'), self._holding(), self._image,
+                          fresh.get('seen'),
                           fresh.get('undetected', ()))
         before = policy.status.state
         action = policy.step(obs) if self._ee is not None or before != 'executing' \
@@ -441,6 +481,7 @@ class VlaPolicyNode(ManagedNode):
         elif before == 'executing' and action.state != 'executing':
             self._pubs['ee_twist'].publish(twist_msg(np.zeros(3), header))  # stop servoing
         if action.gripper is not None:
+            self._closed = float(action.gripper) >= 0.5
             self._pubs['gripper_command'].publish(Float64(data=float(action.gripper)))
         self._publish_status(action)
 

@@ -1,0 +1,102 @@
+"""
+The grasp sensor over DDS: sim_node's finger opening confirms a pick the camera cannot.
+
+sim_node, grounding_node (the bundled `tabletop` model) and vla_policy_node run as in the demo
+(build_graph). sim_node publishes the fingers' JointState on gripper/joint_states (open, closed
+on nothing, stopped at the held object's width); the policy derives `holding` from it. The
+bundled model does not ground an object held in the gripper, so without the sensor the look
+after the pick could not confirm it; with it the pick ends `succeeded` on the node.
+"""
+import json
+import os
+import threading
+
+os.environ['ROS_DOMAIN_ID'] = '98'  # before rclpy: own domain, no cross-talk with other tests
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+
+import pytest  # noqa: E402
+
+from geometry_msgs.msg import PoseStamped  # noqa: E402, I100
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_msgs.msg import Float64, String  # noqa: E402
+
+from clip_ros.nodes.common import COMMAND_QOS, RESULTS_QOS  # noqa: E402
+from clip_ros.nodes.sim_node import SimNode  # noqa: E402
+from clip_ros.sim.dataset import split_seeds  # noqa: E402
+from clip_ros.sim.episodes import sample_task  # noqa: E402
+from clip_ros.sim.scene import FINGER_OPEN  # noqa: E402
+from clip_ros.tools.demo_graph import build_graph  # noqa: E402
+from node_harness import Harness, wait_for  # noqa: E402, I100, I201
+
+DOMAIN = 98
+W, H = 640, 480  # the size the bundled model was trained at
+TASK = sample_task(split_seeds('test', 1, 3)[0], 'pick')
+FINAL = ('succeeded', 'failed', 'aborted', 'rejected')
+OPEN_GAP = 2 * (FINGER_OPEN - 0.008)  # finger offset less the finger's half thickness
+
+
+@pytest.fixture(scope='module')
+def graph(gl_context):
+    harness = Harness(DOMAIN)
+    for node in build_graph(harness.context, {'seed': TASK.seed, 'width': W, 'height': H,
+                                              'rate': 10.0}, 'tabletop', 'cpu'):
+        harness.add(node)
+    harness.sim = next(n for n in harness.added_since(1) if isinstance(n, SimNode))
+    harness.status = harness.subscribe(String, 'policy_status')
+    harness.fingers = harness.subscribe(JointState, 'gripper/joint_states')
+    harness.ee = harness.subscribe(PoseStamped, 'ee_state')
+    harness.command = harness.publisher(String, 'command', COMMAND_QOS)
+    assert wait_for(lambda: harness.command.get_subscription_count() >= 2, 60)
+    assert wait_for(lambda: harness.ee.messages, 60), 'the simulator publishes no ee_state'
+    yield harness
+    harness.shutdown()
+
+
+def opening(msg: JointState) -> float:
+    return float(sum(msg.position))
+
+
+def in_sim(graph, fn):
+    """Return `fn(sim)` run in sim_node's render thread (the sim is not shareable)."""
+    done, result = threading.Event(), []
+    graph.sim.call_in_sim(lambda sim: (result.append(fn(sim)), done.set()))
+    assert done.wait(10.0), 'the simulator did not run the request'
+    return result[0]
+
+
+def test_pick_unseen_in_the_gripper_succeeds_on_the_grasp_sensor(graph):
+    assert wait_for(lambda: graph.fingers.messages), 'no gripper/joint_states'
+    assert opening(graph.fingers.messages[-1]) == pytest.approx(OPEN_GAP)
+    graph.command.publish(String(data=TASK.command))
+    status = wait_for(lambda: next(
+        (s for s in (json.loads(m.data) for m in graph.status.messages)
+         if s['command'] == TASK.command and s['state'] in FINAL), None), 120.0)
+    held = in_sim(graph, lambda sim: sim.holding)
+    assert held == TASK.target, (held, status)
+    assert status is not None and status['state'] == 'succeeded', status
+    # The camera lost the load in the gripper; the sensor's reading confirmed the pick.
+    assert 'the gripper closed on' in status['detail'] and 'hidden in the gripper' in \
+        status['detail'], status
+    # The fingers stopped at the load's width: well apart, closer than open.
+    width = opening(graph.fingers.messages[-1])
+    assert 0.02 < width < OPEN_GAP, width
+    names = graph.fingers.messages[-1].name
+    assert len(names) == 2 and all('finger' in n for n in names)
+
+
+def test_fingers_closed_on_nothing_read_zero(graph):
+    # After the pick: release the load, rise well clear of every object, close again.
+    graph.gripper = graph.publisher(Float64, 'gripper_command', RESULTS_QOS)
+    goal = graph.publisher(PoseStamped, 'ee_goal', RESULTS_QOS)
+    assert wait_for(lambda: goal.get_subscription_count() > 0)
+    graph.gripper.publish(Float64(data=0.0))
+    assert wait_for(lambda: in_sim(graph, lambda sim: sim.holding) is None)
+    up = PoseStamped()
+    up.header.frame_id = 'world'
+    up.pose.position.x, up.pose.position.y, up.pose.position.z = 0.0, 0.0, 0.45
+    goal.publish(up)
+    assert wait_for(lambda: graph.ee.messages[-1].pose.position.z > 0.44, 30.0)
+    count = len(graph.fingers.messages)
+    graph.gripper.publish(Float64(data=1.0))
+    assert wait_for(lambda: any(opening(m) == 0.0 for m in graph.fingers.messages[count:]))
+    assert in_sim(graph, lambda sim: sim.holding) is None
