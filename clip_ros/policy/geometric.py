@@ -273,7 +273,8 @@ class GeometricPolicy:
         return action
 
     def _stopped(self, reason: str) -> tuple:
-        """Return the final (state, detail) for a limit: rejected when never found, else aborted.
+        """
+        Return the final (state, detail) for a limit: rejected when never found, else aborted.
 
         Rejected only when grounding answered without any detection of the target (nothing has
         moved yet); missing inputs or unusable depth abort with their reason.
