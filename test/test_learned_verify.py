@@ -66,3 +66,16 @@ def test_learned_pick_held_but_not_grounded_is_confirmed_by_the_grasp_sensor():
     assert actions[-1].state == 'succeeded', actions[-1].detail
     assert 'the gripper closed on an object; blue block not seen after the lift' in \
         actions[-1].detail
+
+
+def test_learned_place_with_an_absent_destination_never_moves():
+    policy = LearnedPolicy(PolicyHead(HeadConfig(DIM, hidden=16)).eval(), ConstantEmbedder())
+    policy.start(parse_command('put the blue block in the purple bowl'), 0.0)
+    ee, target, actions = np.array([0.0, 0.12, 0.45]), np.array([0.1, 0.0, 0.02]), []
+    for k in range(60):
+        actions.append(policy.step(Observation(0.1 * k, ee, 0.0, target, None, False, IMAGE,
+                                               {'target': [block(target)]},
+                                               undetected=('destination',))))
+    assert actions[-1].state == 'rejected'
+    assert actions[-1].detail.startswith('not found: purple bowl')
+    assert all(a.goal is None and a.gripper is None for a in actions)

@@ -210,3 +210,28 @@ def test_a_look_alike_on_the_table_does_not_hide_the_outcome(text):
 def test_only_a_look_alike_is_not_the_outcome():
     action, _ = run('pick up the blue block', drop_in='lift', look_alike=(0.0, 0.12, 0.3))
     assert action.state == 'failed', action.detail  # the look-alike is not at the gripper
+
+
+def test_place_with_an_absent_destination_is_rejected_before_any_motion():
+    # The block is in view, the bowl never is: a place must not pick up what it cannot put down.
+    policy = GeometricPolicy(CONFIG)
+    policy.start(parse_command('put the blue block in the purple bowl'), 0.0)
+    ee, actions = np.array([0.0, 0.12, 0.45]), []
+    for tick in range(100):
+        actions.append(policy.step(Observation(tick / CONFIG.rate, ee, OPEN, TARGET, None,
+                                               undetected=('destination',))))
+    assert actions[-1].state == 'rejected'
+    assert actions[-1].detail == 'not found: purple bowl (no detection within 3 s)'
+    assert all(a.goal is None and a.gripper is None for a in actions)
+
+
+def test_place_waits_for_its_destination_before_moving():
+    # The bowl shows up after a second: the place starts only then.
+    policy = GeometricPolicy(CONFIG)
+    policy.start(parse_command('put the blue block in the green bowl'), 0.0)
+    ee, rate = np.array([0.0, 0.12, 0.45]), int(CONFIG.rate)
+    early = [policy.step(Observation(tick / rate, ee, OPEN, TARGET, None)) for tick in range(rate)]
+    assert [a.state for a in early] == ['waiting'] * rate
+    assert all(a.goal is None for a in early)
+    later = policy.step(Observation(1.0, ee, OPEN, TARGET, BOWL))
+    assert later.state == 'executing' and later.goal is not None

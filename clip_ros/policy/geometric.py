@@ -167,6 +167,7 @@ class TargetTracker:
         self.destination_view = None  # the destination's LiftedTarget with the latest point
         self.frozen = False
         self.not_found = False  # a perception set came without any detection of the target
+        self.destination_not_found = False  # ... or of the destination
 
     def tracking(self, phase_tracks: bool = True) -> bool:
         """Return whether the target estimate is still updated (and must stay in view)."""
@@ -187,6 +188,8 @@ class TargetTracker:
                                      [self.destination_view])[0]
         if self.target is None and 'target' in obs.undetected:
             self.not_found = True
+        if self.destination is None and 'destination' in obs.undetected:
+            self.destination_not_found = True
 
     def verification(self, verb: str, command: Command, now: float,
                      config: 'VerifyConfig') -> Verification:
@@ -264,7 +267,7 @@ class GeometricPolicy:
         reason = self._safety(obs)
         if reason:
             return self._finish(*self._stopped(reason), self._phase_name())
-        if self._tracker.target is None:
+        if self._missing():
             return self._last  # still waiting, within acquire_timeout
         if self._index >= len(self._phases):
             return self._finish('succeeded', self._success_detail())
@@ -279,10 +282,31 @@ class GeometricPolicy:
         Rejected only when grounding answered without any detection of the target (nothing has
         moved yet); missing inputs or unusable depth abort with their reason.
         """
-        if self._tracker.target is None and self._tracker.not_found:
-            return 'rejected', (f'not found: {self.command.targets[0]} (no detection within '
+        tracker, missing = self._tracker, self._missing()
+        if missing and (tracker.not_found if missing == 'target' else
+                        tracker.destination_not_found):
+            name = self.command.targets[0] if missing == 'target' else self.command.destination
+            return 'rejected', (f'not found: {name} (no detection within '
                                 f'{self.config.acquire_timeout:g} s)')
         return 'aborted', reason
+
+    def _missing(self) -> str:
+        """
+        Return the role not yet seen before the first motion ('' once all are).
+
+        A place waits for its destination too, so an absent destination stops the command
+        before anything has moved.
+        """
+        if self._tracker.target is None:
+            return 'target'
+        if (self.command.verb == 'place' and self._tracker.destination is None
+                and not self._moved()):
+            return 'destination'
+        return ''
+
+    def _moved(self) -> bool:
+        """Return whether the command has gone past its first phase."""
+        return self._index > 0
 
     def _phase_name(self) -> str:
         phases = getattr(self, '_phases', [])
@@ -302,10 +326,12 @@ class GeometricPolicy:
         cfg, tracker = self.config, self._tracker
         if now - self._started > cfg.time_limit:
             return f'time limit of {cfg.time_limit:g} s exceeded'
-        if tracker.target is None:
+        missing = self._missing()
+        if missing:
             if now - self._started > cfg.acquire_timeout:
-                return f'target {self.command.targets[0]!r} not found within ' \
-                       f'{cfg.acquire_timeout:g} s'
+                name = self.command.targets[0] if missing == 'target' else \
+                    self.command.destination
+                return f'{missing} {name!r} not found within {cfg.acquire_timeout:g} s'
             return ''
         if self._tracking() and now - tracker.target_seen > cfg.lost_timeout:
             return f'target lost for {now - tracker.target_seen:.2f} s (> {cfg.lost_timeout:g} s)'

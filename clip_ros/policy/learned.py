@@ -150,7 +150,7 @@ class LearnedPolicy(GeometricPolicy):
             return self._finish(*self._stopped(reason), 'learned')
         if self._verification is not None:
             return self._verify(obs)
-        if self._tracker.target is None:
+        if self._missing():
             return self._last  # nothing to act on: no image embedding spent while waiting
         if obs.image is not None and obs.image is not self._frame:
             # A node passes its newest frame every tick: embed each frame once.
@@ -172,6 +172,9 @@ class LearnedPolicy(GeometricPolicy):
 
     def _success_detail(self) -> str:
         return self._done
+
+    def _moved(self) -> bool:
+        return self._image is not None  # the head has acted on a frame
 
     def _progress(self, obs: Observation) -> str:
         ee_z = float(obs.ee_position[2])
