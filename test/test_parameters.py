@@ -48,7 +48,7 @@ TINY_CLIPSEG = [Parameter('clipseg_model', value='tiny'), Parameter('device', va
 INVALID = {
     'grounding': {
         'queries': 5, 'thresholds': [1.5], 'distractors': 7, 'min_area': 0,
-        'max_detections': 0, 'rescore': 'yes', 'max_image_size': 8,
+        'max_detections': 0, 'rescore': 'yes', 'abstain': 'yes', 'max_image_size': 8,
         'silent_input_sec': 0.0, 'max_drop_ratio': 1.5},
     'classifier': {
         'classes': 3.0, 'templates': ['no placeholder'], 'top_k': -1, 'max_image_size': 8,
@@ -376,6 +376,23 @@ def grounding_rescoring(rig, name):
     assert scores(ground(rig)) == pytest.approx(before, abs=1e-4)
 
 
+@effect('grounding', 'abstain')
+def grounding_abstain(rig, name):
+    # The tiny model has no calibration: give it an impossible one, as `calibrate` would write
+    # into a model's config, so the rule refuses every candidate while it is on.
+    clip = rig.node._clip
+    clip.abstain = {'min_margin': math.inf}
+    try:
+        with changed(rig, abstain=False):
+            assert ground(rig).detections, 'abstain off: the candidates are kept'
+        with changed(rig, min_area=1):  # a pipeline parameter: rebuilt with the model's rule
+            assert ground(rig).detections == []
+    finally:
+        clip.abstain = None
+    with changed(rig, min_area=1):
+        assert ground(rig).detections
+
+
 @effect('grounding', 'min_area')
 def grounding_min_area(rig, name):
     assert ground(rig).detections
@@ -561,13 +578,13 @@ def target_z(rig, **frame) -> float:
     return lifted(rig, **frame).detections[0].results[0].pose.pose.position.z
 
 
-def aborted_because(rig, reason: str, **frame) -> None:
-    """Start a pick and stream sets until it aborts; assert the abort gives `reason`."""
+def aborted_because(rig, reason: str, state: str = 'aborted', **frame) -> None:
+    """Start a pick and stream sets until it ends in `state`; assert it gives `reason`."""
     since = start(rig)
-    stream(rig, 5.0, until=lambda: any(s['state'] == 'aborted' for s in statuses(rig, since)),
+    stream(rig, 5.0, until=lambda: any(s['state'] == state for s in statuses(rig, since)),
            **frame)
     status = ended(rig, since)
-    assert status and status['state'] == 'aborted' and reason in status['detail'], status
+    assert status and status['state'] == state and reason in status['detail'], status
 
 
 def next_goal(rig, count: int = 3):
@@ -616,8 +633,8 @@ def policy_depth_range(rig, name):
 
 @effect('policy', 'min_score')
 def policy_min_score(rig, name):
-    with changed(rig, min_score=0.95):  # the detection scores 0.9
-        aborted_because(rig, "'blue block' not detected")
+    with changed(rig, min_score=0.95):  # the detection scores 0.9: as if grounding found none
+        aborted_because(rig, 'not found: blue block', state='rejected')
     assert lifted(rig)
 
 
