@@ -9,27 +9,17 @@ from clip_ros.perception.backends import (
 from clip_ros.perception.clipseg import ClipSegRunner
 from clip_ros.perception.export import export_clipseg, graph_dir
 from clip_ros.perception.handles import ClipSegModel
-from clip_ros.perception.loading import load_clip, load_clipseg
+from clip_ros.perception.loading import load_clipseg
 from clip_ros.perception.registry import clipseg_config, IMAGENET_MEAN, IMAGENET_STD
-from clip_ros.perception.tabletop_model import load_tabletop_clip, load_tabletop_clipseg
+from clip_ros.perception.tabletop_model import load_tabletop_clipseg
 from clip_ros.sim.synthetic import scene_image
 from clip_ros.tools import export as export_tool
+from parity import (  # noqa: I100, I201
+    assert_same_results, load_models, MAP_TOL, PHRASES, PROB_TOL)
 
 pytest.importorskip('onnxruntime')
 
-# The same tolerances hold for ONNX Runtime and for OpenVINO with its precision hint forced to
-# f32 (its CPU default on this Xeon is bf16, which differs from torch by about 0.03).
-MAP_TOL = 1e-4  # max abs difference of CLIPSeg probabilities, any pixel
-PROB_TOL = 1e-4  # max abs difference of CLIP re-scoring probabilities and final scores
-MIN_IOU = 0.99  # box IoU of matching detections
-PHRASES = ['red block', 'blue ball', 'green cube']
 SEEDS = (0, 1, 2)
-
-
-def _load(name):
-    if name == 'tiny':
-        return load_clip('tiny', '', device='cpu'), load_clipseg('tiny', device='cpu')
-    return load_tabletop_clip(device='cpu'), load_tabletop_clipseg(device='cpu')
 
 
 @pytest.fixture(scope='module')
@@ -47,7 +37,7 @@ def _openvino():
 def pipelines(request, cache):
     name, backend = request.param
     extra = {'precision': 'f32'} if backend == 'openvino' and _openvino() else {}
-    clip, clipseg = _load(name)
+    clip, clipseg = load_models(name)
     options = {'min_area': 4}
     return (make_pipeline(clip, clipseg, **options),
             make_pipeline(clip, clipseg, backend=backend, cache_dir=cache, **extra, **options))
@@ -55,23 +45,6 @@ def pipelines(request, cache):
 
 def _frames():
     return [scene_image(seed=s, width=128, height=96, count=3)[0] for s in SEEDS]
-
-
-def _iou(a, b):
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0) * max(h, 0)
-    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / area if area else 1.0
-
-
-def _assert_same_results(ref, got):
-    assert np.abs(ref.heatmaps - got.heatmaps).max() <= MAP_TOL
-    assert len(ref.detections) == len(got.detections)
-    for a, b in zip(ref.detections, got.detections):
-        assert a.phrase == b.phrase
-        assert _iou(a.box, b.box) >= MIN_IOU
-        assert b.score == pytest.approx(a.score, abs=PROB_TOL)
 
 
 def test_backends_are_what_was_asked(pipelines):
@@ -86,15 +59,15 @@ def test_backends_are_what_was_asked(pipelines):
 def test_maps_and_detections_match_torch(pipelines, threshold):
     torch_pipe, onnx_pipe = pipelines
     for rgb in _frames():
-        _assert_same_results(torch_pipe(rgb, PHRASES, threshold),
-                             onnx_pipe(rgb, PHRASES, threshold))
+        assert_same_results(torch_pipe(rgb, PHRASES, threshold),
+                            onnx_pipe(rgb, PHRASES, threshold))
 
 
 def test_batch_matches_torch(pipelines):
     torch_pipe, onnx_pipe = pipelines
     requests = [(rgb, PHRASES[:k + 1], 0.3) for k, rgb in enumerate(_frames())]
     for ref, got in zip(torch_pipe.batch(requests), onnx_pipe.batch(requests)):
-        _assert_same_results(ref, got)
+        assert_same_results(ref, got)
 
 
 def test_clip_probabilities_match_torch(pipelines):
@@ -147,14 +120,14 @@ def test_cache_is_reused_and_rebuilt_when_weights_change(tmp_path):
 
 
 def test_unknown_backend_names_the_choices():
-    clip, clipseg = _load('tiny')
+    clip, clipseg = load_models('tiny')
     with pytest.raises(ValueError) as error:
         make_pipeline(clip, clipseg, backend='tensorrt')
     assert all(name in str(error.value) for name in BACKENDS)
 
 
 def test_unavailable_provider_is_refused(tmp_path):
-    clip, clipseg = _load('tiny')
+    clip, clipseg = load_models('tiny')
     with pytest.raises(ValueError, match='CPUExecutionProvider'):
         make_pipeline(clip, clipseg, backend='onnxruntime', providers=['NoSuchProvider'],
                       cache_dir=tmp_path)
@@ -188,7 +161,7 @@ def test_refined_decoder_matches_torch(tmp_path):
 
 
 def test_providers_must_be_a_list(tmp_path):
-    clip, clipseg = _load('tiny')
+    clip, clipseg = load_models('tiny')
     with pytest.raises(ValueError, match='list'):
         make_pipeline(clip, clipseg, backend='onnxruntime', providers='CPUExecutionProvider',
                       cache_dir=tmp_path)
@@ -196,7 +169,7 @@ def test_providers_must_be_a_list(tmp_path):
 
 def test_openvino_device_and_precision_are_checked(tmp_path):
     _openvino()
-    clip, clipseg = _load('tiny')
+    clip, clipseg = load_models('tiny')
     for bad in ({'device': 'TPU'}, {'device': 'NPU.7'}, {'precision': 'int4'}):
         with pytest.raises(ValueError) as error:
             make_pipeline(clip, clipseg, backend='openvino', cache_dir=tmp_path, **bad)

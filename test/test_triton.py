@@ -7,33 +7,21 @@ import pytest
 
 from clip_ros.perception.backends import make_pipeline
 from clip_ros.perception.loading import load_clip, load_clipseg
-from clip_ros.perception.tabletop_model import load_tabletop_clip, load_tabletop_clipseg
 from clip_ros.perception.triton_client import (
     connect, server_ready, triton_pipeline, TritonClipSegRunner, TritonUnavailable)
 from clip_ros.sim.synthetic import scene_image
 from clip_ros.tools import serve
 from node_harness import wait_for  # noqa: I100
+from parity import assert_same_results, load_models, PHRASES, PROB_TOL  # noqa: I100, I201
 from triton_harness import free_ports, serve_python, Server  # noqa: I100, I201
 
 pytest.importorskip('onnxruntime')
-
-# test_export's tolerances: the server runs the same graphs under ONNX Runtime.
-MAP_TOL = 1e-4
-PROB_TOL = 1e-4
-MIN_IOU = 0.99
-PHRASES = ['red block', 'blue ball', 'green cube']
-
-
-def _load(name):
-    if name == 'tiny':
-        return load_clip('tiny', '', device='cpu'), load_clipseg('tiny', device='cpu')
-    return load_tabletop_clip(device='cpu'), load_tabletop_clipseg(device='cpu')
 
 
 @pytest.fixture(scope='module', params=['tiny', 'tabletop'])
 def served(request, tmp_path_factory):
     serve_python()
-    clip, clipseg = _load(request.param)
+    clip, clipseg = load_models(request.param)
     cache = tmp_path_factory.mktemp('onnx')
     bundle = serve.write_bundle(clip, clipseg, cache_dir=cache)
     server = Server(bundle, cache / 'server.log').start()
@@ -50,23 +38,6 @@ def served(request, tmp_path_factory):
 
 def _frames():
     return [scene_image(seed=s, width=128, height=96, count=3)[0] for s in (0, 1, 2)]
-
-
-def _iou(a, b):
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0) * max(h, 0)
-    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / area if area else 1.0
-
-
-def _assert_same_results(ref, got):
-    assert np.abs(ref.heatmaps - got.heatmaps).max() <= MAP_TOL
-    assert [d.phrase for d in ref.detections] == [d.phrase for d in got.detections]
-    for a, b in zip(ref.detections, got.detections):
-        assert _iou(a.box, b.box) >= MIN_IOU
-        assert b.score == pytest.approx(a.score, abs=PROB_TOL)
-    assert ref.rejected == got.rejected
 
 
 def test_handles_come_from_the_server_without_weights(served):
@@ -87,7 +58,7 @@ def test_results_equal_local_inference(served, threshold):
     for rgb in _frames():
         got = pipes['triton'](rgb, PHRASES, threshold, with_heatmaps=True)
         for local in ('torch', 'onnxruntime'):
-            _assert_same_results(pipes[local](rgb, PHRASES, threshold, with_heatmaps=True), got)
+            assert_same_results(pipes[local](rgb, PHRASES, threshold, with_heatmaps=True), got)
 
 
 def test_batch_and_crop_probabilities_equal_local(served):
@@ -95,7 +66,7 @@ def test_batch_and_crop_probabilities_equal_local(served):
     requests = [(rgb, PHRASES[:k + 1], 0.3) for k, rgb in enumerate(_frames())]
     for ref, got in zip(pipes['onnxruntime'].batch(requests, with_heatmaps=True),
                         pipes['triton'].batch(requests, with_heatmaps=True)):
-        _assert_same_results(ref, got)
+        assert_same_results(ref, got)
     rgb = _frames()[0]
     boxes = [(0, 0, 64, 48), (30, 20, 100, 90), (0, 0, 128, 96), (5, 60, 40, 96)]
     owners = [0, 1, 2, 0]
