@@ -79,7 +79,7 @@ def _check_rate(figure: dict):
 
 def _run(out, *args) -> dict:
     code = evaluate.main(['--out', str(out), '--quiet', '--threads', '1', *args])
-    assert code in (0, 1)  # 1: below the targets, which a few scenes cannot show
+    assert code in (0, 1)  # 1: below the grounding targets, which a few scenes cannot show
     return json.loads((out / 'shift.json').read_text())
 
 

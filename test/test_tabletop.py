@@ -73,7 +73,7 @@ def scene_summary(clip, clipseg, gl_context):
 
 
 def test_grounds_simulator_scenes(scene_summary):
-    # The bar for CI; the 200-scene evaluation measures 98% seen and held-out.
+    # The bar for CI; the 200-scene evaluation measures 98% seen and held-out.
     assert scene_summary['queries'] >= 40
     assert scene_summary['accuracy'] >= 0.9, scene_summary
     assert scene_summary['mean_mask_iou'] >= 0.6, scene_summary

@@ -1,7 +1,7 @@
 """The shift benchmark's printed table, Markdown table, target check and PNG chart."""
 import numpy as np
 
-# The issue's targets: accuracy in distribution and under every shift, absent-object rejection.
+# The grounding targets: accuracy in distribution and under every shift, absent-object rejection.
 TARGETS = {'in_distribution_accuracy': 0.97, 'in_distribution_mask_iou': 0.8,
            'shift_accuracy': 0.90, 'absent_rejected': 0.95, 'present_rejected_max': 0.03}
 # (figure key, column title) of the rates the table and chart show.
@@ -23,7 +23,7 @@ def _mean(figure: dict) -> str:
 
 
 def missed_targets(conditions: dict) -> list:
-    """Return a sentence per missed target of the issue ('' list when all are met)."""
+    """Return a sentence per missed grounding target ('' list when all are met)."""
     missed = []
     for name, figures in conditions.items():
         floor = (TARGETS['in_distribution_accuracy'] if name == 'in_distribution'
