@@ -92,8 +92,6 @@ def _refusal(remote, model, arrays, output, dtype=None):
 
 def test_bad_requests_are_refused_with_a_reason(served):
     name, server, remote, pipes = served
-    if name != 'tiny':
-        pytest.skip('one model is enough for the refusals')
     size = remote.info['clip']['image_size']
     seg = remote.info['clipseg']['image_size']
     assert 'unexpected shape' in _refusal(
