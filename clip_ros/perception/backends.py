@@ -7,6 +7,7 @@ everything between the passes (thresholds, components, re-scoring softmax) is th
 for all. make_clip and make_runner give the nodes that run one model the same choice.
 """
 from dataclasses import dataclass, field, fields
+import importlib
 import threading
 
 import numpy as np
@@ -29,27 +30,18 @@ PRECISIONS = {'auto': None, 'f32': 'FP32', 'f16': 'FP16', 'bf16': 'BF16'}
 DEFAULT_PRECISION = 'auto'
 
 
-def _onnxruntime():
+def _library(backend: str):
+    """Import the runtime of `backend` ('onnxruntime' or 'openvino'); ValueError when absent."""
     try:
-        import onnxruntime
+        return importlib.import_module(backend)
     except ImportError as e:
-        raise ValueError(f"backend 'onnxruntime' is not available (onnxruntime is not installed: "
+        raise ValueError(f"backend '{backend}' is not available ({backend} is not installed: "
                          f'{e}); valid backends: {", ".join(BACKENDS)}') from e
-    return onnxruntime
-
-
-def _openvino():
-    try:
-        import openvino
-    except ImportError as e:
-        raise ValueError(f"backend 'openvino' is not available (openvino is not installed: "
-                         f'{e}); valid backends: {", ".join(BACKENDS)}') from e
-    return openvino
 
 
 def check_providers(providers=None) -> list:
     """Return the ONNX Runtime providers to use; ValueError names the available ones."""
-    ort = _onnxruntime()
+    ort = _library('onnxruntime')
     if isinstance(providers, str):
         raise ValueError(f'providers must be a list of names, got the single string {providers!r}')
     providers = list(providers or DEFAULT_PROVIDERS)
@@ -69,7 +61,7 @@ def check_openvino(device: str = 'CPU', precision: str = DEFAULT_PRECISION) -> t
     precision is 'auto' (the device's default) or one the device lists among its
     OPTIMIZATION_CAPABILITIES (f32, f16, bf16).
     """
-    ov = _openvino()
+    ov = _library('openvino')
     device = (device or 'CPU').strip().upper()
     available = ov.Core().available_devices  # e.g. ['CPU', 'GPU.0', 'GPU.1']
     if device.split('.')[0] not in OPENVINO_DEVICES or not any(
@@ -134,7 +126,7 @@ class _Session:
     """One ONNX Runtime session fed with torch tensors and returning float32 CPU tensors."""
 
     def __init__(self, path, providers, threads: int = 0):
-        ort = _onnxruntime()
+        ort = _library('onnxruntime')
         self.path = str(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads)
@@ -150,7 +142,7 @@ class _OpenVinoSession:
     """One OpenVINO compiled graph fed with torch tensors and returning float32 CPU tensors."""
 
     def __init__(self, path, device: str, precision: str, threads: int = 0):
-        ov = _openvino()
+        ov = _library('openvino')
         self.path = str(path)
         config = {'PERFORMANCE_HINT': 'LATENCY'}
         if threads and device == 'CPU':
