@@ -7,11 +7,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
+import torch  # noqa: E402
 from vision_msgs.msg import Classification, Detection2DArray  # noqa: E402
 
 from clip_ros.nodes.clip_classifier_node import ClipClassifierNode  # noqa: E402
 from clip_ros.nodes.clipseg_node import ClipSegNode  # noqa: E402
 from clip_ros.nodes.conversions import image_to_numpy  # noqa: E402
+from clip_ros.nodes.grounding_node import GroundingNode  # noqa: E402
 from node_harness import Harness, request, rgb_image, wait_for  # noqa: E402, I100
 
 pytest.importorskip('onnxruntime')
@@ -25,6 +27,8 @@ BACKENDS = {'torch': [], 'onnxruntime': [],
 PROB_TOL = 1e-4
 CLASSIFIER = [Parameter('clip_arch', value='tiny'), Parameter('clip_pretrained', value='random'),
               Parameter('classes', value=CLASSES)]
+GROUNDING = [Parameter('clip_arch', value='tiny'), Parameter('clip_pretrained', value='random'),
+             Parameter('clipseg_model', value='tiny'), Parameter('queries', value=['cup'])]
 CLIPSEG = [Parameter('clipseg_model', value='tiny'), Parameter('classes', value=CLASSES),
            Parameter('background_threshold', value=0.0)]
 
@@ -98,10 +102,29 @@ def test_clipseg_backends_answer_like_torch(ros, tmp_path):
     ({'backend': 'openvino', 'openvino_precision': 'int3'}, 'valid: auto, f32, f16, bf16'),
     ({'backend': 'onnxruntime', 'onnx_providers': ['TpuExecutionProvider']},
      'available: '),
-], ids=['backend', 'device', 'precision', 'provider'])
+    ({'threads': -1}, 'threads must be 0 (automatic) or a positive count'),
+], ids=['backend', 'device', 'precision', 'provider', 'threads'])
 def test_bad_backend_leaves_the_node_up_unconfigured(ros, node_class, parameters, bad, choices):
     namespace = f'bad_{node_class.__name__}_{len(ros.added_since(0))}'
     node = _start(ros, node_class, namespace,
                   parameters + [Parameter(k, value=v) for k, v in bad.items()])
     assert node.lifecycle_state == 'unconfigured'
     assert choices in node.not_ready, node.not_ready
+
+
+@pytest.mark.parametrize('node_class, parameters', [(ClipClassifierNode, CLASSIFIER),
+                                                    (ClipSegNode, CLIPSEG),
+                                                    (GroundingNode, GROUNDING)],
+                         ids=['classifier', 'clipseg', 'grounding'])
+def test_threads_reach_torch(ros, node_class, parameters):
+    """0 gives the tiny model one thread; a count is applied as given (process-wide)."""
+    before = torch.get_num_threads()
+    try:
+        for threads, want in ((3, 3), (0, 1)):
+            namespace = f'threads_{node_class.__name__}_{threads}'
+            node = _start(ros, node_class, namespace,
+                          parameters + [Parameter('threads', value=threads)])
+            assert node.lifecycle_state == 'active', node.not_ready
+            assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)

@@ -1,4 +1,6 @@
 """Zero-shot classification of whole camera frames with CLIP."""
+from dataclasses import replace
+
 import numpy as np
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Classification
@@ -9,7 +11,7 @@ from clip_ros.nodes.common import (
     RESULTS_QOS, spin_node, string_list)
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import classification_msg
-from clip_ros.perception.backends import make_clip, make_engine
+from clip_ros.perception.backends import make_clip, make_engine, use_cpu_threads
 from clip_ros.perception.classify import DEFAULT_TEMPLATES, ZeroShotClassifier
 from clip_ros.perception.loading import load_clip
 from clip_ros.perception.registry import DEFAULT_CLIP
@@ -59,6 +61,9 @@ class ClipClassifierNode(ManagedNode):
         engine = make_engine(**options)  # an unknown backend or device fails before loading
         clip = load_clip(values['clip_arch'], values['clip_pretrained'],
                          values['device'], values['dtype'], values['cache_dir'] or None)
+        threads = use_cpu_threads(values['threads'], clip)
+        if engine is not None:
+            engine = replace(engine, threads=threads)
         self._clip = make_clip(clip, engine, cache)
         self.get_logger().info(f'loaded {clip.name} on {clip.device}, '
                                f'backend {options["backend"]}')

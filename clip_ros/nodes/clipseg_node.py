@@ -1,4 +1,6 @@
 """Semantic segmentation of camera frames into named classes with CLIPSeg."""
+from dataclasses import replace
+
 import numpy as np
 from sensor_msgs.msg import Image
 import torch
@@ -11,7 +13,7 @@ from clip_ros.nodes.common import (
 from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import detections_msg, label_info_msg
-from clip_ros.perception.backends import make_engine, make_runner
+from clip_ros.perception.backends import make_engine, make_runner, use_cpu_threads
 from clip_ros.perception.classify import semantic_regions, semantic_segmentation
 from clip_ros.perception.clipseg import load_clipseg
 from clip_ros.perception.registry import DEFAULT_CLIPSEG
@@ -55,6 +57,9 @@ class ClipSegNode(ManagedNode):
         engine = make_engine(**options)  # an unknown backend or device fails before loading
         model = load_clipseg(values['clipseg_model'], values['device'], values['dtype'],
                              values['cache_dir'] or None)
+        threads = use_cpu_threads(values['threads'], model)
+        if engine is not None:
+            engine = replace(engine, threads=threads)
         self.get_logger().info(f'loaded {model.name} on {model.device}, '
                                f'backend {options["backend"]}')
         self._runner = make_runner(model, engine, cache)

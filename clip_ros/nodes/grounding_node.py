@@ -20,7 +20,7 @@ from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import detections_msg, diagnostics_msg, label_info_msg
 from clip_ros.nodes.overlay import draw_overlay
 from clip_ros.nodes.phrase_report import PhraseReport
-from clip_ros.perception.backends import make_pipeline
+from clip_ros.perception.backends import make_pipeline, use_cpu_threads
 from clip_ros.perception.grounding import AbstainRule, DEFAULT_DISTRACTORS, GroundingPipeline
 from clip_ros.perception.loading import load_or_tabletop
 from clip_ros.perception.registry import DEFAULT_CLIP, DEFAULT_CLIPSEG
@@ -70,6 +70,7 @@ class GroundingNode(ManagedNode):
         self._default_threshold = 0.4
         self._clip = self._clipseg = self._pipeline = None
         self._triton = None  # TritonServer while configured with backend 'triton'
+        self._threads = 0  # CPU threads chosen at configure (0: the library default)
         self._label_pub = None
         self._single = Camera('', Tracker())  # the node's own topics while `cameras` is unset
         self._cameras: list = []  # Camera per `cameras` entry, while configured
@@ -163,10 +164,13 @@ class GroundingNode(ManagedNode):
             self._clip, self._clipseg, note = load_or_tabletop(
                 (values['clip_arch'], values['clip_pretrained']), values['clipseg_model'],
                 device, dtype, cache_dir)
+        # Triton clients hold no weights: their count stays the library's default.
+        self._threads = use_cpu_threads(values['threads'], self._clip, self._clipseg)
         if note:
             self.get_logger().warning(note)
         self.get_logger().info(f'loaded {self._clip.name} and {self._clipseg.name} on '
-                               f'{self._clip.device} ({self._clip.dtype})')
+                               f'{self._clip.device} ({self._clip.dtype}), '
+                               f'{self._threads or "default"} CPU threads')
         self._pipeline = self._build_pipeline()
         # One inference now, so the first camera frame does not pay for lazy initialisation.
         self._pipeline(np.zeros((WARM_UP_SIZE, WARM_UP_SIZE, 3), np.uint8),
@@ -236,7 +240,8 @@ class GroundingNode(ManagedNode):
                    'abstain': None if self._abstain else AbstainRule.off()}
         if self._triton is not None:
             return triton_pipeline(self._triton, self._clip, self._clipseg, **options)
-        return make_pipeline(self._clip, self._clipseg, **backend_options(values), **options)
+        return make_pipeline(self._clip, self._clipseg, **backend_options(values),
+                             threads=self._threads, **options)
 
     @staticmethod
     def _check_parameters(values: dict) -> None:
