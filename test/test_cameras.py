@@ -1,5 +1,6 @@
 """One grounding_node serving several cameras: batched pipeline, per-camera topics over DDS."""
 import os
+import time
 
 os.environ['ROS_DOMAIN_ID'] = '83'  # before rclpy: own domain, no cross-talk with other tests
 
@@ -25,7 +26,9 @@ CAMERAS = ['cam_a', 'cam_b', 'cam_c']  # cam_c stays silent
 # Threshold 0 makes every pixel foreground, so each frame yields a detection.
 OVERRIDES = TINY + [Parameter('queries', value=['red block']),
                     Parameter('thresholds', value=[0.0]), Parameter('min_area', value=16),
-                    Parameter('cameras', value=CAMERAS), Parameter('silent_input_sec', value=0.5)]
+                    Parameter('cameras', value=CAMERAS), Parameter('silent_input_sec', value=0.5),
+                    # One worker that waits for the other cameras: frames share batches.
+                    Parameter('workers', value=1), Parameter('batch_window', value=0.2)]
 
 
 def assert_same(single, batched) -> None:
@@ -135,3 +138,37 @@ def test_bad_cameras_refused_at_configure(ros, cameras, reason):
     assert node.lifecycle_state == 'unconfigured'
     assert reason in node.load_error, node.load_error
     assert node.diagnostics().level == ERROR
+
+
+def test_parallel_workers_answer_every_camera_in_order(ros):
+    cameras = ['par_a', 'par_b', 'par_c', 'par_d']
+    overrides = [p for p in OVERRIDES if p.name not in ('cameras', 'workers', 'batch_window')]
+    node = ros.add(GroundingNode(context=ros.context, parameter_overrides=overrides + [
+        Parameter('cameras', value=cameras), Parameter('workers', value=2)]))
+    assert node.not_ready == ''
+    assert node.worker.workers == 2
+    pubs = {c: ros.publisher(Image, f'{c}/image') for c in cameras}
+    inboxes = {c: ros.subscribe(Detection2DArray, f'{c}/detections') for c in cameras}
+    assert wait_for(lambda: all(p.get_subscription_count() for p in pubs.values()))
+    sent = {c: [] for c in cameras}
+    for seed in range(8):
+        for camera in cameras:
+            msg = rgb_image(ros.header(frame_id=camera), 96, 64, seed=seed)
+            sent[camera].append(msg.header.stamp)
+            pubs[camera].publish(msg)
+        time.sleep(0.02)
+    last = {c: sent[c][-1] for c in cameras}
+    assert wait_for(lambda: all(inboxes[c].find(lambda m, c=c: m.header.stamp == last[c])
+                                for c in cameras), 30.0), 'a camera lost its newest frame'
+    for camera in cameras:
+        stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in inboxes[camera].messages]
+        assert stamps == sorted(stamps), f'{camera} published out of order'
+        assert all(m.header.frame_id == camera for m in inboxes[camera].messages)
+
+
+def test_workers_default_to_one_per_camera_up_to_the_cores(ros):
+    node = ros.add(GroundingNode(context=ros.context, parameter_overrides=[
+        p for p in OVERRIDES if p.name not in ('workers', 'batch_window')]))
+    assert node.not_ready == ''
+    # The tiny model runs on one thread, so each core can take a worker.
+    assert node.worker.workers == min(len(CAMERAS), os.cpu_count())

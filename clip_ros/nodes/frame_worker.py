@@ -11,30 +11,45 @@ RECENT_SEC = 1.0
 
 class BatchWorker:
     """
-    Run `process(batch)` on a thread with the newest frame of every camera that has one.
+    Run `process(batch)` on worker threads with the newest frame of the cameras that have one.
 
-    `batch` is a list of (key, item) in the order of `keys`. Each key has a one-item slot: a
+    `batch` is a list of (key, item), oldest frame first. Each key has a one-item slot: a
     frame that arrives while the model is busy replaces the waiting one of its camera
-    (counted in `dropped`). Once a frame waits, the worker waits at most `window` seconds for
-    the other cameras that sent a frame within RECENT_SEC, then runs whatever is there.
+    (counted in `dropped`). Once a frame waits, a worker waits at most `window` seconds for
+    the other cameras that sent a frame within RECENT_SEC (or until it has `max_batch`
+    frames), then runs whatever is there. With several `workers`, a camera is in at most
+    one batch at a time, so each camera's frames are processed and published in order, and
+    a batch holds at most ceil(cameras / workers) frames so every worker gets some.
     Same interface as FrameWorker, except that `submit` takes the key.
     """
 
     def __init__(self, keys: list, process: Callable[[list], None],
                  on_error: Callable[[Exception], None], window: float,
-                 name: str = 'batch_worker'):
+                 name: str = 'batch_worker', workers: int = 1):
+        if workers < 1:
+            raise ValueError(f'workers must be at least 1, got {workers}')
         self._keys = list(keys)
         self._process = process
         self._on_error = on_error
         self._window = float(window)
+        self._max_batch = -(-len(self._keys) // workers)
         self._cond = threading.Condition()
         self._slots = dict.fromkeys(self._keys)
         self._last = dict.fromkeys(self._keys, float('-inf'))
+        self._busy: set = set()  # keys in a batch being processed
         self._stopped = False
         self.received = self.dropped = self.processed = self.batches = 0
         self._reported = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=name if workers == 1 else f'{name}_{k}',
+                             daemon=True) for k in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def workers(self) -> int:
+        """Return the number of worker threads."""
+        return len(self._threads)
 
     def submit(self, key, item: Any) -> bool:
         """Store `item` as `key`'s newest frame; return whether a waiting frame was dropped."""
@@ -44,7 +59,7 @@ class BatchWorker:
             self._slots[key] = item
             self._last[key] = time.monotonic()
             self.received += 1
-            self._cond.notify()
+            self._cond.notify_all()
         return replaced
 
     @property
@@ -54,7 +69,7 @@ class BatchWorker:
             return sum(item is not None for item in self._slots.values())
 
     def clear(self) -> None:
-        """Drop the waiting frames (the batch in progress finishes)."""
+        """Drop the waiting frames (the batches in progress finish)."""
         with self._cond:
             self._slots = dict.fromkeys(self._keys)
 
@@ -72,36 +87,47 @@ class BatchWorker:
                 f'{self.received} received')
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the worker after the batch in progress, if any."""
+        """Stop the workers after the batches in progress, if any."""
         with self._cond:
             self._stopped = True
             self._slots = dict.fromkeys(self._keys)
-            self._cond.notify()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+            self._cond.notify_all()
+        for thread in self._threads:
+            if threading.current_thread() is not thread:
+                thread.join(timeout)
+
+    def _ready(self) -> list:
+        """Return the keys with a waiting frame that no batch holds, oldest frame first."""
+        keys = [k for k in self._keys if self._slots[k] is not None and k not in self._busy]
+        return sorted(keys, key=self._last.__getitem__)
 
     def _complete(self, now: float) -> bool:
-        """Return whether every camera that sent a frame recently has one waiting."""
-        return all(item is not None or now - self._last[key] > RECENT_SEC
-                   for key, item in self._slots.items())
+        """Return whether every free camera that sent a frame recently has one waiting."""
+        return all(self._slots[key] is not None or now - self._last[key] > RECENT_SEC
+                   for key in self._keys if key not in self._busy)
 
     def _take(self) -> list | None:
         """Wait for a batch; return it, or None once stopped."""
         with self._cond:
-            while not self._stopped and not any(v is not None for v in self._slots.values()):
-                self._cond.wait()
-            deadline = time.monotonic() + self._window
-            while not self._stopped and not self._complete(time.monotonic()):
-                left = deadline - time.monotonic()
-                if left <= 0:
+            while True:
+                while not self._stopped and not self._ready():
+                    self._cond.wait()
+                deadline = time.monotonic() + self._window
+                while (not self._stopped and len(self._ready()) < self._max_batch
+                       and not self._complete(time.monotonic())):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                if self._stopped:
+                    return None
+                keys = self._ready()[:self._max_batch]
+                if keys:  # else another worker took them while this one waited
                     break
-                self._cond.wait(left)
-            if self._stopped:
-                return None
-            batch = [(key, self._slots[key]) for key in self._keys
-                     if self._slots[key] is not None]
-            for key, _ in batch:
+            batch = [(key, self._slots[key]) for key in keys]
+            for key in keys:
                 self._slots[key] = None
+                self._busy.add(key)
             return batch
 
     def _run(self) -> None:
@@ -113,8 +139,11 @@ class BatchWorker:
                 self._process(batch)
             except Exception as e:  # noqa: B902 - one bad batch must not end the worker
                 self._on_error(e)
-            self.processed += len(batch)
-            self.batches += 1
+            with self._cond:
+                self._busy.difference_update(key for key, _ in batch)
+                self.processed += len(batch)
+                self.batches += 1
+                self._cond.notify_all()  # its cameras' waiting frames are free to take
 
 
 class FrameWorker(BatchWorker):

@@ -1,4 +1,5 @@
 """Ground language phrases in camera images: detections, instance mask, heatmap, overlay."""
+import os
 import time
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
@@ -119,9 +120,14 @@ class GroundingNode(ManagedNode):
             ('cameras', None, describe(
                 'camera namespaces served by one model: <camera>/image in, <camera>/detections '
                 "... out; unset = the node's own image topic", dynamic=True, **ro)),
-            ('batch_window', 0.01, describe(
+            ('batch_window', 0.0, describe(
                 'seconds to wait after the first frame for the other cameras before a batch',
                 float_range=(0.0, 1.0), **ro)),
+            ('workers', 0, describe(
+                'threads grounding batches of `cameras` in parallel, each camera in one batch '
+                'at a time; 0 picks one per camera up to the CPU cores when inference runs on '
+                'one thread (small models on the CPU, see `threads`), else 1',
+                int_range=(0, 64), **ro)),
             ('triton_url', DEFAULT_URL, describe(
                 "backend 'triton': host:port of the `serve` gRPC endpoint", **ro)),
             ('triton_timeout', DEFAULT_TIMEOUT, describe(
@@ -206,7 +212,17 @@ class GroundingNode(ManagedNode):
         if not self._cameras:
             return super().make_worker()
         return BatchWorker(self._cameras, self._run_batch, self._on_worker_error,
-                           self.get_parameter('batch_window').value, f'{self.get_name()}_worker')
+                           self.get_parameter('batch_window').value, f'{self.get_name()}_worker',
+                           self._workers())
+
+    def _workers(self) -> int:
+        """Return the batch worker count: `workers`, or for 0 one per camera up to the cores."""
+        requested = self.get_parameter('workers').value
+        if requested:
+            return requested
+        if self._threads != 1:  # passes that use every core gain nothing from more workers
+            return 1
+        return max(1, min(len(self._cameras), os.cpu_count() or 1))
 
     def subscribe_inputs(self) -> None:
         """Subscribe the camera images (one per camera) and the command topic."""
@@ -341,7 +357,8 @@ class GroundingNode(ManagedNode):
             end = time.monotonic()
             for camera, (received, _) in batch:
                 camera.stats.on_processed(end - start, end - received)
-                # The node's statistics share the batch time out, so `busy` stays wall time.
+                # The node's statistics share the batch time out: `busy` is worker time (with
+                # several workers it adds up across them).
                 self.stats.on_processed((end - start) / len(batch), end - received)
 
     def _ground(self, items: list) -> None:
@@ -377,7 +394,8 @@ class GroundingNode(ManagedNode):
                             pubs['grounding_status'])
         if self._depth is not None:
             self._depth.publish(header, result, ids)
-        pubs['mask'].publish(numpy_to_image(result.label_image, 'mono16', header))
+        if pubs['mask'].get_subscription_count() > 0:  # a 0.6 MB copy nobody would read
+            pubs['mask'].publish(numpy_to_image(result.label_image, 'mono16', header))
         if result.heatmaps is not None and len(result.heatmaps):
             heatmap = result.heatmaps.max(axis=0).astype(np.float32)  # [H, W]
             pubs['heatmap'].publish(numpy_to_image(heatmap, '32FC1', header))

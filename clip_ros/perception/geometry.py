@@ -124,9 +124,16 @@ def connected_components(mask, prob=None, min_area: int = 1,
         raise ValueError(f'connectivity must be 4 or 8, got {connectivity!r}')
     mask = _check_mask(mask, prob)
     prob = None if prob is None else np.asarray(prob)
-    labels, count = ndimage.label(mask, structure=_STRUCTURES[connectivity])
-    if count == 0:
+    # Label only the window that holds foreground: objects cover a small share of a frame,
+    # and scipy's labelling holds the GIL that other cameras' workers wait for.
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
         return []
+    top, left = int(rows[0]), int(cols[0])
+    window = (slice(top, int(rows[-1]) + 1), slice(left, int(cols[-1]) + 1))
+    labels, count = ndimage.label(mask[window], structure=_STRUCTURES[connectivity])
+    if prob is not None:
+        prob = prob[window]
     # bincount and per-box windows: ndimage's labelled statistics sort every pixel (slow).
     areas = np.bincount(labels.ravel(), minlength=count + 1)
     objects = ndimage.find_objects(labels)
@@ -135,11 +142,12 @@ def connected_components(mask, prob=None, min_area: int = 1,
         rows, cols = objects[label - 1]
         own = labels[rows, cols] == label
         ys, xs = np.nonzero(own)
+        at = (slice(rows.start + top, rows.stop + top), slice(cols.start + left, cols.stop + left))
         regions.append(Region(
-            box=slices_to_box((rows, cols)), area=int(areas[label]),
-            centroid=(cols.start + float(xs.mean()) + 0.5, rows.start + float(ys.mean()) + 0.5),
+            box=slices_to_box(at), area=int(areas[label]),
+            centroid=(at[1].start + float(xs.mean()) + 0.5, at[0].start + float(ys.mean()) + 0.5),
             mean_prob=float(prob[rows, cols][own].mean()) if prob is not None else 1.0,
-            mask=own, offset=(rows.start, cols.start)))
+            mask=own, offset=(at[0].start, at[1].start)))
     return regions
 
 

@@ -1,5 +1,6 @@
 """Per-(model, phrase) cache of text embeddings."""
 from collections import OrderedDict
+import threading
 from typing import Callable
 
 import torch
@@ -29,6 +30,9 @@ class TextCache:
         self.hits = 0
         self.misses = 0
         self._entries = OrderedDict()
+        # Several grounding workers share one pipeline: look-ups, stores and evictions must
+        # not interleave (the encoder runs under the lock too; it is fast and rare).
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -40,11 +44,16 @@ class TextCache:
 
     def clear(self) -> None:
         """Drop all entries and reset the counters."""
-        self._entries.clear()
-        self.hits = self.misses = 0
+        with self._lock:
+            self._entries.clear()
+            self.hits = self.misses = 0
 
     def get(self, phrases) -> torch.Tensor:
         """Return embeddings [N, D] in phrase order, encoding only the missing phrases."""
+        with self._lock:
+            return self._get(phrases)
+
+    def _get(self, phrases) -> torch.Tensor:
         if isinstance(phrases, str):
             phrases = [phrases]
         if not phrases:
