@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from clip_ros.perception.compressed import decode_colour
+from clip_ros.perception.compressed import decode_colour, decode_depth, encode_depth
 from clip_ros.perception.pixels import ENCODINGS, message_pixels, to_rgb
 
 MAX_FRAME_SIZE = 16384  # pixels per side of a compressed frame (checked before decoding)
@@ -75,6 +75,12 @@ def compressed_image_msg(rgb: np.ndarray, image_format: str, head: dict,
     return {'header': head, 'format': image_format, 'data': out.getvalue()}
 
 
+def compressed_depth_msg(depth: np.ndarray, encoding: str, head: dict) -> dict:
+    """Return image_transport's compressedDepth CompressedImage (PNG) of 16UC1 or 32FC1 depth."""
+    return {'header': head, 'format': f'{encoding}; compressedDepth png',
+            'data': encode_depth(depth, encoding)}
+
+
 def camera_info_msg(K, width: int, height: int, head: dict) -> dict:
     """Return the CameraInfo of an undistorted pinhole camera (as nodes/sim_messages.py)."""
     fx, fy, cx, cy = float(K[0][0]), float(K[1][1]), float(K[0][2]), float(K[1][2])
@@ -134,6 +140,13 @@ def label_info_msg(phrases, threshold: float, head: dict) -> dict:
 def image_array(msg) -> np.ndarray:
     """Return a decoded sensor_msgs/Image as HxW or HxWxC (a view of its data when possible)."""
     return message_pixels(msg)
+
+
+def depth_array(msg) -> tuple:
+    """Return (depth [H, W], encoding) of a depth Image or a compressedDepth CompressedImage."""
+    if hasattr(msg, 'format'):  # CompressedImage: '<encoding>; compressedDepth png'
+        return decode_depth(msg.data, msg.format, MAX_FRAME_SIZE)
+    return message_pixels(msg), msg.encoding
 
 
 def image_rgb(msg, type_name: str) -> np.ndarray:

@@ -39,7 +39,7 @@ from clip_ros.tools import bag_messages as msgs
 from clip_ros.tools.bags import BagError, BagReader, BagWriter, IMAGE_TYPES, LATCHED_QOS
 
 STRING_TYPE = 'std_msgs/msg/String'
-DEPTH_TYPES = ('sensor_msgs/msg/Image',)
+DEPTH_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')  # compressedDepth
 CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 WARM_UP_SIZE = 224  # as grounding_node
 
@@ -247,8 +247,7 @@ class BagGrounder:
         started = time.perf_counter()
         summary = self.summary
         try:
-            depth = depth_to_metres(msgs.image_array(depth_msg), depth_msg.encoding,
-                                    self.args.depth_scale)
+            depth = depth_to_metres(*msgs.depth_array(depth_msg), self.args.depth_scale)
             if depth.shape != result.label_image.shape:
                 raise ValueError(f'depth {depth.shape[1]}x{depth.shape[0]} is not the frame '
                                  f'size {result.label_image.shape[1]}x'
@@ -280,7 +279,13 @@ def check_inputs(reader: BagReader, args) -> str:
     if args.command_topic:
         reader.require(args.command_topic, (STRING_TYPE,), 'command')
     if args.depth_topic:
-        reader.require(args.depth_topic, DEPTH_TYPES, 'depth')
+        if reader.require(args.depth_topic, DEPTH_TYPES, 'depth').endswith('CompressedImage'):
+            first = next(iter(reader.messages([args.depth_topic])), None)
+            fmt = getattr(getattr(first, 'decoded', None), 'format', '')
+            if first is not None and 'compressedDepth' not in fmt:
+                raise BagError(f'depth topic {args.depth_topic} carries {fmt!r} '
+                               "CompressedImage, not compressedDepth (e.g. '32FC1; "
+                               f"compressedDepth png'); {reader.describe()}")
         reader.require(args.camera_info_topic, (CAMERA_INFO_TYPE,), 'camera_info')
     return image_type
 
@@ -323,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--command-topic', default='',
                         help='std_msgs/String command topic; each command sets the phrases')
     parser.add_argument('--depth-topic', default='',
-                        help='depth image topic (32FC1 metres or 16UC1): adds detections_3d')
+                        help='depth image topic (32FC1 metres or 16UC1, raw or compressedDepth '
+                             'png): adds detections_3d')
     parser.add_argument('--camera-info-topic', default='',
                         help='sensor_msgs/CameraInfo topic of the depth image')
     parser.add_argument('--depth-scale', type=float, default=0.001,

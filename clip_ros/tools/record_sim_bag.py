@@ -3,7 +3,8 @@ Record MuJoCo tabletop frames into a rosbag2 MCAP file: record_sim_bag OUT.mcap 
 
 Writes what sim_node publishes, under the same topic names, at the root namespace:
 /camera/image_raw (rgb8), /camera/depth/image_raw (32FC1 metres, or 16UC1 millimetres),
-/camera/camera_info and, with --compressed, /camera/image_raw/compressed (jpeg); plus one
+/camera/camera_info and, with --compressed, /camera/image_raw/compressed (jpeg) and
+/camera/depth/image_raw/compressedDepth (image_transport's PNG form); plus one
 std_msgs/String on /command at the start of each scene ('pick up the <object>', an object of
 that scene). N frames are split over --scenes scenes (seeds --seed, --seed + 1, ...); the
 gripper circles above the table so consecutive frames differ. Stamps start at a fixed time
@@ -28,6 +29,7 @@ TOPICS = {
     'image': '/camera/image_raw',
     'compressed': '/camera/image_raw/compressed',
     'depth': '/camera/depth/image_raw',
+    'compressed_depth': '/camera/depth/image_raw/compressedDepth',
     'camera_info': '/camera/camera_info',
     'command': '/command',
 }
@@ -104,7 +106,8 @@ def record(path: str, frames: int, scenes: int = 1, seed: int = 0, width: int = 
         bag.add_topic(TOPICS['depth'], 'sensor_msgs/msg/Image', CAMERA_QOS)
         bag.add_topic(TOPICS['camera_info'], 'sensor_msgs/msg/CameraInfo', CAMERA_QOS)
         if compressed:
-            bag.add_topic(TOPICS['compressed'], 'sensor_msgs/msg/CompressedImage', CAMERA_QOS)
+            for topic in (TOPICS['compressed'], TOPICS['compressed_depth']):
+                bag.add_topic(topic, 'sensor_msgs/msg/CompressedImage', CAMERA_QOS)
         bag.add_topic(TOPICS['command'], 'std_msgs/msg/String', COMMAND_QOS)
         for item in sim_frames(frames, scenes, seed, width, height, rate):
             if item.command is not None:
@@ -117,8 +120,11 @@ def record(path: str, frames: int, scenes: int = 1, seed: int = 0, width: int = 
             if compressed:
                 bag.write(TOPICS['compressed'], msgs.compressed_image_msg(frame.rgb, 'jpeg', head),
                           t)
-            bag.write(TOPICS['depth'], msgs.image_msg(
-                depth_image(frame.depth, depth_encoding), depth_encoding, head), t)
+            depth = depth_image(frame.depth, depth_encoding)
+            bag.write(TOPICS['depth'], msgs.image_msg(depth, depth_encoding, head), t)
+            if compressed:
+                bag.write(TOPICS['compressed_depth'],
+                          msgs.compressed_depth_msg(depth, depth_encoding, head), t)
             bag.write(TOPICS['camera_info'], msgs.camera_info_msg(
                 frame.K, frame.rgb.shape[1], frame.rgb.shape[0], head), t)
         counts = bag.counts()
@@ -136,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--height', type=int, default=480, help='image height (pixels)')
     parser.add_argument('--rate', type=float, default=15.0, help='frames per second (stamps)')
     parser.add_argument('--compressed', action='store_true',
-                        help=f'also write a jpeg CompressedImage on {TOPICS["compressed"]}')
+                        help=f'also write a jpeg CompressedImage on {TOPICS["compressed"]} and '
+                             f'compressedDepth on {TOPICS["compressed_depth"]}')
     parser.add_argument('--depth-encoding', choices=DEPTH_ENCODINGS, default='32FC1',
                         help='32FC1 metres or 16UC1 millimetres')
     return parser
