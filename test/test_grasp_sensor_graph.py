@@ -79,11 +79,12 @@ def test_pick_unseen_in_the_gripper_succeeds_on_the_grasp_sensor(graph):
     lifting = wait_for(lambda: any(json.loads(m.data)['phase'] == 'lift'
                                    for m in graph.status.messages), 60.0)
     assert lifting, [json.loads(m.data) for m in graph.status.messages[-3:]]
+    default_min_score = policy.get_parameter('min_score').value
     assert policy.set_parameters([Parameter('min_score', value=1.0)])[0].successful
     status = wait_for(lambda: next(
         (s for s in (json.loads(m.data) for m in graph.status.messages)
          if s['command'] == TASK.command and s['state'] in FINAL), None), 120.0)
-    policy.set_parameters([Parameter('min_score', value=0.05)])
+    policy.set_parameters([Parameter('min_score', value=default_min_score)])
     held = in_sim(graph, lambda sim: sim.holding)
     assert held == TASK.target, (held, status)
     assert status is not None and status['state'] == 'succeeded', status
