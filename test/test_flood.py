@@ -3,7 +3,10 @@ import os
 
 os.environ['ROS_DOMAIN_ID'] = '72'  # before rclpy: own domain, no cross-talk with other tests
 
-from clip_ros.tools.flood import run_flood, table_row  # noqa: E402
+import pytest  # noqa: E402
+
+from clip_ros.tools.flood import main, run_flood, table_row  # noqa: E402
+from clip_ros.tools.flood_cameras import node_commands  # noqa: E402
 
 
 def test_flood_tracks_the_model_and_stays_flat():
@@ -23,3 +26,20 @@ def test_flood_tracks_the_model_and_stays_flat():
     # one, results are about one inference old (shared CPUs add stalls, hence the slack).
     assert result.latency_late_p50 < 2000.0 + 3 * result.inference_p50
     assert result.rss_end - result.rss_start < 50.0
+
+
+def test_camera_setups_run_the_same_backend_both_ways():
+    one = node_commands(3, True, 'tabletop', 'cpu', 'onnxruntime')
+    many = node_commands(3, False, 'tabletop', 'cpu', 'onnxruntime')
+    assert len(one) == 1 and len(many) == 3
+    for command in one + many:
+        assert 'backend:=onnxruntime' in command and 'clip_arch:=tabletop' in command
+    assert 'cameras:=[cam0, cam1, cam2]' in one[0]
+    assert [c[c.index('-r') + 1] for c in many] == [f'__ns:=/cam{k}' for k in range(3)]
+
+
+def test_backend_without_cameras_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['flood', '--backend', 'onnxruntime'])
+    assert exit_info.value.code == 2
+    assert '--backend is for --cameras' in capsys.readouterr().err

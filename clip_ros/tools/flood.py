@@ -238,6 +238,8 @@ def main(args=None) -> int:
                         help='grounding_node only: one node with N cameras against N nodes, '
                         'for each N, in separate processes')
     parser.add_argument('--device', default='cpu', help="'auto', 'cpu' or 'cuda'")
+    parser.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime', 'openvino'],
+                        help="--cameras only: the nodes' inference backend (both setups)")
     parser.add_argument('--domain-id', type=int, default=72)
     parsed = parser.parse_args(rclpy.utilities.remove_ros_args(args)[1:] if args else None)
     try:
@@ -249,7 +251,9 @@ def main(args=None) -> int:
     if parsed.cameras:
         from clip_ros.tools.flood_cameras import run_cameras
         return run_cameras(parsed.cameras, parsed.model, parsed.device, parsed.rate,
-                           parsed.duration, size, parsed.domain_id)
+                           parsed.duration, size, parsed.domain_id, parsed.backend)
+    if parsed.backend != 'torch':
+        parser.error('--backend is for --cameras; the flood runs the node as configured')
     if parsed.model == 'tabletop':
         parser.error("--model tabletop is for --cameras; the flood's node loads 'default'")
     result = run_flood(parsed.node, parsed.rate, parsed.duration, parsed.warmup, size,

@@ -57,10 +57,12 @@ def rss_mb(pids: list) -> float:
     return total / 1024
 
 
-def node_commands(count: int, one_node: bool, model: str, device: str) -> list:
+def node_commands(count: int, one_node: bool, model: str, device: str,
+                  backend: str = 'torch') -> list:
     """Return the command lines of the grounding_node processes of one setup."""
     base = [sys.executable, '-m', 'clip_ros.nodes.grounding_node', '--ros-args',
-            '-p', f'device:={device}', '-p', QUERIES, '-p', 'image_qos:=reliable']
+            '-p', f'device:={device}', '-p', QUERIES, '-p', 'image_qos:=reliable',
+            '-p', f'backend:={backend}']
     for value in MODELS[model]:
         base += ['-p', value]
     names = [f'cam{k}' for k in range(count)]
@@ -126,11 +128,11 @@ class Driver:
 
 
 def run_setup(count: int, one_node: bool, model: str, device: str, rate: float,
-              duration: float, size: tuple, domain: int) -> CamerasResult:
+              duration: float, size: tuple, domain: int, backend: str = 'torch') -> CamerasResult:
     """Run one setup: start the node processes, flood them, measure, stop them."""
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for cmd in node_commands(count, one_node, model, device)]
+             for cmd in node_commands(count, one_node, model, device, backend)]
     driver = Driver(count, domain, size)
     try:
         driver.start(rate)
@@ -175,15 +177,16 @@ def table_row(r: CamerasResult) -> str:
 
 
 def run_cameras(counts: list, model: str, device: str, rate: float, duration: float,
-                size: tuple, domain: int) -> int:
+                size: tuple, domain: int, backend: str = 'torch') -> int:
     """Run every camera count both ways, print the table and the ratios; return 0."""
     results = []
     print(TABLE)
     print('|' + ' --- |' * (TABLE.count('|') - 1), flush=True)
     for count in counts:
-        pair = [run_setup(count, True, model, device, rate, duration, size, domain)]
+        pair = [run_setup(count, True, model, device, rate, duration, size, domain, backend)]
         if count > 1:  # one camera: both setups are the same single node
-            pair.append(run_setup(count, False, model, device, rate, duration, size, domain))
+            pair.append(run_setup(count, False, model, device, rate, duration, size, domain,
+                                  backend))
         for result in pair:
             print(table_row(result), flush=True)
         results.append(pair)
