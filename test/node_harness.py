@@ -116,6 +116,33 @@ class Harness:
         self._thread.join(5.0)
 
 
+def sim_graph(domain: int, scene: dict, policy: dict = None, subscriptions: dict = None):
+    """
+    Start demo_graph's simulator, grounding and policy nodes (bundled model, CPU) in a Harness.
+
+    `scene` holds sim_node's seed, width, height and rate, `policy` vla_policy_node overrides;
+    `subscriptions` maps attribute names to (type, topic[, qos]) inboxes created before the
+    graph is awaited. The harness gets `ee` (ee_state) and `command` (a publisher both nodes
+    that read commands have matched) and is ready once the simulator publishes.
+    """
+    from geometry_msgs.msg import PoseStamped
+    from std_msgs.msg import String
+
+    from clip_ros.nodes.common import COMMAND_QOS
+    from clip_ros.tools.demo_graph import build_graph
+
+    harness = Harness(domain)
+    for node in build_graph(harness.context, scene, 'tabletop', 'cpu', policy or {}):
+        harness.add(node)
+    for name, (msg_type, topic, *qos) in (subscriptions or {}).items():
+        setattr(harness, name, harness.subscribe(msg_type, topic, *qos))
+    harness.ee = harness.subscribe(PoseStamped, 'ee_state')
+    harness.command = harness.publisher(String, 'command', COMMAND_QOS)
+    assert wait_for(lambda: harness.command.get_subscription_count() >= 2, 60)
+    assert wait_for(lambda: harness.ee.messages, 60), 'the simulator publishes no ee_state'
+    return harness
+
+
 def rgb_image(header: Header, width: int = 640, height: int = 480, seed: int = 0) -> Image:
     """Return a random rgb8 Image with `header`."""
     rng = np.random.default_rng(seed)

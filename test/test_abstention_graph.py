@@ -19,11 +19,9 @@ import pytest  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402, I100
 from std_msgs.msg import String  # noqa: E402
 
-from clip_ros.nodes.common import COMMAND_QOS  # noqa: E402
 from clip_ros.sim.dataset import split_seeds  # noqa: E402
 from clip_ros.sim.scene import COLOURS, sample_scene  # noqa: E402
-from clip_ros.tools.demo_graph import build_graph  # noqa: E402
-from node_harness import Harness, LATCHED, wait_for  # noqa: E402, I100
+from node_harness import LATCHED, sim_graph, wait_for  # noqa: E402, I100
 
 DOMAIN = 84
 W, H = 640, 480  # the size the bundled model was trained at
@@ -35,18 +33,11 @@ FINAL = ('succeeded', 'failed', 'aborted', 'rejected')
 
 @pytest.fixture(scope='module')
 def graph(gl_context):
-    harness = Harness(DOMAIN)
-    for node in build_graph(harness.context, {'seed': SEED, 'width': W, 'height': H,
-                                              'rate': 10.0}, 'tabletop', 'cpu',
-                            {'acquire_timeout': ACQUIRE}):
-        harness.add(node)
-    harness.status = harness.subscribe(String, 'policy_status')
-    harness.grounding = harness.subscribe(String, 'grounding_status', LATCHED)
-    harness.goals = harness.subscribe(PoseStamped, 'ee_goal')
-    harness.ee = harness.subscribe(PoseStamped, 'ee_state')
-    harness.command = harness.publisher(String, 'command', COMMAND_QOS)
-    assert wait_for(lambda: harness.command.get_subscription_count() >= 2, 60)
-    assert wait_for(lambda: harness.ee.messages, 60), 'the simulator publishes no ee_state'
+    harness = sim_graph(DOMAIN, {'seed': SEED, 'width': W, 'height': H, 'rate': 10.0},
+                        {'acquire_timeout': ACQUIRE}, {
+                            'status': (String, 'policy_status'),
+                            'grounding': (String, 'grounding_status', LATCHED),
+                            'goals': (PoseStamped, 'ee_goal')})
     yield harness
     harness.shutdown()
 

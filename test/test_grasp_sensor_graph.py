@@ -24,14 +24,13 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64, String  # noqa: E402
 
-from clip_ros.nodes.common import COMMAND_QOS, RESULTS_QOS  # noqa: E402
+from clip_ros.nodes.common import RESULTS_QOS  # noqa: E402
 from clip_ros.nodes.sim_node import SimNode  # noqa: E402
 from clip_ros.nodes.vla_policy_node import VlaPolicyNode  # noqa: E402
 from clip_ros.sim.dataset import split_seeds  # noqa: E402
 from clip_ros.sim.episodes import sample_task  # noqa: E402
 from clip_ros.sim.scene import FINGER_OPEN  # noqa: E402
-from clip_ros.tools.demo_graph import build_graph  # noqa: E402
-from node_harness import Harness, wait_for  # noqa: E402, I100, I201
+from node_harness import sim_graph, wait_for  # noqa: E402, I100, I201
 
 DOMAIN = 98
 W, H = 640, 480  # the size the bundled model was trained at
@@ -44,17 +43,10 @@ OPEN_GAP = 2 * (FINGER_OPEN - 0.008)  # finger offset less the finger's half thi
 
 @pytest.fixture(scope='module')
 def graph(gl_context):
-    harness = Harness(DOMAIN)
-    for node in build_graph(harness.context, {'seed': TASK.seed, 'width': W, 'height': H,
-                                              'rate': 10.0}, 'tabletop', 'cpu'):
-        harness.add(node)
+    harness = sim_graph(DOMAIN, {'seed': TASK.seed, 'width': W, 'height': H, 'rate': 10.0},
+                        subscriptions={'status': (String, 'policy_status'),
+                                       'fingers': (JointState, 'gripper/joint_states')})
     harness.sim = next(n for n in harness.added_since(1) if isinstance(n, SimNode))
-    harness.status = harness.subscribe(String, 'policy_status')
-    harness.fingers = harness.subscribe(JointState, 'gripper/joint_states')
-    harness.ee = harness.subscribe(PoseStamped, 'ee_state')
-    harness.command = harness.publisher(String, 'command', COMMAND_QOS)
-    assert wait_for(lambda: harness.command.get_subscription_count() >= 2, 60)
-    assert wait_for(lambda: harness.ee.messages, 60), 'the simulator publishes no ee_state'
     yield harness
     harness.shutdown()
 
