@@ -6,11 +6,11 @@ nodes/conversions.py set on real message objects, so a bag written here holds th
 nodes publish (test_ground_bag compares them). Decoded messages are mcap-ros2-support's
 objects: fields as attributes, uint8[] as bytes.
 """
-import io
 
 import numpy as np
 
-from clip_ros.perception.compressed import decode_colour, decode_depth, encode_depth
+from clip_ros.perception.compressed import (
+    decode_colour, decode_depth, encode_colour, encode_depth)
 from clip_ros.perception.pixels import ENCODINGS, message_pixels, to_rgb
 
 MAX_FRAME_SIZE = 16384  # pixels per side of a compressed frame (checked before decoding)
@@ -65,14 +65,10 @@ def image_msg(arr: np.ndarray, encoding: str, head: dict) -> dict:
 def compressed_image_msg(rgb: np.ndarray, image_format: str, head: dict,
                          quality: int = 90) -> dict:
     """Return a sensor_msgs/CompressedImage of an RGB frame as 'jpeg' or 'png'."""
-    from PIL import Image
-
     if image_format not in COMPRESSED_FORMATS:
         raise ValueError(f'format {image_format!r} is not one of {", ".join(COMPRESSED_FORMATS)}')
-    out = io.BytesIO()
-    options = {'quality': quality} if image_format == 'jpeg' else {}
-    Image.fromarray(np.asarray(rgb, np.uint8)).save(out, format=image_format.upper(), **options)
-    return {'header': head, 'format': image_format, 'data': out.getvalue()}
+    return {'header': head, 'format': image_format,
+            'data': encode_colour(rgb, image_format, quality)}
 
 
 def compressed_depth_msg(depth: np.ndarray, encoding: str, head: dict) -> dict:
