@@ -148,6 +148,7 @@ class ClipSegRunner:
         """Return sigmoid maps float32 [N, H, W] resized to the original image size."""
         return self.probabilities_batch([rgb], [phrases])[0]
 
+    @torch.inference_mode()
     def probabilities_batch(self, images: list, phrase_lists: list) -> list:
         """
         Return the maps of several images: one vision pass over the batch, a decoder per image.

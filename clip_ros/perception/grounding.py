@@ -14,11 +14,9 @@ import math
 import re
 
 import numpy as np
-import torch
 
-from clip_ros.perception.clipseg import ClipSegRunner
 from clip_ros.perception.geometry import Detection, paint
-from clip_ros.perception.image import crops, validate_rgb
+from clip_ros.perception.image_np import validate_rgb
 from clip_ros.perception.regions import instances
 from clip_ros.perception.vocabulary import Lexicon
 
@@ -179,7 +177,7 @@ class GroundingPipeline:
 
     def __init__(self, clip, clipseg, distractors=DEFAULT_DISTRACTORS, min_area: int = 64,
                  max_detections: int = 20, rescore: bool = True, crop_pad: float = 0.1,
-                 max_candidates: int = 64, abstain=None):
+                 max_candidates: int = 64, abstain=None, runner=None):
         if min_area < 1:
             raise ValueError(f'min_area must be >= 1, got {min_area}')
         if max_detections < 1:
@@ -192,7 +190,10 @@ class GroundingPipeline:
         if isinstance(distractors, str):
             raise ValueError(f'distractors must be a list of strings, got {distractors!r}')
         self.clip = clip
-        self.runner = ClipSegRunner(clipseg)
+        if runner is None:  # torch's runner; a Triton client brings its own and no torch
+            from clip_ros.perception.clipseg import ClipSegRunner
+            runner = ClipSegRunner(clipseg)
+        self.runner = runner
         self.distractors = tuple(distractors)
         self.min_area = int(min_area)
         self.max_detections = int(max_detections)
@@ -261,9 +262,8 @@ class GroundingPipeline:
                     frame.asked.append(k)
                     frame.words.append(words)
             frames.append(frame)
-        with torch.inference_mode():
-            maps = self.runner.probabilities_batch([f.rgb for f in frames],
-                                                   [f.words for f in frames])  # [N, H, W] each
+        maps = self.runner.probabilities_batch([f.rgb for f in frames],
+                                               [f.words for f in frames])  # [N, H, W] each
         for frame, frame_maps in zip(frames, maps):
             frame.maps = np.asarray(frame_maps, dtype=np.float32)
             frame.owners, frame.regions = self._instances(
@@ -371,24 +371,19 @@ class GroundingPipeline:
     def _clip_logits_batch(self, items) -> list:
         """Return per (rgb, phrases, owners, boxes): (texts, CLIP logits [K, T] or None)."""
         clip = self.clip
-        pixels = [crops(rgb, boxes, clip.image_size, clip.mean, clip.std, clip.device,
-                        clip.dtype, pad=self.crop_pad)
-                  for rgb, _, _, boxes in items]  # [K, 3, S, S] per frame
-        counts = [len(p) for p in pixels]
-        results = []
-        with torch.inference_mode():
-            images = clip.encode_images(torch.cat(pixels)).float() if sum(counts) else None
-            first = 0
-            for (_, phrases, _, _), count in zip(items, counts):
-                texts = list(dict.fromkeys([*phrases, *self.distractors, *clip.vocabulary]))
-                if not count:
-                    results.append((texts, None))
-                    continue
-                text = clip.encode_text(texts).float()  # [T, D]
-                frame = images[first:first + count]  # [K, D]
-                first += count
-                results.append((texts, (clip.logit_scale * frame @ text.to(frame.device).T)
-                                .cpu()))
+        counts = [len(boxes) for _, _, _, boxes in items]
+        images = clip.crop_features([(rgb, boxes) for rgb, _, _, boxes in items if len(boxes)],
+                                    self.crop_pad) if sum(counts) else None  # [sum K, D]
+        results, first = [], 0
+        for (_, phrases, _, _), count in zip(items, counts):
+            texts = list(dict.fromkeys([*phrases, *self.distractors, *clip.vocabulary]))
+            if not count:
+                results.append((texts, None))
+                continue
+            text = clip.text_features(texts)  # [T, D]
+            frame = images[first:first + count]  # [K, D]
+            first += count
+            results.append((texts, np.float32(clip.logit_scale) * frame @ text.T))
         return results
 
 
@@ -399,7 +394,7 @@ def _score(evidence: Evidence) -> float:
     return float(np.sqrt(evidence.clip_prob * evidence.seg_mean))
 
 
-def _margins(texts: list, logits: torch.Tensor, queries: list) -> tuple:
+def _margins(texts: list, logits: np.ndarray, queries: list) -> tuple:
     """
     Return (margin, probability) per crop for its query among `texts` (numpy [K] each).
 
@@ -407,16 +402,18 @@ def _margins(texts: list, logits: torch.Tensor, queries: list) -> tuple:
     'block') minus the best rival's (inf without rivals); probability: the query's softmax over
     itself and its rivals, as in the re-scoring.
     """
+    logits = np.asarray(logits, np.float32)
     rivals = rival_mask(texts, queries)  # [K, T]: the query and its rivals
-    own = torch.zeros_like(rivals)
-    own[torch.arange(len(queries)), [texts.index(q) for q in queries]] = True
-    minus = float('-inf')
-    best_own = logits.masked_fill(rivals & ~own, minus).max(dim=-1).values
-    best_rival = logits.masked_fill(~rivals | own, minus).max(dim=-1).values
-    margins = torch.where(torch.isinf(best_rival), torch.full_like(best_own, math.inf),
-                          best_own - best_rival)
-    probs = logits.masked_fill(~rivals, minus).softmax(dim=-1)[own]
-    return margins.numpy(), probs.numpy()
+    own = np.zeros_like(rivals)
+    own[np.arange(len(queries)), [texts.index(q) for q in queries]] = True
+    best_own = np.where(rivals & ~own, -np.inf, logits).max(axis=-1)
+    best_rival = np.where(~rivals | own, -np.inf, logits).max(axis=-1)
+    with np.errstate(invalid='ignore'):
+        margins = np.where(np.isinf(best_rival), np.inf, best_own - best_rival)
+    competing = np.where(rivals, logits, -np.inf)
+    exp = np.exp(competing - competing.max(axis=-1, keepdims=True))
+    probs = (exp / exp.sum(axis=-1, keepdims=True))[own]
+    return margins.astype(np.float32), probs.astype(np.float32)
 
 
 _ARTICLES = frozenset(('a', 'an', 'the'))
@@ -427,7 +424,7 @@ def content_words(text: str) -> frozenset:
     return frozenset(re.findall(r"[a-z0-9']+", text.lower())) - _ARTICLES
 
 
-def rival_mask(texts: list, queries: list) -> torch.Tensor:
+def rival_mask(texts: list, queries: list) -> np.ndarray:
     """
     Tell which texts compete with each query in the re-scoring softmax.
 
@@ -449,4 +446,4 @@ def rival_mask(texts: list, queries: list) -> torch.Tensor:
     for query in dict.fromkeys(queries):
         own = content_words(query)
         rows[query] = [t == query or not own <= w for t, w in zip(texts, words)]
-    return torch.tensor([rows[q] for q in queries], dtype=torch.bool).reshape(len(queries), -1)
+    return np.array([rows[q] for q in queries], dtype=bool).reshape(len(queries), -1)

@@ -1,37 +1,11 @@
-"""Turn uint8 RGB numpy images into normalised model input tensors."""
-import math
-
+"""Turn uint8 RGB numpy images into normalised model input tensors (perception.image_np: numpy)."""
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clip_ros.perception.image_np import box_slices, check_boxes, validate_rgb
 
-def validate_rgb(arr) -> np.ndarray:
-    """
-    Check that ``arr`` is a non-empty HxWx3 uint8 RGB image.
-
-    Returns
-    -------
-    The same array.
-
-    Raises
-    ------
-    ValueError
-        naming what is wrong (type, dtype, ndim, channels, zero size).
-
-    """
-    if not isinstance(arr, np.ndarray):
-        raise ValueError(f'expected a numpy array (HxWx3 uint8 RGB); got {type(arr).__name__}')
-    if arr.dtype != np.uint8:
-        raise ValueError(f'expected dtype uint8 for an RGB image; got {arr.dtype}')
-    if arr.ndim != 3:
-        raise ValueError(f'expected an HxWx3 RGB image; got {arr.ndim} dimensions {arr.shape}')
-    if arr.shape[2] != 3:
-        raise ValueError(
-            f'expected 3 channels (RGB); got {arr.shape[2]} (convert RGBA/BGR/mono first)')
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f'image has zero size: {arr.shape[0]}x{arr.shape[1]}')
-    return arr
+__all__ = ['crops', 'limit_size', 'preprocess', 'to_image_size', 'validate_rgb']
 
 
 def _to_device(rgb: np.ndarray, device) -> torch.Tensor:
@@ -93,31 +67,6 @@ def preprocess(rgb: np.ndarray, size: int, mean, std, device='cpu',
     return _normalise(_resize(_to_device(rgb, device), size), mean, std, dtype)
 
 
-def _box_slices(box, pad: float, height: int, width: int) -> tuple[slice, slice]:
-    """Pad a continuous (x_min, y_min, x_max, y_max) box; clamp; keep at least one pixel."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    px, py = (x1 - x0) * pad, (y1 - y0) * pad
-    x0 = min(max(math.floor(x0 - px), 0), width - 1)
-    y0 = min(max(math.floor(y0 - py), 0), height - 1)
-    x1 = max(min(math.ceil(x1 + px), width), x0 + 1)
-    y1 = max(min(math.ceil(y1 + py), height), y0 + 1)
-    return slice(y0, y1), slice(x0, x1)
-
-
-def _check_boxes(boxes_xyxy) -> np.ndarray:
-    boxes = np.asarray(boxes_xyxy, dtype=np.float64)
-    if boxes.size == 0:
-        return boxes.reshape(0, 4)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f'boxes must have shape [K, 4] (x_min, y_min, x_max, y_max); '
-                         f'got {boxes.shape}')
-    if not np.isfinite(boxes).all():
-        raise ValueError('boxes contain NaN or infinite coordinates')
-    if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
-        raise ValueError('boxes must satisfy x_max >= x_min and y_max >= y_min')
-    return boxes
-
-
 def crops(rgb: np.ndarray, boxes_xyxy, size: int, mean, std, device='cpu',
           dtype=torch.float32, pad: float = 0.1) -> torch.Tensor:
     """
@@ -149,14 +98,14 @@ def crops(rgb: np.ndarray, boxes_xyxy, size: int, mean, std, device='cpu',
 
     """
     validate_rgb(rgb)
-    boxes = _check_boxes(boxes_xyxy)
+    boxes = check_boxes(boxes_xyxy)
     if len(boxes) == 0:
         return torch.empty((0, 3, size, size), dtype=dtype, device=torch.device(device))
     image = _to_device(rgb, device)  # [1, 3, H, W], uploaded once for all boxes
     height, width = rgb.shape[:2]
     batch = []
     for box in boxes:
-        rows, cols = _box_slices(box, pad, height, width)
+        rows, cols = box_slices(box, pad, height, width)
         batch.append(_resize(image[:, :, rows, cols], size))
     return _normalise(torch.cat(batch), mean, std, dtype)
 

@@ -3,7 +3,7 @@ from collections import OrderedDict
 import threading
 from typing import Callable
 
-import torch
+import numpy as np
 
 
 class TextCache:
@@ -13,7 +13,7 @@ class TextCache:
     Parameters
     ----------
     encode
-        maps a list of phrases to a Tensor [N, D].
+        maps a list of phrases to a Tensor [N, D] (torch, or numpy for a torch-free client).
     model_id
         unique model name; entries are keyed by (model_id, phrase).
     max_entries
@@ -48,12 +48,12 @@ class TextCache:
             self._entries.clear()
             self.hits = self.misses = 0
 
-    def get(self, phrases) -> torch.Tensor:
+    def get(self, phrases):
         """Return embeddings [N, D] in phrase order, encoding only the missing phrases."""
         with self._lock:
             return self._get(phrases)
 
-    def _get(self, phrases) -> torch.Tensor:
+    def _get(self, phrases):
         if isinstance(phrases, str):
             phrases = [phrases]
         if not phrases:
@@ -69,15 +69,24 @@ class TextCache:
         self.hits += len(phrases) - len(missing)
         if missing:
             rows.update(self._store(missing, self._encode(missing)))
-        return torch.stack([rows[p] for p in phrases])
+        return _stack([rows[p] for p in phrases])
 
-    def _store(self, phrases: list, embeddings: torch.Tensor) -> dict:
+    def _store(self, phrases: list, embeddings) -> dict:
         if embeddings.shape[0] != len(phrases):
             raise ValueError(
                 f'encoder returned {embeddings.shape[0]} rows for {len(phrases)} phrases')
-        fresh = dict(zip(phrases, embeddings.detach()))
+        detach = getattr(embeddings, 'detach', None)  # torch rows must not hold a graph
+        fresh = dict(zip(phrases, detach() if detach else embeddings))
         for phrase, row in fresh.items():
             self._entries[(self.model_id, phrase)] = row
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
         return fresh
+
+
+def _stack(rows: list):
+    """Stack cached rows the way the encoder made them: numpy rows stay numpy."""
+    if isinstance(rows[0], np.ndarray):
+        return np.stack(rows)
+    import torch
+    return torch.stack(rows)

@@ -11,19 +11,22 @@ Errors: connect() raises TritonUnavailable (one sentence: where, what failed, ho
 the server); a frame whose request fails raises TritonUnavailable too, counted in
 TritonServer.health() until a request succeeds again. Every request carries a timeout, so a
 hung server never blocks a caller longer than that.
+
+Nothing here imports torch: images are prepared and maps resized on numpy
+(perception.image_np) and phrases tokenised on numpy (perception.tokenizer), so a robot that
+only runs this client keeps its memory to the interpreter, rclpy and numpy.
 """
 import json
 import re
 import threading
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from clip_ros.perception.clipseg import ClipSegRunner
+from clip_ros.perception import image_np
 from clip_ros.perception.grounding import GroundingPipeline
 from clip_ros.perception.handles import ClipModel, ClipSegModel
-from clip_ros.perception.tokenizer import tokenize
+from clip_ros.perception.text_cache import TextCache
+from clip_ros.perception.tokenizer import token_ids
 
 DEFAULT_URL = 'localhost:8001'
 DEFAULT_TIMEOUT = 10.0  # seconds a request may take before it counts as failed
@@ -104,7 +107,7 @@ class TritonServer:
             raise TritonUnavailable(f'Triton server at {self.url}: {self.last_error}') from e
         with self._lock:
             self.failing_since = None
-        return np.array(result.as_numpy(output))  # writable, for torch
+        return np.array(result.as_numpy(output))  # a writable copy
 
     def infer_rows(self, model: str, name: str, array: np.ndarray, output: str) -> np.ndarray:
         """Run a batched model on rows of `array`, split into the server's largest batch."""
@@ -141,7 +144,7 @@ def _reason(error: Exception) -> str:
 
 def _handles(info: dict) -> tuple:
     """Return (ClipModel, ClipSegModel) without weights from the server's model info."""
-    common = {'model': None, 'device': torch.device('cpu'), 'dtype': torch.float32}
+    common = {'model': None, 'device': 'cpu', 'dtype': 'float32'}
     clip, seg = info['clip'], info['clipseg']
     return (ClipModel(name=clip['name'], image_size=clip['image_size'],
                       mean=tuple(clip['mean']), std=tuple(clip['std']),
@@ -152,48 +155,79 @@ def _handles(info: dict) -> tuple:
                          mean=tuple(seg['mean']), std=tuple(seg['std']), **common))
 
 
+def _normalised(features: np.ndarray) -> np.ndarray:
+    """Return rows scaled to unit length (F.normalize's epsilon)."""
+    norms = np.linalg.norm(features, axis=-1, keepdims=True)
+    return (features / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 class TritonClipModel(ClipModel):
-    """ClipModel whose image and text towers run on the server."""
+    """ClipModel whose image and text towers run on the server; numpy in and out."""
 
-    server: TritonServer = None
+    server: 'TritonServer' = None
 
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """Return L2-normalised float32 image embeddings [B, D] for normalised pixels [B,3,S,S]."""
+        pixels = np.asarray(pixels, np.float32)
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f'pixels must be [B, 3, S, S], got {list(pixels.shape)}')
-        features = self.server.infer_rows('clip_image', 'pixels', pixels.float().numpy(),
-                                          'features')
-        return F.normalize(torch.from_numpy(features), dim=-1)
+        return _normalised(self.server.infer_rows('clip_image', 'pixels', pixels, 'features'))
 
-    def _encode_text(self, phrases: list) -> torch.Tensor:
-        features = self.server.infer_rows('clip_text', 'tokens', tokenize(phrases).numpy(),
-                                          'features')
-        return F.normalize(torch.from_numpy(features), dim=-1)
+    def crop_features(self, items: list, pad: float) -> np.ndarray:
+        """Return float32 [K, D] embeddings of the padded boxes of several frames."""
+        return self.encode_images(np.concatenate([
+            image_np.crops(rgb, boxes, self.image_size, self.mean, self.std, pad=pad)
+            for rgb, boxes in items]))
+
+    def text_features(self, texts: list) -> np.ndarray:
+        """Return the cached text embeddings float32 [N, D]."""
+        return self.encode_text(texts)
+
+    def _encode_text(self, phrases: list) -> np.ndarray:
+        return _normalised(self.server.infer_rows('clip_text', 'tokens', token_ids(phrases),
+                                                  'features'))
 
 
-class TritonClipSegRunner(ClipSegRunner):
-    """ClipSegRunner whose vision pass and decoder run on the server, in one request a frame."""
+class TritonClipSegRunner:
+    """The CLIPSeg side of GroundingPipeline on the server: one request a frame, numpy only."""
 
     def __init__(self, model: ClipSegModel, server: TritonServer):
-        self.server = server
-        super().__init__(model)
+        self.model, self.server = model, server
+        self.text_cache = TextCache(self._encode_text, model.name)
 
-    def visual(self, pixels: torch.Tensor) -> list:
-        """Return [pixels]: the server runs the vision pass together with the decoder."""
-        if pixels.ndim != 4 or pixels.shape[0] < 1 or pixels.shape[1] != 3:
-            raise ValueError(f'pixels must be [B, 3, S, S], got {list(pixels.shape)}')
-        return [pixels.float()]
+    def encode_text(self, phrases) -> np.ndarray:
+        """Return CLIPSeg conditional embeddings [N, projection_dim], cached per phrase."""
+        return self.text_cache.get(list(phrases) if not isinstance(phrases, str) else [phrases])
 
-    def decode(self, activations: list, cond: torch.Tensor) -> torch.Tensor:
-        """Return logits [N, s, s] for one image's pixels (visual's output) and N conditionals."""
-        logits = self.server.infer('clipseg', {'pixels': activations[0].numpy(),
-                                               'conditionals': cond.float().numpy()[None]},
-                                   'logits')
-        return torch.from_numpy(logits[0])
+    def logits(self, pixels: np.ndarray, cond: np.ndarray) -> np.ndarray:
+        """Return logits [N, s, s] for one image's pixels [1, 3, S, S] and N conditionals."""
+        pixels = np.asarray(pixels, np.float32)
+        if pixels.ndim != 4 or pixels.shape[0] != 1 or pixels.shape[1] != 3:
+            raise ValueError(f'pixels must be [1, 3, S, S], got {list(pixels.shape)}')
+        return self.server.infer('clipseg', {'pixels': pixels,
+                                             'conditionals': np.asarray(cond, np.float32)[None]},
+                                 'logits')[0]
 
-    def _encode_text(self, phrases: list) -> torch.Tensor:
-        return torch.from_numpy(self.server.infer_rows(
-            'clipseg_text', 'tokens', tokenize(phrases).numpy(), 'features'))
+    def probabilities(self, rgb: np.ndarray, phrases) -> np.ndarray:
+        """Return sigmoid maps float32 [N, H, W] resized to the original image size."""
+        return self.probabilities_batch([rgb], [phrases])[0]
+
+    def probabilities_batch(self, images: list, phrase_lists: list) -> list:
+        """Return one float32 [N, H, W] map stack per image (ClipSegRunner's contract)."""
+        m = self.model
+        maps = []
+        for rgb, phrases in zip(images, phrase_lists):
+            height, width = image_np.validate_rgb(rgb).shape[:2]
+            if not len(phrases):
+                maps.append(np.zeros((0, height, width), np.float32))
+                continue
+            logits = self.logits(image_np.preprocess(rgb, m.image_size, m.mean, m.std),
+                                 self.encode_text(phrases))
+            maps.append(image_np.to_image_size(image_np.sigmoid(logits), (height, width)))
+        return maps
+
+    def _encode_text(self, phrases: list) -> np.ndarray:
+        return self.server.infer_rows('clipseg_text', 'tokens', token_ids(phrases), 'features')
 
 
 def connect(url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT, **tls) -> tuple:
@@ -230,13 +264,12 @@ def server_ready(url: str = DEFAULT_URL, timeout: float = 2.0, **tls) -> bool:
 def triton_pipeline(server: TritonServer, clip: ClipModel, clipseg: ClipSegModel,
                     **options) -> GroundingPipeline:
     """Return a GroundingPipeline (options as its keywords) whose passes run on the server."""
-    pipeline = GroundingPipeline(clip, clipseg, **options)
     values = {name: getattr(clip, name) for name in clip.__dataclass_fields__}
     values['text_cache'] = None
     remote = TritonClipModel(**values)
     remote.server = server
-    pipeline.clip = remote
-    pipeline.runner = TritonClipSegRunner(clipseg, server)
+    pipeline = GroundingPipeline(remote, clipseg, runner=TritonClipSegRunner(clipseg, server),
+                                 **options)
     pipeline.backend = 'triton'
     return pipeline
 
