@@ -1,6 +1,8 @@
 """The 'triton' backend against a real server: parity with local inference, refusals, absence."""
+import pickle
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -73,6 +75,49 @@ def test_batch_and_crop_probabilities_equal_local(served):
     ref = pipes['torch'].clip_probabilities(rgb, PHRASES, owners, boxes)
     got = pipes['triton'].clip_probabilities(rgb, PHRASES, owners, boxes)
     assert np.abs(np.subtract(ref, got)).max() <= PROB_TOL
+
+
+# A robot that runs only the Triton client must never load torch or the model libraries.
+NO_TORCH = """
+import sys
+import clip_ros.nodes.grounding_node  # noqa: the node's whole import graph
+{body}
+heavy = sorted(m for m in sys.modules
+               if m.split('.')[0] in ('torch', 'torchvision', 'open_clip', 'transformers'))
+assert not heavy, f'loaded on the Triton client path: {{heavy[:5]}}'
+"""
+GROUND = """
+import pickle
+import numpy as np
+from clip_ros.perception.triton_client import connect, triton_pipeline
+server, clip, clipseg = connect(sys.argv[1])
+pipeline = triton_pipeline(server, clip, clipseg, min_area=4)
+frames = np.load(sys.argv[2])
+results = [pipeline(rgb, {phrases!r}, 0.3, with_heatmaps=True) for rgb in frames]
+with open(sys.argv[3], 'wb') as f:
+    pickle.dump(results, f)
+"""
+
+
+def test_node_imports_without_torch():
+    run = subprocess.run([sys.executable, '-c', NO_TORCH.format(body='')], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_client_grounds_without_torch_and_equals_local(served, tmp_path):
+    _, server, _, pipes = served
+    frames = tmp_path / 'frames.npy'
+    np.save(frames, np.stack(_frames()))
+    out = tmp_path / 'results.pkl'
+    script = NO_TORCH.format(body=GROUND.format(phrases=PHRASES))
+    run = subprocess.run([sys.executable, '-c', script,
+                          server.url, str(frames), str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    with open(out, 'rb') as f:
+        results = pickle.load(f)
+    for rgb, got in zip(_frames(), results):
+        assert_same_results(pipes['torch'](rgb, PHRASES, 0.3, with_heatmaps=True), got)
 
 
 def _refusal(remote, model, arrays, output, dtype=None):

@@ -2,7 +2,7 @@
 import os
 
 from clip_ros.nodes.common import describe
-from clip_ros.perception.backends import DEFAULT_PRECISION, DEFAULT_PROVIDERS
+from clip_ros.perception.names import DEFAULT_PRECISION, DEFAULT_PROVIDERS
 
 
 def backend_parameters() -> tuple:

@@ -21,10 +21,8 @@ from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import detections_msg, diagnostics_msg, label_info_msg
 from clip_ros.nodes.overlay import draw_overlay
 from clip_ros.nodes.phrase_report import PhraseReport
-from clip_ros.perception.backends import make_pipeline, use_cpu_threads
 from clip_ros.perception.grounding import AbstainRule, DEFAULT_DISTRACTORS, GroundingPipeline
-from clip_ros.perception.loading import load_or_tabletop
-from clip_ros.perception.registry import DEFAULT_CLIP, DEFAULT_CLIPSEG
+from clip_ros.perception.names import DEFAULT_CLIP, DEFAULT_CLIPSEG
 from clip_ros.perception.stats import assess
 from clip_ros.perception.tracking import Tracker
 from clip_ros.perception.triton_client import (
@@ -164,14 +162,16 @@ class GroundingNode(ManagedNode):
             self._triton, self._clip, self._clipseg = connect(
                 values['triton_url'], values['triton_timeout'], ssl=bool(ca),
                 root_certificates=ca or None)
-            note = ''
+            note, self._threads = '', 0  # no weights here, and no torch to give threads to
         else:
+            # torch loads only here: a Triton client never imports it.
+            from clip_ros.perception.backends import use_cpu_threads
+            from clip_ros.perception.loading import load_or_tabletop
             # Uncached pretrained weights fall back to the bundled tabletop model, with a warning.
             self._clip, self._clipseg, note = load_or_tabletop(
                 (values['clip_arch'], values['clip_pretrained']), values['clipseg_model'],
                 device, dtype, cache_dir)
-        # Triton clients hold no weights: their count stays the library's default.
-        self._threads = use_cpu_threads(values['threads'], self._clip, self._clipseg)
+            self._threads = use_cpu_threads(values['threads'], self._clip, self._clipseg)
         if note:
             self.get_logger().warning(note)
         self.get_logger().info(f'loaded {self._clip.name} and {self._clipseg.name} on '
@@ -256,6 +256,7 @@ class GroundingNode(ManagedNode):
                    'abstain': None if self._abstain else AbstainRule.off()}
         if self._triton is not None:
             return triton_pipeline(self._triton, self._clip, self._clipseg, **options)
+        from clip_ros.perception.backends import make_pipeline
         return make_pipeline(self._clip, self._clipseg, **backend_options(values),
                              threads=self._threads, **options)
 

@@ -16,6 +16,7 @@ Optional hooks: `subscribe_inputs()` (default: `image` with the `image_qos` para
 import ctypes
 import gc
 import os
+import sys
 import threading
 import time
 
@@ -25,7 +26,6 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import qos_check_compatible, QoSCompatibility, QoSPolicyKind
 from sensor_msgs.msg import CompressedImage, Image
-import torch
 
 from clip_ros.nodes.common import (
     declare_all, decode_rgb, describe, image_qos, package_logs_to, parameter_values,
@@ -65,16 +65,25 @@ def resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
 
+def _cuda():
+    """Return torch.cuda when torch is loaded and sees a GPU, else None (never imports torch)."""
+    torch = sys.modules.get('torch')  # a Triton client never loads it
+    cuda = getattr(torch, 'cuda', None)
+    return cuda if cuda is not None and cuda.is_available() else None
+
+
 def cuda_bytes() -> int:
     """Return the bytes allocated by torch on the current CUDA device, 0 without CUDA."""
-    return torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+    cuda = _cuda()
+    return cuda.memory_allocated() if cuda else 0
 
 
 def free_memory() -> None:
     """Collect garbage, empty the CUDA cache and hand freed heap pages back to the OS."""
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    cuda = _cuda()
+    if cuda:
+        cuda.empty_cache()
     try:
         ctypes.CDLL('libc.so.6').malloc_trim(0)
     except (OSError, AttributeError):

@@ -18,16 +18,11 @@ from clip_ros.perception.clipseg import ClipSegRunner
 from clip_ros.perception.export import export_clip, export_clipseg
 from clip_ros.perception.grounding import GroundingPipeline
 from clip_ros.perception.handles import ClipModel
+from clip_ros.perception.names import (  # noqa: F401 - re-exported
+    BACKENDS, DEFAULT_PRECISION, DEFAULT_PROVIDERS, OPENVINO_DEVICES, PRECISIONS)
 from clip_ros.perception.static_shapes import make_static
 from clip_ros.perception.tokenizer import tokenize
 
-BACKENDS = ('torch', 'onnxruntime', 'openvino')
-DEFAULT_PROVIDERS = ('CPUExecutionProvider',)
-OPENVINO_DEVICES = ('CPU', 'GPU', 'NPU')
-# Hint -> the device capability it needs. 'auto' leaves the device's default (bf16 on Xeons
-# with AMX, f16 on GPUs); f32 for parity with torch.
-PRECISIONS = {'auto': None, 'f32': 'FP32', 'f16': 'FP16', 'bf16': 'BF16'}
-DEFAULT_PRECISION = 'auto'
 # Up to this many weights a pass takes a few milliseconds and splitting it across cores costs
 # more than it gains. Measured on 2 cores: the bundled model grounds 31.9 frames/s on one torch
 # thread and 20.6 on two; default-size CLIPSeg + ViT-B/16 take 1224 ms on one and 582 on two.

@@ -14,7 +14,6 @@ import struct
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-import torch
 
 KINDS = {'jpeg': ('jpeg', 'jpg'), 'png': ('png',)}
 DEPTH_HEADER = struct.Struct('<iff')  # compression format (0 = PNG, 1 = RVL), quant a, quant b
@@ -71,7 +70,8 @@ def decode_colour(data, fmt: str, max_size: int, device='cpu') -> np.ndarray:
     """
     kind, data = colour_kind(fmt), bytes(data)
     image = _open(data, kind, max_size)
-    if kind == 'jpeg' and torch.device(device).type == 'cuda':
+    if kind == 'jpeg' and str(device).startswith('cuda'):
+        import torch  # only with a CUDA model, which has loaded torch already
         from torchvision.io import decode_jpeg, ImageReadMode
         try:
             pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),

@@ -10,10 +10,8 @@ import open_clip
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 import torch
 
-DEFAULT_CLIP = ('ViT-B-16', 'openai')
-DEFAULT_CLIPSEG = 'CIDAS/clipseg-rd64-refined'
-# Bundled trained model (clip_ros/models/tabletop): both a CLIP architecture and a CLIPSeg name.
-TABLETOP = 'tabletop'
+from clip_ros.perception.names import DEFAULT_CLIP, DEFAULT_CLIPSEG, TABLETOP  # noqa: F401
+
 # Pretrained values that mean "random initialisation, no weights".
 RANDOM_TAGS = ('', 'random')
 WEIGHT_SUFFIXES = ('.bin', '.pt', '.pth', '.safetensors')
