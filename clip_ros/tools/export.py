@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from clip_ros.perception import registry
+from clip_ros.perception import names
 
 MODELS = ('tabletop', 'tiny', 'pretrained')
 
@@ -16,9 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--model', choices=MODELS, default='tabletop',
                         help="'tabletop' (bundled), 'tiny' (random test configs) or 'pretrained' "
                              '(--clip-arch/--clip-pretrained/--clipseg, from the local cache)')
-    parser.add_argument('--clip-arch', default=registry.DEFAULT_CLIP[0])
-    parser.add_argument('--clip-pretrained', default=registry.DEFAULT_CLIP[1])
-    parser.add_argument('--clipseg', default=registry.DEFAULT_CLIPSEG)
+    parser.add_argument('--clip-arch', default=names.DEFAULT_CLIP[0])
+    parser.add_argument('--clip-pretrained', default=names.DEFAULT_CLIP[1])
+    parser.add_argument('--clipseg', default=names.DEFAULT_CLIPSEG)
     parser.add_argument('--hub-cache-dir', default=None,
                         help='hub cache the prefetch command filled (pretrained only)')
     parser.add_argument('--cache-dir', default=None,

@@ -8,7 +8,7 @@ each phrase count: the in-process onnxruntime and torch pipelines on the frames 
 another, and 1 and N client processes, each a real grounding_node (backend triton, ROS domain
 97, localhost discovery) grounding the same frames through its pipeline at once. Prints a
 table: frames/s in total, the ratio to the in-process onnxruntime pipeline, and each
-client's resident memory (the robot side: no weights).
+client's resident memory (the robot side: no weights, and no torch).
 """
 import argparse
 import json
@@ -60,7 +60,8 @@ def _client(url, phrases, frames, barrier, results):
     start = time.perf_counter()
     for rgb in frames:
         pipeline(rgb, phrases, 0.4)
-    results.put((time.perf_counter() - start, len(frames), _rss_mb()))
+    heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'open_clip', 'transformers'})
+    results.put((time.perf_counter() - start, len(frames), _rss_mb(), heavy))
     node.destroy_node()
     rclpy.shutdown()
 
@@ -79,8 +80,9 @@ def run_clients(url, phrases, frames, count) -> dict:
     wall = time.perf_counter() - start
     for proc in procs:
         proc.join(60)
-    return {'fps': sum(n for _, n, _ in done) / wall,
-            'rss_mb': [round(r, 1) for _, _, r in done]}
+    return {'fps': sum(n for _, n, _, _ in done) / wall,
+            'rss_mb': [round(r, 1) for _, _, r, _ in done],
+            'heavy_modules': sorted({m for _, _, _, heavy in done for m in heavy})}
 
 
 def local_fps(pipeline, phrases, frames) -> float:
@@ -160,6 +162,9 @@ def main(argv=None) -> int:
         rss = max(max(row[f'triton_{c}']['rss_mb']) for c in args.clients)
         print(f"| {row['phrases']} | {base:.1f} f/s | {row['torch_fps']:.1f} f/s | "
               + ' | '.join(cells) + f' | {rss:.0f} |')
+    heavy = sorted({m for row in rows for c in args.clients
+                    for m in row[f'triton_{c}']['heavy_modules']})
+    print('clients loaded: ' + (', '.join(heavy) or 'no torch, open_clip or transformers'))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + '\n', encoding='utf-8')
     return 0 if np.isfinite([r['onnxruntime_fps'] for r in rows]).all() else 1
