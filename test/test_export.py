@@ -7,7 +7,7 @@ from transformers import CLIPSegForImageSegmentation
 from clip_ros.perception.backends import (
     BACKENDS, Engine, make_pipeline, OnnxClipSegRunner, OPENVINO_DEVICES, PRECISIONS)
 from clip_ros.perception.clipseg import ClipSegRunner
-from clip_ros.perception.export import export_clipseg, graph_dir
+from clip_ros.perception.export import clamp_softmax_inputs, export_clipseg, graph_dir
 from clip_ros.perception.handles import ClipSegModel
 from clip_ros.perception.loading import load_clipseg
 from clip_ros.perception.registry import clipseg_config, IMAGENET_MEAN, IMAGENET_STD
@@ -117,6 +117,39 @@ def test_cache_is_reused_and_rebuilt_when_weights_change(tmp_path):
     rgb = _frames()[0]
     ref = ClipSegRunner(clipseg).probabilities(rgb, PHRASES)
     assert np.abs(runner.probabilities(rgb, PHRASES) - ref).max() <= MAP_TOL
+
+
+def test_softmax_inputs_are_clamped_without_changing_the_result(tmp_path):
+    onnx = pytest.importorskip('onnx')
+    import onnxruntime as ort
+    from onnx import helper, TensorProto
+    shape = [2, 3, 9]
+    graph = helper.make_graph([helper.make_node('Softmax', ['x'], ['y'], axis=-1)], 'g',
+                              [helper.make_tensor_value_info('x', TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info('y', TensorProto.FLOAT, shape)])
+    path = tmp_path / 'softmax.onnx'
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)]), path)
+    x = (np.random.default_rng(0).standard_normal(shape) * 100).astype(np.float32)
+    x[0, 0, :4] = -np.inf  # a masked attention row keeps its zeros' effect
+
+    def run():
+        return ort.InferenceSession(str(path), providers=['CPUExecutionProvider']).run(
+            None, {'x': x})[0]
+    before = run()
+    assert clamp_softmax_inputs(path) == 1
+    after = run()
+    assert np.abs(after - before).max() < 1e-30 and np.allclose(after.sum(-1), 1.0)
+
+
+def test_exported_attention_softmaxes_see_clamped_scores(cache):
+    onnx = pytest.importorskip('onnx')
+    paths = export_clipseg(load_clipseg('tiny'), cache)
+    for name in ('clipseg_visual', 'clipseg_decoder', 'clipseg_text'):
+        graph = onnx.load(str(paths[name])).graph
+        producers = {out: node.op_type for node in graph.node for out in node.output}
+        softmaxes = [node for node in graph.node if node.op_type == 'Softmax']
+        assert softmaxes, name
+        assert all(producers[node.input[0]] == 'Max' for node in softmaxes), name
 
 
 def test_unknown_backend_names_the_choices():
