@@ -59,7 +59,7 @@ INVALID = {
     'policy': {
         'base_frame': ' ', 'extrinsic': [0.0] * 7, 'depth_scale': 0.0, 'min_depth': 6.0,
         'max_depth': 0.04, 'sync_tolerance': -1.0, 'min_score': 1.5, 'table_z': math.nan,
-        'min_height': 2.0, 'near_distance': 3.0, 'max_speed': 0.0,
+        'min_height': 2.0, 'shape_band': -0.1, 'near_distance': 3.0, 'max_speed': 0.0,
         'workspace_min': [0.6, 0.0, 0.0], 'workspace_max': [0.55, 0.45],
         'lost_timeout': 0.0, 'acquire_timeout': 0.0, 'time_limit': 0.5,
         'empty_grip_opening': -0.1,
@@ -498,7 +498,7 @@ effect('clipseg', 'max_image_size')(
 # vla_policy_node ----------------------------------------------------------------------------
 
 
-def perception_set(rig, depth_m=0.6, encoding='32FC1', offset=0.0, score=0.9):
+def perception_set(rig, depth_m=0.6, encoding='32FC1', offset=0.0, score=0.9, disc=False):
     """Return one matched set: a 'blue block' detection, its mask, depth and camera_info."""
     header = rig.harness.header('camera_optical_frame')
     later = Header(frame_id=header.frame_id)  # depth and camera_info `offset` s after
@@ -506,6 +506,9 @@ def perception_set(rig, depth_m=0.6, encoding='32FC1', offset=0.0, score=0.9):
     later.stamp.sec, later.stamp.nanosec = header.stamp.sec, nanosec
     labels = np.zeros((H, W), np.uint16)
     labels[25:35, 35:45] = 1
+    if disc:  # a round top of 250 points: enough for the shape check, which a block fails
+        rows, cols = np.ogrid[:H, :W]
+        labels[(rows - 30) ** 2 + (cols - 40) ** 2 <= 81] = 1
     det = Detection2D(header=header, id='0')
     hyp = ObjectHypothesisWithPose()
     hyp.hypothesis.class_id, hyp.hypothesis.score = 'blue block', score
@@ -644,6 +647,14 @@ def policy_table(rig, name):
     with changed(rig, **{name: value}):
         aborted_because(rig, 'flat on the table')
     assert lifted(rig)
+
+
+@effect('policy', 'shape_band')
+def policy_shape_band(rig, name):
+    # A 'blue block' detection with a round top: passed over, so the block is not found.
+    aborted_because(rig, 'not found: blue block', state='rejected', disc=True)
+    with changed(rig, shape_band=0.0):  # no shape check: the round 'block' is lifted
+        assert lifted(rig, disc=True)
 
 
 @effect('policy', 'sync_tolerance')

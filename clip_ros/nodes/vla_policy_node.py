@@ -91,6 +91,11 @@ def _parameters() -> tuple:
         ('min_height', 0.01, describe(
             'skip detections whose points all lie this close to the table (shadows); 0: off; '
             'applies from the next perception set', float_range=(0.0, 1.0))),
+        ('shape_band', 0.004, describe(
+            'check shape words (block, ball, cylinder, bowl and synonyms) against depth: '
+            'thickness (m) of the top band, about 3x the depth noise at the objects; a detection '
+            'of the wrong shape is passed over; 0: off; applies from the next perception set',
+            float_range=(0.0, 0.1))),
         ('near_distance', 0.20, describe(
             'freeze the target estimate once the gripper is this close (it occludes the '
             'object); applies from the next command', float_range=(0.0, 2.0))),
@@ -415,7 +420,8 @@ class VlaPolicyNode(ManagedNode):
     def _lift_config(self) -> LiftConfig:
         p = self._p
         return LiftConfig(min_score=p['min_score'], depth_range=(p['min_depth'], p['max_depth']),
-                          table_z=p['table_z'], min_height=p['min_height'])
+                          table_z=p['table_z'], min_height=p['min_height'],
+                          shape_band=p['shape_band'])
 
     def _perceive(self, match: dict, command) -> None:
         try:

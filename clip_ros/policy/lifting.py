@@ -5,7 +5,7 @@ Frames: the camera optical frame (x right, y down, z forward) and the robot base
 related by a static extrinsic ``base_from_camera`` (rotation R, translation t: p_base = R p_cam
 + t). Every check raises ValueError with the reason, so a caller can report it and stay still.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import math
 
 import numpy as np
@@ -143,6 +143,8 @@ class LiftedTarget:
     valid_pixels: int            # masked pixels with usable depth
     top: float = 0.0             # base-frame z of the highest valid points (95th percentile)
     centre: np.ndarray | None = None  # [3] middle of the points' 5..95th percentile box, base
+    # [N, 3] the valid points near the median one, base frame (what the box and shape read)
+    points: np.ndarray | None = field(default=None, repr=False)
 
 
 def _valid_depth(depth: np.ndarray, mask: np.ndarray, depth_range: tuple) -> np.ndarray:
@@ -211,9 +213,10 @@ def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = Non
     position = extrinsic.apply(camera)
     # A mask that bleeds onto the background must not stretch the object's box.
     near = points[np.linalg.norm(points - position, axis=1) <= object_radius]
-    low, high = np.percentile(near if len(near) else points, [5, 95], axis=0)
+    near = near if len(near) else points
+    low, high = np.percentile(near, [5, 95], axis=0)
     return LiftedTarget(camera, position, high - low, z, (u, v), int(rows.size),
-                        float(high[2]), (low + high) / 2)
+                        float(high[2]), (low + high) / 2, near)
 
 
 def lift_standing(depth: np.ndarray, masks, K, extrinsic: Extrinsic = None,

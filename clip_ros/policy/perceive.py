@@ -4,8 +4,11 @@ Perceive -> lift: from a command's phrases and their scored masks to the policy'
 One function for vla_policy_node and the simulator's episode runner, so the closed-loop
 evaluation measures the code a robot runs. For each role of the command (the first target, the
 destination) the candidates of its phrase are tried best score first; a candidate whose points
-all lie within `min_height` of the table is a shadow or reflection and is skipped; the target
-is grasped at its box centre and a load is placed onto the destination's top face.
+all lie within `min_height` of the table is a shadow or reflection and is skipped, and so is one
+whose depth contradicts the shape its phrase names (policy.shape: 'the purple block' answered
+by a purple cylinder). A phrase whose every standing candidate has the wrong shape counts as
+not found. The target is grasped at its box centre and a load is placed onto the
+destination's top face.
 """
 from dataclasses import dataclass, field
 
@@ -13,6 +16,7 @@ import numpy as np
 
 from clip_ros.policy.command import Command
 from clip_ros.policy.lifting import lift_mask, lift_standing, LiftedTarget, place_point
+from clip_ros.policy.shape import contradiction, measure, shape_of
 
 
 @dataclass
@@ -23,6 +27,7 @@ class LiftConfig:
     depth_range: tuple = (0.05, 5.0)       # valid depth (near, far), exclusive
     table_z: float = 0.0                   # base-frame z of the table top
     min_height: float = 0.01               # a mask must reach this far above the table
+    shape_band: float = 0.004              # top band of the shape check (policy.shape); 0: off
 
 
 @dataclass
@@ -96,17 +101,42 @@ def perceive(command: Command, candidates: dict, depth: np.ndarray, K, extrinsic
             result.errors.append(f'{phrase!r} not detected')
             result.undetected.append(role)
             continue
-        (k, lifted), reasons = lift_standing(
-            depth, [c.mask for c in found], K, extrinsic, config.depth_range, config.table_z,
-            config.min_height)
+        (k, lifted), reasons, shapes = _lift_shaped(phrase, [c.mask for c in found], depth, K,
+                                                    extrinsic, config)
         if lifted is None:
-            result.errors.append(f"{phrase!r}: {'; '.join(dict.fromkeys(reasons))}")
+            result.errors.append(f"{phrase!r}: {'; '.join(dict.fromkeys(reasons + shapes))}")
+            if shapes:  # something stood there, but not the shape asked for
+                result.undetected.append(role)
             continue
         result.lifted[role] = (phrase, found[k].score, lifted)
         result.points[role] = policy_point(role, lifted)
         result.seen[role] = [lifted] + _standing(
             depth, [c.mask for c in found[k + 1:]], K, extrinsic, config)
     return result
+
+
+def _lift_shaped(phrase: str, masks: list, depth, K, extrinsic, config: LiftConfig) -> tuple:
+    """
+    Lift the first mask that stands above the table and has the shape its phrase names.
+
+    Returns ((index, LiftedTarget) or (None, None), why masks did not stand, why standing
+    masks had the wrong shape).
+    """
+    shape = shape_of(phrase) if config.shape_band > 0 else ''
+    first, reasons, shapes = 0, [], []
+    while first < len(masks):
+        (k, lifted), skipped = lift_standing(depth, masks[first:], K, extrinsic,
+                                             config.depth_range, config.table_z,
+                                             config.min_height)
+        reasons += skipped
+        if lifted is None:
+            break
+        why = contradiction(shape, measure(lifted.points, config.table_z, config.shape_band))
+        if not why:
+            return (first + k, lifted), reasons, shapes
+        shapes.append(f'not a {shape}: {why}')
+        first += k + 1
+    return (None, None), reasons, shapes
 
 
 def _standing(depth, masks: list, K, extrinsic, config: LiftConfig) -> list:

@@ -1,0 +1,90 @@
+"""Shape words against depth (policy.shape) and perceive's use of it, on simulator scenes."""
+import numpy as np
+import pytest
+
+from clip_ros.policy.command import parse_command
+from clip_ros.policy.lifting import Extrinsic, lift_mask
+from clip_ros.policy.perceive import Candidate, LiftConfig, perceive
+from clip_ros.policy.shape import contradiction, measure, shape_of, SHAPE_WORDS
+from clip_ros.sim.scene import SHAPES
+
+SEEDS = range(200_010, 200_016)  # test-split scenes
+
+
+@pytest.fixture(scope='module')
+def scenes(gl_context):
+    from clip_ros.sim.simulator import Simulator
+
+    frames = []
+    with Simulator(SEEDS[0], 320, 240) as sim:
+        for seed in SEEDS:
+            sim.reset(seed)
+            frames.append((sim.render(depth=True, instances=True), Extrinsic(*sim.camera_pose())))
+    return frames
+
+
+def _objects(scenes):
+    """Yield (shape, lifted points) of every object with a sizeable visible mask."""
+    for frame, extrinsic in scenes:
+        for obj in frame.objects:
+            mask = frame.instances == obj.instance_id
+            if mask.sum() >= 300:
+                yield obj.shape, lift_mask(frame.depth, mask, frame.K, extrinsic).points
+
+
+def test_shape_words_and_synonyms_name_shapes():
+    assert set(SHAPE_WORDS) == set(SHAPES)
+    assert shape_of('the blue cube') == 'block' and shape_of('a red sphere') == 'ball'
+    assert shape_of('green can') == 'cylinder' and shape_of('the white dish') == 'bowl'
+    assert shape_of('the block in the bowl') == 'bowl'  # the last word names the object
+    assert shape_of('the red thing') == '' and shape_of('') == ''
+
+
+def test_each_object_keeps_its_own_shape_and_most_others_are_refused(scenes):
+    kept = refused = asked = count = 0
+    for shape, points in _objects(scenes):
+        evidence = measure(points)
+        assert evidence is not None
+        count += 1
+        kept += not contradiction(shape, evidence)
+        for other in set(SHAPES) - {shape}:
+            asked += 1
+            refused += bool(contradiction(other, evidence))
+    assert count >= 20
+    assert kept == count  # a right shape word is never refused on a whole mask
+    assert refused >= 0.9 * asked, (refused, asked)
+
+
+def test_too_few_points_say_nothing():
+    assert measure(np.zeros((10, 3))) is None
+    assert measure(np.zeros((0, 3))) is None and measure(np.zeros((200, 2))) is None
+    flat = np.c_[np.random.default_rng(0).random((400, 2)) * 0.05, np.zeros(400)]
+    assert measure(flat) is None  # all on the table: nothing stands there
+    assert contradiction('block', None) == '' and contradiction('', None) == ''
+
+
+def _first_pair(scenes, want, other):
+    """Return (frame, extrinsic, mask of a `want` object, mask of an `other` object)."""
+    for frame, extrinsic in scenes:
+        masks = {o.shape: frame.instances == o.instance_id for o in frame.objects
+                 if (frame.instances == o.instance_id).sum() >= 300}
+        if want in masks and other in masks:
+            return frame, extrinsic, masks[want], masks[other]
+    pytest.fail(f'no scene with a {want} and a {other}')
+
+
+def test_perceive_passes_over_the_wrong_shape_and_refuses_when_only_it_is_there(scenes):
+    frame, extrinsic, block, ball = _first_pair(scenes, 'block', 'ball')
+    command = parse_command('pick up the red block')
+    wrong_first = {'red block': [Candidate(0.9, ball), Candidate(0.6, block)]}
+    found = perceive(command, wrong_first, frame.depth, frame.K, extrinsic)
+    assert found.lifted['target'][1] == 0.6 and found.error == ''
+    only_wrong = {'red block': [Candidate(0.9, ball)]}
+    found = perceive(command, only_wrong, frame.depth, frame.K, extrinsic)
+    assert 'target' not in found.lifted and found.undetected == ['target']
+    assert 'not a block: round-topped like a ball' in found.error
+    off = perceive(command, only_wrong, frame.depth, frame.K, extrinsic, LiftConfig(shape_band=0))
+    assert off.lifted['target'][1] == 0.9  # the check switched off
+    words = parse_command('pick up the red thing')  # no shape word: nothing to check
+    assert perceive(words, {'red thing': [Candidate(0.9, ball)]}, frame.depth, frame.K,
+                    extrinsic).lifted['target'][1] == 0.9
