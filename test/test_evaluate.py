@@ -10,9 +10,11 @@ from clip_ros.perception.geometry import SceneObject
 from clip_ros.sim.dataset import split_seeds
 from clip_ros.tools import evaluate, shift_eval
 from clip_ros.tools.shift_eval import (
-    absent_names, command_phrases, HELD_OUT_NAMES, NODE_DEFAULTS, scene_queries, SIM_NAMES)
+    absent_names, command_phrases, HELD_OUT_NAMES, NODE_DEFAULTS, ROBOT_LIFT, scene_queries,
+    SIM_NAMES)
 
 CONFIG = Path(__file__).resolve().parents[1] / 'config' / 'grounding_node.yaml'
+POLICY_CONFIG = CONFIG.with_name('vla_policy_node.yaml')
 
 
 def _object(name: str, x: int, pixels: int = 100) -> SceneObject:
@@ -26,6 +28,12 @@ def test_node_defaults_are_grounding_nodes():
     assert params['thresholds'] == [NODE_DEFAULTS['threshold']]
     for key in ('distractors', 'min_area', 'max_detections', 'rescore', 'abstain'):
         assert params[key] == NODE_DEFAULTS[key], key
+
+
+def test_robot_lift_is_the_policy_nodes():
+    params = yaml.safe_load(POLICY_CONFIG.read_text())['/**/vla_policy_node']['ros__parameters']
+    for key in ('min_score', 'table_z', 'min_height', 'shape_band'):
+        assert params[key] == getattr(ROBOT_LIFT, key), key
 
 
 def test_templates_that_parse_alike_are_one_query():
@@ -113,6 +121,15 @@ def test_shift_report_shape_and_files(shift_run):
         assert figures['seen_accuracy']['n'] + figures['held_out_accuracy']['n'] == \
             figures['present_queries']
         assert figures['mask_iou']['n'] == figures['present_queries']
+        # What the robot would act on: never more than grounding found, never on nothing.
+        for key in ('robot_accuracy', 'robot_absent_refused', 'robot_present_refused'):
+            _check_rate(figures[key])
+        for r in records:
+            assert not r['acted'] or r['found']
+            assert not r['acted_correct'] or (r['acted'] and r['present'])
+            assert r['acted'] or r['acted_reason']
+        assert figures['robot_absent_refused']['k'] >= figures['absent_rejected']['k']
+    assert 'robot: absent refused' in (out / 'shift.md').read_text()
 
 
 def test_shift_queries_distinct_and_absent_ones_asked(shift_run):

@@ -254,11 +254,13 @@ def run_conditions(args) -> dict:
     figures, records, seconds = {}, {}, {}
     for condition in args.conditions:
         start = time.monotonic()
-        scenes = shift_eval.condition_scenes(condition, seeds, args.width, args.height)
+        scenes = shift_eval.condition_scenes(condition, seeds, args.width, args.height,
+                                             depth=True)
         progress = None if args.quiet else (
             lambda it, c=condition: tqdm(it, desc=c, total=len(seeds)))
         records[condition] = shift_eval.evaluate_scenes(
-            pipeline, scenes, vocabulary, args.threshold, args.min_pixels, args.absent, progress)
+            pipeline, scenes, vocabulary, args.threshold, args.min_pixels, args.absent, progress,
+            shift_eval.ROBOT_LIFT)
         figures[condition] = shift_eval.summarise_condition(records[condition])
         seconds[condition] = round(time.monotonic() - start, 1)
     info = provenance(args)

@@ -8,6 +8,12 @@ and no detection at all is a wrong rejection. Absent queries name a vocabulary o
 not in the scene (same colour as a scene object with another shape, held-out combinations, and
 others): they count as rejected when the phrase gets no detection. Rates come with 95 % Wilson
 intervals, mean mask IoU with a normal-approximation interval.
+
+With the scenes' depth, each query also goes through the policy's perceive -> lift
+(policy.perceive, the code vla_policy_node runs, with its shape check of shape words against
+depth): 'acted' says whether the robot would act on a detection, and on which. The
+'robot_*' figures are those of that decision: an absent object counts as refused when the
+robot would not act, a present one as right when it would act on the object asked for.
 """
 from collections import Counter
 from dataclasses import dataclass
@@ -19,6 +25,7 @@ from clip_ros.perception.geometry import box_iou, mask_iou, SceneObject
 from clip_ros.perception.grounding import DEFAULT_DISTRACTORS
 from clip_ros.perception.stats import mean_interval, proportion
 from clip_ros.policy.command import parse_command
+from clip_ros.policy.perceive import Candidate, LiftConfig, perceive
 from clip_ros.sim.conditions import condition_frames, CONDITIONS
 from clip_ros.sim.dataset import HELD_OUT
 from clip_ros.sim.scene import COLOURS, SHAPES
@@ -33,6 +40,8 @@ ABSENT_PER_SCENE = 4    # absent names asked per scene
 # grounding_node's defaults (config/grounding_node.yaml; test_evaluate holds them equal).
 NODE_DEFAULTS = {'threshold': 0.4, 'distractors': list(DEFAULT_DISTRACTORS), 'min_area': 64,
                  'max_detections': 20, 'rescore': True, 'abstain': True}
+# vla_policy_node's defaults (config/vla_policy_node.yaml; test_evaluate holds them equal).
+ROBOT_LIFT = LiftConfig(min_score=0.05, table_z=0.0, min_height=0.01, shape_band=0.004)
 
 
 @dataclass
@@ -125,14 +134,21 @@ def scene_queries(objects: list, scene_names: list, vocabulary, seed: int, min_p
     return queries
 
 
-def ground_query(pipeline, rgb, query: Query, threshold: float) -> dict:
-    """Ground one query's phrase and score its top detection against the truth."""
+def ground_query(pipeline, rgb, query: Query, threshold: float, view=None,
+                 lift: LiftConfig = None) -> dict:
+    """
+    Ground one query's phrase and score its top detection against the truth.
+
+    view: (depth, K, extrinsic) of the frame, to also record what the robot would act on.
+    """
     result = pipeline(rgb, [query.phrase], thresholds=threshold, with_heatmaps=False)
     detections = [d for d in result.detections if d.phrase == query.phrase]
     record = {'phrase': query.phrase, 'name': query.name, 'present': query.present,
               'held_out': query.name in HELD_OUT_NAMES, 'absent_kind': query.absent_kind,
               'found': bool(detections), 'score': 0.0, 'correct': False, 'box_iou': 0.0,
               'mask_iou': 0.0, 'reason': getattr(result, 'rejected', {}).get(query.phrase, '')}
+    if view is not None:
+        record.update(_acted(result, detections, query, view, lift))
     if not detections:
         return record
     top = detections[0]
@@ -146,21 +162,39 @@ def ground_query(pipeline, rgb, query: Query, threshold: float) -> dict:
     return record
 
 
+def _acted(result, detections, query: Query, view, lift: LiftConfig) -> dict:
+    """Return what perceive -> lift makes of the detections: acted on, right, and why not."""
+    depth, K, extrinsic = view
+    command = parse_command(f'pick up the {query.phrase}')
+    candidates = {command.targets[0]: [Candidate(d.score, result.label_image == d.index + 1)
+                                       for d in detections]} if command.targets else {}
+    found = perceive(command, candidates, depth, K, extrinsic, lift)
+    if 'target' not in found.lifted:
+        return {'acted': False, 'acted_correct': False, 'acted_reason': found.error}
+    _, score, _ = found.lifted['target']
+    top = next(d for d in detections if d.score == score)
+    right = bool(query.targets) and box_iou(top.box, np.array(
+        [t.box for t in query.targets]))[0].max() >= BOX_IOU
+    return {'acted': True, 'acted_correct': bool(right), 'acted_reason': ''}
+
+
 def evaluate_scenes(pipeline, scenes, vocabulary, threshold: float, min_pixels: int,
-                    absent_per_scene: int, progress=None) -> list:
+                    absent_per_scene: int, progress=None, lift: LiftConfig = None) -> list:
     """
     Return one record per distinct query of each scene.
 
     scenes yields (seed, rgb, visible SceneObjects, every object name, focus name or ''), as
-    condition_scenes does; progress wraps it. A record's 'focus' marks a present query about
-    the object the condition is about.
+    condition_scenes does, plus (depth, K, extrinsic) as a sixth item when rendered with
+    depth; progress wraps it. A record's 'focus' marks a present query about the object the
+    condition is about.
     """
     records = []
-    for seed, rgb, objects, names, focus in (progress(scenes) if progress else scenes):
+    for seed, rgb, objects, names, focus, *view in (progress(scenes) if progress else scenes):
         for query in scene_queries(objects, names, vocabulary, seed, min_pixels,
                                    absent_per_scene):
             records.append({'seed': int(seed), 'focus': bool(focus) and query.name == focus,
-                            **ground_query(pipeline, rgb, query, threshold)})
+                            **ground_query(pipeline, rgb, query, threshold,
+                                           view[0] if view else None, lift)})
     return records
 
 
@@ -172,7 +206,13 @@ def summarise_condition(records: list) -> dict:
     def share(rows, key, want=True):
         return proportion(sum(bool(r[key]) == want for r in rows), len(rows))
 
+    robot = {}
+    if records and 'acted' in records[0]:
+        robot = {'robot_accuracy': share(present, 'acted_correct'),
+                 'robot_absent_refused': share(absent, 'acted', want=False),
+                 'robot_present_refused': share(present, 'acted', want=False)}
     return {
+        **robot,
         'scenes': len({r['seed'] for r in records}),
         'present_queries': len(present),
         'absent_queries': len(absent),
@@ -211,19 +251,23 @@ def condition_names(values) -> list:
     return names
 
 
-def condition_scenes(condition: str, seeds, width: int, height: int):
+def condition_scenes(condition: str, seeds, width: int, height: int, depth: bool = False):
     """
     Yield (seed, rgb, visible SceneObjects, every object name, focus) per test-split seed.
 
     seeds is a contiguous range of the test split; focus names the object the condition is
-    about (the occluded one, the one with same-colour neighbours) or is ''.
+    about (the occluded one, the one with same-colour neighbours) or is ''. With depth, a
+    sixth item (depth metres, K, Extrinsic base_from_camera) is added.
     """
     from clip_ros.sim.dataset import SPLITS
     from clip_ros.sim.simulator import Simulator  # needs OpenGL
     if not len(seeds):
         return
+    from clip_ros.policy.lifting import Extrinsic
     with Simulator(seeds[0], width, height, show_gripper=False) as sim:
         for seed, spec, frame in condition_frames(sim, 'test', condition, len(seeds),
-                                                  seeds[0] - SPLITS['test']):
-            yield seed, frame.rgb, visible_objects(frame), [o.name for o in frame.objects], \
-                spec.focus
+                                                  seeds[0] - SPLITS['test'], depth=depth):
+            scene = (seed, frame.rgb, visible_objects(frame), [o.name for o in frame.objects],
+                     spec.focus)
+            yield scene + (((frame.depth, frame.K, Extrinsic(*sim.camera_pose())),)
+                           if depth else ())

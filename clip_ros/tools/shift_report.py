@@ -7,6 +7,9 @@ TARGETS = {'in_distribution_accuracy': 0.97, 'in_distribution_mask_iou': 0.8,
 # (figure key, column title) of the rates the table and chart show.
 RATES = (('seen_accuracy', 'seen acc'), ('held_out_accuracy', 'held-out acc'),
          ('absent_rejected', 'absent rejected'), ('present_rejected', 'present rejected'))
+# What the robot acts on (perceive -> lift with the shape check), when the scenes had depth.
+ROBOT = (('robot_accuracy', 'robot: right'), ('robot_absent_refused', 'robot: absent refused'),
+         ('robot_present_refused', 'robot: present refused'))
 
 
 def _rate(figure: dict) -> str:
@@ -64,6 +67,9 @@ def format_conditions(conditions: dict) -> str:
         kinds = ', '.join(f"{kind} {v['rate']:.0%} of {v['n']}"
                           for kind, v in f['absent_rejected_by_kind'].items() if v['n'])
         lines.append(f"  {'absent by kind':<18} {kinds}")
+        for key, title in ROBOT:
+            if key in f:
+                lines.append(f'  {title:<18} {_rate(f[key])}')
     return '\n'.join(lines)
 
 
@@ -77,16 +83,20 @@ def markdown_table(conditions: dict) -> str:
             return f"{value:.3f} ({figure['low']:.3f}–{figure['high']:.3f})"
         return f"{value:.1%} ({figure['low']:.0%}–{figure['high']:.0%})".replace('%', ' %')
 
+    robot = [(key, title) for key, title in ROBOT
+             if all(key in f for f in conditions.values()) and conditions]
     lines = ['| condition | queries (present / absent) | seen accuracy | held-out accuracy | '
-             'focus object accuracy | mask IoU | absent rejected | present wrongly rejected |',
-             '|---|---|---|---|---|---|---|---|']
+             'focus object accuracy | mask IoU | absent rejected | present wrongly rejected |'
+             + ''.join(f' {title} |' for _, title in robot),
+             '|---|---|---|---|---|---|---|---|' + '---|' * len(robot)]
     for name, f in conditions.items():
         focus = f['focus_accuracy']
         lines.append(f"| {name} | {f['present_queries']} / {f['absent_queries']} | "
                      f"{cell(f['seen_accuracy'])} | {cell(f['held_out_accuracy'])} | "
                      f"{cell(focus) + ' of ' + str(focus['n']) if focus['n'] else '–'} | "
                      f"{cell(f['mask_iou'], mean=True)} | {cell(f['absent_rejected'])} | "
-                     f"{cell(f['present_rejected'])} |")
+                     f"{cell(f['present_rejected'])} |"
+                     + ''.join(f' {cell(f[key])} |' for key, _ in robot))
     return '\n'.join(lines)
 
 
