@@ -83,6 +83,7 @@ def test_perceive_passes_over_the_wrong_shape_and_refuses_when_only_it_is_there(
     found = perceive(command, only_wrong, frame.depth, frame.K, extrinsic)
     assert 'target' not in found.lifted and found.undetected == ['target']
     assert 'not a block: round-topped like a ball' in found.error
+    assert len(found.seen['target']) == 1  # the look after acting still sees it
     off = perceive(command, only_wrong, frame.depth, frame.K, extrinsic, LiftConfig(shape_band=0))
     assert off.lifted['target'][1] == 0.9  # the check switched off
     words = parse_command('pick up the red thing')  # no shape word: nothing to check

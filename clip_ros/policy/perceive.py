@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clip_ros.policy.command import Command
-from clip_ros.policy.lifting import lift_mask, lift_standing, LiftedTarget, place_point
-from clip_ros.policy.shape import contradiction, measure, shape_of
+from clip_ros.policy.lifting import (
+    Extrinsic, lift_mask, lift_standing, LiftedTarget, place_point)
+from clip_ros.policy.shape import contradiction, grown_top, measure, shape_of
 
 
 @dataclass
@@ -101,29 +102,40 @@ def perceive(command: Command, candidates: dict, depth: np.ndarray, K, extrinsic
             result.errors.append(f'{phrase!r} not detected')
             result.undetected.append(role)
             continue
-        (k, lifted), reasons, shapes = _lift_shaped(phrase, [c.mask for c in found], depth, K,
-                                                    extrinsic, config)
-        if lifted is None:
-            result.errors.append(f"{phrase!r}: {'; '.join(dict.fromkeys(reasons + shapes))}")
-            if shapes:  # something stood there, but not the shape asked for
+        views, reasons = _standing(depth, [c.mask for c in found], K, extrinsic, config)
+        shape = shape_of(phrase) if config.shape_band > 0 else ''
+        shapes = [(k, lifted, _wrong_shape(shape, lifted, found[k].mask, depth, K, extrinsic,
+                                           config)) for k, lifted in views]
+        chosen = next(((k, lifted) for k, lifted, why in shapes if not why), None)
+        # The look after acting reads every standing view, whatever its shape: a block in a
+        # bowl no longer looks like either on its own.
+        if views:
+            result.seen[role] = [lifted for _, lifted in views]
+        if chosen is None:
+            wrong = [f'not a {shape}: {why}' for _, _, why in shapes]
+            result.errors.append(f"{phrase!r}: {'; '.join(dict.fromkeys(reasons + wrong))}")
+            if wrong:  # something stood there, but not the shape asked for
                 result.undetected.append(role)
             continue
+        k, lifted = chosen
         result.lifted[role] = (phrase, found[k].score, lifted)
         result.points[role] = policy_point(role, lifted)
-        result.seen[role] = [lifted] + _standing(
-            depth, [c.mask for c in found[k + 1:]], K, extrinsic, config)
+        result.seen[role] = [lifted] + [v for i, v in views if i != k]
     return result
 
 
-def _lift_shaped(phrase: str, masks: list, depth, K, extrinsic, config: LiftConfig) -> tuple:
-    """
-    Lift the first mask that stands above the table and has the shape its phrase names.
+def _wrong_shape(shape: str, lifted, mask, depth, K, extrinsic, config: LiftConfig) -> str:
+    """Return why a lifted mask is not `shape` ('' when it may be, or no shape is named)."""
+    if not shape:
+        return ''
+    top = grown_top(depth, mask, K, extrinsic or Extrinsic.identity(), config.depth_range,
+                    config.shape_band)
+    return contradiction(shape, measure(lifted.points, config.table_z, config.shape_band, top))
 
-    Returns ((index, LiftedTarget) or (None, None), why masks did not stand, why standing
-    masks had the wrong shape).
-    """
-    shape = shape_of(phrase) if config.shape_band > 0 else ''
-    first, reasons, shapes = 0, [], []
+
+def _standing(depth, masks: list, K, extrinsic, config: LiftConfig) -> tuple:
+    """Return [(index, LiftedTarget)] of the masks standing above the table, and why not."""
+    views, reasons, first = [], [], 0
     while first < len(masks):
         (k, lifted), skipped = lift_standing(depth, masks[first:], K, extrinsic,
                                              config.depth_range, config.table_z,
@@ -131,25 +143,9 @@ def _lift_shaped(phrase: str, masks: list, depth, K, extrinsic, config: LiftConf
         reasons += skipped
         if lifted is None:
             break
-        why = contradiction(shape, measure(lifted.points, config.table_z, config.shape_band))
-        if not why:
-            return (first + k, lifted), reasons, shapes
-        shapes.append(f'not a {shape}: {why}')
+        views.append((first + k, lifted))
         first += k + 1
-    return (None, None), reasons, shapes
-
-
-def _standing(depth, masks: list, K, extrinsic, config: LiftConfig) -> list:
-    """Return the LiftedTarget of each of `masks` that stands above the table, in order."""
-    views = []
-    while masks:
-        (k, lifted), _ = lift_standing(depth, masks, K, extrinsic, config.depth_range,
-                                       config.table_z, config.min_height)
-        if lifted is None:
-            break
-        views.append(lifted)
-        masks = masks[k + 1:]
-    return views
+    return views, reasons
 
 
 def lift_instances(label_image: np.ndarray, count: int, depth: np.ndarray, K, extrinsic=None,

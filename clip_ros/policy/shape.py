@@ -115,8 +115,50 @@ def _main_blob(points: np.ndarray) -> np.ndarray:
     return points[owner == np.bincount(owner).argmax()]
 
 
-def measure(points: np.ndarray, table_z: float = 0.0, band: float = 0.004):
-    """Return ShapeEvidence of base-frame points [N, 3], or None when they are too few."""
+def grown_top(depth: np.ndarray, mask: np.ndarray, K, extrinsic, depth_range: tuple,
+              band: float = 0.004):
+    """
+    Return base-frame points [N, 3] of the mask's top face, grown over the depth image.
+
+    A segmentation mask rounds an object's corners off; the depth does not. The top face is
+    every pixel within a few pixels of the mask whose height is within `band` of the mask's
+    top and that connects (in the image) to the mask's own top pixels, together with those.
+    None without usable depth.
+    """
+    from clip_ros.policy.lifting import back_project
+    rows, cols = np.nonzero(mask)
+    if not len(rows):
+        return None
+    height, width = mask.shape
+    reach = max(3, int(0.1 * max(np.ptp(rows), np.ptp(cols))))  # what a mask's edge misses
+    pad = reach + 1
+    r0, r1 = max(rows.min() - pad, 0), min(rows.max() + pad + 1, height)
+    c0, c1 = max(cols.min() - pad, 0), min(cols.max() + pad + 1, width)
+    near, far = depth_range
+    window = np.asarray(depth[r0:r1, c0:c1], np.float64)
+    valid = np.isfinite(window) & (window > max(near, 0.0)) & (window < far)
+    inside = mask[r0:r1, c0:c1] & valid
+    if inside.sum() < MIN_TOP_POINTS:
+        return None
+    grid_r, grid_c = np.mgrid[r0:r1, c0:c1]
+    points = extrinsic.apply(back_project(grid_c, grid_r, np.where(valid, window, 1.0), K))
+    z = np.where(valid, points[..., 2], -np.inf)
+    top = float(np.percentile(z[inside], 98))
+    level = valid & (np.abs(z - top) <= band)
+    near_mask = ndimage.binary_dilation(mask[r0:r1, c0:c1], iterations=reach)
+    labels, _ = ndimage.label(level & near_mask, structure=np.ones((3, 3), bool))
+    own = inside & (z > top - band)
+    seeds = np.unique(labels[own])
+    return points[np.isin(labels, seeds[seeds > 0]) | own]
+
+
+def measure(points: np.ndarray, table_z: float = 0.0, band: float = 0.004, top_points=None):
+    """
+    Return ShapeEvidence of base-frame points [N, 3], or None when they are too few.
+
+    top_points: the top face grown over the depth image (grown_top), if known; else the top
+    band of `points`.
+    """
     points = np.asarray(points, np.float64)
     if points.ndim != 2 or points.shape[1] != 3:
         return None
@@ -126,16 +168,19 @@ def measure(points: np.ndarray, table_z: float = 0.0, band: float = 0.004):
         return None
     z, xy = points[:, 2], points[:, :2]
     top = float(np.percentile(z, 98))
-    in_band = z > top - band
-    if in_band.sum() < MIN_TOP_POINTS:
+    top_xy = xy[z > top - band]
+    if top_points is not None and len(top_points) >= MIN_TOP_POINTS:
+        top_xy = np.asarray(top_points, np.float64)[:, :2]
+        xy = np.concatenate([xy, top_xy])
+    if len(top_xy) < MIN_TOP_POINTS:
         return None
-    top_area, top_rect = _hull(xy[in_band])
+    top_area, top_rect = _hull(top_xy)
     all_area, _ = _hull(xy)
     if top_area <= 0 or all_area <= 0:
         return None
-    centre = xy[in_band].mean(axis=0)
+    centre = top_xy.mean(axis=0)
     radius = math.sqrt(all_area / math.pi)
-    inner = np.linalg.norm(xy - centre, axis=1) < 0.35 * radius
+    inner = np.linalg.norm(points[:, :2] - centre, axis=1) < 0.35 * radius
     dip = top - float(np.median(z[inner])) if inner.sum() >= 5 else 0.0
     diameter = 2 * math.sqrt(top_area / math.pi)
     height = top - table_z
