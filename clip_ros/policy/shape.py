@@ -145,7 +145,7 @@ def grown_top(depth: np.ndarray, mask: np.ndarray, K, extrinsic, depth_range: tu
     z = np.where(valid, points[..., 2], -np.inf)
     top = float(np.percentile(z[inside], 98))
     level = valid & (np.abs(z - top) <= band)
-    near_mask = ndimage.binary_dilation(mask[r0:r1, c0:c1], iterations=reach)
+    near_mask = ndimage.distance_transform_edt(~mask[r0:r1, c0:c1]) <= reach  # round growth
     labels, _ = ndimage.label(level & near_mask, structure=np.ones((3, 3), bool))
     own = inside & (z > top - band)
     seeds = np.unique(labels[own])
