@@ -111,3 +111,33 @@ def test_place_not_seen_without_the_destination_fails():
 def test_place_still_held_fails():
     assert place(None, [BOWL_SEEN], holding=True) == (False, 'blue block still held')
     assert place(lifted(BOWL), [BOWL_SEEN], holding=True)[0] is False
+
+
+def _probe(load_height: float):
+    """Return the depth of a camera 0.7 m above the table looking down at BOWL's footprint."""
+    from clip_ros.policy.lifting import Extrinsic
+    from clip_ros.policy.perceive import DepthProbe
+    size, f = 120, 200.0
+    K = np.array([[f, 0.0, size / 2 - 0.5], [0.0, f, size / 2 - 0.5], [0.0, 0.0, 1.0]])
+    extrinsic = Extrinsic(np.diag([1.0, -1.0, -1.0]), np.array([BOWL[0], BOWL[1], 0.7]))
+    rows, cols = np.mgrid[:size, :size]
+    x = (cols - K[0, 2]) * 0.7 / f  # the table plane, to first order: 0.7 m away
+    y = -(rows - K[1, 2]) * 0.7 / f
+    height = np.where(np.hypot(x, y) <= 0.05, 0.005, 0.0)  # the bowl's inside
+    height = np.where(np.hypot(x, y) <= 0.02, load_height, height)  # a load inside it
+    return DepthProbe((0.7 - height).astype(np.float32), K, extrinsic, (0.05, 5.0))
+
+
+def test_place_unseen_with_the_destination_unseen_goes_by_the_depth_over_it():
+    ring = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    inside = np.c_[BOWL[0] + 0.02 * np.cos(ring), BOWL[1] + 0.02 * np.sin(ring),
+                   np.full(200, 0.005)]
+    bowl = LiftedTarget(np.zeros(3), BOWL, np.array([0.11, 0.11, 0.02]), 0.6, (0.0, 0.0), 100,
+                        0.02, BOWL, inside)  # its points as seen before the carry
+    args = ('blue block', None, 'green bowl', bowl, CONFIG, False, [])
+    ok, detail = check_place(*args, _probe(0.045))
+    assert ok and detail == ('blue block not seen after release over green bowl, but the '
+                             'depth over it stands 4 cm higher than before')
+    ok, detail = check_place(*args, _probe(0.005))  # the bowl as it was: nothing in it
+    assert not ok and 'nor green bowl where it was' in detail
+    assert not check_place(*args, None)[0]  # no depth: no such evidence

@@ -437,6 +437,7 @@ class VlaPolicyNode(ManagedNode):
             self._fresh.update(found.points)
             # What this set showed, for the policy's look after acting and "not found".
             self._fresh['seen'], self._fresh['undetected'] = found.seen, tuple(found.undetected)
+            self._fresh['probe'] = found.probe
         if found.lifted:
             header = Header(frame_id=self._p['base_frame'],
                             stamp=match['detections'].header.stamp)
@@ -476,7 +477,7 @@ class VlaPolicyNode(ManagedNode):
         obs = Observation(time.monotonic(), ee, self._gripper, fresh.get('target'),
                           fresh.get('destination'), self._holding(), self._image,
                           fresh.get('seen'),
-                          fresh.get('undetected', ()))
+                          fresh.get('undetected', ()), fresh.get('probe'))
         before = policy.status.state
         action = policy.step(obs) if self._ee is not None or before != 'executing' \
             else policy.cancel('end-effector state lost')

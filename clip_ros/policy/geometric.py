@@ -84,6 +84,7 @@ class Observation:
     # set arrived. The look after acting (verify) reads it.
     seen: dict | None = None
     undetected: tuple = ()  # roles that set had no detection for at all (grounding: not found)
+    probe: object = None    # that set's perceive.DepthProbe: heights for the look after acting
 
 
 @dataclass
@@ -392,7 +393,8 @@ class GeometricPolicy:
         if self._verification is None:
             self._verification = self._tracker.verification(
                 self.command.verb, self.command, obs.time, self.config.verify)
-        verdict = self._verification.look(obs.time, obs.seen, obs.ee_position, obs.holding)
+        verdict = self._verification.look(obs.time, obs.seen, obs.ee_position, obs.holding,
+                                          obs.probe)
         if verdict is None:
             return Action('executing', 'verify', 'looking again', None, np.zeros(3))
         done, seen = verdict

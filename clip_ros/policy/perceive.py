@@ -40,6 +40,28 @@ class Candidate:
 
 
 @dataclass
+class DepthProbe:
+    """One perception set's depth, to read heights anywhere on the table afterwards."""
+
+    depth: np.ndarray   # float32 metres [H, W]
+    K: np.ndarray       # 3x3 intrinsics
+    extrinsic: Extrinsic
+    depth_range: tuple
+    stride: int = 2     # every other pixel: ample for a footprint, a quarter of the work
+
+    def heights(self, centre, radius: float) -> np.ndarray:
+        """Return the base-frame z of the valid points within `radius` of (x, y) `centre`."""
+        from clip_ros.policy.lifting import back_project
+        depth = self.depth[::self.stride, ::self.stride]
+        near, far = self.depth_range
+        rows, cols = np.nonzero(np.isfinite(depth) & (depth > max(near, 0.0)) & (depth < far))
+        points = self.extrinsic.apply(back_project(cols * self.stride, rows * self.stride,
+                                                   depth[rows, cols], self.K))
+        inside = np.linalg.norm(points[:, :2] - np.asarray(centre)[:2], axis=1) <= radius
+        return points[inside, 2]
+
+
+@dataclass
 class Perception:
     """What one perception set gave the policy."""
 
@@ -52,6 +74,7 @@ class Perception:
     # role -> every candidate of its phrase that stands above the table, lifted, best first
     # (the first is the one in `lifted`): what the look after acting reads
     seen: dict = field(default_factory=dict)
+    probe: DepthProbe | None = None  # this set's depth, for the look after acting
 
     @property
     def error(self) -> str:
@@ -92,7 +115,9 @@ def perceive(command: Command, candidates: dict, depth: np.ndarray, K, extrinsic
 
     """
     config = config or LiftConfig()
-    result = Perception()
+    result = Perception(probe=DepthProbe(np.asarray(depth, np.float32), K,
+                                         extrinsic or Extrinsic.identity(),
+                                         config.depth_range))
     for role, phrase in roles(command).items():
         if not phrase:
             continue

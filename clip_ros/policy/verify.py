@@ -14,8 +14,10 @@ Place: the target must rest on or in the destination (its centre within the dest
 footprint, the bounding circle of the destination's lifted box as seen before the carry, and
 its bottom not hanging above the destination's top); seen beside it fails; still held fails;
 not seen at all while the destination is still seen where it was succeeds (in a bowl or on a
-stack the bundled model does not ground it). A detection farther than `beside_distance` from
-the footprint is another object of that name, not the released load.
+stack the bundled model does not ground it), and so does a load seen nowhere when the depth
+over the destination's footprint now stands at least `min_rise` above what it showed before
+the carry (a block in a bowl, where the model grounds neither). A detection farther than
+`beside_distance` from the footprint is another object of that name, not the released load.
 Each view considers every detection of the target's phrase that stands above the table: a
 look-alike elsewhere must not hide the real target. The policy looks several times and goes by
 the majority of the views (`Verification`), so one flickering detection neither confirms nor
@@ -41,6 +43,7 @@ class VerifyConfig:
     settle: float = 0.3           # look only this long after the motion ended (fresh frames)
     views: int = 3                # decide on this many perception sets
     timeout: float = 3.0          # decide on what was seen by then; nothing seen: failed
+    min_rise: float = 0.015       # the depth over a destination rose this much: a load is on it
 
 
 def bottom(lifted: LiftedTarget) -> float:
@@ -106,14 +109,35 @@ def _still_there(destination: LiftedTarget, views) -> bool:
                for v in views or ())
 
 
+def rise(destination: LiftedTarget, probe) -> float:
+    """
+    Return how much higher the depth over a destination's inner footprint stands now (m).
+
+    Compares the 90th percentile height of the points within 0.6 of the footprint radius of
+    its centre, before the carry (the destination's lifted points) and now (`probe`, a
+    perceive.DepthProbe); NaN when either has too few points.
+    """
+    if probe is None or destination.points is None:
+        return float('nan')
+    radius = 0.6 * footprint_radius(destination)
+    centre = destination.centre[:2]
+    before = destination.points[np.linalg.norm(destination.points[:, :2] - centre, axis=1)
+                                <= radius][:, 2]
+    now = probe.heights(centre, radius)
+    if len(before) < 10 or len(now) < 10:
+        return float('nan')
+    return float(np.percentile(now, 90) - np.percentile(before, 90))
+
+
 def check_place(name: str, target: LiftedTarget | None, destination_name: str,
                 destination: LiftedTarget | None, config: VerifyConfig,
-                holding: bool | None = None, destination_now=None) -> tuple:
+                holding: bool | None = None, destination_now=None, probe=None) -> tuple:
     """
     Return (resting on the destination, what was sensed) for one view after a place.
 
     `destination`: the destination as seen before the carry; `destination_now`: its detections
-    this view (None: not looked for), which explain an unseen target (in or on it).
+    this view (None: not looked for), which explain an unseen target (in or on it); `probe`:
+    this view's depth (perceive.DepthProbe), whose rise over the destination does too.
     """
     if holding:
         return False, f'{name} still held'
@@ -127,6 +151,10 @@ def check_place(name: str, target: LiftedTarget | None, destination_name: str,
         if destination_now is None:
             return False, f'{name} not seen after the place{other}'
         if not _still_there(destination, destination_now):
+            risen = rise(destination, probe)
+            if risen >= config.min_rise:
+                return True, (f'{name} not seen after release over {destination_name}, but '
+                              f'the depth over it stands {_cm(risen)} higher than before{other}')
             return False, (f'{name} not seen after release over {destination_name}, nor '
                            f'{destination_name} where it was{other}')
         inside = 'inside it' if 'bowl' in destination_name.split() else 'on it, not told apart'
@@ -159,11 +187,15 @@ class Verification:
     seen: list = field(default_factory=list)  # (passed, detail) per view
     grasped_at: np.ndarray | None = None  # the target's position when grasped, if known
 
-    def look(self, now: float, seen: dict | None, ee_position, holding=None):
-        """Add this tick's view (`seen`: role -> [LiftedTarget], None: no perception set)."""
+    def look(self, now: float, seen: dict | None, ee_position, holding=None, probe=None):
+        """
+        Add this tick's view (`seen`: role -> [LiftedTarget], None: no perception set).
+
+        `probe`: that perception set's depth (perceive.DepthProbe), if any.
+        """
         config, waited = self.config, now - self.start
         if seen is not None and waited >= config.settle:
-            checks = [self._check(view, seen, ee_position, holding)
+            checks = [self._check(view, seen, ee_position, holding, probe)
                       for view in seen.get('target') or [None]]
             if self.verb == 'pick' and holding is not None:
                 # The grasp sensor decides; a detection left where it was grasped vetoes.
@@ -176,12 +208,12 @@ class Verification:
             return None
         return self.verdict()
 
-    def _check(self, target, seen, ee_position, holding) -> tuple:
+    def _check(self, target, seen, ee_position, holding, probe=None) -> tuple:
         if self.verb == 'pick':
             return check_pick(self.target, target, ee_position, self.config, holding,
                               self.grasped_at)
         return check_place(self.target, target, self.destination, self.destination_view,
-                           self.config, holding, seen.get('destination') or [])
+                           self.config, holding, seen.get('destination') or [], probe)
 
     def verdict(self) -> tuple:
         """Return (succeeded, detail) from the views so far (none: failed)."""

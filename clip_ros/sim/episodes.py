@@ -153,7 +153,7 @@ def _observe(sim, task, perception, config, latency, t, gripper) -> tuple:
     obs = Observation(t, sim.gripper_position, gripper, target, destination,
                       sim.holding is not None,
                       image=frame.rgb if config.with_image else None, seen=found.seen,
-                      undetected=tuple(found.undetected))
+                      undetected=tuple(found.undetected), probe=found.probe)
     return obs, frame
 
 
