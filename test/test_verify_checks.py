@@ -141,3 +141,17 @@ def test_place_unseen_with_the_destination_unseen_goes_by_the_depth_over_it():
     ok, detail = check_place(*args, _probe(0.005))  # the bowl as it was: nothing in it
     assert not ok and 'nor green bowl where it was' in detail
     assert not check_place(*args, None)[0]  # no depth: no such evidence
+
+
+def test_place_detection_at_the_open_gripper_is_the_gripper_not_the_load():
+    above = BOWL + (0.0, 0.0, 0.22)  # the gripper after the release, grounded as the load
+    look = Verification('place', 'blue block', 'green bowl', BOWL_SEEN, 0.0)
+    seen = {'target': [lifted(above)], 'destination': [BOWL_SEEN]}
+    for k in range(3):
+        verdict = look.look(1.0 + k, seen, above, False)
+    assert verdict == (True, 'blue block not seen after release over green bowl: inside it '
+                             '(3 of 3 views)')
+    far = Verification('place', 'blue block', 'green bowl', BOWL_SEEN, 0.0)
+    for k in range(3):  # with the gripper elsewhere, the same detection is the load, too high
+        verdict = far.look(1.0 + k, seen, above + (0.3, 0.0, 0.0), False)
+    assert not verdict[0] and 'above green bowl, not resting on it' in verdict[1]

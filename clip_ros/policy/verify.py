@@ -17,7 +17,8 @@ not seen at all while the destination is still seen where it was succeeds (in a 
 stack the bundled model does not ground it), and so does a load seen nowhere when the depth
 over the destination's footprint now stands at least `min_rise` above what it showed before
 the carry (a block in a bowl, where the model grounds neither). A detection farther than
-`beside_distance` from the footprint is another object of that name, not the released load.
+`beside_distance` from the footprint is another object of that name, not the released load;
+one within `hold_distance` of the open gripper after the release is the gripper itself.
 Each view considers every detection of the target's phrase that stands above the table: a
 look-alike elsewhere must not hide the real target. The policy looks several times and goes by
 the majority of the views (`Verification`), so one flickering detection neither confirms nor
@@ -195,8 +196,13 @@ class Verification:
         """
         config, waited = self.config, now - self.start
         if seen is not None and waited >= config.settle:
+            views = seen.get('target') or []
+            if self.verb == 'place' and not holding:
+                # After the release, a 'target' at the open gripper is the gripper itself.
+                views = [v for v in views if np.linalg.norm(
+                    v.centre - np.asarray(ee_position, np.float64)) > config.hold_distance]
             checks = [self._check(view, seen, ee_position, holding, probe)
-                      for view in seen.get('target') or [None]]
+                      for view in views or [None]]
             if self.verb == 'pick' and holding is not None:
                 # The grasp sensor decides; a detection left where it was grasped vetoes.
                 self.seen.append(next((c for c in checks if not c[0]), checks[0]))
