@@ -18,7 +18,7 @@ stack the bundled model does not ground it), and so does a load seen nowhere whe
 over the destination's footprint now stands at least `min_rise` above what it showed before
 the carry (a block in a bowl, where the model grounds neither). A detection farther than
 `beside_distance` from the footprint is another object of that name, not the released load;
-one within `hold_distance` of the open gripper after the release is the gripper itself.
+one at the open gripper after the release (`gripper_radius`) is the gripper itself.
 Each view considers every detection of the target's phrase that stands above the table: a
 look-alike elsewhere must not hide the real target. The policy looks several times and goes by
 the majority of the views (`Verification`), so one flickering detection neither confirms nor
@@ -45,6 +45,9 @@ class VerifyConfig:
     views: int = 3                # decide on this many perception sets
     timeout: float = 3.0          # decide on what was seen by then; nothing seen: failed
     min_rise: float = 0.015       # the depth over a destination rose this much: a load is on it
+    # After a release the gripper retreats 10 cm: a detection this close to its axis and not
+    # lower than this below its grasp point is the gripper (a released load lies 13 cm below).
+    gripper_radius: float = 0.06
 
 
 def bottom(lifted: LiftedTarget) -> float:
@@ -101,6 +104,13 @@ def check_pick(name: str, target: LiftedTarget | None, ee_position, config: Veri
             moved <= config.hold_distance:
         return False, f'{seen}, where it was grasped: the gripper holds something else'
     return True, f'the gripper closed on an object; {seen}: another {name}'
+
+
+def _at_gripper(view: LiftedTarget, ee_position, config: VerifyConfig) -> bool:
+    """Tell whether a detection lies on the open gripper (near its axis, not below it)."""
+    ee = np.asarray(ee_position, np.float64)
+    return bool(np.linalg.norm(view.centre[:2] - ee[:2]) <= config.gripper_radius
+                and view.centre[2] >= ee[2] - config.gripper_radius)
 
 
 def _still_there(destination: LiftedTarget, views) -> bool:
@@ -199,8 +209,7 @@ class Verification:
             views = seen.get('target') or []
             if self.verb == 'place' and not holding:
                 # After the release, a 'target' at the open gripper is the gripper itself.
-                views = [v for v in views if np.linalg.norm(
-                    v.centre - np.asarray(ee_position, np.float64)) > config.hold_distance]
+                views = [v for v in views if not _at_gripper(v, ee_position, config)]
             checks = [self._check(view, seen, ee_position, holding, probe)
                       for view in views or [None]]
             if self.verb == 'pick' and holding is not None:
