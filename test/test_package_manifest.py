@@ -22,6 +22,7 @@ DECLARED_AS = {
     'mcap_ros2': 'pip:mcap-ros2-support',
     'mujoco': 'pip:mujoco',
     'numpy': 'python3-numpy',
+    'onnx': 'pip:onnx',
     'onnxruntime': 'pip:onnxruntime',
     'openvino': 'pip:openvino',
     'open_clip': 'pip:open_clip_torch',
