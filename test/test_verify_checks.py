@@ -155,3 +155,18 @@ def test_place_detection_at_the_open_gripper_is_the_gripper_not_the_load():
     for k in range(3):  # with the gripper elsewhere, the same detection is the load, too high
         verdict = far.look(1.0 + k, seen, above + (0.3, 0.0, 0.0), False)
     assert not verdict[0] and 'above green bowl, not resting on it' in verdict[1]
+
+
+def test_place_unseen_with_the_destination_seen_needs_the_depth_to_rise_when_known():
+    ring = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    inside = np.c_[BOWL[0] + 0.02 * np.cos(ring), BOWL[1] + 0.02 * np.sin(ring),
+                   np.full(200, 0.005)]
+    bowl = LiftedTarget(np.zeros(3), BOWL, np.array([0.11, 0.11, 0.02]), 0.6, (0.0, 0.0), 100,
+                        0.02, BOWL, inside)
+    args = ('blue block', None, 'green bowl', bowl, CONFIG, False, [bowl])
+    assert check_place(*args, _probe(0.045)) == (
+        True, 'blue block not seen after release over green bowl: inside it')
+    ok, detail = check_place(*args, _probe(0.005))  # it fell beside the bowl, out of sight
+    assert not ok and detail == ('blue block not seen after release over green bowl, and the '
+                                 'depth over it did not rise (+0.0 cm)')
+    assert check_place(*args, None)[0]  # without depth the destination's word stands

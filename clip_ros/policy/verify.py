@@ -13,10 +13,10 @@ bottom at least `held_height` above the table top, its centre near the grasp poi
 Place: the target must rest on or in the destination (its centre within the destination's
 footprint, the bounding circle of the destination's lifted box as seen before the carry, and
 its bottom not hanging above the destination's top); seen beside it fails; still held fails;
-not seen at all while the destination is still seen where it was succeeds (in a bowl or on a
-stack the bundled model does not ground it), and so does a load seen nowhere when the depth
-over the destination's footprint now stands at least `min_rise` above what it showed before
-the carry (a block in a bowl, where the model grounds neither). A detection farther than
+not seen at all succeeds when the depth over the destination's footprint now stands at least
+`min_rise` above what it showed before the carry (in a bowl or on a stack the bundled model
+grounds neither the load nor, sometimes, the destination); without depth to tell, a load not
+seen while the destination is still seen where it was succeeds. A detection farther than
 `beside_distance` from the footprint is another object of that name, not the released load;
 one at the open gripper after the release (`gripper_radius`) is the gripper itself.
 Each view considers every detection of the target's phrase that stands above the table: a
@@ -168,6 +168,10 @@ def check_place(name: str, target: LiftedTarget | None, destination_name: str,
                               f'the depth over it stands {_cm(risen)} higher than before{other}')
             return False, (f'{name} not seen after release over {destination_name}, nor '
                            f'{destination_name} where it was{other}')
+        risen = rise(destination, probe)
+        if risen < config.min_rise:  # NaN (no depth to tell) keeps the destination's word
+            return False, (f'{name} not seen after release over {destination_name}, and the '
+                           f'depth over it did not rise ({risen * 100:+.1f} cm){other}')
         inside = 'inside it' if 'bowl' in destination_name.split() else 'on it, not told apart'
         return True, f'{name} not seen after release over {destination_name}: {inside}{other}'
     if gap > radius:
