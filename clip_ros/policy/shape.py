@@ -48,7 +48,6 @@ CELL = 0.005         # finest footprint grid (m): objects that do not touch fall
 class ShapeLimits:
     """Where one shape ends and another begins (metres and ratios)."""
 
-    band: float = 0.004       # top band thickness; raise it for noisy depth (about 3x its noise)
     round_top: float = 0.6    # top_ratio below this: a ball's cap, not a flat top or a rim
     flat_top: float = 0.75    # top_ratio above this: a flat top or a rim, not a ball
     square: float = 0.93      # squareness above this: a block's top
