@@ -16,7 +16,7 @@ import numpy as np
 
 from clip_ros.policy.command import Command
 from clip_ros.policy.lifting import (
-    Extrinsic, lift_mask, lift_standing, LiftedTarget, place_point)
+    back_project, Extrinsic, lift_mask, lift_standing, LiftedTarget, place_point)
 from clip_ros.policy.shape import contradiction, grown_top, measure, shape_of
 
 
@@ -51,7 +51,6 @@ class DepthProbe:
 
     def heights(self, centre, radius: float) -> np.ndarray:
         """Return the base-frame z of the valid points within `radius` of (x, y) `centre`."""
-        from clip_ros.policy.lifting import back_project
         depth = self.depth[::self.stride, ::self.stride]
         near, far = self.depth_range
         rows, cols = np.nonzero(np.isfinite(depth) & (depth > max(near, 0.0)) & (depth < far))
@@ -129,15 +128,18 @@ def perceive(command: Command, candidates: dict, depth: np.ndarray, K, extrinsic
             continue
         views, reasons = _standing(depth, [c.mask for c in found], K, extrinsic, config)
         shape = shape_of(phrase) if config.shape_band > 0 else ''
-        shapes = [(k, lifted, _wrong_shape(shape, lifted, found[k].mask, depth, K, extrinsic,
-                                           config)) for k, lifted in views]
-        chosen = next(((k, lifted) for k, lifted, why in shapes if not why), None)
+        chosen, wrong = None, []
+        for k, lifted in views:  # best first; the shape is measured only until one fits
+            why = _wrong_shape(shape, lifted, found[k].mask, depth, K, extrinsic, config)
+            if not why:
+                chosen = k, lifted
+                break
+            wrong.append(f'not a {shape}: {why}')
         # The look after acting reads every standing view, whatever its shape: a block in a
         # bowl no longer looks like either on its own.
         if views:
             result.seen[role] = [lifted for _, lifted in views]
         if chosen is None:
-            wrong = [f'not a {shape}: {why}' for _, _, why in shapes]
             result.errors.append(f"{phrase!r}: {'; '.join(dict.fromkeys(reasons + wrong))}")
             if wrong:  # something stood there, but not the shape asked for
                 result.undetected.append(role)

@@ -29,6 +29,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from clip_ros.policy.lifting import back_project
+
 # Geometric shape -> the words that name it (the bundled model's shapes and their synonyms).
 SHAPE_WORDS = {
     'block': ('block', 'blocks', 'cube', 'cubes', 'cuboid', 'box', 'brick'),
@@ -124,7 +126,6 @@ def grown_top(depth: np.ndarray, mask: np.ndarray, K, extrinsic, depth_range: tu
     top and that connects (in the image) to the mask's own top pixels, together with those.
     None without usable depth.
     """
-    from clip_ros.policy.lifting import back_project
     rows, cols = np.nonzero(mask)
     if not len(rows):
         return None
