@@ -7,6 +7,7 @@ import pytest
 
 from clip_ros.perception import tabletop_model as tabletop
 from clip_ros.perception.grounding import AbstainRule
+from clip_ros.perception.light import LightReference
 from clip_ros.sim.dataset import SPLIT_SIZE, SPLITS
 from clip_ros.tools import calibrate
 
@@ -66,10 +67,11 @@ def calibrated(gl_context, tmp_path_factory):
     shutil.copytree(tabletop.BUNDLED_DIR, model)
     config = json.loads((model / 'config.json').read_text())
     config['clip_ros'].pop('abstain', None)
+    config['clip_ros'].pop('light', None)
     (model / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
     code = calibrate.main(['--model', str(model), '--conditions', 'in_distribution',
                            '--scenes', '2', '--absent', '3', '--width', '320', '--height',
-                           '240', '--threads', '1', '--quiet', '--json',
+                           '240', '--threads', '1', '--light-scenes', '4', '--quiet', '--json',
                            str(root / 'calibration.json'), '--png', str(root / 'curve.png')])
     return code, model, root, config
 
@@ -80,7 +82,8 @@ def test_calibration_writes_the_rule_into_the_model_config(calibrated):
     config = json.loads((model / 'config.json').read_text())
     block = config['clip_ros']
     # Every other key of the block is kept.
-    assert {k: v for k, v in block.items() if k != 'abstain'} == before['clip_ros']
+    assert {k: v for k, v in block.items() if k not in ('abstain', 'light')} == \
+        before['clip_ros']
     rule = block['abstain']
     assert math.isfinite(rule['min_margin']) and 0.0 <= rule['min_peak'] <= 1.0
     assert rule['calibration']['split'] == 'val'
@@ -90,6 +93,11 @@ def test_calibration_writes_the_rule_into_the_model_config(calibrated):
     assert AbstainRule.from_config(clip.abstain) == AbstainRule(
         rule['min_margin'], rule['min_peak'])
     assert (root / 'curve.png').stat().st_size > 0
+    # The light reference of plain train renders: a warm-white lit table, bright.
+    light = LightReference.from_config(block['light'])
+    red, green, blue = light.median_rgb
+    assert red > green > blue > 60 and 100 < light.bright_level < 255
+    assert clip.light == block['light']
 
 
 def test_calibration_uses_validation_scenes_only(calibrated):

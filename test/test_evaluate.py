@@ -26,7 +26,8 @@ def _object(name: str, x: int, pixels: int = 100) -> SceneObject:
 def test_node_defaults_are_grounding_nodes():
     params = yaml.safe_load(CONFIG.read_text())['/**/grounding_node']['ros__parameters']
     assert params['thresholds'] == [NODE_DEFAULTS['threshold']]
-    for key in ('distractors', 'min_area', 'max_detections', 'rescore', 'abstain'):
+    for key in ('distractors', 'min_area', 'max_detections', 'rescore', 'abstain',
+                'light_correction'):
         assert params[key] == NODE_DEFAULTS[key], key
 
 

@@ -48,7 +48,8 @@ TINY_CLIPSEG = [Parameter('clipseg_model', value='tiny'), Parameter('device', va
 INVALID = {
     'grounding': {
         'queries': 5, 'thresholds': [1.5], 'distractors': 7, 'min_area': 0,
-        'max_detections': 0, 'rescore': 'yes', 'abstain': 'yes', 'max_image_size': 8,
+        'max_detections': 0, 'rescore': 'yes', 'abstain': 'yes', 'light_correction': 'yes',
+        'max_image_size': 8,
         'silent_input_sec': 0.0, 'max_drop_ratio': 1.5},
     'classifier': {
         'classes': 3.0, 'templates': ['no placeholder'], 'top_k': -1, 'max_image_size': 8,
@@ -391,6 +392,24 @@ def grounding_abstain(rig, name):
         clip.abstain = None
     with changed(rig, min_area=1):
         assert ground(rig).detections
+
+
+@effect('grounding', 'light_correction')
+def grounding_light_correction(rig, name):
+    # The tiny model has no light reference: give it one far warmer than the noise frame, as
+    # `calibrate` would write into a model's config, so frames are corrected while it is on.
+    clip = rig.node._clip
+    clip.light = {'median_rgb': [250.0, 120.0, 40.0], 'bright_level': 250.0}
+    try:
+        with changed(rig, light_correction=False):  # rebuilt with the reference, not used
+            plain = scores(ground(rig))
+        # Back on: the frame the models see is corrected, so the scores move.
+        assert scores(ground(rig)) != pytest.approx(plain, abs=1e-6)
+    finally:
+        clip.light = {}
+    with changed(rig, min_area=1):  # a pipeline parameter: rebuilt without the reference
+        pass
+    assert scores(ground(rig)) == pytest.approx(plain, abs=1e-4)
 
 
 @effect('grounding', 'min_area')

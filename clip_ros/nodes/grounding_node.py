@@ -32,7 +32,8 @@ from clip_ros.policy.command import MAX_COMMAND_CHARS, parse_command, quote
 WARM_UP_SIZE = 224
 TRITON_RETRY_SEC = 2.0  # how often an autostarted node looks for its absent Triton server
 # Parameters that need a new GroundingPipeline (the models are kept).
-PIPELINE_PARAMS = ('distractors', 'min_area', 'max_detections', 'rescore', 'abstain')
+PIPELINE_PARAMS = ('distractors', 'min_area', 'max_detections', 'rescore', 'abstain',
+                   'light_correction')
 
 
 def query_thresholds(queries, thresholds) -> tuple[dict, float]:
@@ -110,6 +111,10 @@ class GroundingNode(ManagedNode):
             ('abstain', True, describe(
                 "refuse instances the model's calibrated abstention rule rejects (config.json "
                 "'abstain'); a phrase left without any is reported 'not found'")),
+            ('light_correction', True, describe(
+                'correct a warm or blue light cast and brighten dim frames towards the light '
+                "the model was trained under (config.json 'light'; models without one, such as "
+                'the pretrained defaults, are never corrected)')),
             ('track_iou', 0.3, describe(
                 'smallest mask IoU (after motion prediction) that keeps an instance id',
                 float_range=(0.01, 1.0), **ro)),
@@ -146,6 +151,7 @@ class GroundingNode(ManagedNode):
         self._max_image_size = int(values['max_image_size'])
         self._rescore = bool(values['rescore'])
         self._abstain = bool(values['abstain'])
+        self._light_correction = bool(values['light_correction'])
         if self._command_phrases is None:
             self._set_phrases(list(self._query_thresholds))
 
@@ -253,7 +259,8 @@ class GroundingNode(ManagedNode):
         options = {'distractors': self._distractors, 'min_area': self._min_area,
                    'max_detections': self._max_detections, 'rescore': self._rescore,
                    'max_candidates': max(64, self._max_detections),
-                   'abstain': None if self._abstain else AbstainRule.off()}
+                   'abstain': None if self._abstain else AbstainRule.off(),
+                   'light_correction': self._light_correction}
         if self._triton is not None:
             return triton_pipeline(self._triton, self._clip, self._clipseg, **options)
         from clip_ros.perception.backends import make_pipeline

@@ -17,6 +17,7 @@ import numpy as np
 
 from clip_ros.perception.geometry import Detection, paint
 from clip_ros.perception.image_np import validate_rgb
+from clip_ros.perception.light import LightCorrection, LightReference
 from clip_ros.perception.regions import instances
 from clip_ros.perception.vocabulary import Lexicon
 
@@ -163,7 +164,9 @@ class GroundingPipeline:
     """
     Find the image regions that match text phrases.
 
-    Each phrase is mapped onto the model's words (Lexicon of the CLIP model's vocabulary and
+    A model with a light reference (config 'light') sees each frame light-corrected first
+    (perception.light; light_correction=False turns it off). Each phrase is mapped onto the
+    model's words (Lexicon of the CLIP model's vocabulary and
     synonyms; unchanged for open models); a word the model does not know rejects the phrase.
     CLIPSeg gives a probability map per phrase; a pixel is foreground where its probability
     exceeds the phrase's threshold (so 1.0 switches a phrase off). Each connected component of at
@@ -177,7 +180,8 @@ class GroundingPipeline:
 
     def __init__(self, clip, clipseg, distractors=DEFAULT_DISTRACTORS, min_area: int = 64,
                  max_detections: int = 20, rescore: bool = True, crop_pad: float = 0.1,
-                 max_candidates: int = 64, abstain=None, runner=None):
+                 max_candidates: int = 64, abstain=None, runner=None,
+                 light_correction: bool = True):
         if min_area < 1:
             raise ValueError(f'min_area must be >= 1, got {min_area}')
         if max_detections < 1:
@@ -203,6 +207,9 @@ class GroundingPipeline:
         # None: the model's calibrated rule (config 'abstain'), or the defaults.
         self.abstain = abstain if isinstance(abstain, AbstainRule) else AbstainRule.from_config(
             getattr(clip, 'abstain', None) if abstain is None else abstain)
+        # The model's light reference (config 'light'), or None: frames go in as they come.
+        reference = LightReference.from_config(getattr(clip, 'light', None))
+        self.light = LightCorrection(reference) if reference and light_correction else None
         self.lexicon = Lexicon(getattr(clip, 'vocabulary', ()), getattr(clip, 'synonyms', {}))
         self.canonical = functools.lru_cache(maxsize=256)(self.lexicon.canonical)
 
@@ -252,7 +259,9 @@ class GroundingPipeline:
         frames = []
         for rgb, phrases, thresholds in requests:
             phrases = check_phrases(phrases)
-            frame = _Frame(validate_rgb(rgb), phrases, check_thresholds(thresholds, len(phrases)),
+            rgb = validate_rgb(rgb)
+            frame = _Frame(self.light(rgb) if self.light else rgb, phrases,
+                           check_thresholds(thresholds, len(phrases)),
                            [], [], {})
             for k, phrase in enumerate(phrases):
                 words, reason = self.canonical(phrase)

@@ -45,6 +45,9 @@ class ClipModel(ModelHandle):
     # Abstention thresholds (model config 'clip_ros' "abstain", written by `calibrate`); see
     # perception.grounding.AbstainRule. Empty: every candidate is accepted.
     abstain: dict = field(default_factory=dict)
+    # How the training frames look (model config 'clip_ros' "light", written by `calibrate`);
+    # see perception.light. Empty: frames are not light-corrected.
+    light: dict = field(default_factory=dict)
     text_cache: TextCache = field(default=None, repr=False)  # filled in __post_init__
 
     def __post_init__(self):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from clip_ros.perception.handles import ClipModel, ClipSegModel
+from clip_ros.perception.light import LightReference
 from clip_ros.perception.registry import (
     ModelLoadError, ModelNotFoundError, MODELS_DIR, resolve_placement, TABLETOP)
 from clip_ros.perception.vocabulary import Lexicon
@@ -110,6 +111,7 @@ def _read_config(directory: Path) -> dict:
         Lexicon(vocabulary, synonyms)  # a synonym onto a word the model lacks is a ValueError
         if not isinstance(extra.get('abstain', {}), dict):
             raise ValueError('abstain must map threshold names to numbers')
+        LightReference.from_config(extra.get('light'))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelLoadError(
             f"tabletop model: config '{path}' is invalid ({_reason(e)}); it needs "
@@ -207,7 +209,8 @@ def load_tabletop_clip(path=None, device='auto', dtype='auto'):
                      dtype=dtype, logit_scale=float(clip.logit_scale.float().exp().item()),
                      vocabulary=tuple(extra.get('vocabulary', ())),
                      synonyms=dict(extra.get('synonyms', {})),
-                     abstain=dict(extra.get('abstain', {})))
+                     abstain=dict(extra.get('abstain', {})),
+                     light=dict(extra.get('light', {})))
 
 
 def checkpoint_dir(value):

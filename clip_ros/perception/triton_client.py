@@ -150,6 +150,7 @@ def _handles(info: dict) -> tuple:
                       mean=tuple(clip['mean']), std=tuple(clip['std']),
                       logit_scale=clip['logit_scale'], vocabulary=tuple(clip['vocabulary']),
                       synonyms=dict(clip['synonyms']), abstain=dict(clip['abstain']),
+                      light=dict(clip.get('light', {})),
                       **common),
             ClipSegModel(name=seg['name'], image_size=seg['image_size'],
                          mean=tuple(seg['mean']), std=tuple(seg['std']), **common))

@@ -11,6 +11,10 @@ thresholds (CLIP margin, CLIPSeg peak) and picks the pair that rejects at least
 ones, wrongly rejecting as few present queries as it can; when no pair reaches both, the pair
 with the largest (absent rejected - present rejected). The values go into the model's
 config.json 'clip_ros' block, key "abstain" (other keys kept), with the figures they gave.
+
+First it measures how the model's training frames look (--light-scenes plain train-split
+scenes; perception.light.LightReference) and writes that as key "light", so the pipeline
+light-corrects frames, the calibration's included.
 """
 import argparse
 from collections import defaultdict
@@ -51,6 +55,16 @@ def val_scenes(conditions: list, count: int, start: int, width: int, height: int
             for seed, _, frame in condition_frames(sim, SPLIT, condition, count, start):
                 yield condition, seed, frame.rgb, visible_objects(frame), \
                     [o.name for o in frame.objects]
+
+
+def light_reference(count: int, width: int, height: int):
+    """Return the LightReference of `count` plain train-split renders (the model's light)."""
+    from clip_ros.perception.light import LightReference
+    from clip_ros.sim.conditions import condition_frames
+    from clip_ros.sim.simulator import Simulator  # needs OpenGL
+    with Simulator(0, width, height, show_gripper=False) as sim:
+        return LightReference.of_frames(
+            [f.rgb for _, _, f in condition_frames(sim, 'train', 'in_distribution', count)])
 
 
 def collect(pipeline, scenes, vocabulary, threshold: float, min_pixels: int, absent: int,
@@ -160,11 +174,11 @@ def min_score_floor(records: list, rule: AbstainRule, keep: float = 0.99) -> flo
     return math.floor(scores[int((1.0 - keep) * len(scores))] * 20) / 20
 
 
-def write_config(directory: Path, block: dict) -> Path:
-    """Merge `block` into config.json's 'clip_ros' block as "abstain" (other keys kept)."""
+def write_config(directory: Path, key: str, block: dict) -> Path:
+    """Merge `block` into config.json's 'clip_ros' block as `key` (other keys kept)."""
     path = directory / tabletop.CONFIG_FILE
     config = json.loads(path.read_text(encoding='utf-8'))  # read now: others may rewrite it
-    config.setdefault('clip_ros', {})['abstain'] = block
+    config.setdefault('clip_ros', {})[key] = block
     path.write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
     return path
 
@@ -248,6 +262,9 @@ def parse_args(argv=None):
                         help='share of absent-object queries to reject')
     parser.add_argument('--present-limit', type=float, default=PRESENT_LIMIT,
                         help='largest share of present-object queries wrongly rejected')
+    parser.add_argument('--light-scenes', type=int, default=40,
+                        help='train scenes the light reference is measured on (0: keep the '
+                             "config's reference, or none)")
     parser.add_argument('--device', default='cpu', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument('--threads', type=int, default=0,
                         help='torch CPU threads; 0: 2 on an idle machine, else 1')
@@ -267,6 +284,10 @@ def run(args) -> dict:
     directory = Path(path).expanduser() if path else tabletop.BUNDLED_DIR
     clip = tabletop.load_tabletop_clip(path, device=args.device)
     clipseg = tabletop.load_tabletop_clipseg(path, device=args.device)
+    light = None
+    if args.light_scenes > 0:
+        light = light_reference(args.light_scenes, args.width, args.height).to_config()
+        clip.light = light  # the calibration sees the frames as the node will
     pipeline = GroundingPipeline(
         clip, clipseg, distractors=NODE_DEFAULTS['distractors'], min_area=args.min_pixels,
         max_detections=NODE_DEFAULTS['max_detections'], abstain=AbstainRule.off())
@@ -281,7 +302,7 @@ def run(args) -> dict:
     # Rounded down, so the candidate at the threshold stays accepted.
     rule = AbstainRule(min_margin=math.floor(chosen['min_margin'] * 1000) / 1000,
                        min_peak=chosen['min_peak'])
-    report = {'model': clipseg.name, 'split': SPLIT, 'conditions': conditions,
+    report = {'model': clipseg.name, 'split': SPLIT, 'conditions': conditions, 'light': light,
               'scenes_per_condition': args.scenes, 'start': args.start,
               'image_size': [args.width, args.height], 'threshold': args.threshold,
               'targets': {'absent_rejected': args.absent_target,
@@ -291,8 +312,10 @@ def run(args) -> dict:
               'seconds': round(time.monotonic() - start, 1), 'curve': rows,
               'records': records}
     if not args.dry_run:
+        if light:
+            write_config(directory, 'light', light)
         f = report['figures']
-        write_config(directory, {
+        write_config(directory, 'abstain', {
             **rule.as_dict(),
             'calibration': {
                 'split': SPLIT, 'conditions': conditions, 'scenes': len(conditions) * args.scenes,

@@ -138,7 +138,8 @@ def node_pipeline(clip, clipseg, args):
                          max_detections=NODE_DEFAULTS['max_detections'],
                          rescore=args.rescore == 'on',
                          max_candidates=max(64, NODE_DEFAULTS['max_detections']),
-                         abstain=None if args.abstain == 'on' else AbstainRule.off())
+                         abstain=None if args.abstain == 'on' else AbstainRule.off(),
+                         light_correction=args.light_correction == 'on')
 
 
 def provenance(args) -> dict:
@@ -189,6 +190,9 @@ def parse_args(argv=None):
     parser.add_argument('--abstain', choices=('on', 'off'), default='on',
                         help="the model's calibrated abstention rule (off: every candidate "
                              'counts, as grounding_node with abstain: false)')
+    parser.add_argument('--light-correction', choices=('on', 'off'), default='on',
+                        help="correct frames towards the model's light (off: as "
+                             'grounding_node with light_correction: false)')
     parser.add_argument('--backend', choices=BACKENDS, default='torch', help='inference backend')
     parser.add_argument('--min-pixels', type=int, default=NODE_DEFAULTS['min_area'],
                         help='skip objects with fewer visible pixels (the min_area default)')
@@ -268,6 +272,7 @@ def run_conditions(args) -> dict:
               'seeds': [seeds[0], seeds[-1]], 'image_size': [args.width, args.height],
               'threshold': args.threshold, 'rescore': args.rescore, 'backend': args.backend,
               'abstain': args.abstain, 'abstain_rule': dict(clip.abstain),
+              'light_correction': args.light_correction, 'light': dict(clip.light),
               'min_pixels': args.min_pixels, 'absent_per_scene': args.absent,
               'held_out_combinations': list(HELD_OUT_NAMES), 'targets': shift_report.TARGETS,
               'conditions': figures, 'missed_targets': shift_report.missed_targets(figures),

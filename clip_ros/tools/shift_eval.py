@@ -39,7 +39,8 @@ DEFAULT_SCENES = 40     # per condition: about 150 present and 150 absent querie
 ABSENT_PER_SCENE = 4    # absent names asked per scene
 # grounding_node's defaults (config/grounding_node.yaml; test_evaluate holds them equal).
 NODE_DEFAULTS = {'threshold': 0.4, 'distractors': list(DEFAULT_DISTRACTORS), 'min_area': 64,
-                 'max_detections': 20, 'rescore': True, 'abstain': True}
+                 'max_detections': 20, 'rescore': True, 'abstain': True,
+                 'light_correction': True}
 # vla_policy_node's defaults (config/vla_policy_node.yaml; test_evaluate holds them equal).
 ROBOT_LIFT = LiftConfig(min_score=0.05, table_z=0.0, min_height=0.01, shape_band=0.004)
 

@@ -1,0 +1,124 @@
+"""
+Light correction: undo a coloured or dim light before a model that was trained under one light.
+
+The bundled tabletop model learned object colours under the simulator's near-white lamps; under
+a warm or blue lamp its "red" and "orange" (or "white" and "blue") swap, and in a dim room its
+maps fade. A model config may carry a reference of how its training frames look (key "light":
+the median colour of their lit pixels and their 90th-percentile brightness, written by
+`calibrate`); a frame is then corrected towards that reference with one gain per channel:
+
+- colour cast: the median colour of the frame's lit pixels against the reference, in log space.
+  Only the part along the warm-blue axis of natural light (black-body light from 3000 K to
+  10000 K) is corrected, and only when it is clear (>= CAST_MIN) and the rest is small
+  (<= OFF_AXIS_MAX): a green or purple table is not a lamp, and it is left alone;
+- darkness: the frame is brightened (never darkened: clipped highlights cannot come back) to the
+  reference's 90th-percentile brightness when it is clearly darker (>= DARK_MIN, at most
+  DARK_MAX), unless most of it is nearly black, which is a black table or a dark background
+  rather than a dim lamp.
+
+The constants were chosen on validation-split scenes rendered under the shift conditions; a
+model without a reference (pretrained CLIP/CLIPSeg) is left uncorrected. numpy only: the Triton
+client runs it without torch.
+"""
+from dataclasses import dataclass
+import math
+
+import numpy as np
+
+LIT_LEVEL = 30.0      # a pixel is lit when its mean channel value (0-255) exceeds this
+LIT_SHARE = 0.3       # the cast is measured only when this share of the frame is lit
+CAST_MIN = 0.25       # smallest log cast along the warm-blue axis that is corrected
+OFF_AXIS_MAX = 0.15   # largest log cast off that axis for which a cast is still corrected
+DARK_MIN = 0.3        # smallest log darkness (ln 1.35) that is brightened
+DARK_MAX = 1.2        # most log brightening (ln 3.3)
+BRIGHT_PERCENTILE = 90.0
+# Black-body light at 3000 K and 10000 K in sRGB: the line natural lamps lie on.
+_WARM, _COOL = np.log([255.0, 180.0, 107.0]), np.log([204.0, 219.0, 255.0])
+_AXIS = (_WARM - _WARM.mean()) - (_COOL - _COOL.mean())
+AXIS = _AXIS / np.linalg.norm(_AXIS)  # unit warm-minus-cool direction in zero-mean log RGB
+
+
+def _levels(rgb: np.ndarray) -> np.ndarray:
+    return rgb.reshape(-1, 3).mean(axis=1, dtype=np.float32)
+
+
+def lit_median(rgb: np.ndarray):
+    """Return the median colour [3] of a frame's lit pixels, or None when too few are lit."""
+    pixels = rgb.reshape(-1, 3)
+    lit = _levels(rgb) > LIT_LEVEL
+    if lit.sum() < LIT_SHARE * len(lit):
+        return None
+    return np.median(pixels[lit], axis=0).astype(np.float64)
+
+
+def bright_level(rgb: np.ndarray) -> float:
+    """Return a frame's 90th-percentile brightness (mean of the channels, 0-255)."""
+    return float(np.percentile(_levels(rgb), BRIGHT_PERCENTILE))
+
+
+@dataclass(frozen=True)
+class LightReference:
+    """How the frames a model was trained on look: what LightCorrection corrects towards."""
+
+    median_rgb: tuple     # median colour of lit pixels, averaged over the frames
+    bright_level: float   # 90th-percentile brightness, averaged over the frames
+
+    @classmethod
+    def of_frames(cls, frames) -> 'LightReference':
+        """Measure the reference of RGB uint8 frames (a model's training renders)."""
+        medians = [m for m in map(lit_median, frames) if m is not None]
+        levels = [bright_level(f) for f in frames]
+        if not medians:
+            raise ValueError('no frame has enough lit pixels to measure a light reference')
+        return cls(tuple(float(v) for v in np.mean(medians, axis=0)), float(np.mean(levels)))
+
+    @classmethod
+    def from_config(cls, block):
+        """Return the reference of a model config's "light" block, or None when it has none."""
+        if not block:
+            return None
+        try:
+            rgb = tuple(float(v) for v in block['median_rgb'])
+            level = float(block['bright_level'])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f'light must hold median_rgb (3 numbers) and bright_level, '
+                             f'got {block!r}') from e
+        if len(rgb) != 3 or min(rgb) <= 0 or level <= 0:
+            raise ValueError(f'light needs 3 positive median_rgb values and a positive '
+                             f'bright_level, got {block!r}')
+        return cls(rgb, level)
+
+    def to_config(self) -> dict:
+        """Return the "light" block for a model config."""
+        return {'median_rgb': [round(v, 3) for v in self.median_rgb],
+                'bright_level': round(self.bright_level, 3)}
+
+
+class LightCorrection:
+    """Per-frame channel gains that bring a frame's light towards a LightReference."""
+
+    def __init__(self, reference: LightReference):
+        self.reference = reference
+
+    def gains(self, rgb: np.ndarray) -> np.ndarray:
+        """Return the gains [3] for an RGB uint8 frame (ones when nothing is corrected)."""
+        log_gain = np.zeros(3)
+        median = lit_median(rgb)
+        if median is not None:
+            cast = np.log(np.asarray(self.reference.median_rgb) / np.maximum(median, 1.0))
+            cast -= cast.mean()  # brightness is handled below
+            along = float(cast @ AXIS)
+            if abs(along) >= CAST_MIN and np.linalg.norm(cast - along * AXIS) <= OFF_AXIS_MAX:
+                log_gain += along * AXIS
+        dark = math.log(self.reference.bright_level / max(bright_level(rgb), 1.0))
+        if dark >= DARK_MIN and np.median(_levels(rgb)) >= LIT_LEVEL:
+            log_gain += min(dark, DARK_MAX)
+        return np.exp(log_gain)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """Return the corrected frame (the same array when nothing is corrected)."""
+        gains = self.gains(rgb)
+        if np.allclose(gains, 1.0):
+            return rgb
+        out = rgb.astype(np.float32) * gains.astype(np.float32)
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)

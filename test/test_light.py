@@ -1,0 +1,133 @@
+"""Light correction: lamps are undone towards the model's reference, tables are left alone."""
+import numpy as np
+import pytest
+
+from clip_ros.perception import tabletop_model as tabletop
+from clip_ros.perception.grounding import GroundingPipeline
+from clip_ros.perception.light import (
+    AXIS, bright_level, CAST_MIN, DARK_MAX, LightCorrection, LightReference, lit_median)
+from clip_ros.perception.registry import ModelLoadError
+from clip_ros.sim.conditions import condition_frames, WARM
+from clip_ros.tools import shift_eval
+
+# Roughly the bundled model's reference: a warm-white lit table.
+REFERENCE = LightReference((150.0, 135.0, 118.0), 148.0)
+
+
+def cast(rgb: np.ndarray, reference: LightReference = REFERENCE) -> float:
+    """Return a frame's log colour cast along the warm-blue axis against the reference."""
+    log = np.log(np.asarray(reference.median_rgb) / lit_median(rgb))
+    return float((log - log.mean()) @ AXIS)
+
+
+def table_frame(table, objects=((230, 30, 30), (30, 200, 40), (240, 240, 240))) -> np.ndarray:
+    """Return a 120x160 frame: a table colour with three small objects on it."""
+    frame = np.empty((120, 160, 3), np.uint8)
+    frame[:] = table
+    for k, colour in enumerate(objects):
+        frame[40:60, 20 + 45 * k: 45 + 45 * k] = colour
+    return frame
+
+
+def scaled(frame: np.ndarray, gains) -> np.ndarray:
+    return np.clip(frame * np.asarray(gains, np.float32), 0, 255).astype(np.uint8)
+
+
+def test_a_frame_like_the_reference_is_returned_unchanged():
+    frame = table_frame((150, 135, 118))
+    assert LightCorrection(REFERENCE)(frame) is frame
+
+
+@pytest.mark.parametrize('tint', [WARM, (0.52, 0.7, 1.0)], ids=['warm', 'blue'])
+def test_a_lamp_colour_is_undone(tint):
+    lit = scaled(table_frame((150, 135, 118)), tint)
+    assert abs(cast(lit)) >= CAST_MIN
+    corrected = LightCorrection(REFERENCE)(lit)
+    assert abs(cast(corrected)) < 0.05
+    # The red object is red again, not orange or purple.
+    red = corrected[50, 30].astype(int)
+    assert red[0] > 150 and red[1] < 60 and red[2] < 60
+
+
+@pytest.mark.parametrize('table', [(40, 160, 60), (150, 40, 160), (10, 10, 10)],
+                         ids=['green', 'purple', 'black'])
+def test_a_coloured_or_black_table_is_not_a_lamp(table):
+    gains = LightCorrection(REFERENCE).gains(table_frame(table))
+    # No cast is corrected (equal gains); a mid-dark table may be brightened, a black one never.
+    assert np.allclose(gains, gains[0])
+    if table == (10, 10, 10):
+        assert np.allclose(gains, 1.0)
+
+
+def test_an_orange_table_under_white_light_passes_for_a_warm_lamp():
+    # On the lamps' axis a table colour cannot be told from a lamp: corrected as one.
+    gains = LightCorrection(REFERENCE).gains(table_frame((200, 120, 60)))
+    assert gains[0] < 1.0 < gains[2] and np.prod(gains) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_a_dim_frame_is_brightened_a_bright_one_never_darkened():
+    frame = table_frame((150, 135, 118))
+    dim = scaled(frame, [0.4] * 3)
+    gains = LightCorrection(REFERENCE).gains(dim)
+    assert np.allclose(gains, gains[0]) and 2.0 < gains[0] <= np.exp(DARK_MAX) + 1e-9
+    # Brought to the reference's brightness, colours kept.
+    assert bright_level(LightCorrection(REFERENCE)(dim)) == pytest.approx(148.0, abs=2.0)
+    assert np.allclose(LightCorrection(REFERENCE).gains(scaled(frame, [1.6] * 3)), 1.0)
+    # Very dark (but not black): brightened by at most DARK_MAX.
+    assert LightCorrection(REFERENCE).gains(scaled(frame, [0.25] * 3))[0] == pytest.approx(
+        np.exp(DARK_MAX))
+
+
+def test_reference_blocks_round_trip_and_bad_ones_are_refused():
+    assert LightReference.from_config(REFERENCE.to_config()) == REFERENCE
+    assert LightReference.from_config({}) is None and LightReference.from_config(None) is None
+    for bad in ({'median_rgb': [1, 2]}, {'median_rgb': [1, 2], 'bright_level': 5},
+                {'median_rgb': [0, 2, 3], 'bright_level': 5},
+                {'median_rgb': 'red', 'bright_level': 5}):
+        with pytest.raises(ValueError, match='median_rgb'):
+            LightReference.from_config(bad)
+    with pytest.raises(ValueError, match='lit pixels'):
+        LightReference.of_frames([np.zeros((8, 8, 3), np.uint8)])
+
+
+def test_a_model_config_with_a_bad_reference_does_not_load(tmp_path):
+    import json
+    import shutil
+    model = tmp_path / 'tabletop'
+    shutil.copytree(tabletop.BUNDLED_DIR, model)
+    config = json.loads((model / 'config.json').read_text())
+    config['clip_ros']['light'] = {'median_rgb': [1, 2]}
+    (model / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match='light'):
+        tabletop.load_tabletop_clip(str(model), device='cpu')
+
+
+def test_the_bundled_model_carries_its_reference():
+    clip = tabletop.load_tabletop_clip(device='cpu')
+    reference = LightReference.from_config(clip.light)
+    red, green, blue = reference.median_rgb
+    assert red > green > blue and 100 < reference.bright_level < 255
+
+
+@pytest.fixture(scope='module')
+def bundled():
+    clip = tabletop.load_tabletop_clip(device='cpu')
+    clipseg = tabletop.load_tabletop_clipseg(device='cpu')
+    return {on: GroundingPipeline(clip, clipseg, light_correction=on) for on in (True, False)}
+
+
+def accuracy(pipeline, scenes) -> float:
+    records = shift_eval.evaluate_scenes(pipeline, scenes, [], 0.4, 64, 0)
+    return float(np.mean([r['correct'] for r in records]))
+
+
+def test_under_coloured_lamps_the_bundled_model_finds_the_objects(gl_context, bundled):
+    from clip_ros.sim.simulator import Simulator
+    with Simulator(0, 320, 240, show_gripper=False) as sim:
+        plain, lamps = ([(seed, f.rgb, shift_eval.visible_objects(f),
+                          [o.name for o in f.objects], '')
+                         for seed, _, f in condition_frames(sim, 'val', condition, 4, 600)]
+                        for condition in ('in_distribution', 'light_colour'))
+    # Plain frames pass unchanged, so the two pipelines agree on them exactly.
+    assert accuracy(bundled[True], plain) == accuracy(bundled[False], plain) >= 0.9
+    assert accuracy(bundled[True], lamps) >= 0.85 > accuracy(bundled[False], lamps)
