@@ -42,7 +42,7 @@ NODE_DEFAULTS = {'threshold': 0.4, 'distractors': list(DEFAULT_DISTRACTORS), 'mi
                  'max_detections': 20, 'rescore': True, 'abstain': True,
                  'light_correction': True}
 # vla_policy_node's defaults (config/vla_policy_node.yaml; test_evaluate holds them equal).
-ROBOT_LIFT = LiftConfig(min_score=0.05, table_z=0.0, min_height=0.01, shape_band=0.004)
+ROBOT_LIFT = LiftConfig()
 
 
 @dataclass
