@@ -53,9 +53,10 @@ INVALID = {
         'silent_input_sec': 0.0, 'max_drop_ratio': 1.5},
     'classifier': {
         'classes': 3.0, 'templates': ['no placeholder'], 'top_k': -1, 'max_image_size': 8,
+        'light_correction': 'yes',
         'silent_input_sec': 0.0, 'max_drop_ratio': 1.5},
     'clipseg': {
-        'classes': 7, 'background_threshold': 1.5, 'max_image_size': 8,
+        'classes': 7, 'background_threshold': 1.5, 'max_image_size': 8, 'light_correction': 2,
         'silent_input_sec': 0.0, 'max_drop_ratio': -0.5},
     'policy': {
         'base_frame': ' ', 'extrinsic': [0.0] * 7, 'depth_scale': 0.0, 'min_depth': 6.0,
@@ -337,6 +338,31 @@ for managed in ('grounding', 'classifier', 'clipseg', 'policy'):
             assert diagnostics_after(rig, since, lambda m: dropped in m), 'no drop WARN'
 
 
+# A light reference far warmer than the noise frame, as `calibrate` would write into a model's
+# config (the tiny models have none): light correction then changes every frame the model sees.
+WARM_LIGHT = {'median_rgb': [250.0, 120.0, 40.0], 'bright_level': 250.0}
+
+
+def light_effect(handle_of, output):
+    """Return the effect check of light_correction on a node whose model handle_of returns."""
+    def same(a, b):
+        return a.shape == b.shape and np.allclose(a, b, atol=1e-4)
+
+    def check(rig, name):
+        handle = handle_of(rig.node)
+        handle.light = dict(WARM_LIGHT)
+        try:
+            with changed(rig, light_correction=False):  # applied with the reference, unused
+                plain = output(rig)
+            assert not same(output(rig), plain), 'light correction on: the output moves'
+        finally:
+            handle.light = {}
+        with changed(rig, light_correction=False):  # applied again: no reference any more
+            pass
+        assert same(output(rig), plain)
+    return check
+
+
 # grounding_node -----------------------------------------------------------------------------
 
 
@@ -394,24 +420,6 @@ def grounding_abstain(rig, name):
         assert ground(rig).detections
 
 
-@effect('grounding', 'light_correction')
-def grounding_light_correction(rig, name):
-    # The tiny model has no light reference: give it one far warmer than the noise frame, as
-    # `calibrate` would write into a model's config, so frames are corrected while it is on.
-    clip = rig.node._clip
-    clip.light = {'median_rgb': [250.0, 120.0, 40.0], 'bright_level': 250.0}
-    try:
-        with changed(rig, light_correction=False):  # rebuilt with the reference, not used
-            plain = scores(ground(rig))
-        # Back on: the frame the models see is corrected, so the scores move.
-        assert scores(ground(rig)) != pytest.approx(plain, abs=1e-6)
-    finally:
-        clip.light = {}
-    with changed(rig, min_area=1):  # a pipeline parameter: rebuilt without the reference
-        pass
-    assert scores(ground(rig)) == pytest.approx(plain, abs=1e-4)
-
-
 @effect('grounding', 'min_area')
 def grounding_min_area(rig, name):
     assert ground(rig).detections
@@ -439,6 +447,8 @@ def rejects_large_frames(rig, answer):
 
 
 effect('grounding', 'max_image_size')(lambda rig, name: rejects_large_frames(rig, ground))
+effect('grounding', 'light_correction')(light_effect(
+    lambda node: node._clip, lambda rig: np.array(scores(ground(rig)))))
 
 
 # clip_classifier_node -----------------------------------------------------------------------
@@ -478,6 +488,9 @@ def classifier_top_k(rig, name):
 
 
 effect('classifier', 'max_image_size')(lambda rig, name: rejects_large_frames(rig, classify))
+effect('classifier', 'light_correction')(light_effect(
+    lambda node: node._clip, lambda rig: np.array(sorted(by_class(classify(rig)).items()))[:, 1]
+    .astype(float)))
 
 
 # clipseg_node -------------------------------------------------------------------------------
@@ -512,6 +525,8 @@ def clipseg_background(rig, name):
 
 effect('clipseg', 'max_image_size')(
     lambda rig, name: rejects_large_frames(rig, lambda r, **image: segment(r, **image).size))
+effect('clipseg', 'light_correction')(light_effect(
+    lambda node: node._clipseg, lambda rig: segment(rig).astype(float)))
 
 
 # vla_policy_node ----------------------------------------------------------------------------

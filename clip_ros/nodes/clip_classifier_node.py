@@ -13,6 +13,7 @@ from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import classification_msg
 from clip_ros.perception.backends import make_clip, make_engine, use_cpu_threads
 from clip_ros.perception.classify import DEFAULT_TEMPLATES, ZeroShotClassifier
+from clip_ros.perception.light import correction_for
 from clip_ros.perception.loading import load_clip
 from clip_ros.perception.registry import DEFAULT_CLIP
 
@@ -47,7 +48,7 @@ class ClipClassifierNode(ManagedNode):
             ('top_k', 0, describe('publish only the best k classes; 0 for all',
                                   int_range=(0, 65535))),
         ))
-        self._clip = None
+        self._clip = self._light = None
         self._classifier = None
         self._classes: list = []
         self.watch_parameters(check_lists, self._apply_parameters)
@@ -83,6 +84,7 @@ class ClipClassifierNode(ManagedNode):
         values = parameter_values(self)
         self._max_image_size = int(values['max_image_size'])
         self._top_k = int(values['top_k'])
+        self._light = correction_for(self._clip, values['light_correction'])
         classes, templates = check_lists(values)
         if self._clip is not None and classes:
             # Build a new classifier and swap it in one assignment, so a frame never sees
@@ -100,10 +102,10 @@ class ClipClassifierNode(ManagedNode):
         if classifier is None:
             self._warn('no_classes', 'no classes to score: set the `classes` parameter')
             return
-        rgb = self.decode_frame(msg)
+        rgb, light = self.decode_frame(msg), self._light
         if rgb is None:
             return
-        probabilities = classifier(rgb)
+        probabilities = classifier(light(rgb) if light is not None else rgb)
         self._pub.publish(
             classification_msg(classifier.classes, probabilities, msg.header, self._top_k))
 

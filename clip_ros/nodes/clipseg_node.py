@@ -16,6 +16,7 @@ from clip_ros.nodes.messages import detections_msg, label_info_msg
 from clip_ros.perception.backends import make_engine, make_runner, use_cpu_threads
 from clip_ros.perception.classify import semantic_regions, semantic_segmentation
 from clip_ros.perception.clipseg import load_clipseg
+from clip_ros.perception.light import correction_for
 from clip_ros.perception.registry import DEFAULT_CLIPSEG
 
 WARM_UP_SIZE = 224
@@ -41,7 +42,7 @@ class ClipSegNode(ManagedNode):
                 'pixels whose best class probability is below this are background (0)',
                 float_range=(0.0, 1.0))),
         ))
-        self._runner = None
+        self._runner = self._clipseg = self._light = None
         self._label_pub = None
         self._classes: list = []
         self._label_sent = False
@@ -62,7 +63,7 @@ class ClipSegNode(ManagedNode):
             engine = replace(engine, threads=threads)
         self.get_logger().info(f'loaded {model.name} on {model.device}, '
                                f'backend {options["backend"]}')
-        self._runner = make_runner(model, engine, cache)
+        self._runner, self._clipseg = make_runner(model, engine, cache), model
         # One inference now, so the first camera frame does not pay for lazy initialisation.
         with torch.inference_mode():
             self._runner.probabilities(np.zeros((WARM_UP_SIZE, WARM_UP_SIZE, 3), np.uint8),
@@ -74,7 +75,7 @@ class ClipSegNode(ManagedNode):
 
     def release_model(self) -> None:
         """Drop the model and the outputs."""
-        self._runner = self._label_pub = None
+        self._runner = self._clipseg = self._label_pub = None
 
     def on_activated(self) -> None:
         """Publish the current label map, latched for late subscribers."""
@@ -85,6 +86,7 @@ class ClipSegNode(ManagedNode):
         # Checked by check_classes before the set landed; frames read these when they start.
         values = parameter_values(self)
         self._max_image_size = int(values['max_image_size'])
+        self._light = correction_for(self._clipseg, values['light_correction'])
         background = float(values['background_threshold'])
         classes = check_classes(values)
         # label_info carries the classes and the threshold: republished when either changes.
@@ -102,9 +104,11 @@ class ClipSegNode(ManagedNode):
         if not classes:
             self._warn('no_classes', 'no classes to segment: set the `classes` parameter')
             return
-        rgb = self.decode_frame(msg)
+        rgb, light = self.decode_frame(msg), self._light
         if rgb is None:
             return
+        if light is not None:
+            rgb = light(rgb)
         with torch.inference_mode():
             heatmaps = runner.probabilities(rgb, classes)  # [C, H, W]
         label_image = semantic_segmentation(heatmaps, self._background)

@@ -111,10 +111,6 @@ class GroundingNode(ManagedNode):
             ('abstain', True, describe(
                 "refuse instances the model's calibrated abstention rule rejects (config.json "
                 "'abstain'); a phrase left without any is reported 'not found'")),
-            ('light_correction', True, describe(
-                'correct a warm or blue light cast and brighten dim frames towards the light '
-                "the model was trained under (config.json 'light'; models without one, such as "
-                'the pretrained defaults, are never corrected)')),
             ('track_iou', 0.3, describe(
                 'smallest mask IoU (after motion prediction) that keeps an instance id',
                 float_range=(0.01, 1.0), **ro)),

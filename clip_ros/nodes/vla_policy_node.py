@@ -83,8 +83,9 @@ def _parameters() -> tuple:
                                     'the next perception set', float_range=(0.01, 1000.0))),
         ('sync_tolerance', 0.05, describe('largest stamp gap of matched inputs (s); applies at '
                                           'once', float_range=(0.0, 10.0))),
-        ('min_score', LiftConfig.min_score, describe('ignore detections below this score; applies from the '
-                                     'next perception set', float_range=(0.0, 1.0))),
+        ('min_score', LiftConfig.min_score, describe(
+            'ignore detections below this score; applies from the next perception set',
+            float_range=(0.0, 1.0))),
         ('table_z', 0.0, describe('base-frame z of the table top (m); applies from the next '
                                   'perception set', float_range=(-100.0, 100.0))),
         ('min_height', 0.01, describe(

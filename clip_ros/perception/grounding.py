@@ -17,7 +17,7 @@ import numpy as np
 
 from clip_ros.perception.geometry import Detection, paint
 from clip_ros.perception.image_np import validate_rgb
-from clip_ros.perception.light import LightCorrection, LightReference
+from clip_ros.perception.light import correction_for
 from clip_ros.perception.regions import instances
 from clip_ros.perception.vocabulary import Lexicon
 
@@ -208,8 +208,7 @@ class GroundingPipeline:
         self.abstain = abstain if isinstance(abstain, AbstainRule) else AbstainRule.from_config(
             getattr(clip, 'abstain', None) if abstain is None else abstain)
         # The model's light reference (config 'light'), or None: frames go in as they come.
-        reference = LightReference.from_config(getattr(clip, 'light', None))
-        self.light = LightCorrection(reference) if reference and light_correction else None
+        self.light = correction_for(clip, light_correction)
         self.lexicon = Lexicon(getattr(clip, 'vocabulary', ()), getattr(clip, 'synonyms', {}))
         self.canonical = functools.lru_cache(maxsize=256)(self.lexicon.canonical)
 

@@ -27,6 +27,9 @@ class ModelHandle:
     std: tuple  # per-channel normalisation std
     device: 'torch.device'  # where the weights live
     dtype: 'torch.dtype'  # weight dtype
+    # How the training frames look (model config 'clip_ros' "light", written by `calibrate`);
+    # see perception.light. Empty: frames are not light-corrected.
+    light: dict = field(default_factory=dict)
 
 
 # CLIPSeg needs nothing beyond the common fields; ClipSegRunner does its text encoding.
@@ -45,9 +48,6 @@ class ClipModel(ModelHandle):
     # Abstention thresholds (model config 'clip_ros' "abstain", written by `calibrate`); see
     # perception.grounding.AbstainRule. Empty: every candidate is accepted.
     abstain: dict = field(default_factory=dict)
-    # How the training frames look (model config 'clip_ros' "light", written by `calibrate`);
-    # see perception.light. Empty: frames are not light-corrected.
-    light: dict = field(default_factory=dict)
     text_cache: TextCache = field(default=None, repr=False)  # filled in __post_init__
 
     def __post_init__(self):

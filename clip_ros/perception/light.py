@@ -94,6 +94,12 @@ class LightReference:
                 'bright_level': round(self.bright_level, 3)}
 
 
+def correction_for(handle, enabled: bool = True):
+    """Return the LightCorrection of a model handle's reference; None without one or when off."""
+    reference = LightReference.from_config(getattr(handle, 'light', None))
+    return LightCorrection(reference) if reference and enabled else None
+
+
 class LightCorrection:
     """Per-frame channel gains that bring a frame's light towards a LightReference."""
 

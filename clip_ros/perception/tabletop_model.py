@@ -196,7 +196,7 @@ def load_tabletop_clipseg(path=None, device='auto', dtype='auto'):
     extra = config['clip_ros']
     return ClipSegModel(model=model, name=model_name(path), image_size=int(extra['image_size']),
                         mean=tuple(extra['mean']), std=tuple(extra['std']), device=device,
-                        dtype=dtype)
+                        dtype=dtype, light=dict(extra.get('light', {})))
 
 
 def load_tabletop_clip(path=None, device='auto', dtype='auto'):
