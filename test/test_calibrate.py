@@ -51,6 +51,20 @@ def test_unreachable_targets_give_the_best_trade_off():
     assert chosen['absent_rejected'] - chosen['present_rejected'] == pytest.approx(best)
 
 
+def test_within_the_noise_of_the_best_trade_off_the_fewest_present_refusals_win():
+    def row(margin, present, absent):
+        return {'min_peak': 0.0, 'min_margin': margin, 'present_rejected': present,
+                'absent_rejected': absent, 'present_queries': 1000, 'absent_queries': 1000}
+    # Best trade-off 0.70 with a standard error of about 0.016: 0.69 is inside, 0.66 is not.
+    rows = [row(1.0, 0.10, 0.80), row(0.0, 0.07, 0.76), row(-1.0, 0.03, 0.69)]
+    chosen, met = calibrate.choose(rows, absent_target=0.95, present_limit=0.03)
+    assert not met and chosen['min_margin'] == 0.0
+    # With a tenth of the queries the noise (0.05) is wider and takes in the loosest rule too.
+    for r in rows:
+        r['present_queries'] = r['absent_queries'] = 100
+    assert calibrate.choose(rows, 0.95, 0.03)[0]['min_margin'] == -1.0
+
+
 def test_figures_of_a_rule():
     figures = calibrate.figures(RECORDS, AbstainRule(min_margin=0.5))
     assert figures['absent_rejected']['k'] == 6 and figures['absent_rejected']['n'] == 7

@@ -9,7 +9,11 @@ its evidence (perception.grounding.Evidence) with the rule off. It then sweeps t
 thresholds (CLIP margin, CLIPSeg peak) and picks the pair that rejects at least
 --absent-target of the absent queries while rejecting at most --present-limit of the present
 ones, wrongly rejecting as few present queries as it can; when no pair reaches both, the pair
-with the largest (absent rejected - present rejected). The values go into the model's
+that wrongly rejects the fewest present queries among those whose (absent rejected - present
+rejected) is within one standard error of the largest: differences inside the sampling noise
+do not justify refusing more objects that are there, each a robot's task lost, while an absent
+object let through still meets the policy's shape check and look again. The values go into the
+model's
 config.json 'clip_ros' block, key "abstain" (other keys kept), with the figures they gave.
 
 First it measures how the model's training frames look (--light-scenes plain train-split
@@ -121,20 +125,31 @@ def sweep(records: list, peaks=PEAKS) -> list:
             passes = best >= margin
             rows.append({'min_peak': float(peak), 'min_margin': float(margin),
                          'present_rejected': float(np.mean(~passes[present])),
-                         'absent_rejected': float(np.mean(~passes[~present]))})
+                         'absent_rejected': float(np.mean(~passes[~present])),
+                         'present_queries': int(present.sum()),
+                         'absent_queries': int((~present).sum())})
     return rows
 
 
 def choose(rows: list, absent_target: float, present_limit: float) -> tuple:
-    """Return (row, met): the best row meeting both targets, else the best trade-off."""
+    """Return (row, met): the best row meeting both targets, else the trade-off (see above)."""
     met = [r for r in rows if r['absent_rejected'] >= absent_target
            and r['present_rejected'] <= present_limit]
     if met:
         # The least wrongly rejected, then the most absent rejected, then the loosest rule.
         return min(met, key=lambda r: (r['present_rejected'], -r['absent_rejected'],
                                        r['min_margin'], r['min_peak'])), True
-    return max(rows, key=lambda r: (r['absent_rejected'] - r['present_rejected'],
-                                    -r['min_margin'], -r['min_peak'])), False
+
+    def gap(row):
+        return row['absent_rejected'] - row['present_rejected']
+
+    best = max(rows, key=lambda r: (gap(r), -r['min_margin'], -r['min_peak']))
+    a, p = best['absent_rejected'], best['present_rejected']
+    noise = math.sqrt(a * (1 - a) / max(best.get('absent_queries', 1), 1)
+                      + p * (1 - p) / max(best.get('present_queries', 1), 1))
+    band = [r for r in rows if gap(r) >= gap(best) - noise]
+    return min(band, key=lambda r: (r['present_rejected'], -r['absent_rejected'],
+                                    r['min_margin'], r['min_peak'])), False
 
 
 def figures(records: list, rule: AbstainRule) -> dict:
