@@ -20,6 +20,7 @@ from parity import (  # noqa: I100, I201
 pytest.importorskip('onnxruntime')
 
 SEEDS = (0, 1, 2)
+MIXED_SCORE_TOL = 0.02  # openvino 'mixed': CLIP at bf16 on this Xeon
 
 
 @pytest.fixture(scope='module')
@@ -222,3 +223,24 @@ def test_openvino_default_precision_stays_close(tmp_path):
     error = np.abs(runner.probabilities(rgb, PHRASES) - ref)
     # Measured on bf16: max 0.12, mean 7e-5, 0.04 % of pixels above 0.05.
     assert error.mean() <= 1e-3 and np.mean(error > 0.05) <= 0.005
+
+
+def test_mixed_precision_keeps_torch_boxes(cache):
+    """Mixed precision on OpenVINO: CLIPSeg in f32 keeps torch's maps and boxes."""
+    _openvino()
+    clip, clipseg = load_models('tabletop')
+    ref = make_pipeline(clip, clipseg, min_area=4)
+    mixed = make_pipeline(clip, clipseg, backend='openvino', precision='mixed', cache_dir=cache,
+                          min_area=4)
+    assert mixed.runner.engine.precision == 'f32'
+    found = 0
+    for rgb in _frames():
+        a, b = ref(rgb, PHRASES, 0.3), mixed(rgb, PHRASES, 0.3)
+        assert np.abs(a.heatmaps - b.heatmaps).max() <= MAP_TOL
+        assert [(d.phrase, d.box) for d in a.detections] == \
+            [(d.phrase, d.box) for d in b.detections]
+        # bf16 keeps 8 bits of mantissa: CLIP's probabilities move by a few thousandths.
+        assert [d.score for d in b.detections] == pytest.approx(
+            [d.score for d in a.detections], abs=MIXED_SCORE_TOL)
+        found += len(a.detections)
+    assert found, 'the comparison needs detections'

@@ -18,7 +18,8 @@ def backend_parameters() -> tuple:
         ('openvino_device', 'CPU', describe('OpenVINO device: CPU, GPU or NPU', **ro)),
         ('openvino_precision', DEFAULT_PRECISION, describe(
             "OpenVINO precision hint: 'auto' (the device's default; bf16 on Xeons with AMX), "
-            "'f32', 'f16' or 'bf16'", **ro)),
+            "'f32', 'f16', 'bf16' or 'mixed' (CLIPSeg in f32: torch's boxes; CLIP at the "
+            "device's default)", **ro)),
         ('threads', 0, describe(
             'CPU threads for inference (torch, and each ONNX Runtime / OpenVINO session); 0 '
             'picks 1 for small models (the bundled tabletop model: 31.9 frames/s on one thread, '

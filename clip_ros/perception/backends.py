@@ -6,7 +6,7 @@ torch modules or the exported ONNX graphs (perception.export) under ONNX Runtime
 everything between the passes (thresholds, components, re-scoring softmax) is the same code
 for all. make_clip and make_runner give the nodes that run one model the same choice.
 """
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 import importlib
 import threading
 
@@ -19,7 +19,7 @@ from clip_ros.perception.export import export_clip, export_clipseg
 from clip_ros.perception.grounding import GroundingPipeline
 from clip_ros.perception.handles import ClipModel
 from clip_ros.perception.names import (  # noqa: F401 - re-exported
-    BACKENDS, DEFAULT_PRECISION, DEFAULT_PROVIDERS, OPENVINO_DEVICES, PRECISIONS)
+    BACKENDS, DEFAULT_PRECISION, DEFAULT_PROVIDERS, MIXED, OPENVINO_DEVICES, PRECISIONS)
 from clip_ros.perception.static_shapes import make_static
 from clip_ros.perception.tokenizer import tokenize
 
@@ -239,15 +239,21 @@ class OnnxClipModel(ClipModel):
         return F.normalize(self.sessions['clip_text'](tokenize(phrases))[0], dim=-1)
 
 
+def _for(engine: Engine, model: str) -> Engine:
+    """Return the engine one model runs on: 'mixed' precision splits into MIXED's per model."""
+    return replace(engine, precision=MIXED[model]) if engine.precision == 'mixed' else engine
+
+
 def make_clip(clip: ClipModel, engine: Engine = None, cache_dir=None) -> ClipModel:
     """Return the ClipModel as loaded (engine None: torch) or on the engine's graphs."""
-    return clip if engine is None else OnnxClipModel.from_model(clip, engine, cache_dir)
+    return clip if engine is None else OnnxClipModel.from_model(
+        clip, _for(engine, 'clip'), cache_dir)
 
 
 def make_runner(clipseg, engine: Engine = None, cache_dir=None) -> ClipSegRunner:
     """Return a ClipSegRunner on torch (engine None) or on the engine's graphs."""
     return ClipSegRunner(clipseg) if engine is None else OnnxClipSegRunner(
-        clipseg, engine, cache_dir)
+        clipseg, _for(engine, 'clipseg'), cache_dir)
 
 
 def make_pipeline(clip, clipseg, backend: str = 'torch', providers=None, cache_dir=None,
@@ -270,7 +276,8 @@ def make_pipeline(clip, clipseg, backend: str = 'torch', providers=None, cache_d
         graph cache root (default $CLIP_ROS_ONNX_CACHE or ~/.cache/clip_ros/onnx).
     device, precision
         OpenVINO device (CPU, GPU, NPU; default CPU) and precision hint ('auto' = the
-        device's default, 'f32', 'f16', 'bf16').
+        device's default, 'f32', 'f16', 'bf16'; 'mixed' = CLIPSeg in f32, CLIP at the
+        device's default).
     static_shapes
         backend torch: pad the phrase count, crop batch and frame batch to shape buckets and
         replay the passes as CUDA graphs (perception.static_shapes); None (default) turns it

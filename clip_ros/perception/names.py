@@ -9,6 +9,8 @@ BACKENDS = ('torch', 'onnxruntime', 'openvino')
 DEFAULT_PROVIDERS = ('CPUExecutionProvider',)
 OPENVINO_DEVICES = ('CPU', 'GPU', 'NPU')
 # Hint -> the device capability it needs. 'auto' leaves the device's default (bf16 on Xeons
-# with AMX, f16 on GPUs); f32 for parity with torch.
-PRECISIONS = {'auto': None, 'f32': 'FP32', 'f16': 'FP16', 'bf16': 'BF16'}
+# with AMX, f16 on GPUs); f32 for parity with torch. 'mixed': CLIPSeg in f32, so its maps and
+# the boxes they give stay torch's, and CLIP's towers at the device's default.
+PRECISIONS = {'auto': None, 'f32': 'FP32', 'f16': 'FP16', 'bf16': 'BF16', 'mixed': None}
+MIXED = {'clipseg': 'f32', 'clip': 'auto'}  # what each model runs at under 'mixed'
 DEFAULT_PRECISION = 'auto'

@@ -10,7 +10,8 @@ default sizes, so no download is needed; the arithmetic equals the pretrained mo
   both paths re-score the same number of components (``--instances-per-phrase``);
 - ours: GroundingPipeline (one CLIPSeg vision pass, cached text, batched tensor crops) on each
   backend: torch, onnxruntime and openvino (the device's default precision, bf16 on Xeons with
-  AMX; 'openvino-f32' forces f32). Each backend's detections are compared with torch's.
+  AMX; 'openvino-f32' forces f32, 'openvino-mixed' runs CLIPSeg in f32 and CLIP at the
+  default). Each backend's detections are compared with torch's.
 """
 import argparse
 from functools import partial
@@ -98,6 +99,7 @@ def time_all(steps: dict, repeats: int) -> dict:
 BACKENDS = {'torch': {}, 'onnxruntime': {'backend': 'onnxruntime'},
             'openvino': {'backend': 'openvino'},
             'openvino-f32': {'backend': 'openvino', 'precision': 'f32'},
+            'openvino-mixed': {'backend': 'openvino', 'precision': 'mixed'},
             'torch-eager': {'static_shapes': False}}  # on CUDA: without buckets and graphs
 DEFAULT_BACKENDS = ('torch', 'onnxruntime', 'openvino')
 
