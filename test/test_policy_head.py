@@ -92,6 +92,21 @@ def test_tracker_freezes_the_target_near_the_gripper():
     assert np.allclose(tracker.target, target) and tracker.frozen
 
 
+def test_tracker_never_takes_the_arm_for_the_destination():
+    # Seed 255435 of the closed loop: the grey arm above the fingers was grounded as "the white
+    # cylinder" while lifting, and the block went back down where it was picked up.
+    tracker, destination = TargetTracker(0.2), np.array([-0.12, 0.0, 0.065])
+    ee = np.array([0.156, -0.17, 0.31])
+    tracker.update(Observation(0.0, ee, destination=destination, holding=True), True, True)
+    tracker.update(Observation(0.1, ee, destination=ee + [0.007, -0.054, 0.065],
+                               holding=True), True, True)
+    assert np.allclose(tracker.destination, destination)
+    # A destination under the gripper, a clearance and a load below it, is still taken.
+    below = ee - [0.0, 0.0, 0.05]
+    tracker.update(Observation(0.2, ee, destination=below, holding=True), True, True)
+    assert np.allclose(tracker.destination, below)
+
+
 def test_gripper_labels_anticipate_within_the_episode():
     action = np.zeros((6, 4), np.float32)
     action[[2, 3, 5], 3] = 1.0  # episode 0 closes on its row 2; episode 1 on its last row

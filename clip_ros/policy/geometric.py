@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clip_ros.policy.command import Command, quote
-from clip_ros.policy.verify import Verification, VerifyConfig
+from clip_ros.policy.verify import at_gripper, Verification, VerifyConfig
 
 ACTION_VERBS = ('pick', 'place', 'push', 'point', 'go_to', 'find')
 # Status states: idle -> waiting (no target yet) -> executing -> succeeded | failed | aborted;
@@ -145,6 +145,11 @@ def plan(command: Command, config: PolicyConfig) -> list:
     raise ValueError(f'no action for verb {command.verb!r}; known: {", ".join(ACTION_VERBS)}')
 
 
+# How far under the grasp point a destination sighting on the gripper's axis may lie and
+# still be the arm: a real destination under a carried load lies a clearance and a load lower.
+ARM_BELOW = 0.01
+
+
 def occludes(ee_position, target, near_distance: float) -> bool:
     """Tell whether the end effector is close enough to `target` to hide it (None: no)."""
     return target is not None and bool(
@@ -182,7 +187,11 @@ class TargetTracker:
         self.frozen = self.frozen or occludes(obs.ee_position, self.target, self.near_distance)
         if obs.target is not None and self.tracking(track_target):
             self.target, self.target_seen = np.asarray(obs.target, np.float64), obs.time
-        if obs.destination is not None and (self.destination is None or track_destination):
+        # The arm above the grasp point can be grounded as the destination (a grey arm passes
+        # for a white cylinder): a destination there is the gripper, never the place to go.
+        if obs.destination is not None and not at_gripper(
+                obs.destination, obs.ee_position, VerifyConfig.gripper_radius, ARM_BELOW) and (
+                self.destination is None or track_destination):
             self.destination = np.asarray(obs.destination, np.float64)
             self.destination_seen = obs.time
             self.destination_view = ((obs.seen or {}).get('destination') or

@@ -106,11 +106,15 @@ def check_pick(name: str, target: LiftedTarget | None, ee_position, config: Veri
     return True, f'the gripper closed on an object; {seen}: another {name}'
 
 
+def at_gripper(point, ee_position, radius: float, below: float) -> bool:
+    """Tell whether a lifted point is the gripper: within `radius` of its axis, not `below` it."""
+    point, ee = np.asarray(point, np.float64), np.asarray(ee_position, np.float64)
+    return bool(np.linalg.norm(point[:2] - ee[:2]) <= radius and point[2] >= ee[2] - below)
+
+
 def _at_gripper(view: LiftedTarget, ee_position, config: VerifyConfig) -> bool:
     """Tell whether a detection lies on the open gripper (near its axis, not below it)."""
-    ee = np.asarray(ee_position, np.float64)
-    return bool(np.linalg.norm(view.centre[:2] - ee[:2]) <= config.gripper_radius
-                and view.centre[2] >= ee[2] - config.gripper_radius)
+    return at_gripper(view.centre, ee_position, config.gripper_radius, config.gripper_radius)
 
 
 def _still_there(destination: LiftedTarget, views) -> bool:
