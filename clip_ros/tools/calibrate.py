@@ -133,23 +133,21 @@ def sweep(records: list, peaks=PEAKS) -> list:
 
 def choose(rows: list, absent_target: float, present_limit: float) -> tuple:
     """Return (row, met): the best row meeting both targets, else the trade-off (see above)."""
-    met = [r for r in rows if r['absent_rejected'] >= absent_target
-           and r['present_rejected'] <= present_limit]
-    if met:
-        # The least wrongly rejected, then the most absent rejected, then the loosest rule.
-        return min(met, key=lambda r: (r['present_rejected'], -r['absent_rejected'],
-                                       r['min_margin'], r['min_peak'])), True
+    def fewest_refused(row):  # then the most absent rejected, then the loosest rule
+        return row['present_rejected'], -row['absent_rejected'], row['min_margin'], row['min_peak']
 
     def gap(row):
         return row['absent_rejected'] - row['present_rejected']
 
+    met = [r for r in rows if r['absent_rejected'] >= absent_target
+           and r['present_rejected'] <= present_limit]
+    if met:
+        return min(met, key=fewest_refused), True
     best = max(rows, key=lambda r: (gap(r), -r['min_margin'], -r['min_peak']))
     a, p = best['absent_rejected'], best['present_rejected']
-    noise = math.sqrt(a * (1 - a) / max(best.get('absent_queries', 1), 1)
-                      + p * (1 - p) / max(best.get('present_queries', 1), 1))
-    band = [r for r in rows if gap(r) >= gap(best) - noise]
-    return min(band, key=lambda r: (r['present_rejected'], -r['absent_rejected'],
-                                    r['min_margin'], r['min_peak'])), False
+    noise = math.sqrt(a * (1 - a) / max(best['absent_queries'], 1)
+                      + p * (1 - p) / max(best['present_queries'], 1))
+    return min((r for r in rows if gap(r) >= gap(best) - noise), key=fewest_refused), False
 
 
 def figures(records: list, rule: AbstainRule) -> dict:
