@@ -14,7 +14,9 @@ the median colour of their lit pixels and their 90th-percentile brightness, writ
 - darkness: the frame is brightened (never darkened: clipped highlights cannot come back) to the
   reference's 90th-percentile brightness when it is clearly darker (>= DARK_MIN, at most
   DARK_MAX), unless most of it is nearly black, which is a black table or a dark background
-  rather than a dim lamp.
+  rather than a dim lamp;
+- table: then a table that is not the trained one's colour is recoloured to it
+  (perception.surface).
 
 The constants were chosen on validation-split scenes rendered under the shift conditions; a
 model without a reference (pretrained CLIP/CLIPSeg) is left uncorrected. numpy only: the Triton
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 import math
 
 import numpy as np
+
+from clip_ros.perception.surface import SurfaceCorrection
 
 LIT_LEVEL = 30.0      # a pixel is lit when its mean channel value (0-255) exceeds this
 LIT_SHARE = 0.3       # the cast is measured only when this share of the frame is lit
@@ -108,10 +112,15 @@ def correction_for(handle, enabled: bool = True):
 
 
 class LightCorrection:
-    """Per-frame channel gains that bring a frame's light towards a LightReference."""
+    """
+    Per-frame channel gains that bring a frame's light towards a LightReference.
 
-    def __init__(self, reference: LightReference):
+    Then, unless table=False, the table is recoloured to the reference's (perception.surface).
+    """
+
+    def __init__(self, reference: LightReference, table: bool = True):
         self.reference = reference
+        self.table = SurfaceCorrection(reference.median_rgb) if table else None
 
     def gains(self, rgb: np.ndarray) -> np.ndarray:
         """Return the gains [3] for an RGB uint8 frame (ones when nothing is corrected)."""
@@ -131,6 +140,10 @@ class LightCorrection:
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """Return the corrected frame (the same array when nothing is corrected)."""
+        rgb = self._light(rgb)
+        return self.table(rgb) if self.table is not None else rgb
+
+    def _light(self, rgb: np.ndarray) -> np.ndarray:
         gains = self.gains(rgb)
         if np.allclose(gains, 1.0):
             return rgb

@@ -1,0 +1,92 @@
+"""Table correction: a coloured or black table becomes the trained one; objects keep colours."""
+import numpy as np
+import pytest
+
+from clip_ros.perception import tabletop_model as tabletop
+from clip_ros.perception.grounding import GroundingPipeline
+from clip_ros.perception.light import bright_level, LightCorrection, LightReference
+from clip_ros.perception.surface import find_surface, SurfaceCorrection
+from clip_ros.sim.conditions import condition_frames
+from clip_ros.tools import shift_eval
+
+TABLE = (150.0, 135.0, 118.0)  # roughly the bundled model's trained table
+RED, WHITE, BLUE = (220, 30, 30), (240, 240, 240), (30, 40, 210)
+
+
+def scene(table, floor=None, objects=(RED, WHITE, BLUE)) -> np.ndarray:
+    """Return a 240x320 frame: a table with three objects, optionally a floor band on top."""
+    frame = np.empty((240, 320, 3), np.uint8)
+    frame[:] = table
+    if floor is not None:
+        frame[:60] = floor
+    for k, colour in enumerate(objects):
+        frame[100:130, 40 + 100 * k: 80 + 100 * k] = colour
+    return frame
+
+
+def test_the_trained_table_is_left_alone():
+    frame = scene((148, 134, 120))
+    assert SurfaceCorrection(TABLE)(frame) is frame
+    assert SurfaceCorrection(TABLE)(scene((230, 214, 190))) is not None  # washed out: alone
+    washed = scene((250, 236, 222))
+    assert SurfaceCorrection(TABLE)(washed) is washed
+
+
+def test_a_green_table_becomes_the_trained_one_and_objects_keep_their_colours():
+    frame = scene((40, 200, 60))
+    out = SurfaceCorrection(TABLE)(frame)
+    assert np.abs(out[200, 10].astype(float) - TABLE).max() <= 2
+    for k, colour in enumerate((RED, WHITE, BLUE)):
+        assert (out[110, 60 + 100 * k] == colour).all()
+
+
+def test_shading_and_highlights_of_a_coloured_table_keep_their_share():
+    # A darker and a glossy patch of the green table: half its colour, and colour plus white.
+    frame = scene((40, 200, 60))
+    frame[180:200, 100:140] = (20, 100, 30)
+    frame[180:200, 200:240] = np.array([40, 200, 60]) * 0.8 + 40
+    out = SurfaceCorrection(TABLE)(frame).astype(float)
+    assert np.abs(out[190, 120] - np.array(TABLE) * 0.5).max() <= 3
+    assert np.abs(out[190, 220] - (np.array(TABLE) * 0.8 + 40)).max() <= 3
+
+
+def test_a_black_table_is_brightened_towards_the_trained_colour_and_white_stays_white():
+    frame = scene((12, 12, 12))
+    out = SurfaceCorrection(TABLE)(frame)
+    table = out[200, 10].astype(float)
+    # Gains are damped near black (noise), so the level comes most of the way, hue all of it.
+    assert table.mean() > 0.6 * np.mean(TABLE) and table[0] > table[1] > table[2]
+    assert (out[110, 160] == WHITE).all() and (out[110, 60] == RED).all()
+
+
+def test_a_surface_that_is_not_under_the_objects_is_not_the_table():
+    # A frame half floor, half green table, with the green on the outside only: no surface.
+    frame = scene((128, 128, 128))
+    frame[:, :80] = frame[:, 240:] = (40, 200, 60)
+    assert find_surface(frame) is None or find_surface(frame).neutral
+    assert SurfaceCorrection(TABLE)(frame) is frame
+
+
+def test_light_correction_runs_the_table_step_unless_told_not_to():
+    frame = scene((40, 200, 60))
+    reference = LightReference(TABLE, bright_level(frame))  # no lamp to undo
+    assert LightCorrection(reference, table=False)(frame) is frame
+    assert not np.array_equal(LightCorrection(reference)(frame), frame)
+
+
+@pytest.fixture(scope='module')
+def bundled():
+    clip = tabletop.load_tabletop_clip(device='cpu')
+    clipseg = tabletop.load_tabletop_clipseg(device='cpu')
+    return {on: GroundingPipeline(clip, clipseg, light_correction=on) for on in (True, False)}
+
+
+def test_on_coloured_tables_the_bundled_model_finds_the_objects(gl_context, bundled):
+    from clip_ros.sim.simulator import Simulator
+    with Simulator(0, 320, 240, show_gripper=False) as sim:
+        scenes = [(seed, f.rgb, shift_eval.visible_objects(f), [o.name for o in f.objects], '')
+                  for seed, _, f in condition_frames(sim, 'val', 'table_colour', 6, 600)]
+    records = {on: shift_eval.evaluate_scenes(pipe, scenes, [], 0.4, 64, 0)
+               for on, pipe in bundled.items()}
+    right = {on: np.mean([r['correct'] for r in rows]) for on, rows in records.items()}
+    assert right[True] >= 0.8 and right[True] >= right[False] + 0.2
