@@ -65,14 +65,17 @@ def test_an_orange_table_under_white_light_passes_for_a_warm_lamp():
     assert gains[0] < 1.0 < gains[2] and np.prod(gains) == pytest.approx(1.0, rel=1e-6)
 
 
-def test_a_dim_frame_is_brightened_a_bright_one_never_darkened():
+def test_a_dim_frame_is_brightened_an_over_exposed_one_darkened():
     frame = table_frame((150, 135, 118))
     dim = scaled(frame, [0.4] * 3)
     gains = LightCorrection(REFERENCE).gains(dim)
     assert np.allclose(gains, gains[0]) and 2.0 < gains[0] <= np.exp(DARK_MAX) + 1e-9
     # Brought to the reference's brightness, colours kept.
     assert bright_level(LightCorrection(REFERENCE)(dim)) == pytest.approx(148.0, abs=2.0)
-    assert np.allclose(LightCorrection(REFERENCE).gains(scaled(frame, [1.6] * 3)), 1.0)
+    assert np.allclose(LightCorrection(REFERENCE).gains(scaled(frame, [1.2] * 3)), 1.0)
+    glare = scaled(frame, [1.6] * 3)
+    gains = LightCorrection(REFERENCE).gains(glare)
+    assert np.allclose(gains, 148.0 / bright_level(glare))
     # Very dark (but not black): brightened by at most DARK_MAX.
     assert LightCorrection(REFERENCE).gains(scaled(frame, [0.25] * 3))[0] == pytest.approx(
         np.exp(DARK_MAX))
