@@ -132,9 +132,9 @@ def common_parameters() -> tuple:
         ('max_image_size', 4096, describe(
             'frames with a side above this many pixels are rejected', int_range=(32, 16384))),
         ('light_correction', True, describe(
-            'correct a warm or blue light cast and brighten dim frames towards the light the '
-            "model was trained under (config.json 'light'; models without one, such as the "
-            'pretrained defaults, are never corrected)')),
+            'correct a warm or blue light cast, brighten dim and darken over-exposed frames, and '
+            "recolour the table towards what the model was trained on (config.json 'light'; "
+            'models without one, such as the pretrained defaults, are never corrected)')),
     )
 
 
