@@ -44,6 +44,7 @@ setup(
             'policy_demo = clip_ros.tools.policy_demo:main',
             'flood = clip_ros.tools.flood:main',
             'train_tabletop = clip_ros.tools.train_tabletop:main',
+            'train_shape = clip_ros.tools.train_shape:main',
             'evaluate = clip_ros.tools.evaluate:main',
             'record_demos = clip_ros.tools.record_demos:main',
             'train_policy_head = clip_ros.tools.train_policy_head:main',

@@ -8,7 +8,7 @@ best-matching text for its crop must be the phrase or a text that only specialis
 margin, and CLIPSeg must be sure enough somewhere inside it. A phrase left without any instance
 is "not found". Both kinds of refusal are reported in GroundingResult.rejected.
 """
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 import functools
 import math
 import re
@@ -55,6 +55,9 @@ class Evidence:
     clip_prob: float  # CLIP softmax probability of the phrase among its rivals (nan: no CLIP)
     seg_mean: float   # CLIPSeg mean probability over the instance
     seg_peak: float   # CLIPSeg highest probability inside the instance
+    # The shape head's probability that the crop is the shape the phrase names (nan: no head,
+    # or no shape word in the phrase).
+    shape_prob: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class AbstainRule:
 
     min_margin: float = -math.inf  # Evidence.margin at least this (0: the phrase must win)
     min_peak: float = 0.0          # Evidence.seg_peak at least this
+    min_shape: float = 0.0         # Evidence.shape_prob at least this (nan always passes)
 
     @classmethod
     def from_config(cls, values) -> 'AbstainRule':
@@ -98,7 +102,8 @@ class AbstainRule:
 
     def accepts(self, evidence: Evidence) -> bool:
         """Tell whether `evidence` is enough to report the instance."""
-        return evidence.margin >= self.min_margin and evidence.seg_peak >= self.min_peak
+        return (evidence.margin >= self.min_margin and evidence.seg_peak >= self.min_peak
+                and not evidence.shape_prob < self.min_shape)
 
     def as_dict(self) -> dict:
         """Return the thresholds as the config block stores them."""
@@ -338,6 +343,7 @@ class GroundingPipeline:
                 peak = float(frame.maps[owner, row:row + h, col:col + w][region.mask].max())
                 frame.evidence.append(Evidence(math.inf, math.nan,
                                                min(max(region.mean_prob, 0.0), 1.0), peak))
+        self._shapes(frames)
         if not self.rescore or not any(f.regions for f in frames):
             return
         logits = self._clip_logits_batch(
@@ -346,8 +352,22 @@ class GroundingPipeline:
             if not frame.regions:
                 continue
             margins, probs = _margins(texts, frame_logits, [frame.words[o] for o in frame.owners])
-            frame.evidence = [Evidence(float(m), float(p), e.seg_mean, e.seg_peak)
+            frame.evidence = [replace(e, margin=float(m), clip_prob=float(p))
                               for m, p, e in zip(margins, probs, frame.evidence)]
+
+    def _shapes(self, frames: list) -> None:
+        """Fill Evidence.shape_prob of candidates whose phrase names a shape the head knows."""
+        head = getattr(self.clip, 'shape', None)
+        if head is None:
+            return
+        for frame in frames:
+            wanted = [(k, head.shape_index(frame.words[o])) for k, o in enumerate(frame.owners)]
+            wanted = [(k, s) for k, s in wanted if s is not None]
+            if not wanted:
+                continue
+            probs = head.probabilities(frame.rgb, [frame.regions[k].box for k, _ in wanted])
+            for (k, s), p in zip(wanted, probs):
+                frame.evidence[k] = replace(frame.evidence[k], shape_prob=float(p[s]))
 
     def clip_probabilities(self, rgb, phrases, owners, boxes) -> list:
         """

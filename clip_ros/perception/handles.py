@@ -48,6 +48,8 @@ class ClipModel(ModelHandle):
     # Abstention thresholds (model config 'clip_ros' "abstain", written by `calibrate`); see
     # perception.grounding.AbstainRule. Empty: every candidate is accepted.
     abstain: dict = field(default_factory=dict)
+    # Shape head (perception.shape_head.ShapeHead; model config 'clip_ros' "shape"), or None.
+    shape: object = field(default=None, repr=False)
     text_cache: TextCache = field(default=None, repr=False)  # filled in __post_init__
 
     def __post_init__(self):

@@ -18,6 +18,7 @@ from clip_ros.perception.handles import ClipModel, ClipSegModel
 from clip_ros.perception.light import LightReference
 from clip_ros.perception.registry import (
     ModelLoadError, ModelNotFoundError, MODELS_DIR, resolve_placement, TABLETOP)
+from clip_ros.perception.shape_head import load_shape_head
 from clip_ros.perception.vocabulary import Lexicon
 
 NAME = TABLETOP
@@ -112,6 +113,8 @@ def _read_config(directory: Path) -> dict:
         if not isinstance(extra.get('abstain', {}), dict):
             raise ValueError('abstain must map threshold names to numbers')
         LightReference.from_config(extra.get('light'))
+        if not isinstance(extra.get('shape', {}), dict):
+            raise ValueError('shape must be a mapping (shapes, width, input, pad)')
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelLoadError(
             f"tabletop model: config '{path}' is invalid ({_reason(e)}); it needs "
@@ -204,13 +207,19 @@ def load_tabletop_clip(path=None, device='auto', dtype='auto'):
     model, config, device, dtype = load(path, device, dtype)
     extra = config['clip_ros']
     clip = TabletopClip(model).eval()
+    directory = Path(path).expanduser() if path else BUNDLED_DIR
+    try:
+        shape = load_shape_head(directory, extra.get('shape'), device)
+    except ValueError as e:
+        raise ModelLoadError(f'tabletop model: {e}. Retrain the head with: train_shape '
+                             f'--model {directory}') from e
     return ClipModel(model=clip, name=model_name(path), image_size=int(extra['crop_size']),
                      mean=tuple(extra['mean']), std=tuple(extra['std']), device=device,
                      dtype=dtype, logit_scale=float(clip.logit_scale.float().exp().item()),
                      vocabulary=tuple(extra.get('vocabulary', ())),
                      synonyms=dict(extra.get('synonyms', {})),
                      abstain=dict(extra.get('abstain', {})),
-                     light=dict(extra.get('light', {})))
+                     light=dict(extra.get('light', {})), shape=shape)
 
 
 def checkpoint_dir(value):

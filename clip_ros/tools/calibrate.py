@@ -6,15 +6,15 @@ for every visible object (present queries) and for vocabulary names that are not
 (absent queries, drawn as the shift benchmark draws them: a scene colour with another shape,
 held-out combinations, others), and records every candidate instance the pipeline finds with
 its evidence (perception.grounding.Evidence) with the rule off. It then sweeps the rule's
-thresholds (CLIP margin, CLIPSeg peak) and picks the pair that rejects at least
---absent-target of the absent queries while rejecting at most --present-limit of the present
-ones, wrongly rejecting as few present queries as it can; when no pair reaches both, the pair
-that wrongly rejects the fewest present queries among those whose (absent rejected - present
-rejected) is within one standard error of the largest: differences inside the sampling noise
-do not justify refusing more objects that are there, each a robot's task lost, while an absent
-object let through still meets the policy's shape check and look again. The values go into the
-model's
-config.json 'clip_ros' block, key "abstain" (other keys kept), with the figures they gave.
+thresholds (CLIP margin, CLIPSeg peak, the shape head's probability when the model has one) and
+picks the rule that rejects at least --absent-target of the absent queries while rejecting at
+most --present-limit of the present ones, wrongly rejecting as few present queries as it can;
+when no rule reaches both, the rule that wrongly rejects the fewest present queries among
+those whose (absent rejected - present rejected) is within one standard error of the largest:
+differences inside the sampling noise do not justify refusing more objects that are there, each
+a robot's task lost, while an absent object let through still meets the policy's shape check
+and look again. The values go into the model's config.json 'clip_ros' block, key "abstain"
+(other keys kept), with the figures they gave.
 
 First it measures how the model's training frames look (--light-scenes plain train-split
 scenes; perception.light.LightReference) and writes that as key "light", so the pipeline
@@ -47,6 +47,7 @@ SPLIT = 'val'
 ABSENT_TARGET = 0.95   # share of absent-object queries rejected
 PRESENT_LIMIT = 0.03   # share of present-object queries wrongly rejected
 PEAKS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+SHAPE_LEVELS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)  # min_shape values swept (with a head)
 MARGIN_RANGE = (-15.0, 15.0)  # logit units; the sweep steps through the observed margins
 
 
@@ -76,8 +77,8 @@ def collect(pipeline, scenes, vocabulary, threshold: float, min_pixels: int, abs
     """
     Return one record per distinct query with every candidate's evidence (rule off).
 
-    A candidate is [margin, peak, score, correct]: correct when its box has IoU >= BOX_IOU with
-    an object of the asked name.
+    A candidate is [margin, peak, score, correct, shape]: correct when its box has IoU >= BOX_IOU
+    with an object of the asked name; shape the shape head's probability (1.0 without one).
     """
     records = []
     for condition, seed, rgb, objects, names in (progress(scenes) if progress else scenes):
@@ -89,7 +90,9 @@ def collect(pipeline, scenes, vocabulary, threshold: float, min_pixels: int, abs
                 correct = bool(len(truth) and box_iou(region.box, truth).max() >= BOX_IOU)
                 score = math.sqrt(evidence.clip_prob * evidence.seg_mean) \
                     if not math.isnan(evidence.clip_prob) else evidence.seg_mean
-                candidates.append([_finite(evidence.margin), evidence.seg_peak, score, correct])
+                shape = 1.0 if math.isnan(evidence.shape_prob) else evidence.shape_prob
+                candidates.append([_finite(evidence.margin), evidence.seg_peak, score, correct,
+                                   round(shape, 4)])
             records.append({'condition': condition, 'seed': int(seed), 'phrase': query.phrase,
                             'present': query.present, 'absent_kind': query.absent_kind,
                             'held_out': query.name in HELD_OUT_NAMES,
@@ -103,27 +106,39 @@ def _finite(margin: float) -> float:
     return float(min(max(margin, MARGIN_RANGE[0]), MARGIN_RANGE[1]))
 
 
+def _shape(candidate) -> float:
+    return candidate[4] if len(candidate) > 4 else 1.0  # no shape evidence passes
+
+
 def accepted(record: dict, rule: AbstainRule) -> list:
     """Return the record's candidates the rule accepts."""
-    return [c for c in record['candidates'] if c[0] >= rule.min_margin and c[1] >= rule.min_peak]
+    return [c for c in record['candidates'] if c[0] >= rule.min_margin
+            and c[1] >= rule.min_peak and _shape(c) >= rule.min_shape]
 
 
-def sweep(records: list, peaks=PEAKS) -> list:
+def sweep(records: list, peaks=PEAKS, shapes=None) -> list:
     """
-    Return one row per (min_peak, min_margin) with the present and absent rejection rates.
+    Return one row per (min_peak, min_shape, min_margin) with the rejection rates.
 
-    A query is rejected when none of its candidates passes; for each peak the margins step
-    through every value a query's best passing candidate has, so no threshold is missed.
+    A query is rejected when none of its candidates passes; for each peak and shape level the
+    margins step through every value a query's best passing candidate has, so no threshold is
+    missed. shapes: the min_shape levels (default SHAPE_LEVELS when any candidate has shape
+    evidence below 1, else only 0).
     """
     present = np.array([r['present'] for r in records])
+    if shapes is None:
+        evidence = any(_shape(c) < 1.0 for r in records for c in r['candidates'])
+        shapes = SHAPE_LEVELS if evidence else (0.0,)
     rows = []
-    for peak in peaks:
-        best = np.array([max((c[0] for c in r['candidates'] if c[1] >= peak), default=-np.inf)
+    for peak, shape in ((p, s) for p in peaks for s in shapes):
+        best = np.array([max((c[0] for c in r['candidates']
+                              if c[1] >= peak and _shape(c) >= shape), default=-np.inf)
                          for r in records])  # a query passes iff best >= min_margin
         finite = best[np.isfinite(best)]
         for margin in np.unique(np.concatenate([[MARGIN_RANGE[0]], finite])):
             passes = best >= margin
-            rows.append({'min_peak': float(peak), 'min_margin': float(margin),
+            rows.append({'min_peak': float(peak), 'min_shape': float(shape),
+                         'min_margin': float(margin),
                          'present_rejected': float(np.mean(~passes[present])),
                          'absent_rejected': float(np.mean(~passes[~present])),
                          'present_queries': int(present.sum()),
@@ -134,7 +149,8 @@ def sweep(records: list, peaks=PEAKS) -> list:
 def choose(rows: list, absent_target: float, present_limit: float) -> tuple:
     """Return (row, met): the best row meeting both targets, else the trade-off (see above)."""
     def fewest_refused(row):  # then the most absent rejected, then the loosest rule
-        return row['present_rejected'], -row['absent_rejected'], row['min_margin'], row['min_peak']
+        return (row['present_rejected'], -row['absent_rejected'], row['min_margin'],
+                row['min_peak'], row.get('min_shape', 0.0))
 
     def gap(row):
         return row['absent_rejected'] - row['present_rejected']
@@ -143,7 +159,8 @@ def choose(rows: list, absent_target: float, present_limit: float) -> tuple:
            and r['present_rejected'] <= present_limit]
     if met:
         return min(met, key=fewest_refused), True
-    best = max(rows, key=lambda r: (gap(r), -r['min_margin'], -r['min_peak']))
+    best = max(rows, key=lambda r: (gap(r), -r['min_margin'], -r['min_peak'],
+                                    -r.get('min_shape', 0.0)))
     a, p = best['absent_rejected'], best['present_rejected']
     noise = math.sqrt(a * (1 - a) / max(best['absent_queries'], 1)
                       + p * (1 - p) / max(best['present_queries'], 1))
@@ -197,11 +214,12 @@ def write_config(directory: Path, key: str, block: dict) -> Path:
 
 
 def write_png(rows: list, chosen: dict, targets: tuple, path: Path, title: str) -> None:
-    """Plot absent rejected against present wrongly rejected per CLIPSeg peak threshold."""
+    """Plot absent rejected against present wrongly rejected per peak, at the chosen shape."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    rows = [r for r in rows if r.get('min_shape', 0.0) == chosen.get('min_shape', 0.0)]
     for peak in sorted({r['min_peak'] for r in rows}):
         line = sorted((r for r in rows if r['min_peak'] == peak),
                       key=lambda r: r['min_margin'])
@@ -210,7 +228,8 @@ def write_png(rows: list, chosen: dict, targets: tuple, path: Path, title: str) 
     axis.axvline(targets[1], color='grey', ls=':')
     axis.axhline(targets[0], color='grey', ls=':')
     axis.plot(chosen['present_rejected'], chosen['absent_rejected'], 'ko',
-              label=f"chosen: margin {chosen['min_margin']:.2f}, peak {chosen['min_peak']:g}")
+              label=f"chosen: margin {chosen['min_margin']:.2f}, peak {chosen['min_peak']:g}, "
+                    f"shape {chosen.get('min_shape', 0.0):g}")
     axis.set_xlabel('present-object queries wrongly rejected')
     axis.set_ylabel('absent-object queries rejected')
     axis.set_xlim(0, 1)
@@ -231,8 +250,8 @@ def format_report(report: dict) -> str:
 
     rule = report['rule']
     verdict = 'targets met' if report['targets_met'] else 'targets not reachable: best trade-off'
-    lines = [f"rule: min_margin {rule['min_margin']:.3f}, min_peak {rule['min_peak']:g} "
-             f'({verdict})',
+    lines = [f"rule: min_margin {rule['min_margin']:.3f}, min_peak {rule['min_peak']:g}, "
+             f"min_shape {rule.get('min_shape', 0.0):g} ({verdict})",
              f"absent rejected          {pct(f['absent_rejected'])}",
              f"present wrongly rejected {pct(f['present_rejected'])}",
              f"  held-out present       {pct(f['held_out_present_rejected'])}",
@@ -314,7 +333,7 @@ def run(args) -> dict:
     chosen, met = choose(rows, args.absent_target, args.present_limit)
     # Rounded down, so the candidate at the threshold stays accepted.
     rule = AbstainRule(min_margin=math.floor(chosen['min_margin'] * 1000) / 1000,
-                       min_peak=chosen['min_peak'])
+                       min_peak=chosen['min_peak'], min_shape=chosen['min_shape'])
     report = {'model': clipseg.name, 'split': SPLIT, 'conditions': conditions, 'light': light,
               'scenes_per_condition': args.scenes, 'start': args.start,
               'image_size': [args.width, args.height], 'threshold': args.threshold,

@@ -1,0 +1,125 @@
+"""
+Shape head: which of a model's shapes (block, ball, cylinder, bowl) an object crop shows.
+
+The bundled model's CLIP towers tell colours apart but do not compose colour with shape: a
+purple cylinder answers "the purple block", most of all for colour x shape combinations it never
+trained on. A small CNN looks at the crop alone. It is trained on crops of rendered objects with
+their colour channels permuted and their gains jittered, so it learns shape and not colour, and
+the held-out combinations are shapes it has seen in other colours. The grounding pipeline asks it
+about every candidate of a phrase that names a shape (perception.grounding.Evidence.shape_prob);
+the abstention rule refuses candidates it is sure are another shape.
+
+A model directory carries it as `shape.safetensors` with a config block 'clip_ros' "shape":
+{"shapes": [...], "width": 32, "input": 48, "pad": 1.25}. `train_shape` writes both.
+"""
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+import torch
+import torch.nn.functional as F
+
+WEIGHTS_FILE = 'shape.safetensors'
+STORE_PAD, STORE_SIZE = 1.6, 64  # crops are cut at this pad and size, then the centre is read
+MEAN, STD = 0.45, 0.25
+
+
+class ShapeNet(torch.nn.Module):
+    """Five 3x3 conv layers, three poolings, global average, one linear layer."""
+
+    def __init__(self, shapes: int, width: int = 32):
+        super().__init__()
+        w = width
+
+        def block(a, b):
+            return [torch.nn.Conv2d(a, b, 3, padding=1), torch.nn.BatchNorm2d(b),
+                    torch.nn.ReLU()]
+        self.body = torch.nn.Sequential(
+            *block(3, w), *block(w, w), torch.nn.MaxPool2d(2),
+            *block(w, 2 * w), torch.nn.MaxPool2d(2),
+            *block(2 * w, 4 * w), torch.nn.MaxPool2d(2),
+            *block(4 * w, 4 * w))
+        self.head = torch.nn.Linear(4 * w, shapes)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Return logits [B, shapes] for normalised pixels [B, 3, S, S]."""
+        return self.head(self.body(pixels).mean(dim=(2, 3)))
+
+
+def store_crop(rgb: np.ndarray, box) -> np.ndarray:
+    """Return the uint8 [STORE_SIZE, STORE_SIZE, 3] square crop around a box (zeros outside)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = max(x1 - x0, y1 - y0, 8.0) * STORE_PAD
+    left, top = int(round((x0 + x1 - side) / 2)), int(round((y0 + y1 - side) / 2))
+    side = int(round(side))
+    height, width = rgb.shape[:2]
+    canvas = np.zeros((side, side, 3), np.uint8)
+    a, b = max(0, left), max(0, top)
+    c, d = min(width, left + side), min(height, top + side)
+    if c > a and d > b:
+        canvas[b - top:d - top, a - left:c - left] = rgb[b:d, a:c]
+    return np.asarray(Image.fromarray(canvas).resize((STORE_SIZE, STORE_SIZE), Image.BILINEAR))
+
+
+def centre_pixels(crops: np.ndarray, pad: float, size: int) -> torch.Tensor:
+    """Return normalised pixels [B, 3, size, size] of stored crops' centres at `pad`."""
+    pixels = torch.as_tensor(crops).permute(0, 3, 1, 2).float() / 255
+    side = int(round(STORE_SIZE * pad / STORE_PAD))
+    start = (STORE_SIZE - side) // 2
+    pixels = F.interpolate(pixels[:, :, start:start + side, start:start + side],
+                           size=(size, size), mode='bilinear', align_corners=False)
+    return (pixels - MEAN) / STD
+
+
+class ShapeHead:
+    """A trained ShapeNet with its shapes and crop geometry."""
+
+    def __init__(self, net: ShapeNet, shapes, pad: float = 1.25, size: int = 48,
+                 device='cpu'):
+        self.net = net.to(device).eval()
+        self.shapes = tuple(shapes)
+        self.pad, self.size, self.device = float(pad), int(size), device
+
+    def shape_index(self, words: str):
+        """Return the index of the shape a phrase (the model's words) names, or None."""
+        last = words.split()[-1] if words.split() else ''
+        return self.shapes.index(last) if last in self.shapes else None
+
+    def probabilities(self, rgb: np.ndarray, boxes) -> np.ndarray:
+        """Return the softmax over shapes [K, len(shapes)] of the crops around `boxes`."""
+        if not len(boxes):
+            return np.zeros((0, len(self.shapes)), np.float32)
+        crops = np.stack([store_crop(rgb, box) for box in boxes])
+        with torch.no_grad():
+            logits = self.net(centre_pixels(crops, self.pad, self.size).to(self.device))
+        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
+    def config(self) -> dict:
+        """Return the config block that describes this head."""
+        return {'shapes': list(self.shapes), 'width': self.net.head.in_features // 4,
+                'input': self.size, 'pad': self.pad}
+
+    def save(self, directory) -> Path:
+        """Write the weights to directory/WEIGHTS_FILE and return the path."""
+        from safetensors.torch import save_file
+        path = Path(directory) / WEIGHTS_FILE
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()},
+                  str(path))
+        path.chmod(0o644)  # shipped with the package: readable by every user
+        return path
+
+
+def load_shape_head(directory, block, device='cpu'):
+    """Return the ShapeHead a model directory's config block describes, or None without one."""
+    if not block:
+        return None
+    from safetensors.torch import load_file
+    try:
+        shapes = [str(s) for s in block['shapes']]
+        net = ShapeNet(len(shapes), int(block.get('width', 32)))
+        net.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)))
+        return ShapeHead(net, shapes, float(block.get('pad', 1.25)),
+                         int(block.get('input', 48)), device)
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError) as e:
+        raise ValueError(f"shape head: {e} (config 'shape' {block!r}, weights "
+                         f"'{Path(directory) / WEIGHTS_FILE}')") from e

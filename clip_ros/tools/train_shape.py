@@ -1,0 +1,125 @@
+"""
+Train a tabletop model's shape head (perception.shape_head) and write it into the model.
+
+Renders train-split scenes in the randomised mode (light, table, camera, scale, crowding,
+occlusion), cuts a crop around every visible object, trains the head on them with colours
+scrambled, reports its accuracy on ground-truth crops of validation scenes under each scene
+condition (seen and held-out colour x shape combinations apart), and writes
+`shape.safetensors` and the config block 'clip_ros' "shape" into the model directory.
+"""
+import argparse
+import json
+import logging
+from pathlib import Path
+import sys
+import time
+
+import numpy as np
+import torch
+
+from clip_ros.learning.shape_training import train_shape_head
+from clip_ros.learning.training import pick_threads
+from clip_ros.perception import tabletop_model as tabletop
+from clip_ros.perception.shape_head import centre_pixels, store_crop
+from clip_ros.tools.calibrate import write_config
+from clip_ros.tools.shift_eval import condition_names, HELD_OUT_NAMES, visible_objects
+
+SHAPES = ('block', 'ball', 'cylinder', 'bowl')
+MIN_PIXELS = 30
+VAL_START = 500  # val scenes 100500..: never the ones calibrate uses (100000..)
+
+
+def object_crops(split: str, condition: str, count: int, start: int = 0) -> tuple:
+    """Return (crops [N, S, S, 3], object names [N]) of the visible objects of rendered scenes."""
+    from clip_ros.sim.conditions import condition_frames
+    from clip_ros.sim.simulator import Simulator  # needs OpenGL
+    crops, names = [], []
+    with Simulator(0, 640, 480, show_gripper=False) as sim:
+        for _, _, frame in condition_frames(sim, split, condition, count, start):
+            for obj in visible_objects(frame):
+                if obj.mask.sum() >= MIN_PIXELS and obj.name.split()[-1] in SHAPES:
+                    crops.append(store_crop(frame.rgb, obj.box))
+                    names.append(obj.name)
+    return np.stack(crops), names
+
+
+def accuracy(head, crops: np.ndarray, names: list) -> dict:
+    """Return the head's top-1 accuracy on stored crops, seen and held-out apart."""
+    with torch.no_grad():
+        logits = head.net(centre_pixels(crops, head.pad, head.size))
+    right = logits.argmax(dim=1).numpy() == [head.shapes.index(n.split()[-1]) for n in names]
+    held = np.array([n in HELD_OUT_NAMES for n in names])
+    return {'crops': len(names), 'seen': float(right[~held].mean()),
+            'held_out': float(right[held].mean()) if held.any() else None}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog='train_shape', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--model', default=tabletop.NAME,
+                        help="'tabletop' (bundled) or a tabletop checkpoint directory")
+    parser.add_argument('--scenes', type=int, default=700, help='randomised train scenes')
+    parser.add_argument('--steps', type=int, default=1500, help='training steps (batch 64)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--val-scenes', type=int, default=30,
+                        help='validation scenes per condition')
+    parser.add_argument('--conditions', nargs='+', default=['all'],
+                        help="validation conditions ('all' or names)")
+    parser.add_argument('--threads', type=int, default=0,
+                        help='torch CPU threads; 0: 2 on an idle machine, else 1')
+    parser.add_argument('--dry-run', action='store_true', help='report, write nothing')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    log = logging.getLogger('train_shape')
+    for name, value in (('--scenes', args.scenes), ('--steps', args.steps),
+                        ('--val-scenes', args.val_scenes)):
+        if value < 1:
+            log.error('%s must be >= 1, got %d', name, value)
+            return 2
+    try:
+        conditions = condition_names(args.conditions)
+    except ValueError as e:
+        log.error('%s', e)
+        return 2
+    directory = Path(tabletop.checkpoint_dir(args.model) or tabletop.BUNDLED_DIR)
+    if not tabletop.is_tabletop_dir(directory):
+        log.error("'%s' is not a tabletop model directory (no config.json with 'clip_ros')",
+                  directory)
+        return 2
+    torch.set_num_threads(pick_threads(args.threads))
+    start = time.time()
+    crops, names = object_crops('train', 'randomised', args.scenes)
+    log.info('%d crops of %d train scenes (%.0f s)', len(names), args.scenes,
+             time.time() - start)
+    labels = np.array([SHAPES.index(n.split()[-1]) for n in names])
+    head = train_shape_head(crops, labels, SHAPES, steps=args.steps, seed=args.seed,
+                            log=lambda step, loss: log.info('step %d loss %.3f', step, loss))
+    minutes = (time.time() - start) / 60
+    report = {}
+    for condition in conditions:
+        report[condition] = accuracy(head, *object_crops('val', condition, args.val_scenes,
+                                                         VAL_START))
+        row = report[condition]
+        log.info('%-24s seen %.1f %%  held-out %s  (%d crops)', condition, 100 * row['seen'],
+                 'n/a' if row['held_out'] is None else f"{100 * row['held_out']:.1f} %",
+                 row['crops'])
+    if args.dry_run:
+        print(json.dumps(report, indent=2))
+        return 0
+    head.save(directory)
+    block = {**head.config(), 'training': {
+        'scenes': args.scenes, 'crops': len(names), 'steps': args.steps, 'seed': args.seed,
+        'minutes': round(minutes, 1),
+        'command': 'train_shape ' + ' '.join(argv if argv is not None else sys.argv[1:])},
+        'validation': {'start': VAL_START, 'scenes': args.val_scenes, 'accuracy': report}}
+    write_config(directory, 'shape', block)
+    log.info('wrote %s and the "shape" block of %s', directory / 'shape.safetensors',
+             directory / tabletop.CONFIG_FILE)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

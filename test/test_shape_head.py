@@ -1,0 +1,153 @@
+"""Shape head: crops, round trip, the bundled head's accuracy and its place in the rule."""
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from clip_ros.learning.shape_training import train_shape_head
+from clip_ros.perception import tabletop_model as tabletop
+from clip_ros.perception.grounding import AbstainRule, Evidence, GroundingPipeline
+from clip_ros.perception.registry import ModelLoadError
+from clip_ros.perception.shape_head import (
+    load_shape_head, ShapeHead, ShapeNet, store_crop, STORE_SIZE)
+from clip_ros.tools import calibrate, train_shape
+
+SHAPES = ('block', 'ball', 'cylinder', 'bowl')
+
+
+def random_head(seed: int = 0) -> ShapeHead:
+    torch.manual_seed(seed)
+    return ShapeHead(ShapeNet(len(SHAPES), width=8), SHAPES)
+
+
+def test_crops_are_square_around_the_box_and_black_outside_the_frame():
+    rgb = np.full((100, 120, 3), 200, np.uint8)
+    crop = store_crop(rgb, (0, 0, 20, 10))  # at the corner: most of the square is outside
+    assert crop.shape == (STORE_SIZE, STORE_SIZE, 3)
+    assert (crop[0, 0] == 0).all() and (crop[-1, -1] == 200).all()
+    assert store_crop(rgb, (50, 50, 51, 51)).shape == (STORE_SIZE, STORE_SIZE, 3)  # tiny box
+
+
+def test_probabilities_are_one_row_per_box_and_sum_to_one():
+    head = random_head()
+    rgb = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    probs = head.probabilities(rgb, [(10, 10, 40, 50), (100, 60, 150, 110)])
+    assert probs.shape == (2, 4) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert head.probabilities(rgb, []).shape == (0, 4)
+    assert head.shape_index('blue block') == 0 and head.shape_index('bowl') == 3
+    assert head.shape_index('blue thing') is None and head.shape_index('') is None
+
+
+def test_a_saved_head_loads_with_the_same_outputs_and_a_broken_one_is_refused(tmp_path):
+    head = random_head(1)
+    head.save(tmp_path)
+    again = load_shape_head(tmp_path, head.config())
+    rgb = np.random.default_rng(1).integers(0, 255, (80, 80, 3), dtype=np.uint8)
+    assert np.allclose(head.probabilities(rgb, [(5, 5, 60, 60)]),
+                       again.probabilities(rgb, [(5, 5, 60, 60)]), atol=1e-6)
+    assert load_shape_head(tmp_path, {}) is None
+    with pytest.raises(ValueError, match='shape head'):
+        load_shape_head(tmp_path, {**head.config(), 'width': 16})  # weights of another size
+    with pytest.raises(ValueError, match='shape head'):
+        load_shape_head(tmp_path / 'missing', head.config())
+
+
+def test_a_model_whose_shape_block_names_missing_weights_does_not_load(tmp_path):
+    model = tmp_path / 'tabletop'
+    shutil.copytree(tabletop.BUNDLED_DIR, model)
+    (model / 'shape.safetensors').unlink()
+    with pytest.raises(ModelLoadError, match='train_shape'):
+        tabletop.load_tabletop_clip(str(model), device='cpu')
+    config = json.loads((model / 'config.json').read_text())
+    del config['clip_ros']['shape']
+    (model / 'config.json').write_text(json.dumps(config))
+    assert tabletop.load_tabletop_clip(str(model), device='cpu').shape is None
+
+
+def test_training_learns_a_shape_that_only_shows_in_the_outline():
+    # Discs and squares of random colours: after a short training the head tells them apart.
+    rng = np.random.default_rng(0)
+    crops, labels = [], []
+    yy, xx = np.mgrid[:STORE_SIZE, :STORE_SIZE] - STORE_SIZE / 2
+    for k in range(256):
+        crop = np.full((STORE_SIZE, STORE_SIZE, 3), 90, np.uint8)
+        inside = (np.hypot(yy, xx) < 18) if k % 2 else (np.maximum(abs(yy), abs(xx)) < 16)
+        crop[inside] = rng.integers(0, 255, 3)
+        crops.append(crop)
+        labels.append(k % 2)
+    head = train_shape_head(np.stack(crops), np.array(labels), ('square', 'disc'), steps=120,
+                            width=8, batch=32)
+    probs = head.probabilities(np.stack(crops)[0], [(0, 0, 1, 1)])  # any crop works
+    assert probs.shape == (1, 2)
+    frame = np.full((200, 200, 3), 90, np.uint8)
+    fy, fx = np.mgrid[:200, :200]
+    frame[np.hypot(fy - 50, fx - 50) < 22] = (200, 40, 200)
+    frame[(abs(fy - 150) < 20) & (abs(fx - 150) < 20)] = (40, 200, 200)
+    probs = head.probabilities(frame, [(28, 28, 72, 72), (130, 130, 170, 170)])
+    assert probs[0].argmax() == 1 and probs[1].argmax() == 0
+
+
+def test_the_rule_refuses_a_candidate_the_head_calls_another_shape():
+    rule = AbstainRule(min_margin=-5.0, min_peak=0.5, min_shape=0.1)
+    sure = Evidence(margin=1.0, clip_prob=0.9, seg_mean=0.8, seg_peak=0.9)
+    assert rule.accepts(sure)  # no shape evidence (nan) never refuses
+    assert rule.accepts(Evidence(1.0, 0.9, 0.8, 0.9, shape_prob=0.6))
+    assert not rule.accepts(Evidence(1.0, 0.9, 0.8, 0.9, shape_prob=0.01))
+    assert AbstainRule.from_config({'min_shape': 0.2}).min_shape == 0.2
+
+
+def test_calibrate_sweeps_the_shape_level_and_keeps_a_rule_without_it():
+    def record(present, *candidates):
+        return {'present': present, 'candidates': [list(c) for c in candidates]}
+    # Absent queries whose only candidate is another shape, present ones of the right shape.
+    records = ([record(True, (2.0, 0.95, 0.8, True, 0.9))] * 20
+               + [record(False, (2.0, 0.95, 0.8, False, 0.01))] * 20)
+    rows = calibrate.sweep(records)
+    chosen, met = calibrate.choose(rows, 0.95, 0.03)
+    assert met and chosen['min_shape'] > 0.01 and chosen['present_rejected'] == 0.0
+    without = [record(True, (2.0, 0.95, 0.8, True)), record(False, (1.0, 0.9, 0.5, False))]
+    assert {r['min_shape'] for r in calibrate.sweep(without)} == {0.0}
+
+
+def test_train_shape_refuses_bad_arguments(tmp_path, caplog):
+    assert train_shape.main(['--steps', '0']) == 2
+    assert train_shape.main(['--model', str(tmp_path)]) == 2
+    assert train_shape.main(['--conditions', 'sideways']) == 2
+
+
+@pytest.fixture(scope='module')
+def bundled():
+    clip = tabletop.load_tabletop_clip(device='cpu')
+    clipseg = tabletop.load_tabletop_clipseg(device='cpu')
+    return clip, clipseg
+
+
+def test_the_bundled_head_knows_shapes_of_combinations_it_never_saw(gl_context, bundled):
+    clip, _ = bundled
+    assert clip.shape is not None and clip.shape.shapes == SHAPES
+    result = {}
+    for condition in ('in_distribution', 'camera_low'):
+        crops, names = train_shape.object_crops('val', condition, 8, 700)
+        result[condition] = train_shape.accuracy(clip.shape, crops, names)
+    assert all(r['seen'] >= 0.95 for r in result.values())
+
+
+def test_the_pipeline_reports_shape_evidence_for_shape_words_only(gl_context, bundled):
+    from clip_ros.sim.conditions import condition_frames
+    from clip_ros.sim.simulator import Simulator
+    clip, clipseg = bundled
+    pipeline = GroundingPipeline(clip, clipseg, abstain=AbstainRule.off())
+    with Simulator(0, 320, 240, show_gripper=False) as sim:
+        _, _, frame = next(condition_frames(sim, 'val', 'in_distribution', 1, 700))
+    name = frame.objects[0].name
+    colour = name.split()[0]
+    found = pipeline.candidates([(frame.rgb, [name, colour], 0.4)])[0]
+    shape_word = [e.shape_prob for o, e in zip(found.owners, found.evidence)
+                  if found.words[o] == name]
+    assert shape_word and all(0.0 <= p <= 1.0 for p in shape_word)
+    other = [e.shape_prob for o, e in zip(found.owners, found.evidence)
+             if found.words[o] != name]
+    assert other and all(math.isnan(p) for p in other)
