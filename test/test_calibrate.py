@@ -105,7 +105,7 @@ def test_calibration_writes_the_rule_into_the_model_config(calibrated):
     # The pipeline's handle carries it.
     clip = tabletop.load_tabletop_clip(str(model), device='cpu')
     assert AbstainRule.from_config(clip.abstain) == AbstainRule(
-        rule['min_margin'], rule['min_peak'])
+        rule['min_margin'], rule['min_peak'], rule['min_shape'])
     assert (root / 'curve.png').stat().st_size > 0
     # The light reference of plain train renders: a warm-white lit table, bright.
     light = LightReference.from_config(block['light'])
