@@ -37,8 +37,8 @@ def rgb():
 def test_rule_from_config():
     assert AbstainRule.from_config(None) == AbstainRule() == AbstainRule.off()
     rule = AbstainRule.from_config({'min_margin': 1.5, 'min_peak': '0.7', 'calibration': {}})
-    assert rule == AbstainRule(1.5, 0.7) and rule.as_dict() == {'min_margin': 1.5,
-                                                                'min_peak': 0.7}
+    assert rule == AbstainRule(1.5, 0.7) and rule.as_dict() == {
+        'min_margin': 1.5, 'min_peak': 0.7, 'min_shape': 0.0}
     for bad in ({'min_margin': 'high'}, {'min_peak': float('nan')}, ['min_margin']):
         with pytest.raises(ValueError):
             AbstainRule.from_config(bad)

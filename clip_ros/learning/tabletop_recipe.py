@@ -18,6 +18,7 @@ import logging
 import math
 from pathlib import Path
 import random
+import shutil
 import time
 
 import numpy as np
@@ -33,6 +34,7 @@ from clip_ros.perception import tabletop_model as tabletop
 from clip_ros.perception.grounding import DEFAULT_DISTRACTORS
 from clip_ros.perception.image import crops, preprocess
 from clip_ros.perception.registry import IMAGENET_MEAN, IMAGENET_STD
+from clip_ros.perception.shape_head import WEIGHTS_FILE as SHAPE_WEIGHTS
 from clip_ros.perception.tokenizer import tokenize
 from clip_ros.sim.conditions import RANDOMISED
 from clip_ros.sim.dataset import render_scenes, split_exclude, split_seeds
@@ -460,6 +462,24 @@ def _other_keys(out: Path) -> dict:
     return {k: v for k, v in block.items() if k not in MODEL_KEYS}
 
 
+def _carry_shape_head(out: Path, source: Path) -> None:
+    """
+    Give a new checkpoint whose config names a shape head the head's weights.
+
+    The head reads pixels only, so a retrained CLIPSeg keeps it: it is copied from the checkpoint
+    the run started from, or its config block is dropped when there is none to copy.
+    """
+    path = out / tabletop.CONFIG_FILE
+    config = json.loads(path.read_text(encoding='utf-8'))
+    if 'shape' not in config['clip_ros'] or (out / SHAPE_WEIGHTS).is_file():
+        return
+    if (source / SHAPE_WEIGHTS).is_file():
+        shutil.copy2(source / SHAPE_WEIGHTS, out / SHAPE_WEIGHTS)
+        return
+    del config['clip_ros']['shape']
+    path.write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
+
+
 def run(args) -> dict:
     """Render, train, save; return a summary."""
     threads = pick_threads(args.threads)
@@ -483,6 +503,7 @@ def run(args) -> dict:
         saved = json.loads(path.read_text(encoding='utf-8'))
         saved['clip_ros'].update(kept)
         path.write_text(json.dumps(saved, indent=2) + '\n', encoding='utf-8')
+    _carry_shape_head(out, Path(getattr(args, 'init', '') or tabletop.BUNDLED_DIR))
     write_curves(history, Path(args.curves or out / 'training_curves.png'))
     summary = {'parameters': tabletop.parameter_count(model), 'scenes': len(pool.images),
                'threads': threads, 'cpu_seconds': round(time.process_time(), 1),
