@@ -56,7 +56,7 @@ class Evidence:
     seg_mean: float   # CLIPSeg mean probability over the instance
     seg_peak: float   # CLIPSeg highest probability inside the instance
     # The shape head's probability that the crop is the shape the phrase names (nan: no head,
-    # or no shape word in the phrase).
+    # no shape word in the phrase, or a candidate the rule refuses anyway).
     shape_prob: float = math.nan
 
 
@@ -343,9 +343,12 @@ class GroundingPipeline:
                 peak = float(frame.maps[owner, row:row + h, col:col + w][region.mask].max())
                 frame.evidence.append(Evidence(math.inf, math.nan,
                                                min(max(region.mean_prob, 0.0), 1.0), peak))
+        if self.rescore and any(f.regions for f in frames):
+            self._clip_evidence(frames)
         self._shapes(frames)
-        if not self.rescore or not any(f.regions for f in frames):
-            return
+
+    def _clip_evidence(self, frames: list) -> None:
+        """Fill each candidate's CLIP margin and probability from one batched CLIP call."""
         logits = self._clip_logits_batch(
             [(f.rgb, f.words, f.owners, [r.box for r in f.regions]) for f in frames])
         for frame, (texts, frame_logits) in zip(frames, logits):
@@ -356,12 +359,19 @@ class GroundingPipeline:
                               for m, p, e in zip(margins, probs, frame.evidence)]
 
     def _shapes(self, frames: list) -> None:
-        """Fill Evidence.shape_prob of candidates whose phrase names a shape the head knows."""
+        """
+        Fill Evidence.shape_prob of candidates whose phrase names a shape the head knows.
+
+        Only candidates the rule's other thresholds accept are asked: the others are refused
+        whatever their shape (with the rule off, as calibrate runs it, that is every one).
+        """
         head = getattr(self.clip, 'shape', None)
         if head is None:
             return
+        rule = replace(self.abstain, min_shape=0.0)
         for frame in frames:
-            wanted = [(k, head.shape_index(frame.words[o])) for k, o in enumerate(frame.owners)]
+            wanted = [(k, head.shape_index(frame.words[o])) for k, o in enumerate(frame.owners)
+                      if rule.accepts(frame.evidence[k])]
             wanted = [(k, s) for k, s in wanted if s is not None]
             if not wanted:
                 continue
