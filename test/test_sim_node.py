@@ -3,6 +3,7 @@ import os
 
 os.environ['ROS_DOMAIN_ID'] = '64'  # before rclpy: own domain, no cross-talk with other tests
 
+from geometry_msgs.msg import PoseStamped  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -78,6 +79,30 @@ def test_reset_changes_scene(ros):
         return names if names != before else None
 
     assert wait_for(after_reset), 'ground truth did not change after sim/reset'
+
+
+def test_still_scene_is_not_rendered_again(ros):
+    # A still scene republishes its last render with new stamps; a moved gripper renders anew.
+    assert wait_for(lambda: ros.truth.messages)  # ground truth wanted: the key holds that
+    node = ros.node
+    renders, frames = node.renders, node.frames
+    assert wait_for(lambda: node.frames >= frames + 10)
+    assert node.renders <= renders + 1  # the truth subscription may have arrived meanwhile
+    still = ros.images.messages[-5:]
+    assert len({(m.header.stamp.sec, m.header.stamp.nanosec) for m in still}) == len(still)
+    assert all(np.array_equal(image_to_numpy(m), image_to_numpy(still[0])) for m in still)
+    latest = ros.truth.messages[-1]
+    assert all(d.header.stamp == latest.header.stamp for d in latest.detections)
+
+    goal = ros.publisher(PoseStamped, 'ee_goal')
+    assert wait_for(lambda: goal.get_subscription_count() > 0)
+    before = image_to_numpy(ros.images.messages[-1]).copy()
+    renders = node.renders
+    msg = PoseStamped()
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = 0.05, 0.05, 0.15
+    goal.publish(msg)
+    assert wait_for(lambda: node.renders >= renders + 3), 'a moving gripper was not rendered'
+    assert wait_for(lambda: not np.array_equal(image_to_numpy(ros.images.messages[-1]), before))
 
 
 @pytest.mark.parametrize('repeat', [None, 0.1], ids=['sigint', 'sigint_twice'])

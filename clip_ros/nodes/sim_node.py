@@ -66,6 +66,11 @@ class SimNode(Node):
         self._stop = threading.Event()
         self.error = ''
         self.frames = 0
+        # Renders cost most of a core at 30 Hz; a still scene republishes its last frame with
+        # a new stamp, as a camera in front of a still scene would send the same image.
+        self.renders = 0
+        self._rendered = None  # (Simulator.state_key(), with ground truth) of _messages
+        self._messages = []
         self.create_subscription(Int32, 'sim/reset', self._on_reset, COMMAND_QOS)
         # End-effector interface: goals and gripper in, state and camera extrinsic out.
         self._ee_pub = self.create_publisher(PoseStamped, 'ee_state', RESULTS_QOS)
@@ -159,16 +164,31 @@ class SimNode(Node):
     def _publish(self, sim) -> None:
         truth = (self._truth_pub.get_subscription_count()
                  + self._truth_2d_pub.get_subscription_count()) > 0
-        frame = sim.render(depth=True, instances=truth)
+        key = (sim.state_key(), truth)
+        if key != self._rendered:  # a scene that has not moved is not rendered again
+            self._messages = self._render(sim, truth)
+            self._rendered = key
+            self.renders += 1
         header = Header(frame_id=self._values['frame_id'], stamp=self.get_clock().now().to_msg())
-        self._image_pub.publish(numpy_to_image(frame.rgb, 'rgb8', header))
-        self._depth_pub.publish(numpy_to_image(frame.depth, '32FC1', header))
-        self._info_pub.publish(camera_info_msg(frame.K, sim.width, sim.height, header))
+        for publisher, msg in self._messages:
+            msg.header = header
+            for detection in getattr(msg, 'detections', ()):  # ground truth: each one too
+                detection.header = header
+            publisher.publish(msg)
         self._publish_robot(sim, header)
-        if truth:
-            self._truth_pub.publish(ground_truth_3d_msg(frame.objects, header))
-            self._truth_2d_pub.publish(ground_truth_2d_msg(frame.objects, header))
         self.frames += 1
+
+    def _render(self, sim, truth: bool) -> list:
+        """Render the camera view; return [(publisher, message)] (headers set on publish)."""
+        frame = sim.render(depth=True, instances=truth)
+        header = Header()
+        messages = [(self._image_pub, numpy_to_image(frame.rgb, 'rgb8', header)),
+                    (self._depth_pub, numpy_to_image(frame.depth, '32FC1', header)),
+                    (self._info_pub, camera_info_msg(frame.K, sim.width, sim.height, header))]
+        if truth:
+            messages += [(self._truth_pub, ground_truth_3d_msg(frame.objects, header)),
+                         (self._truth_2d_pub, ground_truth_2d_msg(frame.objects, header))]
+        return messages
 
     def _publish_robot(self, sim, header: Header) -> None:
         base = Header(frame_id=self._values['base_frame'], stamp=header.stamp)

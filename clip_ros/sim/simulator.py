@@ -275,6 +275,7 @@ class Simulator:
         self._renderer = _Renderer(self.width, self.height)
         self._renderer.option.geomgroup[GRIPPER_GROUP] = int(show_gripper)
         self.K = intrinsics(self.width, self.height)
+        self.loads = 0
         self.reset(seed)
 
     def reset(self, seed: int | None = None, object_count: int | None = None) -> SceneSpec:
@@ -287,6 +288,7 @@ class Simulator:
     def load(self, spec: SceneSpec) -> SceneSpec:
         """Build the scene `spec` (e.g. one drawn under a clip_ros.sim.conditions condition)."""
         self.seed, self.spec = spec.seed, spec
+        self.loads += 1  # tells scenes apart in state_key
         self.model = mujoco.MjModel.from_xml_string(
             scene_xml(self.spec, self.width, self.height))
         self.data = mujoco.MjData(self.model)
@@ -306,6 +308,15 @@ class Simulator:
     def _update(self) -> None:
         mujoco.mj_kinematics(self.model, self.data)
         mujoco.mj_camlight(self.model, self.data)
+
+    def state_key(self) -> tuple:
+        """
+        Return what a render depends on: the scene and every geom's pose.
+
+        Equal keys give identical renders (the scene is kinematic and noise-free), so a
+        camera loop may republish its last frame instead of rendering it again.
+        """
+        return (self.loads, self.data.geom_xpos.tobytes(), self.data.geom_xmat.tobytes())
 
     @property
     def object_names(self) -> list:
