@@ -90,6 +90,45 @@ def test_training_learns_a_shape_that_only_shows_in_the_outline():
     assert probs[0].argmax() == 1 and probs[1].argmax() == 0
 
 
+def test_a_background_class_learns_no_object_and_survives_a_round_trip(tmp_path):
+    # Squares and plain table patches: the extra last class is "no object".
+    rng = np.random.default_rng(1)
+    crops, labels = [], []
+    yy, xx = np.mgrid[:STORE_SIZE, :STORE_SIZE] - STORE_SIZE / 2
+    for k in range(256):
+        crop = np.full((STORE_SIZE, STORE_SIZE, 3), rng.integers(60, 120), np.uint8)
+        if k % 2:
+            crop[np.maximum(abs(yy), abs(xx)) < 16] = rng.integers(0, 255, 3)
+        crops.append(crop)
+        labels.append(0 if k % 2 else 1)
+    head = train_shape_head(np.stack(crops), np.array(labels), ('square',), steps=120,
+                            width=8, batch=32, background=True)
+    assert head.background and head.config()['background'] is True
+    frame = np.full((200, 200, 3), 90, np.uint8)
+    frame[130:170, 130:170] = (200, 40, 60)
+    probs = head.probabilities(frame, [(20, 20, 60, 60), (130, 130, 170, 170)])
+    assert probs.shape == (2, 2) and probs[0].argmax() == 1 and probs[1].argmax() == 0
+    head.save(tmp_path)
+    again = load_shape_head(tmp_path, head.config())
+    assert again.background and np.allclose(
+        again.probabilities(frame, [(20, 20, 60, 60)]), probs[:1], atol=1e-6)
+    with pytest.raises(ValueError, match='shape head'):  # 2 outputs read as 2 shapes + 1
+        load_shape_head(tmp_path, {**head.config(), 'shapes': ['square', 'disc']})
+
+
+def test_background_boxes_lie_off_the_objects():
+    objects = np.zeros((120, 160), bool)
+    objects[20:60, 30:90] = True
+    boxes = train_shape.empty_boxes(objects, [(30, 20, 90, 60)] * 10, np.random.default_rng(0))
+    assert len(boxes) == 10
+    for x0, y0, x1, y1 in boxes:
+        window = objects[int(y0):int(y1) + 1, int(x0):int(x1) + 1]
+        assert window.mean() <= train_shape.BACKGROUND_OBJECT_SHARE
+        assert 0 <= x0 < x1 <= 160 + 1 and 0 <= y0 < y1 <= 120 + 1
+    assert train_shape.empty_boxes(np.ones((50, 50), bool), [(0, 0, 20, 20)],
+                                   np.random.default_rng(0)) == []  # nowhere empty
+
+
 def test_the_rule_refuses_a_candidate_the_head_calls_another_shape():
     rule = AbstainRule(min_margin=-5.0, min_peak=0.5, min_shape=0.1)
     sure = Evidence(margin=1.0, clip_prob=0.9, seg_mean=0.8, seg_peak=0.9)
@@ -130,24 +169,34 @@ def test_the_bundled_head_knows_shapes_of_combinations_it_never_saw(gl_context, 
     assert clip.shape is not None and clip.shape.shapes == SHAPES
     result = {}
     for condition in ('in_distribution', 'camera_low'):
-        crops, names = train_shape.object_crops('val', condition, 8, 700)
-        result[condition] = train_shape.accuracy(clip.shape, crops, names)
+        result[condition] = train_shape.accuracy(
+            clip.shape, *train_shape.object_crops('val', condition, 8, 700))
     assert all(r['seen'] >= 0.95 for r in result.values())
+    # Table, floor and shadow crops: called no object (the bundled head's background class).
+    assert clip.shape.background and all(r['background'] >= 0.9 for r in result.values())
 
 
-def test_the_pipeline_reports_shape_evidence_for_shape_words_only(gl_context, bundled):
+def test_the_pipeline_reports_the_named_shape_or_any_object(gl_context, bundled, monkeypatch):
+    # "red block": the head's probability of a block; "red": of any object (background class).
     from clip_ros.sim.conditions import condition_frames
     from clip_ros.sim.simulator import Simulator
     clip, clipseg = bundled
-    pipeline = GroundingPipeline(clip, clipseg, abstain=AbstainRule.off())
     with Simulator(0, 320, 240, show_gripper=False) as sim:
         _, _, frame = next(condition_frames(sim, 'val', 'in_distribution', 1, 700))
     name = frame.objects[0].name
     colour = name.split()[0]
-    found = pipeline.candidates([(frame.rgb, [name, colour], 0.4)])[0]
-    shape_word = [e.shape_prob for o, e in zip(found.owners, found.evidence)
-                  if found.words[o] == name]
-    assert shape_word and all(0.0 <= p <= 1.0 for p in shape_word)
-    other = [e.shape_prob for o, e in zip(found.owners, found.evidence)
-             if found.words[o] != name]
-    assert other and all(math.isnan(p) for p in other)
+
+    def shape_probs():
+        pipeline = GroundingPipeline(clip, clipseg, abstain=AbstainRule.off())
+        found = pipeline.candidates([(frame.rgb, [name, colour], 0.4)])[0]
+        return {words: [e.shape_prob for o, e in zip(found.owners, found.evidence)
+                        if found.words[o] == words] for words in (name, colour)}
+
+    for words, probs in shape_probs().items():
+        assert probs and all(0.0 <= p <= 1.0 for p in probs), words
+        assert max(probs) > 0.5, words  # the object itself is among the candidates
+    # A head without the background class says nothing about phrases without a shape word.
+    monkeypatch.setattr(clip, 'shape', random_head())
+    probs = shape_probs()
+    assert all(0.0 <= p <= 1.0 for p in probs[name])
+    assert probs[colour] and all(math.isnan(p) for p in probs[colour])

@@ -34,11 +34,15 @@ def augment(crops: np.ndarray, size: int, rng: np.random.Generator) -> torch.Ten
 
 def train_shape_head(crops: np.ndarray, labels: np.ndarray, shapes, steps: int = 1500,
                      seed: int = 0, width: int = 32, size: int = 48, batch: int = 64,
-                     log=None) -> ShapeHead:
-    """Train a ShapeNet on stored crops [N, S, S, 3] with shape indices [N]; return the head."""
+                     log=None, background: bool = False) -> ShapeHead:
+    """
+    Train a ShapeNet on stored crops [N, S, S, 3] with shape indices [N]; return the head.
+
+    With `background`, label len(shapes) marks crops with no object (the extra class).
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = ShapeNet(len(shapes), width)
+    net = ShapeNet(len(shapes) + bool(background), width)
     optimiser = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 3e-3, total_steps=steps)
     labels = torch.as_tensor(labels)

@@ -55,8 +55,9 @@ class Evidence:
     clip_prob: float  # CLIP softmax probability of the phrase among its rivals (nan: no CLIP)
     seg_mean: float   # CLIPSeg mean probability over the instance
     seg_peak: float   # CLIPSeg highest probability inside the instance
-    # The shape head's probability that the crop is the shape the phrase names (nan: no head,
-    # no shape word in the phrase, or a candidate the rule refuses anyway).
+    # The shape head's probability that the crop is the shape the phrase names, or that it is
+    # any object when the phrase names no shape and the head knows background (nan: no head,
+    # or a candidate the rule refuses anyway).
     shape_prob: float = math.nan
 
 
@@ -360,10 +361,13 @@ class GroundingPipeline:
 
     def _shapes(self, frames: list) -> None:
         """
-        Fill Evidence.shape_prob of candidates whose phrase names a shape the head knows.
+        Fill Evidence.shape_prob of candidates from the model's shape head.
 
-        Only candidates the rule's other thresholds accept are asked: the others are refused
-        whatever their shape (with the rule off, as calibrate runs it, that is every one).
+        A phrase that names a shape gets the head's probability of that shape; one that names
+        none ("the red one") gets the probability of any object when the head has a
+        background class, else nothing. Only candidates the rule's other thresholds accept are
+        asked: the others are refused whatever their shape (with the rule off, as calibrate
+        runs it, that is every one).
         """
         head = getattr(self.clip, 'shape', None)
         if head is None:
@@ -372,12 +376,13 @@ class GroundingPipeline:
         for frame in frames:
             wanted = [(k, head.shape_index(frame.words[o])) for k, o in enumerate(frame.owners)
                       if rule.accepts(frame.evidence[k])]
-            wanted = [(k, s) for k, s in wanted if s is not None]
+            wanted = [(k, s) for k, s in wanted if s is not None or head.background]
             if not wanted:
                 continue
             probs = head.probabilities(frame.rgb, [frame.regions[k].box for k, _ in wanted])
             for (k, s), p in zip(wanted, probs):
-                frame.evidence[k] = replace(frame.evidence[k], shape_prob=float(p[s]))
+                shape_prob = p[s] if s is not None else 1.0 - p[-1]
+                frame.evidence[k] = replace(frame.evidence[k], shape_prob=float(shape_prob))
 
     def clip_probabilities(self, rgb, phrases, owners, boxes) -> list:
         """

@@ -7,10 +7,13 @@ trained on. A small CNN looks at the crop alone. It is trained on crops of rende
 their colour channels permuted and their gains jittered, so it learns shape and not colour, and
 the held-out combinations are shapes it has seen in other colours. The grounding pipeline asks it
 about every candidate of a phrase that names a shape (perception.grounding.Evidence.shape_prob);
-the abstention rule refuses candidates it is sure are another shape.
+the abstention rule refuses candidates it is sure are another shape. A head trained with a
+background class (crops of table, floor and shadow with no object in them) also gives a low
+probability of every shape to a candidate that is no object at all.
 
 A model directory carries it as `shape.safetensors` with a config block 'clip_ros' "shape":
-{"shapes": [...], "width": 32, "input": 48, "pad": 1.25}. `train_shape` writes both.
+{"shapes": [...], "background": true, "width": 32, "input": 48, "pad": 1.25}. `train_shape`
+writes both.
 """
 from pathlib import Path
 
@@ -78,6 +81,11 @@ class ShapeHead:
                  device='cpu'):
         self.net = net.to(device).eval()
         self.shapes = tuple(shapes)
+        # One output more than shapes: the last is the background class (no object).
+        self.background = net.head.out_features == len(self.shapes) + 1
+        if not self.background and net.head.out_features != len(self.shapes):
+            raise ValueError(f'the net has {net.head.out_features} outputs for '
+                             f'{len(self.shapes)} shapes')
         self.pad, self.size, self.device = float(pad), int(size), device
 
     def shape_index(self, words: str):
@@ -86,9 +94,13 @@ class ShapeHead:
         return self.shapes.index(last) if last in self.shapes else None
 
     def probabilities(self, rgb: np.ndarray, boxes) -> np.ndarray:
-        """Return the softmax over shapes [K, len(shapes)] of the crops around `boxes`."""
+        """
+        Return the softmax [K, outputs] of the crops around `boxes`.
+
+        Column i is shapes[i]; a head with a background class has it as the last column.
+        """
         if not len(boxes):
-            return np.zeros((0, len(self.shapes)), np.float32)
+            return np.zeros((0, self.net.head.out_features), np.float32)
         crops = np.stack([store_crop(rgb, box) for box in boxes])
         with torch.no_grad():
             logits = self.net(centre_pixels(crops, self.pad, self.size).to(self.device))
@@ -96,8 +108,8 @@ class ShapeHead:
 
     def config(self) -> dict:
         """Return the config block that describes this head."""
-        return {'shapes': list(self.shapes), 'width': self.net.head.in_features // 4,
-                'input': self.size, 'pad': self.pad}
+        return {'shapes': list(self.shapes), 'background': self.background,
+                'width': self.net.head.in_features // 4, 'input': self.size, 'pad': self.pad}
 
     def save(self, directory) -> Path:
         """Write the weights to directory/WEIGHTS_FILE and return the path."""
@@ -116,7 +128,8 @@ def load_shape_head(directory, block, device='cpu'):
     from safetensors.torch import load_file
     try:
         shapes = [str(s) for s in block['shapes']]
-        net = ShapeNet(len(shapes), int(block.get('width', 32)))
+        background = bool(block.get('background', False))
+        net = ShapeNet(len(shapes) + background, int(block.get('width', 32)))
         net.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)))
         return ShapeHead(net, shapes, float(block.get('pad', 1.25)),
                          int(block.get('input', 48)), device)

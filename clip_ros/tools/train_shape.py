@@ -2,9 +2,11 @@
 Train a tabletop model's shape head (perception.shape_head) and write it into the model.
 
 Renders train-split scenes in the randomised mode (light, table, camera, scale, crowding,
-occlusion), cuts a crop around every visible object, trains the head on them with colours
-scrambled, reports its accuracy on ground-truth crops of validation scenes under each scene
-condition (seen and held-out colour x shape combinations apart), and writes
+occlusion), cuts a crop around every visible object and as many background crops (object-sized
+boxes of table, floor and shadow with no object in them: the head's "no object" class), trains
+the head on them with colours scrambled, reports its accuracy on ground-truth crops of
+validation scenes under each scene condition (seen and held-out colour x shape combinations
+apart, and the background crops it calls no object), and writes
 `shape.safetensors` and the config block 'clip_ros' "shape" into the model directory.
 """
 import argparse
@@ -26,31 +28,61 @@ from clip_ros.tools.shift_eval import condition_names, HELD_OUT_NAMES, visible_o
 
 SHAPES = ('block', 'ball', 'cylinder', 'bowl')
 MIN_PIXELS = 30
+BACKGROUND_OBJECT_SHARE = 0.05  # a background box holds at most this share of object pixels
 VAL_START = 500  # val scenes 100500..: never the ones calibrate uses (100000..)
 
 
 def object_crops(split: str, condition: str, count: int, start: int = 0) -> tuple:
-    """Return (crops [N, S, S, 3], object names [N]) of the visible objects of rendered scenes."""
+    """
+    Return crops of rendered scenes: (object crops [N, S, S, 3], their names, background crops).
+
+    Each scene gives one background crop per object crop (fewer where no box fits): a box the
+    size of one of its objects, anywhere in the frame, over almost no object pixels.
+    """
     from clip_ros.sim.conditions import condition_frames
     from clip_ros.sim.simulator import Simulator  # needs OpenGL
-    crops, names = [], []
+    crops, names, background = [], [], []
+    rng = np.random.default_rng(start)
     with Simulator(0, 640, 480, show_gripper=False) as sim:
         for _, _, frame in condition_frames(sim, split, condition, count, start):
+            boxes = []
             for obj in visible_objects(frame):
                 if obj.mask.sum() >= MIN_PIXELS and obj.name.split()[-1] in SHAPES:
                     crops.append(store_crop(frame.rgb, obj.box))
                     names.append(obj.name)
-    return np.stack(crops), names
+                    boxes.append(obj.box)
+            background += [store_crop(frame.rgb, box)
+                           for box in empty_boxes(frame.instances > 0, boxes, rng)]
+    return np.stack(crops), names, np.stack(background)
 
 
-def accuracy(head, crops: np.ndarray, names: list) -> dict:
+def empty_boxes(objects: np.ndarray, sizes: list, rng, tries: int = 20) -> list:
+    """Return one box per box of `sizes`: same size, placed where `objects` (bool) is empty."""
+    height, width = objects.shape
+    found = []
+    for x0, y0, x1, y1 in sizes:
+        w, h = (max(8.0, v * rng.uniform(0.7, 1.4)) for v in (x1 - x0, y1 - y0))
+        for _ in range(tries):
+            left, top = rng.uniform(0, max(1.0, width - w)), rng.uniform(0, max(1.0, height - h))
+            window = objects[int(top):int(top + h) + 1, int(left):int(left + w) + 1]
+            if window.size and window.mean() <= BACKGROUND_OBJECT_SHARE:
+                found.append((left, top, left + w, top + h))
+                break
+    return found
+
+
+def accuracy(head, crops: np.ndarray, names: list, background: np.ndarray) -> dict:
     """Return the head's top-1 accuracy on stored crops, seen and held-out apart."""
     with torch.no_grad():
         logits = head.net(centre_pixels(crops, head.pad, head.size))
+        empty = head.net(centre_pixels(background, head.pad, head.size))
     right = logits.argmax(dim=1).numpy() == [head.shapes.index(n.split()[-1]) for n in names]
     held = np.array([n in HELD_OUT_NAMES for n in names])
+    # Background crops: how many the head calls no object (a head without that class: none).
+    called_empty = empty.argmax(dim=1).numpy() == len(head.shapes)
     return {'crops': len(names), 'seen': float(right[~held].mean()),
-            'held_out': float(right[held].mean()) if held.any() else None}
+            'held_out': float(right[held].mean()) if held.any() else None,
+            'background_crops': len(background), 'background': float(called_empty.mean())}
 
 
 def parse_args(argv=None):
@@ -58,7 +90,7 @@ def parse_args(argv=None):
     parser.add_argument('--model', default=tabletop.NAME,
                         help="'tabletop' (bundled) or a tabletop checkpoint directory")
     parser.add_argument('--scenes', type=int, default=700, help='randomised train scenes')
-    parser.add_argument('--steps', type=int, default=1500, help='training steps (batch 64)')
+    parser.add_argument('--steps', type=int, default=2000, help='training steps (batch 64)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--val-scenes', type=int, default=30,
                         help='validation scenes per condition')
@@ -91,11 +123,13 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(pick_threads(args.threads))
     start = time.time()
-    crops, names = object_crops('train', 'randomised', args.scenes)
-    log.info('%d crops of %d train scenes (%.0f s)', len(names), args.scenes,
-             time.time() - start)
-    labels = np.array([SHAPES.index(n.split()[-1]) for n in names])
-    head = train_shape_head(crops, labels, SHAPES, steps=args.steps, seed=args.seed,
+    crops, names, background = object_crops('train', 'randomised', args.scenes)
+    log.info('%d object and %d background crops of %d train scenes (%.0f s)', len(names),
+             len(background), args.scenes, time.time() - start)
+    labels = np.array([SHAPES.index(n.split()[-1]) for n in names]
+                      + [len(SHAPES)] * len(background))  # the last class: no object
+    head = train_shape_head(np.concatenate([crops, background]), labels, SHAPES,
+                            steps=args.steps, seed=args.seed, background=True,
                             log=lambda step, loss: log.info('step %d loss %.3f', step, loss))
     minutes = (time.time() - start) / 60
     report = {}
@@ -103,15 +137,17 @@ def main(argv=None) -> int:
         report[condition] = accuracy(head, *object_crops('val', condition, args.val_scenes,
                                                          VAL_START))
         row = report[condition]
-        log.info('%-24s seen %.1f %%  held-out %s  (%d crops)', condition, 100 * row['seen'],
+        log.info('%-24s seen %.1f %%  held-out %s  (%d crops)  background %.1f %% (%d)',
+                 condition, 100 * row['seen'],
                  'n/a' if row['held_out'] is None else f"{100 * row['held_out']:.1f} %",
-                 row['crops'])
+                 row['crops'], 100 * row['background'], row['background_crops'])
     if args.dry_run:
         print(json.dumps(report, indent=2))
         return 0
     head.save(directory)
     block = {**head.config(), 'training': {
-        'scenes': args.scenes, 'crops': len(names), 'steps': args.steps, 'seed': args.seed,
+        'scenes': args.scenes, 'crops': len(names), 'background_crops': len(background),
+        'steps': args.steps, 'seed': args.seed,
         'minutes': round(minutes, 1),
         'command': 'train_shape ' + ' '.join(argv if argv is not None else sys.argv[1:])},
         'validation': {'start': VAL_START, 'scenes': args.val_scenes, 'accuracy': report}}
