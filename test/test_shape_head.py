@@ -9,7 +9,7 @@ import torch
 
 from clip_ros.learning.shape_training import train_shape_head
 from clip_ros.perception import tabletop_model as tabletop
-from clip_ros.perception.grounding import AbstainRule, Evidence, GroundingPipeline
+from clip_ros.perception.grounding import _score, AbstainRule, Evidence, GroundingPipeline
 from clip_ros.perception.registry import ModelLoadError
 from clip_ros.perception.shape_head import (
     load_shape_head, ShapeHead, ShapeNet, store_crop, STORE_SIZE)
@@ -136,6 +136,27 @@ def test_the_rule_refuses_a_candidate_the_head_calls_another_shape():
     assert rule.accepts(Evidence(1.0, 0.9, 0.8, 0.9, shape_prob=0.6))
     assert not rule.accepts(Evidence(1.0, 0.9, 0.8, 0.9, shape_prob=0.01))
     assert AbstainRule.from_config({'min_shape': 0.2}).min_shape == 0.2
+
+
+def test_the_shape_probability_scales_the_score():
+    plain = Evidence(margin=1.0, clip_prob=0.81, seg_mean=0.64, seg_peak=0.9)
+    assert _score(plain) == pytest.approx(0.72)
+    assert _score(Evidence(1.0, 0.81, 0.64, 0.9, shape_prob=0.25)) == pytest.approx(0.36)
+
+
+def test_of_two_accepted_candidates_the_named_shape_ranks_first(gl_context, bundled):
+    # Val scene 100532: a large green block in front, the green cylinder asked for further back;
+    # both pass the rule, and the block used to rank first on CLIP and CLIPSeg alone.
+    from clip_ros.sim.conditions import condition_frames
+    from clip_ros.sim.simulator import Simulator
+    with Simulator(0, 640, 480, show_gripper=False) as sim:
+        seed, _, frame = next(condition_frames(sim, 'val', 'occlusion', 1, 532))
+    truth = {o.name: o.box for o in frame.objects}
+    assert seed == 100532 and {'green cylinder', 'green block'} <= set(truth)
+    result = GroundingPipeline(*bundled)(frame.rgb, ['green cylinder'])
+    top = result.detections[0].box
+    x0, y0, x1, y1 = truth['green cylinder']
+    assert x0 - 5 <= top[0] <= x1 and y0 - 5 <= top[1] <= y1  # on the cylinder, not the block
 
 
 def test_calibrate_sweeps_the_shape_level_and_keeps_a_rule_without_it():

@@ -180,8 +180,8 @@ class GroundingPipeline:
     distractors and the CLIP model's vocabulary of known object names (at most max_candidates
     components per frame, highest CLIPSeg mean first). A candidate the abstention rule refuses
     is dropped; a phrase left without candidates is 'not found'.
-    Final score = sqrt(clip_prob * mean_prob): the geometric mean lets either model veto an
-    instance while agreement keeps the score high.
+    Final score = sqrt(clip_prob * mean_prob), times sqrt(shape_prob) with shape evidence: the
+    geometric mean lets either model veto an instance while agreement keeps the score high.
     """
 
     def __init__(self, clip, clipseg, distractors=DEFAULT_DISTRACTORS, min_area: int = 64,
@@ -431,10 +431,18 @@ class GroundingPipeline:
 
 
 def _score(evidence: Evidence) -> float:
-    """Return the detection score: sqrt(CLIP probability x CLIPSeg mean), or the mean alone."""
-    if math.isnan(evidence.clip_prob):
-        return evidence.seg_mean
-    return float(np.sqrt(evidence.clip_prob * evidence.seg_mean))
+    """
+    Return the detection score: sqrt(CLIP probability x CLIPSeg mean), or the mean alone.
+
+    With shape evidence, times sqrt(shape probability): of two candidates the rule accepts,
+    the one of the named shape ranks first (a big same-colour block before the half-hidden
+    cylinder asked for).
+    """
+    score = evidence.seg_mean if math.isnan(evidence.clip_prob) else float(
+        np.sqrt(evidence.clip_prob * evidence.seg_mean))
+    if not math.isnan(evidence.shape_prob):
+        score *= math.sqrt(max(evidence.shape_prob, 0.0))
+    return score
 
 
 def _margins(texts: list, logits: np.ndarray, queries: list) -> tuple:
