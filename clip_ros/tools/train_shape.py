@@ -2,12 +2,12 @@
 Train a tabletop model's shape head (perception.shape_head) and write it into the model.
 
 Renders train-split scenes in the randomised mode (light, table, camera, scale, crowding,
-occlusion), cuts a crop around every visible object and as many background crops (object-sized
-boxes of table, floor and shadow with no object in them: the head's "no object" class), trains
-the head on them with colours scrambled, reports its accuracy on ground-truth crops of
-validation scenes under each scene condition (seen and held-out colour x shape combinations
-apart, and the background crops it calls no object), and writes
-`shape.safetensors` and the config block 'clip_ros' "shape" into the model directory.
+occlusion) with the gripper at a random place, cuts a crop around every visible object and as
+many background crops (object-sized boxes of table, floor, gripper and shadow with no object in
+them: the head's "no object" class), trains the head on them with colours scrambled, reports its
+accuracy on ground-truth crops of validation scenes under each scene condition (seen and
+held-out colour x shape combinations apart, and the background crops it calls no object), and
+writes `shape.safetensors` and the config block 'clip_ros' "shape" into the model directory.
 """
 import argparse
 import json
@@ -36,15 +36,22 @@ def object_crops(split: str, condition: str, count: int, start: int = 0) -> tupl
     """
     Return crops of rendered scenes: (object crops [N, S, S, 3], their names, background crops).
 
-    Each scene gives one background crop per object crop (fewer where no box fits): a box the
-    size of one of its objects, anywhere in the frame, over almost no object pixels.
+    The gripper hangs at a random place over each scene, as it does while a robot works: its
+    body and its shadow are background. Each scene gives one background crop per object crop
+    (fewer where no box fits): a box the size of one of its objects, anywhere in the frame,
+    over almost no object pixels.
     """
-    from clip_ros.sim.conditions import condition_frames
+    from clip_ros.sim.conditions import load_condition
     from clip_ros.sim.simulator import Simulator  # needs OpenGL
+    from clip_ros.sim.splits import split_exclude, split_seeds
     crops, names, background = [], [], []
     rng = np.random.default_rng(start)
-    with Simulator(0, 640, 480, show_gripper=False) as sim:
-        for _, _, frame in condition_frames(sim, split, condition, count, start):
+    with Simulator(0, 640, 480, show_gripper=True) as sim:
+        for seed in split_seeds(split, count, start):
+            load_condition(sim, seed, condition, split_exclude(split))
+            sim.move_to((rng.uniform(-0.3, 0.3), rng.uniform(-0.25, 0.25),
+                         rng.uniform(0.08, 0.45)), instant=True)
+            frame = sim.render(depth=False, instances=True)
             boxes = []
             for obj in visible_objects(frame):
                 if obj.mask.sum() >= MIN_PIXELS and obj.name.split()[-1] in SHAPES:
