@@ -129,6 +129,30 @@ def test_background_boxes_lie_off_the_objects():
                                    np.random.default_rng(0)) == []  # nowhere empty
 
 
+def test_gripper_boxes_bound_the_gripper_and_its_shadow_off_the_objects(gl_context):
+    from clip_ros.sim.scene import GRIPPER_HOME
+    from clip_ros.sim.simulator import Simulator
+    with Simulator(231676, 640, 480) as sim:  # home: out of view, its shadow on the table
+        sim.move_to(GRIPPER_HOME, instant=True)
+        frame = sim.render(depth=False, instances=True)
+        sim.move_to(train_shape.GRIPPER_AWAY, instant=True)
+        away = sim.render(depth=False, instances=True)
+    changed = train_shape.gripper_pixels(frame.rgb, away.rgb)
+    objects = frame.instances > 0
+    assert (away.instances == frame.instances).all()  # moving the gripper moved no object
+    assert changed.sum() >= train_shape.MIN_PIXELS
+    assert not train_shape.gripper_pixels(frame.rgb, frame.rgb).any()
+    sizes = [o.box for o in frame.objects]
+    boxes = train_shape.gripper_boxes(changed, objects, sizes, np.random.default_rng(0))
+    assert len(boxes) >= 1
+    for x0, y0, x1, y1 in boxes:
+        window = np.s_[int(y0):int(y1), int(x0):int(x1)]
+        assert objects[window].mean() <= train_shape.BACKGROUND_OBJECT_SHARE
+        assert changed[window].mean() > 0.2  # mostly shadow, not table
+    assert train_shape.gripper_boxes(np.zeros_like(changed), objects, sizes,
+                                     np.random.default_rng(0)) == []
+
+
 def test_the_rule_refuses_a_candidate_the_head_calls_another_shape():
     rule = AbstainRule(min_margin=-5.0, min_peak=0.5, min_shape=0.1)
     sure = Evidence(margin=1.0, clip_prob=0.9, seg_mean=0.8, seg_peak=0.9)

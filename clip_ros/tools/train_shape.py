@@ -29,6 +29,8 @@ from clip_ros.tools.shift_eval import condition_names, HELD_OUT_NAMES, visible_o
 SHAPES = ('block', 'ball', 'cylinder', 'bowl')
 MIN_PIXELS = 30
 BACKGROUND_OBJECT_SHARE = 0.05  # a background box holds at most this share of object pixels
+GRIPPER_AWAY = (20.0, 20.0, 5.0)  # far outside every camera's view and light
+GRIPPER_CHANGE = 30  # summed RGB change that marks the gripper's body or shadow
 VAL_START = 500  # val scenes 100500..: never the ones calibrate uses (100000..)
 
 
@@ -39,7 +41,9 @@ def object_crops(split: str, condition: str, count: int, start: int = 0) -> tupl
     The gripper hangs at a random place over each scene, as it does while a robot works: its
     body and its shadow are background. Each scene gives one background crop per object crop
     (fewer where no box fits): a box the size of one of its objects, anywhere in the frame,
-    over almost no object pixels.
+    over almost no object pixels; and up to two crops of the gripper's own pixels (its body
+    or its shadow), whose dark, straight-edged patches a head trained only on random boxes
+    takes for a black block or cylinder.
     """
     from clip_ros.sim.conditions import load_condition
     from clip_ros.sim.simulator import Simulator  # needs OpenGL
@@ -60,6 +64,10 @@ def object_crops(split: str, condition: str, count: int, start: int = 0) -> tupl
                     boxes.append(obj.box)
             background += [store_crop(frame.rgb, box)
                            for box in empty_boxes(frame.instances > 0, boxes, rng)]
+            sim.move_to(GRIPPER_AWAY, instant=True)
+            changed = gripper_pixels(frame.rgb, sim.render(depth=False).rgb)
+            background += [store_crop(frame.rgb, box) for box in
+                           gripper_boxes(changed, frame.instances > 0, boxes, rng)]
     return np.stack(crops), names, np.stack(background)
 
 
@@ -75,6 +83,40 @@ def empty_boxes(objects: np.ndarray, sizes: list, rng, tries: int = 20) -> list:
             if window.size and window.mean() <= BACKGROUND_OBJECT_SHARE:
                 found.append((left, top, left + w, top + h))
                 break
+    return found
+
+
+def gripper_pixels(with_gripper: np.ndarray, without: np.ndarray) -> np.ndarray:
+    """Return where two renders of one scene differ: the gripper's body and its shadow."""
+    change = np.abs(with_gripper.astype(np.int16) - without.astype(np.int16)).sum(axis=2)
+    return change > GRIPPER_CHANGE
+
+
+def gripper_boxes(changed: np.ndarray, objects: np.ndarray, sizes: list, rng) -> list:
+    """
+    Return up to two boxes tight around gripper pixels (`changed`) with almost no object.
+
+    One box bounds all of them; the other bounds those inside an object-sized window (a size
+    of `sizes`) centred on one of them at random, as a part of a shadow would be segmented.
+    """
+    keep = changed & ~objects
+    if keep.sum() < MIN_PIXELS or not sizes:
+        return []
+    ys, xs = np.nonzero(keep)
+    found = []
+    for part in (False, True):
+        inside = np.ones(len(xs), bool)
+        if part:
+            x0, y0, x1, y1 = sizes[rng.integers(len(sizes))]
+            pick = rng.integers(len(xs))
+            inside = ((np.abs(xs - xs[pick]) <= (x1 - x0) / 2)
+                      & (np.abs(ys - ys[pick]) <= (y1 - y0) / 2))
+        if inside.sum() < MIN_PIXELS:
+            continue
+        box = (xs[inside].min(), ys[inside].min(), xs[inside].max() + 1, ys[inside].max() + 1)
+        window = objects[box[1]:box[3], box[0]:box[2]]
+        if window.mean() <= BACKGROUND_OBJECT_SHARE:
+            found.append(tuple(float(v) for v in box))
     return found
 
 
