@@ -3,7 +3,9 @@ import json
 
 import pytest
 
-from clip_ros.tools.benchmark import main
+from clip_ros.perception.geometry import Detection
+from clip_ros.perception.grounding import GroundingResult
+from clip_ros.tools.benchmark import agreement, main
 
 pytest.importorskip('onnxruntime')
 pytest.importorskip('openvino')
@@ -32,6 +34,11 @@ def test_benchmark_writes_rows(tmp_path, capsys):
             assert row['backends'][name]['same_detections']
             assert row['backends'][name]['detections'] == row['backends']['torch']['detections']
             assert row['backends'][name]['max_score_diff'] <= 1e-4
+            assert row['backends'][name]['parity']
+        assert row['backends']['openvino']['score_tol'] == 0.02
+        fastest = [n for n, b in row['backends'].items() if b['parity']]
+        assert row['best_parity_backend'] in fastest and row['best_parity_ratio'] == max(
+            row['backends'][n]['ratio'] for n in fastest)
         assert row['best_ratio'] == max(b['ratio'] for b in row['backends'].values())
         assert row['ours_ms'] == row['backends']['torch']['ms']
     printed = capsys.readouterr().out
@@ -40,3 +47,25 @@ def test_benchmark_writes_rows(tmp_path, capsys):
     raw, jpeg, png = report['decoding']
     assert raw['bytes'] == 96 * 64 * 3 and 0 < jpeg['bytes'] < raw['bytes']
     assert jpeg['decode_ms'] > 0 and png['decode_ms'] > 0
+
+
+def _result(*detections) -> GroundingResult:
+    found = [Detection(i, phrase, score, box, 100, (0.0, 0.0), 0.5)
+             for i, (phrase, score, box) in enumerate(detections)]
+    return GroundingResult([d.phrase for d in found], found, None, None)
+
+
+def test_agreement_matches_detections_in_any_order():
+    a, b = ('red ball', 0.2390, (0, 0, 10, 10)), ('blue block', 0.2381, (0, 0, 10, 10))
+    swapped = agreement(_result(a, b), _result(('blue block', 0.2395, b[2]),
+                                               ('red ball', 0.2370, a[2])), tol=0.003)
+    assert swapped['same_detections'] and swapped['parity']
+    assert abs(swapped['max_score_diff'] - 0.0020) < 1e-9
+    assert agreement(_result(a, b), _result(a, b), tol=0.0)['parity']  # identical
+    over = agreement(_result(a), _result(('red ball', 0.30, a[2])), tol=0.02)
+    assert over['same_detections'] and not over['parity']  # same box, score beyond tolerance
+    moved = agreement(_result(a), _result(('red ball', 0.2390, (0, 0, 10, 20))))
+    assert not moved['same_detections'] and not moved['parity']
+    extra = agreement(_result(a), _result(a, b))
+    assert not extra['same_detections']
+    assert agreement(_result(), _result())['parity']

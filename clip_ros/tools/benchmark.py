@@ -112,13 +112,35 @@ def _iou(a, b) -> float:
     return inter / union if union else 1.0
 
 
-def agreement(ref, got) -> dict:
-    """Compare two GroundingResults: same detections (phrase, box IoU >= 0.99), max score diff."""
-    same = len(ref.detections) == len(got.detections) and all(
-        a.phrase == b.phrase and _iou(a.box, b.box) >= 0.99
-        for a, b in zip(ref.detections, got.detections))
-    diffs = [abs(a.score - b.score) for a, b in zip(ref.detections, got.detections)]
-    return {'same_detections': bool(same), 'max_score_diff': max(diffs, default=0.0)}
+# Parity tolerances of the final scores, as test/test_export.py holds them: f32 graphs match
+# torch to rounding; 'mixed' keeps CLIPSeg (maps, boxes) in f32 and runs CLIP at bf16, whose
+# 8-bit mantissa moves CLIP probabilities by up to a few thousandths. bf16 CLIPSeg ('openvino'
+# on AMX Xeons) can move boxes, so it is held to boxes as well and often misses.
+SCORE_TOL = {'mixed': 0.02, 'bf16': 0.02, 'f32': 1e-4}
+BACKEND_TOL = {'openvino': 'bf16', 'openvino-mixed': 'mixed'}  # every other backend: f32
+
+
+def agreement(ref, got, tol: float = SCORE_TOL['f32']) -> dict:
+    """
+    Compare two GroundingResults: the same detections, matched one to one, and their scores.
+
+    Detections match when their phrase is equal and their boxes overlap (IoU >= 0.99), in any
+    order: two detections whose scores lie closer than rounding may swap places. `parity`:
+    every detection matched and every matched score within `tol`.
+    """
+    unused = list(got.detections)
+    diffs = []
+    for a in ref.detections:
+        match = next((b for b in unused if b.phrase == a.phrase and _iou(a.box, b.box) >= 0.99),
+                     None)
+        if match is None:
+            break
+        unused.remove(match)
+        diffs.append(abs(a.score - match.score))
+    same = len(diffs) == len(ref.detections) and not unused
+    worst = max(diffs, default=0.0)
+    return {'same_detections': bool(same), 'max_score_diff': worst, 'score_tol': tol,
+            'parity': bool(same and worst <= tol)}
 
 
 def run(clip_arch: str, clipseg_name: str, counts: list, repeats: int, width: int,
@@ -156,14 +178,19 @@ def run(clip_arch: str, clipseg_name: str, counts: list, repeats: int, width: in
             row['backends'][name] = {
                 'ms': ours[0], 'p90_ms': ours[1], 'ratio': ref[0] / ours[0],
                 'clipseg_ms': timed[f'clipseg_{name}'][0], 'detections': len(result.detections),
-                **agreement(results['torch'], result)}
+                **agreement(results['torch'], result,
+                            SCORE_TOL[BACKEND_TOL.get(name, 'f32')])}
         torch_row = row['backends']['torch']
         best = min(row['backends'], key=lambda n: row['backends'][n]['ms'])
+        # The fastest backend whose detections are torch's within its parity tolerance.
+        kept = min((n for n, b in row['backends'].items() if b['parity']),
+                   key=lambda n: row['backends'][n]['ms'])
         row.update(ours_ms=torch_row['ms'], ours_p90_ms=torch_row['p90_ms'],
                    ratio=torch_row['ratio'], clipseg_ours_ms=torch_row['clipseg_ms'],
                    clipseg_ratio=row['clipseg_reference_ms'] / torch_row['clipseg_ms'],
-                   best_backend=best,
-                   best_ratio=row['backends'][best]['ratio'])
+                   best_backend=best, best_ratio=row['backends'][best]['ratio'],
+                   best_parity_backend=kept,
+                   best_parity_ratio=row['backends'][kept]['ratio'])
         rows.append(row)
     return rows
 
@@ -174,17 +201,20 @@ def print_table(rows: list, title: str) -> None:
     print(title)
     print('| phrases | instances | reference ms | '
           + ' | '.join(f'{n} ms (ratio)' for n in names)
-          + ' | CLIPSeg stage: reference / torch ms | same detections as torch |')
-    print('|---|---|---|' + '---|' * len(names) + '---|---|')
+          + " | CLIPSeg stage: reference / torch ms | detections as torch's within tolerance |"
+          + ' fastest within parity |')
+    print('|---|---|---|' + '---|' * len(names) + '---|---|---|')
     for r in rows:
         cells = [f"{b['ms']:.0f} ({b['ratio']:.2f}x)" for b in r['backends'].values()]
         same = ', '.join(
-            f"{n} {'yes' if b['same_detections'] else 'NO'} (score diff {b['max_score_diff']:.0e})"
+            f"{n} {'yes' if b['parity'] else 'NO'} (score diff {b['max_score_diff']:.0e}"
+            f"{'' if b['same_detections'] else ', other boxes'}; tol {b['score_tol']:.0e})"
             for n, b in r['backends'].items() if n != 'torch')
         print(f"| {r['phrases']} | {r['instances']} | {r['reference_ms']:.0f} | "
               + ' | '.join(cells)
               + f" | {r['clipseg_reference_ms']:.0f} / {r['clipseg_ours_ms']:.0f} | "
-              f'{same or "-"} |')
+              f'{same or "-"} | {r["best_parity_backend"]} '
+              f'({r["best_parity_ratio"]:.2f}x) |')
 
 
 def decode_rows(rgb: np.ndarray, repeats: int) -> list:
