@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from clip_ros.learning.shape_training import train_shape_head
-from clip_ros.perception import tabletop_model as tabletop
+from clip_ros.perception import shape_crops, tabletop_model as tabletop
 from clip_ros.perception.grounding import _score, AbstainRule, Evidence, GroundingPipeline
 from clip_ros.perception.registry import ModelLoadError
-from clip_ros.perception.shape_head import (
-    load_shape_head, ShapeHead, ShapeNet, store_crop, STORE_SIZE)
+from clip_ros.perception.shape_crops import store_crop, STORE_SIZE
+from clip_ros.perception.shape_head import load_shape_head, ShapeHead, ShapeNet
 from clip_ros.tools import calibrate, train_shape
 
 SHAPES = ('block', 'ball', 'cylinder', 'bowl')
@@ -29,6 +29,22 @@ def test_crops_are_square_around_the_box_and_black_outside_the_frame():
     assert crop.shape == (STORE_SIZE, STORE_SIZE, 3)
     assert (crop[0, 0] == 0).all() and (crop[-1, -1] == 200).all()
     assert store_crop(rgb, (50, 50, 51, 51)).shape == (STORE_SIZE, STORE_SIZE, 3)  # tiny box
+
+
+@pytest.mark.parametrize('pad, size', [(1.25, 48), (1.6, 32), (1.1, 64)])
+def test_crop_centres_resize_as_torch_does(pad, size):
+    # numpy (usable without torch, as the Triton client runs it) against torch's resize.
+    crops = np.random.default_rng(0).integers(0, 255, (3, STORE_SIZE, STORE_SIZE, 3), np.uint8)
+    side = int(round(STORE_SIZE * pad / shape_crops.STORE_PAD))
+    start = (STORE_SIZE - side) // 2
+    pixels = torch.as_tensor(crops).permute(0, 3, 1, 2).float() / 255
+    ref = torch.nn.functional.interpolate(
+        pixels[:, :, start:start + side, start:start + side], size=(size, size),
+        mode='bilinear', align_corners=False)
+    ref = ((ref - shape_crops.MEAN) / shape_crops.STD).numpy()
+    got = shape_crops.centre_pixels(crops, pad, size)
+    assert got.dtype == np.float32 and got.shape == (3, 3, size, size)
+    assert np.abs(got - ref).max() <= 1e-4  # normalised units: under 0.01 of a grey level
 
 
 def test_probabilities_are_one_row_per_box_and_sum_to_one():

@@ -3,7 +3,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clip_ros.perception.shape_head import MEAN, ShapeHead, ShapeNet, STD, STORE_PAD, STORE_SIZE
+from clip_ros.perception.shape_crops import MEAN, STD, STORE_PAD, STORE_SIZE
+from clip_ros.perception.shape_head import ShapeHead, ShapeNet
 
 
 def augment(crops: np.ndarray, size: int, rng: np.random.Generator) -> torch.Tensor:

@@ -18,13 +18,11 @@ writes both.
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 import torch
-import torch.nn.functional as F
+
+from clip_ros.perception import shape_crops
 
 WEIGHTS_FILE = 'shape.safetensors'
-STORE_PAD, STORE_SIZE = 1.6, 64  # crops are cut at this pad and size, then the centre is read
-MEAN, STD = 0.45, 0.25
 
 
 class ShapeNet(torch.nn.Module):
@@ -49,29 +47,9 @@ class ShapeNet(torch.nn.Module):
         return self.head(self.body(pixels).mean(dim=(2, 3)))
 
 
-def store_crop(rgb: np.ndarray, box) -> np.ndarray:
-    """Return the uint8 [STORE_SIZE, STORE_SIZE, 3] square crop around a box (zeros outside)."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    side = max(x1 - x0, y1 - y0, 8.0) * STORE_PAD
-    left, top = int(round((x0 + x1 - side) / 2)), int(round((y0 + y1 - side) / 2))
-    side = int(round(side))
-    height, width = rgb.shape[:2]
-    canvas = np.zeros((side, side, 3), np.uint8)
-    a, b = max(0, left), max(0, top)
-    c, d = min(width, left + side), min(height, top + side)
-    if c > a and d > b:
-        canvas[b - top:d - top, a - left:c - left] = rgb[b:d, a:c]
-    return np.asarray(Image.fromarray(canvas).resize((STORE_SIZE, STORE_SIZE), Image.BILINEAR))
-
-
 def centre_pixels(crops: np.ndarray, pad: float, size: int) -> torch.Tensor:
     """Return normalised pixels [B, 3, size, size] of stored crops' centres at `pad`."""
-    pixels = torch.as_tensor(crops).permute(0, 3, 1, 2).float() / 255
-    side = int(round(STORE_SIZE * pad / STORE_PAD))
-    start = (STORE_SIZE - side) // 2
-    pixels = F.interpolate(pixels[:, :, start:start + side, start:start + side],
-                           size=(size, size), mode='bilinear', align_corners=False)
-    return (pixels - MEAN) / STD
+    return torch.from_numpy(shape_crops.centre_pixels(crops, pad, size))
 
 
 class ShapeHead:
@@ -90,8 +68,7 @@ class ShapeHead:
 
     def shape_index(self, words: str):
         """Return the index of the shape a phrase (the model's words) names, or None."""
-        last = words.split()[-1] if words.split() else ''
-        return self.shapes.index(last) if last in self.shapes else None
+        return shape_crops.shape_index(self.shapes, words)
 
     def probabilities(self, rgb: np.ndarray, boxes) -> np.ndarray:
         """
@@ -101,7 +78,7 @@ class ShapeHead:
         """
         if not len(boxes):
             return np.zeros((0, self.net.head.out_features), np.float32)
-        crops = np.stack([store_crop(rgb, box) for box in boxes])
+        crops = np.stack([shape_crops.store_crop(rgb, box) for box in boxes])
         with torch.no_grad():
             logits = self.net(centre_pixels(crops, self.pad, self.size).to(self.device))
         return torch.softmax(logits.float(), dim=-1).cpu().numpy()

@@ -22,7 +22,8 @@ import torch
 from clip_ros.learning.shape_training import train_shape_head
 from clip_ros.learning.training import pick_threads
 from clip_ros.perception import tabletop_model as tabletop
-from clip_ros.perception.shape_head import centre_pixels, store_crop
+from clip_ros.perception.shape_crops import store_crop
+from clip_ros.perception.shape_head import centre_pixels
 from clip_ros.tools.calibrate import write_config
 from clip_ros.tools.shift_eval import condition_names, HELD_OUT_NAMES, visible_objects
 
