@@ -12,6 +12,7 @@ Models (each a Python model running the exported ONNX graphs under ONNX Runtime)
   the light decoder runs per image with that image's N conditionals.
 - clip_image: crop pixels [B, 3, s, s] float32 -> features [B, D] (batched across clients).
 - clip_text, clipseg_text: tokens [N, L] int64 -> features [N, D].
+- shape (a model with a shape head): crop centre pixels [B, 3, s, s] float32 -> logits [B, C].
 - clip_ros_info: the bundle's model description (names, sizes, normalisation, vocabulary,
   synonyms, abstention rule) as JSON, so robots hold no weights and no model files.
 
@@ -53,6 +54,8 @@ class Bundle:
         self.sessions = {name: _session(directory / f'{name}.onnx', threads)
                          for name in ('clipseg_visual', 'clipseg_decoder', 'clipseg_text',
                                       'clip_image', 'clip_text')}
+        if self.info.get('shape'):
+            self.sessions['shape'] = _session(directory / 'shape.onnx', threads)
         self.decoder_inputs = [i.name for i in self.sessions['clipseg_decoder'].get_inputs()]
 
     def clipseg(self, requests: list) -> list:
@@ -104,7 +107,7 @@ def _info_infer(bundle: Bundle):
 
 def bind(triton: Triton, bundle: Bundle, max_batch: int, max_crops: int,
          delay_us: int) -> None:
-    """Bind the bundle's five models to a Triton instance."""
+    """Bind the bundle's models (five, six with a shape head) to a Triton instance."""
     info = bundle.info
     size, crop = info['clipseg']['image_size'], info['clip']['image_size']
     batcher = DynamicBatcher(max_queue_delay_microseconds=delay_us)
@@ -123,6 +126,16 @@ def bind(triton: Triton, bundle: Bundle, max_batch: int, max_crops: int,
         inputs=[Tensor(name='pixels', dtype=np.float32, shape=(3, crop, crop))],
         outputs=[Tensor(name='features', dtype=np.float32, shape=(-1,))],
         config=ModelConfig(max_batch_size=max_crops, batcher=batcher), strict=True)
+    if 'shape' in bundle.sessions:
+        @batch
+        def shape(pixels):
+            return {'logits': bundle.sessions['shape'].run(None, {'pixels': pixels})[0]}
+        side = info['shape']['input']
+        triton.bind(
+            model_name='shape', infer_func=shape,
+            inputs=[Tensor(name='pixels', dtype=np.float32, shape=(3, side, side))],
+            outputs=[Tensor(name='logits', dtype=np.float32, shape=(-1,))],
+            config=ModelConfig(max_batch_size=max_crops, batcher=batcher), strict=True)
     for graph in ('clip_text', 'clipseg_text'):
         triton.bind(
             model_name=graph, infer_func=_text_infer(bundle, graph),

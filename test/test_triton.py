@@ -1,5 +1,4 @@
 """The 'triton' backend against a real server: parity with local inference, refusals, absence."""
-import dataclasses
 import pickle
 import shutil
 import subprocess
@@ -11,7 +10,8 @@ import pytest
 from clip_ros.perception.backends import make_pipeline
 from clip_ros.perception.loading import load_clip, load_clipseg
 from clip_ros.perception.triton_client import (
-    connect, server_ready, triton_pipeline, TritonClipSegRunner, TritonUnavailable)
+    connect, server_ready, triton_pipeline, TritonClipSegRunner, TritonShapeHead,
+    TritonUnavailable)
 from clip_ros.sim.synthetic import scene_image
 from clip_ros.tools import serve
 from node_harness import wait_for  # noqa: I100
@@ -24,10 +24,7 @@ pytest.importorskip('onnxruntime')
 @pytest.fixture(scope='module', params=['tiny', 'tabletop'])
 def served(request, tmp_path_factory):
     serve_python()
-    clip, clipseg = load_models(request.param)
-    # The server hosts CLIPSeg and CLIP, not the tabletop model's shape head: the Triton client
-    # grounds without shape evidence, so its parity is with local inference without the head.
-    clip = dataclasses.replace(clip, shape=None)
+    clip, clipseg = load_models(request.param)  # tabletop: with its shape head
     cache = tmp_path_factory.mktemp('onnx')
     bundle = serve.write_bundle(clip, clipseg, cache_dir=cache)
     server = Server(bundle, cache / 'server.log').start()
@@ -56,6 +53,26 @@ def test_handles_come_from_the_server_without_weights(served):
     for field in ('mean', 'std', 'logit_scale'):
         assert getattr(triton.clip, field) == pytest.approx(getattr(local.clip, field)), field
     assert remote.info['clipseg']['name'] == local.runner.model.name
+    if local.clip.shape is None:  # tiny: no shape head, none served
+        assert triton.clip.shape is None and remote.info['shape'] is None
+    else:
+        assert isinstance(triton.clip.shape, TritonShapeHead)
+        assert triton.clip.shape.shapes == local.clip.shape.shapes
+        assert triton.clip.shape.background == local.clip.shape.background
+
+
+def test_the_served_shape_head_answers_as_the_local_one(served):
+    _, _, _, pipes = served
+    if pipes['torch'].clip.shape is None:  # tiny: grounding asks no head on either side
+        assert pipes['triton'].clip.shape is None
+        return
+    rgb = _frames()[0]
+    boxes = [(10, 10, 40, 50), (60, 20, 120, 90), (0, 0, 128, 96), (100, 80, 101, 81)]
+    ref = pipes['torch'].clip.shape.probabilities(rgb, boxes)
+    got = pipes['triton'].clip.shape.probabilities(rgb, boxes)
+    assert got.shape == ref.shape == (4, len(ref[0]))
+    assert np.abs(got - ref).max() <= PROB_TOL
+    assert pipes['triton'].clip.shape.probabilities(rgb, []).shape == (0, len(ref[0]))
 
 
 @pytest.mark.parametrize('threshold', [0.3, 0.5])
@@ -91,7 +108,6 @@ heavy = sorted(m for m in sys.modules
 assert not heavy, f'loaded on the Triton client path: {{heavy[:5]}}'
 """
 GROUND = """
-import dataclasses
 import pickle
 import numpy as np
 from clip_ros.perception.triton_client import connect, triton_pipeline

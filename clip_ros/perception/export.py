@@ -1,7 +1,7 @@
 """
 ONNX graphs of the passes the grounding pipeline runs, cached per model name and weights hash.
 
-Five graphs, all float32 on CPU at export time:
+Five graphs, and a sixth for a model with a shape head, all float32 on CPU at export time:
 
 - clipseg_visual: pixels [B, 3, S, S] -> the hidden states at CLIPSeg's extract_layers.
 - clipseg_decoder: one image's activations [1, T, W] each + conditionals [N, D] -> logits
@@ -9,6 +9,8 @@ Five graphs, all float32 on CPU at export time:
 - clipseg_text: token ids [N, L] -> CLIPSeg conditional embeddings [N, D].
 - clip_image: crop pixels [B, 3, s, s] -> CLIP image features [B, D] (not normalised).
 - clip_text: token ids [N, L] -> CLIP text features [N, D] (not normalised).
+- shape: centre pixels of shape crops [B, 3, s, s] -> shape head logits [B, C]
+  (perception.shape_head; the last column is "no object" for a head with a background class).
 
 Graphs live under <cache>/<model name>-<weights hash>-g<GRAPH_VERSION>/; a model whose weights
 change, or graphs written by an earlier version of this module, get a new directory, so stale
@@ -59,8 +61,12 @@ def weights_hash(module: torch.nn.Module) -> str:
 
 def graph_dir(handle, cache_dir=None) -> Path:
     """Return the directory of a loaded model's graphs: <root>/<safe name>-<hash[:16]>."""
-    safe = re.sub(r'[^A-Za-z0-9._-]+', '_', handle.name).strip('_') or 'model'
-    return cache_root(cache_dir) / f'{safe}-{weights_hash(handle.model)[:16]}-g{GRAPH_VERSION}'
+    return _named_dir(handle.name, handle.model, cache_dir)
+
+
+def _named_dir(name: str, module: torch.nn.Module, cache_dir=None) -> Path:
+    safe = re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('_') or 'model'
+    return cache_root(cache_dir) / f'{safe}-{weights_hash(module)[:16]}-g{GRAPH_VERSION}'
 
 
 class _ClipSegVisual(torch.nn.Module):
@@ -242,6 +248,28 @@ def export_clip(handle, cache_dir=None, force: bool = False) -> dict:
     return paths
 
 
+def export_shape(clip, cache_dir=None, force: bool = False) -> dict:
+    """
+    Write (or reuse) the graph of a ClipModel's shape head (clip.shape).
+
+    Returns
+    -------
+    {'shape': Path}, or {} for a model without a shape head.
+
+    """
+    head = getattr(clip, 'shape', None)
+    if head is None:
+        return {}
+    directory = _named_dir(f'{clip.name}-shape', head.net, cache_dir)
+    path = directory / 'shape.onnx'
+    if force or not path.is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        _export(_cpu_float(head.net), (torch.zeros(2, 3, head.size, head.size),), path,
+                ['pixels'], ['logits'], {'pixels': {0: 'crops'}, 'logits': {0: 'crops'}})
+        _write_manifest(directory, clip, 'shape', {'image_size': head.size, **head.config()})
+    return {'shape': path}
+
+
 def _write_manifest(directory: Path, handle, kind: str, extra: dict) -> None:
     manifest = {'name': handle.name, 'kind': kind, 'image_size': int(handle.image_size),
                 'opset': OPSET, 'graph_version': GRAPH_VERSION, 'softmax_floor': SOFTMAX_FLOOR,
@@ -250,5 +278,6 @@ def _write_manifest(directory: Path, handle, kind: str, extra: dict) -> None:
 
 
 def export_models(clip, clipseg, cache_dir=None, force: bool = False) -> dict:
-    """Export both models' graphs; return {graph name: Path} for all five."""
-    return {**export_clipseg(clipseg, cache_dir, force), **export_clip(clip, cache_dir, force)}
+    """Export both models' graphs; return {graph name: Path} for all five (six: shape head)."""
+    return {**export_clipseg(clipseg, cache_dir, force), **export_clip(clip, cache_dir, force),
+            **export_shape(clip, cache_dir, force)}

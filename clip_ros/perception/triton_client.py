@@ -2,10 +2,11 @@
 The 'triton' backend: the grounding pipeline's heavy passes on a shared Triton server.
 
 A robot keeps decoding, resizing, thresholds, components, re-scoring, tracking and messages;
-the CLIPSeg vision pass and decoder, the CLIP image tower and both text towers run on the
-server that `serve` (clip_ros.tools.serve) starts, batched there across every robot. The
-robot holds no weights: the model description (sizes, normalisation, vocabulary, synonyms,
-abstention rule) comes from the server's clip_ros_info model.
+the CLIPSeg vision pass and decoder, the CLIP image tower, both text towers and the shape
+head (where the model has one) run on the server that `serve` (clip_ros.tools.serve) starts,
+batched there across every robot. The robot holds no weights: the model description (sizes,
+normalisation, vocabulary, synonyms, abstention rule, shape classes) comes from the server's
+clip_ros_info model.
 
 Errors: connect() raises TritonUnavailable (one sentence: where, what failed, how to start
 the server); a frame whose request fails raises TritonUnavailable too, counted in
@@ -22,7 +23,7 @@ import threading
 
 import numpy as np
 
-from clip_ros.perception import image_np
+from clip_ros.perception import image_np, shape_crops
 from clip_ros.perception.grounding import GroundingPipeline
 from clip_ros.perception.handles import ClipModel, ClipSegModel
 from clip_ros.perception.text_cache import TextCache
@@ -189,6 +190,28 @@ class TritonClipModel(ClipModel):
                                                   'features'))
 
 
+class TritonShapeHead:
+    """The shape head (perception.shape_head.ShapeHead's interface) run on the server."""
+
+    def __init__(self, server: 'TritonServer', block: dict):
+        self.server = server
+        self.shapes = tuple(str(s) for s in block['shapes'])
+        self.background = bool(block.get('background', False))
+        self.pad, self.size = float(block.get('pad', 1.25)), int(block.get('input', 48))
+
+    def shape_index(self, words: str):
+        """Return the index of the shape a phrase (the model's words) names, or None."""
+        return shape_crops.shape_index(self.shapes, words)
+
+    def probabilities(self, rgb: np.ndarray, boxes) -> np.ndarray:
+        """Return the softmax [K, outputs] of the crops around `boxes` (last: background)."""
+        if not len(boxes):
+            return np.zeros((0, len(self.shapes) + self.background), np.float32)
+        crops = np.stack([shape_crops.store_crop(rgb, box) for box in boxes])
+        pixels = shape_crops.centre_pixels(crops, self.pad, self.size)
+        return shape_crops.softmax(self.server.infer_rows('shape', 'pixels', pixels, 'logits'))
+
+
 class TritonClipSegRunner:
     """The CLIPSeg side of GroundingPipeline on the server: one request a frame, numpy only."""
 
@@ -267,6 +290,8 @@ def triton_pipeline(server: TritonServer, clip: ClipModel, clipseg: ClipSegModel
     """Return a GroundingPipeline (options as its keywords) whose passes run on the server."""
     values = {name: getattr(clip, name) for name in clip.__dataclass_fields__}
     values['text_cache'] = None
+    block = (server.info or {}).get('shape')
+    values['shape'] = TritonShapeHead(server, block) if block else None
     remote = TritonClipModel(**values)
     remote.server = server
     pipeline = GroundingPipeline(remote, clipseg, runner=TritonClipSegRunner(clipseg, server),
@@ -276,5 +301,6 @@ def triton_pipeline(server: TritonServer, clip: ClipModel, clipseg: ClipSegModel
 
 
 __all__ = ['connect', 'DEFAULT_TIMEOUT', 'DEFAULT_URL', 'MODELS', 'server_ready',
-           'TritonClipModel', 'TritonClipSegRunner', 'TritonServer', 'triton_pipeline',
+           'TritonClipModel', 'TritonClipSegRunner', 'TritonServer', 'TritonShapeHead',
+           'triton_pipeline',
            'TritonUnavailable']

@@ -5,7 +5,8 @@ Serve a model's grounding passes to a fleet from one Triton Inference Server.
     serve --model tabletop --host 0.0.0.0 --ssl-cert server.crt --ssl-key server.key
 
 Exports the model's ONNX graphs (perception.export, cached per weights), writes a bundle
-(the five graphs and bundle.json, the model description robots read instead of weights),
+(the five graphs, the shape head's where the model has one, and bundle.json, the model
+description robots read instead of weights),
 then replaces itself with scripts/triton_server.py in the server environment (.venv-serve:
 Debian's python3.11 with nvidia-pytriton and onnxruntime; `scripts/setup.sh` makes it). The
 server process holds one copy of the model; torch is gone from it after the exec.
@@ -75,6 +76,8 @@ def model_info(clip, clipseg) -> dict:
         'clipseg': {'name': clipseg.name, 'image_size': int(clipseg.image_size),
                     'mean': list(clipseg.mean), 'std': list(clipseg.std),
                     'cond_dim': cond_dim},
+        # The shape head's classes and crop geometry; its weights are the 'shape' graph.
+        'shape': None if clip.shape is None else clip.shape.config(),
     }
 
 
@@ -87,11 +90,12 @@ def write_bundle(clip, clipseg, bundle=None, cache_dir=None) -> Path:
         bundle = cache_root(cache_dir) / 'triton' / names
     bundle = Path(bundle)
     bundle.mkdir(parents=True, exist_ok=True)
-    for name in GRAPHS:
+    for name in (*GRAPHS, 'shape'):
         link = bundle / f'{name}.onnx'
         if link.is_symlink() or link.exists():
             link.unlink()
-        link.symlink_to(paths[name].resolve())
+        if name in paths:
+            link.symlink_to(paths[name].resolve())
     info = json.dumps(model_info(clip, clipseg), indent=1) + '\n'
     (bundle / 'bundle.json').write_text(info, encoding='utf-8')
     return bundle
