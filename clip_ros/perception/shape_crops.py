@@ -7,6 +7,8 @@ to the server's `shape` model. Both cut crops here, so their inputs are identica
 import numpy as np
 from PIL import Image
 
+from clip_ros.perception import image_np
+
 STORE_PAD, STORE_SIZE = 1.6, 64  # crops are cut at this pad and size, then the centre is read
 MEAN, STD = 0.45, 0.25
 
@@ -26,24 +28,13 @@ def store_crop(rgb: np.ndarray, box) -> np.ndarray:
     return np.asarray(Image.fromarray(canvas).resize((STORE_SIZE, STORE_SIZE), Image.BILINEAR))
 
 
-def _taps(source: int, size: int) -> tuple:
-    """Return bilinear source indices and weights (torch's align_corners=False, no antialias)."""
-    position = np.maximum((np.arange(size) + 0.5) * (source / size) - 0.5, 0.0)
-    low = np.minimum(position.astype(np.int64), source - 1)
-    high = np.minimum(low + 1, source - 1)
-    return low, high, (position - low).astype(np.float32)
-
-
 def centre_pixels(crops: np.ndarray, pad: float, size: int) -> np.ndarray:
     """Return normalised float32 pixels [B, 3, size, size] of stored crops' centres at `pad`."""
-    pixels = np.asarray(crops, np.float32).transpose(0, 3, 1, 2) / 255
     side = int(round(STORE_SIZE * pad / STORE_PAD))
     start = (STORE_SIZE - side) // 2
-    pixels = pixels[:, :, start:start + side, start:start + side]
-    low, high, weight = _taps(side, size)
-    rows = (pixels[:, :, low] * (1 - weight[:, None]) + pixels[:, :, high] * weight[:, None])
-    pixels = rows[..., low] * (1 - weight) + rows[..., high] * weight
-    return ((pixels - MEAN) / STD).astype(np.float32)
+    centres = np.asarray(crops)[:, start:start + side, start:start + side]
+    pixels = image_np.resize(centres, size, antialias=False, axes=(1, 2)) / np.float32(255)
+    return np.ascontiguousarray(((pixels - MEAN) / STD).transpose(0, 3, 1, 2), np.float32)
 
 
 def shape_index(shapes, words: str):
