@@ -18,6 +18,7 @@ import numpy as np
 from clip_ros.perception.geometry import Detection, paint
 from clip_ros.perception.image_np import validate_rgb
 from clip_ros.perception.light import correction_for
+from clip_ros.perception.refine import refine
 from clip_ros.perception.regions import instances
 from clip_ros.perception.vocabulary import Lexicon
 
@@ -187,7 +188,7 @@ class GroundingPipeline:
     def __init__(self, clip, clipseg, distractors=DEFAULT_DISTRACTORS, min_area: int = 64,
                  max_detections: int = 20, rescore: bool = True, crop_pad: float = 0.1,
                  max_candidates: int = 64, abstain=None, runner=None,
-                 light_correction: bool = True):
+                 light_correction: bool = True, refine_masks: bool = True):
         if min_area < 1:
             raise ValueError(f'min_area must be >= 1, got {min_area}')
         if max_detections < 1:
@@ -210,6 +211,8 @@ class GroundingPipeline:
         self.rescore = bool(rescore)
         self.crop_pad = float(crop_pad)
         self.max_candidates = int(max_candidates)
+        # Redraw small detections from the frame's colours (perception.refine).
+        self.refine_masks = bool(refine_masks)
         # None: the model's calibrated rule (config 'abstain'), or the defaults.
         self.abstain = abstain if isinstance(abstain, AbstainRule) else AbstainRule.from_config(
             getattr(clip, 'abstain', None) if abstain is None else abstain)
@@ -297,8 +300,12 @@ class GroundingPipeline:
         order = sorted(keep, key=lambda k: -scores[k])[:self.max_detections]
         label_image = np.zeros(frame.rgb.shape[:2], np.uint16)
         detections = []
+        size = self.runner.model.image_size  # one map cell: the frame over CLIPSeg's input
+        cell = (label_image.shape[1] / size, label_image.shape[0] / size)
         for index, k in enumerate(order):
             region = frame.regions[k]
+            if self.refine_masks:
+                region = refine(frame.rgb, region, frame.maps[frame.owners[k]], cell)
             paint(label_image, region, index + 1)  # higher scores paint first and keep overlaps
             detections.append(Detection(
                 index=index, phrase=frame.phrases[frame.asked[frame.owners[k]]],

@@ -91,7 +91,7 @@ def _window(region: Region, prob: np.ndarray) -> np.ndarray:
     return prob[r0:r0 + h, c0:c0 + w]
 
 
-def _region(mask: np.ndarray, offset: tuple, prob_window: np.ndarray) -> Region:
+def region_from_mask(mask: np.ndarray, offset: tuple, prob_window: np.ndarray) -> Region:
     """Build a Region from a bool mask inside a window at `offset` (cropped to its pixels)."""
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
@@ -180,7 +180,7 @@ def _nearest_parts(region: Region, window, cores, keep, step: int) -> list:
     mask = region.mask
     if step > 1:
         nearest = np.repeat(np.repeat(nearest, step, 0), step, 1)[:mask.shape[0], :mask.shape[1]]
-    return [_region(mask & (nearest == k), region.offset, window)
+    return [region_from_mask(mask & (nearest == k), region.offset, window)
             for k in range(1, len(keep) + 1) if (mask & (nearest == k)).any()]
 
 
@@ -246,7 +246,7 @@ def _union(members: list, prob: np.ndarray) -> Region:
     for m in members:
         r, c = m.offset[0] - top, m.offset[1] - left
         mask[r:r + m.mask.shape[0], c:c + m.mask.shape[1]] |= m.mask
-    return _region(mask, (top, left), prob[top:bottom, left:right])
+    return region_from_mask(mask, (top, left), prob[top:bottom, left:right])
 
 
 def overlap(a: Region, b: Region) -> int:

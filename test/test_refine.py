@@ -1,0 +1,73 @@
+"""Small regions redrawn from the frame's colours (perception.refine)."""
+import numpy as np
+
+from clip_ros.perception.geometry import box_iou
+from clip_ros.perception.refine import MAX_CELLS, refine
+from clip_ros.perception.regions import region_from_mask
+
+H, W = 120, 160
+DISC = (70.0, 50.0, 91.0, 71.0)  # the red disc's box: centre (80, 60), radius 10
+
+
+def _scene():
+    """Return a red disc with a darker rim (shading) and its shadow on a grey table, and a map."""
+    ys, xs = np.mgrid[:H, :W]
+    rgb = np.full((H, W, 3), 150, np.uint8)
+    rgb[(xs - 86) ** 2 + (ys - 66) ** 2 <= 100] = (90, 90, 90)  # shadow, down and right
+    radius = np.hypot(xs - 80, ys - 60)
+    rgb[radius <= 10] = (200, 30, 30)
+    rgb[(radius > 7) & (radius <= 10)] = (150, 20, 20)
+    prob = np.exp(-radius ** 2 / (2 * 9.0 ** 2)).astype(np.float32)  # a blurred, coarse map
+    return rgb, prob
+
+
+def _region(prob, box):
+    x0, y0, x1, y1 = box
+    mask = np.zeros((y1 - y0, x1 - x0), bool)
+    mask[:] = True
+    return region_from_mask(mask, (y0, x0), prob[y0:y1, x0:x1])
+
+
+def test_a_blurred_region_shrinks_to_the_object():
+    rgb, prob = _scene()
+    coarse = _region(prob, (66, 46, 98, 78))  # table and shadow around the disc: 3x its area
+    assert box_iou(coarse.box, DISC)[0, 0] < 0.5
+    sharp = refine(rgb, coarse, prob, (5.0, 5.0))  # 32 px = 6.4 cells: small enough
+    assert box_iou(sharp.box, DISC)[0, 0] >= 0.9
+    assert sharp.mask.sum() == sharp.area and 250 <= sharp.area <= 330  # pi * 10^2 = 314
+    assert 0 < sharp.mean_prob <= 1
+
+
+def test_a_cut_region_grows_to_the_object():
+    rgb, prob = _scene()
+    cut = _region(prob, (74, 54, 86, 66))  # the threshold kept the disc's middle only
+    assert box_iou(cut.box, DISC)[0, 0] < 0.5
+    assert box_iou(refine(rgb, cut, prob, (5.0, 5.0)).box, DISC)[0, 0] >= 0.9
+
+
+def test_large_regions_and_inseparable_colours_are_left_alone():
+    rgb, prob = _scene()
+    coarse = _region(prob, (66, 46, 98, 78))
+    cell = 32 / (MAX_CELLS + 1)  # the same region, now more than MAX_CELLS cells across
+    assert refine(rgb, coarse, prob, (cell, cell)) is coarse
+    grey = np.full((H, W, 3), 150, np.uint8)  # nothing to tell object from table
+    assert refine(grey, coarse, prob, (5.0, 5.0)) is coarse
+
+
+def test_the_bundled_model_boxes_a_distant_object_it_found(gl_context):
+    # Val camera_far scene 100507: the thresholded map of "orange cylinder" boxes the right
+    # object at IoU 0.40 (the map is 128x128 for the frame; the cylinder 21x32 pixels).
+    from clip_ros.perception import tabletop_model as tabletop
+    from clip_ros.perception.grounding import GroundingPipeline
+    from clip_ros.sim.conditions import condition_frames
+    from clip_ros.sim.simulator import Simulator
+    with Simulator(0, 640, 480, show_gripper=False) as sim:
+        _, _, frame = next(condition_frames(sim, 'val', 'camera_far', 1, 507))
+    truth = next(o.box for o in frame.objects if o.name == 'orange cylinder')
+    models = (tabletop.load_tabletop_clip(device='cpu'),
+              tabletop.load_tabletop_clipseg(device='cpu'))
+    ious = {}
+    for refined in (False, True):
+        found = GroundingPipeline(*models, refine_masks=refined)(frame.rgb, ['orange cylinder'])
+        ious[refined] = box_iou(found.detections[0].box, truth)[0, 0]
+    assert ious[False] < 0.5 and ious[True] >= 0.9
