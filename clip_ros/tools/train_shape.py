@@ -24,6 +24,7 @@ from clip_ros.learning.training import pick_threads
 from clip_ros.perception import tabletop_model as tabletop
 from clip_ros.perception.shape_crops import store_crop
 from clip_ros.perception.shape_head import centre_pixels
+from clip_ros.sim.scene import GRIPPER_HOME
 from clip_ros.tools.calibrate import write_config
 from clip_ros.tools.shift_eval import condition_names, HELD_OUT_NAMES, visible_objects
 
@@ -32,6 +33,7 @@ MIN_PIXELS = 30
 BACKGROUND_OBJECT_SHARE = 0.05  # a background box holds at most this share of object pixels
 GRIPPER_AWAY = (20.0, 20.0, 5.0)  # far outside every camera's view and light
 GRIPPER_CHANGE = 30  # summed RGB change that marks the gripper's body or shadow
+HOME_SHARE = 1 / 3
 VAL_START = 500  # val scenes 100500..: never the ones calibrate uses (100000..)
 
 
@@ -39,8 +41,9 @@ def object_crops(split: str, condition: str, count: int, start: int = 0) -> tupl
     """
     Return crops of rendered scenes: (object crops [N, S, S, 3], their names, background crops).
 
-    The gripper hangs at a random place over each scene, as it does while a robot works: its
-    body and its shadow are background. Each scene gives one background crop per object crop
+    The gripper hangs at a random place over each scene (a third of the time near its home
+    pose, out of view with its shadow on the table), as it does while a robot works: its body
+    and its shadow are background. Each scene gives one background crop per object crop
     (fewer where no box fits): a box the size of one of its objects, anywhere in the frame,
     over almost no object pixels; and up to two crops of the gripper's own pixels (its body
     or its shadow), whose dark, straight-edged patches a head trained only on random boxes
@@ -54,8 +57,7 @@ def object_crops(split: str, condition: str, count: int, start: int = 0) -> tupl
     with Simulator(0, 640, 480, show_gripper=True) as sim:
         for seed in split_seeds(split, count, start):
             load_condition(sim, seed, condition, split_exclude(split))
-            sim.move_to((rng.uniform(-0.3, 0.3), rng.uniform(-0.25, 0.25),
-                         rng.uniform(0.08, 0.45)), instant=True)
+            sim.move_to(gripper_place(rng), instant=True)
             frame = sim.render(depth=False, instances=True)
             boxes = []
             for obj in visible_objects(frame):
@@ -70,6 +72,13 @@ def object_crops(split: str, condition: str, count: int, start: int = 0) -> tupl
             background += [store_crop(frame.rgb, box) for box in
                            gripper_boxes(changed, frame.instances > 0, boxes, rng)]
     return np.stack(crops), names, np.stack(background)
+
+
+def gripper_place(rng) -> tuple:
+    """Return a random gripper position: over the table, or near home a third of the time."""
+    if rng.random() < HOME_SHARE:  # where a robot waits between commands: its shadow is seen most
+        return tuple(np.add(GRIPPER_HOME, rng.uniform(-0.05, 0.05, 3)))
+    return rng.uniform(-0.3, 0.3), rng.uniform(-0.25, 0.25), rng.uniform(0.08, 0.45)
 
 
 def empty_boxes(objects: np.ndarray, sizes: list, rng, tries: int = 20) -> list:
