@@ -14,7 +14,7 @@ same-colour neighbours, which the colours alone cannot tell apart.
 import numpy as np
 from scipy import ndimage
 
-from clip_ros.perception.geometry import Region
+from clip_ros.perception.geometry import box_iou, Region
 from clip_ros.perception.regions import region_from_mask
 
 MAX_CELLS = 8.0     # refine regions at most this many map cells across (chosen on val scenes)
@@ -22,6 +22,7 @@ MARGIN = 0.5        # the window reaches this share of the region's longer side 
 CORE_SHARE = 0.3    # the most probable share of the region's pixels gives the object colours
 CENTRES = 3         # k-means centres of the object's and of the background's colours
 MIN_RATIO, MAX_RATIO = 0.3, 3.0  # a redrawn region's area within these times the old one's
+MIN_OVERLAP = 0.3   # ... and its box at least this IoU with the old box (chosen on val scenes)
 
 
 def _centres(pixels: np.ndarray, count: int, iterations: int = 8) -> np.ndarray:
@@ -48,8 +49,9 @@ def refine(rgb: np.ndarray, region: Region, prob: np.ndarray, cell: tuple) -> Re
 
     `prob` is the phrase's map at frame size; `cell` the (width, height) of one map cell in
     frame pixels. Regions wider or taller than MAX_CELLS cells, and redraws whose area is not
-    within MIN_RATIO..MAX_RATIO of the old one (the colours did not separate), keep the old
-    region.
+    within MIN_RATIO..MAX_RATIO of the old one (the colours did not separate) or whose box
+    moved off the old one (box IoU under MIN_OVERLAP: a neighbour or a shadow of the object's
+    colours joined it), keep the old region.
     """
     x0, y0, x1, y1 = region.box
     if max((x1 - x0) / cell[0], (y1 - y0) / cell[1]) > MAX_CELLS:
@@ -79,4 +81,7 @@ def refine(rgb: np.ndarray, region: Region, prob: np.ndarray, cell: tuple) -> Re
     mask = labels == 1 + int(np.argmax(held))
     if not MIN_RATIO * region.area <= mask.sum() <= MAX_RATIO * region.area:
         return region
-    return region_from_mask(mask, (top, left), probs)
+    redrawn = region_from_mask(mask, (top, left), probs)
+    if box_iou(redrawn.box, region.box)[0, 0] < MIN_OVERLAP:
+        return region
+    return redrawn
