@@ -5,7 +5,8 @@ import torch
 from transformers import CLIPSegForImageSegmentation
 
 from clip_ros.perception.backends import (
-    BACKENDS, Engine, make_pipeline, OnnxClipSegRunner, OPENVINO_DEVICES, PRECISIONS)
+    BACKENDS, Engine, GraphShapeHead, make_pipeline, OnnxClipSegRunner, OPENVINO_DEVICES,
+    PRECISIONS)
 from clip_ros.perception.clipseg import ClipSegRunner
 from clip_ros.perception.export import clamp_softmax_inputs, export_clipseg, graph_dir
 from clip_ros.perception.handles import ClipSegModel
@@ -69,6 +70,22 @@ def test_batch_matches_torch(pipelines):
     requests = [(rgb, PHRASES[:k + 1], 0.3) for k, rgb in enumerate(_frames())]
     for ref, got in zip(torch_pipe.batch(requests), onnx_pipe.batch(requests)):
         assert_same_results(ref, got)
+
+
+def test_shape_head_runs_its_graph_and_matches_torch(pipelines):
+    torch_pipe, onnx_pipe = pipelines
+    head = torch_pipe.clip.shape
+    if head is None:
+        assert onnx_pipe.clip.shape is None  # the tiny model has no shape head
+        return
+    graph = onnx_pipe.clip.shape
+    assert isinstance(graph, GraphShapeHead) and graph.shapes == head.shapes
+    rgb = _frames()[0]
+    boxes = [(0, 0, 64, 48), (30, 20, 100, 90), (5, 60, 40, 96)]
+    ref, got = head.probabilities(rgb, boxes), graph.probabilities(rgb, boxes)
+    assert got.shape == ref.shape == (3, len(head.shapes) + head.background)
+    assert np.abs(got - ref).max() <= PROB_TOL
+    assert graph.probabilities(rgb, []).shape == (0, ref.shape[1])
 
 
 def test_clip_probabilities_match_torch(pipelines):

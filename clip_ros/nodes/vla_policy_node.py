@@ -245,8 +245,9 @@ class VlaPolicyNode(ManagedNode):
 
     def process(self, match: dict) -> None:
         """Lift the command's target and destination from one matched set (worker thread)."""
-        command = self._command
-        if command is not None:
+        command, policy = self._command, self._policy
+        # An ended command needs no more looking: lifting every frame would cost a core's share.
+        if command is not None and (policy is None or policy.status.state not in FINAL):
             self._perceive(match, command)
 
     def input_hint(self, snapshot, limits) -> str:

@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from clip_ros.perception.clipseg import ClipSegRunner
-from clip_ros.perception.export import export_clip, export_clipseg
+from clip_ros.perception.export import export_clip, export_clipseg, export_shape
 from clip_ros.perception.grounding import GroundingPipeline
 from clip_ros.perception.handles import ClipModel
 from clip_ros.perception.names import (  # noqa: F401 - re-exported
     BACKENDS, DEFAULT_PRECISION, DEFAULT_PROVIDERS, MIXED, OPENVINO_DEVICES, PRECISIONS)
+from clip_ros.perception.shape_crops import box_pixels, softmax
+from clip_ros.perception.shape_head import ShapeHead
 from clip_ros.perception.static_shapes import make_static
 from clip_ros.perception.tokenizer import tokenize
 
@@ -227,6 +229,8 @@ class OnnxClipModel(ClipModel):
         paths = export_clip(clip, cache_dir)
         values = {f.name: getattr(clip, f.name) for f in fields(ClipModel)}
         values['text_cache'] = None  # a cache of its own, filled by the exported text tower
+        if clip.shape is not None:
+            values['shape'] = GraphShapeHead(clip, engine, cache_dir)
         return cls(**values, sessions={name: engine.session(path) for name, path in paths.items()})
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -237,6 +241,27 @@ class OnnxClipModel(ClipModel):
 
     def _encode_text(self, phrases: list) -> torch.Tensor:
         return F.normalize(self.sessions['clip_text'](tokenize(phrases))[0], dim=-1)
+
+
+class GraphShapeHead(ShapeHead):
+    """
+    A ShapeHead whose CNN runs the exported 'shape' graph.
+
+    On the CPU a graph runtime runs this small CNN about 3x faster than torch (0.7 against
+    2.3 ms a crop on one thread): per-op overhead, not arithmetic, dominates at its size.
+    """
+
+    def __init__(self, clip: ClipModel, engine: Engine, cache_dir=None):
+        head = clip.shape
+        super().__init__(head.net, head.shapes, head.pad, head.size, device='cpu')
+        self.session = _for(engine, 'shape').session(export_shape(clip, cache_dir)['shape'])
+
+    def probabilities(self, rgb: np.ndarray, boxes) -> np.ndarray:
+        """Return the softmax [K, outputs] of the crops around `boxes` (ShapeHead's)."""
+        if not len(boxes):
+            return np.zeros((0, self.net.head.out_features), np.float32)
+        pixels = torch.from_numpy(box_pixels(rgb, boxes, self.pad, self.size))
+        return softmax(self.session(pixels)[0].numpy())
 
 
 def _for(engine: Engine, model: str) -> Engine:
@@ -309,6 +334,6 @@ def make_pipeline(clip, clipseg, backend: str = 'torch', providers=None, cache_d
 
 
 __all__ = ['BACKENDS', 'check_openvino', 'check_providers', 'cpu_threads', 'DEFAULT_PRECISION',
-           'DEFAULT_PROVIDERS', 'Engine', 'make_clip', 'make_engine', 'make_pipeline',
-           'make_runner', 'OnnxClipModel', 'OnnxClipSegRunner', 'OPENVINO_DEVICES', 'PRECISIONS',
-           'SMALL_MODEL', 'use_cpu_threads']
+           'DEFAULT_PROVIDERS', 'Engine', 'GraphShapeHead', 'make_clip', 'make_engine',
+           'make_pipeline', 'make_runner', 'OnnxClipModel', 'OnnxClipSegRunner',
+           'OPENVINO_DEVICES', 'PRECISIONS', 'SMALL_MODEL', 'use_cpu_threads']

@@ -43,6 +43,11 @@ def shape_index(shapes, words: str):
     return shapes.index(last) if last in shapes else None
 
 
+def box_pixels(rgb: np.ndarray, boxes, pad: float, size: int) -> np.ndarray:
+    """Return the head's input [K, 3, size, size] for the boxes of one frame (K >= 1)."""
+    return centre_pixels(np.stack([store_crop(rgb, box) for box in boxes]), pad, size)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Return the row-wise softmax of float logits [K, C] as float32."""
     logits = np.asarray(logits, np.float64)

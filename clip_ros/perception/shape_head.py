@@ -78,9 +78,9 @@ class ShapeHead:
         """
         if not len(boxes):
             return np.zeros((0, self.net.head.out_features), np.float32)
-        crops = np.stack([shape_crops.store_crop(rgb, box) for box in boxes])
+        pixels = torch.from_numpy(shape_crops.box_pixels(rgb, boxes, self.pad, self.size))
         with torch.no_grad():
-            logits = self.net(centre_pixels(crops, self.pad, self.size).to(self.device))
+            logits = self.net(pixels.to(self.device))
         return torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
     def config(self) -> dict:

@@ -207,8 +207,7 @@ class TritonShapeHead:
         """Return the softmax [K, outputs] of the crops around `boxes` (last: background)."""
         if not len(boxes):
             return np.zeros((0, len(self.shapes) + self.background), np.float32)
-        crops = np.stack([shape_crops.store_crop(rgb, box) for box in boxes])
-        pixels = shape_crops.centre_pixels(crops, self.pad, self.size)
+        pixels = shape_crops.box_pixels(rgb, boxes, self.pad, self.size)
         return shape_crops.softmax(self.server.infer_rows('shape', 'pixels', pixels, 'logits'))
 
 

@@ -1,8 +1,9 @@
 """
-Ground commands in the MuJoCo tabletop and act on them, all in one process over real DDS.
+Ground commands in the MuJoCo tabletop and act on them over real DDS.
 
-Starts the graph of launch/demo_sim.launch.py (simulator, grounding node, vla_policy_node) with
-a probe node. For each scene it sends a command about one of the scene's objects, prints what was
+Starts the graph of launch/demo_sim.launch.py (simulator, grounding node, vla_policy_node), each
+node in a process of its own as ros2 launch runs them (or all in this one), and a probe node
+here. For each scene it sends a command about one of the scene's objects, prints what was
 grounded (IoU against the simulator's ground truth) and how the policy ended, then measures the
 grounding rate at camera speed and writes an annotated strip PNG.
 """
@@ -26,11 +27,15 @@ from clip_ros.nodes.common import COMMAND_QOS, RESULTS_QOS
 from clip_ros.nodes.conversions import image_to_numpy
 from clip_ros.nodes.overlay import draw_overlay
 from clip_ros.perception.geometry import box_iou, Detection
-from clip_ros.tools.demo_graph import build_graph, SIM_TOPICS
+from clip_ros.perception.names import BACKENDS
+from clip_ros.tools.demo_graph import (
+    build_graph, node_specs, SIM_TOPICS, start_processes, stop_processes)
 
 PHRASINGS = ('pick up the {}', 'grab the {}', 'could you pick up the {} please', 'get me {}')
 FINAL = ('succeeded', 'failed', 'aborted', 'rejected')
 EXECUTORS = {'single': SingleThreadedExecutor, 'multi': MultiThreadedExecutor}
+LAYOUTS = ('per-node', 'one')  # a process per node (as ros2 launch), or all in the demo's
+READY_SEC = 180.0  # the nodes' start-up: model loading, graph export on first use
 
 
 def box_of(d) -> tuple:
@@ -50,13 +55,24 @@ class Probe:
         self.truth = None
         self.arrivals = []  # (receipt time, stamp seconds) of every Detection2DArray
         sub = self.node.create_subscription
-        sub(Image, SIM_TOPICS['image'], self._on_frame, RESULTS_QOS)
         sub(Detection2DArray, 'detections', self._on_detections, RESULTS_QOS)
-        sub(Image, 'mask', self._on_mask, RESULTS_QOS)
         sub(Detection2DArray, 'sim/ground_truth_2d', self._on_truth, RESULTS_QOS)
+        self.pictures = []  # frame and mask subscriptions, only while a result is awaited
         sub(String, 'policy_status', self._on_status, RESULTS_QOS)
         self.command = self.node.create_publisher(String, 'command', COMMAND_QOS)
         self.reset = self.node.create_publisher(Int32, 'sim/reset', COMMAND_QOS)
+
+    def watch_pictures(self, on: bool) -> None:
+        """Subscribe (or drop) the frames and masks: 1.5 MB a frame this process need not copy."""
+        if on and not self.pictures:
+            self.pictures = [
+                self.node.create_subscription(Image, SIM_TOPICS['image'], self._on_frame,
+                                              RESULTS_QOS),
+                self.node.create_subscription(Image, 'mask', self._on_mask, RESULTS_QOS)]
+        elif not on:
+            for subscription in self.pictures:
+                self.node.destroy_subscription(subscription)
+            self.pictures = []
 
     @staticmethod
     def key(header) -> int:
@@ -95,10 +111,29 @@ class Probe:
             return self.lock.wait_for(predicate, timeout)
 
 
-def build(context, args) -> list:
-    """Create the simulator, grounding and policy nodes."""
+def specs(args) -> tuple:
+    """Return the node_specs arguments of the graph: (sim, model, device, policy, grounding)."""
     sim = {'seed': args.seeds[0], 'rate': args.rate, 'width': args.width, 'height': args.height}
-    return build_graph(context, sim, args.model, args.device)
+    return sim, args.model, args.device, None, {'backend': backend(args)}
+
+
+def backend(args) -> str:
+    """Return the grounding backend: 'auto' is onnxruntime on the CPU, torch on CUDA."""
+    if args.backend != 'auto':
+        return args.backend
+    from clip_ros.perception.registry import resolve_device
+    return 'torch' if resolve_device(args.device).type == 'cuda' else 'onnxruntime'
+
+
+def ready(probe: Probe, timeout: float) -> bool:
+    """Wait until the simulator takes resets and grounding and policy take commands."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if probe.command.get_subscription_count() >= 2 and \
+                probe.reset.get_subscription_count() >= 1:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def ground(probe: Probe, seed: int, phrasing: str, timeout: float) -> dict | None:
@@ -112,12 +147,14 @@ def ground(probe: Probe, seed: int, phrasing: str, timeout: float) -> dict | Non
     objects = {d.results[0].hypothesis.class_id: box_of(d) for d in truth[1].detections}
     target = sorted(objects)[seed % len(objects)]
     command = phrasing.format(target)
+    probe.watch_pictures(True)
     sent = time.time()
     probe.command.publish(String(data=command))
     # The first result computed after the command, with its frame and mask.
     found = probe.wait(lambda: next(((probe.results[k], probe.frames[k], probe.masks[k])
                                      for k in sorted(probe.results) if k / 1e9 > sent + 0.2
                                      and k in probe.frames and k in probe.masks), None), timeout)
+    probe.watch_pictures(False)
     if found is None:
         return None
     msg, frame, mask = found
@@ -161,11 +198,21 @@ def report(result: dict, seed: int) -> bool:
     return ok
 
 
+def layout(args) -> str:
+    """Describe how the graph ran: processes and executor."""
+    if args.processes == 'one':
+        return f'one process, {args.executor}-threaded executor'
+    return 'a process per node'
+
+
 def run(args) -> int:
     """Spin the graph, run the commands, print the results, write the strip."""
     context = Context()
     rclpy.init(context=context)
-    nodes = build(context, args)
+    if args.processes == 'one':
+        nodes, processes = build_graph(context, *specs(args)), []
+    else:
+        nodes, processes = [], start_processes(node_specs(*specs(args)))
     probe = Probe(context)
     # One executor thread: inference runs on the grounding node's worker, and more executor
     # threads only fight over the GIL (`--executor multi` measures the difference).
@@ -176,6 +223,9 @@ def run(args) -> int:
     spinner.start()
     panels, grounded = [], 0
     try:
+        if not ready(probe, READY_SEC):
+            print(f'the graph did not start within {READY_SEC:.0f} s (no node took commands)')
+            return 1
         for i, seed in enumerate(args.seeds):
             result = ground(probe, seed, PHRASINGS[i % len(PHRASINGS)], args.timeout)
             if result is None:
@@ -186,13 +236,14 @@ def run(args) -> int:
         hz, latency = rate(probe, args.measure)
         print(f'grounded {grounded}/{len(args.seeds)} commands; grounding rate {hz:.1f} '
               f'frames/s at {args.rate:.0f} Hz camera input, stamp-to-result p50 '
-              f'{latency:.0f} ms ({args.width}x{args.height}, model {args.model}, '
-              f'{args.executor}-threaded executor)')
+              f'{latency:.0f} ms ({args.width}x{args.height}, model {args.model}, backend '
+              f'{backend(args)}, {layout(args)})')
     finally:
         executor.shutdown()
         for node in nodes + [probe.node]:
             node.destroy_node()
         rclpy.try_shutdown(context=context)
+        stop_processes(processes)
     if panels:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         PILImage.fromarray(np.concatenate(panels, axis=1)).save(args.output)
@@ -213,8 +264,14 @@ def main(argv=None) -> int:
     parser.add_argument('--timeout', type=float, default=60.0, help='seconds per command')
     parser.add_argument('--measure', type=float, default=5.0, help='seconds of rate measurement')
     parser.add_argument('--output', default='out/demo_strip.png', help='annotated strip PNG')
+    parser.add_argument('--processes', default='per-node', choices=LAYOUTS,
+                        help='a process per node, as ros2 launch runs them, or all in one')
     parser.add_argument('--executor', default='single', choices=list(EXECUTORS),
-                        help='rclpy executor of the graph (multi: for comparison)')
+                        help='rclpy executor of the graph with --processes one (multi: for '
+                             'comparison)')
+    parser.add_argument('--backend', default='auto', choices=('auto',) + BACKENDS,
+                        help='grounding backend; auto: onnxruntime on the CPU (the fastest '
+                             'for the bundled model there), torch on CUDA')
     return run(parser.parse_args(argv))
 
 

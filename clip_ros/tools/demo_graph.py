@@ -2,8 +2,14 @@
 The demo graph's wiring, written once: simulator -> grounding_node -> vla_policy_node.
 
 launch/demo_sim.launch.py, `demo` and `policy_demo` all remap the nodes' inputs to the
-simulator's camera topics with SIM_TOPICS; `build_graph` creates the three nodes in one process.
+simulator's camera topics with SIM_TOPICS. `build_graph` creates the three nodes in one process;
+`start_processes` runs each in a process of its own, as ros2 launch does.
 """
+import functools
+import multiprocessing
+import os
+import signal
+
 # The simulator's outputs that the grounding node (image) and the policy (all four) read.
 SIM_TOPICS = {'image': 'camera/image_raw', 'depth': 'camera/depth/image_raw',
               'camera_info': 'camera/camera_info', 'camera_pose': 'sim/camera_pose'}
@@ -23,40 +29,77 @@ def remap_args(names) -> list:
 
 
 def model_parameters(model: str, device: str) -> dict:
-    """Return the grounding node's model parameters for `model` ('tabletop' or 'tiny')."""
+    """Return the grounding node's parameters for `model` ('tabletop' or 'tiny')."""
+    # Reliable frames: between processes, best-effort DDS drops most 0.9 MB camera frames.
     return {'clip_arch': model, 'clip_pretrained': 'random', 'clipseg_model': model,
-            'device': device}
+            'device': device, 'image_qos': 'reliable'}
 
 
-def build_graph(context, sim: dict, model: str, device: str, policy: dict = None) -> list:
+def node_specs(sim: dict, model: str, device: str, policy: dict = None,
+               grounding: dict = None) -> list:
     """
-    Create the simulator, grounding and policy nodes in `context`.
+    Return (node class path, ROS arguments, parameters) of the simulator, grounding and policy.
 
     Parameters
     ----------
-    context
-        the rclpy context the nodes join.
     sim
         sim_node parameters (seed, width, height, rate, ...).
     model, device
         the grounding models and their device.
-    policy
-        extra vla_policy_node parameters (policy, head_path, ...).
+    policy, grounding
+        extra vla_policy_node and grounding_node parameters (policy, head_path; backend, ...).
 
     """
-    from rclpy.parameter import Parameter
-
-    from clip_ros.nodes.grounding_node import GroundingNode
-    from clip_ros.nodes.sim_node import SimNode
-    from clip_ros.nodes.vla_policy_node import VlaPolicyNode
-
-    def overrides(values: dict) -> list:
-        return [Parameter(name, value=value) for name, value in values.items()]
-
     return [
-        SimNode(context=context, parameter_overrides=overrides(sim)),
-        GroundingNode(context=context, cli_args=remap_args(GROUNDING_INPUTS),
-                      parameter_overrides=overrides(model_parameters(model, device))),
-        VlaPolicyNode(context=context, cli_args=remap_args(POLICY_INPUTS),
-                      parameter_overrides=overrides({'device': device, **(policy or {})})),
+        ('clip_ros.nodes.sim_node:SimNode', [], dict(sim)),
+        ('clip_ros.nodes.grounding_node:GroundingNode', remap_args(GROUNDING_INPUTS),
+         {**model_parameters(model, device), **(grounding or {})}),
+        ('clip_ros.nodes.vla_policy_node:VlaPolicyNode', remap_args(POLICY_INPUTS),
+         {'device': device, **(policy or {})}),
     ]
+
+
+def _node_factory(path: str, ros_args: list, values: dict, **kwargs):
+    """Return a callable that creates the node `path` ('module:Class') with its parameters."""
+    import importlib
+
+    from rclpy.parameter import Parameter
+    module, name = path.split(':')
+    overrides = [Parameter(key, value=value) for key, value in values.items()]
+    return functools.partial(getattr(importlib.import_module(module), name), cli_args=ros_args,
+                             parameter_overrides=overrides, **kwargs)
+
+
+def build_graph(context, sim: dict, model: str, device: str, policy: dict = None,
+                grounding: dict = None) -> list:
+    """Create the simulator, grounding and policy nodes (node_specs) in `context`."""
+    return [_node_factory(*spec, context=context)()
+            for spec in node_specs(sim, model, device, policy, grounding)]
+
+
+def _run_node(spec: tuple) -> None:
+    """Spin one node of node_specs until SIGINT or SIGTERM (a child process's target)."""
+    from clip_ros.nodes.common import spin_node
+    spin_node(_node_factory(*spec))
+
+
+def start_processes(specs: list) -> list:
+    """Start each node spec in a process of its own (spawned: no state shared with this one)."""
+    spawn = multiprocessing.get_context('spawn')
+    processes = [spawn.Process(target=_run_node, args=(spec,), daemon=True,
+                               name=spec[0].rsplit(':', 1)[1]) for spec in specs]
+    for process in processes:
+        process.start()
+    return processes
+
+
+def stop_processes(processes: list, timeout: float = 10.0) -> None:
+    """Interrupt the node processes as ros2 launch does (SIGINT), kill what outlives timeout."""
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGINT)
+    for process in processes:
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
