@@ -6,7 +6,7 @@ from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
 from clip_ros.tools.demo_graph import (
-    GROUNDING_INPUTS, model_parameters, POLICY_INPUTS, remappings)
+    GROUNDING_INPUTS, model_parameters, OWN_PROCESS, POLICY_INPUTS, remappings)
 
 
 def _config(name: str):
@@ -40,7 +40,8 @@ def generate_launch_description():
                       namespace=namespace, output='screen',
                       remappings=remappings(GROUNDING_INPUTS),
                       parameters=[_config('grounding_node.yaml'),
-                                  {**model_parameters(model, device), 'autostart': autostart}]),
+                                  {**model_parameters(model, device), **OWN_PROCESS,
+                                   'autostart': autostart}]),
         LifecycleNode(package='clip_ros', executable='vla_policy_node', name='vla_policy_node',
                       namespace=namespace, output='screen', remappings=remappings(POLICY_INPUTS),
                       parameters=[_config('vla_policy_node.yaml'),

@@ -8,8 +8,8 @@ from clip_ros.perception.image_np import box_slices, check_boxes, validate_rgb
 __all__ = ['crops', 'limit_size', 'preprocess', 'to_image_size', 'validate_rgb']
 
 
-def _to_device(rgb: np.ndarray, device) -> torch.Tensor:
-    """Upload uint8 HxWx3 and return float [1, 3, H, W] in 0..255 on ``device``."""
+def _to_device(rgb: np.ndarray, device, as_float: bool = True) -> torch.Tensor:
+    """Upload uint8 HxWx3 and return [1, 3, H, W] on ``device``: float 0..255, or uint8."""
     # Negative or odd strides (e.g. a BGR->RGB view) are not accepted by from_numpy.
     t = torch.from_numpy(np.ascontiguousarray(rgb))
     device = torch.device(device)
@@ -18,7 +18,8 @@ def _to_device(rgb: np.ndarray, device) -> torch.Tensor:
         t = t.pin_memory().to(device, non_blocking=True)
     else:
         t = t.to(device)
-    return t.permute(2, 0, 1).unsqueeze(0).float()
+    t = t.permute(2, 0, 1).unsqueeze(0)
+    return t.float() if as_float else t
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -101,12 +102,13 @@ def crops(rgb: np.ndarray, boxes_xyxy, size: int, mean, std, device='cpu',
     boxes = check_boxes(boxes_xyxy)
     if len(boxes) == 0:
         return torch.empty((0, 3, size, size), dtype=dtype, device=torch.device(device))
-    image = _to_device(rgb, device)  # [1, 3, H, W], uploaded once for all boxes
+    # uint8 [1, 3, H, W], uploaded once for all boxes; only the crops become float.
+    image = _to_device(rgb, device, as_float=False)
     height, width = rgb.shape[:2]
     batch = []
     for box in boxes:
         rows, cols = box_slices(box, pad, height, width)
-        batch.append(_resize(image[:, :, rows, cols], size))
+        batch.append(_resize(image[:, :, rows, cols].float(), size))
     return _normalise(torch.cat(batch), mean, std, dtype)
 
 

@@ -29,7 +29,7 @@ from clip_ros.nodes.overlay import draw_overlay
 from clip_ros.perception.geometry import box_iou, Detection
 from clip_ros.perception.names import BACKENDS
 from clip_ros.tools.demo_graph import (
-    build_graph, node_specs, SIM_TOPICS, start_processes, stop_processes)
+    build_graph, node_specs, OWN_PROCESS, SIM_TOPICS, start_processes, stop_processes)
 
 PHRASINGS = ('pick up the {}', 'grab the {}', 'could you pick up the {} please', 'get me {}')
 FINAL = ('succeeded', 'failed', 'aborted', 'rejected')
@@ -114,7 +114,8 @@ class Probe:
 def specs(args) -> tuple:
     """Return the node_specs arguments of the graph: (sim, model, device, policy, grounding)."""
     sim = {'seed': args.seeds[0], 'rate': args.rate, 'width': args.width, 'height': args.height}
-    return sim, args.model, args.device, None, {'backend': backend(args)}
+    grounding = {'backend': backend(args), **(OWN_PROCESS if args.processes != 'one' else {})}
+    return sim, args.model, args.device, None, grounding
 
 
 def backend(args) -> str:
