@@ -52,21 +52,23 @@ def _levels(rgb: np.ndarray) -> np.ndarray:
 
 def _sample(rgb: np.ndarray) -> np.ndarray:
     # Medians and percentiles of a frame do not need every pixel; a frame costs ~1 ms so.
-    return rgb[::STRIDE, ::STRIDE] if min(rgb.shape[:2]) >= 16 * STRIDE else rgb
+    # Contiguous: every statistic below then reads it without another copy.
+    return np.ascontiguousarray(rgb[::STRIDE, ::STRIDE]) if min(rgb.shape[:2]) >= 16 * STRIDE \
+        else rgb
 
 
-def lit_median(rgb: np.ndarray):
+def lit_median(rgb: np.ndarray, levels: np.ndarray = None):
     """Return the median colour [3] of a frame's lit pixels, or None when too few are lit."""
-    pixels = rgb.reshape(-1, 3)
-    lit = _levels(rgb) > LIT_LEVEL
+    lit = (_levels(rgb) if levels is None else levels) > LIT_LEVEL
     if lit.sum() < LIT_SHARE * len(lit):
         return None
-    return np.median(pixels[lit], axis=0).astype(np.float64)
+    return np.median(rgb.reshape(-1, 3)[lit], axis=0).astype(np.float64)
 
 
-def bright_level(rgb: np.ndarray) -> float:
+def bright_level(rgb: np.ndarray, levels: np.ndarray = None) -> float:
     """Return a frame's 90th-percentile brightness (mean of the channels, 0-255)."""
-    return float(np.percentile(_levels(rgb), BRIGHT_PERCENTILE))
+    levels = _levels(rgb) if levels is None else levels
+    return float(np.percentile(levels, BRIGHT_PERCENTILE))
 
 
 @dataclass(frozen=True)
@@ -129,15 +131,16 @@ class LightCorrection:
         """Return the gains [3] for an RGB uint8 frame (ones when nothing is corrected)."""
         log_gain = np.zeros(3)
         rgb = _sample(rgb)
-        median = lit_median(rgb)
+        levels = _levels(rgb)  # [N], shared by the three statistics
+        median = lit_median(rgb, levels)
         if median is not None:
             cast = np.log(np.asarray(self.reference.median_rgb) / np.maximum(median, 1.0))
             cast -= cast.mean()  # brightness is handled below
             along = float(cast @ AXIS)
             if abs(along) >= CAST_MIN and np.linalg.norm(cast - along * AXIS) <= OFF_AXIS_MAX:
                 log_gain += along * AXIS
-        dark = math.log(self.reference.bright_level / max(bright_level(rgb), 1.0))
-        if dark >= DARK_MIN and np.median(_levels(rgb)) >= LIT_LEVEL:
+        dark = math.log(self.reference.bright_level / max(bright_level(rgb, levels), 1.0))
+        if dark >= DARK_MIN and np.median(levels) >= LIT_LEVEL:
             log_gain += min(dark, DARK_MAX)
         elif dark <= -BRIGHT_MIN:
             log_gain += dark

@@ -62,13 +62,7 @@ class Surface:
 
     def band(self, pixels: np.ndarray) -> np.ndarray:
         """Return which pixels [N, 3] have the surface's chromaticity and brightness band."""
-        total = pixels.sum(axis=1)
-        scale = total + CHROMA_FLOOR  # |p/scale - chroma| < tol, without dividing each pixel
-        low, high = (3 * bound * self.level for bound in LEVEL_BAND)
-        inside = (total > low) & (total < high)
-        for c in range(3):
-            inside &= np.abs(pixels[:, c] - self.chroma[c] * scale) < CHROMA_TOL * scale
-        return inside
+        return _band(pixels, self.chroma, self.level)
 
     def members(self, pixels: np.ndarray) -> np.ndarray:
         """Return which float pixels [N, 3] belong to the surface."""
@@ -85,6 +79,17 @@ class Surface:
         return pixels @ self._solve.T
 
 
+def _band(pixels: np.ndarray, chroma: np.ndarray, level: float) -> np.ndarray:
+    """Return which pixels [N, 3] have chromaticity `chroma` and brightness near `level`."""
+    total = pixels.sum(axis=1)
+    scale = total + CHROMA_FLOOR  # |p/scale - chroma| < tol, without dividing each pixel
+    low, high = (3 * bound * level for bound in LEVEL_BAND)
+    inside = (total > low) & (total < high)
+    for c in range(3):
+        inside &= np.abs(pixels[:, c] - chroma[c] * scale) < CHROMA_TOL * scale
+    return inside
+
+
 def find_surface(rgb: np.ndarray, keep=None):
     """
     Return the Surface the objects of an RGB uint8 frame stand on, or None.
@@ -98,11 +103,11 @@ def find_surface(rgb: np.ndarray, keep=None):
     key = (bins[:, 0] * 64 + bins[:, 1]) * 64 + np.minimum(
         np.log1p(level) / LEVEL_BIN, 63).astype(np.int64)
     mode = key == np.argmax(np.bincount(key))
-    first = Surface(np.zeros(3), np.median(chroma[mode], axis=0), np.median(level[mode]))
-    band = first.band(pixels)
+    mode_chroma, mode_level = np.median(chroma[mode], axis=0), float(np.median(level[mode]))
+    band = _band(pixels, mode_chroma, mode_level)
     if band.mean() < MIN_SHARE:
         return None
-    surface = Surface(np.median(pixels[band], axis=0), first.chroma, first.level)
+    surface = Surface(np.median(pixels[band], axis=0), mode_chroma, mode_level)
     if keep is not None and not keep(surface):
         return None
     height, width = sample.shape[:2]
