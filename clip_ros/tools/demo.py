@@ -56,23 +56,25 @@ class Probe:
         self.arrivals = []  # (receipt time, stamp seconds) of every Detection2DArray
         sub = self.node.create_subscription
         sub(Detection2DArray, 'detections', self._on_detections, RESULTS_QOS)
-        sub(Detection2DArray, 'sim/ground_truth_2d', self._on_truth, RESULTS_QOS)
-        self.pictures = []  # frame and mask subscriptions, only while a result is awaited
+        # Topics of every frame that the probe reads only at times (watch): frames and masks
+        # (1.5 MB a frame) while a result is awaited, the truth after a reset.
+        self.watched = {'pictures': [(Image, SIM_TOPICS['image'], self._on_frame),
+                                     (Image, 'mask', self._on_mask)],
+                        'truth': [(Detection2DArray, 'sim/ground_truth_2d', self._on_truth)]}
+        self.subscriptions = {}
         sub(String, 'policy_status', self._on_status, RESULTS_QOS)
         self.command = self.node.create_publisher(String, 'command', COMMAND_QOS)
         self.reset = self.node.create_publisher(Int32, 'sim/reset', COMMAND_QOS)
 
-    def watch_pictures(self, on: bool) -> None:
-        """Subscribe (or drop) the frames and masks: 1.5 MB a frame this process need not copy."""
-        if on and not self.pictures:
-            self.pictures = [
-                self.node.create_subscription(Image, SIM_TOPICS['image'], self._on_frame,
-                                              RESULTS_QOS),
-                self.node.create_subscription(Image, 'mask', self._on_mask, RESULTS_QOS)]
+    def watch(self, name: str, on: bool) -> None:
+        """Subscribe (on) or drop the `watched` topics of `name`."""
+        if on and name not in self.subscriptions:
+            self.subscriptions[name] = [self.node.create_subscription(kind, topic, callback,
+                                                                      RESULTS_QOS)
+                                        for kind, topic, callback in self.watched[name]]
         elif not on:
-            for subscription in self.pictures:
+            for subscription in self.subscriptions.pop(name, []):
                 self.node.destroy_subscription(subscription)
-            self.pictures = []
 
     @staticmethod
     def key(header) -> int:
@@ -139,23 +141,25 @@ def ready(probe: Probe, timeout: float) -> bool:
 
 def ground(probe: Probe, seed: int, phrasing: str, timeout: float) -> dict | None:
     """Reset to `seed`, command one of its objects; return what was grounded and how it ended."""
+    probe.watch('truth', True)
     start = time.time()
     probe.reset.publish(Int32(data=seed))
     truth = probe.wait(lambda: probe.truth and probe.truth[0] / 1e9 > start + 0.3 and probe.truth,
                        timeout)
+    probe.watch('truth', False)
     if not truth:
         return None
     objects = {d.results[0].hypothesis.class_id: box_of(d) for d in truth[1].detections}
     target = sorted(objects)[seed % len(objects)]
     command = phrasing.format(target)
-    probe.watch_pictures(True)
+    probe.watch('pictures', True)
     sent = time.time()
     probe.command.publish(String(data=command))
     # The first result computed after the command, with its frame and mask.
     found = probe.wait(lambda: next(((probe.results[k], probe.frames[k], probe.masks[k])
                                      for k in sorted(probe.results) if k / 1e9 > sent + 0.2
                                      and k in probe.frames and k in probe.masks), None), timeout)
-    probe.watch_pictures(False)
+    probe.watch('pictures', False)
     if found is None:
         return None
     msg, frame, mask = found
