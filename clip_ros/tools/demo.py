@@ -10,6 +10,7 @@ grounding rate at camera speed and writes an annotated strip PNG.
 import argparse
 import json
 import os
+import signal
 import statistics
 import threading
 import time
@@ -212,6 +213,8 @@ def layout(args) -> str:
 
 def run(args) -> int:
     """Spin the graph, run the commands, print the results, write the strip."""
+    # SIGTERM (timeout, kill) unwinds like Ctrl-C, so the node processes are stopped too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     context = Context()
     rclpy.init(context=context)
     if args.processes == 'one':
@@ -277,7 +280,11 @@ def main(argv=None) -> int:
     parser.add_argument('--backend', default='auto', choices=('auto',) + BACKENDS,
                         help='grounding backend; auto: onnxruntime on the CPU (the fastest '
                              'for the bundled model there), torch on CUDA')
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the node processes are stopped by now
+        print('interrupted')
+        return 130
 
 
 if __name__ == '__main__':

@@ -81,16 +81,26 @@ def build_graph(context, sim: dict, model: str, device: str, policy: dict = None
             for spec in node_specs(sim, model, device, policy, grounding)]
 
 
-def _run_node(spec: tuple) -> None:
+def _run_node(spec: tuple, parent: int) -> None:
     """Spin one node of node_specs until SIGINT or SIGTERM (a child process's target)."""
+    import threading
+    import time
+
     from clip_ros.nodes.common import spin_node
+
+    def orphaned() -> None:
+        # A parent killed outright stops nothing: interrupt this node as the parent would have.
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=orphaned, daemon=True).start()
     spin_node(_node_factory(*spec))
 
 
 def start_processes(specs: list) -> list:
     """Start each node spec in a process of its own (spawned: no state shared with this one)."""
     spawn = multiprocessing.get_context('spawn')
-    processes = [spawn.Process(target=_run_node, args=(spec,), daemon=True,
+    processes = [spawn.Process(target=_run_node, args=(spec, os.getpid()), daemon=True,
                                name=spec[0].rsplit(':', 1)[1]) for spec in specs]
     for process in processes:
         process.start()
