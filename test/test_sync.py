@@ -34,9 +34,26 @@ def test_stale_anchors_are_dropped():
     assert matcher.add('b', 0.9, 'b9')['a'] == 9
 
 
+def test_a_frame_mask_waits_for_its_own_stamp():
+    # Grounding at ~28 frames/s: the previous frame's mask (36 ms older) is within the
+    # tolerance when the detections of the next frame arrive before their mask.
+    matcher = TimeMatcher(NAMES, tolerance=0.05, exact=('mask',))
+    matcher.add('depth', 1.000, 'd1')
+    matcher.add('info', 1.000, 'i1')
+    matcher.add('mask', 0.964, 'm0')  # the previous grounded frame
+    assert matcher.add('detections', 1.000, 'det1') is None
+    assert matcher.add('mask', 1.000, 'm1')['mask'] == 'm1'
+    loose = TimeMatcher(NAMES, tolerance=0.05)  # without it the wrong mask is taken
+    for name, stamp, msg in (('depth', 1.0, 'd1'), ('info', 1.0, 'i1'), ('mask', 0.964, 'm0')):
+        loose.add(name, stamp, msg)
+    assert loose.add('detections', 1.000, 'det1')['mask'] == 'm0'
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match='two distinct'):
         TimeMatcher(['a'])
+    with pytest.raises(ValueError, match='exact streams'):
+        TimeMatcher(('a', 'b'), exact=('a',))
     with pytest.raises(ValueError, match='unknown stream'):
         TimeMatcher(('a', 'b')).add('c', 0.0, None)
 

@@ -181,7 +181,8 @@ class VlaPolicyNode(ManagedNode):
 
     def _reset_inputs(self) -> None:
         # Detections come a few hundred ms after their frame on a CPU: keep ~1 s of 30 Hz depth.
-        self._matcher = TimeMatcher(STREAMS, self._p['sync_tolerance'], queue_size=30)
+        self._matcher = TimeMatcher(STREAMS, self._p['sync_tolerance'], queue_size=30,
+                                    exact=('mask',))  # one grounded frame: one stamp
         self._seen, self._fresh, self._perceive_error, self._sent = set(), {}, '', None
         self._seen_for_command = set()  # streams seen since the current command arrived
         self._ee, self._gripper, self._image = None, OPEN, None

@@ -22,11 +22,15 @@ class TimeMatcher:
         Messages kept per stream.
     max_wait : float
         How far (s) newer anchors may run ahead of a still-unmatched one before it is dropped.
+    exact : sequence of str
+        Streams made from the anchor's own frame (a grounding's mask beside its detections):
+        only the anchor's exact stamp matches. With a tolerance, the previous frame's mask
+        would match whenever frames come faster than the tolerance and the right one is late.
 
     """
 
     def __init__(self, names, tolerance: float = 0.05, queue_size: int = 10,
-                 max_wait: float = 1.0):
+                 max_wait: float = 1.0, exact=()):
         names = list(names)
         if len(names) < 2 or len(set(names)) != len(names):
             raise ValueError(f'need at least two distinct stream names, got {names}')
@@ -35,6 +39,9 @@ class TimeMatcher:
         if queue_size < 1:
             raise ValueError(f'queue_size must be >= 1, got {queue_size}')
         self.names, self.anchor = names, names[0]
+        if not set(exact) <= set(names[1:]):
+            raise ValueError(f'exact streams {list(exact)} must be among {names[1:]}')
+        self.exact = frozenset(exact)
         self.tolerance, self.max_wait = float(tolerance), float(max_wait)
         self._queues = {name: deque(maxlen=queue_size) for name in names}
         self.dropped = 0  # anchors that never found a complete match
@@ -52,10 +59,10 @@ class TimeMatcher:
         return self._match()
 
     def _nearest(self, name: str, stamp: float):
-        best = None
+        best, tolerance = None, 0.0 if name in self.exact else self.tolerance
         for item in self._queues[name]:
             gap = abs(item[0] - stamp)
-            if gap <= self.tolerance and (best is None or gap < best[0]):
+            if gap <= tolerance and (best is None or gap < best[0]):
                 best = (gap, item)
         return None if best is None else best[1]
 
