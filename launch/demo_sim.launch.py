@@ -5,6 +5,7 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
+from clip_ros.perception.names import BACKENDS
 from clip_ros.tools.demo_graph import (
     GROUNDING_INPUTS, model_parameters, OWN_PROCESS, POLICY_INPUTS, remappings)
 
@@ -22,6 +23,9 @@ def generate_launch_description():
                               description='grounding models (CLIP and CLIPSeg)'),
         DeclareLaunchArgument('device', default_value='auto',
                               description="'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        DeclareLaunchArgument('backend', default_value='torch', choices=list(BACKENDS),
+                              description='grounding backend; onnxruntime is the faster one '
+                                          'for the tabletop model on a CPU'),
         DeclareLaunchArgument('policy', default_value='geometric',
                               choices=['geometric', 'learned'], description='policy'),
         DeclareLaunchArgument('head_path', default_value='',
@@ -41,6 +45,7 @@ def generate_launch_description():
                       remappings=remappings(GROUNDING_INPUTS),
                       parameters=[_config('grounding_node.yaml'),
                                   {**model_parameters(model, device), **OWN_PROCESS,
+                                   'backend': LaunchConfiguration('backend'),
                                    'autostart': autostart}]),
         LifecycleNode(package='clip_ros', executable='vla_policy_node', name='vla_policy_node',
                       namespace=namespace, output='screen', remappings=remappings(POLICY_INPUTS),
