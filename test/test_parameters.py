@@ -615,13 +615,14 @@ def target_z(rig, **frame) -> float:
     return lifted(rig, **frame).detections[0].results[0].pose.pose.position.z
 
 
-def aborted_because(rig, reason: str, state: str = 'aborted', **frame) -> None:
+def aborted_because(rig, reason: str, state: str = 'aborted', **frame) -> dict:
     """Start a pick and stream sets until it ends in `state`; assert it gives `reason`."""
     since = start(rig)
     stream(rig, 5.0, until=lambda: any(s['state'] == state for s in statuses(rig, since)),
            **frame)
     status = ended(rig, since)
     assert status and status['state'] == state and reason in status['detail'], status
+    return status
 
 
 def next_goal(rig, count: int = 3):
@@ -685,8 +686,10 @@ def policy_table(rig, name):
 
 @effect('policy', 'shape_band')
 def policy_shape_band(rig, name):
-    # A 'blue block' detection with a round top: passed over, so the block is not found.
-    aborted_because(rig, 'not found: blue block', state='rejected', disc=True)
+    # A 'blue block' detection with a round top: passed over, so the block is not found, and
+    # the rejection says what the look refused.
+    status = aborted_because(rig, 'not found: blue block', state='rejected', disc=True)
+    assert "seen but refused: 'blue block': not a block" in status['detail'], status
     with changed(rig, shape_band=0.0):  # no shape check: the round 'block' is lifted
         assert lifted(rig, disc=True)
 

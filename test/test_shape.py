@@ -78,11 +78,12 @@ def test_perceive_passes_over_the_wrong_shape_and_refuses_when_only_it_is_there(
     command = parse_command('pick up the red block')
     wrong_first = {'red block': [Candidate(0.9, ball), Candidate(0.6, block)]}
     found = perceive(command, wrong_first, frame.depth, frame.K, extrinsic)
-    assert found.lifted['target'][1] == 0.6 and found.error == ''
+    assert found.lifted['target'][1] == 0.6 and found.error == '' and found.refused == {}
     only_wrong = {'red block': [Candidate(0.9, ball)]}
     found = perceive(command, only_wrong, frame.depth, frame.K, extrinsic)
     assert 'target' not in found.lifted and found.undetected == ['target']
     assert 'not a block: round-topped like a ball' in found.error
+    assert found.refused['target'].startswith("'red block': not a block: round-topped")
     assert len(found.seen['target']) == 1  # the look after acting still sees it
     off = perceive(command, only_wrong, frame.depth, frame.K, extrinsic, LiftConfig(shape_band=0))
     assert off.lifted['target'][1] == 0.9  # the check switched off

@@ -184,6 +184,7 @@ class VlaPolicyNode(ManagedNode):
         self._matcher = TimeMatcher(STREAMS, self._p['sync_tolerance'], queue_size=30,
                                     exact=('mask',))  # one grounded frame: one stamp
         self._seen, self._fresh, self._perceive_error, self._sent = set(), {}, '', None
+        self._look_refused = ''  # the last look's refusal of a detection (wrong shape)
         self._seen_for_command = set()  # streams seen since the current command arrived
         self._ee, self._gripper, self._image = None, OPEN, None
         # Grasp sensor: the finger opening (m); closed?: gripper_state, else the last command.
@@ -324,6 +325,7 @@ class VlaPolicyNode(ManagedNode):
                 self._fresh = {}
             # A new command starts clean: no reason left over from the previous one.
             self._perceive_error, self._sent, self._seen_for_command = '', None, set()
+            self._look_refused = ''
             action = policy.start(self._command, time.monotonic())
             self.get_logger().info(f'command {quote(msg.data)}: {action.state} {action.detail}')
             self._publish_status(action)
@@ -435,6 +437,8 @@ class VlaPolicyNode(ManagedNode):
         candidates = detection_candidates(match['detections'], labels, phrases)
         found = perceive(command, candidates, depth, K, extrinsic, self._lift_config())
         self._perceive_error = found.error
+        if found.refused or found.lifted:  # a later set that lifts clears an old refusal
+            self._look_refused = '; '.join(found.refused.values())
         with self._fresh_lock:
             self._fresh.update(found.points)
             # What this set showed, for the policy's look after acting and "not found".
@@ -495,9 +499,13 @@ class VlaPolicyNode(ManagedNode):
         self._publish_status(action)
 
     def _publish_status(self, action, explain: bool = True) -> None:
-        """Publish `action` when it changed, explained by the missing input when `explain`."""
-        explain = explain and action.state in ('waiting', 'aborted')
-        context = self._input_context() if explain else ''
+        """Publish `action` when it changed; `explain` adds the missing input or refused look."""
+        context = ''
+        if explain and action.state in ('waiting', 'aborted'):
+            context = self._input_context()
+        elif explain and action.state == 'rejected' and self._look_refused:
+            # "Not found" although grounding detected it: say what the look refused.
+            context = f'seen but refused: {self._look_refused}'
         if context and context not in action.detail:
             action = type(action)(action.state, action.phase, f'{action.detail} ({context})')
         key = (action.state, action.phase, action.detail if action.state != 'executing' else '')

@@ -73,6 +73,8 @@ class Perception:
     points: dict = field(default_factory=dict)
     errors: list = field(default_factory=list)  # why a role was not lifted
     undetected: list = field(default_factory=list)  # roles whose phrase had no detection
+    # role -> why its detections were refused although something stood there (wrong shape)
+    refused: dict = field(default_factory=dict)
     # role -> every candidate of its phrase that stands above the table, lifted, best first
     # (the first is the one in `lifted`): what the look after acting reads
     seen: dict = field(default_factory=dict)
@@ -146,6 +148,7 @@ def perceive(command: Command, candidates: dict, depth: np.ndarray, K, extrinsic
             result.errors.append(f"{phrase!r}: {'; '.join(dict.fromkeys(reasons + wrong))}")
             if wrong:  # something stood there, but not the shape asked for
                 result.undetected.append(role)
+                result.refused[role] = f"{phrase!r}: {'; '.join(dict.fromkeys(wrong))}"
             continue
         k, lifted = chosen
         result.lifted[role] = (phrase, found[k].score, lifted)
