@@ -20,7 +20,7 @@ from clip_ros.perception.grounding import GroundingPipeline
 from clip_ros.perception.handles import ClipModel
 from clip_ros.perception.names import (  # noqa: F401 - re-exported
     BACKENDS, DEFAULT_PRECISION, DEFAULT_PROVIDERS, MIXED, OPENVINO_DEVICES, PRECISIONS)
-from clip_ros.perception.shape_crops import box_pixels, softmax
+from clip_ros.perception.shape_crops import softmax
 from clip_ros.perception.shape_head import ShapeHead
 from clip_ros.perception.static_shapes import make_static
 from clip_ros.perception.tokenizer import tokenize
@@ -256,12 +256,9 @@ class GraphShapeHead(ShapeHead):
         super().__init__(head.net, head.shapes, head.pad, head.size, device='cpu')
         self.session = _for(engine, 'shape').session(export_shape(clip, cache_dir)['shape'])
 
-    def probabilities(self, rgb: np.ndarray, boxes) -> np.ndarray:
-        """Return the softmax [K, outputs] of the crops around `boxes` (ShapeHead's)."""
-        if not len(boxes):
-            return np.zeros((0, self.net.head.out_features), np.float32)
-        pixels = torch.from_numpy(box_pixels(rgb, boxes, self.pad, self.size))
-        return softmax(self.session(pixels)[0].numpy())
+    def softmax(self, pixels: np.ndarray) -> np.ndarray:
+        """Return the softmax [K, outputs] for the head's input pixels [K, 3, S, S]."""
+        return softmax(self.session(torch.from_numpy(pixels))[0].numpy())
 
 
 def _for(engine: Engine, model: str) -> Engine:

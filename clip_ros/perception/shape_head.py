@@ -78,9 +78,12 @@ class ShapeHead:
         """
         if not len(boxes):
             return np.zeros((0, self.net.head.out_features), np.float32)
-        pixels = torch.from_numpy(shape_crops.box_pixels(rgb, boxes, self.pad, self.size))
+        return self.softmax(shape_crops.box_pixels(rgb, boxes, self.pad, self.size))
+
+    def softmax(self, pixels: np.ndarray) -> np.ndarray:
+        """Return the softmax [K, outputs] for the head's input pixels [K, 3, S, S]."""
         with torch.no_grad():
-            logits = self.net(pixels.to(self.device))
+            logits = self.net(torch.from_numpy(pixels).to(self.device))
         return torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
     def config(self) -> dict:
