@@ -37,6 +37,7 @@ FINAL = ('succeeded', 'failed', 'aborted', 'rejected')
 EXECUTORS = {'single': SingleThreadedExecutor, 'multi': MultiThreadedExecutor}
 LAYOUTS = ('per-node', 'one')  # a process per node (as ros2 launch), or all in the demo's
 READY_SEC = 180.0  # the nodes' start-up: model loading, graph export on first use
+WATCH_SEC = 10.0  # the probe executor runs a subscription change between two callbacks
 
 
 def box_of(d) -> tuple:
@@ -51,6 +52,11 @@ class Probe:
 
     def __init__(self, context):
         self.node = rclpy.create_node('demo_probe', context=context)
+        # The probe spins alone on one thread: `watch` changes its subscriptions as a task of
+        # that executor, because destroying one while another thread builds a wait set
+        # breaks the executor (InvalidHandle).
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
         self.lock = threading.Condition()
         self.frames, self.results, self.masks, self.status = {}, {}, {}, []
         self.truth = None
@@ -68,7 +74,16 @@ class Probe:
         self.reset = self.node.create_publisher(Int32, 'sim/reset', COMMAND_QOS)
 
     def watch(self, name: str, on: bool) -> None:
-        """Subscribe (on) or drop the `watched` topics of `name`."""
+        """Subscribe (on) or drop the `watched` topics of `name`, on the probe's executor."""
+        done = threading.Event()
+        task = self.executor.create_task(self._watch, name, on)
+        task.add_done_callback(lambda _: done.set())
+        if not done.wait(WATCH_SEC):
+            raise RuntimeError(f'the probe did not change its {name} subscriptions '
+                               f'within {WATCH_SEC:.0f} s')
+        task.result()  # raises what the change raised
+
+    def _watch(self, name: str, on: bool) -> None:
         if on and name not in self.subscriptions:
             self.subscriptions[name] = [self.node.create_subscription(kind, topic, callback,
                                                                       RESULTS_QOS)
@@ -225,10 +240,10 @@ def run(args) -> int:
     # One executor thread: inference runs on the grounding node's worker, and more executor
     # threads only fight over the GIL (`--executor multi` measures the difference).
     executor = EXECUTORS[args.executor](context=context)
-    for node in nodes + [probe.node]:
+    for node in nodes:
         executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    for spin in [probe.executor.spin] + ([executor.spin] if nodes else []):
+        threading.Thread(target=spin, daemon=True).start()
     panels, grounded = [], 0
     try:
         if not ready(probe, READY_SEC):
@@ -248,6 +263,7 @@ def run(args) -> int:
               f'{backend(args)}, {layout(args)})')
     finally:
         executor.shutdown()
+        probe.executor.shutdown()
         for node in nodes + [probe.node]:
             node.destroy_node()
         rclpy.try_shutdown(context=context)
