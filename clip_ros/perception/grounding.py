@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 
+from clip_ros.perception import shape_search
 from clip_ros.perception.geometry import Detection, paint
 from clip_ros.perception.image_np import validate_rgb
 from clip_ros.perception.light import correction_for
@@ -165,6 +166,7 @@ class _Frame:
     regions: list = None  # candidate Regions
     evidence: list = None  # per candidate Evidence
     maps: np.ndarray = None  # float32 [len(asked), H, W] CLIPSeg probabilities
+    shape_probs: dict = field(default_factory=dict)  # candidate -> its shape's probability
 
 
 class GroundingPipeline:
@@ -188,7 +190,8 @@ class GroundingPipeline:
     def __init__(self, clip, clipseg, distractors=DEFAULT_DISTRACTORS, min_area: int = 64,
                  max_detections: int = 20, rescore: bool = True, crop_pad: float = 0.1,
                  max_candidates: int = 64, abstain=None, runner=None,
-                 light_correction: bool = True, refine_masks: bool = True):
+                 light_correction: bool = True, refine_masks: bool = True,
+                 shape_search: bool = True):
         if min_area < 1:
             raise ValueError(f'min_area must be >= 1, got {min_area}')
         if max_detections < 1:
@@ -213,6 +216,8 @@ class GroundingPipeline:
         self.max_candidates = int(max_candidates)
         # Redraw small detections from the frame's colours (perception.refine).
         self.refine_masks = bool(refine_masks)
+        # Look inside same-colour blobs for the named shape (perception.shape_search).
+        self.shape_search = bool(shape_search)
         # None: the model's calibrated rule (config 'abstain'), or the defaults.
         self.abstain = abstain if isinstance(abstain, AbstainRule) else AbstainRule.from_config(
             getattr(clip, 'abstain', None) if abstain is None else abstain)
@@ -343,6 +348,8 @@ class GroundingPipeline:
 
     def _evidence(self, frames: list) -> None:
         """Fill each frame's per-candidate Evidence from its maps and one batched CLIP call."""
+        if self.shape_search:
+            self._search_shapes(frames)
         for frame in frames:
             frame.evidence = []
             for owner, region in zip(frame.owners, frame.regions):
@@ -386,10 +393,40 @@ class GroundingPipeline:
             wanted = [(k, s) for k, s in wanted if s is not None or head.background]
             if not wanted:
                 continue
-            probs = head.probabilities(frame.rgb, [frame.regions[k].box for k, _ in wanted])
-            for (k, s), p in zip(wanted, probs):
+            ask = [frame.regions[k].box for k, _ in wanted if k not in frame.shape_probs]
+            probs = iter(head.probabilities(frame.rgb, ask))
+            for k, s in wanted:
+                if k in frame.shape_probs:
+                    frame.evidence[k] = replace(frame.evidence[k],
+                                                shape_prob=frame.shape_probs[k])
+                    continue
+                p = next(probs)
                 shape_prob = p[s] if s is not None else 1.0 - p[-1]
                 frame.evidence[k] = replace(frame.evidence[k], shape_prob=float(shape_prob))
+
+    def _search_shapes(self, frames: list) -> None:
+        """
+        Narrow candidates whose blob holds several objects to the window showing their shape.
+
+        Runs before any evidence, so the map, CLIP and the rule all judge the narrowed region;
+        the head's answer is kept in frame.shape_probs for _shapes.
+        """
+        head = getattr(self.clip, 'shape', None)
+        if head is None:
+            return
+        for frame in frames:
+            for k, (owner, region) in enumerate(zip(frame.owners, frame.regions)):
+                shape = head.shape_index(frame.words[owner])
+                if shape is None or not shape_search.crowded(region):
+                    continue
+                whole = float(head.probabilities(frame.rgb, [region.box])[0, shape])
+                row, col = region.offset
+                h, w = region.mask.shape
+                found = shape_search.search(head, frame.rgb, region, shape, whole,
+                                            frame.maps[owner, row:row + h, col:col + w])
+                if found is not None:
+                    frame.regions[k] = found[0]
+                frame.shape_probs[k] = whole if found is None else found[1]
 
     def clip_probabilities(self, rgb, phrases, owners, boxes) -> list:
         """

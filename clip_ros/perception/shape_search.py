@@ -1,0 +1,88 @@
+"""
+Shape search: find the named object inside a blob that holds several objects of its colour.
+
+CLIPSeg's maps of the bundled model follow colour, not shape, so same-colour objects that
+touch come back as one blob ("the green cylinder" boxes the green cylinder, ball and block
+together). When such a blob is larger than one compact object, windows of about one object's
+size are slid over it, each cut to the blob's pixels inside, and the shape head scores them.
+When the head finds the whole blob unlikely to be the named shape and one window surely is,
+that window becomes the candidate; otherwise the blob stays as it is (a window of one tall
+block is as much a block as the whole, so a likely whole is never searched).
+"""
+import numpy as np
+from scipy import ndimage
+
+from clip_ros.perception.regions import region_from_mask
+
+MIN_EXCESS = 1.8   # search a blob whose area exceeds this many inscribed discs
+# Window sides in inscribed radii: the blob's inscribed disc can span two objects, so sides
+# go down to about one object's diameter at half that radius.
+SIDES = (1.2, 1.6, 2.0, 2.8, 3.6)
+MAX_WINDOWS = 48   # windows scored per blob, at most
+MIN_FILL = 0.35    # blob pixels fill at least this share of a window
+# Chosen on validation scenes: a window of one tall block or partly hidden object also looks
+# like a block, so the whole must be unlikely the shape and the window must be sure of it.
+MAX_WHOLE = 0.4    # search only a blob the head finds less likely the shape than this
+MIN_PROB = 0.75    # the best window shows the shape at least this surely ...
+MIN_GAIN = 0.25    # ... and this much more surely than the whole blob
+
+
+def excess(mask: np.ndarray) -> tuple:
+    """Return (area over the inscribed disc's area, inscribed radius) of a bool mask."""
+    radius = float(ndimage.distance_transform_edt(np.pad(mask, 1)).max())
+    return float(np.count_nonzero(mask)) / max(np.pi * radius * radius, 1.0), radius
+
+
+def windows(region, radius: float) -> list:
+    """Return the distinct masks (bool, region-sized) of object-sized windows over a region."""
+    mask = region.mask
+    h, w = mask.shape
+    step = max(1, int(round(radius)))
+    seen, found = set(), []
+    for side_h in SIDES:
+        for side_w in SIDES[:3]:
+            wh, ww = int(round(side_h * radius)), int(round(side_w * radius))
+            if wh >= h and ww >= w:
+                continue  # the whole blob
+            for top in range(0, max(h - wh, 0) + 1, step):
+                for left in range(0, max(w - ww, 0) + 1, step):
+                    part = np.zeros_like(mask)
+                    part[top:top + wh, left:left + ww] = mask[top:top + wh, left:left + ww]
+                    count = int(np.count_nonzero(part))
+                    if count < MIN_FILL * min(wh, h) * min(ww, w):
+                        continue
+                    rows, cols = np.flatnonzero(part.any(1)), np.flatnonzero(part.any(0))
+                    key = (rows[0], rows[-1], cols[0], cols[-1])
+                    if key not in seen:
+                        seen.add(key)
+                        found.append(part)
+    if len(found) > MAX_WINDOWS:  # keep an even spread
+        found = [found[int(i)] for i in np.linspace(0, len(found) - 1, MAX_WINDOWS)]
+    return found
+
+
+def crowded(region) -> bool:
+    """Return whether a region is larger than one compact object (worth a search)."""
+    ratio, radius = excess(region.mask)
+    return ratio >= MIN_EXCESS and radius >= 2
+
+
+def search(head, rgb: np.ndarray, region, shape: int, whole: float, window_prob):
+    """
+    Return (Region, probability) of the window that shows `shape` best, or None.
+
+    `whole` is the head's probability of `shape` for the whole region; window_prob is the
+    region's probability map window (for the parts' mean probability). None when the region
+    gives no window that beats the whole by MIN_GAIN at MIN_PROB or above.
+    """
+    if whole >= MAX_WHOLE:
+        return None
+    parts = windows(region, excess(region.mask)[1])
+    if not parts:
+        return None
+    regions = [region_from_mask(p, region.offset, window_prob) for p in parts]
+    probs = head.probabilities(rgb, [r.box for r in regions])[:, shape]
+    best = int(np.argmax(probs))
+    if probs[best] < max(MIN_PROB, whole + MIN_GAIN):
+        return None
+    return regions[best], float(probs[best])

@@ -1,0 +1,79 @@
+"""Shape search: a blob of several same-colour objects is narrowed to the named shape."""
+import numpy as np
+import pytest
+
+from clip_ros.perception import shape_search
+from clip_ros.perception.geometry import box_iou
+from clip_ros.perception.regions import region_from_mask
+
+
+def disc_mask(h: int, w: int, centres, radius: float) -> np.ndarray:
+    rows, cols = np.mgrid[:h, :w]
+    return np.any([(rows - r) ** 2 + (cols - c) ** 2 <= radius ** 2 for r, c in centres], axis=0)
+
+
+def region_of(mask: np.ndarray):
+    return region_from_mask(mask, (10, 20), np.ones(mask.shape, np.float32))
+
+
+def test_one_compact_object_is_not_searched_and_three_touching_ones_are():
+    assert not shape_search.crowded(region_of(disc_mask(60, 60, [(30, 30)], 20)))
+    square = np.zeros((60, 60), bool)
+    square[10:50, 10:50] = True
+    assert not shape_search.crowded(region_of(square))
+    three = disc_mask(60, 130, [(30, 22), (30, 64), (30, 106)], 21)
+    assert shape_search.crowded(region_of(three))
+
+
+def test_windows_are_object_sized_distinct_and_inside_the_blob():
+    region = region_of(disc_mask(60, 130, [(30, 22), (30, 64), (30, 106)], 21))
+    mask = region.mask  # cut to the discs: rows 9..51, columns 1..127 of the drawing
+    _, radius = shape_search.excess(mask)
+    parts = shape_search.windows(region, radius)
+    assert 1 < len(parts) <= shape_search.MAX_WINDOWS
+    boxes = set()
+    for part in parts:
+        assert part.shape == mask.shape and not (part & ~mask).any()  # only blob pixels
+        rows, cols = np.flatnonzero(part.any(1)), np.flatnonzero(part.any(0))
+        boxes.add((rows[0], rows[-1], cols[0], cols[-1]))
+        assert cols[-1] - cols[0] < mask.shape[1] - 1  # narrower than the whole row of three
+    assert len(boxes) == len(parts)
+    # One of them is close to the middle disc alone.
+    middle = np.array([[42, 0, 85, 43]], np.float32)
+    found = [box_iou(np.array([c0, r0, c1 + 1, r1 + 1], np.float32), middle)[0, 0]
+             for r0, r1, c0, c1 in boxes]
+    assert max(found) >= 0.7
+
+
+@pytest.fixture(scope='module')
+def crowded_scene(gl_context):
+    """Render a validation scene where a green ball touches a green cylinder and block."""
+    from clip_ros.sim.conditions import condition_frames
+    from clip_ros.sim.simulator import Simulator
+    with Simulator(100001, 640, 480, show_gripper=False) as sim:
+        (_, _, frame), = condition_frames(sim, 'val', 'same_colour_distractors', 1, 1)
+    truth = {o.name: o.box for o in frame.objects if o.box is not None}
+    return frame.rgb, truth
+
+
+@pytest.fixture(scope='module')
+def tabletop_models():
+    from clip_ros.perception.loading import load_clip, load_clipseg
+    return load_clip('tabletop', '', device='cpu'), load_clipseg('tabletop', device='cpu')
+
+
+def test_the_bundled_model_finds_the_ball_among_its_same_colour_neighbours(
+        crowded_scene, tabletop_models):
+    from clip_ros.perception.grounding import GroundingPipeline
+    rgb, truth = crowded_scene
+    assert {'green ball', 'green cylinder', 'green block'} <= set(truth)
+    found = {}
+    for search in (False, True):
+        pipeline = GroundingPipeline(*tabletop_models, shape_search=search)
+        result = pipeline(rgb, ['green ball'], 0.4, with_heatmaps=False)
+        found[search] = [float(box_iou(np.array(d.box, np.float32)[None],
+                                       np.array(truth['green ball'], np.float32)[None])[0, 0])
+                         for d in result.detections]
+    # Without the search the three objects are one blob, which is no ball: nothing found.
+    assert not any(iou >= 0.5 for iou in found[False]), found
+    assert found[True] and found[True][0] >= 0.5, found
