@@ -1,5 +1,6 @@
 """The checks after acting, one view at a time: grasp sensor and camera as evidence."""
 import numpy as np
+import pytest
 
 from clip_ros.policy.lifting import LiftedTarget
 from clip_ros.policy.verify import check_pick, check_place, Verification, VerifyConfig
@@ -170,3 +171,37 @@ def test_place_unseen_with_the_destination_seen_needs_the_depth_to_rise_when_kno
     assert not ok and detail == ('blue block not seen after release over green bowl, and the '
                                  'depth over it did not rise (+0.0 cm)')
     assert check_place(*args, None)[0]  # without depth the destination's word stands
+
+
+def test_place_reads_the_bottom_from_the_top_when_the_lower_side_is_hidden():
+    # An 8.4 cm cylinder on a 4.7 cm block, its lower 3 cm of side out of its mask (as seen
+    # in a closed-loop place): the points' box starts 3.2 cm above the block's top.
+    block = lifted((0.23, -0.13, 0.0235), (0.06, 0.06, 0.047))
+    seen = lifted((0.23, -0.13, 0.106), (0.04, 0.04, 0.054))  # top 0.133
+
+    def check(height, target=seen):
+        return check_place('orange cylinder', target, 'purple block', block, CONFIG, False,
+                           [block], None, height)
+    ok, detail = check(None)
+    assert not ok and detail == 'orange cylinder 3 cm above purple block, not resting on it'
+    assert check(0.084) == (True, 'orange cylinder on purple block (0 cm from its centre)')
+    # Its top 6 cm higher than the height allows: above, whatever the height says.
+    assert not check(0.084, lifted((0.23, -0.13, 0.164), (0.04, 0.04, 0.054)))[0]
+    # An underestimated height never passes what the points' box refuses.
+    assert not check(0.0)[0]
+
+
+def test_the_tracker_keeps_the_targets_height_for_the_look_after_a_place():
+    from clip_ros.policy.command import parse_command
+    from clip_ros.policy.geometric import Observation, TargetTracker
+
+    tracker = TargetTracker()
+    cylinder = lifted((0.23, -0.13, 0.042), (0.04, 0.04, 0.084))
+    obs = Observation(0.0, np.array([0.0, 0.0, 0.3]), 0.04, cylinder.centre, BOWL, False,
+                      seen={'target': [cylinder], 'destination': [BOWL_SEEN]})
+    tracker.update(obs)
+    look = tracker.verification('place', parse_command('put the orange cylinder in the green '
+                                                       'bowl'), 1.0, CONFIG)
+    assert look.target_height == pytest.approx(0.084)
+    assert TargetTracker().verification('place', parse_command(
+        'put the orange cylinder in the green bowl'), 1.0, CONFIG).target_height is None

@@ -171,6 +171,7 @@ class TargetTracker:
         self.target = self.destination = None
         self.target_seen = self.destination_seen = None
         self.destination_view = None  # the destination's LiftedTarget with the latest point
+        self.target_view = None  # ... and the target's, before the gripper came near
         self.frozen = False
         self.not_found = False  # a perception set came without any detection of the target
         self.destination_not_found = False  # ... or of the destination
@@ -187,6 +188,7 @@ class TargetTracker:
         self.frozen = self.frozen or occludes(obs.ee_position, self.target, self.near_distance)
         if obs.target is not None and self.tracking(track_target):
             self.target, self.target_seen = np.asarray(obs.target, np.float64), obs.time
+            self.target_view = ((obs.seen or {}).get('target') or [self.target_view])[0]
         # The arm above the grasp point can be grounded as the destination (a grey arm passes
         # for a white cylinder): a destination there is the gripper, never the place to go.
         if obs.destination is not None and not at_gripper(
@@ -204,8 +206,11 @@ class TargetTracker:
     def verification(self, verb: str, command: Command, now: float,
                      config: 'VerifyConfig') -> Verification:
         """Return the look after acting at `now` for `command` (its target, destination)."""
+        # Its height on the table: after a place its lower side can be hidden, its top not.
+        height = None if self.target_view is None else self.target_view.top - config.table_z
         return Verification(verb, command.targets[0], command.destination,
-                            self.destination_view, now, config, grasped_at=self.target)
+                            self.destination_view, now, config, grasped_at=self.target,
+                            target_height=height)
 
 
 def validate_command(command: Command) -> str:

@@ -146,13 +146,16 @@ def rise(destination: LiftedTarget, probe) -> float:
 
 def check_place(name: str, target: LiftedTarget | None, destination_name: str,
                 destination: LiftedTarget | None, config: VerifyConfig,
-                holding: bool | None = None, destination_now=None, probe=None) -> tuple:
+                holding: bool | None = None, destination_now=None, probe=None,
+                height: float | None = None) -> tuple:
     """
     Return (resting on the destination, what was sensed) for one view after a place.
 
     `destination`: the destination as seen before the carry; `destination_now`: its detections
     this view (None: not looked for), which explain an unseen target (in or on it); `probe`:
-    this view's depth (perceive.DepthProbe), whose rise over the destination does too.
+    this view's depth (perceive.DepthProbe), whose rise over the destination does too;
+    `height`: the target's own height (its top above the table before the pick), which places
+    its bottom when the lower part of its side is hidden or left out of its mask.
     """
     if holding:
         return False, f'{name} still held'
@@ -182,6 +185,8 @@ def check_place(name: str, target: LiftedTarget | None, destination_name: str,
         return False, (f'{name} {_cm(gap - radius)} beside {destination_name} (centres '
                        f'{_cm(gap)} apart, footprint radius {_cm(radius)})')
     above = bottom(target) - destination.top
+    if height is not None:
+        above = min(above, target.top - height - destination.top)
     if above > config.above_tolerance:
         return False, f'{name} {_cm(above)} above {destination_name}, not resting on it'
     return True, f'{name} on {destination_name} ({_cm(gap)} from its centre)'
@@ -205,6 +210,7 @@ class Verification:
     config: VerifyConfig = field(default_factory=VerifyConfig)
     seen: list = field(default_factory=list)  # (passed, detail) per view
     grasped_at: np.ndarray | None = None  # the target's position when grasped, if known
+    target_height: float | None = None  # its top above the table before the pick, if known
 
     def look(self, now: float, seen: dict | None, ee_position, holding=None, probe=None):
         """
@@ -236,7 +242,8 @@ class Verification:
             return check_pick(self.target, target, ee_position, self.config, holding,
                               self.grasped_at)
         return check_place(self.target, target, self.destination, self.destination_view,
-                           self.config, holding, seen.get('destination') or [], probe)
+                           self.config, holding, seen.get('destination') or [], probe,
+                           self.target_height)
 
     def verdict(self) -> tuple:
         """Return (succeeded, detail) from the views so far (none: failed)."""
