@@ -263,8 +263,9 @@ def test_missing_head_fails_configure_with_the_reason(managed, harness, tmp_path
         Parameter('policy', value='learned'), Parameter('head_path', value=str(tmp_path / 'x'))])
     assert node.lifecycle_state == 'unconfigured', 'autostart with a missing head'
     assert 'train_policy_head' in node.load_error
-    values = wait_for(lambda: diagnostics_of(harness, node))
-    assert values and values['level'] == ERROR and 'model failed to load' in values['message']
+    # Wait for the error status itself, not for the first status of any level.
+    values = wait_for(lambda: (v := diagnostics_of(harness, node)) and v['level'] == ERROR and v)
+    assert values and 'model failed to load' in values['message'], values
 
 
 def test_diagnostics_name_the_missing_stream(managed, harness):
