@@ -77,3 +77,49 @@ def test_the_bundled_model_finds_the_ball_among_its_same_colour_neighbours(
     # Without the search the three objects are one blob, which is no ball: nothing found.
     assert not any(iou >= 0.5 for iou in found[False]), found
     assert found[True] and found[True][0] >= 0.5, found
+
+
+def sure_head(shape: int):
+    """Return a real ShapeHead whose every answer is `shape` (zero weights, one bias)."""
+    import torch
+    from clip_ros.perception.shape_head import ShapeHead, ShapeNet
+    net = ShapeNet(5, width=4)
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+        net.head.bias[shape] = 10.0
+    return ShapeHead(net, ('block', 'ball', 'cylinder', 'bowl'))
+
+
+def test_a_cut_blob_stays_whole_only_where_the_head_is_sure_of_the_named_shape():
+    rgb = np.zeros((120, 160, 3), np.uint8)
+    blob = region_of(disc_mask(60, 130, [(30, 22), (30, 64)], 21))
+    assert shape_search.sure_wholes(sure_head(0), rgb, [blob], 'red block') == [blob]
+    assert shape_search.sure_wholes(sure_head(1), rgb, [blob], 'red block') == []
+    assert shape_search.sure_wholes(sure_head(0), rgb, [blob], 'red thing') == []  # no shape
+    assert shape_search.sure_wholes(None, rgb, [blob], 'red block') == []  # no head
+    assert shape_search.sure_wholes(sure_head(0), rgb, [], 'red block') == []
+
+
+@pytest.fixture(scope='module')
+def occluded_scene(gl_context):
+    """Render a validation scene where an occluder cuts a blue cylinder's blob in two."""
+    from clip_ros.sim.conditions import condition_frames
+    from clip_ros.sim.simulator import Simulator
+    with Simulator(100004, 640, 480, show_gripper=False) as sim:
+        (_, _, frame), = condition_frames(sim, 'val', 'occlusion', 1, 4)
+    return frame.rgb, {o.name: o.box for o in frame.objects if o.box is not None}
+
+
+def test_the_bundled_model_keeps_an_occluded_cylinder_whole(occluded_scene, tabletop_models):
+    from clip_ros.perception.grounding import GroundingPipeline
+    rgb, truth = occluded_scene
+    iou = {}
+    for search in (False, True):
+        pipeline = GroundingPipeline(*tabletop_models, shape_search=search)
+        result = pipeline(rgb, ['blue cylinder'], 0.4, with_heatmaps=False)
+        top = result.detections[0].box
+        iou[search] = float(box_iou(np.array(top, np.float32)[None],
+                                    np.array(truth['blue cylinder'], np.float32)[None])[0, 0])
+    # The instance step cuts it in two at the occluder; the head is sure the whole is one.
+    assert iou[False] < 0.5 <= iou[True], iou

@@ -20,7 +20,7 @@ from clip_ros.perception.geometry import Detection, paint
 from clip_ros.perception.image_np import validate_rgb
 from clip_ros.perception.light import correction_for
 from clip_ros.perception.refine import refine
-from clip_ros.perception.regions import instances
+from clip_ros.perception.regions import distinct, instances
 from clip_ros.perception.vocabulary import Lexicon
 
 # Competing texts in the re-scoring softmax so a crop of table or wall can lose to 'background'.
@@ -288,8 +288,7 @@ class GroundingPipeline:
                                                [f.words for f in frames])  # [N, H, W] each
         for frame, frame_maps in zip(frames, maps):
             frame.maps = np.asarray(frame_maps, dtype=np.float32)
-            frame.owners, frame.regions = self._instances(
-                frame.maps, [frame.limits[k] for k in frame.asked])
+            frame.owners, frame.regions = self._instances(frame)
         self._evidence(frames)
         return frames
 
@@ -302,7 +301,9 @@ class GroundingPipeline:
             if i not in kept_owners:
                 rejected.setdefault(frame.phrases[k], not_found(frame.phrases[k]))
         scores = {k: _score(frame.evidence[k]) for k in keep}
-        order = sorted(keep, key=lambda k: -scores[k])[:self.max_detections]
+        # A blob kept whole beside its parts (shape search): the better-scored reading wins.
+        order = distinct(frame.regions, frame.owners, sorted(keep, key=lambda k: -scores[k]))
+        order = order[:self.max_detections]
         label_image = np.zeros(frame.rgb.shape[:2], np.uint16)
         detections = []
         size = self.runner.model.image_size  # one map cell: the frame over CLIPSeg's input
@@ -328,17 +329,22 @@ class GroundingPipeline:
         heatmaps[frame.asked] = frame.maps
         return heatmaps
 
-    def _instances(self, heatmaps: np.ndarray, limits: list) -> tuple:
+    def _instances(self, frame: _Frame) -> tuple:
         """
-        Return (phrase index per region, regions) from the thresholded maps.
+        Return (phrase index per region, regions) from the frame's thresholded maps.
 
         One region per object rather than per blob (perception.regions.instances): a blob is
         cut between the peaks of two touching objects, and the pieces of a broken-up object
-        are joined.
+        are joined. With shape search, a cut blob the shape head is sure is the named shape
+        stays a candidate too (an occluder in front of one object cuts it like two).
         """
         owners, regions = [], []
-        for i, (prob, limit) in enumerate(zip(heatmaps, limits)):
-            found = instances(prob, limit, self.min_area)
+        for i, (prob, k) in enumerate(zip(frame.maps, frame.asked)):
+            cut = [] if self.shape_search else None
+            found = instances(prob, frame.limits[k], self.min_area, cut=cut)
+            if cut:
+                found += shape_search.sure_wholes(getattr(self.clip, 'shape', None), frame.rgb,
+                                                  cut, frame.words[i])
             owners += [i] * len(found)
             regions += found
         # Bound the CLIP batch on noisy maps: keep the components CLIPSeg is surest about.

@@ -42,7 +42,7 @@ _EIGHT = ndimage.generate_binary_structure(2, 2)
 
 def instances(prob: np.ndarray, limit: float, min_area: int = 1,
               split_ratio: float = SPLIT_RATIO, merge: bool = True,
-              alternatives: bool = False) -> list:
+              alternatives: bool = False, cut: list | None = None) -> list:
     """
     Return the object instances of one probability map as Regions.
 
@@ -62,6 +62,8 @@ def instances(prob: np.ndarray, limit: float, min_area: int = 1,
     alternatives : bool
         Return a cut region whole as well as its parts, for a scorer to choose between them
         (`distinct` then keeps the better of overlapping candidates).
+    cut : list or None
+        When a list, every region that was cut in parts is appended to it (whole).
 
     Returns
     -------
@@ -82,6 +84,8 @@ def instances(prob: np.ndarray, limit: float, min_area: int = 1,
             continue
         parts = split_region(region, prob, min_area, split_ratio) if split_ratio > 0 else []
         found += ([region] + parts if alternatives else parts) if parts else [region]
+        if parts and cut is not None:
+            cut.append(region)
     return found
 
 

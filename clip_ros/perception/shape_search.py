@@ -1,6 +1,8 @@
 """
 Shape search: find the named object inside a blob that holds several objects of its colour.
 
+(And its converse, `sure_wholes`: keep a blob whole that the instance step cut in parts.)
+
 CLIPSeg's maps of the bundled model follow colour, not shape, so same-colour objects that
 touch come back as one blob ("the green cylinder" boxes the green cylinder, ball and block
 together). When such a blob is larger than one compact object, windows of about one object's
@@ -25,6 +27,7 @@ MIN_FILL = 0.35    # blob pixels fill at least this share of a window
 MAX_WHOLE = 0.4    # search only a blob the head finds less likely the shape than this
 MIN_PROB = 0.75    # the best window shows the shape at least this surely ...
 MIN_GAIN = 0.25    # ... and this much more surely than the whole blob
+SURE_WHOLE = 0.75  # a blob cut in parts stays a candidate whole when it is the shape this surely
 
 
 def excess(mask: np.ndarray) -> tuple:
@@ -59,6 +62,22 @@ def windows(region, radius: float) -> list:
     if len(found) > MAX_WINDOWS:  # keep an even spread
         found = [found[int(i)] for i in np.linspace(0, len(found) - 1, MAX_WINDOWS)]
     return found
+
+
+def sure_wholes(head, rgb: np.ndarray, cut: list, words: str) -> list:
+    """
+    Return the blobs of `cut` (regions the instance step cut in parts) to keep whole as well.
+
+    An occluder in front of one object leaves two blobs of it joined by a neck, which the
+    instance step cuts like two touching objects; where the shape head is SURE_WHOLE sure the
+    whole blob is the shape the words name, the whole competes with its parts for the
+    detection. Without a head or a shape word: none.
+    """
+    shape = None if head is None else head.shape_index(words)
+    if shape is None or not cut:
+        return []
+    probs = head.probabilities(rgb, [r.box for r in cut])[:, shape]
+    return [region for region, p in zip(cut, probs) if p >= SURE_WHOLE]
 
 
 def crowded(region) -> bool:
