@@ -12,8 +12,8 @@ DOMAIN = '76'
 SEED = 200001
 
 
-# The default (a process per node, onnxruntime on the CPU) and everything in one process on torch.
-LAYOUTS = {'per-node': [], 'one': ['--processes', 'one', '--backend', 'torch']}
+# The default (one process, onnxruntime on the CPU) and a process per node on torch.
+LAYOUTS = {'one': [], 'per-node': ['--processes', 'per-node', '--backend', 'torch']}
 
 
 @pytest.mark.parametrize('layout', list(LAYOUTS))
@@ -67,7 +67,8 @@ def test_node_processes_stop_when_the_demo_is_killed(gl_context):
     env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
                MUJOCO_GL=os.environ.get('MUJOCO_GL', 'egl'))
     demo = subprocess.Popen(
-        [sys.executable, '-m', 'clip_ros.tools.demo', '--seeds', str(SEED), '--measure', '60'],
+        [sys.executable, '-m', 'clip_ros.tools.demo', '--seeds', str(SEED), '--measure', '60',
+         '--processes', 'per-node'],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         stdin=subprocess.DEVNULL)
     try:

@@ -57,6 +57,7 @@ def test_watch_toggles_under_traffic_keep_the_probe_spinning():
         stop.set()
         streamer.join()
         probe.executor.shutdown()
+        spinner.join(10)  # out of spin before the context goes
         camera.destroy_node()
         graph.destroy_node()
         probe.node.destroy_node()

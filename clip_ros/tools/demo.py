@@ -242,8 +242,10 @@ def run(args) -> int:
     executor = EXECUTORS[args.executor](context=context)
     for node in nodes:
         executor.add_node(node)
-    for spin in [probe.executor.spin] + ([executor.spin] if nodes else []):
-        threading.Thread(target=spin, daemon=True).start()
+    spinners = [threading.Thread(target=spin, daemon=True)
+                for spin in [probe.executor.spin] + ([executor.spin] if nodes else [])]
+    for spinner in spinners:
+        spinner.start()
     panels, grounded = [], 0
     try:
         if not ready(probe, READY_SEC):
@@ -264,6 +266,8 @@ def run(args) -> int:
     finally:
         executor.shutdown()
         probe.executor.shutdown()
+        for spinner in spinners:
+            spinner.join(10.0)  # out of spin before the context goes
         for node in nodes + [probe.node]:
             node.destroy_node()
         rclpy.try_shutdown(context=context)
@@ -288,8 +292,9 @@ def main(argv=None) -> int:
     parser.add_argument('--timeout', type=float, default=60.0, help='seconds per command')
     parser.add_argument('--measure', type=float, default=5.0, help='seconds of rate measurement')
     parser.add_argument('--output', default='out/demo_strip.png', help='annotated strip PNG')
-    parser.add_argument('--processes', default='per-node', choices=LAYOUTS,
-                        help='a process per node, as ros2 launch runs them, or all in one')
+    parser.add_argument('--processes', default='one', choices=LAYOUTS,
+                        help="all nodes in the demo's process (the fastest here), or a "
+                             'process per node, as ros2 launch runs them')
     parser.add_argument('--executor', default='single', choices=list(EXECUTORS),
                         help='rclpy executor of the graph with --processes one (multi: for '
                              'comparison)')
