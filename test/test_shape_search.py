@@ -17,12 +17,12 @@ def region_of(mask: np.ndarray):
 
 
 def test_one_compact_object_is_not_searched_and_three_touching_ones_are():
-    assert not shape_search.crowded(region_of(disc_mask(60, 60, [(30, 30)], 20)))
+    assert not shape_search.search_radius(region_of(disc_mask(60, 60, [(30, 30)], 20)))
     square = np.zeros((60, 60), bool)
     square[10:50, 10:50] = True
-    assert not shape_search.crowded(region_of(square))
+    assert not shape_search.search_radius(region_of(square))
     three = disc_mask(60, 130, [(30, 22), (30, 64), (30, 106)], 21)
-    assert shape_search.crowded(region_of(three))
+    assert shape_search.search_radius(region_of(three))
 
 
 def test_windows_are_object_sized_distinct_and_inside_the_blob():
@@ -94,7 +94,8 @@ def sure_head(shape: int):
 def test_a_cut_blob_stays_whole_only_where_the_head_is_sure_of_the_named_shape():
     rgb = np.zeros((120, 160, 3), np.uint8)
     blob = region_of(disc_mask(60, 130, [(30, 22), (30, 64)], 21))
-    assert shape_search.sure_wholes(sure_head(0), rgb, [blob], 'red block') == [blob]
+    (whole, prob), = shape_search.sure_wholes(sure_head(0), rgb, [blob], 'red block')
+    assert whole is blob and prob >= shape_search.SURE_WHOLE
     assert shape_search.sure_wholes(sure_head(1), rgb, [blob], 'red block') == []
     assert shape_search.sure_wholes(sure_head(0), rgb, [blob], 'red thing') == []  # no shape
     assert shape_search.sure_wholes(None, rgb, [blob], 'red block') == []  # no head

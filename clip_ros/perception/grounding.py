@@ -338,18 +338,21 @@ class GroundingPipeline:
         are joined. With shape search, a cut blob the shape head is sure is the named shape
         stays a candidate too (an occluder in front of one object cuts it like two).
         """
-        owners, regions = [], []
+        owners, regions, sure = [], [], {}  # sure: candidate -> the head's answer
         for i, (prob, k) in enumerate(zip(frame.maps, frame.asked)):
             cut = [] if self.shape_search else None
             found = instances(prob, frame.limits[k], self.min_area, cut=cut)
             if cut:
-                found += shape_search.sure_wholes(getattr(self.clip, 'shape', None), frame.rgb,
-                                                  cut, frame.words[i])
+                for whole, p in shape_search.sure_wholes(getattr(self.clip, 'shape', None),
+                                                         frame.rgb, cut, frame.words[i]):
+                    sure[len(regions) + len(found)] = p
+                    found.append(whole)
             owners += [i] * len(found)
             regions += found
         # Bound the CLIP batch on noisy maps: keep the components CLIPSeg is surest about.
         keep = sorted(range(len(regions)), key=lambda k: -regions[k].mean_prob)
         keep = sorted(keep[:self.max_candidates])
+        frame.shape_probs = {new: sure[old] for new, old in enumerate(keep) if old in sure}
         return [owners[k] for k in keep], [regions[k] for k in keep]
 
     def _evidence(self, frames: list) -> None:
@@ -423,13 +426,16 @@ class GroundingPipeline:
         for frame in frames:
             for k, (owner, region) in enumerate(zip(frame.owners, frame.regions)):
                 shape = head.shape_index(frame.words[owner])
-                if shape is None or not shape_search.crowded(region):
+                if shape is None or k in frame.shape_probs:  # none, or a sure whole
+                    continue
+                radius = shape_search.search_radius(region)
+                if not radius:
                     continue
                 whole = float(head.probabilities(frame.rgb, [region.box])[0, shape])
                 row, col = region.offset
                 h, w = region.mask.shape
                 found = shape_search.search(head, frame.rgb, region, shape, whole,
-                                            frame.maps[owner, row:row + h, col:col + w])
+                                            frame.maps[owner, row:row + h, col:col + w], radius)
                 if found is not None:
                     frame.regions[k] = found[0]
                 frame.shape_probs[k] = whole if found is None else found[1]

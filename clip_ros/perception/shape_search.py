@@ -66,7 +66,9 @@ def windows(region, radius: float) -> list:
 
 def sure_wholes(head, rgb: np.ndarray, cut: list, words: str) -> list:
     """
-    Return the blobs of `cut` (regions the instance step cut in parts) to keep whole as well.
+    Return (blob, the head's probability of the named shape) for the blobs to keep whole.
+
+    `cut` holds the regions the instance step cut in parts.
 
     An occluder in front of one object leaves two blobs of it joined by a neck, which the
     instance step cuts like two touching objects; where the shape head is SURE_WHOLE sure the
@@ -77,26 +79,28 @@ def sure_wholes(head, rgb: np.ndarray, cut: list, words: str) -> list:
     if shape is None or not cut:
         return []
     probs = head.probabilities(rgb, [r.box for r in cut])[:, shape]
-    return [region for region, p in zip(cut, probs) if p >= SURE_WHOLE]
+    return [(region, float(p)) for region, p in zip(cut, probs) if p >= SURE_WHOLE]
 
 
-def crowded(region) -> bool:
-    """Return whether a region is larger than one compact object (worth a search)."""
+def search_radius(region) -> float:
+    """Return the inscribed radius of a region larger than one compact object, else 0."""
     ratio, radius = excess(region.mask)
-    return ratio >= MIN_EXCESS and radius >= 2
+    return radius if ratio >= MIN_EXCESS and radius >= 2 else 0.0
 
 
-def search(head, rgb: np.ndarray, region, shape: int, whole: float, window_prob):
+def search(head, rgb: np.ndarray, region, shape: int, whole: float, window_prob,
+           radius: float):
     """
     Return (Region, probability) of the window that shows `shape` best, or None.
 
     `whole` is the head's probability of `shape` for the whole region; window_prob is the
-    region's probability map window (for the parts' mean probability). None when the region
-    gives no window that beats the whole by MIN_GAIN at MIN_PROB or above.
+    region's probability map window (for the parts' mean probability); radius its
+    search_radius. None when the region gives no window that beats the whole by MIN_GAIN at
+    MIN_PROB or above.
     """
     if whole >= MAX_WHOLE:
         return None
-    parts = windows(region, excess(region.mask)[1])
+    parts = windows(region, radius)
     if not parts:
         return None
     regions = [region_from_mask(p, region.offset, window_prob) for p in parts]
