@@ -1,9 +1,9 @@
 """
 Ground commands in the MuJoCo tabletop and act on them over real DDS.
 
-Starts the graph of launch/demo_sim.launch.py (simulator, grounding node, vla_policy_node), each
-node in a process of its own as ros2 launch runs them (or all in this one), and a probe node
-here. For each scene it sends a command about one of the scene's objects, prints what was
+Starts the graph of launch/demo_sim.launch.py (simulator, grounding node, vla_policy_node), all
+in this process (or each node in a process of its own, as ros2 launch runs them), and a probe
+node here. For each scene it sends a command about one of the scene's objects, prints what was
 grounded (IoU against the simulator's ground truth) and how the policy ended, then measures the
 grounding rate at camera speed and writes an annotated strip PNG.
 """
