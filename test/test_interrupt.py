@@ -4,9 +4,16 @@ Ctrl-C ends every node cleanly while it is busy: exit code 0, no traceback, with
 rclpy's signal thread wakes the executors first and shuts the context down after; a spin caught
 in between used to hang (a node without timers) or die with RCLError ('failed to initialize
 wait set: the given context is not valid'). The process cases start copies of each node
-together, keep them busy and interrupt them at once; the spin cases replay the race exactly.
+together, keep them busy and interrupt them one after another while the others stay busy; the
+spin cases replay the race exactly.
+
+Not at once: when several processes leave the graph together, Fast DDS 3.2 (the middleware of
+these wheels) now and then deadlocks in participant deletion. About one run in 40 with five
+sim_node copies here: the main thread waits in rcl_node_fini →
+DomainParticipant::set_listener for a discovery callback about a leaving peer, and that
+callback waits for a lock (gdb stacks). The process hangs in the middleware whatever the node
+does; under ros2 launch it is ended by SIGTERM/SIGKILL after its timeouts.
 """
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 import os
 import threading
@@ -39,7 +46,7 @@ DOMAIN = 78
 # Processes of one node, started together and interrupted together (model loading is slow).
 COPIES = {'grounding_node': 3, 'clip_classifier_node': 3, 'clipseg_node': 3, 'sim_node': 5,
           'vla_policy_node': 5}
-EXIT_SEC = 10.0  # from SIGINT to exit, with all copies shutting down at once on 2 cores
+EXIT_SEC = 10.0  # from SIGINT to exit, with the other copies busy on 2 cores
 TINY = ['-p', 'clip_arch:=tiny', '-p', 'clip_pretrained:=random', '-p', 'clipseg_model:=tiny',
         '-p', 'device:=cpu', '-p', 'image_qos:=reliable']
 W, H = 80, 60
@@ -164,8 +171,7 @@ def test_busy_node_exits_cleanly_on_sigint(ros, node, request):
                 start = time.monotonic()
                 interrupt(proc, timeout=EXIT_SEC)
                 return time.monotonic() - start
-            with ThreadPoolExecutor(len(procs)) as pool:
-                seconds = list(pool.map(stop, procs))
+            seconds = [stop(proc) for proc in procs]
         finally:
             feed.stop()
     assert max(seconds) < EXIT_SEC, seconds
