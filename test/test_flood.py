@@ -18,9 +18,10 @@ def test_flood_tracks_the_model_and_stays_flat():
     # The frame in progress when counting started adds one. How many frames the model gets
     # through depends on the machine's load; that it keeps answering does not.
     assert result.processed >= 1 and result.processed + result.dropped <= result.received + 1
-    # Model-bound: the worker was busy most of the run, so processed frames follow the
-    # model's own speed however fast frames arrive.
-    assert result.busy_pct > 60.0
+    # Frames arrive faster than any model here grounds them: the newer frame replaces the
+    # waiting one and is counted. (How busy the worker was is the benchmark's figure: one CI
+    # run on a loaded machine had it at 51 % against 100 % here, same inference time.)
+    assert result.dropped > 0
     # No queue: at most the newest frame waits, so results never age by a backlog (how old
     # they are is the benchmark's figure: it follows the machine's load, not the code).
     assert result.max_pending <= 1
