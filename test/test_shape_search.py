@@ -124,3 +124,49 @@ def test_the_bundled_model_keeps_an_occluded_cylinder_whole(occluded_scene, tabl
                                     np.array(truth['blue cylinder'], np.float32)[None])[0, 0])
     # The instance step cuts it in two at the occluder; the head is sure the whole is one.
     assert iou[False] < 0.5 <= iou[True], iou
+
+
+def test_nudged_windows_move_and_grow_around_the_best_one_inside_the_blob():
+    region = region_of(disc_mask(60, 130, [(30, 22), (30, 64), (30, 106)], 21))
+    mask = region.mask
+    part = np.zeros_like(mask)
+    part[5:30, 40:70] = mask[5:30, 40:70]  # a window over the top of the middle disc
+    window = region_from_mask(part, region.offset, np.ones(mask.shape, np.float32))
+    nudged = shape_search._nudged(mask, window, region.offset, 10.0)
+    boxes = set()
+    for p in nudged:
+        assert p.shape == mask.shape and not (p & ~mask).any()  # only blob pixels
+        rows, cols = np.flatnonzero(p.any(1)), np.flatnonzero(p.any(0))
+        boxes.add((rows[0], cols[0], rows[-1] + 1, cols[-1] + 1))
+    assert len(boxes) == len(nudged) and (5, 40, 30, 70) not in boxes  # distinct, not itself
+    # Moved down by half a step, the window reaches lower over the middle disc.
+    assert any(r0 == 10 and c0 == 40 and c1 == 70 for r0, c0, r1, c1 in boxes), boxes
+
+
+@pytest.fixture(scope='module')
+def offset_ball_scene(gl_context):
+    """Render a validation scene where the search grid's window sits above an orange ball."""
+    from clip_ros.sim.conditions import condition_frames
+    from clip_ros.sim.simulator import Simulator
+    with Simulator(100030, 640, 480, show_gripper=False) as sim:
+        (_, _, frame), = condition_frames(sim, 'val', 'same_colour_distractors', 1, 30)
+    return frame.rgb, {o.name: o.box for o in frame.objects if o.box is not None}
+
+
+def test_the_nudge_centres_the_found_window_on_the_ball(
+        offset_ball_scene, tabletop_models, monkeypatch):
+    from clip_ros.perception.grounding import GroundingPipeline
+    rgb, truth = offset_ball_scene
+    pipeline = GroundingPipeline(*tabletop_models)
+    iou = {}
+    for nudge in (False, True):
+        if not nudge:
+            monkeypatch.setattr(shape_search, 'NUDGES', (0.0,))
+            monkeypatch.setattr(shape_search, 'GROWTH', (1.0,))
+        else:
+            monkeypatch.undo()
+        result = pipeline(rgb, ['orange ball'], 0.4, with_heatmaps=False)
+        top = result.detections[0].box  # the search's window, narrowed from the blob
+        iou[nudge] = float(box_iou(np.array(top, np.float32)[None],
+                                   np.array(truth['orange ball'], np.float32)[None])[0, 0])
+    assert iou[False] < 0.5 <= iou[True], iou
