@@ -54,17 +54,11 @@ def windows(region, radius: float) -> list:
             wh, ww = int(round(side_h * radius)), int(round(side_w * radius))
             if wh >= h and ww >= w:
                 continue  # the whole blob
+            least = MIN_FILL * min(wh, h) * min(ww, w)
             for top in range(0, max(h - wh, 0) + 1, step):
                 for left in range(0, max(w - ww, 0) + 1, step):
-                    part = np.zeros_like(mask)
-                    part[top:top + wh, left:left + ww] = mask[top:top + wh, left:left + ww]
-                    count = int(np.count_nonzero(part))
-                    if count < MIN_FILL * min(wh, h) * min(ww, w):
-                        continue
-                    rows, cols = np.flatnonzero(part.any(1)), np.flatnonzero(part.any(0))
-                    key = (rows[0], rows[-1], cols[0], cols[-1])
-                    if key not in seen:
-                        seen.add(key)
+                    part = _part(mask, top, left, wh, ww, least, seen)
+                    if part is not None:
                         found.append(part)
     if len(found) > MAX_WINDOWS:  # keep an even spread
         found = [found[int(i)] for i in np.linspace(0, len(found) - 1, MAX_WINDOWS)]
@@ -138,13 +132,26 @@ def _nudged(mask: np.ndarray, window, offset: tuple, radius: float) -> list:
             for dx in NUDGES:
                 t = max(0, top + (h - wh) // 2 + int(round(dy * radius)))
                 lf = max(0, left + (w - ww) // 2 + int(round(dx * radius)))
-                part = np.zeros_like(mask)
-                part[t:t + wh, lf:lf + ww] = mask[t:t + wh, lf:lf + ww]
-                if np.count_nonzero(part) < MIN_FILL * wh * ww:
-                    continue
-                rows, cols = np.flatnonzero(part.any(1)), np.flatnonzero(part.any(0))
-                key = (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
-                if key not in seen:
-                    seen.add(key)
+                part = _part(mask, t, lf, wh, ww, MIN_FILL * wh * ww, seen)
+                if part is not None:
                     found.append(part)
     return found
+
+
+def _part(mask: np.ndarray, top: int, left: int, height: int, width: int, least: float,
+          seen: set):
+    """
+    Return the mask's pixels inside a window, or None (fewer than `least`, or a box in `seen`).
+
+    Boxes are (top, left, bottom, right) of the pixels, exclusive; a new one joins `seen`.
+    """
+    part = np.zeros_like(mask)
+    part[top:top + height, left:left + width] = mask[top:top + height, left:left + width]
+    if np.count_nonzero(part) < least:
+        return None
+    rows, cols = np.flatnonzero(part.any(1)), np.flatnonzero(part.any(0))
+    key = (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
+    if key in seen:
+        return None
+    seen.add(key)
+    return part
