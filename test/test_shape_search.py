@@ -157,7 +157,6 @@ def test_the_nudge_centres_the_found_window_on_the_ball(
         offset_ball_scene, tabletop_models, monkeypatch):
     from clip_ros.perception.grounding import GroundingPipeline
     rgb, truth = offset_ball_scene
-    pipeline = GroundingPipeline(*tabletop_models)
     iou = {}
     for nudge in (False, True):
         if not nudge:
@@ -165,8 +164,30 @@ def test_the_nudge_centres_the_found_window_on_the_ball(
             monkeypatch.setattr(shape_search, 'GROWTH', (1.0,))
         else:
             monkeypatch.undo()
+        pipeline = GroundingPipeline(*tabletop_models)  # a fresh memo: the blob is searched
         result = pipeline(rgb, ['orange ball'], 0.4, with_heatmaps=False)
         top = result.detections[0].box  # the search's window, narrowed from the blob
         iou[nudge] = float(box_iou(np.array(top, np.float32)[None],
                                    np.array(truth['orange ball'], np.float32)[None])[0, 0])
     assert iou[False] < 0.5 <= iou[True], iou
+
+
+def test_a_still_blob_is_searched_once_and_keeps_its_answer(crowded_scene, tabletop_models):
+    from clip_ros.perception.grounding import GroundingPipeline
+    rgb, truth = crowded_scene
+    pipeline = GroundingPipeline(*tabletop_models)
+    first = pipeline(rgb, ['green ball'], 0.4, with_heatmaps=False)
+    memo = pipeline.search_memo
+    assert (memo.hits, memo.misses) == (0, 1)  # the three-object blob, searched
+    again = pipeline(rgb, ['green ball'], 0.4, with_heatmaps=False)
+    assert (memo.hits, memo.misses) == (1, 1)
+    assert [(d.box, d.score) for d in again.detections] == [
+        (d.box, d.score) for d in first.detections]
+    # Moved two pixels (sensor jitter, a nudged camera): the answer follows the blob.
+    moved = pipeline(np.roll(rgb, 2, axis=1), ['green ball'], 0.4, with_heatmaps=False)
+    assert memo.hits == 2
+    ball = np.array(truth['green ball'], np.float32) + np.array([2, 0, 2, 0], np.float32)
+    assert box_iou(np.array(moved.detections[0].box, np.float32)[None], ball[None])[0, 0] >= 0.5
+    # Another shape word over the same blob is a search of its own.
+    pipeline(rgb, ['green block'], 0.4, with_heatmaps=False)
+    assert memo.misses >= 2

@@ -21,6 +21,7 @@ from clip_ros.perception.image_np import validate_rgb
 from clip_ros.perception.light import correction_for
 from clip_ros.perception.refine import refine
 from clip_ros.perception.regions import distinct, instances
+from clip_ros.perception.search_memo import SearchMemo
 from clip_ros.perception.vocabulary import Lexicon
 
 # Competing texts in the re-scoring softmax so a crop of table or wall can lose to 'background'.
@@ -218,6 +219,7 @@ class GroundingPipeline:
         self.refine_masks = bool(refine_masks)
         # Look inside same-colour blobs for the named shape (perception.shape_search).
         self.shape_search = bool(shape_search)
+        self.search_memo = SearchMemo()  # a still camera's blobs are searched once
         # None: the model's calibrated rule (config 'abstain'), or the defaults.
         self.abstain = abstain if isinstance(abstain, AbstainRule) else AbstainRule.from_config(
             getattr(clip, 'abstain', None) if abstain is None else abstain)
@@ -431,11 +433,17 @@ class GroundingPipeline:
                 radius = shape_search.search_radius(region)
                 if not radius:
                     continue
-                whole = float(head.probabilities(frame.rgb, [region.box])[0, shape])
                 row, col = region.offset
                 h, w = region.mask.shape
-                found = shape_search.search(head, frame.rgb, region, shape, whole,
-                                            frame.maps[owner, row:row + h, col:col + w], radius)
+                window_prob = frame.maps[owner, row:row + h, col:col + w]
+                answer = self.search_memo.recall(shape, region, frame.rgb, window_prob)
+                if answer is None:
+                    whole = float(head.probabilities(frame.rgb, [region.box])[0, shape])
+                    found = shape_search.search(head, frame.rgb, region, shape, whole,
+                                                window_prob, radius)
+                    self.search_memo.remember(shape, region, frame.rgb, whole, found)
+                else:
+                    whole, found = answer
                 if found is not None:
                     frame.regions[k] = found[0]
                 frame.shape_probs[k] = whole if found is None else found[1]
