@@ -45,6 +45,13 @@ def test_a_cut_region_grows_to_the_object():
     assert box_iou(refine(rgb, cut, prob, (5.0, 5.0)).box, DISC)[0, 0] >= 0.9
 
 
+def test_the_size_limit_is_in_frame_pixels_whatever_the_cells_aspect():
+    rgb, prob = _scene()
+    tall = _region(prob, (68, 40, 92, 80))  # 24 x 40 px: 40 px is 8 cells of 5 px
+    # At 640x480 a cell of a square map is 5 px wide and 3.75 px tall: 10.7 cells tall.
+    assert box_iou(refine(rgb, tall, prob, (5.0, 3.75)).box, DISC)[0, 0] >= 0.9
+
+
 def test_large_regions_and_inseparable_colours_are_left_alone():
     rgb, prob = _scene()
     coarse = _region(prob, (66, 46, 98, 78))
@@ -71,3 +78,40 @@ def test_the_bundled_model_boxes_a_distant_object_it_found(gl_context):
         found = GroundingPipeline(*models, refine_masks=refined)(frame.rgb, ['orange cylinder'])
         ious[refined] = box_iou(found.detections[0].box, truth)[0, 0]
     assert ious[False] < 0.5 and ious[True] >= 0.9
+
+
+def _val_scene(condition: str, index: int, name: str):
+    """Render val scene 100000 + index under a condition; return (rgb, the object's box)."""
+    from clip_ros.sim.conditions import condition_frames
+    from clip_ros.sim.simulator import Simulator
+    with Simulator(0, 640, 480, show_gripper=False) as sim:
+        _, _, frame = next(condition_frames(sim, 'val', condition, 1, index))
+    return frame.rgb, next(o.box for o in frame.objects if o.name == name)
+
+
+def _top_iou(rgb, phrase, truth, **options) -> float:
+    from clip_ros.perception import tabletop_model as tabletop
+    from clip_ros.perception.grounding import GroundingPipeline
+    models = (tabletop.load_tabletop_clip(device='cpu'),
+              tabletop.load_tabletop_clipseg(device='cpu'))
+    found = GroundingPipeline(*models, **options)(rgb, [phrase], with_heatmaps=False)
+    return float(box_iou(found.detections[0].box, truth)[0, 0])
+
+
+def test_the_bundled_model_boxes_a_distant_ball_taller_than_eight_map_rows(gl_context):
+    # Val camera_far 100019: the map of "green ball" covers the ball and its shadow, 20 x 31
+    # pixels, 8.3 map rows of 3.75 px but 6.2 cells of the 5 px the limit is measured in.
+    rgb, truth = _val_scene('camera_far', 19, 'green ball')
+    assert _top_iou(rgb, 'green ball', truth, refine_masks=False) < 0.5
+    assert _top_iou(rgb, 'green ball', truth) >= 0.7
+
+
+def test_table_pixels_among_the_most_probable_ones_are_not_object_colours(
+        gl_context, monkeypatch):
+    # Val small_objects 100033: the map of "green cylinder" peaks partly beside it, over table;
+    # taking those pixels for the object's colours, the redraw filled its whole window.
+    from clip_ros.perception import refine as refine_module
+    rgb, truth = _val_scene('small_objects', 33, 'green cylinder')
+    assert _top_iou(rgb, 'green cylinder', truth) >= 0.9
+    monkeypatch.setattr(refine_module, 'CORE_APART', 0.0)
+    assert _top_iou(rgb, 'green cylinder', truth) < 0.5

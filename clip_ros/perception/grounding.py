@@ -168,6 +168,7 @@ class _Frame:
     evidence: list = None  # per candidate Evidence
     maps: np.ndarray = None  # float32 [len(asked), H, W] CLIPSeg probabilities
     shape_probs: dict = field(default_factory=dict)  # candidate -> its shape's probability
+    narrowed: set = field(default_factory=set)  # candidates shape search cut from a blob
 
 
 class GroundingPipeline:
@@ -312,7 +313,8 @@ class GroundingPipeline:
         cell = (label_image.shape[1] / size, label_image.shape[0] / size)
         for index, k in enumerate(order):
             region = frame.regions[k]
-            if self.refine_masks:
+            # A window cut from a same-colour blob touches neighbours of its colours.
+            if self.refine_masks and k not in frame.narrowed:
                 region = refine(frame.rgb, region, frame.maps[frame.owners[k]], cell)
             paint(label_image, region, index + 1)  # higher scores paint first and keep overlaps
             detections.append(Detection(
@@ -446,6 +448,7 @@ class GroundingPipeline:
                     whole, found = answer
                 if found is not None:
                     frame.regions[k] = found[0]
+                    frame.narrowed.add(k)
                 frame.shape_probs[k] = whole if found is None else found[1]
 
     def clip_probabilities(self, rgb, phrases, owners, boxes) -> list:

@@ -1,15 +1,16 @@
 """
 Sharper boxes and masks for small objects: the frame's own colours redraw a coarse region.
 
-A CLIPSeg map is coarse (the bundled model's is 128x128 for the whole frame, 5x5 frame pixels
-a cell at 640x480), so an object a few cells wide gets a box that is too large (a blurred map
-spreads over the table and the shadow) or too small (the threshold cuts the blur's rim):
-right object, box IoU under 0.5. `refine` redraws such a region at frame resolution. Its most
-probable pixels give the object's colours and the rim of a window around it the background's
-(a few k-means centres each, so shading and texture are covered); every window pixel goes to
-the nearer set, and the connected piece that holds the most probable pixels is the object.
-Large regions are left alone: their boxes are already good, and their windows would reach
-same-colour neighbours, which the colours alone cannot tell apart.
+A CLIPSeg map is coarse (the bundled model's is 128x128 for the whole frame, 5x3.75 frame
+pixels a cell at 640x480), so an object a few cells wide gets a box that is too large (a
+blurred map spreads over the table and the shadow) or too small (the threshold cuts the blur's
+rim): right object, box IoU under 0.5. `refine` redraws such a region at frame resolution. Its
+most probable pixels that are not of the table's colours give the object's colours and the rim
+of a window around it the background's (a few k-means centres each, so shading and texture are
+covered); every window pixel goes to the nearer set, and the connected piece that holds the
+most probable pixels is the object. Large regions are left alone: their boxes are already
+good, and their windows would reach same-colour neighbours, which the colours alone cannot
+tell apart (so a window that shape search cut from a same-colour blob is not redrawn either).
 """
 import numpy as np
 from scipy import ndimage
@@ -17,10 +18,15 @@ from scipy import ndimage
 from clip_ros.perception.geometry import box_iou, Region
 from clip_ros.perception.regions import region_from_mask
 
-MAX_CELLS = 8.0     # refine regions at most this many map cells across (chosen on val scenes)
+MAX_CELLS = 8.0     # refine regions at most this many (wider) map cells across (chosen on val)
 MARGIN = 0.5        # the window reaches this share of the region's longer side beyond it
 CORE_SHARE = 0.3    # the most probable share of the region's pixels gives the object colours
 CENTRES = 3         # k-means centres of the object's and of the background's colours
+# A coarse map can peak beside a small object, so its most probable pixels hold table; those
+# within CORE_APART (RGB distance) of a background colour leave the core, unless fewer than
+# OWN_SHARE of it would stay (an object of the table's colours). Chosen on val scenes.
+CORE_APART = 20.0
+OWN_SHARE = 0.25
 MIN_RATIO, MAX_RATIO = 0.3, 3.0  # a redrawn region's area within these times the old one's
 MIN_OVERLAP = 0.3   # ... and its box at least this IoU with the old box (chosen on val scenes)
 
@@ -48,13 +54,14 @@ def refine(rgb: np.ndarray, region: Region, prob: np.ndarray, cell: tuple) -> Re
     Return the region redrawn from the frame's colours, or `region` itself when left alone.
 
     `prob` is the phrase's map at frame size; `cell` the (width, height) of one map cell in
-    frame pixels. Regions wider or taller than MAX_CELLS cells, and redraws whose area is not
+    frame pixels. Regions wider or taller than MAX_CELLS of the cell's longer side (40 pixels
+    for a 128x128 map of a 640x480 frame), and redraws whose area is not
     within MIN_RATIO..MAX_RATIO of the old one (the colours did not separate) or whose box
     moved off the old one (box IoU under MIN_OVERLAP: a neighbour or a shadow of the object's
     colours joined it), keep the old region.
     """
     x0, y0, x1, y1 = region.box
-    if max((x1 - x0) / cell[0], (y1 - y0) / cell[1]) > MAX_CELLS:
+    if max(x1 - x0, y1 - y0) > MAX_CELLS * max(cell):  # frame pixels, the same both ways
         return region
     height, width = prob.shape
     reach = int(MARGIN * max(x1 - x0, y1 - y0)) + 2
@@ -72,8 +79,12 @@ def refine(rgb: np.ndarray, region: Region, prob: np.ndarray, cell: tuple) -> Re
     if core.sum() < 4 or rim.sum() < 8:
         return region
     pixels = window.reshape(-1, 3)
+    background = _centres(window[rim], CENTRES)
+    own = core & (_distance(pixels, background) > CORE_APART ** 2).reshape(core.shape)
+    if own.sum() >= max(4, OWN_SHARE * core.sum()):
+        core = own
     near_object = (_distance(pixels, _centres(window[core], CENTRES))
-                   < _distance(pixels, _centres(window[rim], CENTRES)))
+                   < _distance(pixels, background))
     labels, count = ndimage.label(near_object.reshape(inside.shape))
     if not count:
         return region
