@@ -1,7 +1,6 @@
 """The search memo: a blob that has not changed keeps its shape-search answer."""
 import numpy as np
 
-from clip_ros.perception import search_memo
 from clip_ros.perception.regions import region_from_mask
 from clip_ros.perception.search_memo import mask_iou, SearchMemo
 
@@ -60,8 +59,7 @@ def test_a_moved_recoloured_or_differently_named_blob_is_searched_again():
     assert (memo.hits, memo.misses) == (0, 4)
 
 
-def test_the_memo_keeps_only_the_newest_blobs(monkeypatch):
-    monkeypatch.setattr(search_memo, 'SIZE', 2)
+def test_the_memo_keeps_only_the_newest_blobs():
     memo, rgb = SearchMemo(size=2), frame()
     for top in (0, 60, 120):
         memo.remember(0, blob(top, 60), rgb, top / 1000, None)
