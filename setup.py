@@ -46,6 +46,7 @@ setup(
             'train_tabletop = clip_ros.tools.train_tabletop:main',
             'train_shape = clip_ros.tools.train_shape:main',
             'evaluate = clip_ros.tools.evaluate:main',
+            'evaluate_crops = clip_ros.tools.evaluate_crops:main',
             'record_demos = clip_ros.tools.record_demos:main',
             'train_policy_head = clip_ros.tools.train_policy_head:main',
             'evaluate_policy = clip_ros.tools.evaluate_policy:main',

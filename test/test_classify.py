@@ -114,3 +114,40 @@ def test_classifier_set_classes_and_errors(clip):
         ZeroShotClassifier(clip, ['cup'], templates=('a photo',))
     with pytest.raises(ValueError, match='uint8'):
         classifier(np.zeros((8, 8, 3), np.float32))
+
+
+@pytest.fixture(scope='module')
+def tabletop_clip():
+    from clip_ros.perception.loading import load_clip
+    return load_clip('tabletop', '', device='cpu')
+
+
+def test_colour_shape_classes_of_a_model_with_a_shape_head_are_composed(clip, tabletop_clip):
+    from clip_ros.perception.classify import composition
+    colours, colour_of, shape_of = composition(tabletop_clip, ['red block', 'Blue Ball'])
+    assert colours[colour_of[0]] == 'red' and colours[colour_of[1]] == 'blue'
+    assert [tabletop_clip.shape.shapes[i] for i in shape_of] == ['block', 'ball']
+    # Any class that is not one of its colours with one of its shapes: CLIP alone.
+    assert composition(tabletop_clip, ['red block', 'a cup']) is None
+    assert composition(tabletop_clip, ['turquoise block']) is None
+    assert composition(clip, ['red block']) is None  # no shape head
+    composed = ZeroShotClassifier(tabletop_clip, ['red block', 'blue ball', 'green bowl'])
+    plain = ZeroShotClassifier(tabletop_clip, ['red block', 'blue ball', 'green bowl'],
+                               compose=False)
+    assert composed.composed and not plain.composed
+    assert composed.text_embeddings.shape[0] == len(colours)
+    assert plain.text_embeddings.shape[0] == 3
+    rgb, _ = scene_image(seed=3, width=64, height=64, count=1)
+    probs = composed(rgb)
+    assert probs.dtype == np.float32 and probs.shape == (3,)
+    assert probs.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_composed_crops_of_the_bundled_model_name_colour_and_shape(gl_context, tabletop_clip):
+    from clip_ros.tools.evaluate_crops import accuracy, crops
+    items = crops('val', 'in_distribution', 6, 500)
+    assert len(items) >= 20
+    plain = accuracy(tabletop_clip, items, compose=False, light=False)['seen']
+    composed = accuracy(tabletop_clip, items, compose=True, light=False)['seen']
+    # Val 100500-100539: 79 % seen alone, 97 % composed (held-out: 20 % against 100 % of 10).
+    assert composed['rate'] >= 0.9 and composed['k'] > plain['k'], (plain, composed)

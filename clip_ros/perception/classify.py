@@ -28,14 +28,21 @@ class ZeroShotClassifier:
 
     Class embeddings are the renormalised mean of the normalised template embeddings (open_clip
     zero-shot style), computed once per class list; frames only run the image tower.
+
+    A model with a shape head (the bundled tabletop model) whose classes are all
+    "<colour> <shape>" of its own words is scored by composition instead (compose=False turns
+    it off): its CLIP towers tell colours apart but do not compose them with shapes, so each
+    class gets log P(colour) from CLIP among the model's colour words plus log P(shape) from
+    the head, the whole image taken as the object's box.
     """
 
-    def __init__(self, clip, classes, templates=DEFAULT_TEMPLATES):
+    def __init__(self, clip, classes, templates=DEFAULT_TEMPLATES, compose: bool = True):
         templates = _check_names(templates, 'templates')
         if any('{}' not in t for t in templates):
             raise ValueError(f"every template needs a '{{}}' placeholder, got {templates!r}")
         self._clip = clip
         self._templates = tuple(templates)
+        self._allow_compose = bool(compose)
         self.set_classes(classes)
 
     @property
@@ -45,19 +52,31 @@ class ZeroShotClassifier:
 
     @property
     def text_embeddings(self) -> torch.Tensor:
-        """Return the class embeddings [C, D], L2-normalised."""
+        """Return the text embeddings [C, D] the image is compared with, L2-normalised.
+
+        One per class, or one per colour word when composing.
+        """
         return self._text
+
+    @property
+    def composed(self) -> bool:
+        """Tell whether classes are scored as colour x shape (see the class docstring)."""
+        return self._parts is not None
 
     def set_classes(self, classes) -> None:
         """Replace the class list and recompute its text embeddings."""
         classes = _check_names(classes, 'classes')
-        texts = [t.format(c) for c in classes for t in self._templates]
+        self._parts = composition(self._clip, classes) if self._allow_compose else None
+        self._text = self._embed(classes if self._parts is None else self._parts[0])
+        self._classes = classes
+
+    def _embed(self, names: list) -> torch.Tensor:
+        texts = [t.format(c) for c in names for t in self._templates]
         with torch.inference_mode():
             emb = self._clip.encode_text(texts).float()  # [C * T, D]
             emb = torch.nn.functional.normalize(emb, dim=-1)
-            emb = emb.reshape(len(classes), len(self._templates), -1).mean(dim=1)
-            self._text = torch.nn.functional.normalize(emb, dim=-1)  # [C, D]
-        self._classes = classes
+            emb = emb.reshape(len(names), len(self._templates), -1).mean(dim=1)
+            return torch.nn.functional.normalize(emb, dim=-1)  # [C, D]
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """Return softmax class probabilities, float32 [C], for an RGB uint8 HxWx3 image."""
@@ -67,8 +86,40 @@ class ZeroShotClassifier:
         with torch.inference_mode():
             image = clip.encode_images(pixels).float()  # [1, D]
             logits = clip.logit_scale * image @ self._text.to(image.device).T
-            probs = logits.softmax(dim=-1)[0]
-        return probs.cpu().numpy().astype(np.float32)
+            probs = logits.softmax(dim=-1)[0].cpu().numpy().astype(np.float64)
+        if self._parts is not None:
+            _, colour, shape = self._parts
+            head = clip.shape
+            height, width = rgb.shape[:2]
+            shapes = head.probabilities(rgb, [(0, 0, width, height)])[0, :len(head.shapes)]
+            shapes = shapes / max(float(shapes.sum()), 1e-12)  # without the background class
+            log = np.log(probs[colour] + 1e-12) + np.log(shapes[shape] + 1e-12)
+            probs = np.exp(log - log.max())
+            probs /= probs.sum()
+        return probs.astype(np.float32)
+
+
+def composition(clip, classes) -> tuple:
+    """
+    Return (colour words, colour index per class, shape index per class), or None.
+
+    None unless the model has a shape head and every class is "<colour> <shape>" with a colour
+    word of its vocabulary's names and one of the head's shapes.
+    """
+    head = getattr(clip, 'shape', None)
+    if head is None:
+        return None
+    shapes = list(head.shapes)
+    colours = sorted({n.split()[0] for n in getattr(clip, 'vocabulary', ())
+                      if len(n.split()) == 2 and n.split()[1] in shapes})
+    colour_of, shape_of = [], []
+    for name in classes:
+        words = name.lower().split()
+        if len(words) != 2 or words[0] not in colours or words[1] not in shapes:
+            return None
+        colour_of.append(colours.index(words[0]))
+        shape_of.append(shapes.index(words[1]))
+    return colours, colour_of, shape_of
 
 
 def _check_heatmaps(heatmaps) -> np.ndarray:
