@@ -57,6 +57,7 @@ def pipeline():
 
 def direct_run(pipeline, frames, decode=None) -> list:
     """Ground each frame with the phrases of its scene's command, as grounding_node would."""
+    pipeline.forget()  # start as a new node does: nothing remembered from other runs
     out, phrases, tracker = [], None, Tracker()
     for item in frames:
         if item.command is not None:

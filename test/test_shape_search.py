@@ -191,3 +191,6 @@ def test_a_still_blob_is_searched_once_and_keeps_its_answer(crowded_scene, table
     # Another shape word over the same blob is a search of its own.
     pipeline(rgb, ['green block'], 0.4, with_heatmaps=False)
     assert memo.misses >= 2
+    pipeline.forget()  # a new run: the blob is searched again
+    pipeline(rgb, ['green ball'], 0.4, with_heatmaps=False)
+    assert (pipeline.search_memo.hits, pipeline.search_memo.misses) == (0, 1)

@@ -229,6 +229,10 @@ class GroundingPipeline:
         self.lexicon = Lexicon(getattr(clip, 'vocabulary', ()), getattr(clip, 'synonyms', {}))
         self.canonical = functools.lru_cache(maxsize=256)(self.lexicon.canonical)
 
+    def forget(self) -> None:
+        """Drop what the pipeline remembers across frames (shape search's answers)."""
+        self.search_memo = SearchMemo()
+
     def __call__(self, rgb: np.ndarray, phrases, thresholds=0.4,
                  with_heatmaps: bool = True) -> GroundingResult:
         """
