@@ -52,7 +52,8 @@ class ZeroShotClassifier:
 
     @property
     def text_embeddings(self) -> torch.Tensor:
-        """Return the text embeddings [C, D] the image is compared with, L2-normalised.
+        """
+        Return the text embeddings [C, D] the image is compared with, L2-normalised.
 
         One per class, or one per colour word when composing.
         """
