@@ -1,8 +1,9 @@
 """The search memo: a blob that has not changed keeps its shape-search answer."""
 import numpy as np
 
+from clip_ros.perception.geometry import region_iou
 from clip_ros.perception.regions import region_from_mask
-from clip_ros.perception.search_memo import mask_iou, SearchMemo
+from clip_ros.perception.search_memo import SearchMemo
 
 
 def blob(top: int, left: int, h: int = 40, w: int = 90):
@@ -23,10 +24,10 @@ def frame(colour=(0, 160, 0)):
     return rgb
 
 
-def test_mask_iou_counts_shared_pixels_across_offsets():
-    assert mask_iou(blob(60, 60), blob(60, 60)) == 1.0
-    assert mask_iou(blob(60, 60), blob(60, 69)) == (81 * 40) / (99 * 40)
-    assert mask_iou(blob(60, 60), blob(120, 60)) == 0.0
+def test_region_iou_counts_shared_pixels_across_offsets():
+    assert region_iou(blob(60, 60), blob(60, 60)) == 1.0
+    assert region_iou(blob(60, 60), blob(60, 69)) == (81 * 40) / (99 * 40)
+    assert region_iou(blob(60, 60), blob(120, 60)) == 0.0
 
 
 def test_a_remembered_window_is_cut_from_the_blob_of_the_next_frame():

@@ -90,6 +90,19 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
+def region_iou(a: Region, b: Region) -> float:
+    """Return the intersection over union of two Regions' pixels (masks at their offsets)."""
+    (ar, ac), (br, bc) = a.offset, b.offset
+    (ah, aw), (bh, bw) = a.mask.shape, b.mask.shape
+    top, left = max(ar, br), max(ac, bc)
+    bottom, right = min(ar + ah, br + bh), min(ac + aw, bc + bw)
+    if bottom <= top or right <= left:
+        return 0.0
+    inter = np.count_nonzero(a.mask[top - ar:bottom - ar, left - ac:right - ac]
+                             & b.mask[top - br:bottom - br, left - bc:right - bc])
+    return inter / (a.area + b.area - inter)
+
+
 def _check_mask(mask, prob) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2:

@@ -14,7 +14,9 @@ import threading
 
 import numpy as np
 
+from clip_ros.perception.geometry import region_iou
 from clip_ros.perception.regions import region_from_mask
+from clip_ros.perception.shape_search import window_part
 
 MIN_IOU = 0.9      # sensor noise moves a blob's edge by a pixel or two between frames
 MAX_COLOUR = 8.0   # mean RGB difference (0-255) still taken for the same blob
@@ -52,18 +54,17 @@ class SearchMemo:
         with self._lock:
             entry = next((e for e in reversed(self._entries) if e.shape == shape
                           and np.abs(e.colour - colour).max() <= MAX_COLOUR
-                          and mask_iou(e.region, region) >= MIN_IOU), None)
+                          and region_iou(e.region, region) >= MIN_IOU), None)
         if entry is None:
             return self._count(None)
         if entry.window is None:
             return self._count((entry.whole, None))
         top, left, bottom, right = entry.window
         row, col = region.offset
-        part = np.zeros_like(region.mask)
-        rows = slice(max(top - row, 0), max(bottom - row, 0))
-        cols = slice(max(left - col, 0), max(right - col, 0))
-        part[rows, cols] = region.mask[rows, cols]
-        if np.count_nonzero(part) < MIN_IOU * entry.area:  # the window left the blob
+        top, left, bottom, right = max(top - row, 0), max(left - col, 0), bottom - row, right - col
+        part = window_part(region.mask, top, left, bottom - top, right - left,
+                           MIN_IOU * entry.area, set())
+        if part is None:  # the window left the blob
             return self._count(None)
         return self._count((entry.whole,
                             (region_from_mask(part, region.offset, prob_window), entry.prob)))
@@ -94,16 +95,3 @@ def mean_colour(rgb: np.ndarray, region) -> np.ndarray:
     row, col = region.offset
     h, w = region.mask.shape
     return rgb[row:row + h, col:col + w][region.mask].mean(axis=0)
-
-
-def mask_iou(a, b) -> float:
-    """Return the intersection over union of two regions' pixels."""
-    (ar, ac), (br, bc) = a.offset, b.offset
-    (ah, aw), (bh, bw) = a.mask.shape, b.mask.shape
-    top, left = max(ar, br), max(ac, bc)
-    bottom, right = min(ar + ah, br + bh), min(ac + aw, bc + bw)
-    if bottom <= top or right <= left:
-        return 0.0
-    inter = np.count_nonzero(a.mask[top - ar:bottom - ar, left - ac:right - ac]
-                             & b.mask[top - br:bottom - br, left - bc:right - bc])
-    return inter / (a.area + b.area - inter)

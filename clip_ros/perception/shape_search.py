@@ -57,7 +57,7 @@ def windows(region, radius: float) -> list:
             least = MIN_FILL * min(wh, h) * min(ww, w)
             for top in range(0, max(h - wh, 0) + 1, step):
                 for left in range(0, max(w - ww, 0) + 1, step):
-                    part = _part(mask, top, left, wh, ww, least, seen)
+                    part = window_part(mask, top, left, wh, ww, least, seen)
                     if part is not None:
                         found.append(part)
     if len(found) > MAX_WINDOWS:  # keep an even spread
@@ -132,14 +132,14 @@ def _nudged(mask: np.ndarray, window, offset: tuple, radius: float) -> list:
             for dx in NUDGES:
                 t = max(0, top + (h - wh) // 2 + int(round(dy * radius)))
                 lf = max(0, left + (w - ww) // 2 + int(round(dx * radius)))
-                part = _part(mask, t, lf, wh, ww, MIN_FILL * wh * ww, seen)
+                part = window_part(mask, t, lf, wh, ww, MIN_FILL * wh * ww, seen)
                 if part is not None:
                     found.append(part)
     return found
 
 
-def _part(mask: np.ndarray, top: int, left: int, height: int, width: int, least: float,
-          seen: set):
+def window_part(mask: np.ndarray, top: int, left: int, height: int, width: int, least: float,
+                seen: set):
     """
     Return the mask's pixels inside a window, or None (fewer than `least`, or a box in `seen`).
 
