@@ -127,6 +127,10 @@ def test_colour_shape_classes_of_a_model_with_a_shape_head_are_composed(clip, ta
     colours, colour_of, shape_of = composition(tabletop_clip, ['red block', 'Blue Ball'])
     assert colours[colour_of[0]] == 'red' and colours[colour_of[1]] == 'blue'
     assert [tabletop_clip.shape.shapes[i] for i in shape_of] == ['block', 'ball']
+    # The model's synonyms table and filler words apply: 'a crimson cube' is red block.
+    colours, colour_of, shape_of = composition(tabletop_clip, ['a crimson cube', 'blue spheres'])
+    assert [colours[i] for i in colour_of] == ['red', 'blue']
+    assert [tabletop_clip.shape.shapes[i] for i in shape_of] == ['block', 'ball']
     # Any class that is not one of its colours with one of its shapes: CLIP alone.
     assert composition(tabletop_clip, ['red block', 'a cup']) is None
     assert composition(tabletop_clip, ['turquoise block']) is None

@@ -35,6 +35,7 @@ from clip_ros.nodes.grounding_node import GroundingNode  # noqa: E402
 from clip_ros.nodes.sim_messages import camera_info_msg  # noqa: E402
 from clip_ros.nodes.sim_node import SimNode  # noqa: E402
 from clip_ros.nodes.vla_policy_node import VlaPolicyNode  # noqa: E402
+from clip_ros.perception.classify import ZeroShotClassifier  # noqa: E402
 from clip_ros.policy.lifting import matrix_to_quat  # noqa: E402
 from node_harness import (  # noqa: E402, I100, I201
     Harness, LATCHED, request, rgb_image, TIMEOUT, wait_for)
@@ -53,7 +54,7 @@ INVALID = {
         'silent_input_sec': 0.0, 'max_drop_ratio': 1.5},
     'classifier': {
         'classes': 3.0, 'templates': ['no placeholder'], 'top_k': -1, 'max_image_size': 8,
-        'light_correction': 'yes',
+        'light_correction': 'yes', 'compose': 'yes',
         'silent_input_sec': 0.0, 'max_drop_ratio': 1.5},
     'clipseg': {
         'classes': 7, 'background_threshold': 1.5, 'max_image_size': 8, 'light_correction': 2,
@@ -485,6 +486,31 @@ def classifier_top_k(rig, name):
     with changed(rig, top_k=1):
         assert len(classify(rig).results) == 1
     assert len(classify(rig).results) == 3
+
+
+@effect('classifier', 'compose')
+def classifier_compose(rig, name):
+    # The tiny model has no shape head: the bundled one, in its own namespace, shows the effect.
+    classes = ['red cube', 'blue ball', 'a green bowl']  # a synonym and a filler compose too
+    tabletop = perception_rig(rig.harness, ClipClassifierNode, '/classifier_tabletop', [
+        Parameter('clip_arch', value='tabletop'), Parameter('clip_pretrained', value=''),
+        Parameter('device', value='cpu'), Parameter('light_correction', value=False),
+        Parameter('classes', value=classes)], [(Classification, 'classification')])
+    rgb = image_to_numpy(rgb_image(Header()))
+
+    def published_and_expected(compose):
+        expected = ZeroShotClassifier(tabletop.node._clip, classes, compose=compose)(rgb)
+        got = by_class(classify(tabletop))
+        return [got[c] for c in classes], expected
+
+    got, expected = published_and_expected(True)
+    assert tabletop.node._classifier.composed
+    assert got == pytest.approx(expected.tolist(), abs=1e-4)
+    with changed(tabletop, compose=False):
+        plain, expected_plain = published_and_expected(False)
+        assert not tabletop.node._classifier.composed
+        assert plain == pytest.approx(expected_plain.tolist(), abs=1e-4)
+    assert plain != pytest.approx(got, abs=1e-3)
 
 
 effect('classifier', 'max_image_size')(lambda rig, name: rejects_large_frames(rig, classify))

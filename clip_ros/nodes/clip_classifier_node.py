@@ -47,6 +47,9 @@ class ClipClassifierNode(ManagedNode):
              describe("prompt templates with a '{}' for the class name", dynamic=True)),
             ('top_k', 0, describe('publish only the best k classes; 0 for all',
                                   int_range=(0, 65535))),
+            ('compose', True, describe(
+                "score classes that are all '<colour> <shape>' of a model with a shape head (the "
+                "bundled tabletop) as CLIP's colour times the head's shape; false: CLIP alone")),
         ))
         self._clip = self._light = None
         self._classifier = None
@@ -89,7 +92,11 @@ class ClipClassifierNode(ManagedNode):
         if self._clip is not None and classes:
             # Build a new classifier and swap it in one assignment, so a frame never sees
             # new text embeddings with the old class names.
-            self._classifier = ZeroShotClassifier(self._clip, classes, templates)
+            classifier = ZeroShotClassifier(self._clip, classes, templates, values['compose'])
+            if classifier.composed != getattr(self._classifier, 'composed', None):
+                self.get_logger().info('classes scored as colour x shape' if classifier.composed
+                                       else 'classes scored by CLIP alone')
+            self._classifier = classifier
         else:
             self._classifier = None
         self._classes = classes

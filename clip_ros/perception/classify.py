@@ -5,6 +5,7 @@ import torch
 
 from clip_ros.perception.geometry import Detection, slices_to_box
 from clip_ros.perception.image import preprocess, validate_rgb
+from clip_ros.perception.vocabulary import Lexicon
 
 DEFAULT_TEMPLATES = ('a photo of a {}.',)
 # uint16 label images reserve 0 for background.
@@ -30,10 +31,10 @@ class ZeroShotClassifier:
     zero-shot style), computed once per class list; frames only run the image tower.
 
     A model with a shape head (the bundled tabletop model) whose classes are all
-    "<colour> <shape>" of its own words is scored by composition instead (compose=False turns
-    it off): its CLIP towers tell colours apart but do not compose them with shapes, so each
-    class gets log P(colour) from CLIP among the model's colour words plus log P(shape) from
-    the head, the whole image taken as the object's box.
+    "<colour> <shape>" of its own words (or their synonyms) is scored by composition instead
+    (compose=False turns it off): its CLIP towers tell colours apart but do not compose them
+    with shapes, so each class gets log P(colour) from CLIP among the model's colour words plus
+    log P(shape) from the head, the whole image taken as the object's box.
     """
 
     def __init__(self, clip, classes, templates=DEFAULT_TEMPLATES, compose: bool = True):
@@ -104,19 +105,23 @@ def composition(clip, classes) -> tuple:
     """
     Return (colour words, colour index per class, shape index per class), or None.
 
-    None unless the model has a shape head and every class is "<colour> <shape>" with a colour
-    word of its vocabulary's names and one of the head's shapes.
+    None unless the model has a shape head and every class reads as "<colour> <shape>" with a
+    colour word of its vocabulary's names and one of the head's shapes, after the model's
+    synonyms table and filler words (perception.vocabulary: 'a crimson cube' is red block).
     """
     head = getattr(clip, 'shape', None)
     if head is None:
         return None
     shapes = list(head.shapes)
-    colours = sorted({n.split()[0] for n in getattr(clip, 'vocabulary', ())
+    vocabulary = getattr(clip, 'vocabulary', ())
+    colours = sorted({n.split()[0] for n in vocabulary
                       if len(n.split()) == 2 and n.split()[1] in shapes})
+    lexicon = Lexicon(vocabulary, getattr(clip, 'synonyms', {}))
     colour_of, shape_of = [], []
     for name in classes:
-        words = name.lower().split()
-        if len(words) != 2 or words[0] not in colours or words[1] not in shapes:
+        canonical, reason = lexicon.canonical(name)
+        words = canonical.split()
+        if reason or len(words) != 2 or words[0] not in colours or words[1] not in shapes:
             return None
         colour_of.append(colours.index(words[0]))
         shape_of.append(shapes.index(words[1]))
