@@ -2,7 +2,7 @@
 import numpy as np
 
 from clip_ros.perception.geometry import box_iou
-from clip_ros.perception.refine import MAX_CELLS, refine
+from clip_ros.perception.refine import grow, MAX_CELLS, MAX_GROWTH, refine
 from clip_ros.perception.regions import region_from_mask
 
 H, W = 120, 160
@@ -61,6 +61,39 @@ def test_large_regions_and_inseparable_colours_are_left_alone():
     assert refine(grey, coarse, prob, (5.0, 5.0)) is coarse
 
 
+BLOCK = (60.0, 40.0, 100.0, 80.0)  # a block seen from above: lit top half, shaded side half
+
+
+def _block_scene():
+    """Return a green block (two shades) on a grey table and a flat map over it."""
+    rgb = np.full((H, W, 3), (170, 160, 150), np.uint8)
+    rgb[40:60, 60:100] = (100, 200, 100)
+    rgb[60:80, 60:100] = (70, 160, 70)
+    return rgb, np.full((H, W), 0.5, np.float32)
+
+
+def test_a_region_that_covers_part_of_its_object_grows_over_it():
+    rgb, prob = _block_scene()
+    part = _region(prob, (60, 40, 100, 64))  # the map stopped just past the lit top
+    assert box_iou(part.box, BLOCK)[0, 0] < 0.65
+    grown = grow(rgb, part, prob)
+    assert box_iou(grown.box, BLOCK)[0, 0] >= 0.95
+    assert grown.mask.sum() == grown.area == 1600 and grown.mean_prob == 0.5
+
+
+def test_growth_over_the_table_or_past_the_limit_is_refused():
+    rgb, prob = _block_scene()
+    whole = _region(prob, (60, 40, 100, 80))
+    assert grow(rgb, whole, prob) is whole  # nothing left to grow into
+    table = _region(prob, (10, 10, 40, 40))
+    assert grow(rgb, table, prob) is table  # a region of the table's colours
+    rgb[:] = (100, 200, 100)
+    rgb[:4], rgb[-4:], rgb[:, :4], rgb[:, -4:] = (170, 160, 150), 0, 0, 0
+    speck = _region(prob, (70, 50, 80, 60))  # a green field: growth far past MAX_GROWTH
+    assert grow(rgb, speck, prob) is speck
+    assert MAX_GROWTH < 3.0
+
+
 def test_the_bundled_model_boxes_a_distant_object_it_found(gl_context):
     # Val camera_far scene 100507: the thresholded map of "orange cylinder" boxes the right
     # object at IoU 0.40 (the map is 128x128 for the frame; the cylinder 21x32 pixels).
@@ -115,3 +148,28 @@ def test_table_pixels_among_the_most_probable_ones_are_not_object_colours(
     assert _top_iou(rgb, 'green cylinder', truth) >= 0.9
     monkeypatch.setattr(refine_module, 'CORE_APART', 0.0)
     assert _top_iou(rgb, 'green cylinder', truth) < 0.5
+
+
+def test_the_bundled_model_grows_a_partly_hidden_bowl_not_into_a_same_colour_neighbour(
+        gl_context):
+    # Val occlusion 100024: an orange block hides part of the green bowl and the map of "green
+    # bowl" covers only its rim's far half (box IoU 0.46); grown over the bowl, 1.0.
+    rgb, truth = _val_scene('occlusion', 24, 'green bowl')
+    assert _top_iou(rgb, 'green bowl', truth, refine_masks=False) < 0.5
+    assert _top_iou(rgb, 'green bowl', truth) >= 0.9
+    # Val same_colour_distractors 100006: the green ball touches other green objects. Growth
+    # alone runs into them; the shape head finds that less of a ball and keeps the ball's box.
+    from clip_ros.perception import tabletop_model as tabletop
+    from clip_ros.perception.grounding import GroundingPipeline
+    rgb, truth = _val_scene('same_colour_distractors', 6, 'green ball')
+    models = (tabletop.load_tabletop_clip(device='cpu'),
+              tabletop.load_tabletop_clipseg(device='cpu'))
+    pipeline = GroundingPipeline(*models)
+    found = pipeline(rgb, ['green ball'], with_heatmaps=True)
+    seen = pipeline.light(rgb) if pipeline.light else rgb  # the frame the pipeline grew on
+    assert box_iou(found.detections[0].box, truth)[0, 0] >= 0.5
+    mask = found.label_image == 1
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    region = region_from_mask(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1],
+                              (rows[0], cols[0]), found.heatmaps[0][rows[0]:, cols[0]:])
+    assert box_iou(grow(seen, region, found.heatmaps[0]).box, truth)[0, 0] < 0.5

@@ -19,7 +19,7 @@ from clip_ros.perception import shape_search
 from clip_ros.perception.geometry import Detection, paint
 from clip_ros.perception.image_np import validate_rgb
 from clip_ros.perception.light import correction_for
-from clip_ros.perception.refine import refine
+from clip_ros.perception.refine import grow, refine
 from clip_ros.perception.regions import distinct, instances
 from clip_ros.perception.search_memo import SearchMemo
 from clip_ros.perception.vocabulary import Lexicon
@@ -216,7 +216,8 @@ class GroundingPipeline:
         self.rescore = bool(rescore)
         self.crop_pad = float(crop_pad)
         self.max_candidates = int(max_candidates)
-        # Redraw small detections from the frame's colours (perception.refine).
+        # Redraw small detections from the frame's colours, grow partly hidden ones over their
+        # object (perception.refine).
         self.refine_masks = bool(refine_masks)
         # Look inside same-colour blobs for the named shape (perception.shape_search).
         self.shape_search = bool(shape_search)
@@ -320,6 +321,7 @@ class GroundingPipeline:
             # A window cut from a same-colour blob touches neighbours of its colours.
             if self.refine_masks and k not in frame.narrowed:
                 region = refine(frame.rgb, region, frame.maps[frame.owners[k]], cell)
+                region = self._grown(frame, k, region)
             paint(label_image, region, index + 1)  # higher scores paint first and keep overlaps
             detections.append(Detection(
                 index=index, phrase=frame.phrases[frame.asked[frame.owners[k]]],
@@ -327,6 +329,23 @@ class GroundingPipeline:
                 mean_prob=region.mean_prob))
         heatmaps = self._heatmaps(frame) if with_heatmaps else None
         return GroundingResult(frame.phrases, detections, label_image, heatmaps, rejected)
+
+    def _grown(self, frame: _Frame, k: int, region):
+        """
+        Return candidate k's region grown over its object (perception.refine.grow), or as is.
+
+        Only for a phrase that names a shape, and only when the shape head finds the grown
+        box at least as much that shape: growth into a same-colour neighbour makes it less so.
+        """
+        head = getattr(self.clip, 'shape', None)
+        shape = head.shape_index(frame.words[frame.owners[k]]) if head is not None else None
+        if shape is None:
+            return region
+        grown = grow(frame.rgb, region, frame.maps[frame.owners[k]])
+        if grown is region:
+            return region
+        before, after = head.probabilities(frame.rgb, [region.box, grown.box])[:, shape]
+        return grown if after >= before else region
 
     @staticmethod
     def _heatmaps(frame: _Frame) -> np.ndarray:

@@ -11,6 +11,12 @@ covered); every window pixel goes to the nearer set, and the connected piece tha
 most probable pixels is the object. Large regions are left alone: their boxes are already
 good, and their windows would reach same-colour neighbours, which the colours alone cannot
 tell apart (so a window that shape search cut from a same-colour blob is not redrawn either).
+
+`grow` serves the other failure of a coarse map: a partly hidden object whose map covers only
+part of what is visible of it (right object, box IoU under 0.5). The region grows into the
+connected pixels of its own colours around it; since a same-colour neighbour is reached the
+same way, the caller keeps the grown region only when the shape head finds it at least as much
+the named shape as before (GroundingPipeline).
 """
 import numpy as np
 from scipy import ndimage
@@ -96,3 +102,48 @@ def refine(rgb: np.ndarray, region: Region, prob: np.ndarray, cell: tuple) -> Re
     if box_iou(redrawn.box, region.box)[0, 0] < MIN_OVERLAP:
         return region
     return redrawn
+
+
+# grow (chosen on val scenes): the window reaches GROW_MARGIN of the region's longer side beyond
+# it; a pixel joins when nearer the region's colours than the window rim's and within
+# GROW_DISTANCE (RGB) of them; the grown region holds MIN_GROWTH..MAX_GROWTH times the pixels.
+GROW_MARGIN = 0.5
+GROW_DISTANCE = 30.0
+MIN_GROWTH, MAX_GROWTH = 1.15, 2.5
+
+
+def grow(rgb: np.ndarray, region: Region, prob: np.ndarray) -> Region:
+    """
+    Return the region grown into the connected pixels of its colours, or `region` itself.
+
+    `prob` is the phrase's map at frame size (the grown region's mean_prob is over it).
+    The region's colours are a few k-means centres of its pixels that are not of the table's
+    (the window rim's) colours; a region made mostly of table colours, too small a region or
+    window, or growth outside MIN_GROWTH..MAX_GROWTH keeps the region as it is.
+    """
+    x0, y0, x1, y1 = region.box
+    height, width = rgb.shape[:2]
+    reach = int(GROW_MARGIN * max(x1 - x0, y1 - y0)) + 2
+    top, left = max(0, int(y0) - reach), max(0, int(x0) - reach)
+    bottom, right = min(height, int(y1) + reach), min(width, int(x1) + reach)
+    window = rgb[top:bottom, left:right].astype(np.float32)
+    inside = np.zeros(window.shape[:2], bool)
+    r0, c0 = region.offset[0] - top, region.offset[1] - left
+    inside[r0:r0 + region.mask.shape[0], c0:c0 + region.mask.shape[1]] = region.mask
+    rim = np.zeros_like(inside)
+    rim[:2], rim[-2:], rim[:, :2], rim[:, -2:] = True, True, True, True
+    rim &= ~inside
+    if inside.sum() < 16 or rim.sum() < 8:
+        return region
+    pixels = window.reshape(-1, 3)
+    to_table = _distance(pixels, _centres(window[rim], CENTRES)).reshape(inside.shape)
+    own = inside & (to_table > CORE_APART ** 2)
+    if own.sum() < max(16, OWN_SHARE * inside.sum()):
+        return region
+    to_own = _distance(pixels, _centres(window[own], CENTRES)).reshape(inside.shape)
+    labels, _ = ndimage.label(((to_own < to_table) & (to_own < GROW_DISTANCE ** 2)) | inside)
+    held = np.unique(labels[inside])
+    mask = np.isin(labels, held[held > 0])
+    if not MIN_GROWTH * region.area <= mask.sum() <= MAX_GROWTH * region.area:
+        return region
+    return region_from_mask(mask, (top, left), prob[top:bottom, left:right])
