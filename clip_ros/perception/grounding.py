@@ -344,7 +344,11 @@ class GroundingPipeline:
         grown = grow(frame.rgb, region, frame.maps[frame.owners[k]])
         if grown is region:
             return region
-        before, after = head.probabilities(frame.rgb, [region.box, grown.box])[:, shape]
+        before = frame.evidence[k].shape_prob  # the head's answer for the candidate's box
+        if region is not frame.regions[k] or not math.isfinite(before):  # redrawn since
+            before, after = head.probabilities(frame.rgb, [region.box, grown.box])[:, shape]
+        else:
+            after = head.probabilities(frame.rgb, [grown.box])[0, shape]
         return grown if after >= before else region
 
     @staticmethod

@@ -37,13 +37,26 @@ MIN_RATIO, MAX_RATIO = 0.3, 3.0  # a redrawn region's area within these times th
 MIN_OVERLAP = 0.3   # ... and its box at least this IoU with the old box (chosen on val scenes)
 
 
+def _squared(pixels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Return squared distances [C, N] of float pixels [N, 3] to centres [C, 3]."""
+    # Channel by channel: numpy reduces a short last axis slowly, and this sums in the same
+    # order as ((pixels[:, None] - centres[None]) ** 2).sum(-1), so the result is the same.
+    red, green, blue = pixels[:, 0], pixels[:, 1], pixels[:, 2]
+    return np.stack([(red - r) ** 2 + (green - g) ** 2 + (blue - b) ** 2
+                     for r, g, b in centres])
+
+
 def _centres(pixels: np.ndarray, count: int, iterations: int = 8) -> np.ndarray:
     """Return up to `count` k-means centres of float pixels [N, 3] (deterministic start)."""
     if len(pixels) <= count:
         return pixels
     centres = pixels[np.linspace(0, len(pixels) - 1, count).astype(int)].copy()
+    last = None
     for _ in range(iterations):
-        nearest = ((pixels[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+        nearest = _squared(pixels, centres).argmin(0)
+        if last is not None and np.array_equal(nearest, last):
+            break  # converged: the same members give the same centres
+        last = nearest
         for j in range(count):
             members = pixels[nearest == j]
             if len(members):
@@ -52,7 +65,8 @@ def _centres(pixels: np.ndarray, count: int, iterations: int = 8) -> np.ndarray:
 
 
 def _distance(pixels: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    return ((pixels[:, None] - centres[None]) ** 2).sum(-1).min(1)
+    """Return each pixel's squared distance to its nearest centre."""
+    return _squared(pixels, centres).min(0)
 
 
 def refine(rgb: np.ndarray, region: Region, prob: np.ndarray, cell: tuple) -> Region:
@@ -141,9 +155,13 @@ def grow(rgb: np.ndarray, region: Region, prob: np.ndarray) -> Region:
     if own.sum() < max(16, OWN_SHARE * inside.sum()):
         return region
     to_own = _distance(pixels, _centres(window[own], CENTRES)).reshape(inside.shape)
-    labels, _ = ndimage.label(((to_own < to_table) & (to_own < GROW_DISTANCE ** 2)) | inside)
-    held = np.unique(labels[inside])
-    mask = np.isin(labels, held[held > 0])
+    joins = (to_own < to_table) & (to_own < GROW_DISTANCE ** 2) & ~inside
+    if joins.sum() < (MIN_GROWTH - 1.0) * region.area:
+        return region
+    labels, count = ndimage.label(joins | inside)
+    held = np.zeros(count + 1, bool)
+    held[labels[inside]] = True  # the pieces that touch the region
+    mask = held[labels]
     if not MIN_GROWTH * region.area <= mask.sum() <= MAX_GROWTH * region.area:
         return region
     return region_from_mask(mask, (top, left), prob[top:bottom, left:right])
