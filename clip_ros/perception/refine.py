@@ -69,6 +69,27 @@ def _distance(pixels: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return _squared(pixels, centres).min(0)
 
 
+def _window(rgb: np.ndarray, region: Region, margin: float) -> tuple:
+    """
+    Return the frame around a region: (float pixels, region mask, rim, (top, left, bottom, right)).
+
+    The window reaches `margin` of the region's longer side (and 2 pixels) beyond it, cut at
+    the frame's edges; the rim is its 2-pixel border outside the region.
+    """
+    x0, y0, x1, y1 = region.box
+    height, width = rgb.shape[:2]
+    reach = int(margin * max(x1 - x0, y1 - y0)) + 2
+    top, left = max(0, int(y0) - reach), max(0, int(x0) - reach)
+    bottom, right = min(height, int(y1) + reach), min(width, int(x1) + reach)
+    window = rgb[top:bottom, left:right].astype(np.float32)
+    inside = np.zeros(window.shape[:2], bool)
+    r0, c0 = region.offset[0] - top, region.offset[1] - left
+    inside[r0:r0 + region.mask.shape[0], c0:c0 + region.mask.shape[1]] = region.mask
+    rim = np.zeros_like(inside)
+    rim[:2], rim[-2:], rim[:, :2], rim[:, -2:] = True, True, True, True
+    return window, inside, rim & ~inside, (top, left, bottom, right)
+
+
 def refine(rgb: np.ndarray, region: Region, prob: np.ndarray, cell: tuple) -> Region:
     """
     Return the region redrawn from the frame's colours, or `region` itself when left alone.
@@ -83,19 +104,9 @@ def refine(rgb: np.ndarray, region: Region, prob: np.ndarray, cell: tuple) -> Re
     x0, y0, x1, y1 = region.box
     if max(x1 - x0, y1 - y0) > MAX_CELLS * max(cell):  # frame pixels, the same both ways
         return region
-    height, width = prob.shape
-    reach = int(MARGIN * max(x1 - x0, y1 - y0)) + 2
-    top, left = max(0, int(y0) - reach), max(0, int(x0) - reach)
-    bottom, right = min(height, int(y1) + reach), min(width, int(x1) + reach)
-    window = rgb[top:bottom, left:right].astype(np.float32)
-    inside = np.zeros(window.shape[:2], bool)
-    r0, c0 = region.offset[0] - top, region.offset[1] - left
-    inside[r0:r0 + region.mask.shape[0], c0:c0 + region.mask.shape[1]] = region.mask
+    window, inside, rim, (top, left, bottom, right) = _window(rgb, region, MARGIN)
     probs = prob[top:bottom, left:right]
     core = inside & (probs >= np.quantile(probs[inside], 1.0 - CORE_SHARE))
-    rim = np.zeros_like(inside)
-    rim[:2], rim[-2:], rim[:, :2], rim[:, -2:] = True, True, True, True
-    rim &= ~inside
     if core.sum() < 4 or rim.sum() < 8:
         return region
     pixels = window.reshape(-1, 3)
@@ -135,18 +146,7 @@ def grow(rgb: np.ndarray, region: Region, prob: np.ndarray) -> Region:
     (the window rim's) colours; a region made mostly of table colours, too small a region or
     window, or growth outside MIN_GROWTH..MAX_GROWTH keeps the region as it is.
     """
-    x0, y0, x1, y1 = region.box
-    height, width = rgb.shape[:2]
-    reach = int(GROW_MARGIN * max(x1 - x0, y1 - y0)) + 2
-    top, left = max(0, int(y0) - reach), max(0, int(x0) - reach)
-    bottom, right = min(height, int(y1) + reach), min(width, int(x1) + reach)
-    window = rgb[top:bottom, left:right].astype(np.float32)
-    inside = np.zeros(window.shape[:2], bool)
-    r0, c0 = region.offset[0] - top, region.offset[1] - left
-    inside[r0:r0 + region.mask.shape[0], c0:c0 + region.mask.shape[1]] = region.mask
-    rim = np.zeros_like(inside)
-    rim[:2], rim[-2:], rim[:, :2], rim[:, -2:] = True, True, True, True
-    rim &= ~inside
+    window, inside, rim, (top, left, bottom, right) = _window(rgb, region, GROW_MARGIN)
     if inside.sum() < 16 or rim.sum() < 8:
         return region
     pixels = window.reshape(-1, 3)
