@@ -43,3 +43,23 @@ def test_backend_without_cameras_is_refused(capsys):
         main(['flood', '--backend', 'onnxruntime'])
     assert exit_info.value.code == 2
     assert '--backend is for --cameras' in capsys.readouterr().err
+
+
+def test_batch_cost_splits_a_frame_between_graphs_and_the_rest(capsys):
+    assert main(['flood', '--batch-cost', '2', '1', '--backend', 'onnxruntime',
+                 '--size', '160x120']) == 0
+    rows = [[cell.strip() for cell in line.strip('|').split('|')]
+            for line in capsys.readouterr().out.splitlines() if line[:3] in ('| 1', '| 2')]
+    assert [row[0] for row in rows] == ['1', '2']
+    for size, total, inside, outside, rate, bound in rows:
+        total, inside, outside = float(total), float(inside), float(outside)
+        assert 0 < inside < total and abs(inside + outside - total) <= 0.11
+        assert float(rate) == pytest.approx(1e3 / total, rel=0.05)  # both rounded
+    assert rows[0][5] == '1.00x' and rows[1][5].endswith('x')
+
+
+def test_batch_cost_refuses_an_empty_batch(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['flood', '--batch-cost', '0', '4'])
+    assert exit_info.value.code == 2
+    assert '--batch-cost sizes must be >= 1' in capsys.readouterr().err

@@ -130,9 +130,9 @@ def load_models(args) -> tuple:
     return clip, clipseg, clipseg.name
 
 
-def node_pipeline(clip, clipseg, args):
+def node_pipeline(clip, clipseg, args, threads: int = 0):
     """Return the GroundingPipeline grounding_node builds with its default parameters."""
-    return make_pipeline(clip, clipseg, backend=args.backend,
+    return make_pipeline(clip, clipseg, backend=args.backend, threads=threads,
                          distractors=NODE_DEFAULTS['distractors'],
                          min_area=NODE_DEFAULTS['min_area'],
                          max_detections=NODE_DEFAULTS['max_detections'],

@@ -9,7 +9,8 @@ flat. Examples: `flood --rate 200 --duration 30` (flood), `flood --rate 30 --dur
 
 `flood --cameras 1 2 4 --model tabletop --rate 30 --size 640x480` instead compares one
 grounding_node serving N cameras with N separate nodes, each setup in its own processes
-(see flood_cameras).
+(see flood_cameras). `flood --batch-cost 1 2 4 --backend onnxruntime --size 640x480` measures,
+in this process, what grounding frames in batches saves a frame (see batch_cost).
 """
 import argparse
 from dataclasses import asdict, dataclass
@@ -237,9 +238,12 @@ def main(args=None) -> int:
     parser.add_argument('--cameras', type=int, nargs='+', metavar='N',
                         help='grounding_node only: one node with N cameras against N nodes, '
                         'for each N, in separate processes')
+    parser.add_argument('--batch-cost', type=int, nargs='+', metavar='N',
+                        help="in this process instead: a frame's cost in batches of N frames, "
+                        'with the bundled model on the CPU (what many cameras can save)')
     parser.add_argument('--device', default='cpu', help="'auto', 'cpu' or 'cuda'")
     parser.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime', 'openvino'],
-                        help="--cameras only: the nodes' inference backend (both setups)")
+                        help='--cameras and --batch-cost only: the inference backend')
     parser.add_argument('--domain-id', type=int, default=72)
     parsed = parser.parse_args(rclpy.utilities.remove_ros_args(args)[1:] if args else None)
     try:
@@ -248,12 +252,18 @@ def main(args=None) -> int:
             raise ValueError(parsed.size)
     except ValueError as e:
         parser.error(f'--size must be WIDTHxHEIGHT, got {parsed.size!r}: {e}')
+    if parsed.batch_cost:
+        if min(parsed.batch_cost) < 1:
+            parser.error(f'--batch-cost sizes must be >= 1, got {parsed.batch_cost}')
+        from clip_ros.tools.batch_cost import run_batch_cost
+        return run_batch_cost(sorted(set(parsed.batch_cost)), parsed.backend, size)
     if parsed.cameras:
         from clip_ros.tools.flood_cameras import run_cameras
         return run_cameras(parsed.cameras, parsed.model, parsed.device, parsed.rate,
                            parsed.duration, size, parsed.domain_id, parsed.backend)
     if parsed.backend != 'torch':
-        parser.error('--backend is for --cameras; the flood runs the node as configured')
+        parser.error('--backend is for --cameras and --batch-cost; the flood runs the node as '
+                     'configured')
     if parsed.model == 'tabletop':
         parser.error("--model tabletop is for --cameras; the flood's node loads 'default'")
     result = run_flood(parsed.node, parsed.rate, parsed.duration, parsed.warmup, size,
