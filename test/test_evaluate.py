@@ -152,7 +152,7 @@ def test_shift_queries_distinct_and_absent_ones_asked(shift_run):
 
 
 def test_in_distribution_floor(gl_context, tmp_path):
-    # Regression floor for the bundled model (the full benchmark is in the README).
+    # Regression floor for the bundled model (the full benchmark is in doc/grounding.md).
     report = _run(tmp_path, '--conditions', 'in_distribution', '--scenes', '3', '--seed', '5')
     figures = report['conditions']['in_distribution']
     assert report['seeds'] == [200_005, 200_007] and figures['present_queries'] >= 10

@@ -214,7 +214,7 @@ TABLE = ('| node | model | input Hz (asked/sent) | s | received | processed | dr
 
 
 def table_row(r: FloodResult) -> str:
-    """Format a result as a row of the README table."""
+    """Format a result as a row of the table in doc/performance.md."""
     return (f'| {r.node} | {r.model} | {r.rate:g}/{r.published_rate:.0f} | {r.duration:g} | '
             f'{r.received} | {r.processed} | {r.dropped} | {r.processed_rate:.1f} | '
             f'{r.model_rate:.1f} | {r.busy_pct:.0f} | '

@@ -171,7 +171,7 @@ TABLE = ('| cameras | setup | frames/s per camera | total frames/s | latency p50
 
 
 def table_row(r: CamerasResult) -> str:
-    """Format a result as a row of the README table."""
+    """Format a result as a row of the table in doc/performance.md."""
     return (f'| {r.cameras} | {r.setup} | {r.per_camera:.1f} | {r.total:.1f} | '
             f'{r.latency_p50:.0f}/{r.latency_p99:.0f} | {r.rss:.0f} |')
 

@@ -74,7 +74,7 @@ def format_conditions(conditions: dict) -> str:
 
 
 def markdown_table(conditions: dict) -> str:
-    """Return the README's table: one row per condition, rates as 'x % (low–high)'."""
+    """Return the table of doc/grounding.md: a row per condition, rates as 'x % (low–high)'."""
     def cell(figure, mean=False):
         if not figure['n']:
             return 'n/a'
