@@ -5,7 +5,8 @@ import pytest
 from clip_ros.perception import tabletop_model as tabletop
 from clip_ros.perception.grounding import AbstainRule, GroundingPipeline
 from clip_ros.perception.light import bright_level, LightCorrection, LightReference
-from clip_ros.perception.surface import find_surface, SurfaceCorrection
+from clip_ros.perception.surface import (channel_medians, channel_sum, chromaticity,
+                                         find_surface, SurfaceCorrection)
 from clip_ros.sim.conditions import condition_frames
 from clip_ros.tools import shift_eval
 
@@ -22,6 +23,19 @@ def scene(table, floor=None, objects=(RED, WHITE, BLUE)) -> np.ndarray:
     for k, colour in enumerate(objects):
         frame[100:130, 40 + 100 * k: 80 + 100 * k] = colour
     return frame
+
+
+@pytest.mark.parametrize('count', [1, 2, 7, 1000, 1001])
+def test_channel_helpers_give_numpys_values(count):
+    rng = np.random.default_rng(count)
+    pixels = rng.integers(0, 256, (count, 3), dtype=np.uint8)
+    pixels[: count // 2, 1] = 7  # ties, as a flat table has
+    medians = channel_medians(pixels)
+    assert medians.dtype == np.float64 and np.array_equal(medians, np.median(pixels, axis=0))
+    floats = pixels.astype(np.float32) * np.float32(1.37)
+    assert np.array_equal(channel_sum(floats), floats.sum(axis=-1))
+    assert np.array_equal(chromaticity(floats),
+                          floats / (floats.sum(axis=-1, keepdims=True) + 30.0))
 
 
 def test_the_trained_table_is_left_alone():

@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from clip_ros.perception.surface import SurfaceCorrection
+from clip_ros.perception.surface import channel_medians, SurfaceCorrection
 
 LIT_LEVEL = 30.0      # a pixel is lit when its mean channel value (0-255) exceeds this
 LIT_SHARE = 0.3       # the cast is measured only when this share of the frame is lit
@@ -47,7 +47,8 @@ AXIS = _AXIS / np.linalg.norm(_AXIS)  # unit warm-minus-cool direction in zero-m
 
 
 def _levels(rgb: np.ndarray) -> np.ndarray:
-    return rgb.reshape(-1, 3).mean(axis=1, dtype=np.float32)
+    flat = rgb.reshape(-1, 3)  # the channel mean, a channel at a time (see channel_sum)
+    return (flat[:, 0].astype(np.float32) + flat[:, 1] + flat[:, 2]) / np.float32(3)
 
 
 def _sample(rgb: np.ndarray) -> np.ndarray:
@@ -62,7 +63,7 @@ def lit_median(rgb: np.ndarray, levels: np.ndarray = None):
     lit = (_levels(rgb) if levels is None else levels) > LIT_LEVEL
     if lit.sum() < LIT_SHARE * len(lit):
         return None
-    return np.median(rgb.reshape(-1, 3)[lit], axis=0).astype(np.float64)
+    return channel_medians(rgb.reshape(-1, 3)[lit])
 
 
 def bright_level(rgb: np.ndarray, levels: np.ndarray = None) -> float:

@@ -42,9 +42,25 @@ TABLE_PART = 0.5        # the table's colour makes up at least this share of a c
 STRIDE = 4              # the surface is found on every 4th row and column
 
 
+def channel_sum(pixels: np.ndarray) -> np.ndarray:
+    """Return r + g + b of float pixels [..., 3], the values of pixels.sum(axis=-1)."""
+    # A channel at a time: numpy reduces a 3-long last axis about ten times slower.
+    return pixels[..., 0] + pixels[..., 1] + pixels[..., 2]
+
+
+def channel_medians(pixels: np.ndarray) -> np.ndarray:
+    """Return each channel's median [3] of uint8 pixels [N, 3], the values of np.median."""
+    # From one histogram: exact for 8-bit values and several times faster than partitioning.
+    counts = np.bincount((pixels + np.array([0, 256, 512], np.intp)).ravel(), minlength=768)
+    below = np.cumsum(counts.reshape(3, 256), axis=1)
+    n = len(pixels)
+    return np.array([(np.searchsorted(row, (n - 1) // 2, side='right')
+                      + np.searchsorted(row, n // 2, side='right')) / 2 for row in below])
+
+
 def chromaticity(pixels: np.ndarray) -> np.ndarray:
     """Return the r, g, b shares [N, 3] of float pixels [N, 3], steady for near-black ones."""
-    return pixels / (pixels.sum(axis=-1, keepdims=True) + CHROMA_FLOOR)
+    return pixels / (channel_sum(pixels)[..., None] + CHROMA_FLOOR)
 
 
 class Surface:
@@ -64,11 +80,11 @@ class Surface:
         """Return which pixels [N, 3] have the surface's chromaticity and brightness band."""
         return _band(pixels, self.chroma, self.level)
 
-    def members(self, pixels: np.ndarray) -> np.ndarray:
-        """Return which float pixels [N, 3] belong to the surface."""
+    def members(self, pixels: np.ndarray, parts: np.ndarray = None) -> np.ndarray:
+        """Return which float pixels [N, 3] belong to the surface (parts: theirs, if known)."""
         if self.neutral:
             return self.band(pixels)
-        parts = self.parts(pixels)
+        parts = self.parts(pixels) if parts is None else parts
         norm = np.sqrt(np.einsum('ij,ij->i', pixels, pixels))
         return ((np.abs(pixels @ self._normal) < PLANE_TOL * (norm + 20.0))
                 & (parts[:, 0] * np.linalg.norm(self.colour) > TABLE_PART * norm)
@@ -81,7 +97,7 @@ class Surface:
 
 def _band(pixels: np.ndarray, chroma: np.ndarray, level: float) -> np.ndarray:
     """Return which pixels [N, 3] have chromaticity `chroma` and brightness near `level`."""
-    total = pixels.sum(axis=1)
+    total = channel_sum(pixels)
     scale = total + CHROMA_FLOOR  # |p/scale - chroma| < tol, without dividing each pixel
     low, high = (3 * bound * level for bound in LEVEL_BAND)
     inside = (total > low) & (total < high)
@@ -97,8 +113,9 @@ def find_surface(rgb: np.ndarray, keep=None):
     keep(surface) -> bool, when given, is asked before the (dearer) check under the objects.
     """
     sample = rgb[::STRIDE, ::STRIDE] if min(rgb.shape[:2]) >= 16 * STRIDE else rgb
-    pixels = sample.reshape(-1, 3).astype(np.float32)
-    chroma, level = chromaticity(pixels), pixels.mean(axis=1)
+    flat = sample.reshape(-1, 3)
+    pixels = flat.astype(np.float32)
+    chroma, level = chromaticity(pixels), channel_sum(pixels) / np.float32(3)
     bins = np.minimum(chroma[:, :2] / CHROMA_BIN, 63).astype(np.int64)
     key = (bins[:, 0] * 64 + bins[:, 1]) * 64 + np.minimum(
         np.log1p(level) / LEVEL_BIN, 63).astype(np.int64)
@@ -107,7 +124,7 @@ def find_surface(rgb: np.ndarray, keep=None):
     band = _band(pixels, mode_chroma, mode_level)
     if band.mean() < MIN_SHARE:
         return None
-    surface = Surface(np.median(pixels[band], axis=0), mode_chroma, mode_level)
+    surface = Surface(channel_medians(flat[band]).astype(np.float32), mode_chroma, mode_level)
     if keep is not None and not keep(surface):
         return None
     height, width = sample.shape[:2]
@@ -137,13 +154,18 @@ class SurfaceCorrection:
             return rgb
         flat = rgb.reshape(-1, 3)
         every = flat.astype(np.float32)
-        members = surface.members(every)
-        pixels = every[members]
+        # Every pixel is recoloured and the surface's are kept (np.where): the same values as
+        # gathering the surface's pixels first, without the gather and scatter (half the time).
         if surface.neutral:
-            new = pixels * ((self.table + 5.0) / (surface.colour + 5.0))
+            gains = (self.table + 5.0) / (surface.colour + 5.0)
+            # A gain per channel: one table of the 256 values per channel.
+            tables = np.clip(np.arange(256, dtype=np.float32)[:, None] * gains + 0.5, 0, 255)
+            tables = tables.astype(np.uint8).T
+            new = np.stack([np.take(tables[c], flat[:, c]) for c in range(3)], axis=1)
+            members = surface.members(every)
         else:
-            parts = surface.parts(pixels)
-            new = parts[:, :1] * self.table + parts[:, 1:] * 255.0
-        out = flat.copy()
-        out[members] = np.clip(new + 0.5, 0, 255).astype(np.uint8)
-        return out.reshape(rgb.shape)
+            parts = surface.parts(every)
+            members = surface.members(every, parts)
+            new = np.clip(parts[:, :1] * self.table + parts[:, 1:] * 255.0 + 0.5, 0, 255)
+            new = new.astype(np.uint8)
+        return np.where(members[:, None], new, flat).reshape(rgb.shape)
