@@ -5,7 +5,8 @@ import pytest
 from clip_ros.perception import tabletop_model as tabletop
 from clip_ros.perception.grounding import GroundingPipeline
 from clip_ros.perception.light import (
-    AXIS, bright_level, CAST_MIN, DARK_MAX, LightCorrection, LightReference, lit_median)
+    AXIS, bright_level, CAST_MAX, CAST_MIN, DARK_MAX, LightCorrection, LightReference,
+    lit_median)
 from clip_ros.perception.registry import ModelLoadError
 from clip_ros.sim.conditions import condition_frames, WARM
 from clip_ros.tools import shift_eval
@@ -63,6 +64,13 @@ def test_an_orange_table_under_white_light_passes_for_a_warm_lamp():
     # On the lamps' axis a table colour cannot be told from a lamp: corrected as one.
     gains = LightCorrection(REFERENCE).gains(table_frame((200, 120, 60)))
     assert gains[0] < 1.0 < gains[2] and np.prod(gains) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_a_table_more_orange_than_any_lamp_is_left_to_the_table_step():
+    # Beyond a 2500 K lamp's cast (-0.9 along the axis): a table colour, not a lamp.
+    frame = table_frame((229, 83, 26))
+    assert cast(frame) < -CAST_MAX
+    assert np.allclose(LightCorrection(REFERENCE).gains(frame), 1.0)
 
 
 def test_a_dim_frame_is_brightened_an_over_exposed_one_darkened():

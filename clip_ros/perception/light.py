@@ -9,8 +9,9 @@ the median colour of their lit pixels and their 90th-percentile brightness, writ
 
 - colour cast: the median colour of the frame's lit pixels against the reference, in log space.
   Only the part along the warm-blue axis of natural light (black-body light from 3000 K to
-  10000 K) is corrected, and only when it is clear (>= CAST_MIN) and the rest is small
-  (<= OFF_AXIS_MAX): a green or purple table is not a lamp, and it is left alone;
+  10000 K) is corrected, and only when it is clear (>= CAST_MIN), no stronger than a 2500 K
+  lamp's (<= CAST_MAX) and the rest is small (<= OFF_AXIS_MAX): a green, purple or deep orange
+  table is not a lamp, and it is left alone;
 - darkness: the frame is brightened to the reference's 90th-percentile brightness when it is
   clearly darker (>= DARK_MIN, at most DARK_MAX), unless most of it is nearly black, which is a
   black table or a dark background rather than a dim lamp;
@@ -35,6 +36,7 @@ LIT_LEVEL = 30.0      # a pixel is lit when its mean channel value (0-255) excee
 LIT_SHARE = 0.3       # the cast is measured only when this share of the frame is lit
 CAST_MIN = 0.25       # smallest log cast along the warm-blue axis that is corrected
 OFF_AXIS_MAX = 0.15   # largest log cast off that axis for which a cast is still corrected
+CAST_MAX = 0.9        # largest: a 2500 K lamp's cast; beyond it, a table's colour (orange)
 DARK_MIN = 0.3        # smallest log darkness (ln 1.35) that is brightened
 DARK_MAX = 1.2        # most log brightening (ln 3.3)
 BRIGHT_MIN = 0.3      # smallest log over-exposure (ln 1.35) that is darkened
@@ -138,7 +140,8 @@ class LightCorrection:
             cast = np.log(np.asarray(self.reference.median_rgb) / np.maximum(median, 1.0))
             cast -= cast.mean()  # brightness is handled below
             along = float(cast @ AXIS)
-            if abs(along) >= CAST_MIN and np.linalg.norm(cast - along * AXIS) <= OFF_AXIS_MAX:
+            if CAST_MIN <= abs(along) <= CAST_MAX and \
+                    np.linalg.norm(cast - along * AXIS) <= OFF_AXIS_MAX:
                 log_gain += along * AXIS
         dark = math.log(self.reference.bright_level / max(bright_level(rgb, levels), 1.0))
         if dark >= DARK_MIN and np.median(levels) >= LIT_LEVEL:
