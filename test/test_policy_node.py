@@ -24,6 +24,7 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Float64, Header, String  # noqa: E402
 from vision_msgs.msg import Detection2DArray, Detection3DArray  # noqa: E402
 
+from clip_ros.nodes.common import LATCHED_QOS  # noqa: E402
 from clip_ros.nodes.conversions import numpy_to_image  # noqa: E402
 from clip_ros.nodes.sim_messages import camera_info_msg  # noqa: E402
 from clip_ros.nodes.vla_policy_node import VlaPolicyNode  # noqa: E402
@@ -317,3 +318,93 @@ def test_an_ended_command_is_reported_once(ros):
     ended = [s for s in (json.loads(m.data) for m in ros.status.messages[count:])
              if s['state'] in ('succeeded', 'aborted', 'rejected')]
     assert len(ended) == 1, ended
+
+
+def test_non_finite_poses_are_refused_counted_and_never_reach_the_arm(managed):
+    node = managed.policy_node()
+    camera_pose = managed.harness.publisher(PoseStamped, f'{managed.namespace}/camera_pose',
+                                            LATCHED_QOS)
+    assert wait_for(lambda: camera_pose.get_subscription_count() > 0)
+    extrinsic = node._extrinsic
+    ee = arm_state(managed.header('camera'))
+    ee.pose.position.x = float('nan')
+    managed.pubs['ee_state'].publish(ee)
+    zero = PoseStamped(header=managed.header('world'))
+    zero.pose.orientation.w = 0.0  # a zero quaternion
+    camera_pose.publish(zero)
+    assert wait_for(lambda: node.rejected >= 2), node.rejected  # the pose is kept-last 1
+    nowhere = PoseStamped(header=managed.header('world'))
+    nowhere.pose.position.z, nowhere.pose.orientation.w = float('inf'), 1.0
+    camera_pose.publish(nowhere)
+    assert wait_for(lambda: node.rejected >= 3), node.rejected
+    assert node._ee is None and node._extrinsic is extrinsic
+    # The executor survived: the next command moves the arm to finite goals only.
+    status, goals = run_command(managed, 'pick up the blue block', frames=8, final=('never',),
+                                settle=0.0)
+    assert goals > 0
+    for msg in managed.goals.messages:
+        position = msg.pose.position
+        assert np.isfinite([position.x, position.y, position.z]).all()
+
+
+def test_a_new_command_stops_the_arm_before_anything_else(managed):
+    node = managed.policy_node()
+    assert wait_for(lambda: managed.pubs['command'].get_subscription_count() > 0)
+    _, goals = run_command(managed, 'pick up the blue block', frames=8, final=('never',),
+                           settle=0.0)
+    assert goals > 0 and node._policy.status.state == 'executing'
+    twists = len(managed.twists.messages)
+    managed.pubs['command'].publish(String(data='pick up the red ball'))  # nothing to see
+
+    def stopped():
+        return any(m.twist.linear.x == m.twist.linear.y == m.twist.linear.z == 0.0
+                   for m in managed.twists.messages[twists:])
+    assert wait_for(stopped), [m.twist.linear for m in managed.twists.messages[twists:]]
+
+
+def test_a_set_lifted_for_an_old_command_is_not_the_new_ones_target(ros):
+    from clip_ros.policy.command import parse_command
+    node = ros.node
+    header = ros.header('camera_optical_frame')
+    detections, mask = blue_block(header, W, H)
+    match = {'detections': detections, 'mask': mask,
+             'depth': numpy_to_image(np.full((H, W), 0.6, np.float32), '32FC1', header),
+             'camera_info': camera_info_msg(K, W, H, header)}
+    old, new = parse_command('pick up the blue block'), parse_command('pick up the blue block')
+    with node._control_lock:  # no control tick takes the result meanwhile
+        node._command = new
+        node._fresh = {}
+        node._perceive(match, old)  # lifted while the new command arrived
+        assert 'target' not in node._fresh
+        node._perceive(match, new)
+        assert node._fresh['target'] == pytest.approx((0.0, 0.0, 0.1), abs=0.01)
+        node._command = None
+
+
+def test_under_use_sim_time_the_timeouts_run_on_the_simulators_clock(managed):
+    from rosgraph_msgs.msg import Clock
+    node = managed.policy_node([Parameter('use_sim_time', value=True)])
+    clock = managed.harness.publisher(Clock, '/clock')
+    sim_time = [100.0]
+
+    def tick() -> None:  # the simulation runs at a quarter of real time
+        sim_time[0] += 0.05
+        msg = Clock()
+        msg.clock.sec, msg.clock.nanosec = int(sim_time[0]), int(sim_time[0] % 1 * 1e9)
+        clock.publish(msg)
+    tick()
+    assert wait_for(lambda: node.get_clock().now().nanoseconds >= 100e9)
+    count = len(managed.status.messages)
+    managed.pubs['command'].publish(String(data='pick up the green ball'))  # never seen
+    for _ in range(10):  # 2 s of wall time, 0.5 s of simulated time: within acquire_timeout
+        time.sleep(0.2)
+        tick()
+    assert states(managed, count) == [('waiting', states(managed, count)[0][1])], \
+        states(managed, count)
+
+    def ended():
+        tick()
+        return [s for s in states(managed, count) if s[0] != 'waiting']
+    final = wait_for(ended, timeout=20.0, period=0.2)
+    assert final and final[0][0] == 'aborted' and 'not found within 1 s' in final[0][1], final
+    assert sim_time[0] >= 101.0, sim_time

@@ -105,6 +105,20 @@ def test_still_scene_is_not_rendered_again(ros):
     assert wait_for(lambda: not np.array_equal(image_to_numpy(ros.images.messages[-1]), before))
 
 
+def test_a_goal_that_is_not_finite_is_refused(ros):
+    states = ros.subscribe(PoseStamped, 'ee_state')
+    goal = ros.publisher(PoseStamped, 'ee_goal')
+    assert wait_for(lambda: goal.get_subscription_count() > 0)
+    msg = PoseStamped()
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = float('nan'), 0.05, 0.15
+    goal.publish(msg)
+    assert wait_for(lambda: ros.node.rejected_goals == 1)
+    count = len(states.messages)
+    assert wait_for(lambda: len(states.messages) >= count + 3)
+    position = states.messages[-1].pose.position
+    assert np.isfinite([position.x, position.y, position.z]).all()
+
+
 @pytest.mark.parametrize('repeat', [None, 0.1], ids=['sigint', 'sigint_twice'])
 def test_node_as_process_exits_cleanly_on_sigint(ros, repeat):
     # Ctrl-C under launch reaches the node twice: from the terminal's process group and

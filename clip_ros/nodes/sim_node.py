@@ -1,4 +1,5 @@
 """Publish a MuJoCo tabletop camera (RGB, depth, camera_info) and simulation-only ground truth."""
+import math
 import queue
 import threading
 import time
@@ -83,6 +84,7 @@ class SimNode(Node):
         self._gripper_closed = False
         self._fingers_closed = False  # the last gripper command the render thread ran
         self._camera_pose = None
+        self.rejected_goals = 0  # ee_goal messages refused (not finite)
         self.create_subscription(PoseStamped, 'ee_goal', self._on_goal, RESULTS_QOS)
         self.create_subscription(Float64, 'gripper_command', self._on_gripper, RESULTS_QOS)
         # Not a daemon: interpreter exit waits for it to free the GL context, as MuJoCo's EGL
@@ -96,6 +98,12 @@ class SimNode(Node):
 
     def _on_goal(self, msg: PoseStamped) -> None:
         goal = (msg.pose.position.x, msg.pose.position.y, msg.pose.position.z)
+        if not all(math.isfinite(v) for v in goal):
+            # One NaN goal would leave the gripper at NaN for good.
+            self.rejected_goals += 1
+            self.get_logger().warning(f'ee_goal {goal} refused: coordinates must be finite',
+                                      throttle_duration_sec=5.0)
+            return
         self.call_in_sim(lambda sim: sim.move_to(goal))
 
     def _on_gripper(self, msg: Float64) -> None:

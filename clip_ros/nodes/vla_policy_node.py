@@ -30,7 +30,7 @@ from visualization_msgs.msg import MarkerArray
 from clip_ros.nodes.common import (
     COMMAND_QOS, declare_all, describe, image_qos, LATCHED_QOS, model_parameters,
     parameter_values, RESULTS_QOS, spin_node, transport_topic)
-from clip_ros.nodes.conversions import image_to_numpy, to_rgb
+from clip_ros.nodes.conversions import image_to_numpy
 from clip_ros.nodes.depth_lift import depth_metres, DEPTH_TRANSPORTS
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.policy_messages import (
@@ -252,6 +252,13 @@ class VlaPolicyNode(ManagedNode):
         if command is not None and (policy is None or policy.status.state not in FINAL):
             self._perceive(match, command)
 
+    def _now(self) -> float:
+        """Return the policy's time (s): the ROS clock under use_sim_time, else monotonic."""
+        clock = self.get_clock()
+        if getattr(clock, 'ros_time_is_active', False):
+            return clock.now().nanoseconds * 1e-9  # a bag or simulator sets the pace
+        return time.monotonic()
+
     def input_hint(self, snapshot, limits) -> str:
         """Say which perception stream is missing while no matched set arrives."""
         if not self.active or snapshot.since_input <= limits.silent_after:
@@ -319,6 +326,9 @@ class VlaPolicyNode(ManagedNode):
             if config != policy.config:
                 # Limits set since the last command: a new policy around the same model.
                 policy = self._policy = self._new_policy(config)
+            if policy.status.state == 'executing':
+                # The arm is servoing towards the old command's goal: stop it first.
+                self._pubs['ee_twist'].publish(twist_msg(np.zeros(3), self._header()))
             # The same parse as grounding_node's, so both act on the same phrases.
             self._command = parse_command(msg.data)
             with self._fresh_lock:
@@ -326,12 +336,17 @@ class VlaPolicyNode(ManagedNode):
             # A new command starts clean: no reason left over from the previous one.
             self._perceive_error, self._sent, self._seen_for_command = '', None, set()
             self._look_refused = ''
-            action = policy.start(self._command, time.monotonic())
+            action = policy.start(self._command, self._now())
             self.get_logger().info(f'command {quote(msg.data)}: {action.state} {action.detail}')
             self._publish_status(action)
 
     def _on_ee(self, msg: PoseStamped) -> None:
-        self._ee = position_of(msg)
+        position = position_of(msg)
+        if not np.isfinite(position).all():
+            self.reject('ee_state', f'ignored ee_state with position {position.tolist()}: '
+                        f'need finite coordinates')
+            return
+        self._ee = position
 
     def _on_grounding_status(self, msg: String) -> None:
         """Keep grounding_node's refusals of words; 'not found' waits for acquire_timeout."""
@@ -388,11 +403,20 @@ class VlaPolicyNode(ManagedNode):
                                  values=[KeyValue(key='holding', value=str(holding))])]
 
     def _on_image(self, msg: Image) -> None:
-        self._image = to_rgb(image_to_numpy(msg, copy=True), msg.encoding)
+        rgb = self.decode_frame(msg)  # a bad frame is logged and counted there
+        if rgb is not None:
+            self._image = rgb
 
     def _on_camera_pose(self, msg: PoseStamped) -> None:
-        q = msg.pose.orientation
-        self._extrinsic = Extrinsic(quat_to_matrix((q.x, q.y, q.z, q.w)), position_of(msg))
+        q, position = msg.pose.orientation, position_of(msg)
+        try:
+            if not np.isfinite(position).all():
+                raise ValueError(f'position {position.tolist()} must be finite')
+            rotation = quat_to_matrix((q.x, q.y, q.z, q.w))  # a zero or NaN one raises
+        except ValueError as e:
+            self.reject('camera_pose', f'ignored camera_pose: {e}')
+            return
+        self._extrinsic = Extrinsic(rotation, position)
 
     def _lookup_extrinsic(self, header) -> Extrinsic:
         if self._tf is None:
@@ -436,10 +460,12 @@ class VlaPolicyNode(ManagedNode):
         phrases = {phrase for phrase in roles(command).values() if phrase}
         candidates = detection_candidates(match['detections'], labels, phrases)
         found = perceive(command, candidates, depth, K, extrinsic, self._lift_config())
-        self._perceive_error = found.error
-        if found.refused or found.lifted:  # a later set that lifts clears an old refusal
-            self._look_refused = '; '.join(found.refused.values())
         with self._fresh_lock:
+            if self._command is not command:
+                return  # a new command came while this set was lifted: not its target
+            self._perceive_error = found.error
+            if found.refused or found.lifted:  # a later set that lifts clears an old refusal
+                self._look_refused = '; '.join(found.refused.values())
             self._fresh.update(found.points)
             # What this set showed, for the policy's look after acting and "not found".
             self._fresh['seen'], self._fresh['undetected'] = found.seen, tuple(found.undetected)
@@ -480,7 +506,7 @@ class VlaPolicyNode(ManagedNode):
             # Without the arm's position nothing can move; the policy's clocks still run.
             fresh = {}
         ee = self._ee if self._ee is not None else np.zeros(3)
-        obs = Observation(time.monotonic(), ee, self._gripper, fresh.get('target'),
+        obs = Observation(self._now(), ee, self._gripper, fresh.get('target'),
                           fresh.get('destination'), self._holding(), self._image,
                           fresh.get('seen'),
                           fresh.get('undetected', ()), fresh.get('probe'))
