@@ -234,6 +234,27 @@ def test_every_detection_is_lifted_to_3d(ros, gl_context):
         assert np.linalg.norm(np.array([p.x, p.y, p.z]) - truth[name]) < 0.04, name
         assert 0.01 < d.bbox.size.x < 0.3 and 0.01 < d.bbox.size.z < 0.3
 
+    def send(depth, size=(640, 480)):
+        header = ros.header('camera')
+        pubs['depth'].publish(numpy_to_image(depth, '32FC1', header))
+        pubs['camera_info'].publish(camera_info_msg(frame.K, *size, header))
+        wait_for(lambda: False, timeout=0.5)
+        pubs['image'].publish(numpy_to_image(frame.rgb, 'rgb8', header))
+        return header
+    # Intrinsics of another resolution: no 3D output for the frame, a counted reason.
+    before = node.rejected
+    header = send(frame.depth, (1280, 960))
+    assert wait_for(lambda: flat.find(lambda m: m.header.stamp == header.stamp), timeout=60)
+    assert wait_for(lambda: node.rejected > before)
+    assert lifted.find(lambda m: m.header.stamp == header.stamp) is None
+    # No valid depth under the objects: each 2D detection's missing 3D one is counted.
+    before = node.rejected
+    header = send(np.full_like(frame.depth, np.nan))
+    msg = wait_for(lambda: lifted.find(lambda m: m.header.stamp == header.stamp), timeout=60)
+    two_d = flat.find(lambda m: m.header.stamp == header.stamp)
+    assert msg is not None and not msg.detections and two_d.detections
+    assert node.rejected - before >= len(two_d.detections)
+
 
 def test_onnxruntime_backend_answers_like_torch(ros, tmp_path):
     tiny = [Parameter('clip_arch', value='tiny'), Parameter('clip_pretrained', value='random'),

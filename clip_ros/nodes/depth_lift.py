@@ -117,10 +117,18 @@ class DepthLift:
         if depth.shape != result.label_image.shape:
             raise ValueError(f'depth {depth.shape[1]}x{depth.shape[0]} is not the frame size '
                              f'{result.label_image.shape[1]}x{result.label_image.shape[0]}')
+        if (info.width, info.height) != (depth.shape[1], depth.shape[0]):
+            # Intrinsics of another resolution would put every point in the wrong place.
+            raise ValueError(f'camera_info {info.width}x{info.height} is not the depth size '
+                             f'{depth.shape[1]}x{depth.shape[0]}')
         extrinsic, out_header = self._frame(depth_msg.header)
-        lifted, _ = lift_instances(result.label_image, len(result.detections), depth,
-                                   check_intrinsics(info.k), extrinsic,
-                                   (self.values['min_depth'], self.values['max_depth']))
+        lifted, reasons = lift_instances(result.label_image, len(result.detections), depth,
+                                         check_intrinsics(info.k), extrinsic,
+                                         (self.values['min_depth'], self.values['max_depth']))
+        for d in result.detections:
+            if d.index in reasons:  # published in 2D only: say why not in 3D
+                self.node.reject('no_3d_detection', f'{d.phrase!r} (id {ids[d.index]}) has no '
+                                 f'3D detection: {reasons[d.index]}')
         items = [(ids[d.index], d.phrase, d.score, lifted[d.index])
                  for d in result.detections if d.index in lifted]
         out_header.stamp = header.stamp
