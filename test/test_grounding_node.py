@@ -14,7 +14,7 @@ from std_msgs.msg import String  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
 from clip_ros.nodes.grounding_node import GroundingNode, query_thresholds  # noqa: E402
-from clip_ros.perception.stats import ERROR  # noqa: E402
+from clip_ros.perception.stats import ERROR, WARN  # noqa: E402
 from node_harness import (  # noqa: E402, I100
     Harness, interrupt, LATCHED, node_process, request, rgb_image, TIMEOUT, wait_for)
 
@@ -149,6 +149,17 @@ def test_bad_image_is_rejected_then_good_frame_answered(ros, name):
     assert wait_for(lambda: ros.node.rejected > before), f'{name} not rejected'
     assert ros.detections.find(lambda m: m.header == msg.header) is None
     assert_answered(ros)
+
+
+def test_refused_frames_show_in_the_diagnostics(ros):
+    before = ros.node.rejected
+    msg = bad_images()['unsupported encoding']
+    msg.header = ros.header()
+    ros.image_pub.publish(msg)
+    assert wait_for(lambda: ros.node.rejected > before)
+    snapshot = ros.node.diagnostics()
+    assert snapshot.level == WARN and snapshot.window_rejected >= 1, snapshot
+    assert any('inputs refused recently' in r and 'yuv_magic' in r for r in snapshot.reasons)
 
 
 def test_huge_image_is_rejected_without_inference(ros):

@@ -61,6 +61,27 @@ def test_level_ok_when_frames_flow():
     assert (snap.level, snap.reasons) == (OK, [])
 
 
+def test_level_warn_while_inputs_were_refused_recently():
+    clock = Clock()
+    stats = FrameStats(window=10.0, clock=clock)
+    for i in range(30):  # frames flow, and every frame is refused
+        clock.now = i * 0.1
+        stats.on_input()
+        stats.on_processed(0.01, 0.02)
+        stats.on_rejected('rejected image: 16UC1 is not a colour image')
+    snap = assess(stats.snapshot(), HealthLimits(), active=True)
+    assert snap.level == WARN and (snap.rejected, snap.window_rejected) == (30, 30)
+    assert snap.reasons == ['30 inputs refused recently (last: rejected image: 16UC1 is not '
+                            'a colour image)']
+    assert assess(stats.snapshot(), HealthLimits(), active=False).level == OK
+    for i in range(30):  # good frames only for longer than the window
+        clock.now = 3.0 + i * 0.5
+        stats.on_input()
+        stats.on_processed(0.01, 0.02)
+    snap = assess(stats.snapshot(), HealthLimits(), active=True)
+    assert (snap.level, snap.rejected, snap.window_rejected) == (OK, 30, 0)
+
+
 def test_level_warn_on_silent_input_only_while_active():
     clock = Clock()
     stats = FrameStats(clock=clock)

@@ -244,6 +244,7 @@ class ManagedNode(LifecycleNode):
     def reject(self, key: str, message: str) -> None:
         """Count a refused input and log why (once per distinct reason per throttle period)."""
         self.rejected += 1
+        self.stats.on_rejected(message)
         self._warn(key, message)
 
     def decode_frame(self, msg):

@@ -35,6 +35,9 @@ class Snapshot:
     since_input: float  # seconds since the last frame, or since the reset if none yet
     busy: float  # seconds spent processing since the last reset
     last_error: str
+    rejected: int = 0  # inputs refused with a reason since the last reset
+    window_rejected: int = 0  # ... within the window
+    last_rejected: str = ''  # the newest reason
     level: int = OK
     reasons: list = field(default_factory=list)
 
@@ -91,6 +94,7 @@ class FrameStats:
         self._outputs = collections.deque()  # time
         self._inference = collections.deque(maxlen=samples)  # seconds
         self._latency = collections.deque(maxlen=samples)  # seconds
+        self._rejects = collections.deque()  # time of each refused input
         self.reset()
 
     def reset(self) -> None:
@@ -100,7 +104,9 @@ class FrameStats:
             self._outputs.clear()
             self._inference.clear()
             self._latency.clear()
-            self.received = self.processed = self.dropped = 0
+            self._rejects.clear()
+            self.received = self.processed = self.dropped = self.rejected = 0
+            self.last_rejected = ''
             self.busy = 0.0
             self._started = self._clock()
             self._last_input = None
@@ -127,6 +133,15 @@ class FrameStats:
             self._latency.append(latency)
             self._trim(now)
 
+    def on_rejected(self, reason: str) -> None:
+        """Count an input refused for `reason` (a bad frame, pose or command)."""
+        now = self._clock()
+        with self._lock:
+            self.rejected += 1
+            self.last_rejected = reason
+            self._rejects.append(now)
+            self._trim(now)
+
     def on_error(self, message: str) -> None:
         """Remember the newest error message."""
         with self._lock:
@@ -138,6 +153,8 @@ class FrameStats:
             self._inputs.popleft()
         while self._outputs and self._outputs[0] < start:
             self._outputs.popleft()
+        while self._rejects and self._rejects[0] < start:
+            self._rejects.popleft()
 
     def snapshot(self) -> Snapshot:
         """Return the current statistics (level OK; see `assess`)."""
@@ -156,7 +173,8 @@ class FrameStats:
                 since_input=now - (self._started if self._last_input is None
                                    else self._last_input),
                 busy=self.busy,
-                last_error=self.last_error)
+                last_error=self.last_error, rejected=self.rejected,
+                window_rejected=len(self._rejects), last_rejected=self.last_rejected)
 
 
 def assess(snapshot: Snapshot, limits: HealthLimits, active: bool, load_error: str = '',
@@ -165,7 +183,8 @@ def assess(snapshot: Snapshot, limits: HealthLimits, active: bool, load_error: s
     Set `snapshot.level` and `snapshot.reasons` and return it.
 
     ERROR when the model failed to load; WARN while active when the input is silent, frames
-    are mostly dropped, or a QoS hint is pending; otherwise OK.
+    are mostly dropped or inputs were refused within the window, or a QoS hint is pending;
+    otherwise OK.
     """
     reasons, level = [], OK
     if load_error:
@@ -178,6 +197,11 @@ def assess(snapshot: Snapshot, limits: HealthLimits, active: bool, load_error: s
     enough = snapshot.window_frames >= limits.min_frames_for_drops
     if active and enough and snapshot.drop_ratio > limits.max_drop_ratio:
         reasons.append(f'{snapshot.drop_ratio:.0%} of input frames dropped')
+        level = max(level, WARN)
+    if active and snapshot.window_rejected:
+        # Refused inputs are logged once per throttle period; here they stay visible.
+        reasons.append(f'{snapshot.window_rejected} inputs refused recently (last: '
+                       f'{snapshot.last_rejected})')
         level = max(level, WARN)
     if qos_hint:
         reasons.append(qos_hint)
