@@ -156,6 +156,19 @@ def test_unknown_transport_fails_configure(ros):
     assert "transport 'theora' is not one of raw, compressed" in node.not_ready
 
 
+@pytest.mark.parametrize('cameras', [[], ['cam_a', 'cam_b']], ids=['one', 'cameras'])
+def test_unknown_image_qos_fails_configure_with_the_choices(ros, cameras):
+    extra = [Parameter('cameras', value=cameras)] if cameras else []
+    node = ros.add(GroundingNode(context=ros.context, namespace=f'bad_qos_{len(cameras)}',
+                                 parameter_overrides=[
+                                     Parameter('clip_arch', value='tiny'),
+                                     Parameter('clip_pretrained', value='random'),
+                                     Parameter('clipseg_model', value='tiny'),
+                                     Parameter('image_qos', value='best_effort')] + extra))
+    assert node.lifecycle_state == 'unconfigured'
+    assert "image_qos 'best_effort' is not one of" in node.not_ready, node.not_ready
+
+
 def test_policy_lifts_from_compressed_depth(ros):
     W, H = 80, 60
     K = np.array([[80.0, 0.0, 39.5], [0.0, 80.0, 29.5], [0.0, 0.0, 1.0]])

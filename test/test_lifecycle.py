@@ -95,6 +95,23 @@ def test_transitions_load_subscribe_and_free(ros):
     assert node.worker is None
 
 
+def test_a_failed_activate_is_logged_and_leaves_the_node_inactive(ros):
+    node = grounding(ros, 'bad_activate', MANAGED)
+    assert node.trigger_configure() == SUCCESS
+    subscribe = node.subscribe_inputs
+
+    def half_subscribed():  # the image subscribed, then a failure (e.g. a middleware error)
+        subscribe()
+        raise RuntimeError('no more subscriptions')
+    node.subscribe_inputs = half_subscribed
+    assert node.trigger_activate() == TransitionCallbackReturn.FAILURE
+    assert node.lifecycle_state == 'inactive' and not node.active
+    assert node.stats.last_error == 'activate failed: no more subscriptions'
+    assert wait_for(lambda: node.count_subscribers('/bad_activate/image') == 0)
+    node.subscribe_inputs = subscribe  # the cause gone, activation works
+    assert node.trigger_activate() == SUCCESS and answers(ros, 'bad_activate') is not None
+
+
 @pytest.mark.parametrize('steps', [[], ['configure'], ['configure', 'activate']],
                          ids=['unconfigured', 'inactive', 'active'])
 def test_shutdown_from_any_state(ros, steps):

@@ -150,11 +150,7 @@ class ManagedNode(LifecycleNode):
 
     def subscribe_inputs(self) -> None:
         """Subscribe the inputs that feed the worker (default: `image`)."""
-        try:
-            qos = image_qos(self.get_parameter('image_qos').value)
-        except ValueError as e:
-            self.get_logger().error(f'{e}; using sensor_data')
-            qos = image_qos('sensor_data')
+        qos = image_qos(self.get_parameter('image_qos').value)  # checked at configure
         transport = self.get_parameter('image_transport').value
         kind = Image if transport == 'raw' else CompressedImage
         self.subscribe_frames(kind, transport_topic(self, 'image', transport), qos)
@@ -297,15 +293,23 @@ class ManagedNode(LifecycleNode):
         return SUCCESS
 
     def check_transports(self) -> None:
-        """Raise ValueError naming the choices when an input transport parameter is unknown."""
+        """Raise ValueError naming the choices when an input transport or QoS is unknown."""
         if self.has_parameter('image_transport'):
             transport_topic(self, 'image', self.get_parameter('image_transport').value)
+        if self.has_parameter('image_qos'):
+            image_qos(self.get_parameter('image_qos').value)
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         """Subscribe the inputs and enable the outputs."""
         self.stats.reset()
         self._qos_hint = ''
-        self.subscribe_inputs()
+        try:
+            self.subscribe_inputs()
+        except Exception as e:  # noqa: B902 - rclpy would swallow it, unlogged
+            self._stop_inputs()
+            self.get_logger().error(f'activate failed: {type(e).__name__}: {e}')
+            self.stats.on_error(f'activate failed: {e}')
+            return FAILURE
         result = super().on_activate(state)
         self._active = True
         self.on_activated()
