@@ -103,8 +103,24 @@ def test_a_failing_batch_leaves_the_workers_running():
 def test_stop_ends_every_worker():
     worker = BatchWorker(['a', 'b', 'c'], lambda batch: None, lambda e: None, 0.0, workers=3)
     threads = list(worker._threads)
-    worker.stop()
+    assert worker.stop()
     assert not any(t.is_alive() for t in threads)
+
+
+def test_stop_says_when_a_frame_outlives_it_and_keeps_its_failure_quiet():
+    started, release, errors = threading.Event(), threading.Event(), []
+
+    def slow(item):  # a long inference whose outputs are gone when it ends
+        started.set()
+        release.wait(10.0)
+        raise RuntimeError('publisher destroyed')
+    worker = FrameWorker(slow, errors.append)
+    worker.submit(1)
+    assert started.wait(5.0)
+    assert worker.stop(timeout=0.2) is False
+    release.set()
+    assert _wait(lambda: not any(t.is_alive() for t in worker._threads))
+    assert errors == []
 
 
 def test_frame_worker_keeps_only_the_newest_frame():

@@ -86,15 +86,22 @@ class BatchWorker:
                 f'processed); {self.processed} processed in {self.batches} batches of '
                 f'{self.received} received')
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the workers after the batches in progress, if any."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """
+        Stop the workers after the batches in progress, if any; return whether all ended.
+
+        A batch still running after `timeout` finishes on its own; a failure it meets then
+        (its node's outputs are gone) is not reported.
+        """
         with self._cond:
             self._stopped = True
             self._slots = dict.fromkeys(self._keys)
             self._cond.notify_all()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
             if threading.current_thread() is not thread:
-                thread.join(timeout)
+                thread.join(max(deadline - time.monotonic(), 0.0))
+        return not any(t.is_alive() for t in self._threads if t is not threading.current_thread())
 
     def _ready(self) -> list:
         """Return the keys with a waiting frame that no batch holds, oldest frame first."""
@@ -138,7 +145,8 @@ class BatchWorker:
             try:
                 self._process(batch)
             except Exception as e:  # noqa: B902 - one bad batch must not end the worker
-                self._on_error(e)
+                if not self._stopped:  # after stop, the node that would hear it is gone
+                    self._on_error(e)
             with self._cond:
                 self._busy.difference_update(key for key, _ in batch)
                 self.processed += len(batch)

@@ -359,7 +359,9 @@ class ManagedNode(LifecycleNode):
 
     def _release(self) -> None:
         if self._worker is not None:
-            self._worker.stop()  # waits for the frame in progress
+            if not self._worker.stop():  # waits for the frame in progress, up to 5 s
+                self.get_logger().warning('a frame still in progress after 5 s is left to '
+                                          'finish; its results will not be published')
             self._worker = None
         self.release_model()
         for publisher in self._outputs:

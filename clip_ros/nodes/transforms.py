@@ -7,17 +7,20 @@ from clip_ros.policy.lifting import Extrinsic, quat_to_matrix
 
 def make_tf_buffer(node, why: str):
     """
-    Return a tf2 buffer listening on `node`'s /tf, or None (warned) without tf2_ros.
+    Return the node's tf2 buffer listening on /tf, or None (warned) without tf2_ros.
 
-    `why` completes the warning: what the node does instead.
+    One buffer and listener per node, made on first use. `why` completes the warning: what
+    the node does instead.
     """
     try:
         import tf2_ros
     except ImportError:
         node.get_logger().warning(f'tf2_ros is not installed; {why}')
         return None
-    buffer = tf2_ros.Buffer()
-    node._tf_listener = tf2_ros.TransformListener(buffer, node)  # kept alive with the node
+    buffer = getattr(node, '_tf_buffer', None)
+    if buffer is None:  # one per node: a listener per configure would add /tf subscriptions
+        buffer = node._tf_buffer = tf2_ros.Buffer()
+        node._tf_listener = tf2_ros.TransformListener(buffer, node)  # kept alive with the node
     return buffer
 
 
