@@ -13,7 +13,8 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
-from clip_ros.nodes.grounding_node import GroundingNode, query_thresholds  # noqa: E402
+from clip_ros.nodes.grounding_node import (  # noqa: E402
+    GroundingNode, MAX_PHRASES, query_thresholds)
 from clip_ros.perception.stats import ERROR, WARN  # noqa: E402
 from node_harness import (  # noqa: E402, I100
     Harness, interrupt, LATCHED, node_process, request, rgb_image, TIMEOUT, wait_for)
@@ -110,6 +111,22 @@ def test_long_command_is_cheap(ros):
     assert wait_for(lambda: ros.node.phrases == ['green ball'])
     assert time.monotonic() - start < 5.0
     assert_answered(ros)
+
+
+def test_a_command_naming_too_many_things_is_refused(ros):
+    names = [f'the {c} {s}' for c in ('red', 'blue', 'green', 'yellow', 'white', 'black',
+                                      'orange', 'purple', 'pink', 'brown')
+             for s in ('block', 'ball', 'cup', 'bowl')]
+    assert len(names) > MAX_PHRASES
+    ros.command_pub.publish(String(data='find the green ball'))
+    assert wait_for(lambda: ros.node.phrases == ['green ball'])
+    before = ros.node.rejected
+    ros.command_pub.publish(String(data='find ' + ', '.join(names)))
+    assert wait_for(lambda: ros.node.rejected > before)
+    assert ros.node.phrases == ['green ball']
+    assert_answered(ros)
+    with pytest.raises(ValueError, match=f'at most {MAX_PHRASES}'):
+        query_thresholds(names, [0.4])
 
 
 def test_non_ascii_command_is_handled(ros):

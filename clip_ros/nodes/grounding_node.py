@@ -36,6 +36,11 @@ PIPELINE_PARAMS = ('distractors', 'min_area', 'max_detections', 'rescore', 'abst
                    'light_correction')
 
 
+# Each phrase is a CLIPSeg map at frame size and a log line when not found: a cap keeps a long
+# list in one command from costing seconds a frame and gigabytes (246 phrases: 4 s, +1 GB).
+MAX_PHRASES = 32
+
+
 def query_thresholds(queries, thresholds) -> tuple[dict, float]:
     """
     Pair `queries` with their thresholds.
@@ -54,6 +59,9 @@ def query_thresholds(queries, thresholds) -> tuple[dict, float]:
     for query, value in zip(queries, per_query):
         for phrase in clean_phrases([query]):
             pairs.setdefault(phrase, value)
+    if len(pairs) > MAX_PHRASES:
+        raise ValueError(f'queries has {len(pairs)} phrases; at most {MAX_PHRASES} are '
+                         f'grounded at once')
     return pairs, values[0]
 
 
@@ -323,6 +331,10 @@ class GroundingNode(ManagedNode):
         if not phrases:
             self.reject('vague_command', f'command {quote(text)} names nothing to ground; '
                         f'keeping {self._phrases}')
+            return
+        if len(phrases) > MAX_PHRASES:
+            self.reject('many_phrases', f'command names {len(phrases)} things; at most '
+                        f'{MAX_PHRASES} are grounded at once: keeping {self._phrases}')
             return
         self.get_logger().info(f'command {command.verb or "(no verb)"}: grounding {phrases}'
                                f'{self._model_words(phrases)}')
