@@ -50,8 +50,9 @@ def perception_launch(node: str, tiny_models: dict, topics: dict = None) -> Laun
             'model', default_value='default', choices=['default', 'tiny'],
             description="'default': the models named in params_file; 'tiny': small random "
                         'models that need no weights (tests, smoke demos)'),
-        DeclareLaunchArgument('device', default_value='auto', choices=['auto', 'cpu', 'cuda'],
-                              description='inference device; overrides params_file'),
+        DeclareLaunchArgument('device', default_value='auto',
+                              description="inference device: 'auto', 'cpu', 'cuda' or "
+                                          "'cuda:N'; overrides params_file"),
         DeclareLaunchArgument('use_sim_time', default_value='false', choices=['true', 'false'],
                               description='use the /clock topic'),
         DeclareLaunchArgument(

@@ -7,4 +7,6 @@ def generate_launch_description():
     return perception_launch(
         'grounding_node', {'clip_arch': 'tiny', 'clip_pretrained': 'random',
                            'clipseg_model': 'tiny'},
-        {'command': 'input std_msgs/String command topic'})
+        {'command': 'input std_msgs/String command topic',
+         'depth': 'input depth image topic (publish_3d; its transports follow it)',
+         'camera_info': 'input sensor_msgs/CameraInfo topic (publish_3d)'})

@@ -48,9 +48,14 @@ def test_launch_arguments_are_declared_with_descriptions(launch_actions, stem):
             'use_sim_time', 'autostart'} <= set(arguments)
     for argument in arguments.values():
         assert argument.description and 'no description' not in argument.description
-    assert arguments['device'].choices == ['auto', 'cpu', 'cuda']
+    assert arguments['device'].choices is None and 'cuda:N' in arguments['device'].description
     assert arguments['model'].choices == ['default', 'tiny']
     assert arguments['autostart'].choices == ['true', 'false']
+
+
+def test_grounding_launch_remaps_the_3d_inputs(launch_actions):
+    arguments = declared_arguments(launch_actions, 'grounding')
+    assert {'command_topic', 'depth_topic', 'camera_info_topic'} <= set(arguments)
 
 
 def test_every_config_file_is_checked():
