@@ -408,3 +408,28 @@ def test_under_use_sim_time_the_timeouts_run_on_the_simulators_clock(managed):
     final = wait_for(ended, timeout=20.0, period=0.2)
     assert final and final[0][0] == 'aborted' and 'not found within 1 s' in final[0][1], final
     assert sim_time[0] >= 101.0, sim_time
+
+
+def test_depth_qos_sensor_data_hears_a_best_effort_camera(managed):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    best_effort = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+    publishers = {name: managed.harness.publisher(kind, f'{managed.namespace}/{name}',
+                                                  best_effort)
+                  for kind, name in ((Image, 'depth'), (CameraInfo, 'camera_info'))}
+    reliable = managed.policy_node()  # the default: a best-effort driver is never heard
+    assert wait_for(lambda: managed.pubs['command'].get_subscription_count() > 0)
+    wait_for(lambda: False, timeout=0.5)
+    assert all(p.get_subscription_count() == 0 for p in publishers.values())
+    managed.harness.remove(reliable)
+    managed.policy_node([Parameter('depth_qos', value='sensor_data')])
+    assert wait_for(lambda: all(p.get_subscription_count() == 1 for p in publishers.values()))
+    managed.pubs.update(publishers)  # the matched sets now come best effort
+    _, goals = run_command(managed, 'pick up the blue block', frames=8, final=('never',),
+                           settle=0.0)
+    assert goals > 0
+
+
+def test_an_unknown_depth_qos_fails_configure_with_the_choices(managed):
+    node = managed.policy_node(MANAGED + [Parameter('depth_qos', value='best_effort')])
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "depth_qos 'best_effort' is not one of" in node.load_error, node.load_error

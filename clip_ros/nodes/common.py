@@ -45,8 +45,8 @@ def describe(description: str, read_only: bool = False, float_range: tuple | Non
     return descriptor
 
 
-def image_qos(name: str) -> QoSProfile:
-    """Return the image subscription QoS for an `image_qos` parameter value."""
+def image_qos(name: str, parameter: str = 'image_qos') -> QoSProfile:
+    """Return the subscription QoS for an `image_qos` (or `parameter`) value."""
     if name == 'sensor_data':
         # Best effort, newest frame only: a slow model never builds a backlog.
         return QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
@@ -54,7 +54,7 @@ def image_qos(name: str) -> QoSProfile:
     if name == 'reliable':
         return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                           history=HistoryPolicy.KEEP_LAST)
-    raise ValueError(f'image_qos {name!r} is not one of {", ".join(IMAGE_QOS_CHOICES)}')
+    raise ValueError(f'{parameter} {name!r} is not one of {", ".join(IMAGE_QOS_CHOICES)}')
 
 
 def string_list(name: str, value) -> list[str]:

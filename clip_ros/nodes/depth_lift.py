@@ -37,6 +37,9 @@ def depth_parameters() -> tuple:
         ('depth_transport', 'raw', describe(
             "'raw' (Image on depth) or 'compressedDepth' (PNG on <depth>/compressedDepth)",
             **ro)),
+        ('depth_qos', 'reliable', describe(
+            "QoS of depth and camera_info: 'reliable' or 'sensor_data' (best effort, for "
+            'drivers that publish best effort)', **ro)),
         ('depth_scale', 0.001, describe('metres per unit of 16UC1 depth',
                                         float_range=(1e-6, 1.0), **ro)),
         ('min_depth', 0.05, describe('nearest valid depth (m)', float_range=(0.0, 100.0), **ro)),
@@ -65,6 +68,7 @@ class DepthLift:
 
     def __init__(self, node, values: dict):
         transport_topic(node, 'depth', values['depth_transport'], DEPTH_TRANSPORTS)
+        image_qos(values['depth_qos'], 'depth_qos')  # an unknown one fails configure
         if not values['min_depth'] < values['max_depth']:
             raise ValueError(f"min_depth {values['min_depth']} must be below max_depth "
                              f"{values['max_depth']}")
@@ -85,7 +89,8 @@ class DepthLift:
 
     def subscribe(self) -> None:
         """Subscribe depth (raw or compressedDepth) and camera_info into the stamp buffers."""
-        qos, transport = image_qos('reliable'), self.values['depth_transport']
+        qos = image_qos(self.values['depth_qos'], 'depth_qos')
+        transport = self.values['depth_transport']
         kind = Image if transport == 'raw' else CompressedImage
         topic = transport_topic(self.node, 'depth', transport, DEPTH_TRANSPORTS)
         self.node.subscribe(kind, topic, lambda m: self.depth.add(_seconds(m.header), m), qos)

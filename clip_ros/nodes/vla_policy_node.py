@@ -75,6 +75,9 @@ def _parameters() -> tuple:
         ('depth_transport', 'raw', describe(
             "'raw' (sensor_msgs/Image on depth) or 'compressedDepth' (image_transport's PNG "
             'compressedDepth, 16UC1 or 32FC1, on <depth>/compressedDepth)', **ro)),
+        ('depth_qos', 'reliable', describe(
+            "QoS of depth, camera_info and (learned policy) image: 'reliable' or "
+            "'sensor_data' (best effort, for drivers that publish best effort)", **ro)),
         ('depth_scale', 0.001, describe('metres per unit of 16UC1 depth; applies at once',
                                         float_range=(1e-6, 1.0))),
         ('min_depth', 0.05, describe('nearest valid depth (m), below max_depth; applies from '
@@ -194,8 +197,9 @@ class VlaPolicyNode(ManagedNode):
     # Lifecycle hooks -----------------------------------------------------------------------
 
     def check_transports(self) -> None:
-        """Refuse an unknown depth_transport at configure, naming the choices."""
+        """Refuse an unknown depth_transport or depth_qos at configure, naming the choices."""
         transport_topic(self, 'depth', self._p['depth_transport'], DEPTH_TRANSPORTS)
+        image_qos(self._p['depth_qos'], 'depth_qos')
 
     def load_model(self) -> tuple:
         """Build the policy and the outputs; return (policy name, device)."""
@@ -212,7 +216,7 @@ class VlaPolicyNode(ManagedNode):
     def subscribe_inputs(self) -> None:
         """Subscribe perception, command, arm state and camera pose, forgetting older inputs."""
         self._reset_inputs()
-        sensor = image_qos('reliable')
+        sensor = image_qos(self._p['depth_qos'], 'depth_qos')
         transport = self._p['depth_transport']
         depth = (Image if transport == 'raw' else CompressedImage,
                  transport_topic(self, 'depth', transport, DEPTH_TRANSPORTS))
