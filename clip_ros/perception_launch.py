@@ -6,9 +6,8 @@ Each of launch/grounding, clip_classifier and clipseg.launch.py declares the sam
 lifecycle node; only the node, its tiny-model parameters and its extra input topics differ.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition, UnlessCondition
-from launch.substitutions import EqualsSubstitution, LaunchConfiguration, PathJoinSubstitution
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
 from launch_ros.substitutions import FindPackageShare
 
@@ -50,31 +49,40 @@ def perception_launch(node: str, tiny_models: dict, topics: dict = None) -> Laun
             'model', default_value='default', choices=['default', 'tiny'],
             description="'default': the models named in params_file; 'tiny': small random "
                         'models that need no weights (tests, smoke demos)'),
-        DeclareLaunchArgument('device', default_value='auto',
+        DeclareLaunchArgument('device', default_value='',
                               description="inference device: 'auto', 'cpu', 'cuda' or "
-                                          "'cuda:N'; overrides params_file"),
+                                          "'cuda:N'; overrides params_file when given"),
         DeclareLaunchArgument('use_sim_time', default_value='false', choices=['true', 'false'],
                               description='use the /clock topic'),
         DeclareLaunchArgument(
-            'autostart', default_value='true', choices=['true', 'false'],
+            'autostart', default_value='', choices=['', 'true', 'false'],
             description='configure and activate the lifecycle node at start; false leaves it '
-                        'unconfigured for a lifecycle manager or `ros2 lifecycle set`'),
+                        'unconfigured for a lifecycle manager or `ros2 lifecycle set`; '
+                        'overrides params_file when given (the node default is true)'),
     ]
     remappings = [(topic, LaunchConfiguration(f'{topic}_topic'))
                   for topic in ('image', *topics)]
-    tiny = EqualsSubstitution(LaunchConfiguration('model'), 'tiny')
     return LaunchDescription(arguments + [
-        _node(node, remappings, UnlessCondition(tiny), {}),
-        _node(node, remappings, IfCondition(tiny), tiny_models),
-    ])
+        OpaqueFunction(function=_node, args=[node, remappings, tiny_models])])
 
 
-def _node(node: str, remappings: list, condition, model_parameters: dict) -> LifecycleNode:
-    return LifecycleNode(
+def overrides(values: dict) -> dict:
+    """Return the parameters that launch argument values override ('' = not given)."""
+    result = {'use_sim_time': values['use_sim_time'] == 'true'}
+    if values['device']:
+        result['device'] = values['device']
+    if values['autostart']:
+        result['autostart'] = values['autostart'] == 'true'
+    return result
+
+
+def _node(context, node: str, remappings: list, tiny_models: dict) -> list:
+    """Return the node: params_file, then the tiny models, then the arguments given."""
+    values = {name: LaunchConfiguration(name).perform(context)
+              for name in ('use_sim_time', 'device', 'autostart', 'model')}
+    tiny = tiny_models if values['model'] == 'tiny' else {}
+    return [LifecycleNode(
         package='clip_ros', executable=node, name=node,
         namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
-        parameters=[LaunchConfiguration('params_file'), model_parameters,
-                    {'device': LaunchConfiguration('device'),
-                     'use_sim_time': LaunchConfiguration('use_sim_time'),
-                     'autostart': LaunchConfiguration('autostart')}],
-        remappings=remappings, condition=condition)
+        parameters=[LaunchConfiguration('params_file'), tiny, overrides(values)],
+        remappings=remappings)]

@@ -50,7 +50,15 @@ def test_launch_arguments_are_declared_with_descriptions(launch_actions, stem):
         assert argument.description and 'no description' not in argument.description
     assert arguments['device'].choices is None and 'cuda:N' in arguments['device'].description
     assert arguments['model'].choices == ['default', 'tiny']
-    assert arguments['autostart'].choices == ['true', 'false']
+    assert arguments['autostart'].choices == ['', 'true', 'false']
+
+
+def test_only_the_arguments_given_override_the_params_file(launch_actions):
+    from clip_ros.perception_launch import overrides
+    unset = {'use_sim_time': 'false', 'device': '', 'autostart': ''}
+    assert overrides(unset) == {'use_sim_time': False}
+    assert overrides({'use_sim_time': 'true', 'device': 'cuda:1', 'autostart': 'false'}) == {
+        'use_sim_time': True, 'device': 'cuda:1', 'autostart': False}
 
 
 def test_grounding_launch_remaps_the_3d_inputs(launch_actions):
