@@ -14,7 +14,7 @@ import pytest
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import get_typestore, Stores
-from std_msgs.msg import Header
+from std_msgs.msg import Header, String
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 import yaml
 
@@ -404,6 +404,75 @@ def test_bad_arguments_exit_2(small_bag, capsys):
             ground_bag.main(args)
         assert exit_info.value.code == 2
     assert 'give --phrases, --command-topic or both' in capsys.readouterr().err
+
+
+def test_the_bag_inside_a_rosbag2_folder_is_never_the_output(small_bag, tmp_path, capsys):
+    folder = tmp_path / 'rosbag2_run'
+    folder.mkdir()
+    inside = folder / 'rosbag2_run_0.mcap'
+    inside.write_bytes(small_bag.read_bytes())
+    err = run_bad(capsys, str(folder), '-o', str(inside), '--phrases', 'cup')
+    assert 'is the input bag' in err
+    assert inside.read_bytes() == small_bag.read_bytes()  # untouched
+
+
+def test_outputs_that_cannot_be_written_exit_2_before_any_work(small_bag, tmp_path, capsys):
+    nowhere = tmp_path / 'missing' / 'x'
+    out = ['-o', str(tmp_path / 'out.mcap')]
+    for args, reason in ((['-o', f'{nowhere}.mcap'], 'does not exist or is not writable'),
+                         ([*out, '--json', f'{nowhere}.json'], 'does not exist or is not'),
+                         ([*out, '--strip', f'{nowhere}.png'], 'does not exist or is not'),
+                         (['-o', str(tmp_path)], 'is a folder')):
+        err = run_bad(capsys, str(small_bag), *args, '--phrases', 'cup', '--quiet')
+        assert reason in err, err
+    assert not (tmp_path / 'out.mcap').exists()
+    for args in (['--threads', '-1'], ['--sync-tolerance', 'nan'], ['--depth-scale', 'inf']):
+        with pytest.raises(SystemExit) as exit_info:
+            ground_bag.main([str(small_bag), '--phrases', 'cup', *args])
+        assert exit_info.value.code == 2
+
+
+def test_a_message_that_cannot_be_decoded_exits_2_naming_it(tmp_path, capsys):
+    path = tmp_path / 'bad_command.mcap'
+    with bags.BagWriter(path) as bag:
+        bag.add_topic(TOPICS['image'], 'sensor_msgs/msg/Image')
+        bag.add_topic(TOPICS['command'], 'std_msgs/msg/String')
+        command = bytearray(serialize_message(String(data='find the cup')))
+        command[8:12] = b'\xff\xfe\xfd\xfc'  # the text's first bytes: not UTF-8
+        bag.write_raw(TOPICS['command'], bytes(command), 1)
+        head = bag_messages.header_at(10)
+        bag.write(TOPICS['image'], bag_messages.image_msg(np.zeros((24, 32, 3), np.uint8),
+                                                          'rgb8', head), 10)
+    err = run_bad(capsys, str(path), '--command-topic', TOPICS['command'], '-o',
+                  str(tmp_path / 'out.mcap'), '--quiet')
+    assert f'{TOPICS["command"]}: cannot decode the message logged at 1 ns' in err, err
+
+
+def test_phrases_the_model_cannot_express_are_reported(small_bag, tmp_path, capsys):
+    report = tmp_path / 'summary.json'
+    code = ground_bag.main([str(small_bag), '--phrases', 'red blok', '--device', 'cpu',
+                            '-o', str(tmp_path / 'out.mcap'), '--json', str(report)])
+    out, err = capsys.readouterr()
+    assert code == 1 and "'red blok' refused: unknown word: blok" in out
+    assert 'no phrase could be grounded: unknown word: blok' in err
+    assert json.loads(report.read_text())['refused'] == {'red blok': 'unknown word: blok'}
+
+
+def test_unstamped_frames_are_tracked_on_the_bags_log_time(tmp_path):
+    from clip_ros.sim.synthetic import scene_image
+    rgb, objects = scene_image(0, 320, 240)
+    path, out = tmp_path / 'unstamped.mcap', tmp_path / 'out.mcap'
+    with bags.BagWriter(path) as bag:
+        bag.add_topic(TOPICS['image'], 'sensor_msgs/msg/Image')
+        for k in range(3):  # stamps 0; logged 2 s apart, longer than a track lives unseen
+            bag.write(TOPICS['image'], bag_messages.image_msg(rgb, 'rgb8',
+                                                              bag_messages.header_at(0)),
+                      1 + k * 2_000_000_000)
+    assert ground_bag.main([str(path), '--phrases', objects[0].name, '--device', 'cpu',
+                            '-o', str(out), '--quiet']) == 0
+    ids = [[d.id for d in m.decoded.detections]
+           for m in read_topic(out, '/grounding/detections')]
+    assert all(ids) and len({i for frame in ids for i in frame}) == sum(map(len, ids)), ids
 
 
 def test_console_script_exit_status(tmp_path):

@@ -174,6 +174,7 @@ class TopicInfo:
     count: int            # messages (0 when the file has no summary)
     schema_encoding: str  # 'ros2msg' for the ROS 2 types this module decodes
     message_encoding: str
+    defined: bool = True  # the bag holds the type's definition (its schema is not empty)
 
 
 @dataclass
@@ -234,7 +235,7 @@ class BagReader:
             topics[channel.topic] = TopicInfo(
                 channel.topic, normalise_type(schema.name) if schema else '(no schema)',
                 int(counts.get(channel.id, 0)), schema.encoding if schema else '',
-                channel.message_encoding)
+                channel.message_encoding, bool(schema and schema.data))
         return topics
 
     def _scan(self, topics=None):
@@ -275,6 +276,10 @@ class BagReader:
             raise BagError(f'{role} topic {topic} is stored as {info.message_encoding!r} with a '
                            f'{info.schema_encoding!r} schema; only cdr with ros2msg schemas '
                            'can be decoded')
+        if not info.defined:
+            raise BagError(f'{role} topic {topic} ({info.type_name}) has an empty schema: the '
+                           'bag does not hold the message definition, so its messages cannot '
+                           'be decoded; record it where the message package is installed')
         return info.type_name
 
     def messages(self, topics):
@@ -288,8 +293,13 @@ class BagReader:
                 if decode is None:
                     raise BagError(f'{channel.topic}: no decoder for {channel.message_encoding!r} '
                                    f'messages with a {getattr(schema, "encoding", "")!r} schema')
+                try:
+                    decoded = decode(message.data)
+                except Exception as e:  # noqa: B902 - any decoder error is the bag's
+                    raise BagError(f'{channel.topic}: cannot decode the message logged at '
+                                   f'{message.log_time} ns: {type(e).__name__}: {e}') from e
                 yield BagMessage(channel.topic, message.log_time, message.publish_time,
-                                 decode(message.data), message.data, schema, channel)
+                                 decoded, message.data, schema, channel)
         except (McapError, EOFError, struct.error) as e:
             raise BagError(f'{self.path}: cannot read a message: {type(e).__name__}: {e}')
 

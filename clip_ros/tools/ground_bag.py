@@ -20,6 +20,8 @@ does not exist or is not MCAP, a topic not in the bag, a topic of the wrong type
 """
 import argparse
 import json
+import math
+import os
 from pathlib import Path
 import sys
 import time
@@ -57,10 +59,14 @@ class Summary:
         self.lift_reason = ''
         self.lift_ms = []
         self.commands = []
+        self.refused = {}  # phrase -> why the model's words cannot ground it
 
-    def add(self, phrases: list, detections: list, ms: float) -> None:
-        """Count one grounded frame."""
+    def add(self, phrases: list, detections: list, ms: float, refused: dict = None) -> None:
+        """Count one grounded frame (refused: the pipeline's reasons per phrase)."""
         self.grounded += 1
+        for phrase, reason in (refused or {}).items():
+            if not reason.startswith('not found'):  # "not found" is per frame, in the table
+                self.refused.setdefault(phrase, reason)
         self.ms.append(ms)
         for phrase in phrases:
             row = self.per_phrase.setdefault(
@@ -107,7 +113,7 @@ class Summary:
                 'lifted': self.lifted,
                 'not_lifted': self.not_lifted, 'lift_reason': self.lift_reason,
                 'lift_ms_p50': float(np.median(self.lift_ms)) if self.lift_ms else None,
-                'commands': self.commands}
+                'commands': self.commands, 'refused': self.refused}
 
 
 class BagGrounder:
@@ -205,10 +211,12 @@ class BagGrounder:
             return
         head = msgs.copy_header(message.decoded.header)
         result = self.pipeline(rgb, phrases, self.args.threshold, with_heatmaps=False)
-        stamp = msgs.stamp_seconds(head) or time.monotonic()
+        # Unstamped frames: the bag's log time, so tracks do not depend on this machine's speed.
+        stamp = msgs.stamp_seconds(head) or message.log_time * 1e-9
         ids = self.tracker.update([d.phrase for d in result.detections],
                                   [d.box for d in result.detections], stamp, result.label_image)
-        self.summary.add(phrases, result.detections, (time.perf_counter() - started) * 1e3)
+        self.summary.add(phrases, result.detections, (time.perf_counter() - started) * 1e3,
+                         result.rejected)
         self._write_2d(message, head, rgb, result, ids)
         if index in self.picks:
             self.strip[index] = draw_overlay(rgb, result.detections, result.label_image,
@@ -233,6 +241,7 @@ class BagGrounder:
             stamp = msgs.stamp_seconds(item[0])
         else:
             stamp = msgs.stamp_seconds(msgs.copy_header(message.decoded.header))
+        stamp = stamp or message.log_time * 1e-9  # unstamped: the bag's log time
         match = self.matcher.add(name, stamp, message.decoded if item is None else item)
         if match is None:
             return
@@ -252,6 +261,10 @@ class BagGrounder:
                 raise ValueError(f'depth {depth.shape[1]}x{depth.shape[0]} is not the frame '
                                  f'size {result.label_image.shape[1]}x'
                                  f'{result.label_image.shape[0]}')
+            info = self.camera_info
+            if (info.width, info.height) != (depth.shape[1], depth.shape[0]):
+                raise ValueError(f'camera_info {info.width}x{info.height} is not the depth '
+                                 f'size {depth.shape[1]}x{depth.shape[0]}')
             lifted, reasons = lift_instances(
                 result.label_image, len(result.detections), depth,
                 check_intrinsics(self.camera_info.k), None,
@@ -290,13 +303,25 @@ def check_inputs(reader: BagReader, args) -> str:
     return image_type
 
 
-def output_path(args) -> Path:
-    """Return --output, or IN_grounded.mcap next to the input; BagError when it is the input."""
+def output_path(args, reader) -> Path:
+    """
+    Return --output, or IN_grounded.mcap next to the input, checked before any work.
+
+    BagError when it is the MCAP file the reader opened (also inside a rosbag2 folder: writing
+    would empty the bag being read), a folder, or when it, --json or --strip cannot be written.
+    """
     source = Path(args.bag)
     path = Path(args.output) if args.output else source.with_name(
         f'{source.stem}_grounded.mcap')
-    if path.exists() and source.exists() and path.resolve() == source.resolve():
+    if path.exists() and path.resolve() in (source.resolve(), Path(reader.path).resolve()):
         raise BagError(f'the output {path} is the input bag; give another --output')
+    if path.is_dir():
+        raise BagError(f'the output {path} is a folder; give a file name')
+    for name, target in (('--output', path), ('--json', args.json), ('--strip', args.strip)):
+        folder = Path(target).resolve().parent if target else None
+        if folder is not None and not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise BagError(f'{name} {target}: folder {folder} does not exist or is not '
+                           f'writable')
     return path
 
 
@@ -384,9 +409,11 @@ def check_arguments(parser, args) -> None:
     if not 0.0 <= args.threshold <= 1.0:
         parser.error(f'--threshold must be in [0, 1], got {args.threshold}')
     if args.max_frames < 0 or args.strip_frames < 0 or args.min_area < 1 or \
-            args.max_detections < 1 or not args.depth_scale > 0 or args.sync_tolerance < 0:
-        parser.error('--max-frames and --strip-frames must be >= 0, --min-area and '
-                     '--max-detections >= 1, --depth-scale > 0, --sync-tolerance >= 0')
+            args.max_detections < 1 or not 0 < args.depth_scale < math.inf or \
+            not 0 <= args.sync_tolerance < math.inf or args.threads < 0:
+        parser.error('--max-frames, --strip-frames and --threads must be >= 0, --min-area and '
+                     '--max-detections >= 1, --depth-scale > 0, --sync-tolerance >= 0 '
+                     '(finite numbers)')
 
 
 def load_pipeline(args) -> GroundingPipeline:
@@ -416,7 +443,7 @@ def run(args) -> int:
     """Replay the bag; return the exit status."""
     with BagReader(args.bag) as reader:
         image_type = check_inputs(reader, args)
-        path = output_path(args)
+        path = output_path(args, reader)
         try:
             pipeline = load_pipeline(args)
         except (ModelLoadError, ValueError) as e:
@@ -450,6 +477,11 @@ def run(args) -> int:
         with open(args.json, 'w') as f:
             json.dump({'bag': str(args.bag), 'output': str(path), 'image_topic': args.image_topic,
                        'image_type': image_type, **summary.to_dict()}, f, indent=2)
+    asked = set(summary.per_phrase)
+    if asked and asked <= set(summary.refused):
+        print(f'ground_bag: no phrase could be grounded: '
+              f'{"; ".join(summary.refused.values())}', file=sys.stderr)
+        return 1
     if summary.grounded == 0:
         reason = summary.reject_reason or ('no phrases: give --phrases or a --command-topic '
                                            'with commands' if summary.frames else
@@ -471,6 +503,8 @@ def report(args, image_type: str, path: Path, summary: Summary, counts: dict) ->
         note = f' ({summary.lift_reason})' if summary.not_lifted else ''
         print(f'3D: {summary.lifted_frames} frames lifted ({summary.without_depth} without '
               f'depth), {summary.lifted} detections lifted, {summary.not_lifted} not{note}')
+    for phrase, reason in summary.refused.items():
+        print(f'  {phrase!r} refused: {reason}')
     print(f'wrote {path}: ' + ', '.join(f'{t} ({n})' for t, n in counts.items()))
     print(summary.table())
 
