@@ -167,6 +167,17 @@ def test_max_detections_keeps_the_best_of_many_instances():
             [d.score for d in every.detections[:limit]])
 
 
+def test_phrases_with_the_same_model_words_are_grounded_once():
+    models = load_clip('tabletop', device='cpu'), load_clipseg('tabletop', device='cpu')
+    rgb, _ = blue_blocks(1, 2)
+    result = GroundingPipeline(*models, abstain=OFF, min_area=16)(
+        rgb, ['blue block', 'blue cube', 'the blue block'], 0.4)
+    assert {d.phrase for d in result.detections} == {'blue block'}
+    assert all((result.label_image == d.index + 1).sum() > 0 for d in result.detections)
+    assert result.rejected == dict.fromkeys(('blue cube', 'the blue block'),
+                                            "same words as 'blue block': 'blue block'")
+
+
 def test_score_is_geometric_mean_of_clip_and_clipseg(models, rgb, monkeypatch):
     clip = models[0]
     calls = []

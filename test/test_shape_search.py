@@ -194,3 +194,17 @@ def test_a_still_blob_is_searched_once_and_keeps_its_answer(crowded_scene, table
     pipeline.forget()  # a new run: the blob is searched again
     pipeline(rgb, ['green ball'], 0.4, with_heatmaps=False)
     assert (pipeline.search_memo.hits, pipeline.search_memo.misses) == (0, 1)
+
+
+def test_a_cluttered_frame_searches_only_the_surest_blobs(tabletop_models):
+    from clip_ros.perception.grounding import GroundingPipeline
+    rgb = np.full((480, 640, 3), 90, np.uint8)
+    for y in range(0, 480, 40):  # 192 red squares, each a blob too large for one block
+        for x in range(0, 640, 40):
+            rgb[y:y + 24, x:x + 24] = (220, 30, 30)
+    pipeline = GroundingPipeline(*tabletop_models)
+    pipeline(rgb, ['red block'], 0.4, with_heatmaps=False)
+    memo = pipeline.search_memo
+    assert (memo.hits, memo.misses) == (0, shape_search.MAX_BLOBS)
+    pipeline(rgb, ['red block'], 0.4, with_heatmaps=False)  # the same surest blobs again
+    assert (memo.hits, memo.misses) == (shape_search.MAX_BLOBS, shape_search.MAX_BLOBS)

@@ -284,11 +284,17 @@ class GroundingPipeline:
             frame = _Frame(self.light(rgb) if self.light else rgb, phrases,
                            check_thresholds(thresholds, len(phrases)),
                            [], [], {})
+            first = {}  # model words -> the phrase asked first with them
             for k, phrase in enumerate(phrases):
                 words, reason = self.canonical(phrase)
                 if reason:
                     frame.rejected.setdefault(phrase, reason)
+                elif words in first:
+                    # 'red cube' beside 'red block': one object, one detection, not two.
+                    frame.rejected.setdefault(phrase, f'same words as {first[words]!r}: '
+                                                      f'{words!r}')
                 else:
+                    first[words] = phrase
                     frame.asked.append(k)
                     frame.words.append(words)
             frames.append(frame)
@@ -455,13 +461,16 @@ class GroundingPipeline:
         if head is None:
             return
         for frame in frames:
-            for k, (owner, region) in enumerate(zip(frame.owners, frame.regions)):
+            searched = 0
+            for k in sorted(range(len(frame.regions)), key=lambda k: -frame.regions[k].mean_prob):
+                owner, region = frame.owners[k], frame.regions[k]
                 shape = head.shape_index(frame.words[owner])
                 if shape is None or k in frame.shape_probs:  # none, or a sure whole
                     continue
                 radius = shape_search.search_radius(region)
-                if not radius:
+                if not radius or searched >= shape_search.MAX_BLOBS:
                     continue
+                searched += 1
                 row, col = region.offset
                 h, w = region.mask.shape
                 window_prob = frame.maps[owner, row:row + h, col:col + w]
