@@ -62,4 +62,4 @@ def test_batch_cost_refuses_an_empty_batch(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(['flood', '--batch-cost', '0', '4'])
     assert exit_info.value.code == 2
-    assert '--batch-cost sizes must be >= 1' in capsys.readouterr().err
+    assert 'must be at least 1, got 0' in capsys.readouterr().err

@@ -32,6 +32,7 @@ from clip_ros.perception.grounding import AbstainRule
 from clip_ros.perception.registry import ModelLoadError
 from clip_ros.sim.dataset import render_scenes, split_seeds
 from clip_ros.tools import shift_eval, shift_report
+from clip_ros.tools.cli import count, number, writable
 from clip_ros.tools.shift_eval import ground_query, HELD_OUT_NAMES, NODE_DEFAULTS, scene_queries
 
 TARGETS = {'seen_accuracy': 0.97, 'held_out_accuracy': 0.90, 'mean_mask_iou': 0.6}
@@ -175,16 +176,16 @@ def parse_args(argv=None):
     parser.add_argument('--conditions', nargs='+', default=None, metavar='NAME',
                         help="shift benchmark under these scene conditions ('all' or names, "
                              'space- or comma-separated)')
-    parser.add_argument('--scenes', type=int, default=None,
+    parser.add_argument('--scenes', type=count(1), default=None,
                         help='test-split scenes (per condition with --conditions; default 200, '
                              f'with --conditions {shift_eval.DEFAULT_SCENES})')
-    parser.add_argument('--seed', '--start', dest='start', type=int, default=0,
+    parser.add_argument('--seed', '--start', dest='start', type=count(0), default=0,
                         help='first scene of the test split (scene seed = 200000 + this)')
-    parser.add_argument('--absent', type=int, default=shift_eval.ABSENT_PER_SCENE,
+    parser.add_argument('--absent', type=count(0), default=shift_eval.ABSENT_PER_SCENE,
                         help='absent-object names asked per scene (with --conditions)')
-    parser.add_argument('--width', type=int, default=640, help='render width (pixels)')
-    parser.add_argument('--height', type=int, default=480, help='render height (pixels)')
-    parser.add_argument('--threshold', type=float, default=NODE_DEFAULTS['threshold'],
+    parser.add_argument('--width', type=count(8), default=640, help='render width (pixels)')
+    parser.add_argument('--height', type=count(8), default=480, help='render height (pixels)')
+    parser.add_argument('--threshold', type=number(0.0, 1.0), default=NODE_DEFAULTS['threshold'],
                         help="pipeline threshold (grounding_node's default)")
     parser.add_argument('--rescore', choices=('on', 'off'), default='on',
                         help='CLIP crop re-scoring in the pipeline')
@@ -198,10 +199,10 @@ def parse_args(argv=None):
                         help='look inside same-colour blobs for the named shape (off: the '
                              'blob as the map gives it)')
     parser.add_argument('--backend', choices=BACKENDS, default='torch', help='inference backend')
-    parser.add_argument('--min-pixels', type=int, default=NODE_DEFAULTS['min_area'],
+    parser.add_argument('--min-pixels', type=count(1), default=NODE_DEFAULTS['min_area'],
                         help='skip objects with fewer visible pixels (the min_area default)')
     parser.add_argument('--device', default='cpu', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument('--threads', type=int, default=0,
+    parser.add_argument('--threads', type=count(0), default=0,
                         help='torch CPU threads; 0: 2 on an idle machine, else 1')
     parser.add_argument('--out', default='',
                         help='output folder for <name>.json and <name>.png (--conditions: '
@@ -217,6 +218,12 @@ def parse_args(argv=None):
             parser.error(str(e))  # exits with status 2 and the usage
     if args.scenes is None:
         args.scenes = 200 if args.conditions is None else shift_eval.DEFAULT_SCENES
+    # Checked now, not after the renders: where the figures go must be writable.
+    if args.out or args.conditions is not None:
+        writable(parser, '--out', args.out or 'out/evaluate', folder=True)
+    else:
+        writable(parser, '--json', args.json)
+        writable(parser, '--png', args.png)
     return args
 
 

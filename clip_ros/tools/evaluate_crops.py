@@ -15,10 +15,13 @@ import json
 import numpy as np
 import torch
 
+from clip_ros.perception import tabletop_model as tabletop
 from clip_ros.perception.classify import ZeroShotClassifier
 from clip_ros.perception.light import correction_for
 from clip_ros.perception.loading import load_clip
+from clip_ros.perception.registry import ModelLoadError
 from clip_ros.perception.stats import proportion
+from clip_ros.tools.cli import count, writable
 from clip_ros.tools.shift_eval import condition_names, HELD_OUT_NAMES, visible_objects
 
 MIN_SIDE = 4  # pixels: a box narrower than this is no crop
@@ -54,12 +57,13 @@ def accuracy(clip, items: list, compose: bool, light: bool = True) -> dict:
 def main(argv=None) -> int:
     """Classify the crops of each condition and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument('--model', default='tabletop', help='CLIP with a vocabulary')
+    parser.add_argument('--model', default='tabletop',
+                        help="'tabletop' (bundled) or a tabletop checkpoint directory")
     parser.add_argument('--conditions', nargs='+', default=['in_distribution'], metavar='NAME',
                         help="scene conditions ('all' or names)")
     parser.add_argument('--split', default='test', choices=('val', 'test'))
-    parser.add_argument('--scenes', type=int, default=40, help='scenes per condition')
-    parser.add_argument('--seed', '--start', dest='start', type=int, default=0,
+    parser.add_argument('--scenes', type=count(1), default=40, help='scenes per condition')
+    parser.add_argument('--seed', '--start', dest='start', type=count(0), default=0,
                         help='first scene of the split')
     # Off: light correction reads a whole scene's statistics; on a crop it takes the object's
     # own colour for a lamp's (val in_distribution: composed 97 % -> 25 % with it on).
@@ -70,8 +74,14 @@ def main(argv=None) -> int:
         conditions = condition_names(args.conditions)
     except ValueError as e:
         parser.error(str(e))
+    writable(parser, '--json', args.json)
     torch.set_num_threads(1)
-    clip = load_clip(args.model, '', device='cpu')
+    # As evaluate loads it: the bundled model by name, a checkpoint folder by path.
+    path = '' if args.model == tabletop.NAME else args.model
+    try:
+        clip = load_clip(tabletop.NAME, path, device='cpu')
+    except (ModelLoadError, ValueError) as e:
+        parser.error(f'--model {args.model}: {e}')
     if not clip.vocabulary:
         parser.error(f'model {args.model!r} has no vocabulary of names to classify among')
     figures = {}

@@ -23,6 +23,7 @@ from clip_ros.sim.episodes import (
     EpisodeConfig, load_perception, PERCEPTION_CHOICES, run_episode, sample_absent_task,
     sample_task, save_strip, STAGES)
 from clip_ros.sim.scene import COLOURS, SHAPES
+from clip_ros.tools.cli import count, number, writable
 
 VERBS = ('pick', 'place', 'absent')
 
@@ -30,7 +31,7 @@ VERBS = ('pick', 'place', 'absent')
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--episodes', type=int, default=20, help='episodes per verb')
+    parser.add_argument('--episodes', type=count(1), default=20, help='episodes per verb')
     parser.add_argument('--verbs', nargs='+', default=list(VERBS), choices=VERBS,
                         help='absent: a pick naming an object that is not in the scene')
     parser.add_argument('--perception', choices=PERCEPTION_CHOICES, default='tabletop',
@@ -38,23 +39,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--head', default='', help='policy head checkpoint to compare')
     parser.add_argument('--only-head', action='store_true',
                         help='run only the learned head (the geometric figures are known)')
-    parser.add_argument('--seed', type=int, default=0,
+    parser.add_argument('--seed', type=count(0), default=0,
                         help='offset of the scene seeds within the split')
     parser.add_argument('--split', choices=sorted(SPLITS), default='test',
                         help='scene split (the tabletop model trained on train, thresholds '
                              'and demonstrations use val)')
-    parser.add_argument('--held-out-share', type=float, default=0.5,
+    parser.add_argument('--held-out-share', type=number(0.0, 1.0), default=0.5,
                         help='share of episodes whose target is a held-out colour x shape')
-    parser.add_argument('--perceive-every', type=int, default=1,
+    parser.add_argument('--perceive-every', type=count(1), default=1,
                         help='ground every n-th control tick')
-    parser.add_argument('--threshold', type=float, default=0.4, help='grounding threshold')
+    parser.add_argument('--threshold', type=number(0.0, 1.0), default=0.4,
+                        help='grounding threshold')
     # The tabletop grounding model was trained on 640x480 renders; at 160x120 small objects
     # fall below its detection size.
-    parser.add_argument('--width', type=int, default=640)
-    parser.add_argument('--height', type=int, default=480)
+    parser.add_argument('--width', type=count(8), default=640)
+    parser.add_argument('--height', type=count(8), default=480)
     parser.add_argument('--device', default='auto')
     parser.add_argument('--out', default='eval', help='folder for the episode strip and GIF')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.head and not os.path.isfile(args.head):
+        parser.error(f'--head {args.head} does not exist (train_policy_head writes one)')
+    writable(parser, '--out', args.out, folder=True)
+    return args
 
 
 def make_tasks(args) -> list:
@@ -202,8 +208,8 @@ def evaluate(args, sim, perception, factories: dict, tasks: list) -> dict:
     return runs
 
 
-def main(argv=None) -> None:
-    """Run the evaluation and print the tables."""
+def main(argv=None) -> int:
+    """Run the evaluation and print the tables; exit status 2 on bad arguments."""
     from clip_ros.sim.simulator import Simulator
 
     args = parse_args(argv)
@@ -225,7 +231,8 @@ def main(argv=None) -> None:
                    'episodes_per_verb': args.episodes, 'size': [args.width, args.height],
                    'policies': summary(runs, args.verbs)}, f, indent=1)
     print(f'\nwrote {path}')
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    raise SystemExit(main())

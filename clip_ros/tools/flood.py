@@ -32,6 +32,7 @@ from clip_ros.nodes.conversions import numpy_to_image
 from clip_ros.nodes.grounding_node import GroundingNode
 from clip_ros.nodes.managed import resident_bytes
 from clip_ros.perception.stats import percentiles
+from clip_ros.tools.cli import count, frame_size, number
 
 # node -> (class, result type and topic, parameters for the tiny models, task parameters)
 NODES = {
@@ -228,33 +229,29 @@ def main(args=None) -> int:
     """Parse arguments, run one flood or soak and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument('--node', default='grounding', choices=sorted(NODES))
-    parser.add_argument('--rate', type=float, default=200.0, help='input frames per second')
-    parser.add_argument('--duration', type=float, default=30.0, help='measured seconds')
-    parser.add_argument('--warmup', type=float, default=2.0, help='seconds before measuring')
-    parser.add_argument('--size', default='320x240', help='frame WIDTHxHEIGHT')
+    parser.add_argument('--rate', type=number(0.0, low_open=True), default=200.0,
+                        help='input frames per second')
+    parser.add_argument('--duration', type=number(0.0, low_open=True), default=30.0,
+                        help='measured seconds')
+    parser.add_argument('--warmup', type=number(0.0), default=2.0,
+                        help='seconds before measuring')
+    parser.add_argument('--size', type=frame_size, default=(320, 240), help='frame WIDTHxHEIGHT')
     parser.add_argument('--model', default='tiny', choices=['tiny', 'default', 'tabletop'],
                         help="'tiny': random-init models, no weights; 'default': the nodes' own; "
                         "'tabletop' (--cameras only): the bundled trained model")
-    parser.add_argument('--cameras', type=int, nargs='+', metavar='N',
+    parser.add_argument('--cameras', type=count(1), nargs='+', metavar='N',
                         help='grounding_node only: one node with N cameras against N nodes, '
                         'for each N, in separate processes')
-    parser.add_argument('--batch-cost', type=int, nargs='+', metavar='N',
+    parser.add_argument('--batch-cost', type=count(1), nargs='+', metavar='N',
                         help="in this process instead: a frame's cost in batches of N frames, "
                         'with the bundled model on the CPU (what many cameras can save)')
     parser.add_argument('--device', default='cpu', help="'auto', 'cpu' or 'cuda'")
     parser.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime', 'openvino'],
                         help='--cameras and --batch-cost only: the inference backend')
-    parser.add_argument('--domain-id', type=int, default=72)
+    parser.add_argument('--domain-id', type=count(0), default=72)
     parsed = parser.parse_args(rclpy.utilities.remove_ros_args(args)[1:] if args else None)
-    try:
-        size = tuple(int(v) for v in parsed.size.lower().split('x'))
-        if len(size) != 2:
-            raise ValueError(parsed.size)
-    except ValueError as e:
-        parser.error(f'--size must be WIDTHxHEIGHT, got {parsed.size!r}: {e}')
+    size = parsed.size
     if parsed.batch_cost:
-        if min(parsed.batch_cost) < 1:
-            parser.error(f'--batch-cost sizes must be >= 1, got {parsed.batch_cost}')
         from clip_ros.tools.batch_cost import run_batch_cost
         return run_batch_cost(sorted(set(parsed.batch_cost)), parsed.backend, size)
     if parsed.cameras:

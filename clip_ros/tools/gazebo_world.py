@@ -28,7 +28,7 @@ import numpy as np
 
 from clip_ros.sim.scene import sample_scene, scene_xml, SceneSpec
 from clip_ros.sim.simulator import horizontal_fov, intrinsics, mujoco
-from clip_ros.tools.make_dataset import parse_size
+from clip_ros.tools.cli import frame_size
 
 SEED = 0                  # sim.launch.py's default scene
 SIZE = (640, 480)         # sim_node's default image size
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='gazebo_world', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--seed', type=int, default=SEED, help='scene seed (default %(default)s)')
-    parser.add_argument('--size', type=parse_size, default=SIZE,
+    parser.add_argument('--size', type=frame_size, default=SIZE,
                         help='camera image WxH pixels (default 640x480)')
     parser.add_argument('--out', default=OUT, help='SDF file to write, - for stdout '
                         '(default %(default)s, from the repository root)')

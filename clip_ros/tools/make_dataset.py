@@ -7,17 +7,7 @@ from tqdm import tqdm
 
 from clip_ros.sim.conditions import CONDITIONS, RANDOMISED
 from clip_ros.sim.dataset import generate, SPLIT_SIZE, SPLITS
-
-
-def parse_size(text: str) -> tuple:
-    """Parse 'WxH' (e.g. '640x480') into (width, height), at least 8x8."""
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f'size must look like 640x480, got {text!r}') from e
-    if width < 8 or height < 8:
-        raise argparse.ArgumentTypeError(f'size must be at least 8x8, got {text!r}')
-    return width, height
+from clip_ros.tools.cli import frame_size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--count', type=int, default=1000, help='number of scenes')
     parser.add_argument('--start', type=int, default=0,
                         help=f'first scene index within the split (0..{SPLIT_SIZE - 1})')
-    parser.add_argument('--size', type=parse_size, default=(224, 224), help='WxH pixels')
+    parser.add_argument('--size', type=frame_size, default=(224, 224), help='WxH pixels')
     parser.add_argument('--depth', action='store_true', help='also save depth.npy (metres)')
     parser.add_argument('--condition', choices=CONDITIONS + (RANDOMISED,),
                         default='in_distribution',

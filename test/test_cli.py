@@ -1,0 +1,71 @@
+"""Command-line tools: a bad value or an output that cannot be written exits 2 before any work."""
+import argparse
+import json
+
+import pytest
+
+from clip_ros.tools import cli, evaluate, evaluate_crops, evaluate_policy, flood
+
+
+def test_types_take_good_values_and_say_why_not_for_bad_ones():
+    assert cli.count(1)('3') == 3 and cli.number(0.0, 1.0)('0.5') == 0.5
+    assert cli.frame_size('640x480') == (640, 480)
+    for parse, text, reason in (
+            (cli.count(1), '0', 'must be at least 1, got 0'),
+            (cli.count(0), 'two', "expected a whole number, got 'two'"),
+            (cli.number(0.0, 1.0), 'nan', 'must be a finite number in [0, 1], got nan'),
+            (cli.number(0.0, low_open=True), '0', 'must be a finite number above 0, got 0'),
+            (cli.frame_size, '640x', "size must look like 640x480, got '640x'"),
+            (cli.frame_size, '4x4', "size must be at least 8x8, got '4x4'")):
+        with pytest.raises(argparse.ArgumentTypeError, match=reason.replace('[', r'\[')):
+            parse(text)
+
+
+def exits_2(capsys, main, args) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize('args, reason', [
+    (['--scenes', '0'], 'argument --scenes: must be at least 1, got 0'),
+    (['--threshold', '1.5'], 'must be a finite number in [0, 1], got 1.5'),
+    (['--width', '0'], 'argument --width: must be at least 8, got 0'),
+    (['--json', '{missing}/x.json'], 'does not exist or is not writable'),
+    (['--conditions', 'in_distribution', '--out', '{file}/sub'], 'cannot create that folder'),
+])
+def test_evaluate_refuses_before_rendering(capsys, tmp_path, args, reason):
+    (tmp_path / 'file').write_text('')
+    args = [a.format(missing=tmp_path / 'missing', file=tmp_path / 'file') for a in args]
+    assert reason in exits_2(capsys, evaluate.parse_args, args)
+
+
+@pytest.mark.parametrize('args, reason', [
+    (['--episodes', '-1'], 'argument --episodes: must be at least 1, got -1'),
+    (['--seed', '-1'], 'argument --seed: must be at least 0, got -1'),
+    (['--head', '{missing}/head.pt'], 'does not exist (train_policy_head writes one)'),
+])
+def test_evaluate_policy_refuses_before_rendering(capsys, tmp_path, args, reason):
+    args = [a.format(missing=tmp_path / 'missing') for a in args]
+    assert reason in exits_2(capsys, evaluate_policy.main, args)
+
+
+def test_evaluate_crops_takes_a_checkpoint_folder_like_evaluate(capsys, tmp_path, gl_context):
+    from clip_ros.perception.tabletop_model import BUNDLED_DIR
+    report = tmp_path / 'crops.json'
+    assert evaluate_crops.main(['--model', str(BUNDLED_DIR), '--scenes', '1', '--split', 'val',
+                                '--json', str(report)]) == 0
+    assert json.loads(report.read_text())['conditions']['in_distribution']
+    err = exits_2(capsys, evaluate_crops.main, ['--model', str(tmp_path / 'none')])
+    assert f'--model {tmp_path / "none"}:' in err and 'does not exist' in err
+
+
+@pytest.mark.parametrize('args, reason', [
+    (['--size', '0x0'], 'size must be at least 8x8'),
+    (['--duration', '0'], 'argument --duration: must be a finite number above 0, got 0'),
+    (['--rate', '-5'], 'argument --rate: must be a finite number above 0, got -5'),
+    (['--cameras', '0'], 'argument --cameras: must be at least 1, got 0'),
+])
+def test_flood_refuses_values_it_cannot_run(capsys, args, reason):
+    assert reason in exits_2(capsys, flood.main, ['flood', *args])
