@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from clip_ros.tools import cli, evaluate, evaluate_crops, evaluate_policy, flood
+from clip_ros.tools import (calibrate, cli, demo, evaluate, evaluate_crops, evaluate_policy,
+                            flood, record_sim_bag)
 
 
 def test_types_take_good_values_and_say_why_not_for_bad_ones():
@@ -69,3 +70,18 @@ def test_evaluate_crops_takes_a_checkpoint_folder_like_evaluate(capsys, tmp_path
 ])
 def test_flood_refuses_values_it_cannot_run(capsys, args, reason):
     assert reason in exits_2(capsys, flood.main, ['flood', *args])
+
+
+@pytest.mark.parametrize('main, args, reason', [
+    (calibrate.parse_args, ['--scenes', '0'], 'argument --scenes: must be at least 1, got 0'),
+    (calibrate.parse_args, ['--present-limit', '2'], 'must be a finite number in [0, 1], got 2'),
+    (demo.main, ['--seeds', '3000000000'], 'must be at most 2147483647, got 3000000000'),
+    (demo.main, ['--rate', '0'], 'argument --rate: must be a finite number above 0, got 0'),
+    (record_sim_bag.main, ['{tmp}/x.mcap', '--seed', '-1'], 'must be at least 0, got -1'),
+    (record_sim_bag.main, ['{tmp}/x.mcap', '--width', '20000'], 'must be at most 4096'),
+    (record_sim_bag.main, ['{tmp}/missing/x.mcap'], 'does not exist or is not writable'),
+])
+def test_other_tools_refuse_before_any_work(capsys, tmp_path, main, args, reason):
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert reason in exits_2(capsys, main, args)
+    assert not (tmp_path / 'x.mcap').exists()

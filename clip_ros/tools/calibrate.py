@@ -39,6 +39,7 @@ from clip_ros.perception.geometry import box_iou
 from clip_ros.perception.grounding import AbstainRule, GroundingPipeline
 from clip_ros.perception.registry import ModelLoadError
 from clip_ros.perception.stats import proportion
+from clip_ros.tools.cli import count, number
 from clip_ros.tools.shift_eval import (
     ABSENT_KINDS, BOX_IOU, condition_names, HELD_OUT_NAMES, NODE_DEFAULTS, scene_queries,
     visible_objects)
@@ -280,25 +281,25 @@ def parse_args(argv=None):
                         help="'tabletop' (bundled) or a tabletop checkpoint directory")
     parser.add_argument('--conditions', nargs='+', default=['all'],
                         help="scene conditions ('all' or names; see clip_ros.sim.conditions)")
-    parser.add_argument('--scenes', type=int, default=20,
+    parser.add_argument('--scenes', type=count(1), default=20,
                         help='validation scenes per condition')
-    parser.add_argument('--start', type=int, default=0, help='first scene of the val split')
-    parser.add_argument('--absent', type=int, default=6, help='absent names asked per scene')
-    parser.add_argument('--width', type=int, default=640, help='render width (pixels)')
-    parser.add_argument('--height', type=int, default=480, help='render height (pixels)')
-    parser.add_argument('--threshold', type=float, default=NODE_DEFAULTS['threshold'],
+    parser.add_argument('--start', type=count(0), default=0, help='first scene of the val split')
+    parser.add_argument('--absent', type=count(0), default=6, help='absent names asked per scene')
+    parser.add_argument('--width', type=count(8), default=640, help='render width (pixels)')
+    parser.add_argument('--height', type=count(8), default=480, help='render height (pixels)')
+    parser.add_argument('--threshold', type=number(0.0, 1.0), default=NODE_DEFAULTS['threshold'],
                         help='CLIPSeg threshold (grounding_node default)')
-    parser.add_argument('--min-pixels', type=int, default=NODE_DEFAULTS['min_area'],
+    parser.add_argument('--min-pixels', type=count(1), default=NODE_DEFAULTS['min_area'],
                         help='skip objects with fewer visible pixels')
-    parser.add_argument('--absent-target', type=float, default=ABSENT_TARGET,
+    parser.add_argument('--absent-target', type=number(0.0, 1.0), default=ABSENT_TARGET,
                         help='share of absent-object queries to reject')
-    parser.add_argument('--present-limit', type=float, default=PRESENT_LIMIT,
+    parser.add_argument('--present-limit', type=number(0.0, 1.0), default=PRESENT_LIMIT,
                         help='largest share of present-object queries wrongly rejected')
-    parser.add_argument('--light-scenes', type=int, default=40,
+    parser.add_argument('--light-scenes', type=count(1), default=40,
                         help='train scenes the light reference is measured on (0: keep the '
                              "config's reference, or none)")
     parser.add_argument('--device', default='cpu', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument('--threads', type=int, default=0,
+    parser.add_argument('--threads', type=count(0), default=0,
                         help='torch CPU threads; 0: 2 on an idle machine, else 1')
     parser.add_argument('--dry-run', action='store_true',
                         help='print and save the figures, leave config.json unchanged')

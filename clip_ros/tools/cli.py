@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 
 
-def count(minimum: int = 0):
-    """Return an argparse type: an integer of at least `minimum`."""
+def count(minimum: int = 0, maximum: int = None):
+    """Return an argparse type: an integer of at least `minimum` (and at most `maximum`)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -19,6 +19,8 @@ def count(minimum: int = 0):
             raise argparse.ArgumentTypeError(f'expected a whole number, got {text!r}') from e
         if value < minimum:
             raise argparse.ArgumentTypeError(f'must be at least {minimum}, got {value}')
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f'must be at most {maximum}, got {value}')
         return value
     return parse
 

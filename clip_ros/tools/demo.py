@@ -29,6 +29,7 @@ from clip_ros.nodes.conversions import image_to_numpy
 from clip_ros.nodes.overlay import draw_overlay
 from clip_ros.perception.geometry import box_iou, Detection
 from clip_ros.perception.names import BACKENDS
+from clip_ros.tools.cli import count, number
 from clip_ros.tools.demo_graph import (
     build_graph, node_specs, OWN_PROCESS, SIM_TOPICS, start_processes, stop_processes)
 
@@ -285,12 +286,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument('--model', default='tabletop', choices=['tabletop', 'tiny'])
     parser.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
-    parser.add_argument('--seeds', type=int, nargs='+', default=[200001, 200002, 200003])
-    parser.add_argument('--rate', type=float, default=30.0, help='camera frames per second')
-    parser.add_argument('--width', type=int, default=640)
-    parser.add_argument('--height', type=int, default=480)
-    parser.add_argument('--timeout', type=float, default=60.0, help='seconds per command')
-    parser.add_argument('--measure', type=float, default=5.0, help='seconds of rate measurement')
+    parser.add_argument('--seeds', type=count(0, 2 ** 31 - 1), nargs='+',
+                        default=[200001, 200002, 200003])
+    parser.add_argument('--rate', type=number(0.0, low_open=True), default=30.0,
+                        help='camera frames per second')
+    parser.add_argument('--width', type=count(8, 4096), default=640)
+    parser.add_argument('--height', type=count(8, 4096), default=480)
+    parser.add_argument('--timeout', type=number(0.0, low_open=True), default=60.0,
+                        help='seconds per command')
+    parser.add_argument('--measure', type=number(0.0), default=5.0,
+                        help='seconds of rate measurement')
     parser.add_argument('--output', default='out/demo_strip.png', help='annotated strip PNG')
     parser.add_argument('--processes', default='one', choices=LAYOUTS,
                         help="all nodes in the demo's process (the fastest here), or a "

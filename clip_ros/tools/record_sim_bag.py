@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from clip_ros.sim.scene import GRIPPER_HOME
-from clip_ros.tools import bag_messages as msgs
+from clip_ros.tools import bag_messages as msgs, cli
 from clip_ros.tools.bags import BagWriter, CAMERA_QOS, Qos
 
 START_NS = 1_700_000_000 * 1_000_000_000  # first frame stamp (ns since the epoch)
@@ -137,9 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('output', help='MCAP file to write (e.g. sim.mcap)')
     parser.add_argument('--frames', type=int, default=30, help='frames in all')
     parser.add_argument('--scenes', type=int, default=3, help='scenes the frames are split over')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the first scene')
-    parser.add_argument('--width', type=int, default=640, help='image width (pixels)')
-    parser.add_argument('--height', type=int, default=480, help='image height (pixels)')
+    parser.add_argument('--seed', type=cli.count(0), default=0, help='seed of the first scene')
+    # The renderer's offscreen buffer: larger frames fail inside MuJoCo.
+    parser.add_argument('--width', type=cli.count(8, 4096), default=640,
+                        help='image width (pixels)')
+    parser.add_argument('--height', type=cli.count(8, 4096), default=480,
+                        help='image height (pixels)')
     parser.add_argument('--rate', type=float, default=15.0, help='frames per second (stamps)')
     parser.add_argument('--compressed', action='store_true',
                         help=f'also write a jpeg CompressedImage on {TOPICS["compressed"]} and '
@@ -156,6 +159,7 @@ def main(argv=None) -> int:
     if args.frames < 1 or args.scenes < 1 or args.width < 8 or args.height < 8 or \
             not args.rate > 0:
         parser.error('--frames and --scenes must be >= 1, the size at least 8x8, --rate > 0')
+    cli.writable(parser, 'output', args.output)
     try:
         report = record(args.output, args.frames, args.scenes, args.seed, args.width,
                         args.height, args.rate, args.compressed, args.depth_encoding)
