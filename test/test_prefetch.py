@@ -44,6 +44,10 @@ def test_bad_local_file_and_tag(tmp_path, capsys):
     assert prefetch.main(['--only', 'clip', '--clip-arch', 'tiny',
                           '--clip-pretrained', str(corrupt)]) == 1
     assert 'cannot load weights' in capsys.readouterr().err
+    missing = tmp_path / 'missing.pt'
+    assert prefetch.main(['--only', 'clip', '--clip-pretrained', str(missing),
+                          '--no-verify']) == 1
+    assert f'local file {missing} does not exist' in capsys.readouterr().err
     assert prefetch.main(['--only', 'clip', '--clip-pretrained', 'nope']) == 1
     assert 'valid tags' in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -55,6 +55,8 @@ def fetch_clip(arch: str, pretrained: str, cache_dir=None) -> str:
     if registry.clean_tag(pretrained) in registry.RANDOM_TAGS:
         return f'CLIP {arch}/random: random initialisation, nothing to download'
     if registry.is_weight_path(pretrained):
+        if not os.path.isfile(pretrained):
+            raise PrefetchError(f'CLIP {arch}: local file {pretrained} does not exist')
         return f'CLIP {arch}: local file {pretrained}, nothing to download'
     weights = registry.clip_weights(arch, pretrained)
     path = registry.find_cached_clip(weights, cache_dir)
