@@ -6,6 +6,7 @@ mislabelled and oversized data are rejected with a logged reason and counted, an
 frame is still answered; vla_policy_node lifts from compressedDepth as from raw depth; with
 publish_3d grounding_node lifts every detection near its true 3D centre.
 """
+import io
 import os
 
 os.environ['ROS_DOMAIN_ID'] = '81'  # before rclpy: own domain, no cross-talk with other tests
@@ -41,6 +42,14 @@ def test_png_is_lossless_and_jpeg_close():
     assert jpeg.shape == smooth.shape and np.abs(jpeg.astype(int) - smooth).mean() < 2
 
 
+def grey16_png() -> bytes:
+    """Return a 16-bit grey PNG (a depth or IR frame sent as a 'colour' image)."""
+    from PIL import Image
+    out = io.BytesIO()
+    Image.fromarray(np.arange(0, 40000, 10, dtype=np.uint16).reshape(40, 100)).save(out, 'PNG')
+    return out.getvalue()
+
+
 @pytest.mark.parametrize('data, fmt, reason', [
     (b'', 'jpeg', 'empty compressed data'),
     (b'not an image at all', 'jpeg', 'cannot be read'),
@@ -50,6 +59,7 @@ def test_png_is_lossless_and_jpeg_close():
     (encode_colour(SMALL, 'jpeg'), 'theora', 'neither JPEG nor PNG'),
     (encode_depth(np.ones((4, 4), np.uint16), '16UC1'), '16UC1; compressedDepth png',
      'is a compressedDepth image'),
+    (grey16_png(), 'png', r'png holds I;16 pixels \(16-bit or float grey\), not a colour'),
 ])
 def test_bad_colour_data_says_why(data, fmt, reason):
     with pytest.raises(ValueError, match=reason):

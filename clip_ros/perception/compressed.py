@@ -80,6 +80,11 @@ def decode_colour(data, fmt: str, max_size: int, device='cpu') -> np.ndarray:
             raise ValueError(f'jpeg data is corrupt or truncated: {e}') from e
         return pixels.permute(1, 2, 0).cpu().numpy()
     _load(image, kind)
+    if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
+        # 16-bit grey (a depth or IR frame): converting would clip it, as the raw path's mono16
+        # is refused too.
+        raise ValueError(f'{kind} holds {image.mode} pixels (16-bit or float grey), not a '
+                         f'colour image')
     return np.asarray(image.convert('RGB'))
 
 
