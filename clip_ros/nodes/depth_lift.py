@@ -17,7 +17,7 @@ from clip_ros.nodes.messages import detections_3d_msg, object_markers
 from clip_ros.nodes.overlay import phrase_colour
 from clip_ros.nodes.transforms import lookup_extrinsic, make_tf_buffer
 from clip_ros.perception.compressed import decode_depth
-from clip_ros.policy.lifting import check_intrinsics, depth_to_metres
+from clip_ros.policy.lifting import check_camera_size, check_intrinsics, depth_to_metres
 from clip_ros.policy.perceive import lift_instances
 from clip_ros.policy.sync import StampBuffer
 
@@ -122,10 +122,7 @@ class DepthLift:
         if depth.shape != result.label_image.shape:
             raise ValueError(f'depth {depth.shape[1]}x{depth.shape[0]} is not the frame size '
                              f'{result.label_image.shape[1]}x{result.label_image.shape[0]}')
-        if (info.width, info.height) != (depth.shape[1], depth.shape[0]):
-            # Intrinsics of another resolution would put every point in the wrong place.
-            raise ValueError(f'camera_info {info.width}x{info.height} is not the depth size '
-                             f'{depth.shape[1]}x{depth.shape[0]}')
+        check_camera_size(info.width, info.height, depth)  # else every point is misplaced
         extrinsic, out_header = self._frame(depth_msg.header)
         lifted, reasons = lift_instances(result.label_image, len(result.detections), depth,
                                          check_intrinsics(info.k), extrinsic,

@@ -40,7 +40,7 @@ from clip_ros.nodes.transforms import lookup_extrinsic, make_tf_buffer
 from clip_ros.policy.command import parse_command, quote
 from clip_ros.policy.geometric import (
     Action, FINAL_STATES, GeometricPolicy, Observation, OPEN, PolicyConfig)
-from clip_ros.policy.lifting import check_intrinsics, Extrinsic, quat_to_matrix
+from clip_ros.policy.lifting import check_camera_size, check_intrinsics, Extrinsic, quat_to_matrix
 from clip_ros.policy.perceive import LiftConfig, perceive, roles
 from clip_ros.policy.sync import TimeMatcher
 from clip_ros.policy.verify import VerifyConfig
@@ -444,9 +444,7 @@ class VlaPolicyNode(ManagedNode):
         K = check_intrinsics(info.k)
         depth = depth_metres(depth_msg, self._p['depth_scale'])
         labels = image_to_numpy(match['mask'])
-        if (info.width, info.height) != (depth.shape[1], depth.shape[0]):
-            raise ValueError(f'depth size {depth.shape[1]}x{depth.shape[0]} differs from '
-                             f'camera_info {info.width}x{info.height}')
+        check_camera_size(info.width, info.height, depth)
         return K, depth, labels, self._lookup_extrinsic(depth_msg.header)
 
     def _lift_config(self) -> LiftConfig:

@@ -82,6 +82,13 @@ def matrix_to_quat(rot) -> list:
     return [float(v) for v in q / np.linalg.norm(q)]
 
 
+def check_camera_size(width: int, height: int, depth: np.ndarray) -> None:
+    """Raise ValueError when camera_info's size is not the depth image's (wrong intrinsics)."""
+    if (width, height) != (depth.shape[1], depth.shape[0]):
+        raise ValueError(f'depth size {depth.shape[1]}x{depth.shape[0]} differs from '
+                         f'camera_info {width}x{height}')
+
+
 def check_intrinsics(K) -> np.ndarray:
     """Return K as float64 [3, 3]; raise ValueError when it is missing or not a pinhole."""
     if K is None:

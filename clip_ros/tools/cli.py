@@ -67,8 +67,17 @@ def writable(parser: argparse.ArgumentParser, option: str, path, folder: bool = 
         if not os.access(path, os.W_OK):
             parser.error(f'{option} {path}: the folder is not writable')
         return
+    reason = unwritable_file(option, path)
+    if reason:
+        parser.error(reason)
+
+
+def unwritable_file(option: str, path) -> str:
+    """Return why the file `path` (given as `option`) cannot be written, or ''."""
+    path = Path(path)
     if path.is_dir():
-        parser.error(f'{option} {path} is a folder; give a file name')
+        return f'{option} {path} is a folder; give a file name'
     parent = path.resolve().parent
     if not (parent.is_dir() and os.access(parent, os.W_OK)):
-        parser.error(f'{option} {path}: folder {parent} does not exist or is not writable')
+        return f'{option} {path}: folder {parent} does not exist or is not writable'
+    return ''

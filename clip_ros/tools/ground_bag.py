@@ -21,7 +21,6 @@ does not exist or is not MCAP, a topic not in the bag, a topic of the wrong type
 import argparse
 import json
 import math
-import os
 from pathlib import Path
 import sys
 import time
@@ -34,11 +33,12 @@ from clip_ros.perception.grounding import (
 from clip_ros.perception.loading import load_or_tabletop, ModelLoadError
 from clip_ros.perception.tracking import Tracker
 from clip_ros.policy.command import parse_command, quote
-from clip_ros.policy.lifting import check_intrinsics, depth_to_metres
+from clip_ros.policy.lifting import check_camera_size, check_intrinsics, depth_to_metres
 from clip_ros.policy.perceive import lift_instances
 from clip_ros.policy.sync import TimeMatcher
 from clip_ros.tools import bag_messages as msgs
 from clip_ros.tools.bags import BagError, BagReader, BagWriter, IMAGE_TYPES, LATCHED_QOS
+from clip_ros.tools.cli import unwritable_file
 
 STRING_TYPE = 'std_msgs/msg/String'
 DEPTH_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')  # compressedDepth
@@ -261,10 +261,7 @@ class BagGrounder:
                 raise ValueError(f'depth {depth.shape[1]}x{depth.shape[0]} is not the frame '
                                  f'size {result.label_image.shape[1]}x'
                                  f'{result.label_image.shape[0]}')
-            info = self.camera_info
-            if (info.width, info.height) != (depth.shape[1], depth.shape[0]):
-                raise ValueError(f'camera_info {info.width}x{info.height} is not the depth '
-                                 f'size {depth.shape[1]}x{depth.shape[0]}')
+            check_camera_size(self.camera_info.width, self.camera_info.height, depth)
             lifted, reasons = lift_instances(
                 result.label_image, len(result.detections), depth,
                 check_intrinsics(self.camera_info.k), None,
@@ -315,13 +312,11 @@ def output_path(args, reader) -> Path:
         f'{source.stem}_grounded.mcap')
     if path.exists() and path.resolve() in (source.resolve(), Path(reader.path).resolve()):
         raise BagError(f'the output {path} is the input bag; give another --output')
-    if path.is_dir():
-        raise BagError(f'the output {path} is a folder; give a file name')
-    for name, target in (('--output', path), ('--json', args.json), ('--strip', args.strip)):
-        folder = Path(target).resolve().parent if target else None
-        if folder is not None and not (folder.is_dir() and os.access(folder, os.W_OK)):
-            raise BagError(f'{name} {target}: folder {folder} does not exist or is not '
-                           f'writable')
+    for option, target in (('--output', path), ('--json', args.json),
+                           ('--strip', args.strip)):
+        reason = unwritable_file(option, target) if target else ''
+        if reason:
+            raise BagError(reason)
     return path
 
 
