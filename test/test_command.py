@@ -69,13 +69,44 @@ CASES = [
     ('give me the ball that is red, then put it into the bowl', 'place', ['red ball'], 'bowl',
      None),
     ('the colored block', None, ['colored block'], None, None),
+    # A side of something belongs to the object a pick names; alone it is a way to go.
+    ('pick up the block to the left of the red ball', 'pick', ['block to left of red ball'],
+     None, None),
+    ('grab the ball to the right of the bowl', 'pick', ['ball to right of bowl'], None, None),
+    ('take the red block to the left', 'place', ['red block'], None, 'left'),
 ]
+
+
+@pytest.mark.parametrize('text,relation', [
+    ('put the red block in the green bowl', 'in'),
+    ('stack the red block on top of the blue block', 'on top of'),
+    ('put the red block next to the blue ball', 'next to'),
+    ('move the red block to the left of the blue bowl', 'left of'),
+    ('take the mug to the sink', 'to'),
+    ('grab the red ball and put it into the green bowl', 'into'),
+    ('pick up the red ball', None),
+])
+def test_the_words_before_the_destination_are_kept(text, relation):
+    assert parse_command(text).relation == relation
+
+
+@pytest.mark.parametrize('text,word', [
+    ("don't grab the red block, grab the blue ball", "don't"),
+    ('do not pick up the red block', 'not'),
+    ('instead of the red block, pick up the blue ball', 'instead'),
+    ('pick up every block except the red one', 'except'),
+    ('never touch the blue ball', 'never'),
+])
+def test_a_negation_is_reported(text, word):
+    assert parse_command(text).negation == word
 
 
 @pytest.mark.parametrize('text,verb,targets,destination,direction', CASES)
 def test_parse_command(text, verb, targets, destination, direction):
     cmd = parse_command(text)
-    assert cmd == Command(text, verb, targets, destination, direction)
+    assert (cmd.text, cmd.verb, cmd.targets, cmd.destination, cmd.direction) == (
+        text, verb, targets, destination, direction)
+    assert not cmd.negation
 
 
 @pytest.mark.parametrize('value', [None, 42, b'pick up the cup', ['pick'], 3.5])

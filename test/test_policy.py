@@ -88,8 +88,15 @@ def test_place_ends_open_above_destination():
     assert log[-1][0].gripper == OPEN
 
 
-@pytest.mark.parametrize('text', ['dance with the blue block', 'blue block', 'sing'])
-def test_unknown_verb_never_moves(text):
+@pytest.mark.parametrize('text', [
+    'dance with the blue block', 'blue block', 'sing',
+    # What the policy would carry out as something else: a forbidden object, a second
+    # object, a place beside (done as 'on'), a push towards an object (done as 'forward').
+    "don't grab the red block, grab the blue block", 'instead of the red block, grab the blue block',
+    'pick up the blue block and the red ball', 'put the blue block next to the green bowl',
+    'move the blue block to the left of the green bowl', 'push the blue block to the green bowl',
+    'take the blue block to the left'])
+def test_commands_it_cannot_do_never_move(text):
     policy = GeometricPolicy(CONFIG)
     action = policy.start(parse_command(text), 0.0)
     assert action.state == 'rejected' and 'no motion' in action.detail
@@ -166,6 +173,17 @@ def test_point_push_and_find():
 def test_validation_and_plans():
     assert 'no destination' in validate_command(parse_command('put the blue block'))
     assert validate_command(parse_command('grab the cup')) == ''
+    reasons = {text: validate_command(parse_command(text)) for text in (
+        "don't grab the cup", 'grab the cup and the fork', 'put the cup next to the bowl',
+        'push the cup to the bowl')}
+    assert "says what not to do (\"don't\")" in reasons["don't grab the cup"]
+    assert "2 objects ('cup', 'fork')" in reasons['grab the cup and the fork']
+    assert "'next to' 'bowl'; only on or in" in reasons['put the cup next to the bowl']
+    assert 'a push goes in a direction' in reasons['push the cup to the bowl']
+    for text in ('put the cup in the bowl', 'stack the cup on top of the bowl',
+                 'take the cup to the bowl', 'grab the cup and put it into the bowl',
+                 'pick up the cup to the left of the bowl', 'push the cup left'):
+        assert validate_command(parse_command(text)) == '', text
     with pytest.raises(ValueError, match='known'):
         plan(parse_command('sing a song'), CONFIG)
     with pytest.raises(ValueError, match='workspace_min'):

@@ -36,7 +36,10 @@ def test_shape_words_and_synonyms_name_shapes():
     assert set(SHAPE_WORDS) == set(SHAPES)
     assert shape_of('the blue cube') == 'block' and shape_of('a red sphere') == 'ball'
     assert shape_of('green can') == 'cylinder' and shape_of('the white dish') == 'bowl'
-    assert shape_of('the block in the bowl') == 'bowl'  # the last word names the object
+    # The object is named before the relation: the block in the bowl is a block.
+    assert shape_of('the block in the bowl') == 'block'
+    assert shape_of('red block next to blue ball') == 'block'
+    assert shape_of('block to left of red ball') == 'block' and shape_of('left can') == 'cylinder'
     assert shape_of('the red thing') == '' and shape_of('') == ''
 
 

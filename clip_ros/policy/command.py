@@ -97,9 +97,13 @@ _RELATIVE = (('that', 'is'), ('which', 'is'), ('that', 'are'), ('which', 'are'),
 _COLOURED = {'colored', 'coloured', 'color', 'colour'}
 _COLOURED_SUFFIXES = tuple(f'-{w}' for w in _COLOURED)
 # After 'that is', these start a relation that stays after the noun.
-_RELATION_WORDS = {w for p in _PLACE_PREPS for w in p} | _RELATION_BEFORE_TO | {
+RELATION_WORDS = {w for p in _PLACE_PREPS for w in p} | _RELATION_BEFORE_TO | {
     'of', 'from', 'with', 'by', 'closest', 'nearest', 'farthest', 'furthest', 'between'}
 _SEPARATORS = {',', 'and', 'or'}
+# A command with one of these says what not to do ("don't grab the red block, grab the blue
+# ball"): acting on its phrases could touch the very object it forbids.
+NEGATIONS = {'not', "don't", 'dont', "doesn't", "didn't", "won't", 'never', 'instead',
+             'except', 'without', 'avoid'}
 
 _TOKEN_RE = re.compile(r"\w+(?:[.'-]\w+)*|[,;.!?&]")
 
@@ -114,6 +118,8 @@ class Command:
     destination: str | None = None  # where a place/push should end up
     direction: str | None = None  # left, right, forward, backward, up, down, away, closer
     truncated: int = 0  # characters cut from the input (0: the whole input was parsed)
+    relation: str | None = None  # the words before the destination: 'in', 'next to', ...
+    negation: str = ''  # a word that says what not to do ("don't", 'instead', ...), if any
 
     @property
     def phrases(self) -> list[str]:
@@ -161,6 +167,7 @@ def parse_command(text: str) -> Command:
     clauses = [_parse_clause(_strip_leading(c)) for c in _split_clauses(tokens)]
     command = _merge(cut, clauses)
     command.truncated = len(text) - len(cut)
+    command.negation = next((t for t in tokens if t in NEGATIONS), '')
     return command
 
 
@@ -255,17 +262,20 @@ def _parse_clause(tokens: list[str]) -> Command:
         rest = rest[1:]
     if verb == 'pick' and len(rest) > 1 and rest[-1] == 'up':  # 'pick the cup up'
         rest = rest[:-1]
-    direction = destination = None
+    direction = destination = relation = None
     if verb in ('place', 'move', 'push', 'go_to'):
         direction, rest, destination = _extract_direction(rest)
+        relation = f'{direction} of' if destination else None
     if destination is None and verb in ('place', 'move', 'push'):
-        rest, destination = _split_at(rest, _PLACE_PREPS)
+        rest, destination, relation = _split_at(rest, _PLACE_PREPS)
     elif verb == 'pick':
-        rest, destination = _split_at(rest, _PICK_PREPS)
-        verb = 'place' if destination else verb
+        rest, destination, relation = _split_at(rest, _PICK_PREPS)
+        if destination in _DIRECTIONS:  # 'take the block to the left': a way, not a place
+            direction, destination, relation = _DIRECTIONS[destination], None, None
+        verb = 'place' if destination or direction else verb
     if verb == 'move':
         verb = 'push' if direction and not destination else 'place'
-    return Command('', verb, _split_targets(rest), destination, direction)
+    return Command('', verb, _split_targets(rest), destination, direction, relation=relation)
 
 
 def _extract_direction(rest: list[str]):
@@ -286,16 +296,24 @@ def _extract_direction(rest: list[str]):
     return None, rest, None
 
 
-def _split_at(rest: list[str], preps) -> tuple[list[str], str | None]:
+def _split_at(rest: list[str], preps) -> tuple[list[str], str | None, str | None]:
+    """Split off the destination: (object tokens, destination, the words between them)."""
     for k in range(len(rest)):
         n = _match(rest, k, preps)
-        if n and rest[k] == 'to' and k and rest[k - 1] in _RELATION_BEFORE_TO:
-            continue
+        if n and rest[k] == 'to' and (k and rest[k - 1] in _RELATION_BEFORE_TO
+                                      or _side_of(rest[k + 1:])):
+            continue  # 'the block next to the cup', 'the block to the left of the cup'
         if n and k + n < len(rest):
             destination = _phrase(rest[k + n:])
             if destination:
-                return rest[:k], destination
-    return rest, None
+                return rest[:k], destination, ' '.join(rest[k:k + n])
+    return rest, None, None
+
+
+def _side_of(tokens: list[str]) -> bool:
+    """Tell whether tokens start with '(the) <direction> of': a place beside something."""
+    words = tokens[1:] if tokens[:1] and tokens[0] in _ARTICLES else tokens
+    return len(words) > 1 and words[0] in _DIRECTIONS and words[1] == 'of'
 
 
 def _phrase(tokens: list[str]) -> str | None:
@@ -327,7 +345,7 @@ def _reorder(tokens: list[str]) -> list[str]:
             tail = tail[1:]  # 'that is colored red'
         if not tail or not any(t not in _ARTICLES for t in head):
             return tokens
-        if tail[0] in _RELATION_WORDS:
+        if tail[0] in RELATION_WORDS:
             return head + tail  # 'block that is next to the cup' -> 'block next to the cup'
         if len(tail) <= 2:
             return tail + head
@@ -351,9 +369,10 @@ def _split_targets(tokens: list[str]) -> list[str]:
 def _merge(text: str, clauses: list[Command]) -> Command:
     verbs = [c.verb for c in clauses if c.verb]
     verb = verbs[0] if verbs else None
-    destination = next((c.destination for c in clauses if c.destination), None)
+    placed = next((c for c in clauses if c.destination), None)
     direction = next((c.direction for c in clauses if c.direction), None)
     if verb == 'pick' and any(c.verb == 'place' and c.destination for c in clauses):
         verb = 'place'  # 'grab X and put it in Y'
     targets = list(dict.fromkeys(t for c in clauses for t in c.targets))
-    return Command(text, verb, targets, destination, direction)
+    return Command(text, verb, targets, placed and placed.destination, direction,
+                   relation=placed and placed.relation)

@@ -21,6 +21,10 @@ from clip_ros.policy.command import Command, quote
 from clip_ros.policy.verify import at_gripper, Verification, VerifyConfig
 
 ACTION_VERBS = ('pick', 'place', 'push', 'point', 'go_to', 'find')
+# A place ends with the load over the destination's centre: on it or in it. Anything else
+# ('next to', 'behind', 'to the left of') would be carried out as 'on', so it is refused.
+PLACE_RELATIONS = ('on', 'onto', 'on top of', 'in', 'into', 'inside', 'inside of', 'to', 'at',
+                   'above', 'over')
 # Status states: idle -> waiting (no target yet) -> executing -> succeeded | failed | aborted;
 # rejected when the command cannot be executed at all (no verb, target not found); failed
 # when the motion ran but the look afterwards does not show the outcome.
@@ -215,14 +219,27 @@ class TargetTracker:
 
 def validate_command(command: Command) -> str:
     """Return '' when `command` can be executed, else the reason it cannot."""
+    if command.negation:
+        return (f'{quote(command.text)} says what not to do ({command.negation!r}); no motion: '
+                f'name only the object to act on')
     if command.verb not in ACTION_VERBS:
         verb = 'no known verb' if command.verb is None else f'verb {command.verb!r}'
         return (f'{verb} in {quote(command.text)}; no motion (known verbs: '
                 f'{", ".join(ACTION_VERBS)})')
+    text = quote(command.text)
     if not command.targets:
-        return f'{quote(command.text)} names no target; no motion'
+        return f'{text} names no target; no motion'
+    if len(command.targets) > 1:
+        return (f'{text} names {len(command.targets)} objects '
+                f'({", ".join(map(repr, command.targets))}); one object a command; no motion')
     if command.verb == 'place' and not command.destination:
-        return f'{quote(command.text)} names no destination; no motion'
+        return f'{text} names no destination; no motion'
+    if command.verb == 'place' and (command.direction or command.relation not in PLACE_RELATIONS):
+        return (f'{text} puts the object {command.relation!r} {command.destination!r}; only on '
+                f'or in a destination can be done; no motion')
+    if command.verb == 'push' and command.destination:
+        return (f'{text} pushes towards {command.destination!r}; a push goes in a direction '
+                f'(left, right, forward, backward), not to an object; no motion')
     return ''
 
 

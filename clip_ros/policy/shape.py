@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from clip_ros.policy.command import RELATION_WORDS
 from clip_ros.policy.lifting import back_project
 
 # Geometric shape -> the words that name it (the bundled model's shapes and their synonyms).
@@ -72,9 +73,19 @@ class ShapeEvidence:
 
 
 def shape_of(phrase: str) -> str:
-    """Return the geometric shape a phrase names ('' when none): its last shape word."""
-    shapes = [_WORD_SHAPE[w] for w in re.findall(r'[a-z]+', str(phrase).lower())
-              if w in _WORD_SHAPE]
+    """
+    Return the geometric shape a phrase names ('' when none).
+
+    The object is named before any relation that follows it ('the block next to the ball' is
+    a block, 'the left cup' a cup): the last shape word before the first relation word that
+    comes after a shape word.
+    """
+    shapes = []
+    for word in re.findall(r'[a-z]+', str(phrase).lower()):
+        if shapes and word in RELATION_WORDS:
+            break
+        if word in _WORD_SHAPE:
+            shapes.append(_WORD_SHAPE[word])
     return shapes[-1] if shapes else ''
 
 
