@@ -138,7 +138,7 @@ def test_place_beside_the_destination_fails():
     # The bowl is seen 9 cm to the side of where it is: the load lands on the table.
     action, log = run('put the blue block in the green bowl', destination=BOWL + (0.09, 0, 0))
     assert action.state == 'failed' and action.phase == 'verify'
-    assert action.detail.startswith('blue block 1 cm beside green bowl (centres 9 cm apart')
+    assert action.detail.startswith('blue block 3 cm beside green bowl (centres 9 cm apart')
     assert not any(a.goal is not None for _, a in log if a.phase == 'verify')
 
 
@@ -253,3 +253,25 @@ def test_place_waits_for_its_destination_before_moving():
     assert all(a.goal is None for a in early)
     later = policy.step(Observation(1.0, ee, OPEN, TARGET, BOWL))
     assert later.state == 'executing' and later.goal is not None
+
+
+@pytest.mark.parametrize('table_z', [0.0, 0.1])
+def test_a_load_is_released_its_clearance_above_the_destination_on_any_table(table_z):
+    # A 4 cm block onto a 5 cm block, the table at table_z: the load hangs from its grasp
+    # point by its height above the table, not above the workspace floor.
+    config = PolicyConfig(verify=None, table_z=table_z, workspace_max=(0.55, 0.45, 0.8))
+    target = np.array([0.1, 0.0, table_z + 0.02])
+    destination = np.array([-0.1, 0.0, table_z + 0.05])
+    policy = GeometricPolicy(config)
+    policy.start(parse_command('put the red block on the blue block'), 0.0)
+    ee, gripper = np.array([0.0, 0.12, 0.45]), OPEN
+    for tick in range(600):
+        action = policy.step(Observation(tick / config.rate, ee.copy(), gripper, target,
+                                         destination, gripper == CLOSED))
+        if action.phase == 'release':
+            break
+        ee = ee if action.goal is None else np.asarray(action.goal, float)
+        gripper = gripper if action.gripper is None else action.gripper
+    assert action.phase == 'release', action
+    load_bottom = ee[2] - (target[2] - table_z)  # grasped at the block's centre
+    assert load_bottom - destination[2] == pytest.approx(config.place_clearance, abs=0.012)

@@ -132,3 +132,19 @@ def test_released_object_rests_on_what_is_under_its_centre(sim, shape):
     sim.move_to(under + [radius + 0.01, 0, 0.2], instant=True)  # beside it: the table
     sim.open()
     assert sim.resting_on(load) == [None] and sim.lift_height(load) == pytest.approx(0.0)
+    # Past a round object's rim, or a block's side, though inside the bounding circle.
+    half = sim.spec.objects[index].half_size[0]
+    yaw = sim.spec.objects[index].yaw if shape == 'block' else 0.0
+    side = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+    sim.move_to(sim.object_position(load), instant=True)
+    sim.close()
+    sim.move_to(under + 1.2 * half * side + [0, 0, 0.2], instant=True)
+    sim.open()
+    assert sim.resting_on(load) == [None]
+    if shape == 'block':  # the same distance towards a corner is still over the block
+        corner = np.array([np.cos(yaw + np.pi / 4), np.sin(yaw + np.pi / 4), 0.0])
+        sim.move_to(sim.object_position(load), instant=True)
+        sim.close()
+        sim.move_to(under + 1.2 * half * corner + [0, 0, 0.2], instant=True)
+        sim.open()
+        assert sim.resting_on(load) == [base]

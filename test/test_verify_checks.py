@@ -84,7 +84,7 @@ def test_place_seen_on_the_destination_succeeds():
 
 def test_place_seen_beside_the_destination_fails():
     ok, detail = place(lifted(BOWL + (0.12, 0, 0.01)), [BOWL_SEEN])
-    assert not ok and detail.startswith('blue block 4 cm beside green bowl (centres 12 cm')
+    assert not ok and detail.startswith('blue block 6 cm beside green bowl (centres 12 cm')
 
 
 def test_place_not_seen_over_a_destination_still_there_succeeds():
@@ -114,8 +114,12 @@ def test_place_still_held_fails():
     assert place(lifted(BOWL), [BOWL_SEEN], holding=True)[0] is False
 
 
-def _probe(load_height: float):
-    """Return the depth of a camera 0.7 m above the table looking down at BOWL's footprint."""
+def _probe(load_height: float, gripper: float = 0.0):
+    """
+    Return the depth of a camera 0.7 m above the table looking down at BOWL's footprint.
+
+    `gripper`: the height of a gripper retreating over the bowl's centre (0: none).
+    """
     from clip_ros.policy.lifting import Extrinsic
     from clip_ros.policy.perceive import DepthProbe
     size, f = 120, 200.0
@@ -126,6 +130,8 @@ def _probe(load_height: float):
     y = -(rows - K[1, 2]) * 0.7 / f
     height = np.where(np.hypot(x, y) <= 0.05, 0.005, 0.0)  # the bowl's inside
     height = np.where(np.hypot(x, y) <= 0.02, load_height, height)  # a load inside it
+    if gripper:
+        height = np.where(np.hypot(x, y) <= 0.015, gripper, height)
     return DepthProbe((0.7 - height).astype(np.float32), K, extrinsic, (0.05, 5.0))
 
 
@@ -171,6 +177,24 @@ def test_place_unseen_with_the_destination_seen_needs_the_depth_to_rise_when_kno
     assert not ok and detail == ('blue block not seen after release over green bowl, and the '
                                  'depth over it did not rise (+0.0 cm)')
     assert check_place(*args, None)[0]  # without depth the destination's word stands
+
+
+def test_place_unseen_the_gripper_over_the_destination_is_not_a_load():
+    ring = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    inside = np.c_[BOWL[0] + 0.02 * np.cos(ring), BOWL[1] + 0.02 * np.sin(ring),
+                   np.full(200, 0.005)]
+    bowl = LiftedTarget(np.zeros(3), BOWL, np.array([0.11, 0.11, 0.02]), 0.6, (0.0, 0.0), 100,
+                        0.02, BOWL, inside)
+    for seen in ([], [bowl]):
+        args = ('blue block', None, 'green bowl', bowl, CONFIG, False, seen)
+        # The empty gripper 20 cm over an empty bowl: the depth rose under it, but higher
+        # than a 4 cm load could: not a place.
+        ok, detail = check_place(*args, _probe(0.005, gripper=0.2), height=0.04)
+        assert not ok and 'green bowl' in detail, detail
+        assert not check_place(*args, _probe(0.005, gripper=0.2))[0]  # height unknown
+        # The load in the bowl under the same gripper still counts.
+        ok, detail = check_place(*args, _probe(0.045, gripper=0.2), height=0.04)
+        assert ok, detail
 
 
 def test_place_reads_the_bottom_from_the_top_when_the_lower_side_is_hidden():

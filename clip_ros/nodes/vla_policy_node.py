@@ -132,7 +132,7 @@ def policy_config(p: dict) -> PolicyConfig:
                         workspace_max=tuple(float(v) for v in p['workspace_max']),
                         lost_timeout=p['lost_timeout'], acquire_timeout=p['acquire_timeout'],
                         time_limit=p['time_limit'], near_distance=p['near_distance'],
-                        verify=VerifyConfig(table_z=p['table_z']))
+                        table_z=p['table_z'], verify=VerifyConfig(table_z=p['table_z']))
 
 
 def check_parameters(p: dict) -> None:

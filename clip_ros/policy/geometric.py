@@ -53,6 +53,7 @@ class PolicyConfig:
     push_distance: float = 0.10      # push stroke length
     push_offset: float = 0.06        # start this far behind the target
     min_grasp_height: float = 0.01   # never descend below this base-frame z
+    table_z: float = 0.0             # base-frame z of the table top (what a grasped load rests on)
     tolerance: float = 0.01          # a goal is reached within this distance
     near_distance: float = 0.20      # freeze the target estimate this close (occlusion)
     gripper_time: float = 0.3        # wait after a gripper command
@@ -403,7 +404,7 @@ class GeometricPolicy:
                     return self._finish('aborted', 'grasp missed: nothing between the fingers',
                                         phase.name)
                 if phase.name == 'close':  # the load hangs this far below the grasp point
-                    self._load = max(0.0, float(obs.ee_position[2]) - self._low[2])
+                    self._load = max(0.0, float(obs.ee_position[2]) - cfg.table_z)
                 self._advance(now)
                 if self._index >= len(self._phases):
                     return self._finish('succeeded', self._success_detail(), phase.name)

@@ -11,7 +11,7 @@ camera may only veto (the target seen still lying on the table where it was gras
 closed gripper fails. Without one, the target must be seen held above the table (its lifted
 bottom at least `held_height` above the table top, its centre near the grasp point).
 Place: the target must rest on or in the destination (its centre within the destination's
-footprint, the bounding circle of the destination's lifted box as seen before the carry, and
+footprint, the circle in the destination's lifted box as seen before the carry, and
 its bottom not hanging above the destination's top); seen beside it fails; still held fails;
 not seen at all succeeds when the depth over the destination's footprint now stands at least
 `min_rise` above what it showed before the carry (in a bowl or on a stack the bundled model
@@ -45,6 +45,9 @@ class VerifyConfig:
     views: int = 3                # decide on this many perception sets
     timeout: float = 3.0          # decide on what was seen by then; nothing seen: failed
     min_rise: float = 0.015       # the depth over a destination rose this much: a load is on it
+    # A load raises the depth over its destination by at most its own height (this, when its
+    # height is unknown) and above_tolerance: anything higher is the arm over it.
+    max_load: float = 0.12
     # After a release the gripper retreats 10 cm: a detection this close to its axis and not
     # lower than this below its grasp point is the gripper (a released load lies 13 cm below).
     gripper_radius: float = 0.06
@@ -56,8 +59,15 @@ def bottom(lifted: LiftedTarget) -> float:
 
 
 def footprint_radius(lifted: LiftedTarget) -> float:
-    """Return the radius of the bounding circle of a lifted object's footprint box (m)."""
-    return float(np.hypot(lifted.size[0], lifted.size[1]) / 2)
+    """
+    Return the radius of a lifted object's footprint circle (m): the circle in its box.
+
+    The box is the extent of its points along the base axes: for a bowl, ball or cylinder this
+    circle is the object's own, for a block turned on the table it reaches towards its corners.
+    The box's bounding circle would be 1.4 times a round object's: a load 2 cm past a bowl's
+    rim would count as in it.
+    """
+    return float(max(lifted.size[0], lifted.size[1]) / 2)
 
 
 def _cm(metres: float) -> str:
@@ -124,13 +134,14 @@ def _still_there(destination: LiftedTarget, views) -> bool:
                for v in views or ())
 
 
-def rise(destination: LiftedTarget, probe) -> float:
+def rise(destination: LiftedTarget, probe, max_rise: float = np.inf) -> float:
     """
     Return how much higher the depth over a destination's inner footprint stands now (m).
 
     Compares the 90th percentile height of the points within 0.6 of the footprint radius of
     its centre, before the carry (the destination's lifted points) and now (`probe`, a
-    perceive.DepthProbe); NaN when either has too few points.
+    perceive.DepthProbe); points now higher than `max_rise` above that are not a load on it
+    but the gripper retreating over it, and are left out. NaN when either has too few points.
     """
     if probe is None or destination.points is None:
         return float('nan')
@@ -138,10 +149,14 @@ def rise(destination: LiftedTarget, probe) -> float:
     centre = destination.centre[:2]
     before = destination.points[np.linalg.norm(destination.points[:, :2] - centre, axis=1)
                                 <= radius][:, 2]
-    now = probe.heights(centre, radius)
-    if len(before) < 10 or len(now) < 10:
+    if len(before) < 10:
         return float('nan')
-    return float(np.percentile(now, 90) - np.percentile(before, 90))
+    base = np.percentile(before, 90)
+    now = probe.heights(centre, radius)
+    now = now[now <= base + max_rise]
+    if len(now) < 10:
+        return float('nan')
+    return float(np.percentile(now, 90) - base)
 
 
 def check_place(name: str, target: LiftedTarget | None, destination_name: str,
@@ -168,14 +183,15 @@ def check_place(name: str, target: LiftedTarget | None, destination_name: str,
         other = '' if target is None else f' (the {name} {_cm(gap)} away is another one)'
         if destination_now is None:
             return False, f'{name} not seen after the place{other}'
+        max_rise = (config.max_load if height is None else height) + config.above_tolerance
         if not _still_there(destination, destination_now):
-            risen = rise(destination, probe)
+            risen = rise(destination, probe, max_rise)
             if risen >= config.min_rise:
                 return True, (f'{name} not seen after release over {destination_name}, but '
                               f'the depth over it stands {_cm(risen)} higher than before{other}')
             return False, (f'{name} not seen after release over {destination_name}, nor '
                            f'{destination_name} where it was{other}')
-        risen = rise(destination, probe)
+        risen = rise(destination, probe, max_rise)
         if risen < config.min_rise:  # NaN (no depth to tell) keeps the destination's word
             return False, (f'{name} not seen after release over {destination_name}, and the '
                            f'depth over it did not rise ({risen * 100:+.1f} cm){other}')

@@ -446,8 +446,8 @@ class Simulator:
 
         A released object drops straight down onto the highest support under its centre: a
         bowl (inside, on its inner bottom) or another object's top (a block, ball or
-        cylinder), when its centre lies within that object's footprint radius; else it
-        lands on the table.
+        cylinder), when its centre lies over that object's footprint (a block's square, the
+        circle of the others); else it lands on the table.
         """
         self._index(name)  # raises for unknown names
         supports = []
@@ -467,12 +467,24 @@ class Simulator:
         for other, body in enumerate(self._bodies):
             obj = self.spec.objects[other]
             centre = self.data.xpos[body]
-            if other != index and np.linalg.norm(centre[:2] - xy) < obj.radius:
+            if other != index and self._covers(other, xy):
                 bottom = centre[2] - obj.half_size[2]
                 top = bottom + (0.008 if obj.shape == 'bowl' else 2 * obj.half_size[2])
                 if top > height:
                     height, support = top, other
         return height, support
+
+    def _covers(self, index: int, xy) -> bool:
+        # Whether xy lies over an object's footprint: its square (a block, turned by its yaw)
+        # or its circle; a centre beyond a round object's rim falls past it.
+        body = self._bodies[index]
+        obj = self.spec.objects[index]
+        offset = np.asarray(xy, np.float64) - self.data.xpos[body][:2]
+        if obj.shape != 'block':
+            return bool(np.linalg.norm(offset) < obj.half_size[0])
+        axes = self.data.xmat[body].reshape(3, 3)[:2, :2]  # columns: the block's x and y
+        local = np.abs(axes.T @ offset)
+        return bool(local[0] < obj.half_size[0] and local[1] < obj.half_size[1])
 
     def _set_gripper(self, xyz) -> None:
         self.data.mocap_pos[self._gripper] = xyz
