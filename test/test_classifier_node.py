@@ -61,6 +61,11 @@ def test_classes_and_top_k_change_at_run_time(ros):
 def test_bad_parameters_are_refused(ros):
     result = ros.node.set_parameters([Parameter('templates', value=['no placeholder'])])[0]
     assert not result.successful and '{}' in result.reason
+    # More than one field, a named one, a lone brace: refused before they land, with why.
+    for template in ('a {} next to a {}', 'a {kind} {}', 'a {} {'):
+        result = ros.node.set_parameters([Parameter('templates', value=[template])])[0]
+        assert not result.successful and repr(template) in result.reason, result.reason
+    assert ros.node.get_parameter('templates').value != ['a {} next to a {}']
     assert not ros.node.set_parameters([Parameter('classes', value=3.0)])[0].successful
     assert not ros.node.set_parameters([Parameter('top_k', value=-1)])[0].successful
     assert not ros.node.set_parameters([Parameter('clip_arch', value='RN50')])[0].successful

@@ -92,7 +92,8 @@ def test_place_ends_open_above_destination():
     'dance with the blue block', 'blue block', 'sing',
     # What the policy would carry out as something else: a forbidden object, a second
     # object, a place beside (done as 'on'), a push towards an object (done as 'forward').
-    "don't grab the red block, grab the blue block", 'instead of the red block, grab the blue block',
+    "don't grab the red block, grab the blue block",
+    'instead of the red block, grab the blue block',
     'pick up the blue block and the red ball', 'put the blue block next to the green bowl',
     'move the blue block to the left of the green bowl', 'push the blue block to the green bowl',
     'take the blue block to the left'])

@@ -12,7 +12,7 @@ from clip_ros.nodes.common import (
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.nodes.messages import classification_msg
 from clip_ros.perception.backends import make_clip, make_engine, use_cpu_threads
-from clip_ros.perception.classify import DEFAULT_TEMPLATES, ZeroShotClassifier
+from clip_ros.perception.classify import check_templates, DEFAULT_TEMPLATES, ZeroShotClassifier
 from clip_ros.perception.light import correction_for
 from clip_ros.perception.loading import load_clip
 from clip_ros.perception.registry import DEFAULT_CLIP
@@ -24,10 +24,7 @@ def check_lists(values: dict) -> tuple[list, list]:
     """Return cleaned (classes, templates); raise ValueError naming the problem."""
     classes = clean_phrases(string_list('classes', values['classes']))
     templates = [t for t in string_list('templates', values['templates']) if t.strip()]
-    missing = [t for t in templates if '{}' not in t]
-    if missing:
-        raise ValueError(f"every one of templates needs a '{{}}' placeholder, got {missing}")
-    return classes, templates or list(DEFAULT_TEMPLATES)
+    return classes, check_templates(templates) if templates else list(DEFAULT_TEMPLATES)
 
 
 class ClipClassifierNode(ManagedNode):

@@ -168,8 +168,15 @@ def watch_parameters(node, check, apply) -> None:
             return SetParametersResult(successful=False, reason=str(e))
         return SetParametersResult(successful=True)
 
+    def applied(params) -> None:
+        names = {p.name for p in params}
+        try:
+            apply(names)
+        except Exception as e:  # noqa: BLE001 - an escape here would end the executor
+            node.get_logger().error(f'applying {sorted(names)} failed: {type(e).__name__}: {e}')
+
     node.add_on_set_parameters_callback(validate)
-    node.add_post_set_parameters_callback(lambda params: apply({p.name for p in params}))
+    node.add_post_set_parameters_callback(applied)
 
 
 def subscribe_images(node, qos_name: str, callback):

@@ -1,4 +1,6 @@
 """Zero-shot image classification with CLIP and multi-class semantic segmentation maps."""
+import string
+
 import numpy as np
 from scipy import ndimage
 import torch
@@ -23,6 +25,22 @@ def _check_names(names, what: str) -> list:
     return names
 
 
+def check_templates(templates) -> list:
+    """Return the templates; ValueError unless each has one '{}' and nothing else to fill."""
+    templates = _check_names(templates, 'templates')
+    for template in templates:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+            template.format('x')  # a format spec such as '{:d}' fails here
+        except (ValueError, IndexError, KeyError) as e:  # an unmatched '{', a named field
+            raise ValueError(f'template {template!r} cannot be filled in: {e}') from None
+        if fields != ['']:
+            raise ValueError(f"template {template!r} must hold exactly one '{{}}' placeholder "
+                             f"(the class name) and no other field ('{{{{' writes a brace); "
+                             f'it has {len(fields)}: {fields!r}')
+    return templates
+
+
 class ZeroShotClassifier:
     """
     Score a whole image against a class list with CLIP.
@@ -38,9 +56,7 @@ class ZeroShotClassifier:
     """
 
     def __init__(self, clip, classes, templates=DEFAULT_TEMPLATES, compose: bool = True):
-        templates = _check_names(templates, 'templates')
-        if any('{}' not in t for t in templates):
-            raise ValueError(f"every template needs a '{{}}' placeholder, got {templates!r}")
+        templates = check_templates(templates)
         self._clip = clip
         self._templates = tuple(templates)
         self._allow_compose = bool(compose)
