@@ -71,6 +71,28 @@ def test_size_is_checked_before_decoding():
         decode_colour(encode_colour(SMALL, 'png'), 'png', 32)
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """Return a 1x1 PNG whose header claims `width` x `height` (a decompression bomb)."""
+    import struct
+    import zlib
+    data = bytearray(encode_colour(np.zeros((1, 1, 3), np.uint8), 'png'))
+    header = struct.pack('>II', width, height) + data[24:29]
+    data[16:29] = header
+    data[29:33] = struct.pack('>I', zlib.crc32(b'IHDR' + header))
+    return bytes(data)
+
+
+def test_a_header_past_the_decoders_own_limit_is_refused_as_too_large():
+    # 20000x20000 is beyond PIL's decompression-bomb limit: it raised its own error before.
+    for size in (5000, 20000):
+        with pytest.raises(ValueError, match='exceeds max_image_size 4096'):
+            decode_colour(png_claiming(size, size), 'png', 4096)
+    depth = encode_depth(np.ones((1, 1), np.uint16), '16UC1')
+    depth = depth[:12] + png_claiming(20000, 20000)  # the compressedDepth header, then the PNG
+    with pytest.raises(ValueError, match='exceeds max_image_size'):
+        decode_depth(depth, '16UC1; compressedDepth png', 4096)
+
+
 def test_compressed_depth_round_trips():
     millimetres = (np.arange(48 * 64).reshape(48, 64) % 5000).astype(np.uint16)
     depth, encoding = decode_depth(encode_depth(millimetres, '16UC1'),

@@ -133,6 +133,25 @@ def test_a_silent_camera_stalls_no_other(ros):
     assert int(values['frames_processed']) >= 3
 
 
+def test_a_refused_frame_is_charged_to_its_own_camera(ros):
+    before = {c: int({v.key: v.value for v in s.values}['inputs_rejected'])
+              for c, s in camera_statuses(ros.node).items()}
+    bad = Image(header=ros.header(frame_id='cam_b'), width=4, height=4, encoding='yuv422',
+                step=8, data=bytes(32))
+    ros.images['cam_b'].publish(bad)
+    assert wait_for(lambda: int({v.key: v.value for v in camera_statuses(ros.node)[
+        'cam_b'].values}['inputs_rejected']) > before['cam_b'], 5.0)
+    statuses = camera_statuses(ros.node)
+    values = {v.key: v.value for v in statuses['cam_b'].values}
+    assert values['last_rejected'].startswith('camera cam_b: rejected image')
+    assert statuses['cam_b'].level == bytes([WARN]), statuses['cam_b'].message
+    # cam_a's own count is untouched, and it still answers.
+    after_a = {v.key: v.value for v in camera_statuses(ros.node)['cam_a'].values}
+    assert int(after_a['inputs_rejected']) == before['cam_a']
+    msg = rgb_image(ros.header(frame_id='cam_a'), 160, 120)
+    assert request(ros.images['cam_a'], msg, ros.detections['cam_a']) is not None
+
+
 @pytest.mark.parametrize('cameras, reason', [
     (['cam_a', 'cam_b', 'cam_a/'], 'given twice'), ([], 'empty list')])
 def test_bad_cameras_refused_at_configure(ros, cameras, reason):

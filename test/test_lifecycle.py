@@ -216,6 +216,15 @@ def test_incompatible_qos_is_reported(ros):
     assert node.stats.received == 0
 
 
+def test_incompatible_qos_names_the_camera_it_is_on(ros):
+    node = grounding(ros, 'qos2', [Parameter('image_qos', value='reliable'),
+                                   Parameter('cameras', value=['cam_a', 'cam_b'])])
+    ros.publisher(Image, '/qos2/cam_a/image')  # reliable: matches
+    ros.publisher(Image, '/qos2/cam_b/image', BEST_EFFORT)
+    hint = wait_for(lambda: node._qos_hint, timeout=10.0)
+    assert hint and 'on /qos2/cam_b/image' in hint and 'cam_a' not in hint, hint
+
+
 def test_paused_publisher_with_matching_qos_gets_no_qos_hint(ros):
     node = grounding(ros, 'pause', [Parameter('silent_input_sec', value=0.5),
                                     Parameter('diagnostics_period', value=0.2)])

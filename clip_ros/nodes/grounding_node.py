@@ -385,7 +385,7 @@ class GroundingNode(ManagedNode):
         if not phrases:
             self._warn('no_phrases', 'no phrases to ground: set `queries` or publish a command')
             return
-        frames = [(camera, msg, self.decode_frame(msg)) for camera, msg in items]
+        frames = [(camera, msg, self.decode_frame(msg, camera)) for camera, msg in items]
         frames = [frame for frame in frames if frame[2] is not None]
         if not frames:
             return

@@ -213,7 +213,9 @@ class ManagedNode(LifecycleNode):
 
     def subscribe_frames(self, msg_type, topic: str, qos, callback=None):
         """Subscribe `topic` into the worker (`callback`: instead of _on_frame), watching QoS."""
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        # `sub` is read when the event fires: the hint names the camera whose QoS conflicts.
+        events = SubscriptionEventCallbacks(
+            incompatible_qos=lambda info: self._on_incompatible_qos(info, sub))
         sub = self.create_subscription(msg_type, topic, callback or self._on_frame, qos,
                                        event_callbacks=events)
         self._inputs.append(sub)
@@ -237,13 +239,21 @@ class ManagedNode(LifecycleNode):
             return ''
         return self.load_error or f'lifecycle state is {self.lifecycle_state}'
 
-    def reject(self, key: str, message: str) -> None:
-        """Count a refused input and log why (once per distinct reason per throttle period)."""
+    def reject(self, key: str, message: str, camera=None) -> None:
+        """
+        Count a refused input and log why (once per distinct reason per throttle period).
+
+        `camera`: the nodes.cameras.Camera it came from, when the node serves several: it is
+        named in the message and counted in that camera's diagnostics too.
+        """
+        if camera is not None and camera.name:
+            key, message = f'{key}:{camera.name}', f'camera {camera.name}: {message}'
+            camera.stats.on_rejected(message)
         self.rejected += 1
         self.stats.on_rejected(message)
         self._warn(key, message)
 
-    def decode_frame(self, msg):
+    def decode_frame(self, msg, camera=None):
         """Return an Image or CompressedImage as RGB uint8 [H, W, 3], or None (rejected)."""
         try:
             if isinstance(msg, CompressedImage):
@@ -252,7 +262,11 @@ class ManagedNode(LifecycleNode):
                                      self._model[1] or 'cpu')
             return decode_rgb(msg, self._max_image_size)
         except ValueError as e:
-            self.reject('bad_image', f'rejected image: {e}')
+            self.reject('bad_image', f'rejected image: {e}', camera)
+            return None
+        except Exception as e:  # noqa: BLE001 - a decoder's own failure is this frame's alone
+            self.reject('bad_image', f'rejected image: the decoder failed: '
+                                     f'{type(e).__name__}: {e}', camera)
             return None
 
     def submit_frame(self, msg) -> None:
@@ -408,19 +422,18 @@ class ManagedNode(LifecycleNode):
         self.stats.on_error(message)
         self._error('inference', message)
 
-    def _on_incompatible_qos(self, info) -> None:
-        topic = self._inputs[0].topic_name if self._inputs else 'image'
+    def _on_incompatible_qos(self, info, sub) -> None:
         try:
             policy = QoSPolicyKind(info.last_policy_kind).name.lower()
         except ValueError:
             policy = str(info.last_policy_kind)
-        self._qos_hint = self._qos_mismatch(topic, f'incompatible QoS ({policy})')
+        self._qos_hint = self._qos_mismatch(sub, f'incompatible QoS ({policy})')
 
-    def _qos_mismatch(self, topic: str, what: str) -> str:
-        ours = self._inputs[0].qos_profile if self._inputs else None
+    def _qos_mismatch(self, sub, what: str) -> str:
+        topic, ours = sub.topic_name, sub.qos_profile
         theirs = [qos_text(p.qos_profile) for p in self.get_publishers_info_by_topic(topic)]
         hint = (f'{what} on {topic}: publishers offer [{"; ".join(theirs)}], this node '
-                f'subscribes with [{qos_text(ours) if ours else "?"}]; set image_qos or the '
+                f'subscribes with [{qos_text(ours)}]; set image_qos or the '
                 'publisher QoS so they match')
         self._warn(what.split()[0], hint)
         return hint
@@ -438,11 +451,13 @@ class ManagedNode(LifecycleNode):
             return
         # A silent publisher whose QoS matches ours has merely paused: the diagnostics report
         # the silence, and only an offer that cannot match our request gets a QoS hint.
-        sub = self._inputs[0]
-        conflicts = incompatible_offers(self.get_publishers_info_by_topic(sub.topic_name),
-                                        sub.qos_profile)
-        self._qos_hint = (self._qos_mismatch(sub.topic_name, f'QoS mismatch ({conflicts[0]})')
-                          if conflicts else '')
+        self._qos_hint = ''
+        for sub in self._inputs:  # every camera's, and the other inputs'
+            conflicts = incompatible_offers(self.get_publishers_info_by_topic(sub.topic_name),
+                                            sub.qos_profile)
+            if conflicts:
+                self._qos_hint = self._qos_mismatch(sub, f'QoS mismatch ({conflicts[0]})')
+                return
 
     def input_hint(self, snapshot, limits: HealthLimits) -> str:
         """Return why input may be missing, for the diagnostics ('' when nothing is suspected)."""

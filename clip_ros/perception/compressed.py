@@ -41,6 +41,8 @@ def _open(data: bytes, kind: str, max_size: int) -> Image.Image:
         raise ValueError('empty compressed data')
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as e:  # a header claiming more pixels than PIL allows
+        raise ValueError(f'compressed image exceeds max_image_size {max_size}: {e}') from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f'{kind} data cannot be read ({len(data)} bytes): {e}') from e
     if (image.format or '').lower() != kind:
