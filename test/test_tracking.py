@@ -98,3 +98,12 @@ def test_bad_arguments_are_refused():
         Tracker(iou_threshold=0.0)
     with pytest.raises(ValueError, match='labels'):
         Tracker().update(['a'], np.zeros((2, 4)), 0.0)
+
+
+def test_a_thin_object_between_the_sampled_pixels_keeps_its_id():
+    # 2 px wide, in columns 1-2: the tracker's every-4th-pixel mask of it is empty.
+    tracker = Tracker()
+    label = np.zeros((120, 160), np.uint16)
+    label[20:60, 1:3] = 1
+    ids = [tracker.update(['pen'], [[1, 20, 3, 60]], 0.1 * k, label)[0] for k in range(5)]
+    assert ids == [1] * 5

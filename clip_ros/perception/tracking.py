@@ -129,14 +129,15 @@ class Tracker:
             same = [k for k, label in enumerate(labels) if label == track.label]
             if not same:
                 continue
+            iou[same, t] = box_iou(boxes[same], (track.box + np.tile(shift, 2))[None])[:, 0]
             with_masks = masks is not None and track.mask is not None
             if with_masks and track.mask.shape == masks.shape[1:]:
                 dx, dy = np.round(shift / self.mask_stride).astype(int)
                 predicted = shift_mask(track.mask, int(dy), int(dx))
-                iou[same, t] = mask_iou(masks[same], predicted[None])[:, 0]
-            else:
-                predicted = track.box + np.tile(shift, 2)
-                iou[same, t] = box_iou(boxes[same], predicted[None])[:, 0]
+                # A thin object can miss every sampled pixel: its boxes then decide.
+                sampled = [k for k in same if masks[k].any()] if predicted.any() else []
+                if sampled:
+                    iou[sampled, t] = mask_iou(masks[sampled], predicted[None])[:, 0]
         return iou
 
     def _greedy(self, iou: np.ndarray) -> dict:
