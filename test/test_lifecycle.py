@@ -90,9 +90,10 @@ def test_transitions_load_subscribe_and_free(ros):
     assert node._pipeline is pipeline, 'activate must not reload the model'
     assert answers(ros, 'lc') is not None
     assert node.trigger_deactivate() == SUCCESS
+    assert node._model == ('tiny/random + tiny', 'cpu')  # what the diagnostics name
     assert node.trigger_cleanup() == SUCCESS
     assert node.lifecycle_state == 'unconfigured' and node._pipeline is None
-    assert node.worker is None
+    assert node.worker is None and node._model == ('', ''), 'a freed model is not named'
 
 
 def test_a_failed_activate_is_logged_and_leaves_the_node_inactive(ros):

@@ -860,6 +860,30 @@ def test_bad_start_up_values_wait_for_a_set_that_fixes_them(harness):
     assert wait_for(lambda: node.lifecycle_state == 'active') and node.load_error == ''
 
 
+MANAGED = {'grounding': (GroundingNode, TINY_CLIP + TINY_CLIPSEG),
+           'classifier': (ClipClassifierNode, TINY_CLIP),
+           'clipseg': (ClipSegNode, TINY_CLIPSEG), 'policy': (VlaPolicyNode, [])}
+
+
+@pytest.mark.parametrize('node', list(MANAGED))
+def test_every_refused_value_given_at_start_up_leaves_the_node_up_saying_why(harness, node):
+    # rclpy refuses a value outside a descriptor's range or of the wrong type already when the
+    # parameter is declared: the node must not die of it (a launch would respawn it forever).
+    node_class, base = MANAGED[node]
+    for k, (name, value) in enumerate(INVALID[node].items()):
+        if name == 'use_sim_time':
+            continue  # rclpy's own, declared before any of ours
+        instance = node_class(context=harness.context, namespace=f'/bad_{node}_{k}',
+                              parameter_overrides=base + [Parameter(name, value=value)])
+        try:
+            assert instance.lifecycle_state == 'unconfigured', name
+            assert instance.load_error.startswith('ValueError: invalid parameters:'), (
+                name, instance.load_error)
+            assert name in instance.load_error, (name, instance.load_error)
+        finally:
+            instance.destroy_node()
+
+
 # Coverage and refusals -----------------------------------------------------------------------
 
 

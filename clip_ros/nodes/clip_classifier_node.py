@@ -24,7 +24,10 @@ def check_lists(values: dict) -> tuple[list, list]:
     """Return cleaned (classes, templates); raise ValueError naming the problem."""
     classes = clean_phrases(string_list('classes', values['classes']))
     templates = [t for t in string_list('templates', values['templates']) if t.strip()]
-    return classes, check_templates(templates) if templates else list(DEFAULT_TEMPLATES)
+    try:
+        return classes, check_templates(templates) if templates else list(DEFAULT_TEMPLATES)
+    except ValueError as e:
+        raise ValueError(f'templates: {e}') from None
 
 
 class ClipClassifierNode(ManagedNode):

@@ -8,6 +8,7 @@ import signal
 from rcl_interfaces.msg import (
     FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult)
 import rclpy
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -139,9 +140,22 @@ def common_parameters() -> tuple:
 
 
 def declare_all(node, table) -> None:
-    """Declare every (name, default, descriptor) of `table` on `node`."""
+    """
+    Declare every (name, default, descriptor) of `table` on `node`.
+
+    A start-up value outside its descriptor's range or of the wrong type raises, unless
+    `node` keeps a `refused_overrides` list (the managed nodes): then the parameter takes its
+    default and the reason goes to that list, so the node stays up and says why.
+    """
+    refused = getattr(node, 'refused_overrides', None)
     for name, default, descriptor in table:
-        node.declare_parameter(name, default, descriptor)
+        try:
+            node.declare_parameter(name, default, descriptor)
+        except (InvalidParameterValueException, InvalidParameterTypeException) as e:
+            if refused is None:
+                raise
+            refused.append(f'{name}: {e}')
+            node.declare_parameter(name, default, descriptor, ignore_override=True)
 
 
 def parameter_values(node) -> dict:

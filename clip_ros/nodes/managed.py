@@ -113,6 +113,7 @@ class ManagedNode(LifecycleNode):
 
     def __init__(self, node_name: str, **kwargs):
         super().__init__(node_name, **kwargs)
+        self.refused_overrides = []  # start-up values rclpy refused (declare_all)
         declare_all(self, managed_parameters())
         self._warn = KeyedThrottle(self.get_logger(), 'warning', THROTTLE_SEC)
         self._error = KeyedThrottle(self.get_logger(), 'error', THROTTLE_SEC)
@@ -188,6 +189,9 @@ class ManagedNode(LifecycleNode):
         gets every parameter name and the node starts as `autostart` says.
         """
         try:
+            if self.refused_overrides:
+                raise ValueError(f"{'; '.join(self.refused_overrides)} (the default is used "
+                                 'until a valid value is set)')
             check(parameter_values(self))
         except ValueError as e:
             self.params_error = f'invalid parameters: {e}'
@@ -378,6 +382,7 @@ class ManagedNode(LifecycleNode):
                                           'finish; its results will not be published')
             self._worker = None
         self.release_model()
+        self._model = ('', '')  # the diagnostics no longer name a freed model
         for publisher in self._outputs:
             self.destroy_lifecycle_publisher(publisher)
         self._outputs = []
