@@ -109,6 +109,9 @@ def test_compressed_depth_round_trips():
         decode_depth(b'x' * 20, 'png', 4096)
     with pytest.raises(ValueError, match='RVL is not supported'):
         decode_depth(b'\x01' + b'\x00' * 19, '16UC1; compressedDepth rvl', 4096)
+    # ROS 2 names RVL only in the format string; the header's format field is 0 as for PNG.
+    with pytest.raises(ValueError, match='RVL is not supported'):
+        decode_depth(b'\x00' * 20, '16UC1; compressedDepth rvl', 4096)
 
 
 @pytest.fixture(scope='module')

@@ -114,6 +114,10 @@ def depth_encoding(fmt: str) -> str:
 def decode_depth(data, fmt: str, max_size: int) -> tuple:
     """Return (depth [H, W] uint16 for 16UC1 or float32 metres for 32FC1, its encoding)."""
     encoding, data = depth_encoding(fmt), bytes(data)
+    if 'rvl' in str(fmt).lower().split(';')[-1].split():
+        # ROS 2's codec names RVL in the format string ('16UC1; compressedDepth rvl'); its
+        # header's format field stays 0 either way.
+        raise ValueError('compressedDepth RVL is not supported; publish with png')
     if len(data) <= DEPTH_HEADER.size:
         raise ValueError(f'compressedDepth data of {len(data)} bytes has no image after its '
                          f'{DEPTH_HEADER.size}-byte header')
