@@ -1,4 +1,6 @@
 """The checks after acting, one view at a time: grasp sensor and camera as evidence."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -185,16 +187,31 @@ def test_place_unseen_the_gripper_over_the_destination_is_not_a_load():
                    np.full(200, 0.005)]
     bowl = LiftedTarget(np.zeros(3), BOWL, np.array([0.11, 0.11, 0.02]), 0.6, (0.0, 0.0), 100,
                         0.02, BOWL, inside)
-    for seen in ([], [bowl]):
+    empty = _probe(0.005)  # the depth the bowl was seen in before the carry
+    for seen, before in itertools.product(([], [bowl]), (None, empty)):
         args = ('blue block', None, 'green bowl', bowl, CONFIG, False, seen)
         # The empty gripper 20 cm over an empty bowl: the depth rose under it, but higher
         # than a 4 cm load could: not a place.
-        ok, detail = check_place(*args, _probe(0.005, gripper=0.2), height=0.04)
+        ok, detail = check_place(*args, _probe(0.005, gripper=0.2), 0.04, before)
         assert not ok and 'green bowl' in detail, detail
-        assert not check_place(*args, _probe(0.005, gripper=0.2))[0]  # height unknown
+        assert not check_place(*args, _probe(0.005, gripper=0.2), probe_before=before)[0]
         # The load in the bowl under the same gripper still counts.
-        ok, detail = check_place(*args, _probe(0.045, gripper=0.2), height=0.04)
+        ok, detail = check_place(*args, _probe(0.045, gripper=0.2), 0.04, before)
         assert ok, detail
+
+
+def test_place_unseen_compares_the_footprint_with_its_depth_before_the_carry():
+    # Before the carry the destination's own lifted points may be few or a rim: the depth it
+    # was seen in shows the whole footprint, cell by cell.
+    rim = np.c_[BOWL[0] + 0.05 * np.cos(np.linspace(0, 6.2, 200)),
+                BOWL[1] + 0.05 * np.sin(np.linspace(0, 6.2, 200)), np.full(200, 0.02)]
+    bowl = LiftedTarget(np.zeros(3), BOWL, np.array([0.11, 0.11, 0.02]), 0.6, (0.0, 0.0), 100,
+                        0.02, BOWL, rim)
+    args = ('blue block', None, 'green bowl', bowl, CONFIG, False, [])
+    ok, detail = check_place(*args, _probe(0.045), 0.04, _probe(0.005))
+    assert ok and 'stands 4 cm higher than before' in detail, detail
+    ok, detail = check_place(*args, _probe(0.005), 0.04, _probe(0.005))
+    assert not ok and 'nor green bowl where it was' in detail, detail
 
 
 def test_place_reads_the_bottom_from_the_top_when_the_lower_side_is_hidden():

@@ -176,6 +176,7 @@ class TargetTracker:
         self.target = self.destination = None
         self.target_seen = self.destination_seen = None
         self.destination_view = None  # the destination's LiftedTarget with the latest point
+        self.destination_probe = None  # ... and the depth it was seen in
         self.target_view = None  # ... and the target's, before the gripper came near
         self.frozen = False
         self.not_found = False  # a perception set came without any detection of the target
@@ -201,8 +202,9 @@ class TargetTracker:
                 self.destination is None or track_destination):
             self.destination = np.asarray(obs.destination, np.float64)
             self.destination_seen = obs.time
-            self.destination_view = ((obs.seen or {}).get('destination') or
-                                     [self.destination_view])[0]
+            view = ((obs.seen or {}).get('destination') or [None])[0]
+            if view is not None:
+                self.destination_view, self.destination_probe = view, obs.probe
         if self.target is None and 'target' in obs.undetected:
             self.not_found = True
         if self.destination is None and 'destination' in obs.undetected:
@@ -215,7 +217,7 @@ class TargetTracker:
         height = None if self.target_view is None else self.target_view.top - config.table_z
         return Verification(verb, command.targets[0], command.destination,
                             self.destination_view, now, config, grasped_at=self.target,
-                            target_height=height)
+                            target_height=height, destination_probe=self.destination_probe)
 
 
 def validate_command(command: Command) -> str:

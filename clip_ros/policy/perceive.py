@@ -52,15 +52,19 @@ class DepthProbe:
     depth_range: tuple
     stride: int = 2     # every other pixel: ample for a footprint, a quarter of the work
 
-    def heights(self, centre, radius: float) -> np.ndarray:
-        """Return the base-frame z of the valid points within `radius` of (x, y) `centre`."""
+    def points(self, centre, radius: float) -> np.ndarray:
+        """Return the base-frame valid points [N, 3] within `radius` of (x, y) `centre`."""
         depth = self.depth[::self.stride, ::self.stride]
         near, far = self.depth_range
         rows, cols = np.nonzero(np.isfinite(depth) & (depth > max(near, 0.0)) & (depth < far))
         points = self.extrinsic.apply(back_project(cols * self.stride, rows * self.stride,
                                                    depth[rows, cols], self.K))
         inside = np.linalg.norm(points[:, :2] - np.asarray(centre)[:2], axis=1) <= radius
-        return points[inside, 2]
+        return points[inside]
+
+    def heights(self, centre, radius: float) -> np.ndarray:
+        """Return the base-frame z of the valid points within `radius` of (x, y) `centre`."""
+        return self.points(centre, radius)[:, 2]
 
 
 @dataclass

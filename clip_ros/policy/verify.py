@@ -134,35 +134,61 @@ def _still_there(destination: LiftedTarget, views) -> bool:
                for v in views or ())
 
 
-def rise(destination: LiftedTarget, probe, max_rise: float = np.inf) -> float:
+def rise(destination: LiftedTarget, probe, max_rise: float = np.inf, before=None) -> float:
     """
-    Return how much higher the depth over a destination's inner footprint stands now (m).
+    Return how much higher the depth over a destination stands now (m).
 
-    Compares the 90th percentile height of the points within 0.6 of the footprint radius of
-    its centre, before the carry (the destination's lifted points) and now (`probe`, a
-    perceive.DepthProbe); points now higher than `max_rise` above that are not a load on it
-    but the gripper retreating over it, and are left out. NaN when either has too few points.
+    With `before` (the perceive.DepthProbe of the set the destination was last seen in, before
+    the carry) the footprint is cut into CELL-sized squares, each cell's highest point before
+    and now compared, and the 90th percentile of the rises returned: a load covers a sixth or
+    more of a destination's footprint, a bowl's rim the same cells before and after. Without
+    it, the 90th percentile height of the points within 0.6 of the footprint radius of the
+    centre, before (the destination's lifted points) and now (`probe`). Either way points more
+    than `max_rise` above the destination's top are the gripper retreating over it, not a
+    load, and are left out. NaN when too few points can be compared.
     """
-    if probe is None or destination.points is None:
+    if probe is None:
+        return float('nan')
+    ceiling = destination.top + max_rise
+    if before is not None:
+        return _cell_rise(destination, before, probe, ceiling)
+    if destination.points is None:
         return float('nan')
     radius = 0.6 * footprint_radius(destination)
     centre = destination.centre[:2]
-    before = destination.points[np.linalg.norm(destination.points[:, :2] - centre, axis=1)
-                                <= radius][:, 2]
-    if len(before) < 10:
-        return float('nan')
-    base = np.percentile(before, 90)
+    was = destination.points[np.linalg.norm(destination.points[:, :2] - centre, axis=1)
+                             <= radius][:, 2]
     now = probe.heights(centre, radius)
-    now = now[now <= base + max_rise]
-    if len(now) < 10:
+    now = now[now <= ceiling]
+    if len(was) < 10 or len(now) < 10:
         return float('nan')
-    return float(np.percentile(now, 90) - base)
+    return float(np.percentile(now, 90) - np.percentile(was, 90))
+
+
+CELL = 0.01  # m: the squares whose highest points are compared before and after a place
+
+
+def _cell_rise(destination: LiftedTarget, before, probe, ceiling: float) -> float:
+    centre, radius = destination.centre[:2], footprint_radius(destination)
+    tops = []
+    for view in (before, probe):
+        points = view.points(centre, radius)
+        points = points[points[:, 2] <= ceiling]
+        cells = np.floor((points[:, :2] - centre) / CELL).astype(np.int64)
+        top = {}
+        for key, z in zip(map(tuple, cells), points[:, 2]):
+            top[key] = max(top.get(key, -np.inf), z)
+        tops.append(top)
+    shared = tops[0].keys() & tops[1].keys()
+    if len(shared) < 10:
+        return float('nan')
+    return float(np.percentile([tops[1][k] - tops[0][k] for k in shared], 90))
 
 
 def check_place(name: str, target: LiftedTarget | None, destination_name: str,
                 destination: LiftedTarget | None, config: VerifyConfig,
                 holding: bool | None = None, destination_now=None, probe=None,
-                height: float | None = None) -> tuple:
+                height: float | None = None, probe_before=None) -> tuple:
     """
     Return (resting on the destination, what was sensed) for one view after a place.
 
@@ -170,7 +196,8 @@ def check_place(name: str, target: LiftedTarget | None, destination_name: str,
     this view (None: not looked for), which explain an unseen target (in or on it); `probe`:
     this view's depth (perceive.DepthProbe), whose rise over the destination does too;
     `height`: the target's own height (its top above the table before the pick), which places
-    its bottom when the lower part of its side is hidden or left out of its mask.
+    its bottom when the lower part of its side is hidden or left out of its mask;
+    `probe_before`: the depth of the set `destination` was seen in, to compare with `probe`.
     """
     if holding:
         return False, f'{name} still held'
@@ -184,14 +211,13 @@ def check_place(name: str, target: LiftedTarget | None, destination_name: str,
         if destination_now is None:
             return False, f'{name} not seen after the place{other}'
         max_rise = (config.max_load if height is None else height) + config.above_tolerance
+        risen = rise(destination, probe, max_rise, probe_before)
         if not _still_there(destination, destination_now):
-            risen = rise(destination, probe, max_rise)
             if risen >= config.min_rise:
                 return True, (f'{name} not seen after release over {destination_name}, but '
                               f'the depth over it stands {_cm(risen)} higher than before{other}')
             return False, (f'{name} not seen after release over {destination_name}, nor '
                            f'{destination_name} where it was{other}')
-        risen = rise(destination, probe, max_rise)
         if risen < config.min_rise:  # NaN (no depth to tell) keeps the destination's word
             return False, (f'{name} not seen after release over {destination_name}, and the '
                            f'depth over it did not rise ({risen * 100:+.1f} cm){other}')
@@ -227,6 +253,7 @@ class Verification:
     seen: list = field(default_factory=list)  # (passed, detail) per view
     grasped_at: np.ndarray | None = None  # the target's position when grasped, if known
     target_height: float | None = None  # its top above the table before the pick, if known
+    destination_probe: object = None  # the depth destination_view was seen in, if known
 
     def look(self, now: float, seen: dict | None, ee_position, holding=None, probe=None):
         """
@@ -259,7 +286,7 @@ class Verification:
                               self.grasped_at)
         return check_place(self.target, target, self.destination, self.destination_view,
                            self.config, holding, seen.get('destination') or [], probe,
-                           self.target_height)
+                           self.target_height, self.destination_probe)
 
     def verdict(self) -> tuple:
         """Return (succeeded, detail) from the views so far (none: failed)."""
