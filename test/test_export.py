@@ -5,8 +5,8 @@ import torch
 from transformers import CLIPSegForImageSegmentation
 
 from clip_ros.perception.backends import (
-    BACKENDS, Engine, GraphShapeHead, make_pipeline, OnnxClipSegRunner, OPENVINO_DEVICES,
-    PRECISIONS)
+    BACKENDS, Engine, GraphShapeHead, make_clip, make_engine, make_pipeline, MIXED,
+    OnnxClipSegRunner, OPENVINO_DEVICES, PRECISIONS)
 from clip_ros.perception.clipseg import ClipSegRunner
 from clip_ros.perception.export import clamp_softmax_inputs, export_clipseg, graph_dir
 from clip_ros.perception.handles import ClipSegModel
@@ -137,6 +137,33 @@ def test_cache_is_reused_and_rebuilt_when_weights_change(tmp_path):
     assert np.abs(runner.probabilities(rgb, PHRASES) - ref).max() <= MAP_TOL
 
 
+def test_a_lora_merged_model_exports_and_matches_torch(tmp_path):
+    # Merged adapters leave no weight needing grad, where MultiheadAttention takes its fused
+    # path (no ONNX symbolic): deployment of a fine-tuned model must still export.
+    from clip_ros.learning.lora import apply_lora, DEFAULT_TARGETS, merge_lora
+    from clip_ros.perception.loading import load_clip
+    clip = load_clip('tiny', '', device='cpu')
+    apply_lora(clip.model, DEFAULT_TARGETS, 4, 8.0)
+    merge_lora(clip.model)
+    assert not any(p.requires_grad for p in clip.model.parameters())
+    graphs = make_clip(clip, make_engine('onnxruntime', threads=1), tmp_path)
+    assert torch.backends.mha.get_fastpath_enabled(), 'the switch is put back'
+    ref = clip.encode_text(PHRASES)
+    assert (graphs.encode_text(PHRASES) - ref).abs().max() <= 1e-4
+
+
+def test_another_input_size_gets_graphs_of_its_own(tmp_path):
+    import dataclasses
+    clipseg = load_clipseg('tiny', device='cpu')
+    small = dataclasses.replace(clipseg, image_size=96)
+    assert graph_dir(small, tmp_path) != graph_dir(clipseg, tmp_path)
+    rgb = _frames()[0]
+    OnnxClipSegRunner(clipseg, cache_dir=tmp_path).probabilities(rgb, PHRASES)  # cached first
+    ref = ClipSegRunner(small).probabilities(rgb, PHRASES)
+    got = OnnxClipSegRunner(small, cache_dir=tmp_path).probabilities(rgb, PHRASES)
+    assert np.abs(got - ref).max() <= MAP_TOL
+
+
 def test_softmax_inputs_are_clamped_without_changing_the_result(tmp_path):
     onnx = pytest.importorskip('onnx')
     import onnxruntime as ort
@@ -250,6 +277,9 @@ def test_mixed_precision_keeps_torch_boxes(cache):
     mixed = make_pipeline(clip, clipseg, backend='openvino', precision='mixed', cache_dir=cache,
                           min_area=4)
     assert mixed.runner.engine.precision == 'f32'
+    # The shape head's calibrated floor needs f32 too, and the CLIP towers run as MIXED says.
+    assert mixed.clip.shape.session.precision == 'f32'
+    assert {s.precision for s in mixed.clip.sessions.values()} == {MIXED['clip']}
     found = 0
     for rgb in _frames():
         a, b = ref(rgb, PHRASES, 0.3), mixed(rgb, PHRASES, 0.3)

@@ -6,6 +6,7 @@ torch modules or the exported ONNX graphs (perception.export) under ONNX Runtime
 everything between the passes (thresholds, components, re-scoring softmax) is the same code
 for all. make_clip and make_runner give the nodes that run one model the same choice.
 """
+import copy
 from dataclasses import dataclass, field, fields, replace
 import importlib
 import threading
@@ -177,7 +178,7 @@ class _OpenVinoSession:
 
     def __init__(self, path, device: str, precision: str, threads: int = 0):
         ov = _library('openvino')
-        self.path = str(path)
+        self.path, self.precision = str(path), precision
         config = {'PERFORMANCE_HINT': 'LATENCY'}
         if threads and device == 'CPU':
             config['INFERENCE_NUM_THREADS'] = int(threads)
@@ -237,9 +238,10 @@ class OnnxClipModel(ClipModel):
         paths = export_clip(clip, cache_dir)
         values = {f.name: getattr(clip, f.name) for f in fields(ClipModel)}
         values['text_cache'] = None  # a cache of its own, filled by the exported text tower
-        if clip.shape is not None:
+        if clip.shape is not None:  # under 'mixed' precision the head keeps its own (f32)
             values['shape'] = GraphShapeHead(clip, engine, cache_dir)
-        return cls(**values, sessions={name: engine.session(path) for name, path in paths.items()})
+        towers = _for(engine, 'clip')
+        return cls(**values, sessions={name: towers.session(path) for name, path in paths.items()})
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Return L2-normalised float32 image embeddings [B, D] for normalised pixels [B,3,S,S]."""
@@ -261,7 +263,9 @@ class GraphShapeHead(ShapeHead):
 
     def __init__(self, clip: ClipModel, engine: Engine, cache_dir=None):
         head = clip.shape
-        super().__init__(head.net, head.shapes, head.pad, head.size, device='cpu')
+        # A CPU copy: the torch head (on CUDA, say) stays where it is for torch pipelines.
+        super().__init__(copy.deepcopy(head.net).cpu(), head.shapes, head.pad, head.size,
+                         device='cpu')
         self.session = _for(engine, 'shape').session(export_shape(clip, cache_dir)['shape'])
 
     def softmax(self, pixels: np.ndarray) -> np.ndarray:
@@ -276,8 +280,7 @@ def _for(engine: Engine, model: str) -> Engine:
 
 def make_clip(clip: ClipModel, engine: Engine = None, cache_dir=None) -> ClipModel:
     """Return the ClipModel as loaded (engine None: torch) or on the engine's graphs."""
-    return clip if engine is None else OnnxClipModel.from_model(
-        clip, _for(engine, 'clip'), cache_dir)
+    return clip if engine is None else OnnxClipModel.from_model(clip, engine, cache_dir)
 
 
 def make_runner(clipseg, engine: Engine = None, cache_dir=None) -> ClipSegRunner:

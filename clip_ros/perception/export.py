@@ -1,5 +1,5 @@
 """
-ONNX graphs of the passes the grounding pipeline runs, cached per model name and weights hash.
+ONNX graphs of the passes the grounding pipeline runs, cached per model, input size and weights.
 
 Five graphs, and a sixth for a model with a shape head, all float32 on CPU at export time:
 
@@ -12,9 +12,9 @@ Five graphs, and a sixth for a model with a shape head, all float32 on CPU at ex
 - shape: centre pixels of shape crops [B, 3, s, s] -> shape head logits [B, C]
   (perception.shape_head; the last column is "no object" for a head with a background class).
 
-Graphs live under <cache>/<model name>-<weights hash>-g<GRAPH_VERSION>/; a model whose weights
-change, or graphs written by an earlier version of this module, get a new directory, so stale
-graphs are never served.
+Graphs live under <cache>/<model name>-<input size>px-<weights hash>-g<GRAPH_VERSION>/; a
+model whose weights or input size change, or graphs written by an earlier version of this
+module, get a new directory, so stale graphs are never served.
 
 Every Softmax gets its input clamped to [max - SOFTMAX_FLOOR, max] first. ONNX Runtime's CPU
 exp slows down about 6x on the far tail of attention scores (5.2 ms against 0.8 ms for one
@@ -27,6 +27,7 @@ import json
 import os
 from pathlib import Path
 import re
+import threading
 import warnings
 
 import torch
@@ -60,8 +61,12 @@ def weights_hash(module: torch.nn.Module) -> str:
 
 
 def graph_dir(handle, cache_dir=None) -> Path:
-    """Return the directory of a loaded model's graphs: <root>/<safe name>-<hash[:16]>."""
-    return _named_dir(handle.name, handle.model, cache_dir)
+    """
+    Return the directory of a loaded model's graphs: <root>/<safe name>-<size>px-<hash[:16]>.
+
+    The graphs are traced at the handle's input size, so another size gets graphs of its own.
+    """
+    return _named_dir(f'{handle.name}-{int(handle.image_size)}px', handle.model, cache_dir)
 
 
 def _named_dir(name: str, module: torch.nn.Module, cache_dir=None) -> Path:
@@ -139,13 +144,18 @@ def _cpu_float(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _export(module, args, path: Path, inputs: list, outputs: list, dynamic: dict) -> None:
-    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
-    # Grad stays enabled: under no_grad torch's MultiheadAttention takes its fused fast path,
-    # which has no ONNX symbolic.
-    with warnings.catch_warnings(), torch.enable_grad():
-        warnings.simplefilter('ignore')  # tracer warnings about python ints in transformers
-        torch.onnx.export(module, args, str(tmp), input_names=inputs, output_names=outputs,
-                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.{threading.get_ident()}.tmp')
+    # MultiheadAttention's fused fast path has no ONNX symbolic. It is taken whenever no weight
+    # needs grad (a frozen or LoRA-merged model, even under enable_grad): switch it off.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # tracer warnings about python ints in transformers
+            torch.onnx.export(module, args, str(tmp), input_names=inputs, output_names=outputs,
+                              dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     clamp_softmax_inputs(tmp)
     os.replace(tmp, path)  # a crash mid-export never leaves a half-written graph in the cache
 
@@ -260,7 +270,7 @@ def export_shape(clip, cache_dir=None, force: bool = False) -> dict:
     head = getattr(clip, 'shape', None)
     if head is None:
         return {}
-    directory = _named_dir(f'{clip.name}-shape', head.net, cache_dir)
+    directory = _named_dir(f'{clip.name}-shape-{int(head.size)}px', head.net, cache_dir)
     path = directory / 'shape.onnx'
     if force or not path.is_file():
         directory.mkdir(parents=True, exist_ok=True)
