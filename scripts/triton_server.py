@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 def triton_config(args) -> TritonConfig:
     """Return the TritonConfig for the parsed arguments (ports, address, TLS)."""
     ssl = {}
+    if (args.ssl_key or args.ssl_root) and not args.ssl_cert:
+        raise SystemExit('triton_server: --ssl-key and --ssl-root need --ssl-cert (TLS was '
+                         'asked for: no plain server)')
     if args.ssl_cert:
         if not args.ssl_key:
             raise SystemExit('triton_server: --ssl-cert needs --ssl-key')

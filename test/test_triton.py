@@ -206,6 +206,15 @@ def test_serve_command_line_keeps_localhost_and_passes_tls(tmp_path):
     assert '--ssl-root' not in command
 
 
+@pytest.mark.parametrize('flags', [['--ssl-root', 'ca.pem'], ['--ssl-key', 'b.pem'],
+                                   ['--ssl-cert', 'a.pem'],
+                                   ['--ssl-key', 'b.pem', '--ssl-root', 'ca.pem']])
+def test_half_a_tls_set_up_is_refused_not_served_plain(flags, tmp_path, capsys):
+    assert serve.main(['--model', 'tiny', '--python', sys.executable, *flags]) == 2
+    err = capsys.readouterr().err
+    assert 'TLS needs --ssl-cert and --ssl-key together' in err and flags[0] in err
+
+
 def test_tls_server_answers_its_ca_and_refuses_plain_grpc(tmp_path):
     serve_python()
     if shutil.which('openssl') is None:
