@@ -117,11 +117,10 @@ def main(argv=None) -> int:
     from clip_ros.perception.registry import ModelLoadError
     if bool(args.ssl_cert) != bool(args.ssl_key) or (args.ssl_root and not args.ssl_cert):
         # Never a plain server when TLS was asked for.
+        given = [flag for flag in ('--ssl-cert', '--ssl-key', '--ssl-root')
+                 if getattr(args, flag[2:].replace('-', '_'))]
         print('serve: TLS needs --ssl-cert and --ssl-key together (and --ssl-root only with '
-              'them); got ' + ', '.join(f'{flag}' for flag in ('--ssl-cert', '--ssl-key',
-                                                                '--ssl-root')
-                                        if getattr(args, flag[2:].replace('-', '_'))),
-              file=sys.stderr)
+              f"them); got {', '.join(given)}", file=sys.stderr)
         return 2
     if not args.export_only and not os.access(args.python, os.X_OK):
         print(f'serve: no server environment at {args.python}; create it with '
