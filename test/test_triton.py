@@ -10,7 +10,7 @@ import pytest
 from clip_ros.perception.backends import make_pipeline
 from clip_ros.perception.loading import load_clip, load_clipseg
 from clip_ros.perception.triton_client import (
-    connect, server_ready, triton_pipeline, TritonClipSegRunner, TritonShapeHead,
+    connect, server_ready, tls_options, triton_pipeline, TritonClipSegRunner, TritonShapeHead,
     TritonUnavailable)
 from clip_ros.sim.synthetic import scene_image
 from clip_ros.tools import serve
@@ -215,7 +215,7 @@ def test_half_a_tls_set_up_is_refused_not_served_plain(flags, tmp_path, capsys):
     assert 'TLS needs --ssl-cert and --ssl-key together' in err and flags[0] in err
 
 
-def test_tls_server_answers_its_ca_and_refuses_plain_grpc(tmp_path):
+def test_mutual_tls_server_answers_a_robot_with_its_certificate_only(tmp_path):
     serve_python()
     if shutil.which('openssl') is None:
         pytest.skip('no openssl to make a certificate')
@@ -226,15 +226,31 @@ def test_tls_server_answers_its_ca_and_refuses_plain_grpc(tmp_path):
                    check=True, capture_output=True)
     bundle = serve.write_bundle(load_clip('tiny', '', device='cpu'),
                                 load_clipseg('tiny', device='cpu'), cache_dir=tmp_path)
+    # The self-signed certificate is its own CA: the robot presents it too.
     server = Server(bundle, tmp_path / 'server.log', '--ssl-cert', str(cert),
-                    '--ssl-key', str(key)).start(wait=False)
+                    '--ssl-key', str(key), '--ssl-root', str(cert)).start(wait=False)
     try:
-        tls = {'ssl': True, 'root_certificates': str(cert)}
-        assert wait_for(lambda: server_ready(server.url, **tls), timeout=240), \
+        robot = tls_options(str(cert), str(key), str(cert))
+        assert wait_for(lambda: server_ready(server.url, **robot), timeout=240), \
             (tmp_path / 'server.log').read_text()[-2000:]
-        remote, clip, _ = connect(server.url, **tls)
+        remote, clip, _ = connect(server.url, **robot)
         assert clip.name == 'tiny/random'
         remote.close()
+        assert not server_ready(server.url, **tls_options(str(cert)))  # no client certificate
         assert not server_ready(server.url)  # plain gRPC gets no answer
     finally:
         server.stop()
+
+
+def test_tls_options_name_what_is_missing(tmp_path):
+    pem = tmp_path / 'a.pem'
+    pem.write_text('x')
+    assert tls_options() == {'ssl': False, 'root_certificates': None, 'private_key': None,
+                             'certificate_chain': None}
+    assert tls_options(str(pem))['ssl'] is True
+    with pytest.raises(ValueError, match='triton_key and triton_cert go together'):
+        tls_options(str(pem), key=str(pem))
+    with pytest.raises(ValueError, match='needs TLS: set triton_ca'):
+        tls_options('', str(pem), str(pem))
+    with pytest.raises(ValueError, match="triton_ca '/no/such.pem' is not a readable file"):
+        tls_options('/no/such.pem')

@@ -26,7 +26,7 @@ from clip_ros.perception.names import DEFAULT_CLIP, DEFAULT_CLIPSEG
 from clip_ros.perception.stats import assess
 from clip_ros.perception.tracking import Tracker
 from clip_ros.perception.triton_client import (
-    connect, DEFAULT_TIMEOUT, DEFAULT_URL, server_ready, triton_pipeline)
+    connect, DEFAULT_TIMEOUT, DEFAULT_URL, server_ready, tls_options, triton_pipeline)
 from clip_ros.policy.command import MAX_COMMAND_CHARS, parse_command, quote
 
 WARM_UP_SIZE = 224
@@ -143,6 +143,12 @@ class GroundingNode(ManagedNode):
             ('triton_ca', '', describe(
                 "backend 'triton': PEM CA file of a TLS server ('' = plain gRPC, localhost)",
                 **ro)),
+            ('triton_key', '', describe(
+                "backend 'triton': this robot's PEM private key, for a server that requires "
+                'client certificates (serve --ssl-root); with triton_cert', **ro)),
+            ('triton_cert', '', describe(
+                "backend 'triton': this robot's PEM certificate chain (with triton_key)",
+                **ro)),
         ))
 
     def _read_parameters(self, values: dict) -> None:
@@ -168,10 +174,8 @@ class GroundingNode(ManagedNode):
                              'node per camera for 3D output')
         device, dtype, cache_dir = values['device'], values['dtype'], values['cache_dir'] or None
         if values['backend'] == 'triton':  # the server's models: no weights on this robot
-            ca = values['triton_ca']
             self._triton, self._clip, self._clipseg = connect(
-                values['triton_url'], values['triton_timeout'], ssl=bool(ca),
-                root_certificates=ca or None)
+                values['triton_url'], values['triton_timeout'], **self._tls(values))
             note, self._threads = '', 0  # no weights here, and no torch to give threads to
         else:
             # torch loads only here: a Triton client never imports it.
@@ -435,13 +439,20 @@ class GroundingNode(ManagedNode):
                             stamp).status[0]
             for camera in self._cameras]
 
+    @staticmethod
+    def _tls(values: dict) -> dict:
+        return tls_options(values['triton_ca'], values['triton_key'], values['triton_cert'])
+
     def _retry_triton(self) -> None:
         if self.lifecycle_state != 'unconfigured':
             self._triton_retry.cancel()  # configured meanwhile (or shutting down)
             return
-        ca = self.get_parameter('triton_ca').value
-        if not server_ready(self.get_parameter('triton_url').value, ssl=bool(ca),
-                            root_certificates=ca or None):
+        values = parameter_values(self)
+        try:
+            tls = self._tls(values)
+        except ValueError:
+            return  # a file missing: the configure error said so; a set that fixes it retries
+        if not server_ready(values['triton_url'], **tls):
             return  # still absent: the configure error already said so, once
         self.start()
 

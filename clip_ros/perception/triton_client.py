@@ -18,6 +18,7 @@ Nothing here imports torch: images are prepared and maps resized on numpy
 only runs this client keeps its memory to the interpreter, rclpy and numpy.
 """
 import json
+import os
 import re
 import threading
 
@@ -57,12 +58,17 @@ class TritonServer:
     """A gRPC connection to the grounding server, with its failure count."""
 
     def __init__(self, url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT,
-                 ssl: bool = False, root_certificates: str = None):
+                 ssl: bool = False, root_certificates: str = None, private_key: str = None,
+                 certificate_chain: str = None):
         self.url, self.timeout = url, float(timeout)
         grpc = _grpc()
         self._grpc = grpc
+        # PEM files; the key and chain are this robot's for a server requiring client
+        # certificates (serve --ssl-root).
         self.client = grpc.InferenceServerClient(url, ssl=ssl,
                                                  root_certificates=root_certificates,
+                                                 private_key=private_key,
+                                                 certificate_chain=certificate_chain,
                                                  channel_args=CHANNEL_ARGS)
         self._lock = threading.Lock()
         self.failed = 0  # requests that failed since connect
@@ -251,6 +257,26 @@ class TritonClipSegRunner:
 
     def _encode_text(self, phrases: list) -> np.ndarray:
         return self.server.infer_rows('clipseg_text', 'tokens', token_ids(phrases), 'features')
+
+
+def tls_options(ca: str = '', key: str = '', cert: str = '') -> dict:
+    """
+    Return TritonServer's TLS keywords for PEM file paths ('' = not given).
+
+    A client key needs its certificate and both need the server's CA (TLS); ValueError
+    names what is missing or unreadable.
+    """
+    if bool(key) != bool(cert):
+        raise ValueError('triton_key and triton_cert go together (the client certificate of '
+                         'a server requiring them), got only '
+                         f"{'triton_key' if key else 'triton_cert'}")
+    if key and not ca:
+        raise ValueError('a client certificate needs TLS: set triton_ca to the server CA')
+    for name, path in (('triton_ca', ca), ('triton_key', key), ('triton_cert', cert)):
+        if path and not os.access(path, os.R_OK):
+            raise ValueError(f'{name} {path!r} is not a readable file')
+    return {'ssl': bool(ca), 'root_certificates': ca or None, 'private_key': key or None,
+            'certificate_chain': cert or None}
 
 
 def connect(url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT, **tls) -> tuple:
