@@ -327,4 +327,5 @@ def test_onnxruntime_backend_answers_like_torch(ros, tmp_path):
     bad = ros.add(GroundingNode(context=ros.context, namespace='b_bad',
                                 parameter_overrides=tiny + [Parameter('backend', value='tvm')]))
     assert bad.lifecycle_state == 'unconfigured'
-    assert "unknown backend 'tvm'; valid backends: torch, onnxruntime, openvino" in bad.not_ready
+    assert "unknown backend 'tvm'; valid backends: torch, onnxruntime, openvino, triton" in \
+        bad.not_ready

@@ -179,8 +179,14 @@ class GroundingNode(ManagedNode):
             note, self._threads = '', 0  # no weights here, and no torch to give threads to
         else:
             # torch loads only here: a Triton client never imports it.
-            from clip_ros.perception.backends import use_cpu_threads
+            from clip_ros.perception.backends import BACKENDS, make_engine, use_cpu_threads
             from clip_ros.perception.loading import load_or_tabletop
+            if values['backend'] not in BACKENDS:
+                raise ValueError(f"unknown backend {values['backend']!r}; valid backends: "
+                                 f"{', '.join((*BACKENDS, 'triton'))}")
+            options = backend_options(values)
+            del options['cache_dir']
+            make_engine(**options)  # an unavailable provider or device fails before loading
             # Uncached pretrained weights fall back to the bundled tabletop model, with a warning.
             self._clip, self._clipseg, note = load_or_tabletop(
                 (values['clip_arch'], values['clip_pretrained']), values['clipseg_model'],
