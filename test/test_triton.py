@@ -254,3 +254,36 @@ def test_tls_options_name_what_is_missing(tmp_path):
         tls_options('', str(pem), str(pem))
     with pytest.raises(ValueError, match="triton_ca '/no/such.pem' is not a readable file"):
         tls_options('/no/such.pem')
+
+
+def test_a_server_back_with_other_weights_is_refused_not_served_stale(tmp_path):
+    # Cached text features, vocabulary and calibration belong to the models connected to: a
+    # server restarted on a retrained bundle must not be answered with them.
+    serve_python()
+    import torch
+    clip, clipseg = load_clip('tiny', '', device='cpu'), load_clipseg('tiny', device='cpu')
+    first = serve.write_bundle(clip, clipseg, tmp_path / 'first', cache_dir=tmp_path)
+    with torch.no_grad():
+        clipseg.model.decoder.reduces[0].bias.add_(0.5)  # retrained, same name
+    second = serve.write_bundle(clip, clipseg, tmp_path / 'second', cache_dir=tmp_path)
+    server = Server(first, tmp_path / 'server.log').start()
+    try:
+        remote, rclip, rseg = connect(server.url)
+        pipe = triton_pipeline(remote, rclip, rseg, min_area=4)
+        rgb = _frames()[0]
+        pipe(rgb, PHRASES, 0.3)
+        server.kill()
+        with pytest.raises(TritonUnavailable):
+            pipe(rgb, PHRASES, 0.3)
+        server.bundle = second
+        server.start()
+        with pytest.raises(TritonUnavailable, match='came back with other models'):
+            pipe(rgb, PHRASES, 0.3)
+        ok, message, _ = remote.health()
+        assert not ok and 'reconfigure this node' in message
+        remote.close()
+        remote, rclip, rseg = connect(server.url)  # a new connection takes the new models
+        triton_pipeline(remote, rclip, rseg, min_area=4)(rgb, PHRASES, 0.3)
+        remote.close()
+    finally:
+        server.stop()

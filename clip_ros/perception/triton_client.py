@@ -75,6 +75,7 @@ class TritonServer:
         self.failing_since = None  # failed requests in a row ('' when the last one succeeded)
         self.last_error = ''
         self.info = None
+        self.changed = ''  # why the server's models are no longer the ones connected to
 
     def connect(self) -> dict:
         """Check that the server is live and every model is ready; return the model info."""
@@ -85,18 +86,42 @@ class TritonServer:
                        if not self.client.is_model_ready(m, client_timeout=self.timeout)]
             if missing:
                 raise TritonUnavailable(f'models not ready: {", ".join(missing)}')
-            request = self._grpc.InferInput('request', [1], 'BYTES')
-            request.set_data_from_numpy(np.array([b'info'], dtype=np.object_))
-            result = self.client.infer('clip_ros_info', [request], client_timeout=self.timeout)
-            self.info = json.loads(result.as_numpy('info')[0])
+            self.info = self._fetch_info()
         except Exception as e:  # noqa: B902 - every failure becomes the one error below
             raise TritonUnavailable(
                 f'Triton server at {self.url} is not available ({_reason(e)}); start it with '
                 '`serve` (clip_ros.tools.serve) or set triton_url') from e
         return self.info
 
+    def _fetch_info(self) -> dict:
+        request = self._grpc.InferInput('request', [1], 'BYTES')
+        request.set_data_from_numpy(np.array([b'info'], dtype=np.object_))
+        result = self.client.infer('clip_ros_info', [request], client_timeout=self.timeout)
+        return json.loads(result.as_numpy('info')[0])
+
+    def _check_same_models(self) -> None:
+        """After an outage, make sure the server came back with the models connected to."""
+        try:
+            info = self._fetch_info()
+        except Exception:  # noqa: B902 - still coming up: the next request checks again
+            with self._lock:
+                self.failing_since = self.failing_since or 1
+            return
+        if info.get('graphs') != (self.info or {}).get('graphs'):
+            # Text features, vocabulary and calibration all came from the old models.
+            self.changed = (f"the server came back with other models ({info['clip']['name']} "
+                            f"+ {info['clipseg']['name']}, graphs "
+                            f"{', '.join(info.get('graphs') or ['?'])}): reconfigure this "
+                            'node to use them')
+
     def infer(self, model: str, arrays: dict, output: str) -> np.ndarray:
         """Run one request; TritonUnavailable (counted) names the model and the reason."""
+        if self.changed:
+            with self._lock:
+                self.failed += 1
+                self.failing_since = (self.failing_since or 0) + 1
+                self.last_error = self.changed
+            raise TritonUnavailable(f'Triton server at {self.url}: {self.changed}')
         inputs = []
         for name, array in arrays.items():
             array = np.ascontiguousarray(array)
@@ -113,7 +138,11 @@ class TritonServer:
                 self.last_error = f'{model}: {_reason(e)}'
             raise TritonUnavailable(f'Triton server at {self.url}: {self.last_error}') from e
         with self._lock:
-            self.failing_since = None
+            came_back, self.failing_since = bool(self.failing_since), None
+        if came_back:
+            self._check_same_models()
+            if self.changed:
+                return self.infer(model, arrays, output)  # refused, with the reason
         return np.array(result.as_numpy(output))  # a writable copy
 
     def infer_rows(self, model: str, name: str, array: np.ndarray, output: str) -> np.ndarray:

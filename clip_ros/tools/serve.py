@@ -96,8 +96,11 @@ def write_bundle(clip, clipseg, bundle=None, cache_dir=None) -> Path:
             link.unlink()
         if name in paths:
             link.symlink_to(paths[name].resolve())
-    info = json.dumps(model_info(clip, clipseg), indent=1) + '\n'
-    (bundle / 'bundle.json').write_text(info, encoding='utf-8')
+    info = model_info(clip, clipseg)
+    # The graphs' directories name the weights: robots tell a retrained model of the same
+    # name (or a server restarted on another bundle) from the one they configured with.
+    info['graphs'] = sorted({path.parent.name for path in paths.values()})
+    (bundle / 'bundle.json').write_text(json.dumps(info, indent=1) + '\n', encoding='utf-8')
     return bundle
 
 
