@@ -324,6 +324,14 @@ def test_onnxruntime_backend_answers_like_torch(ros, tmp_path):
     torch_boxes = [(d.bbox.center.position.x, d.bbox.size_x) for d in answers['torch']]
     onnx_boxes = [(d.bbox.center.position.x, d.bbox.size_x) for d in answers['onnxruntime']]
     assert torch_boxes and onnx_boxes == pytest.approx(torch_boxes, abs=1e-3)
+    # A run-time parameter change rebuilds the pipeline around the open graph sessions.
+    sessions = node._pipeline.clip.sessions, node._pipeline.runner
+    assert node.set_parameters([Parameter('min_area', value=9)])[0].successful
+    assert node._pipeline.min_area == 9 and node._pipeline.backend == 'onnxruntime'
+    assert (node._pipeline.clip.sessions, node._pipeline.runner) == sessions
+    pub.publish(numpy_to_image(SMALL, 'rgb8', ros.header('camera')))
+    count = len(results.messages)
+    assert wait_for(lambda: len(results.messages) > count, timeout=60)
     bad = ros.add(GroundingNode(context=ros.context, namespace='b_bad',
                                 parameter_overrides=tiny + [Parameter('backend', value='tvm')]))
     assert bad.lifecycle_state == 'unconfigured'

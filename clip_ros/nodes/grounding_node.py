@@ -267,14 +267,24 @@ class GroundingNode(ManagedNode):
         for camera in self._cameras:
             camera.stats.reset()
 
-    def _build_pipeline(self) -> GroundingPipeline:
+    def _pipeline_options(self) -> dict:
         # CLIP re-scores at most 64 candidates a frame, or max_detections when that is more.
-        values = parameter_values(self)
-        options = {'distractors': self._distractors, 'min_area': self._min_area,
-                   'max_detections': self._max_detections, 'rescore': self._rescore,
-                   'max_candidates': max(64, self._max_detections),
-                   'abstain': None if self._abstain else AbstainRule.off(),
-                   'light_correction': self._light_correction}
+        return {'distractors': self._distractors, 'min_area': self._min_area,
+                'max_detections': self._max_detections, 'rescore': self._rescore,
+                'max_candidates': max(64, self._max_detections),
+                'abstain': None if self._abstain else AbstainRule.off(),
+                'light_correction': self._light_correction}
+
+    def _rebuild_pipeline(self) -> GroundingPipeline:
+        """Return a pipeline with the current options around the models already running."""
+        old = self._pipeline  # its graph sessions or server handles: opening them costs seconds
+        pipeline = GroundingPipeline(old.clip, self._clipseg, runner=old.runner,
+                                     **self._pipeline_options())
+        pipeline.backend = getattr(old, 'backend', 'torch')
+        return pipeline
+
+    def _build_pipeline(self) -> GroundingPipeline:
+        values, options = parameter_values(self), self._pipeline_options()
         if self._triton is not None:
             return triton_pipeline(self._triton, self._clip, self._clipseg, **options)
         from clip_ros.perception.backends import make_pipeline
@@ -290,7 +300,7 @@ class GroundingNode(ManagedNode):
         # Frames read the attributes (and the pipeline) when they start: the next one sees them.
         self._read_parameters(parameter_values(self))
         if self._pipeline is not None and names & set(PIPELINE_PARAMS):
-            self._pipeline = self._build_pipeline()
+            self._pipeline = self._rebuild_pipeline()
         if 'thresholds' in names:
             self._label_sent = False  # label_info carries the default threshold
             self._set_phrases(self._phrases)
