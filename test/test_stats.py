@@ -1,6 +1,7 @@
 """FrameStats counts, rates and percentiles, and the diagnostic level decision."""
 import math
 
+import numpy as np
 import pytest
 
 from clip_ros.perception.stats import (
@@ -139,7 +140,13 @@ def test_proportion_and_mean_interval():
     assert empty['n'] == 0 and math.isnan(empty['rate']) and (empty['low'], empty['high']) == (
         0.0, 1.0)
     figure = mean_interval([0.5, 0.7, 0.9])
-    half = 1.96 * 0.2 / math.sqrt(3)  # sample standard deviation 0.2
-    assert figure == pytest.approx({'n': 3, 'mean': 0.7, 'low': 0.7 - half, 'high': 0.7 + half})
-    assert mean_interval([0.4]) == {'n': 1, 'mean': 0.4, 'low': 0.4, 'high': 0.4}
+    half = 4.303 * 0.2 / math.sqrt(3)  # t(0.975, 2 dof) x sample standard deviation 0.2
+    assert figure == pytest.approx({'n': 3, 'mean': 0.7, 'low': 0.7 - half, 'high': 0.7 + half},
+                                   abs=1e-3)
+    one = mean_interval([0.4])
+    assert one['mean'] == 0.4 and math.isnan(one['low']) and math.isnan(one['high'])
+    # Many values: the t interval is the normal one.
+    many = mean_interval(np.linspace(0, 1, 1001))
+    assert many['high'] - many['mean'] == pytest.approx(1.96 * np.linspace(0, 1, 1001).std(
+        ddof=1) / math.sqrt(1001), rel=2e-3)
     assert mean_interval([])['n'] == 0 and math.isnan(mean_interval([])['mean'])

@@ -60,14 +60,23 @@ def proportion(successes: int, trials: int, z: float = 1.96) -> dict:
     return {'k': int(successes), 'n': int(trials), 'rate': rate, 'low': low, 'high': high}
 
 
-def mean_interval(values, z: float = 1.96) -> dict:
-    """Return {'n', 'mean', 'low', 'high'}: a mean with its normal-approximation interval."""
+def mean_interval(values, level: float = 0.95) -> dict:
+    """
+    Return {'n', 'mean', 'low', 'high'}: a mean with its Student-t interval.
+
+    One value says nothing about the spread: its bounds are NaN (a normal interval there
+    would be zero-wide, and for a few values too narrow).
+    """
+    from scipy.stats import t
     values = np.asarray(list(values), dtype=np.float64)
-    if not len(values):
+    n = len(values)
+    if not n:
         return {'n': 0, 'mean': float('nan'), 'low': float('nan'), 'high': float('nan')}
     mean = float(values.mean())
-    half = z * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-    return {'n': len(values), 'mean': mean, 'low': mean - half, 'high': mean + half}
+    if n == 1:
+        return {'n': 1, 'mean': mean, 'low': float('nan'), 'high': float('nan')}
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
+    return {'n': n, 'mean': mean, 'low': mean - half, 'high': mean + half}
 
 
 def percentiles(values, qs=(50, 99)) -> tuple:

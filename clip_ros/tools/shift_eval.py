@@ -7,7 +7,7 @@ IoU >= 0.5 with an object of that name (mask IoU against that object; 0 when not
 and no detection at all is a wrong rejection. Absent queries name a vocabulary object that is
 not in the scene (same colour as a scene object with another shape, held-out combinations, and
 others): they count as rejected when the phrase gets no detection. Rates come with 95 % Wilson
-intervals, mean mask IoU with a normal-approximation interval.
+intervals, mean mask IoU with a Student-t interval.
 
 With the scenes' depth, each query also goes through the policy's perceive -> lift
 (policy.perceive, the code vla_policy_node runs, with its shape check of shape words against
