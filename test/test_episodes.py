@@ -47,6 +47,17 @@ def test_unknown_target_is_rejected_without_motion(sim, tmp_path):
     assert save_strip(result.frames, str(tmp_path / 'strip.png'))
 
 
+def test_demonstration_tasks_show_no_held_out_combination():
+    from clip_ros.sim.scene import sample_scene
+    held = {tuple(c) for c in HELD_OUT}
+    for k in range(40):
+        task = sample_task(7 * k, ('pick', 'place')[k % 2], HELD_OUT, only_seen=True)
+        names = {(o.colour, o.shape) for o in sample_scene(task.seed).objects}
+        assert not names & held, (task, names & held)
+    with pytest.raises(ValueError, match='exclude each other'):
+        sample_task(0, 'pick', HELD_OUT, want_held_out=True, only_seen=True)
+
+
 def test_tasks_are_paraphrased_and_split():
     tasks = [sample_task(100 + k, 'pick', HELD_OUT, want_held_out=k % 2 == 1) for k in range(8)]
     assert len({t.command for t in tasks}) > 4

@@ -243,19 +243,24 @@ def _distractor(spec, index: int) -> str:
 
 
 def sample_task(seed: int, verb: str, held_out: tuple = (), want_held_out: bool = False,
-                tries: int = 200) -> Task:
+                tries: int = 200, only_seen: bool = False) -> Task:
     """
     Return a task from the first scene at or after `seed` that fits.
 
     The target shares its colour or shape with another object whenever the scene allows;
-    with `want_held_out` its colour x shape is one of `held_out`. A place task's destination
-    is a bowl when there is one, else another object.
+    with `want_held_out` its colour x shape is one of `held_out`; with `only_seen` no object
+    of the scene is (training demonstrations: neither target, destination nor image shows
+    one). A place task's destination is a bowl when there is one, else another object.
     """
     from clip_ros.sim.scene import sample_scene  # scene sampling only, no MuJoCo
 
     held = {tuple(c) for c in held_out}
+    if only_seen and want_held_out:
+        raise ValueError('only_seen and want_held_out exclude each other')
     for scene_seed in range(seed, seed + tries):
         spec, rng = sample_scene(scene_seed), np.random.default_rng(scene_seed)
+        if only_seen and any((o.colour, o.shape) in held for o in spec.objects):
+            continue
         pool = [i for i, o in enumerate(spec.objects)
                 if ((o.colour, o.shape) in held) == want_held_out]
         if verb == 'place':

@@ -36,9 +36,10 @@ def main(argv=None) -> None:
     perception, clip = load_perception(args.perception, args.device)
     if args.clip != clip.name.split('/')[0]:
         clip = load_clip(args.clip, 'random' if args.clip == 'tiny' else '', args.device)
-    # Demonstrations never show the held-out colour x shape combinations.
-    tasks = [sample_task(args.seed + 7 * k, ('pick', 'place')[k % 2], HELD_OUT, False)
-             for k in range(args.episodes)]
+    # Demonstrations never show the held-out colour x shape combinations: not as target, not
+    # as destination, not anywhere in the scene.
+    tasks = [sample_task(args.seed + 7 * k, ('pick', 'place')[k % 2], HELD_OUT, False,
+                         only_seen=True) for k in range(args.episodes)]
     start = time.monotonic()
     with Simulator(args.seed, args.width, args.height) as sim:
         arrays, stats = record_demonstrations(sim, tasks, perception, Embedder(clip),
