@@ -74,6 +74,13 @@ CASES = [
      None, None),
     ('grab the ball to the right of the bowl', 'pick', ['ball to right of bowl'], None, None),
     ('take the red block to the left', 'place', ['red block'], None, 'left'),
+    # 'down' and 'back' belong to the verb; 'then' before a second object is no word of it.
+    ('put down the red block', 'place', ['red block'], None, None),
+    ('put the red block back in the green bowl', 'place', ['red block'], 'green bowl', None),
+    ('put the red block down on the plate', 'place', ['red block'], 'plate', None),
+    ('push the cup back', 'push', ['cup'], None, 'backward'),
+    ('pick up the red block and then the blue ball', 'pick', ['red block', 'blue ball'], None,
+     None),
 ]
 
 

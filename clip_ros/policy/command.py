@@ -100,6 +100,8 @@ _COLOURED_SUFFIXES = tuple(f'-{w}' for w in _COLOURED)
 RELATION_WORDS = {w for p in _PLACE_PREPS for w in p} | _RELATION_BEFORE_TO | {
     'of', 'from', 'with', 'by', 'closest', 'nearest', 'farthest', 'furthest', 'between'}
 _SEPARATORS = {',', 'and', 'or'}
+# 'put down the cup', 'put the cup back in the bowl': part of the verb, not of the object.
+_PARTICLES = {'down', 'back'}
 # A command with one of these says what not to do ("don't grab the red block, grab the blue
 # ball"): acting on its phrases could touch the very object it forbids.
 NEGATIONS = {'not', "don't", 'dont', "doesn't", "didn't", "won't", 'never', 'instead',
@@ -262,6 +264,8 @@ def _parse_clause(tokens: list[str]) -> Command:
         rest = rest[1:]
     if verb == 'pick' and len(rest) > 1 and rest[-1] == 'up':  # 'pick the cup up'
         rest = rest[:-1]
+    if verb == 'place' and len(rest) > 1 and rest[0] in _PARTICLES:  # 'put down the cup'
+        rest = rest[1:]
     direction = destination = relation = None
     if verb in ('place', 'move', 'push', 'go_to'):
         direction, rest, destination = _extract_direction(rest)
@@ -275,6 +279,8 @@ def _parse_clause(tokens: list[str]) -> Command:
         verb = 'place' if destination or direction else verb
     if verb == 'move':
         verb = 'push' if direction and not destination else 'place'
+    if verb == 'place' and len(rest) > 1 and rest[-1] in _PARTICLES:  # 'put the cup back in'
+        rest = rest[:-1]
     return Command('', verb, _split_targets(rest), destination, direction, relation=relation)
 
 
@@ -317,6 +323,8 @@ def _side_of(tokens: list[str]) -> bool:
 
 
 def _phrase(tokens: list[str]) -> str | None:
+    while tokens and tokens[0] in _CONJUNCTIONS:  # 'the cup and then the fork'
+        tokens = tokens[1:]
     words = [t for t in _reorder(_uncolour(tokens)) if t not in _ARTICLES and t != ',']
     if not words or (len(words) == 1 and words[0] in _PRONOUNS):
         return None
