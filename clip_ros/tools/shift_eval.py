@@ -172,8 +172,11 @@ def _acted(result, detections, query: Query, view, lift: LiftConfig) -> dict:
     found = perceive(command, candidates, depth, K, extrinsic, lift)
     if 'target' not in found.lifted:
         return {'acted': False, 'acted_correct': False, 'acted_reason': found.error}
-    _, score, _ = found.lifted['target']
-    top = next(d for d in detections if d.score == score)
+    _, score, lifted = found.lifted['target']
+    # The detection lifted: its score, and under a tie (two crops alike) the lifted pixel.
+    tied = [d for d in detections if d.score == score]
+    u, v = (int(round(c)) for c in lifted.pixel)
+    top = next((d for d in tied if result.label_image[v, u] == d.index + 1), tied[0])
     right = bool(query.targets) and box_iou(top.box, np.array(
         [t.box for t in query.targets]))[0].max() >= BOX_IOU
     return {'acted': True, 'acted_correct': bool(right), 'acted_reason': ''}
