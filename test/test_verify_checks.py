@@ -116,6 +116,15 @@ def test_place_still_held_fails():
     assert place(lifted(BOWL), [BOWL_SEEN], holding=True)[0] is False
 
 
+def _bowl_seen_inside() -> LiftedTarget:
+    """Return BOWL as lifted before the carry, with the points of its inside (a 2 cm ring)."""
+    ring = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    inside = np.c_[BOWL[0] + 0.02 * np.cos(ring), BOWL[1] + 0.02 * np.sin(ring),
+                   np.full(200, 0.005)]
+    return LiftedTarget(np.zeros(3), BOWL, np.array([0.11, 0.11, 0.02]), 0.6, (0.0, 0.0), 100,
+                        0.02, BOWL, inside)
+
+
 def _probe(load_height: float, gripper: float = 0.0):
     """
     Return the depth of a camera 0.7 m above the table looking down at BOWL's footprint.
@@ -138,11 +147,7 @@ def _probe(load_height: float, gripper: float = 0.0):
 
 
 def test_place_unseen_with_the_destination_unseen_goes_by_the_depth_over_it():
-    ring = np.linspace(0, 2 * np.pi, 200, endpoint=False)
-    inside = np.c_[BOWL[0] + 0.02 * np.cos(ring), BOWL[1] + 0.02 * np.sin(ring),
-                   np.full(200, 0.005)]
-    bowl = LiftedTarget(np.zeros(3), BOWL, np.array([0.11, 0.11, 0.02]), 0.6, (0.0, 0.0), 100,
-                        0.02, BOWL, inside)  # its points as seen before the carry
+    bowl = _bowl_seen_inside()
     args = ('blue block', None, 'green bowl', bowl, CONFIG, False, [])
     ok, detail = check_place(*args, _probe(0.045))
     assert ok and detail == ('blue block not seen after release over green bowl, but the '
@@ -167,11 +172,7 @@ def test_place_detection_at_the_open_gripper_is_the_gripper_not_the_load():
 
 
 def test_place_unseen_with_the_destination_seen_needs_the_depth_to_rise_when_known():
-    ring = np.linspace(0, 2 * np.pi, 200, endpoint=False)
-    inside = np.c_[BOWL[0] + 0.02 * np.cos(ring), BOWL[1] + 0.02 * np.sin(ring),
-                   np.full(200, 0.005)]
-    bowl = LiftedTarget(np.zeros(3), BOWL, np.array([0.11, 0.11, 0.02]), 0.6, (0.0, 0.0), 100,
-                        0.02, BOWL, inside)
+    bowl = _bowl_seen_inside()
     args = ('blue block', None, 'green bowl', bowl, CONFIG, False, [bowl])
     assert check_place(*args, _probe(0.045)) == (
         True, 'blue block not seen after release over green bowl: inside it')
@@ -182,11 +183,7 @@ def test_place_unseen_with_the_destination_seen_needs_the_depth_to_rise_when_kno
 
 
 def test_place_unseen_the_gripper_over_the_destination_is_not_a_load():
-    ring = np.linspace(0, 2 * np.pi, 200, endpoint=False)
-    inside = np.c_[BOWL[0] + 0.02 * np.cos(ring), BOWL[1] + 0.02 * np.sin(ring),
-                   np.full(200, 0.005)]
-    bowl = LiftedTarget(np.zeros(3), BOWL, np.array([0.11, 0.11, 0.02]), 0.6, (0.0, 0.0), 100,
-                        0.02, BOWL, inside)
+    bowl = _bowl_seen_inside()
     empty = _probe(0.005)  # the depth the bowl was seen in before the carry
     for seen, before in itertools.product(([], [bowl]), (None, empty)):
         args = ('blue block', None, 'green bowl', bowl, CONFIG, False, seen)
