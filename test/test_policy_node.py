@@ -433,3 +433,21 @@ def test_an_unknown_depth_qos_fails_configure_with_the_choices(managed):
     node = managed.policy_node(MANAGED + [Parameter('depth_qos', value='best_effort')])
     assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert "depth_qos 'best_effort' is not one of" in node.load_error, node.load_error
+
+
+def test_state_and_camera_pose_are_heard_from_any_usual_publisher(managed):
+    # A best-effort ee_state driver and a volatile camera_pose publisher (ros2 topic pub's
+    # default) are heard, as reliable and latched ones are.
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    best_effort = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+    node = managed.policy_node()
+    ee = managed.harness.publisher(PoseStamped, f'{managed.namespace}/ee_state', best_effort)
+    pose = managed.harness.publisher(PoseStamped, f'{managed.namespace}/camera_pose')
+    assert wait_for(lambda: ee.get_subscription_count() == 1 and pose.get_subscription_count())
+    msg = PoseStamped(header=Header(frame_id='base_link'))
+    msg.pose.position.x, msg.pose.position.z, msg.pose.orientation.w = 0.1, 0.4, 1.0
+    ee.publish(msg)
+    assert wait_for(lambda: node._ee is not None and node._ee[2] == pytest.approx(0.4))
+    msg.pose.position.x = 0.25
+    pose.publish(msg)
+    assert wait_for(lambda: node._extrinsic.translation[0] == pytest.approx(0.25))

@@ -21,6 +21,8 @@ IMAGE_QOS_CHOICES = ('sensor_data', 'reliable')
 IMAGE_TRANSPORTS = ('raw', 'compressed')
 # Results: reliable so no detection is lost between nodes on one machine.
 RESULTS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+# Robot state feedback: best effort matches reliable and best-effort publishers alike.
+STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 # What the label values mean: late subscribers still get the current map.
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)

@@ -29,7 +29,7 @@ from visualization_msgs.msg import MarkerArray
 
 from clip_ros.nodes.common import (
     COMMAND_QOS, declare_all, describe, image_qos, LATCHED_QOS, model_parameters,
-    parameter_values, RESULTS_QOS, spin_node, transport_topic)
+    parameter_values, RESULTS_QOS, spin_node, STATE_QOS, transport_topic)
 from clip_ros.nodes.conversions import image_to_numpy
 from clip_ros.nodes.depth_lift import depth_metres, DEPTH_TRANSPORTS
 from clip_ros.nodes.managed import ManagedNode
@@ -226,11 +226,15 @@ class VlaPolicyNode(ManagedNode):
                                          (CameraInfo, 'camera_info', sensor, None)):
             self.subscribe(kind, topic, self._stream(stream or topic), qos)
         self.subscribe(String, 'command', self._on_command, COMMAND_QOS)
-        self.subscribe(PoseStamped, 'ee_state', self._on_ee, RESULTS_QOS)
-        self.subscribe(Float64, 'gripper_state', self._on_gripper, RESULTS_QOS)
-        self.subscribe(JointState, 'gripper/joint_states', self._on_fingers, RESULTS_QOS)
-        # Transient local: the pose is latched once per scene, usually before this node starts.
+        # Best effort hears reliable and best-effort drivers alike: only the newest state counts.
+        self.subscribe(PoseStamped, 'ee_state', self._on_ee, STATE_QOS)
+        self.subscribe(Float64, 'gripper_state', self._on_gripper, STATE_QOS)
+        self.subscribe(JointState, 'gripper/joint_states', self._on_fingers, STATE_QOS)
+        # Transient local gets a pose latched once per scene, usually before this node starts;
+        # a transient-local subscription never hears a volatile publisher (`ros2 topic pub`),
+        # so a second, volatile one does. A pose heard twice is the same pose.
         self.subscribe(PoseStamped, 'camera_pose', self._on_camera_pose, LATCHED_QOS)
+        self.subscribe(PoseStamped, 'camera_pose', self._on_camera_pose, RESULTS_QOS)
         # Latched: why grounding gives no detection for a phrase, published when it changes.
         self.subscribe(String, 'grounding_status', self._on_grounding_status, LATCHED_QOS)
         if self._p['policy'] == 'learned':
