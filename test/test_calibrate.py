@@ -125,3 +125,11 @@ def test_calibration_uses_validation_scenes_only(calibrated):
     # Present objects are found with the rule off; the rates match the records.
     assert sum(bool(r['candidates']) for r in present) >= len(present) - 1
     assert report['figures']['present_queries'] == len(present)
+
+
+def test_light_scenes_zero_keeps_the_reference_and_negative_is_refused(capsys):
+    from clip_ros.tools.calibrate import parse_args
+    assert parse_args(['--light-scenes', '0']).light_scenes == 0
+    with pytest.raises(SystemExit) as stop:
+        parse_args(['--light-scenes', '-1'])
+    assert stop.value.code == 2 and 'at least 0' in capsys.readouterr().err

@@ -295,7 +295,7 @@ def parse_args(argv=None):
                         help='share of absent-object queries to reject')
     parser.add_argument('--present-limit', type=number(0.0, 1.0), default=PRESENT_LIMIT,
                         help='largest share of present-object queries wrongly rejected')
-    parser.add_argument('--light-scenes', type=count(1), default=40,
+    parser.add_argument('--light-scenes', type=count(0), default=40,
                         help='train scenes the light reference is measured on (0: keep the '
                              "config's reference, or none)")
     parser.add_argument('--device', default='cpu', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
