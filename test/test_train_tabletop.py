@@ -1,6 +1,7 @@
 """train_tabletop end to end at toy size: renders, trains, saves a loadable checkpoint."""
 import json
 
+import pytest
 from safetensors.torch import load_file
 import torch
 
@@ -20,6 +21,36 @@ def test_short_run_saves_a_loadable_model(tmp_path, gl_context):
     clip = tabletop.load_tabletop_clip(tmp_path / 'model', device='cpu')
     assert clip.vocabulary and 'blue block' in clip.vocabulary
     assert clip.encode_text(['blue block']).shape[0] == 1
+
+
+def test_a_budget_spent_before_training_saves_nothing(tmp_path, gl_context):
+    out = tmp_path / 'model'
+    # Rendering takes more than 0.2 minutes less the 15 s kept for saving: no time to train,
+    # and no untrained weights may land where a model was asked for.
+    args = train_tabletop.parse_args([
+        '--out', str(out), '--scenes', '2', '--steps', '40', '--batch', '2',
+        '--render-width', '160', '--render-height', '120', '--quiet', '--minutes', '0.2'])
+    with pytest.raises(ValueError, match='spent on rendering'):
+        train_tabletop.run(args)
+    assert not out.exists()
+    assert train_tabletop.main(['--out', str(out), '--scenes', '2', '--steps', '40',
+                                '--render-width', '160', '--render-height', '120', '--quiet',
+                                '--minutes', '0.2']) == 1
+
+
+def test_the_temperature_stays_clamped_in_the_checkpoint(tmp_path, gl_context):
+    import math
+    from clip_ros.learning import tabletop_recipe
+    args = train_tabletop.parse_args([
+        '--out', str(tmp_path / 'm'), '--scenes', '3', '--steps', '2', '--batch', '2',
+        '--render-width', '160', '--render-height', '120', '--quiet', '--minutes', '5'])
+    model, config, _ = tabletop_recipe.initial_model(args, tabletop_recipe.DEFAULT_CONFIG)
+    with torch.no_grad():
+        model.clip.logit_scale.fill_(math.log(100.0) + 0.3)  # past open_clip's bound
+    pool = tabletop_recipe._pool(args, tabletop_recipe.RANDOMISED, config['clip_ros'])
+    history = tabletop_recipe.train(model, pool, config, args, 0.0)
+    assert float(model.clip.logit_scale.exp()) <= 100.0 + 1e-3
+    assert history[-1]['temperature'] == pytest.approx(0.01, rel=0.01)  # the scale it used
 
 
 def test_lora_fine_tune_changes_only_attention(tmp_path, gl_context):

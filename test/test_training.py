@@ -134,6 +134,23 @@ def test_lora_finetune_changes_only_adapters(tmp_path):
     assert (tmp_path / 'lora' / 'curves.png').exists()
 
 
+def test_lora_finetune_repeats_whatever_ran_before(tmp_path):
+    # The adapters' initial weights come from the run's seed, not from the global generator.
+    import copy
+    clip = load_clip('tiny', 'random', device='cpu')
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randn(8, 3, clip.image_size, clip.image_size, generator=gen)
+    data = TensorDataset(pixels, tokenize([f'a {name} block' for name in NAMES] * 2),
+                         torch.arange(8) % 4)
+    config = TrainConfig(seed=0, batch_size=8, epochs=2, lr=1e-2, progress=False)
+    losses = []
+    for prior in (1, 2):
+        torch.manual_seed(prior)  # whatever drew random numbers before in the process
+        history = lora_finetune(copy.deepcopy(clip.model), data, None, config, r=2, alpha=4.0)
+        losses.append([row['loss'] for row in history['steps']])
+    assert losses[0] == losses[1]
+
+
 def test_helpers():
     batch = as_batch((torch.zeros(2, 3), torch.ones(2)), 'cpu')
     assert sorted(batch) == ['images', 'texts']

@@ -296,7 +296,9 @@ class TabletopStep(torch.nn.Module):
         image = tabletop.image_features(model, normalise(batch['crops'], self.config))
         text = F.normalize(tabletop.text_features(
             model, tokenize(batch['captions'], TRAIN_CONTEXT)), dim=-1)
-        scale = model.clip.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+        with torch.no_grad():  # in place, as open_clip does: inference reads it unclamped
+            model.clip.logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
+        scale = model.clip.logit_scale.exp()
         if isinstance(loss_fn, ClipLoss):
             contrastive = loss_fn(image, text, labels=batch['labels'], logit_scale=scale)
         else:
@@ -307,6 +309,7 @@ class TabletopStep(torch.nn.Module):
             contrastive = contrastive + sum(parts.values())
         weights = self.weighting.weights().detach()
         return {'loss': self.weighting([seg, contrastive]), 'segmentation': seg.item(),
+                'temperature': 1.0 / scale.item(),  # the one this step used
                 'contrastive': contrastive.item(), 'weight_segmentation': weights[0].item(),
                 'weight_contrastive': weights[1].item(),
                 **{k: v.item() for k, v in parts.items()}}
@@ -493,7 +496,13 @@ def run(args) -> dict:
     render_seconds = time.monotonic() - start
     model, config, adapted = initial_model(args, config)
     # The time budget covers the whole command; keep a little for saving and plotting.
-    history = train(model, pool, config, args, args.minutes * 60 - render_seconds - 15)
+    budget = args.minutes * 60 - render_seconds - 15 if args.minutes else 0.0
+    if args.minutes and budget <= 0:
+        raise ValueError(f'--minutes {args.minutes:g} is spent on rendering '
+                         f'({render_seconds:.0f} s) before the first step; give more time')
+    history = train(model, pool, config, args, budget)
+    if not history:  # never save untrained weights over a model
+        raise ValueError('the time budget ended before the first training step; nothing saved')
     if adapted:
         merge_lora(model)  # a plain checkpoint again: loads like any other
     kept = _other_keys(Path(args.out))

@@ -433,6 +433,8 @@ def lora_finetune(clip, train_data, val_data=None, config: TrainConfig = None, r
 
     """
     model = getattr(clip, 'model', clip)
+    config = config or TrainConfig()
+    seed_everything(config.seed)  # the adapters' initial weights are part of the run
     layers = apply_lora(model, targets, r, alpha)
     if loss_fn is None:
         loss_fn = ClipLoss(temperature=float(torch.exp(-model.logit_scale.detach())))
