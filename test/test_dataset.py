@@ -52,6 +52,17 @@ def test_regenerating_a_seed_is_identical(train_root, tmp_path):
     assert again['meta'] == first['meta']
 
 
+def test_chunks_rendered_into_one_folder_add_up(tmp_path, gl_context):
+    generate(tmp_path, 'val', 2, 64, 48)
+    generate(tmp_path, 'val', 2, 64, 48, start=1)  # overlaps one scene, adds one
+    dataset = SceneDataset(tmp_path, 'val')
+    assert [scene['seed'] for scene in dataset.index['scenes']] == list(split_seeds('val', 3))
+    assert len(dataset) == 3 and 'depth' not in dataset[0]
+    with pytest.raises(ValueError, match=r'width 64 not 96.*choose another --out'):
+        generate(tmp_path, 'val', 1, 96, 48, start=3)
+    assert len(SceneDataset(tmp_path, 'val')) == 3  # the refused chunk changed nothing
+
+
 def test_splits_disjoint_and_held_out_only_outside_train():
     train, val, test = (set(split_seeds(s, 1000)) for s in ('train', 'val', 'test'))
     assert not (train & val or train & test or val & test)

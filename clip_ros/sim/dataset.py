@@ -99,6 +99,16 @@ def generate(out, split: str, count: int, width: int = 224, height: int = 224,
 
     seeds = split_seeds(split, count, start)
     root = Path(out) / split
+    path = root / 'dataset.json'
+    settings = {'format': FORMAT, 'split': split, 'condition': condition, 'width': width,
+                'height': height, 'depth': depth, 'held_out': [list(c) for c in HELD_OUT]}
+    # Rendering in chunks (--start) adds to the split's index; other settings would mix.
+    earlier = json.loads(path.read_text()) if path.is_file() else {'scenes': []}
+    differ = [k for k in settings if path.is_file() and earlier.get(k) != settings[k]]
+    if differ:
+        raise ValueError(f'{path} holds scenes written with other settings ('
+                         + ', '.join(f'{k} {earlier.get(k)!r} not {settings[k]!r}'
+                                     for k in differ) + '); choose another --out')
     scenes = []
     with Simulator(seeds[0] if count else 0, width, height, exclude=split_exclude(split),
                    show_gripper=False) as sim:
@@ -108,10 +118,10 @@ def generate(out, split: str, count: int, width: int = 224, height: int = 224,
                                sim.render(depth=depth, instances=True))
             scenes.append({'seed': seed, 'dir': f'{seed:06d}', 'focus': spec.focus,
                            'objects': [obj['name'] for obj in meta['objects']]})
-    index = {'format': FORMAT, 'split': split, 'condition': condition,
-             'width': width, 'height': height,
-             'depth': depth, 'held_out': [list(c) for c in HELD_OUT], 'scenes': scenes}
-    path = root / 'dataset.json'
+    fresh = {scene['seed'] for scene in scenes}
+    scenes = sorted([e for e in earlier['scenes'] if e['seed'] not in fresh] + scenes,
+                    key=lambda scene: scene['seed'])
+    index = {**settings, 'scenes': scenes}
     root.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(index, indent=1))
     return path
@@ -145,7 +155,7 @@ class SceneDataset(torch.utils.data.Dataset):
         item = {'rgb': np.asarray(Image.open(folder / 'rgb.png').convert('RGB')),
                 'masks': np.asarray(Image.open(folder / 'masks.png')),
                 'meta': json.loads((folder / 'meta.json').read_text())}
-        if (folder / 'depth.npy').is_file():
+        if self.index.get('depth'):
             item['depth'] = np.load(folder / 'depth.npy')
         return self.transform(item) if self.transform else item
 
