@@ -89,6 +89,16 @@ def test_a_dim_frame_is_brightened_an_over_exposed_one_darkened():
         np.exp(DARK_MAX))
 
 
+def test_a_large_white_object_under_the_trained_light_is_no_glare():
+    # A white object over 10% of the frame sets its 90th percentile; the table, lit as in
+    # training, says the light is not too bright.
+    frame = table_frame((150, 135, 118))
+    frame[10:70, 10:80] = 242
+    assert bright_level(frame) > 148.0 * np.exp(0.3)
+    assert np.allclose(LightCorrection(REFERENCE).gains(frame), 1.0)
+    assert LightCorrection(REFERENCE, table=False)(frame) is frame
+
+
 def test_reference_blocks_round_trip_and_bad_ones_are_refused():
     assert LightReference.from_config(REFERENCE.to_config()) == REFERENCE
     assert LightReference.from_config({}) is None and LightReference.from_config(None) is None

@@ -81,6 +81,17 @@ def test_a_surface_that_is_not_under_the_objects_is_not_the_table():
     assert SurfaceCorrection(TABLE)(frame) is frame
 
 
+def test_a_large_flat_object_in_the_middle_is_not_the_table():
+    # A noisy table spreads over several histogram bins, a flat object fills one: the object
+    # is the frame's most common colour, but it does not reach the frame's edge.
+    noise = np.random.default_rng(0).normal(0, 6, (144, 192, 3))
+    frame = np.clip(np.asarray(TABLE) + noise, 0, 255).astype(np.uint8)
+    frame[27:117, 51:141] = BLUE
+    assert find_surface(frame) is None
+    corrected = SurfaceCorrection(TABLE)(frame)
+    assert (corrected[27:117, 51:141] == BLUE).all()
+
+
 def test_light_correction_runs_the_table_step_unless_told_not_to():
     frame = scene((40, 200, 60))
     reference = LightReference(TABLE, bright_level(frame))  # no lamp to undo

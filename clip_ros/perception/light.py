@@ -41,6 +41,10 @@ DARK_MIN = 0.3        # smallest log darkness (ln 1.35) that is brightened
 DARK_MAX = 1.2        # most log brightening (ln 3.3)
 BRIGHT_MIN = 0.3      # smallest log over-exposure (ln 1.35) that is darkened
 BRIGHT_PERCENTILE = 90.0
+# Over-exposure darkens only when the lit median (mostly the table) is this much brighter than
+# the reference's too (log): a large white object alone sets the 90th percentile. On val every
+# over-exposed frame is above 0.117 (a bright cyan table), a white object alone near 0.
+GLARE_MEDIAN = 0.1
 STRIDE = 4            # statistics read every 4th row and column: 1/16 of the pixels, same figures
 # Black-body light at 3000 K and 10000 K in sRGB: the line natural lamps lie on.
 _WARM, _COOL = np.log([255.0, 180.0, 107.0]), np.log([204.0, 219.0, 255.0])
@@ -146,7 +150,9 @@ class LightCorrection:
         dark = math.log(self.reference.bright_level / max(bright_level(rgb, levels), 1.0))
         if dark >= DARK_MIN and np.median(levels) >= LIT_LEVEL:
             log_gain += min(dark, DARK_MAX)
-        elif dark <= -BRIGHT_MIN:
+        elif dark <= -BRIGHT_MIN and median is not None and math.log(
+                float(np.mean(median)) / max(float(np.mean(self.reference.median_rgb)), 1.0)
+        ) >= GLARE_MEDIAN:
             log_gain += dark
         return np.exp(log_gain)
 

@@ -33,6 +33,7 @@ CHROMA_TOL = 0.04       # a pixel of the surface's chromaticity, within this in 
 LEVEL_BAND = (0.4, 2.5)  # ... and this band around the surface's median brightness
 MIN_SHARE = 0.25        # the surface covers at least this share of the frame
 HALF = 0.5              # ... and of the frame's central window
+BORDER = 0.05           # ... and reaches the frame's edge (a large flat object does not)
 NEAR = 0.03             # chromaticity this close to the trained table's: nothing to correct
 WASHED = (0.06, 1.5)    # within 0.06 and 1.5x brighter: the trained table under a bright lamp
 DARK = 0.4              # a surface darker than this share of the trained one is always corrected
@@ -130,7 +131,8 @@ def find_surface(rgb: np.ndarray, keep=None):
     height, width = sample.shape[:2]
     members = surface.members(pixels).reshape(height, width)
     centre = members[height // 3: 2 * height // 3, width // 4: 3 * width // 4]
-    return surface if centre.size and centre.mean() >= HALF else None
+    edge = np.concatenate([members[0], members[-1], members[:, 0], members[:, -1]])
+    return surface if centre.size and centre.mean() >= HALF and edge.mean() >= BORDER else None
 
 
 class SurfaceCorrection:
