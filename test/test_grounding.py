@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from clip_ros.perception.grounding import (
-    AbstainRule, check_thresholds, DEFAULT_DISTRACTORS, GroundingPipeline, rival_mask)
+    AbstainRule, check_thresholds, content_words, DEFAULT_DISTRACTORS, GroundingPipeline,
+    rival_mask)
 from clip_ros.perception.loading import load_clip, load_clipseg
 from clip_ros.sim.synthetic import COLOURS, scene_image, TABLE_RGB
 
@@ -122,6 +123,9 @@ def test_min_area_and_max_detections(models, rgb):
     pipeline = GroundingPipeline(*models, min_area=1, max_detections=1)
     result = pipeline(rgb, PHRASES, thresholds=0.0)
     assert len(result.detections) == 1 and result.label_image.max() == 1
+    # Every other phrase says why it has no detection.
+    for phrase in set(PHRASES) - {result.detections[0].phrase}:
+        assert phrase in result.rejected, (phrase, result.rejected)
     with pytest.raises(ValueError, match='max_detections'):
         GroundingPipeline(*models, max_detections=0)
 
@@ -176,6 +180,34 @@ def test_phrases_with_the_same_model_words_are_grounded_once():
     assert all((result.label_image == d.index + 1).sum() > 0 for d in result.detections)
     assert result.rejected == dict.fromkeys(('blue cube', 'the blue block'),
                                             "same words as 'blue block': 'blue block'")
+    # The same phrase twice is asked once, and is no refusal of itself.
+    twice = GroundingPipeline(*models, abstain=OFF, min_area=16)(
+        rgb, ['blue block', 'blue block'], 0.4)
+    assert twice.detections and twice.rejected == {}
+
+
+def test_an_open_model_asks_a_phrase_once_whatever_its_case_and_refuses_empty_ones():
+    pipeline = GroundingPipeline(load_clip('tiny', '', device='cpu'),
+                                 load_clipseg('tiny', device='cpu'), min_area=4)
+    rgb, _ = blue_blocks(1, 2)
+    result = pipeline(rgb, ['blue block', 'Blue  Block', '  '], 0.0)
+    assert {d.phrase for d in result.detections} <= {'blue block'}
+    assert result.rejected == {'Blue  Block': "same words as 'blue block': 'Blue  Block'",
+                               '  ': 'empty phrase'}
+
+
+@pytest.mark.parametrize('phrases', [b'blue block', None, 5, np.array('blue block')])
+def test_phrases_that_are_no_list_of_strings_are_refused_with_the_reason(phrases):
+    pipeline = GroundingPipeline(load_clip('tiny', '', device='cpu'),
+                                 load_clipseg('tiny', device='cpu'))
+    with pytest.raises(ValueError, match='phrases must be a list of strings'):
+        pipeline(np.zeros((32, 32, 3), np.uint8), phrases, 0.4)
+
+
+def test_rivals_are_read_in_any_script():
+    # Words of any script count: a phrase in Cyrillic has the other texts as rivals.
+    assert content_words('Красный куб') == {'красный', 'куб'}
+    assert rival_mask(['красный куб', 'синий шар'], ['красный куб']).tolist() == [[True, True]]
 
 
 def test_score_is_geometric_mean_of_clip_and_clipseg(models, rgb, monkeypatch):

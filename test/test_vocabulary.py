@@ -56,6 +56,8 @@ def test_maps_onto_model_words(lexicon, phrase, text):
     ('the', 'empty phrase'),
     ('', 'empty phrase'),
     ('?!', 'empty phrase'),
+    ('red green blue block', 'conflicting words: red, green'),
+    ('blue red ball', 'conflicting words: blue, red'),
 ])
 def test_reasons(lexicon, phrase, reason):
     assert lexicon.canonical(phrase) == (phrase, reason)
@@ -68,8 +70,14 @@ def test_every_vocabulary_name_is_itself(lexicon):
 def test_open_model_keeps_the_users_words():
     lexicon = Lexicon((), {'cube': 'block'})
     assert lexicon.is_open
-    for phrase in ('The Turquoise cube!', 'red block and blue ball', '', 'small mug'):
+    for phrase in ('The Turquoise cube!', 'red block and blue ball', 'small mug', '红色方块'):
         assert lexicon.canonical(phrase) == (phrase, None)
+    for phrase in ('', '   ', '?!'):  # nothing to ground
+        assert lexicon.canonical(phrase) == (phrase, 'empty phrase')
+
+
+def test_a_repeated_word_counts_once(lexicon):
+    assert lexicon.canonical('red block red') == ('red block', None)
 
 
 def test_synonym_onto_unknown_word_is_refused():

@@ -37,6 +37,7 @@ from clip_ros.nodes.policy_messages import (
     detection_candidates, goal_msg, markers_msg, position_of, status_msg, targets_3d_msg,
     twist_msg)
 from clip_ros.nodes.transforms import lookup_extrinsic, make_tf_buffer
+from clip_ros.perception.grounding import frame_only
 from clip_ros.policy.command import parse_command, quote
 from clip_ros.policy.geometric import (
     Action, FINAL_STATES, GeometricPolicy, Observation, OPEN, PolicyConfig)
@@ -361,7 +362,7 @@ class VlaPolicyNode(ManagedNode):
         try:
             rejected = json.loads(msg.data)['rejected']
             self._refused = {str(phrase): str(reason) for phrase, reason in rejected.items()
-                             if not str(reason).startswith('not found')}
+                             if not frame_only(str(reason))}
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             self.reject('grounding_status', f'ignored an unreadable grounding_status '
                         f'({type(e).__name__}: {e})')

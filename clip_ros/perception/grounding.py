@@ -11,7 +11,6 @@ is "not found". Both kinds of refusal are reported in GroundingResult.rejected.
 from dataclasses import dataclass, field, fields, replace
 import functools
 import math
-import re
 
 import numpy as np
 
@@ -22,13 +21,14 @@ from clip_ros.perception.light import correction_for
 from clip_ros.perception.refine import grow, refine
 from clip_ros.perception.regions import distinct, instances
 from clip_ros.perception.search_memo import SearchMemo
-from clip_ros.perception.vocabulary import Lexicon
+from clip_ros.perception.vocabulary import Lexicon, words_of
 
 # Competing texts in the re-scoring softmax so a crop of table or wall can lose to 'background'.
 DEFAULT_DISTRACTORS = ('background', 'a table surface', 'a wall', 'the floor')
 
-__all__ = ['AbstainRule', 'DEFAULT_DISTRACTORS', 'Detection', 'Evidence', 'GroundingPipeline',
-           'GroundingResult', 'check_phrases', 'check_thresholds', 'not_found', 'rival_mask']
+__all__ = ['AbstainRule', 'DEFAULT_DISTRACTORS', 'Detection', 'Evidence', 'frame_only',
+           'GroundingPipeline', 'GroundingResult', 'check_phrases', 'check_thresholds',
+           'not_found', 'rival_mask']
 
 
 @dataclass
@@ -46,6 +46,14 @@ class GroundingResult:
 def not_found(phrase: str) -> str:
     """Return the reason given for a phrase without any accepted instance."""
     return f'not found: {phrase}'
+
+
+CUT = 'found, but not among the best max_detections'
+
+
+def frame_only(reason: str) -> bool:
+    """Tell whether a refusal holds for this frame only (the next may differ), not the words."""
+    return reason.startswith(('not found', CUT))
 
 
 @dataclass(frozen=True)
@@ -126,9 +134,13 @@ def clean_phrases(values) -> list[str]:
 
 def check_phrases(phrases) -> list:
     """Return phrases as a list of str; raise ValueError when empty or not a list."""
-    if isinstance(phrases, str):
-        raise ValueError(f'phrases must be a list of strings, got the single string {phrases!r}')
-    phrases = [str(p) for p in phrases]
+    if isinstance(phrases, (str, bytes)):
+        raise ValueError(f'phrases must be a list of strings, got the single '
+                         f'{type(phrases).__name__} {phrases!r}')
+    try:
+        phrases = [str(p) for p in phrases]
+    except TypeError:
+        raise ValueError(f'phrases must be a list of strings, got {phrases!r}') from None
     if not phrases:
         raise ValueError('no phrases')
     return phrases
@@ -284,17 +296,20 @@ class GroundingPipeline:
             frame = _Frame(self.light(rgb) if self.light else rgb, phrases,
                            check_thresholds(thresholds, len(phrases)),
                            [], [], {})
-            first = {}  # model words -> the phrase asked first with them
+            first = {}  # model words (any case, any spacing) -> the phrase asked first
             for k, phrase in enumerate(phrases):
                 words, reason = self.canonical(phrase)
+                key = ' '.join(words.casefold().split())
                 if reason:
                     frame.rejected.setdefault(phrase, reason)
-                elif words in first:
-                    # 'red cube' beside 'red block': one object, one detection, not two.
-                    frame.rejected.setdefault(phrase, f'same words as {first[words]!r}: '
-                                                      f'{words!r}')
+                elif key in first:
+                    # 'red cube' beside 'red block': one object, one detection, not two; the
+                    # same phrase twice is simply asked once.
+                    if phrase != first[key]:
+                        frame.rejected.setdefault(phrase, f'same words as {first[key]!r}: '
+                                                          f'{words!r}')
                 else:
-                    first[words] = phrase
+                    first[key] = phrase
                     frame.asked.append(k)
                     frame.words.append(words)
             frames.append(frame)
@@ -317,7 +332,11 @@ class GroundingPipeline:
         scores = {k: _score(frame.evidence[k]) for k in keep}
         # A blob kept whole beside its parts (shape search): the better-scored reading wins.
         order = distinct(frame.regions, frame.owners, sorted(keep, key=lambda k: -scores[k]))
-        order = order[:self.max_detections]
+        cut, order = order[self.max_detections:], order[:self.max_detections]
+        reported = {frame.owners[k] for k in order}
+        for i in sorted({frame.owners[k] for k in cut} - reported):
+            phrase = frame.phrases[frame.asked[i]]
+            rejected.setdefault(phrase, f'{CUT} ({self.max_detections})')
         label_image = np.zeros(frame.rgb.shape[:2], np.uint16)
         detections = []
         size = self.runner.model.image_size  # one map cell: the frame over CLIPSeg's input
@@ -574,8 +593,8 @@ _ARTICLES = frozenset(('a', 'an', 'the'))
 
 
 def content_words(text: str) -> frozenset:
-    """Return the lower-case words of a phrase without articles."""
-    return frozenset(re.findall(r"[a-z0-9']+", text.lower())) - _ARTICLES
+    """Return the lower-case words of a phrase (any script) without articles."""
+    return frozenset(w for w in words_of(text) if w not in ',&') - _ARTICLES
 
 
 def rival_mask(texts: list, queries: list) -> np.ndarray:

@@ -13,12 +13,15 @@ rewrites a phrase word by word:
 - any other word gives the reason 'unknown word: <word>' (no look-alike is grounded for it).
 
 A phrase that names two objects ('red block and blue ball', 'red block blue ball') gives
-'two objects: red block, blue ball'. When the mapped words are exactly one vocabulary name in
-another order ('block red') the name itself is returned ('red block').
+'two objects: red block, blue ball', and one whose words no name holds together ('red green
+block') 'conflicting words: red, green'; a repeated word counts once ('red block red'). When
+the mapped words are exactly one vocabulary name in another order ('block red') the name itself
+is returned ('red block').
 
 A model with an empty vocabulary (pretrained open CLIP/CLIPSeg) is open: the phrase comes back
-unchanged and there is never an unknown word.
+unchanged and there is never an unknown word (a phrase without any word is 'empty phrase').
 """
+import itertools
 import re
 import unicodedata
 
@@ -67,6 +70,11 @@ class Lexicon:
         self.words = frozenset(w for name in self.vocabulary for w in words_of(name))
         # The last word of each name is its head noun ('block'); two heads mean two objects.
         self.heads = frozenset(words_of(name)[-1] for name in self.vocabulary if words_of(name))
+        # Pairs of the other words (colours) that one name holds together: 'red green block'
+        # names no object of a model whose names have one colour each.
+        self._together = {frozenset(pair) for name in self.vocabulary
+                          for pair in itertools.combinations(
+                              set(words_of(name)) - self.heads, 2)}
         self.synonyms = {}
         for key, value in (synonyms or {}).items() if self.vocabulary else ():
             if not isinstance(key, str) or not isinstance(value, str):
@@ -97,7 +105,7 @@ class Lexicon:
 
         """
         if self.is_open:
-            return phrase, None
+            return (phrase, None) if words_of(phrase) else (phrase, 'empty phrase')
         objects, current = [], []
         for word in self._map(words_of(phrase)) + [',']:
             if word in SEPARATORS:
@@ -117,7 +125,12 @@ class Lexicon:
             return phrase, 'empty phrase'
         if len(objects) > 1:
             return phrase, 'two objects: ' + ', '.join(self._join(o) for o in objects)
-        return self._join(objects[0]), None
+        words = list(dict.fromkeys(objects[0]))  # 'red block red' is the red block
+        modifiers = [w for w in words if w not in self.heads]
+        for pair in itertools.combinations(modifiers, 2):
+            if frozenset(pair) not in self._together:
+                return phrase, f'conflicting words: {pair[0]}, {pair[1]}'
+        return self._join(words), None
 
     def _map(self, words: list) -> list:
         """Replace synonyms (longest match first) and plurals; drop fillers."""

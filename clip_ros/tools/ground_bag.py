@@ -29,7 +29,7 @@ import numpy as np
 
 from clip_ros.nodes.overlay import draw_overlay
 from clip_ros.perception.grounding import (
-    clean_phrases, DEFAULT_DISTRACTORS, GroundingPipeline)
+    clean_phrases, DEFAULT_DISTRACTORS, frame_only, GroundingPipeline)
 from clip_ros.perception.loading import load_or_tabletop, ModelLoadError
 from clip_ros.perception.tracking import Tracker
 from clip_ros.policy.command import parse_command, quote
@@ -65,7 +65,7 @@ class Summary:
         """Count one grounded frame (refused: the pipeline's reasons per phrase)."""
         self.grounded += 1
         for phrase, reason in (refused or {}).items():
-            if not reason.startswith('not found'):  # "not found" is per frame, in the table
+            if not frame_only(reason):  # "not found" is per frame, in the table
                 self.refused.setdefault(phrase, reason)
         self.ms.append(ms)
         for phrase in phrases:
