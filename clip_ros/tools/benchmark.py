@@ -32,6 +32,7 @@ from clip_ros.perception.grounding import DEFAULT_DISTRACTORS
 from clip_ros.perception.loading import load_clip
 from clip_ros.perception.tokenizer import tokenize
 from clip_ros.sim.synthetic import scene_image
+from clip_ros.tools import cli
 
 PHRASES = ('blue block', 'red ball', 'green bowl', 'yellow block', 'purple ball',
            'orange bowl', 'white block', 'black ball', 'red block', 'blue ball')
@@ -247,14 +248,16 @@ def main(argv=None) -> int:
     parser.add_argument('--clip-arch', default='ViT-B-16', help="open_clip architecture or 'tiny'")
     parser.add_argument('--clipseg', default='random',
                         help="'random' (rd64 size) or 'tiny' CLIPSeg configuration")
-    parser.add_argument('--phrases', type=int, nargs='+', default=[1, 5])
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--size', default='640x480', help='frame WIDTHxHEIGHT')
-    parser.add_argument('--threshold', type=float, default=0.5)
-    parser.add_argument('--instances-per-phrase', type=int, default=2,
+    parser.add_argument('--phrases', type=cli.count(1, len(PHRASES)), nargs='+', default=[1, 5])
+    parser.add_argument('--repeats', type=cli.count(1), default=5)
+    parser.add_argument('--size', type=cli.frame_size, default=(640, 480),
+                        help='frame WIDTHxHEIGHT')
+    parser.add_argument('--threshold', type=cli.number(0.0, 1.0), default=0.5)
+    parser.add_argument('--instances-per-phrase', type=cli.count(1), default=2,
                         help='components CLIP re-scores per phrase in both paths (random maps '
                              'are noisy; a trained model finds the object and a look-alike)')
-    parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
+    parser.add_argument('--threads', type=cli.count(0), default=0,
+                        help='torch threads (0: default)')
     parser.add_argument('--backends', nargs='+', default=list(DEFAULT_BACKENDS),
                         choices=list(BACKENDS), help='pipeline backends to time (torch always)')
     parser.add_argument('--cache-dir', help='ONNX graph cache (default: ~/.cache/clip_ros/onnx)')
@@ -262,9 +265,11 @@ def main(argv=None) -> int:
     parser.add_argument('--dtype', default='float32', help='float32, or float16 on CUDA')
     parser.add_argument('--json', help='also write the rows to this JSON file')
     args = parser.parse_args(argv)
+    cli.writable(parser, '--cache-dir', args.cache_dir, folder=True)
+    cli.writable(parser, '--json', args.json)
     if args.threads:
         torch.set_num_threads(args.threads)
-    width, height = (int(v) for v in args.size.lower().split('x'))
+    width, height = args.size
     rows = run(args.clip_arch, args.clipseg, args.phrases, args.repeats, width, height,
                args.threshold, args.instances_per_phrase, args.backends, args.cache_dir,
                args.device, args.dtype, torch.get_num_threads())

@@ -3,6 +3,7 @@ import argparse
 import sys
 
 from clip_ros.perception import names
+from clip_ros.tools.cli import writable
 
 MODELS = ('tabletop', 'tiny', 'pretrained')
 
@@ -43,7 +44,9 @@ def load_models(args) -> tuple:
 
 def main(argv=None) -> int:
     """Export the graphs; print one line per graph written or reused."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    writable(parser, '--cache-dir', args.cache_dir, folder=True)
     from clip_ros.perception.export import export_models
     from clip_ros.perception.registry import ModelLoadError
     try:

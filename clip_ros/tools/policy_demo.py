@@ -7,6 +7,7 @@ launch/demo_sim.launch.py, for machines without ros2 launch.
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -18,6 +19,7 @@ from std_msgs.msg import String
 from clip_ros.nodes.common import COMMAND_QOS, RCLError, RESULTS_QOS
 from clip_ros.nodes.managed import ManagedNode
 from clip_ros.sim.scene import sample_scene
+from clip_ros.tools.cli import count, number
 from clip_ros.tools.demo_graph import build_graph
 
 FINAL = ('succeeded', 'failed', 'aborted', 'rejected')
@@ -104,12 +106,14 @@ def main(argv=None) -> int:
     parser.add_argument('--device', default='auto')
     parser.add_argument('--policy', default='geometric', choices=['geometric', 'learned'])
     parser.add_argument('--head', default='', help='policy head for --policy learned')
-    parser.add_argument('--seed', type=int, default=3)
+    parser.add_argument('--seed', type=count(0, 2 ** 31 - 1), default=3)
     parser.add_argument('--command', default='', help="default: 'pick up the <object>'")
-    parser.add_argument('--width', type=int, default=320)
-    parser.add_argument('--height', type=int, default=240)
-    parser.add_argument('--timeout', type=float, default=60.0)
+    parser.add_argument('--width', type=count(8, 4096), default=320)
+    parser.add_argument('--height', type=count(8, 4096), default=240)
+    parser.add_argument('--timeout', type=number(0.0, low_open=True), default=60.0)
     args = parser.parse_args(argv)
+    if args.head and not os.path.isfile(args.head):
+        parser.error(f'--head {args.head} does not exist (train_policy_head writes one)')
     args.command = args.command or f'pick up the {sample_scene(args.seed).objects[0].name}'
     try:
         run(args)

@@ -6,6 +6,7 @@ import sys
 from urllib.parse import urlparse
 
 from clip_ros.perception import registry
+from clip_ros.tools.cli import writable
 
 _TRUE = ('1', 'on', 'yes', 'true')
 
@@ -116,7 +117,9 @@ def verify(args) -> list:
 
 def main(argv=None) -> int:
     """Fetch and verify the configured weights; return 0 on success, 1 on failure."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    writable(parser, '--cache-dir', args.cache_dir, folder=True)  # the downloads go there
     try:
         if args.only != 'clipseg':
             print(fetch_clip(args.clip_arch, args.clip_pretrained, args.cache_dir), flush=True)

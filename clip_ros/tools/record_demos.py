@@ -1,5 +1,6 @@
 """Record demonstrations of the geometric policy in the MuJoCo sim for behaviour cloning."""
 import argparse
+from pathlib import Path
 import time
 
 from clip_ros.learning.behaviour_cloning import record_demonstrations, save_demonstrations
@@ -7,24 +8,29 @@ from clip_ros.policy.learned import Embedder
 from clip_ros.sim.dataset import HELD_OUT
 from clip_ros.sim.episodes import (
     EpisodeConfig, load_perception, PERCEPTION_CHOICES, sample_task)
+from clip_ros.tools.cli import count, writable
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--episodes', type=int, default=200, help='episodes (pick and place)')
+    parser.add_argument('--episodes', type=count(1), default=200, help='episodes (pick and place)')
     parser.add_argument('--out', default='demos/demos.npz', help='output .npz')
     parser.add_argument('--perception', choices=PERCEPTION_CHOICES, default='truth',
                         help="how targets are grounded ('truth': sim instance masks)")
     parser.add_argument('--clip', default='tabletop', choices=('tabletop', 'tiny'),
                         help="frozen CLIP for the embeddings: 'tabletop' (the bundled trained "
                              "model) or 'tiny' (random weights: the head then sees noise)")
-    parser.add_argument('--seed', type=int, default=100000, help='first scene seed')
+    parser.add_argument('--seed', type=count(0), default=100000, help='first scene seed')
     # The size evaluate_policy renders at, so the head sees the same image embeddings.
-    parser.add_argument('--width', type=int, default=640)
-    parser.add_argument('--height', type=int, default=480)
+    parser.add_argument('--width', type=count(8), default=640)
+    parser.add_argument('--height', type=count(8), default=480)
     parser.add_argument('--device', default='auto')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # The episodes take minutes: the .npz must be writable first (its folder is made if missing).
+    writable(parser, '--out', Path(args.out).parent, folder=True)
+    writable(parser, '--out', args.out)
+    return args
 
 
 def main(argv=None) -> None:

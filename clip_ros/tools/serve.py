@@ -19,22 +19,24 @@ import sys
 
 from clip_ros.perception.tokenizer import CONTEXT_LENGTH
 from clip_ros.tools import export as export_tool
+from clip_ros.tools.cli import count, writable
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_SCRIPT = ROOT / 'scripts' / 'triton_server.py'
 PYTHON_ENV = 'CLIP_ROS_SERVE_PYTHON'
 DEFAULT_PYTHON = ROOT / '.venv-serve' / 'bin' / 'python'
+PORT = count(1, 65535)
 GRAPHS = ('clipseg_visual', 'clipseg_decoder', 'clipseg_text', 'clip_image', 'clip_text')
 # Options passed through to the server script unchanged.
 SERVER_OPTIONS = (('--host', str, '127.0.0.1',
                    'listen address (default localhost; 0.0.0.0 for robots on a network: use TLS)'),
-                  ('--grpc-port', int, 8001, 'gRPC port robots connect to (triton_url)'),
-                  ('--http-port', int, 8000, 'HTTP port (on 127.0.0.1 only with TLS)'),
-                  ('--metrics-port', int, 8002, 'Prometheus metrics port'),
-                  ('--max-batch', int, 8, 'most frames the dynamic batcher joins'),
-                  ('--max-crops', int, 64, 'most crops or phrases in one batch'),
-                  ('--delay-us', int, 2000, 'how long the batcher waits for other robots'),
-                  ('--threads', int, 0, 'ONNX Runtime threads per graph (0: its default)'),
+                  ('--grpc-port', PORT, 8001, 'gRPC port robots connect to (triton_url)'),
+                  ('--http-port', PORT, 8000, 'HTTP port (on 127.0.0.1 only with TLS)'),
+                  ('--metrics-port', PORT, 8002, 'Prometheus metrics port'),
+                  ('--max-batch', count(1), 8, 'most frames the dynamic batcher joins'),
+                  ('--max-crops', count(1), 64, 'most crops or phrases in one batch'),
+                  ('--delay-us', count(0), 2000, 'how long the batcher waits for other robots'),
+                  ('--threads', count(0), 0, 'ONNX Runtime threads per graph (0: its default)'),
                   ('--ssl-cert', str, None, 'PEM server certificate: gRPC over TLS'),
                   ('--ssl-key', str, None, 'PEM server key'),
                   ('--ssl-root', str, None, "PEM CA that signed the robots' certificates "
@@ -116,7 +118,8 @@ def server_command(args, bundle: Path) -> list:
 
 def main(argv=None) -> int:
     """Write the bundle and exec the server (or stop after the bundle with --export-only)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from clip_ros.perception.registry import ModelLoadError
     if bool(args.ssl_cert) != bool(args.ssl_key) or (args.ssl_root and not args.ssl_cert):
         # Never a plain server when TLS was asked for.
@@ -125,6 +128,8 @@ def main(argv=None) -> int:
         print('serve: TLS needs --ssl-cert and --ssl-key together (and --ssl-root only with '
               f"them); got {', '.join(given)}", file=sys.stderr)
         return 2
+    writable(parser, '--cache-dir', args.cache_dir, folder=True)
+    writable(parser, '--bundle', args.bundle, folder=True)
     if not args.export_only and not os.access(args.python, os.X_OK):
         print(f'serve: no server environment at {args.python}; create it with '
               'scripts/setup.sh (unset CLIP_ROS_SKIP_TRITON) or set --python', file=sys.stderr)

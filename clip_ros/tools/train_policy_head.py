@@ -7,6 +7,7 @@ from clip_ros.learning.behaviour_cloning import fit_head, plot_bc_history
 from clip_ros.learning.behaviour_cloning import load_demonstrations
 from clip_ros.learning.training import TrainConfig
 from clip_ros.policy.learned import HeadConfig
+from clip_ros.tools.cli import count, number, writable
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -14,16 +15,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--demos', default='demos/demos.npz', help='from record_demos')
     parser.add_argument('--out', default='demos/policy_head.pt', help='head checkpoint')
-    parser.add_argument('--epochs', type=int, default=100)
-    parser.add_argument('--batch-size', type=int, default=256)
-    parser.add_argument('--lr', type=float, default=2e-3)
-    parser.add_argument('--hidden', type=int, default=256)
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--gripper-lookahead', type=int, default=1,
+    parser.add_argument('--epochs', type=count(1), default=100)
+    parser.add_argument('--batch-size', type=count(1), default=256)
+    parser.add_argument('--lr', type=number(0.0, low_open=True), default=2e-3)
+    parser.add_argument('--hidden', type=count(1), default=256)
+    parser.add_argument('--seed', type=count(0), default=0)
+    parser.add_argument('--gripper-lookahead', type=count(0), default=1,
                         help='label each tick with the gripper command this many ticks later')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.demos):
+        parser.error(f'--demos {args.demos} does not exist (record_demos writes one)')
+    # The head, <out>_history.json and <out>_loss.png go to one folder, written after training.
+    writable(parser, '--out', args.out)
+    return args
 
 
 def main(argv=None) -> None:

@@ -26,6 +26,7 @@ from clip_ros.perception.shape_crops import store_crop
 from clip_ros.perception.shape_head import centre_pixels
 from clip_ros.sim.scene import GRIPPER_HOME
 from clip_ros.tools.calibrate import write_config
+from clip_ros.tools.cli import count, writable
 from clip_ros.tools.shift_eval import condition_names, HELD_OUT_NAMES, visible_objects
 
 SHAPES = ('block', 'ball', 'cylinder', 'bowl')
@@ -148,38 +149,38 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog='train_shape', description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', default=tabletop.NAME,
                         help="'tabletop' (bundled) or a tabletop checkpoint directory")
-    parser.add_argument('--scenes', type=int, default=700, help='randomised train scenes')
-    parser.add_argument('--steps', type=int, default=2000, help='training steps (batch 64)')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--val-scenes', type=int, default=30,
+    parser.add_argument('--scenes', type=count(1), default=700, help='randomised train scenes')
+    parser.add_argument('--steps', type=count(1), default=2000, help='training steps (batch 64)')
+    parser.add_argument('--seed', type=count(0), default=0)
+    parser.add_argument('--val-scenes', type=count(1), default=30,
                         help='validation scenes per condition')
     parser.add_argument('--conditions', nargs='+', default=['all'],
                         help="validation conditions ('all' or names)")
-    parser.add_argument('--threads', type=int, default=0,
+    parser.add_argument('--threads', type=count(0), default=0,
                         help='torch CPU threads; 0: 2 on an idle machine, else 1')
     parser.add_argument('--dry-run', action='store_true', help='report, write nothing')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.conditions = condition_names(args.conditions)
+    except ValueError as e:
+        parser.error(f'--conditions: {e}')
+    args.directory = Path(tabletop.checkpoint_dir(args.model) or tabletop.BUNDLED_DIR)
+    if not tabletop.is_tabletop_dir(args.directory):
+        parser.error(f"--model '{args.directory}' is not a tabletop model directory "
+                     "(no config.json with 'clip_ros')")
+    if not args.dry_run:  # the head and its config block are written there after training
+        writable(parser, '--model', args.directory, folder=True)
+    return args
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:  # main returns its status: 2 for a bad argument
+        return e.code
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     log = logging.getLogger('train_shape')
-    for name, value in (('--scenes', args.scenes), ('--steps', args.steps),
-                        ('--val-scenes', args.val_scenes)):
-        if value < 1:
-            log.error('%s must be >= 1, got %d', name, value)
-            return 2
-    try:
-        conditions = condition_names(args.conditions)
-    except ValueError as e:
-        log.error('%s', e)
-        return 2
-    directory = Path(tabletop.checkpoint_dir(args.model) or tabletop.BUNDLED_DIR)
-    if not tabletop.is_tabletop_dir(directory):
-        log.error("'%s' is not a tabletop model directory (no config.json with 'clip_ros')",
-                  directory)
-        return 2
+    conditions, directory = args.conditions, args.directory
     torch.set_num_threads(pick_threads(args.threads))
     start = time.time()
     crops, names, background = object_crops('train', 'randomised', args.scenes)
