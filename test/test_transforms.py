@@ -1,47 +1,54 @@
-"""tf2 buffers: one listener per node, however often it is configured."""
-import os
-import sys
-import types
+"""base_from_camera from tf2: the transform at the frame's stamp, else the latest."""
+from builtin_interfaces.msg import Time as TimeMsg
+from geometry_msgs.msg import TransformStamped
+import pytest
+import rclpy.time
 
-os.environ['ROS_DOMAIN_ID'] = '45'  # before rclpy: own domain, no cross-talk with other tests
-
-import pytest  # noqa: E402
-import rclpy  # noqa: E402
-from rclpy.context import Context  # noqa: E402
-from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-
-from clip_ros.nodes.grounding_node import GroundingNode  # noqa: E402
-
-SUCCESS = TransitionCallbackReturn.SUCCESS
+from clip_ros.nodes.transforms import lookup_extrinsic
 
 
-@pytest.fixture
-def listeners(monkeypatch):
-    """Install a tf2_ros stand-in (tf2 is not on PyPI) that records each listener made."""
-    made = []
-    tf2 = types.ModuleType('tf2_ros')
-    tf2.Buffer = type('Buffer', (), {})
-    tf2.TransformListener = lambda buffer, node: made.append((buffer, node))
-    monkeypatch.setitem(sys.modules, 'tf2_ros', tf2)
-    return made
+class MovingCamera:
+    """A tf2 buffer's lookup_transform for a camera moving along x at 0.5 m/s up to t=2 s."""
+
+    latest = 2.0
+
+    def __init__(self):
+        self.asked = []
+
+    def lookup_transform(self, target, source, time):
+        seconds = time.nanoseconds * 1e-9 or self.latest  # Time() asks for the latest
+        self.asked.append(seconds)
+        if seconds > self.latest:
+            raise RuntimeError('Lookup would require extrapolation into the future')
+        t = TransformStamped()
+        t.transform.translation.x = 0.5 * seconds
+        t.transform.rotation.w = 1.0
+        return t
 
 
-def test_configure_cleanup_cycles_keep_one_tf_listener(listeners):
-    context = Context()
-    rclpy.init(context=context, domain_id=45)
-    node = GroundingNode(context=context, parameter_overrides=[
-        Parameter('clip_arch', value='tiny'), Parameter('clip_pretrained', value='random'),
-        Parameter('clipseg_model', value='tiny'), Parameter('autostart', value=False),
-        Parameter('publish_3d', value=True), Parameter('target_frame', value='world')])
-    try:
-        buffers = []
-        for _ in range(3):
-            assert node.trigger_configure() == SUCCESS, node.not_ready
-            buffers.append(node._depth.tf)
-            assert node.trigger_cleanup() == SUCCESS
-        assert len(listeners) == 1 and listeners[0] == (buffers[0], node)
-        assert buffers[0] is not None and all(b is buffers[0] for b in buffers)
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
+def test_the_transform_at_the_frames_stamp_is_used():
+    buffer = MovingCamera()
+    extrinsic = lookup_extrinsic(buffer, 'base_link', 'camera', TimeMsg(sec=1))
+    assert extrinsic.translation[0] == pytest.approx(0.5)  # where it was at 1 s, not 2 s
+    assert buffer.asked == [1.0]
+
+
+def test_without_a_transform_at_the_stamp_yet_the_latest_is_used():
+    buffer = MovingCamera()
+    extrinsic = lookup_extrinsic(buffer, 'base_link', 'camera', TimeMsg(sec=3))
+    assert extrinsic.translation[0] == pytest.approx(1.0) and buffer.asked == [3.0, 2.0]
+    # No stamp (or a zero one): the latest at once.
+    assert lookup_extrinsic(buffer, 'base_link', 'camera').translation[0] == pytest.approx(1.0)
+    assert lookup_extrinsic(buffer, 'base_link', 'camera', TimeMsg()).translation[0] == \
+        pytest.approx(1.0)
+
+
+def test_an_unknown_transform_names_both_frames():
+    class Empty:
+
+        def lookup_transform(self, target, source, time):
+            raise LookupError('"base_link" passed to lookupTransform does not exist')
+
+    with pytest.raises(ValueError, match='no transform base_link <- camera'):
+        lookup_extrinsic(Empty(), 'base_link', 'camera', TimeMsg(sec=1))
+    assert rclpy.time.Time().nanoseconds == 0

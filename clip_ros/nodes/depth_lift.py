@@ -143,7 +143,8 @@ class DepthLift:
             return None, type(depth_header)(frame_id=depth_header.frame_id)
         if self.tf is not None:
             try:
-                return (lookup_extrinsic(self.tf, target, depth_header.frame_id),
+                return (lookup_extrinsic(self.tf, target, depth_header.frame_id,
+                                         depth_header.stamp),
                         type(depth_header)(frame_id=target))
             except ValueError as e:
                 reason = str(e)

@@ -1,6 +1,5 @@
 """tf2 for the nodes: an optional buffer, and base_from_camera transforms as Extrinsics."""
 import numpy as np
-import rclpy
 
 from clip_ros.policy.lifting import Extrinsic, quat_to_matrix
 
@@ -24,10 +23,26 @@ def make_tf_buffer(node, why: str):
     return buffer
 
 
-def lookup_extrinsic(buffer, target: str, source: str) -> Extrinsic:
-    """Return target_from_source at the latest time; raise ValueError when it is unknown."""
+def lookup_extrinsic(buffer, target: str, source: str, stamp=None) -> Extrinsic:
+    """
+    Return target_from_source at `stamp` (a builtin_interfaces Time); ValueError when unknown.
+
+    A moving camera (on an arm, on a base) is where it was when the frame was taken, so the
+    transform at the frame's stamp is used; when tf has none for that time yet (the camera's
+    frame newer than its latest transform) or any more (older than the buffer), the latest.
+    Without a stamp (or a zero one) the latest.
+    """
+    import rclpy.time
+    latest = rclpy.time.Time()
+    stamped = stamp is not None and bool(stamp.sec or stamp.nanosec)
     try:
-        t = buffer.lookup_transform(target, source, rclpy.time.Time())
+        try:
+            t = buffer.lookup_transform(target, source, rclpy.time.Time.from_msg(stamp)
+                                        if stamped else latest)
+        except Exception:  # noqa: B902 - extrapolation (or other tf errors): try the latest
+            if not stamped:
+                raise
+            t = buffer.lookup_transform(target, source, latest)
     except Exception as e:  # noqa: B902 - tf2 raises several unrelated types
         raise ValueError(f'no transform {target} <- {source}: {e}') from e
     q, v = t.transform.rotation, t.transform.translation

@@ -430,7 +430,7 @@ class VlaPolicyNode(ManagedNode):
     def _lookup_extrinsic(self, header) -> Extrinsic:
         if self._tf is None:
             return self._extrinsic
-        return lookup_extrinsic(self._tf, self._p['base_frame'], header.frame_id)
+        return lookup_extrinsic(self._tf, self._p['base_frame'], header.frame_id, header.stamp)
 
     def _check_frames(self, info_frame: str, depth_frame: str) -> None:
         """Refuse intrinsics of another frame than the depth image's unless tf2 relates them."""
