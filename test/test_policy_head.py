@@ -85,6 +85,28 @@ def test_learned_policy_keeps_the_safety_rules():
     assert action.state == 'aborted' and 'target lost' in action.detail
 
 
+@pytest.mark.parametrize('holding', [True, None], ids=['grasp sensor', 'no grasp sensor'])
+def test_a_pick_ends_with_or_without_a_grasp_sensor(holding):
+    # Without one (holding None), the closed gripper stands for holding, as in training.
+    from clip_ros.policy.geometric import CLOSED, OPEN, PolicyConfig
+    head = PolicyHead(HeadConfig(DIM, hidden=16)).eval()
+    policy = LearnedPolicy(head, FakeEmbedder(), PolicyConfig(verify=None))
+    policy.start(parse_command('pick up the red block'), 0.0)
+    image, target = np.zeros((8, 8, 3), np.uint8), np.array([0.0, 0.0, 0.02])
+    for tick in range(60):
+        t = tick / 15
+        z = min(0.02 + 0.3 * max(t - 1, 0), 0.3)  # grasped at 1 s, then raised
+        grasped = t >= 1
+        obs = Observation(t, np.array([0.0, 0.0, z]), CLOSED if grasped else OPEN,
+                          None if grasped else target, None,
+                          (holding if grasped else False) if holding else None, image)
+        action = policy.step(obs)
+        if action.state not in ('waiting', 'executing'):
+            break
+    assert action.state == 'succeeded' and action.detail == "pick 'red block' done"
+    assert state_vector(obs, target, None)[4] == 1.0
+
+
 def test_tracker_freezes_the_target_near_the_gripper():
     tracker, target = TargetTracker(0.2), np.array([0.1, 0.0, 0.02])
     tracker.update(Observation(0.0, np.array([0.0, 0.1, 0.45]), target=target))

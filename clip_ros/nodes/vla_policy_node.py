@@ -513,7 +513,10 @@ class VlaPolicyNode(ManagedNode):
             # Without the arm's position nothing can move; the policy's clocks still run.
             fresh = {}
         ee = self._ee if self._ee is not None else np.zeros(3)
-        obs = Observation(self._now(), ee, self._gripper, fresh.get('target'),
+        # Without gripper_state, the gripper is as last commanded.
+        gripper = self._gripper if self._state_closed is not None or self._closed is None \
+            else float(self._closed)
+        obs = Observation(self._now(), ee, gripper, fresh.get('target'),
                           fresh.get('destination'), self._holding(), self._image,
                           fresh.get('seen'),
                           fresh.get('undetected', ()), fresh.get('probe'))

@@ -24,10 +24,15 @@ STATE_DIM = 13  # ee xyz, gripper, holding, target rel xyz + seen, destination r
 ACTION_DIM = 4  # dx, dy, dz (units of max step), gripper logit
 
 
+def holds(obs: Observation) -> bool:
+    """Return whether something is held: the grasp sensor, or without one the closed gripper."""
+    return bool(obs.holding) if obs.holding is not None else obs.gripper >= 0.5
+
+
 def state_vector(obs: Observation, target, destination) -> np.ndarray:
     """Return the float32 [STATE_DIM] state; target/destination are the last known points."""
     ee = np.asarray(obs.ee_position, np.float64)
-    parts = [ee, [obs.gripper, float(bool(obs.holding))]]
+    parts = [ee, [obs.gripper, float(holds(obs))]]
     for point in (target, destination):
         parts.append([0.0, 0.0, 0.0, 0.0] if point is None
                      else list(np.asarray(point) - ee) + [1.0])
@@ -177,13 +182,15 @@ class LearnedPolicy(GeometricPolicy):
         return self._image is not None  # the head has acted on a frame
 
     def _progress(self, obs: Observation) -> str:
-        ee_z = float(obs.ee_position[2])
-        if obs.holding and not self._held:
+        # Without a grasp sensor the closed gripper stands for holding; the look after acting
+        # (verify) then tells whether it closed on the object.
+        ee_z, holding = float(obs.ee_position[2]), holds(obs)
+        if holding and not self._held:
             self._held, self._grasp_z = True, ee_z
-        if self.command.verb == 'pick' and self._held and obs.holding and \
+        if self.command.verb == 'pick' and self._held and holding and \
                 ee_z >= self._grasp_z + 0.8 * self.config.lift_height:
             return f'pick {self.command.targets[0]!r} done'
-        if self.command.verb == 'place' and self._held and not obs.holding:
+        if self.command.verb == 'place' and self._held and not holding:
             return f'place {self.command.targets[0]!r} done'
         return ''
 
