@@ -148,3 +148,11 @@ def test_released_object_rests_on_what_is_under_its_centre(sim, shape):
         sim.move_to(under + 1.2 * half * corner + [0, 0, 0.2], instant=True)
         sim.open()
         assert sim.resting_on(load) == [base]
+
+
+@pytest.mark.parametrize('size', [(4, 4), (90, 160)], ids=['too small', 'portrait'])
+def test_sizes_it_cannot_render_are_refused(size):
+    # Portrait: scenes keep objects in the vertical field of view, which is wider than a
+    # portrait frame's horizontal one; the sides would cut objects.
+    with pytest.raises(ValueError, match='at least 8x8|taller than wide'):
+        Simulator(0, *size)

@@ -161,7 +161,9 @@ def _in_view(point, camera: CameraSpec) -> bool:
     rot = look_at(camera.eye, camera.target)
     local = rot.T @ (np.asarray(point, float) - np.asarray(camera.eye))
     depth = -local[2]
-    limit = math.tan(math.radians(FOVY_DEG) / 2) * VIEW_MARGIN  # square: safe for any aspect
+    # Square: inside the vertical field of view on both axes, so inside any landscape frame
+    # (the simulator renders no portrait ones).
+    limit = math.tan(math.radians(FOVY_DEG) / 2) * VIEW_MARGIN
     return depth > 0 and abs(local[0]) / depth < limit and abs(local[1]) / depth < limit
 
 

@@ -269,6 +269,11 @@ class Simulator:
                  object_count: int | None = None, exclude=(), show_gripper: bool = True):
         if width < 8 or height < 8:
             raise ValueError(f'image size must be at least 8x8, got {width}x{height}')
+        if height > width:
+            # Scenes keep their objects inside the vertical field of view (sim/scene.py): a
+            # taller than wide image would cut them at its sides.
+            raise ValueError(f'image size {width}x{height} is taller than wide; the simulator '
+                             'renders landscape frames (width >= height)')
         self.width, self.height = int(width), int(height)
         self.object_count = object_count
         self.exclude = tuple(tuple(c) for c in exclude)
