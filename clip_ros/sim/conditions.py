@@ -1,12 +1,16 @@
 """
 Named scene conditions: a split's seeded scenes drawn under ordinary changes, rendered by the sim.
 
-Each name in CONDITIONS changes one thing about the scene of a seed:
+Each name in CONDITIONS changes one thing about the scene of a seed (the camera and object
+scale conditions draw the layout again: the objects' colours and shapes are the seed's, their
+places on the table differ):
 
 ================================  =============================================================
 in_distribution                   the seed's scene exactly as sample_scene draws it
 light_colour                      every light tinted warm (orange) or blue
-light_intensity                   dark (about a third of the light) or bright (about twice)
+light_intensity                   dark (about half the frame's brightness: the scene lights at
+                                  a third, the camera's headlight as usual) or bright (about
+                                  twice)
 table_colour                      a saturated, black or grey table, or a textured one (checker,
                                   fine checker, noise, gradient)
 camera_far                        camera 1.3-1.6 m from the table centre (today 0.85-1.0)
@@ -16,8 +20,10 @@ occlusion                         a taller block or cylinder hides 20-80 % of on
                                   names the hidden object
 small_objects                     every object 0.5-0.7 times its usual size
 many_objects                      7-10 objects (today 3-6)
-same_colour_distractors           two objects of the first object's colour and two of its
-                                  shape placed a few millimetres from it; focus names it
+same_colour_distractors           up to two objects of the first object's colour and two of
+                                  its shape placed a few millimetres from it (all four in about
+                                  a third of the scenes: the scene's 3-6 objects and the room
+                                  beside it limit them); focus names it
 ================================  =============================================================
 
 RANDOMISED ('randomised') is the training mode: a fifth of its scenes are the plain ones, the
