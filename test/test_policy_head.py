@@ -107,6 +107,17 @@ def test_a_pick_ends_with_or_without_a_grasp_sensor(holding):
     assert state_vector(obs, target, None)[4] == 1.0
 
 
+def test_a_head_of_other_embeddings_or_a_broken_file_is_refused(tmp_path):
+    head = PolicyHead(HeadConfig(DIM * 2, clip_arch='tiny', hidden=16)).eval()
+    with pytest.raises(ValueError, match=f'trained on {DIM * 2}-d embeddings of .tiny., but '
+                                         f'this CLIP gives {DIM}-d'):
+        LearnedPolicy(head, FakeEmbedder())
+    broken = tmp_path / 'head.pt'
+    broken.write_bytes(b'not a checkpoint at all')
+    with pytest.raises(ValueError, match='is not a policy head checkpoint'):
+        PolicyHead.load(str(broken))
+
+
 def test_tracker_freezes_the_target_near_the_gripper():
     tracker, target = TargetTracker(0.2), np.array([0.1, 0.0, 0.02])
     tracker.update(Observation(0.0, np.array([0.0, 0.1, 0.45]), target=target))

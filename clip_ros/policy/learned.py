@@ -10,6 +10,7 @@ demonstrations of the geometric policy (see record_demonstrations).
 """
 from dataclasses import asdict, dataclass
 import os
+import pickle
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ class PolicyHead(nn.Module):
             blob = torch.load(path, map_location=device, weights_only=True)
             head = cls(HeadConfig(**blob['config']))
             head.load_state_dict(blob['state_dict'])
-        except (KeyError, TypeError, RuntimeError) as e:
+        except (KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
             raise ValueError(f"'{path}' is not a policy head checkpoint: {e}") from e
         return head.to(device).eval()
 
@@ -121,6 +122,13 @@ class LearnedPolicy(GeometricPolicy):
 
     def __init__(self, head: PolicyHead, embedder: Embedder, config: PolicyConfig = None):
         super().__init__(config)
+        # A head is trained on one CLIP's embeddings: another CLIP's (a retrained bundled
+        # model, another architecture) would be read as noise, or fail at the first step.
+        width = int(embedder.text('a').shape[-1])
+        if width != head.config.embed_dim:
+            raise ValueError(f'the policy head was trained on {head.config.embed_dim}-d '
+                             f'embeddings of {head.config.clip_arch!r}, but this CLIP gives '
+                             f'{width}-d ones; load the CLIP it was trained with')
         self.head, self.embedder = head, embedder
         device = next(head.parameters()).device
         self._device = device
