@@ -116,6 +116,7 @@ def test_input_validation(pipeline, rgb):
     with pytest.raises(ValueError, match='channels'):
         pipeline(rgb[..., :2], PHRASES)
     assert check_thresholds(0.25, 3) == [0.25, 0.25, 0.25]
+    assert check_thresholds(np.array(0.25), 2) == [0.25, 0.25]  # a 0-d array is one float
 
 
 def test_min_area_and_max_detections(models, rgb):

@@ -1,5 +1,6 @@
 """The search memo: a blob that has not changed keeps its shape-search answer."""
 import numpy as np
+import pytest
 
 from clip_ros.perception.geometry import region_iou
 from clip_ros.perception.regions import region_from_mask
@@ -67,3 +68,9 @@ def test_the_memo_keeps_only_the_newest_blobs():
     prob = np.ones((40, 90))
     assert memo.recall(0, blob(0, 60), rgb, prob) is None
     assert memo.recall(0, blob(120, 60), rgb, prob) == (0.12, None)
+
+
+def test_a_memo_of_no_blobs_is_refused():
+    # size 0 never evicted (entries[:-0] keeps them all): it would grow without bound.
+    with pytest.raises(ValueError, match='at least one blob'):
+        SearchMemo(0)

@@ -262,3 +262,12 @@ def test_the_pipeline_reports_the_named_shape_or_any_object(gl_context, bundled,
     probs = shape_probs()
     assert all(0.0 <= p <= 1.0 for p in probs[name])
     assert probs[colour] and all(math.isnan(p) for p in probs[colour])
+
+
+@pytest.mark.parametrize('pad, size', [(2.0, 48), (0.0, 48), (1.25, 0)])
+def test_crop_geometry_the_stored_crops_cannot_give_is_refused(pad, size):
+    # Stored crops hold the object 1.6 wide: a wider pad read a wrong slice without an error.
+    with pytest.raises(ValueError, match='shape head pad must be in'):
+        ShapeHead(ShapeNet(len(SHAPES)), SHAPES, pad, size)
+    with pytest.raises(ValueError, match='outside'):
+        shape_crops.centre_pixels(np.zeros((1, STORE_SIZE, STORE_SIZE, 3), np.uint8), 2.0, 48)

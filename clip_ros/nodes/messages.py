@@ -135,11 +135,14 @@ def detections_3d_msg(items: Sequence, header: Header) -> Detection3DArray:
 def object_markers(items: Sequence, header: Header, namespace: str) -> MarkerArray:
     """Return a sphere and a text label per (label, rgb 0..1, LiftedTarget), replacing the last."""
     markers = [Marker(header=header, action=Marker.DELETEALL)]
+    # The label floats 6 cm above its sphere: up is +z in a base frame, -y in an optical one
+    # (REP 103: z forward, y down).
+    up = np.array([0.0, -0.06, 0.0] if 'optical' in header.frame_id else [0.0, 0.0, 0.06])
     for k, (label, (r, g, b), target) in enumerate(items):
         for kind, ident in ((Marker.SPHERE, 2 * k), (Marker.TEXT_VIEW_FACING, 2 * k + 1)):
             marker = Marker(header=header, ns=namespace, id=ident, type=kind)
             marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = (
-                float(v) for v in _centre(target) + np.array([0, 0, 0.06 * (ident % 2)]))
+                float(v) for v in _centre(target) + up * (ident % 2))
             marker.pose.orientation.w = 1.0
             side = 0.03 if kind == Marker.SPHERE else 0.025
             marker.scale.x = marker.scale.y = marker.scale.z = side

@@ -148,7 +148,8 @@ def check_phrases(phrases) -> list:
 
 def check_thresholds(thresholds, count: int) -> list:
     """Expand a float or a per-phrase list into `count` floats in [0, 1], else ValueError."""
-    if isinstance(thresholds, (int, float, np.floating, np.integer)):
+    if isinstance(thresholds, (int, float, np.floating, np.integer)) or \
+            (isinstance(thresholds, np.ndarray) and thresholds.ndim == 0):
         values = [float(thresholds)] * count
     else:
         try:

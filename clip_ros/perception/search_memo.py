@@ -38,6 +38,8 @@ class SearchMemo:
     """The answers of recent searches, shared by the threads that ground frames."""
 
     def __init__(self, size: int = SIZE):
+        if size < 1:
+            raise ValueError(f'a search memo holds at least one blob, got size {size}')
         self.size = size
         self.hits = self.misses = 0
         self._entries = []  # oldest first

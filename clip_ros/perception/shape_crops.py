@@ -31,6 +31,8 @@ def store_crop(rgb: np.ndarray, box) -> np.ndarray:
 def centre_pixels(crops: np.ndarray, pad: float, size: int) -> np.ndarray:
     """Return normalised float32 pixels [B, 3, size, size] of stored crops' centres at `pad`."""
     side = int(round(STORE_SIZE * pad / STORE_PAD))
+    if not 1 <= side <= STORE_SIZE:  # a stored crop holds the object at most STORE_PAD wide
+        raise ValueError(f'shape crop pad {pad} is outside (0, {STORE_PAD}]')
     start = (STORE_SIZE - side) // 2
     centres = np.asarray(crops)[:, start:start + side, start:start + side]
     pixels = image_np.resize(centres, size, antialias=False, axes=(1, 2)) / np.float32(255)

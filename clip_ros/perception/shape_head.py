@@ -64,6 +64,9 @@ class ShapeHead:
         if not self.background and net.head.out_features != len(self.shapes):
             raise ValueError(f'the net has {net.head.out_features} outputs for '
                              f'{len(self.shapes)} shapes')
+        if not 0.0 < float(pad) <= shape_crops.STORE_PAD or int(size) < 1:
+            raise ValueError(f'shape head pad must be in (0, {shape_crops.STORE_PAD}] and input '
+                             f'at least 1, got pad {pad}, input {size}')
         self.pad, self.size, self.device = float(pad), int(size), device
 
     def shape_index(self, words: str):
