@@ -1,10 +1,28 @@
 """Launch sim_node: MuJoCo camera images, depth, camera_info and ground truth (headless)."""
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+
+def given(values: dict) -> dict:
+    """Return the parameters the seed and rate arguments set ('' = not given: params_file's)."""
+    result = {}
+    if values['seed']:
+        result['seed'] = int(values['seed'])
+    if values['rate']:
+        result['rate'] = float(values['rate'])
+    return result
+
+
+def _node(context) -> list:
+    values = {name: LaunchConfiguration(name).perform(context) for name in ('seed', 'rate')}
+    extra = given(values)
+    return [Node(
+        package='clip_ros', executable='sim_node', name='sim_node',
+        namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+        parameters=[LaunchConfiguration('params_file')] + ([extra] if extra else []))]
 
 
 def generate_launch_description():
@@ -12,18 +30,14 @@ def generate_launch_description():
     arguments = [
         DeclareLaunchArgument('namespace', default_value='',
                               description='namespace for the node and its topics'),
-        DeclareLaunchArgument('seed', default_value='0', description='scene seed at start'),
-        DeclareLaunchArgument('rate', default_value='15.0', description='frames per second'),
+        DeclareLaunchArgument('seed', default_value='',
+                              description="scene seed at start ('' = params_file's, 0)"),
+        DeclareLaunchArgument('rate', default_value='',
+                              description="frames per second ('' = params_file's, 15)"),
         DeclareLaunchArgument(
             'params_file',
             default_value=PathJoinSubstitution(
                 [FindPackageShare('clip_ros'), 'config', 'sim_node.yaml']),
             description='node parameters (YAML, /**/sim_node: ros__parameters:)'),
     ]
-    node = Node(
-        package='clip_ros', executable='sim_node', name='sim_node',
-        namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
-        parameters=[LaunchConfiguration('params_file'),
-                    {'seed': ParameterValue(LaunchConfiguration('seed'), value_type=int),
-                     'rate': ParameterValue(LaunchConfiguration('rate'), value_type=float)}])
-    return LaunchDescription(arguments + [node])
+    return LaunchDescription(arguments + [OpaqueFunction(function=_node)])

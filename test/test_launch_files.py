@@ -61,6 +61,16 @@ def test_only_the_arguments_given_override_the_params_file(launch_actions):
         'use_sim_time': True, 'device': 'cuda:1', 'autostart': False}
 
 
+def test_sim_launch_overrides_seed_and_rate_only_when_given(launch_actions):
+    spec = util.spec_from_file_location('sim_launch', ROOT / 'launch' / 'sim.launch.py')
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    arguments = declared_arguments(launch_actions, 'sim')
+    assert arguments['seed'].default_value[0].text == '' == arguments['rate'].default_value[0].text
+    assert module.given({'seed': '', 'rate': ''}) == {}  # params_file's values stand
+    assert module.given({'seed': '7', 'rate': '30'}) == {'seed': 7, 'rate': 30.0}
+
+
 def test_grounding_launch_remaps_the_3d_inputs(launch_actions):
     arguments = declared_arguments(launch_actions, 'grounding')
     assert {'command_topic', 'depth_topic', 'camera_info_topic'} <= set(arguments)
