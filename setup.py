@@ -22,6 +22,8 @@ setup(
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         ('share/' + package_name + '/config', glob('config/*.yaml')),
         ('share/' + package_name + '/config/gazebo', glob('config/gazebo/*.sdf')),
+        # `serve` runs it in the server environment (no torch, no ROS) by its path.
+        ('share/' + package_name + '/scripts', ['scripts/triton_server.py']),
     ],
     install_requires=['setuptools'],
     zip_safe=True,
@@ -53,6 +55,8 @@ setup(
             'record_sim_bag = clip_ros.tools.record_sim_bag:main',
             'ground_bag = clip_ros.tools.ground_bag:main',
             'export = clip_ros.tools.export:main',
+            # The same, by a name a shell can run: bash's builtin `export` wins the plain one.
+            'export_onnx = clip_ros.tools.export:main',
             'calibrate = clip_ros.tools.calibrate:main',
             'serve = clip_ros.tools.serve:main',
         ],

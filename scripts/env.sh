@@ -2,7 +2,7 @@
 # Activates .venv, overlays the colcon install/ and keeps models offline and DDS on this host.
 # Safe under `set -u`; run `bash scripts/setup.sh` first.
 
-_clip_ros_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_clip_ros_root="$(CDPATH= cd -- "$(dirname "${BASH_SOURCE[0]}")/.." >/dev/null && pwd)"
 # colcon's and venv's setup scripts read unset variables: relax nounset while sourcing them.
 case $- in *u*) _clip_ros_nounset=1 ;; *) _clip_ros_nounset= ;; esac
 set +u

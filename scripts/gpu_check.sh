@@ -7,7 +7,7 @@
 #   bash scripts/setup.sh && bash scripts/gpu_check.sh [OUT_DIR]   # default OUT_DIR: gpu_check
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(CDPATH= cd -- "$(dirname "${BASH_SOURCE[0]}")/.." >/dev/null && pwd)"
 OUT="${1:-$ROOT/gpu_check}"
 cd "$ROOT"
 # shellcheck disable=SC1091

@@ -13,7 +13,7 @@
 #   SERVE_PYTHON=/path/python3.11 interpreter for .venv-serve (default: /usr/bin/python3.11)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(CDPATH= cd -- "$(dirname "${BASH_SOURCE[0]}")/.." >/dev/null && pwd)"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.clip_ros-requirements.sha256"
 REQ_TORCH="$ROOT/scripts/requirements-torch.txt"
@@ -32,6 +32,9 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+case "$ROOT" in
+    *[[:space:]]*) printf '[setup] error: %s\n' "the checkout path '$ROOT' has a space: the console scripts' interpreter lines cannot hold one; move it" >&2; exit 1 ;;
+esac
 cd "$ROOT"
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -39,8 +42,12 @@ warn() { printf '[setup] warning: %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
 make_venv() {
-    if [ -x "$VENV/bin/python" ]; then
+    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
         return
+    fi
+    if [ -e "$VENV" ]; then  # a venv left without pip (python3.11-venv was missing): redo it
+        log "recreating $VENV: it has no pip"
+        rm -rf "$VENV"
     fi
     local python="${PYTHON:-python3.11}"
     command -v "$python" >/dev/null || die "$python not found; set PYTHON=/path/to/python3.11"

@@ -287,3 +287,15 @@ def test_a_server_back_with_other_weights_is_refused_not_served_stale(tmp_path):
         remote.close()
     finally:
         server.stop()
+
+
+def test_an_installed_package_finds_its_server_script(tmp_path, monkeypatch):
+    # A non-symlink install has no checkout around the package: the script is in share/.
+    installed = tmp_path / 'install' / 'share' / 'clip_ros' / 'scripts' / 'triton_server.py'
+    installed.parent.mkdir(parents=True)
+    installed.write_text('# server\n')
+    monkeypatch.setattr(serve, 'ROOT', tmp_path / 'site-packages')
+    monkeypatch.setenv('AMENT_PREFIX_PATH', str(tmp_path / 'install'))
+    assert serve.server_script() == installed
+    monkeypatch.setattr(serve, 'ROOT', serve.Path(serve.__file__).resolve().parents[2])
+    assert serve.server_script() == serve.ROOT / 'scripts' / 'triton_server.py'

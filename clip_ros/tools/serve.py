@@ -22,7 +22,22 @@ from clip_ros.tools import export as export_tool
 from clip_ros.tools.cli import count, writable
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_SCRIPT = ROOT / 'scripts' / 'triton_server.py'
+
+
+def server_script() -> Path:
+    """Return the server script: the checkout's, else the installed package's share copy."""
+    here = ROOT / 'scripts' / 'triton_server.py'
+    if here.is_file():
+        return here
+    for prefix in (Path(sys.prefix), *(Path(p) for p in os.environ.get(
+            'AMENT_PREFIX_PATH', '').split(os.pathsep) if p)):
+        installed = prefix / 'share' / 'clip_ros' / 'scripts' / 'triton_server.py'
+        if installed.is_file():
+            return installed
+    return here  # named in the error when it is missing
+
+
+SERVER_SCRIPT = server_script()
 PYTHON_ENV = 'CLIP_ROS_SERVE_PYTHON'
 DEFAULT_PYTHON = ROOT / '.venv-serve' / 'bin' / 'python'
 PORT = count(1, 65535)
