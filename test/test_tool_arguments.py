@@ -6,6 +6,7 @@ import pytest
 from clip_ros.perception import tabletop_model as tabletop
 from clip_ros.tools import (benchmark, export, policy_demo, prefetch, record_demos, serve,
                             train_policy_head, train_shape)
+from test_cli import exits_2  # noqa: I100, I201
 
 
 class Stop(Exception):
@@ -25,13 +26,6 @@ def no_work(monkeypatch):
                          (export, 'load_models'), (prefetch, 'fetch_clip'),
                          (prefetch, 'fetch_clipseg')):
         monkeypatch.setattr(module, name, stop)
-
-
-def exits_2(capsys, main, args) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err
 
 
 @pytest.mark.parametrize('main, args, reason', [
