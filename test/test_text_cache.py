@@ -52,30 +52,3 @@ def test_eviction_and_errors():
         TextCache(encode, 'm', max_entries=0)
     with pytest.raises(ValueError):
         TextCache(lambda p: torch.zeros(1, 2), 'm').get(['a', 'b'])
-
-
-def test_an_owner_with_a_cache_is_freed_without_the_cycle_collector():
-    # The cache holds its owner's encode method weakly: dropping a model frees it (and its
-    # graph sessions) at once, not at the next collection.
-    import gc
-    import weakref
-
-    class Owner:
-
-        def __init__(self):
-            self.cache = TextCache(self.encode, 'owner')
-
-        def encode(self, phrases):
-            return torch.ones((len(phrases), 2))
-
-    owner = Owner()
-    assert owner.cache.get(['a']).shape == (1, 2)
-    gone = weakref.ref(owner)
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        del owner
-        assert gone() is None
-    finally:
-        if enabled:
-            gc.enable()

@@ -1,9 +1,7 @@
 """Per-(model, phrase) cache of text embeddings."""
 from collections import OrderedDict
-import inspect
 import threading
 from typing import Callable
-import weakref
 
 import numpy as np
 
@@ -26,7 +24,7 @@ class TextCache:
     def __init__(self, encode: Callable, model_id: str, max_entries: int = 4096):
         if max_entries < 1:
             raise ValueError(f'max_entries must be >= 1, got {max_entries}')
-        self._encode = _weak(encode)
+        self._encode = encode
         self.model_id = model_id
         self.max_entries = max_entries
         self.hits = 0
@@ -41,7 +39,7 @@ class TextCache:
 
     def set_model(self, encode: Callable, model_id: str) -> None:
         """Switch encoder; entries of other model ids are no longer served."""
-        self._encode = _weak(encode)
+        self._encode = encode
         self.model_id = model_id
 
     def clear(self) -> None:
@@ -70,7 +68,7 @@ class TextCache:
         self.misses += len(missing)
         self.hits += len(phrases) - len(missing)
         if missing:
-            rows.update(self._store(missing, self._encode()(missing)))
+            rows.update(self._store(missing, self._encode(missing)))
         return _stack([rows[p] for p in phrases])
 
     def _store(self, phrases: list, embeddings) -> dict:
@@ -84,26 +82,6 @@ class TextCache:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
         return fresh
-
-
-def _weak(encode: Callable) -> Callable:
-    """
-    Return a callable that gives `encode` back.
-
-    A bound method of the cache's owner is held weakly: the owner keeps its cache, and a strong
-    reference back would keep the owner (its graph sessions, its weights) alive until the
-    cycle collector runs.
-    """
-    if inspect.ismethod(encode):
-        method = weakref.WeakMethod(encode)
-
-        def bound():
-            target = method()
-            if target is None:
-                raise ReferenceError('the text cache outlived the model that encodes for it')
-            return target
-        return bound
-    return lambda: encode
 
 
 def _stack(rows: list):
