@@ -62,3 +62,29 @@ def test_watch_toggles_under_traffic_keep_the_probe_spinning():
         graph.destroy_node()
         probe.node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def _exit_at_once():
+    sys.exit(3)
+
+
+def test_a_node_process_that_ends_at_start_is_reported_at_once():
+    # A crash at start-up used to leave the demo polling for the whole start-up timeout.
+    import multiprocessing
+    from clip_ros.tools.demo import ready
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=53)
+    probe = Probe(context)
+    process = multiprocessing.get_context('spawn').Process(target=_exit_at_once,
+                                                           name='grounding_node')
+    process.start()
+    process.join(30)
+    try:
+        # The process's reason, not the timeout's: nothing else ends the wait early.
+        assert ready(probe, 600.0, [process]) == (
+            'the grounding_node process ended (exit code 3) before the graph started; its log '
+            'is above')
+    finally:
+        probe.executor.shutdown()
+        probe.node.destroy_node()
+        rclpy.shutdown(context=context)

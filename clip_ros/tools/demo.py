@@ -145,15 +145,24 @@ def backend(args) -> str:
     return 'torch' if resolve_device(args.device).type == 'cuda' else 'onnxruntime'
 
 
-def ready(probe: Probe, timeout: float) -> bool:
-    """Wait until the simulator takes resets and grounding and policy take commands."""
+def ready(probe: Probe, timeout: float, processes=()) -> str:
+    """
+    Wait until the simulator takes resets and grounding and policy take commands.
+
+    Returns '' when they do, else why not: a node process that ended (at once, not after the
+    timeout) or the timeout.
+    """
     deadline = time.time() + timeout
     while time.time() < deadline:
         if probe.command.get_subscription_count() >= 2 and \
                 probe.reset.get_subscription_count() >= 1:
-            return True
+            return ''
+        ended = [p for p in processes if not p.is_alive()]
+        if ended:
+            return ', '.join(f'the {p.name} process ended (exit code {p.exitcode})'
+                             for p in ended) + ' before the graph started; its log is above'
         time.sleep(0.2)
-    return False
+    return f'the graph did not start within {timeout:.0f} s (no node took commands)'
 
 
 def ground(probe: Probe, seed: int, phrasing: str, timeout: float) -> dict | None:
@@ -249,8 +258,9 @@ def run(args) -> int:
         spinner.start()
     panels, grounded = [], 0
     try:
-        if not ready(probe, READY_SEC):
-            print(f'the graph did not start within {READY_SEC:.0f} s (no node took commands)')
+        reason = ready(probe, READY_SEC, processes)
+        if reason:
+            print(reason)
             return 1
         for i, seed in enumerate(args.seeds):
             result = ground(probe, seed, PHRASINGS[i % len(PHRASINGS)], args.timeout)
