@@ -170,19 +170,19 @@ CELL = 0.01  # m: the squares whose highest points are compared before and after
 
 def _cell_rise(destination: LiftedTarget, before, probe, ceiling: float) -> float:
     centre, radius = destination.centre[:2], footprint_radius(destination)
+    side = int(np.ceil(radius / CELL)) + 1  # cells per half side: keys below are unique
     tops = []
     for view in (before, probe):
         points = view.points(centre, radius)
         points = points[points[:, 2] <= ceiling]
-        cells = np.floor((points[:, :2] - centre) / CELL).astype(np.int64)
-        top = {}
-        for key, z in zip(map(tuple, cells), points[:, 2]):
-            top[key] = max(top.get(key, -np.inf), z)
+        cells = np.floor((points[:, :2] - centre) / CELL).astype(np.int64) + side
+        top = np.full((2 * side + 1) ** 2, -np.inf)
+        np.maximum.at(top, cells[:, 0] * (2 * side + 1) + cells[:, 1], points[:, 2])
         tops.append(top)
-    shared = tops[0].keys() & tops[1].keys()
-    if len(shared) < 10:
+    shared = np.isfinite(tops[0]) & np.isfinite(tops[1])
+    if shared.sum() < 10:
         return float('nan')
-    return float(np.percentile([tops[1][k] - tops[0][k] for k in shared], 90))
+    return float(np.percentile(tops[1][shared] - tops[0][shared], 90))
 
 
 def check_place(name: str, target: LiftedTarget | None, destination_name: str,
