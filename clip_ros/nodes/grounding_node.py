@@ -467,7 +467,7 @@ class GroundingNode(ManagedNode):
         try:
             tls = self._tls(values)
         except ValueError:
-            return  # a file missing: the configure error said so; a set that fixes it retries
+            return  # a file missing or unreadable: the configure error said so
         if not server_ready(values['triton_url'], **tls):
             return  # still absent: the configure error already said so, once
         self.start()
