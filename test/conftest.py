@@ -1,5 +1,6 @@
 """Shared test set-up: CPU only, offline hubs, DDS kept on this machine, one OpenGL probe."""
 import os
+import socket
 
 import pytest
 
@@ -27,3 +28,25 @@ def gl_context():
     except NoOffscreenGLError as e:
         pytest.skip(str(e))
     context.free()
+
+
+@pytest.fixture
+def network_attempts(monkeypatch):
+    """
+    Refuse every name lookup and connection of the test; return the list of those attempted.
+
+    A test of a path that must never download asserts the list stays empty: the refusal alone
+    could be caught and reported like a missing file.
+    """
+    attempts = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        attempts.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, 'no network in this test')
+
+    def connect(sock, address):
+        attempts.append(address)
+        raise OSError('no network in this test')
+    monkeypatch.setattr(socket, 'getaddrinfo', getaddrinfo)
+    monkeypatch.setattr(socket.socket, 'connect', connect)
+    return attempts

@@ -7,11 +7,10 @@ from clip_ros.perception.geometry import Detection
 from clip_ros.perception.grounding import GroundingResult
 from clip_ros.tools.benchmark import agreement, main
 
-pytest.importorskip('onnxruntime')
-pytest.importorskip('openvino')
-
 
 def test_benchmark_writes_rows(tmp_path, capsys):
+    pytest.importorskip('onnxruntime')
+    pytest.importorskip('openvino')
     out = tmp_path / 'bench.json'
     rc = main(['--clip-arch', 'tiny', '--clipseg', 'tiny', '--phrases', '1', '3',
                '--repeats', '1', '--size', '96x64', '--threshold', '0.0', '--json', str(out),

@@ -1,6 +1,4 @@
 """CLIPSeg loading and the shared-vision runner against transformers' own forward."""
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -20,10 +18,8 @@ def _pixels(model, seed=1):
     return torch.randn(1, 3, model.image_size, model.image_size, generator=generator)
 
 
-def test_tiny_loads_fast_and_deterministic():
-    start = time.monotonic()
+def test_tiny_loads_deterministic():
     first = load_clipseg('tiny', device='cpu')
-    assert time.monotonic() - start < 2.0
     second = load_clipseg('tiny', device='cpu')
     for a, b in zip(first.model.parameters(), second.model.parameters()):
         assert torch.equal(a, b)
@@ -75,11 +71,10 @@ def test_probabilities_resized_to_original(tiny):
     assert runner.text_cache.misses == 2 and runner.text_cache.hits == 1
 
 
-def test_missing_hub_weights_fail_fast(tmp_path):
-    start = time.monotonic()
+def test_missing_hub_weights_fail_without_a_download(tmp_path, network_attempts):
     with pytest.raises(ModelLoadError) as info:
         load_clipseg('CIDAS/clipseg-rd64-refined', device='cpu', cache_dir=str(tmp_path))
-    assert time.monotonic() - start < 5.0
+    assert network_attempts == [], 'loading must never download'
     message = str(info.value)
     assert 'CIDAS/clipseg-rd64-refined' in message and str(tmp_path) in message
     assert 'prefetch --clipseg CIDAS/clipseg-rd64-refined' in message

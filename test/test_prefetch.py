@@ -1,6 +1,4 @@
-"""Prefetch command: clear, fast failure offline; verification of local weights."""
-import time
-
+"""Prefetch command: clear failure offline, without a download; verification of local weights."""
 import pytest
 from safetensors.torch import save_file
 
@@ -9,11 +7,11 @@ from clip_ros.perception.loading import load_clip
 from clip_ros.tools import prefetch
 
 
-def test_offline_exits_non_zero_quickly(tmp_path, monkeypatch, capsys):
+def test_offline_exits_non_zero_without_a_download(tmp_path, monkeypatch, capsys,
+                                                   network_attempts):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    start = time.monotonic()
     code = prefetch.main(['--cache-dir', str(tmp_path)])
-    assert time.monotonic() - start < 5.0
+    assert network_attempts == [], 'HF_HUB_OFFLINE is set: nothing may be fetched'
     assert code != 0
     err = capsys.readouterr().err
     assert 'CLIP ViT-B-16/openai' in err and 'HF_HUB_OFFLINE is set' in err

@@ -88,9 +88,10 @@ def test_labels_are_not_mixed_and_ids_not_reused():
 def test_time_jumping_back_starts_afresh():
     tracker = Tracker(lost_timeout=0.5)
     labels, boxes, _ = scene([('cup', 10, 10, 40, 40)])
-    tracker.update(labels, boxes, 100.0)
-    tracker.update(labels, boxes, 10.0)
-    assert len(tracker.tracks) == 1
+    assert tracker.update(labels, boxes, 100.0) == [1]
+    # The stale track (last seen at 100 s) is dropped, not matched: the cup gets a new id.
+    assert tracker.update(labels, boxes, 10.0) == [2]
+    assert len(tracker.tracks) == 1 and tracker.tracks[0].last_seen == 10.0
 
 
 def test_bad_arguments_are_refused():
