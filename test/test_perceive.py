@@ -105,8 +105,9 @@ def test_models_load_after_a_gl_context_in_one_process(gl_context):
     code = ('from clip_ros.sim.simulator import create_gl_context\n'
             'context = create_gl_context(8, 8)\n'
             'from clip_ros.perception.loading import load_clipseg\n'
-            "load_clipseg('tabletop', device='cpu')\n"
+            "print(load_clipseg('tabletop', device='cpu').image_size)\n"
             'context.free()\n')
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ['128'], proc.stdout  # the bundled model's input size
