@@ -153,13 +153,25 @@ def test_a_refused_frame_is_charged_to_its_own_camera(ros):
 
 
 @pytest.mark.parametrize('cameras, reason', [
-    (['cam_a', 'cam_b', 'cam_a/'], 'given twice'), ([], 'empty list')])
+    (['cam_a', 'cam_b', 'cam_a/'], 'given twice'), ([], 'empty list'),
+    # `-p cameras:=front`: one string, not one camera per letter.
+    ('front', "cameras must be a list of strings, got 'front'"),
+    (3, 'cameras must be a list of strings, got 3')])
 def test_bad_cameras_refused_at_configure(ros, cameras, reason):
     node = ros.add(GroundingNode(context=ros.context, parameter_overrides=TINY + [
         Parameter('queries', value=['red block']), Parameter('cameras', value=cameras)]))
     assert node.lifecycle_state == 'unconfigured'
     assert reason in node.load_error, node.load_error
     assert node.diagnostics().level == ERROR
+
+
+def test_an_absolute_camera_is_named_once_in_the_diagnostics(ros):
+    node = ros.add(GroundingNode(context=ros.context, namespace='abs', parameter_overrides=TINY + [
+        Parameter('queries', value=['red block']),
+        Parameter('cameras', value=['/abs_front', 'abs_back/'])]))
+    assert node.not_ready == ''
+    names = [s.name for s in node.extra_diagnostics(node.health_limits(), None)]
+    assert names[-2:] == ['/abs/grounding_node/abs_front', '/abs/grounding_node/abs_back'], names
 
 
 def test_parallel_workers_answer_every_camera_in_order(ros):

@@ -15,13 +15,15 @@ def camera_names(node, value) -> list[str]:
     """
     Return the `cameras` parameter as a list of namespaces; raise ValueError with the reason.
 
-    Unset (None) means the node's own single camera and returns []. An explicitly empty
-    list, an empty entry, or one camera given twice (after resolving its image topic, so
-    'cam' and '/<node namespace>/cam' are the same camera) is refused.
+    Unset (None) means the node's own single camera and returns []. A value that is not a
+    list of strings, an explicitly empty list, an empty entry, or one camera given twice
+    (after resolving its image topic, so 'cam' and '/<node namespace>/cam' are the same
+    camera) is refused.
     """
     if value is None:
         return []
-    names = [name.strip().rstrip('/') for name in string_list('cameras', list(value))]
+    # Not list(value): a single string (`-p cameras:=front`) would become one camera per letter.
+    names = [name.strip().rstrip('/') for name in string_list('cameras', value)]
     if not names:
         raise ValueError('cameras is an empty list: name at least one camera namespace, or '
                          "leave it unset for the node's own image topic")

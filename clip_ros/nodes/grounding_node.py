@@ -449,7 +449,8 @@ class GroundingNode(ManagedNode):
         node, active = self.get_fully_qualified_name(), self.active
         return [self._report.diagnostic(f'{node}/phrases', self._model[1])] + \
             self._triton_diagnostics(node) + [
-            diagnostics_msg(f'{node}/{camera.name}',
+            # An absolute camera ('/front') is <node>/front, not <node>//front.
+            diagnostics_msg(f"{node}/{camera.name.lstrip('/')}",
                             assess(camera.stats.snapshot(), limits, active),
                             {'camera': camera.name, 'device': self._model[1]},
                             stamp).status[0]
