@@ -67,3 +67,16 @@ def test_stamp_buffer_gives_the_nearest_within_tolerance():
     assert buffer.nearest(1.0) is None and buffer.nearest(1.5) is None
     with pytest.raises(ValueError, match='tolerance'):
         StampBuffer(tolerance=-1)
+
+
+def test_stamp_buffer_takes_the_newest_of_equal_stamps():
+    # A driver that leaves its stamps at zero (or repeats one): the newest depth, not the
+    # oldest still buffered, belongs with the frame being grounded now.
+    buffer = StampBuffer(tolerance=0.05)
+    for k in range(5):
+        buffer.add(0.0, f'depth{k}')
+    assert buffer.nearest(0.0) == 'depth4'
+    buffer = StampBuffer(tolerance=0.05)
+    for name in ('old', 'new'):
+        buffer.add(1.0, name)
+    assert buffer.nearest(1.01) == 'new'

@@ -119,7 +119,8 @@ class StampBuffer:
         """Return the message nearest `stamp` within the tolerance, or None."""
         with self._lock:
             items = list(self._items)
-        best = min(items, key=lambda item: abs(item[0] - stamp), default=None)
+        # Newest first, so equal stamps (unstamped drivers: all zero) give the newest message.
+        best = min(reversed(items), key=lambda item: abs(item[0] - stamp), default=None)
         return best[1] if best is not None and abs(best[0] - stamp) <= self.tolerance else None
 
     def __len__(self) -> int:
