@@ -475,6 +475,37 @@ def test_unstamped_frames_are_tracked_on_the_bags_log_time(tmp_path):
     assert all(ids) and len({i for frame in ids for i in frame}) == sum(map(len, ids)), ids
 
 
+def test_depth_slower_than_colour_serves_every_frame_near_it(tmp_path):
+    # grounding_node takes the depth stamped nearest each frame within sync_tolerance, so one
+    # depth image serves every frame near it; the replay must lift the same frames.
+    from clip_ros.sim.synthetic import scene_image
+    rgb, objects = scene_image(0, 160, 120)
+    K = [[150.0, 0.0, 79.5], [0.0, 150.0, 59.5], [0.0, 0.0, 1.0]]
+    path, out, report = tmp_path / 'rates.mcap', tmp_path / 'out.mcap', tmp_path / 's.json'
+    with bags.BagWriter(path) as bag:
+        for topic, kind in (('/image', 'Image'), ('/depth', 'Image'), ('/info', 'CameraInfo')):
+            bag.add_topic(topic, f'sensor_msgs/msg/{kind}')
+        for k in range(8):  # colour at 30 Hz; depth at 15 Hz, and none after frame 4
+            t = 1_700_000_000_000_000_000 + k * 33_333_333
+            head = bag_messages.header_at(t, 'camera')
+            bag.write('/image', bag_messages.image_msg(rgb, 'rgb8', head), t)
+            if k in (0, 2, 4):
+                bag.write('/depth', bag_messages.image_msg(
+                    np.full((120, 160), 0.6, np.float32), '32FC1', head), t)
+                bag.write('/info', bag_messages.camera_info_msg(K, 160, 120, head), t)
+    assert ground_bag.main([str(path), '--image-topic', '/image', '--phrases', objects[0].name,
+                            '--depth-topic', '/depth', '--camera-info-topic', '/info',
+                            '--device', 'cpu', '-o', str(out), '--json', str(report),
+                            '--strip-frames', '0', '--quiet']) == 0
+    summary = json.loads(report.read_text())
+    # Frames 0-5 are within 50 ms of a depth image; 6 and 7 are 67 and 100 ms from the last.
+    assert summary['lifted_frames'] == 6 and summary['without_depth'] == 2, summary
+    lifted = read_topic(out, '/grounding/detections_3d')
+    stamps = [m.log_time for m in read_topic(out, '/grounding/detections')]
+    assert [m.log_time for m in lifted] == stamps[:6]
+    assert all(m.decoded.detections for m in lifted)
+
+
 def test_console_script_exit_status(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])))

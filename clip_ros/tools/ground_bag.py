@@ -35,7 +35,7 @@ from clip_ros.perception.tracking import Tracker
 from clip_ros.policy.command import parse_command, quote
 from clip_ros.policy.lifting import check_camera_size, check_intrinsics, depth_to_metres
 from clip_ros.policy.perceive import lift_instances
-from clip_ros.policy.sync import TimeMatcher
+from clip_ros.policy.sync import StampBuffer
 from clip_ros.tools import bag_messages as msgs
 from clip_ros.tools.bags import BagError, BagReader, BagWriter, IMAGE_TYPES, LATCHED_QOS
 from clip_ros.tools.cli import unwritable_file
@@ -44,6 +44,8 @@ STRING_TYPE = 'std_msgs/msg/String'
 DEPTH_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')  # compressedDepth
 CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 WARM_UP_SIZE = 224  # as grounding_node
+# Seconds of newer frames after which a frame stops waiting for a nearer depth image.
+DEPTH_WAIT_SEC = 1.0
 
 
 class Summary:
@@ -128,10 +130,14 @@ class BagGrounder:
         self.picks = set()
         self._label_phrases = None
         self.with_3d = bool(args.depth_topic)
-        # Depth is matched to each frame by stamp; the intrinsics are the latest camera_info
+        # Each frame takes the depth stamped nearest it within sync_tolerance, as grounding_node
+        # does: one depth image serves every frame it is nearest to (depth slower than colour).
+        # A frame waits until a depth stamped past its tolerance (or DEPTH_WAIT_SEC of newer
+        # frames) shows that no nearer one is coming. The intrinsics are the latest camera_info
         # (often published once, or after its frame), and frames wait for the first one.
-        self.matcher = TimeMatcher(('image', 'depth'), args.sync_tolerance,
-                                   queue_size=10) if self.with_3d else None
+        self.depth = StampBuffer(args.sync_tolerance) if self.with_3d else None
+        self._pending = []  # (stamp, item) of frames whose nearest depth may still come
+        self._newest = {'image': -math.inf, 'depth': -math.inf}  # stamps (s)
         self.camera_info, self._waiting = None, []
         self.topics = {name: f'{args.prefix.rstrip("/")}/{name}' for name in
                        ('detections', 'mask', 'label_info', 'detections_3d', 'debug_image')}
@@ -167,6 +173,8 @@ class BagGrounder:
 
     def finish(self) -> None:
         """Count the frames that never got depth, or never camera_info, as not lifted."""
+        if self.with_3d:
+            self._resolve(final=True)
         for (_, result, _, _), _ in self._waiting:
             self.summary.not_lifted += len(result.detections)
             self.summary.lift_reason = self.summary.lift_reason or (
@@ -242,13 +250,29 @@ class BagGrounder:
         else:
             stamp = msgs.stamp_seconds(msgs.copy_header(message.decoded.header))
         stamp = stamp or message.log_time * 1e-9  # unstamped: the bag's log time
-        match = self.matcher.add(name, stamp, message.decoded if item is None else item)
-        if match is None:
-            return
-        if self.camera_info is None:
-            self._waiting.append((match['image'], match['depth']))
+        self._newest[name] = max(self._newest[name], stamp)
+        if name == 'image':
+            self._pending.append((stamp, item))
         else:
-            self._write_3d(match['image'], match['depth'])
+            self.depth.add(stamp, message.decoded)
+        self._resolve()
+
+    def _resolve(self, final: bool = False) -> None:
+        """Lift the frames whose nearest depth is known (all of them when `final`)."""
+        tolerance, waiting = self.args.sync_tolerance, []
+        for stamp, item in self._pending:
+            if not (final or self._newest['depth'] > stamp + tolerance or
+                    self._newest['image'] > stamp + DEPTH_WAIT_SEC):
+                waiting.append((stamp, item))
+                continue
+            depth = self.depth.nearest(stamp)
+            if depth is None:
+                continue  # no depth within sync_tolerance: counted as without depth
+            if self.camera_info is None:
+                self._waiting.append((item, depth))
+            else:
+                self._write_3d(item, depth)
+        self._pending = waiting
 
     def _write_3d(self, item, depth_msg) -> None:
         """Lift every detection as grounding_node's publish_3d does, in the depth image frame."""
