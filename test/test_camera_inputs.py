@@ -98,6 +98,9 @@ def test_compressed_depth_round_trips():
     depth, encoding = decode_depth(encode_depth(millimetres, '16UC1'),
                                    '16UC1; compressedDepth png', 4096)
     assert encoding == '16UC1' and np.array_equal(depth, millimetres)
+    depth, encoding = decode_depth(encode_depth(millimetres, '16UC1'),
+                                   'mono16; compressedDepth png', 4096)
+    assert encoding == '16UC1' and np.array_equal(depth, millimetres)
     metres = np.linspace(0.3, 4.0, 48 * 64, dtype=np.float32).reshape(48, 64)
     metres[0, 0] = np.nan
     depth, encoding = decode_depth(encode_depth(metres, '32FC1'), '32FC1; compressedDepth png',

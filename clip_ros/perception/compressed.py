@@ -2,10 +2,10 @@
 Compressed camera frames: JPEG/PNG colour images and image_transport's compressedDepth.
 
 The byte layouts are image_transport's: a CompressedImage `format` such as 'jpeg',
-'bgr8; jpeg compressed bgr8' or 'png'; compressedDepth as '16UC1; compressedDepth png' or
-'32FC1; compressedDepth png' with a 12-byte header (int32 compression format, float32 depth
-quantisation a, b) before a 16-bit PNG. 16UC1 depth is stored as is; 32FC1 depth in metres as
-inverse depth, v = a / z + b (0 = no depth; the decoder takes a and b from the header). Every
+'bgr8; jpeg compressed bgr8' or 'png'; compressedDepth as '16UC1; compressedDepth png' (mono16
+alike) or '32FC1; compressedDepth png' with a 12-byte header (int32 compression format, float32
+depth quantisation a, b) before a 16-bit PNG. 16UC1 depth is stored as is; 32FC1 depth in metres
+as inverse depth, v = a / z + b (0 = no depth; the decoder takes a and b from the header). Every
 problem raises ValueError with the reason, and a frame's size is checked from its header before
 any pixel is decoded.
 """
@@ -106,6 +106,8 @@ def depth_encoding(fmt: str) -> str:
         raise ValueError(f"format {fmt!r} is not compressedDepth (e.g. '16UC1; compressedDepth "
                          f"png')")
     encoding = text.split(';')[0].strip()
+    # The encoder writes the image's own encoding: a mono16 image is 16-bit depth as well.
+    encoding = '16UC1' if encoding == 'mono16' else encoding
     if encoding not in ('16UC1', '32FC1'):
         raise ValueError(f'compressedDepth encoding {encoding!r} is not 16UC1 or 32FC1')
     return encoding
