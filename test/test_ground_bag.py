@@ -22,7 +22,7 @@ from clip_ros.nodes.messages import detections_3d_msg, detections_msg, label_inf
 from clip_ros.perception.grounding import GroundingPipeline
 from clip_ros.perception.loading import load_or_tabletop
 from clip_ros.perception.tracking import Tracker
-from clip_ros.policy.command import parse_command
+from clip_ros.policy.command import MAX_PHRASES, parse_command
 from clip_ros.policy.lifting import lift_mask
 from clip_ros.tools import bag_messages, bags, ground_bag, record_sim_bag
 
@@ -430,6 +430,29 @@ def test_outputs_that_cannot_be_written_exit_2_before_any_work(small_bag, tmp_pa
         with pytest.raises(SystemExit) as exit_info:
             ground_bag.main([str(small_bag), '--phrases', 'cup', *args])
         assert exit_info.value.code == 2
+
+
+def test_too_many_phrases_are_refused_as_the_node_refuses_them(small_bag, tmp_path, capsys):
+    many = [f'thing {k}' for k in range(MAX_PHRASES + 1)]
+    with pytest.raises(SystemExit) as exit_info:
+        ground_bag.main([str(small_bag), '--phrases', *many, '-o', str(tmp_path / 'a.mcap')])
+    assert exit_info.value.code == 2
+    assert f'at most {MAX_PHRASES}' in capsys.readouterr().err
+    # A command naming too many keeps the phrases before it, as grounding_node does.
+    path, report = tmp_path / 'many.mcap', tmp_path / 'many.json'
+    with bags.BagWriter(path) as bag:
+        bag.add_topic(TOPICS['image'], 'sensor_msgs/msg/Image')
+        bag.add_topic(TOPICS['command'], 'std_msgs/msg/String')
+        bag.write(TOPICS['command'], bag_messages.string_msg('find ' + ', '.join(many)), 1)
+        bag.write(TOPICS['image'], bag_messages.image_msg(
+            np.zeros((24, 32, 3), np.uint8), 'rgb8', bag_messages.header_at(10)), 10)
+    ground_bag.main([str(path), '--phrases', 'red block', '--command-topic', TOPICS['command'],
+                     '--device', 'cpu', '-o', str(tmp_path / 'b.mcap'), '--json', str(report)])
+    summary = json.loads(report.read_text())
+    assert summary['commands'][0]['phrases'] is None
+    assert [(r['phrase'], r['frames']) for r in summary['rows']] == [
+        ('red block', 1), ('all frames', 1)]
+    assert f'at most {MAX_PHRASES} are grounded at once: keeping' in capsys.readouterr().err
 
 
 def test_a_message_that_cannot_be_decoded_exits_2_naming_it(tmp_path, capsys):

@@ -27,18 +27,13 @@ from clip_ros.perception.stats import assess
 from clip_ros.perception.tracking import Tracker
 from clip_ros.perception.triton_client import (
     connect, DEFAULT_TIMEOUT, DEFAULT_URL, server_ready, tls_options, triton_pipeline)
-from clip_ros.policy.command import MAX_COMMAND_CHARS, parse_command, quote
+from clip_ros.policy.command import MAX_COMMAND_CHARS, MAX_PHRASES, parse_command, quote
 
 WARM_UP_SIZE = 224
 TRITON_RETRY_SEC = 2.0  # how often an autostarted node looks for its absent Triton server
 # Parameters that need a new GroundingPipeline (the models are kept).
 PIPELINE_PARAMS = ('distractors', 'min_area', 'max_detections', 'rescore', 'abstain',
                    'light_correction')
-
-
-# Each phrase is a CLIPSeg map at frame size and a log line when not found: a cap keeps a long
-# list in one command from costing seconds a frame and gigabytes (246 phrases: 4 s, +1 GB).
-MAX_PHRASES = 32
 
 
 def query_thresholds(queries, thresholds) -> tuple[dict, float]:

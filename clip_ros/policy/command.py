@@ -43,6 +43,10 @@ import re
 import unicodedata
 
 MAX_COMMAND_CHARS = 1000
+# Phrases grounded at once (grounding_node, ground_bag). Each is a CLIPSeg map at frame size
+# and a log line when not found: a cap keeps a long list in one command from costing seconds a
+# frame and gigabytes (246 phrases: 4 s, +1 GB).
+MAX_PHRASES = 32
 
 _VERBS = {
     'pick': ('pick up', 'pick', 'grab', 'grasp', 'get me', 'get', 'take', 'fetch', 'lift',

@@ -32,7 +32,7 @@ from clip_ros.perception.grounding import (
     clean_phrases, DEFAULT_DISTRACTORS, frame_only, GroundingPipeline)
 from clip_ros.perception.loading import load_or_tabletop, ModelLoadError
 from clip_ros.perception.tracking import Tracker
-from clip_ros.policy.command import parse_command, quote
+from clip_ros.policy.command import MAX_PHRASES, parse_command, quote
 from clip_ros.policy.lifting import check_camera_size, check_intrinsics, depth_to_metres
 from clip_ros.policy.perceive import lift_instances
 from clip_ros.policy.sync import StampBuffer
@@ -191,6 +191,12 @@ class BagGrounder:
             self.summary.commands.append({'time': seconds, 'text': text, 'phrases': None})
             return
         phrases = parse_command(text).phrases
+        if len(phrases) > MAX_PHRASES:  # refused as grounding_node refuses it
+            self.summary.commands.append({'time': seconds, 'text': text, 'phrases': None})
+            if not self.args.quiet:
+                print(f'command names {len(phrases)} things; at most {MAX_PHRASES} are grounded '
+                      f'at once: keeping {self.phrases}', file=sys.stderr)
+            return
         self.summary.commands.append({'time': seconds, 'text': text, 'phrases': phrases})
         if phrases:
             self.phrases = phrases
@@ -420,6 +426,9 @@ def check_arguments(parser, args) -> None:
     """Reject inconsistent arguments (argparse's exit status 2)."""
     if not args.phrases and not args.command_topic:
         parser.error('give --phrases, --command-topic or both')
+    if len(clean_phrases(args.phrases)) > MAX_PHRASES:
+        parser.error(f'--phrases names {len(clean_phrases(args.phrases))} phrases; at most '
+                     f'{MAX_PHRASES} are grounded at once (as grounding_node)')
     if bool(args.depth_topic) != bool(args.camera_info_topic):
         parser.error('--depth-topic and --camera-info-topic go together')
     if not 0.0 <= args.min_depth < args.max_depth:
