@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 
 from clip_ros.perception import tabletop_model as tabletop
+from clip_ros.sim.scene import sample_scene
+from clip_ros.sim.splits import HELD_OUT, split_seeds, SPLIT_SIZE
 from clip_ros.tools import (benchmark, export, policy_demo, prefetch, record_demos, serve,
                             train_policy_head, train_shape)
 from test_cli import exits_2  # noqa: I100, I201
@@ -39,6 +41,10 @@ def no_work(monkeypatch):
     (record_demos.main, ['--out', '{file}/d.npz'], '--out {file}: cannot create that folder'),
     (record_demos.main, ['--episodes', '0'], 'argument --episodes: must be at least 1, got 0'),
     (record_demos.main, ['--width', '4'], 'argument --width: must be at least 8, got 4'),
+    (record_demos.main, ['--seed', '100000', '--episodes', '1'],
+     "past the train split's 0..99999"),
+    (record_demos.main, ['--seed', '99000', '--episodes', '200'],
+     '--seed 99000 with --episodes 200 may use scene seeds up to 100592, past the train split'),
     (train_policy_head.main, ['--lr', '0'],
      'argument --lr: must be a finite number above 0, got 0'),
     (train_policy_head.main, ['--lr', 'inf'], 'argument --lr: must be a finite number above 0'),
@@ -102,6 +108,15 @@ def test_record_demos_makes_the_output_folder(tmp_path):
                                     '--height', '8', '--out', str(out)])
     assert (args.episodes, args.seed, args.width, args.height) == (1, 0, 8, 8)
     assert out.parent.is_dir() and not out.exists()
+
+
+def test_record_demos_draws_train_scenes_without_held_out_combinations(tmp_path):
+    args = record_demos.parse_args(['--out', str(tmp_path / 'demos.npz')])
+    tasks = record_demos.demo_tasks(args.seed, args.episodes)
+    train = split_seeds('train', SPLIT_SIZE)
+    assert len(tasks) == args.episodes and all(task.seed in train for task in tasks)
+    for task in tasks:
+        assert not any((o.colour, o.shape) in HELD_OUT for o in sample_scene(task.seed).objects)
 
 
 def test_train_policy_head_takes_its_defaults_and_small_values(tmp_path):

@@ -42,8 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--seed', type=count(0), default=0,
                         help='offset of the scene seeds within the split')
     parser.add_argument('--split', choices=sorted(SPLITS), default='test',
-                        help='scene split (the tabletop model trained on train, thresholds '
-                             'and demonstrations use val)')
+                        help='scene split (the tabletop model and the demonstrations use '
+                             'train, thresholds val)')
     parser.add_argument('--held-out-share', type=number(0.0, 1.0), default=0.5,
                         help='share of episodes whose target is a held-out colour x shape')
     parser.add_argument('--perceive-every', type=count(1), default=1,

@@ -5,10 +5,27 @@ import time
 
 from clip_ros.learning.behaviour_cloning import record_demonstrations, save_demonstrations
 from clip_ros.policy.learned import Embedder
-from clip_ros.sim.dataset import HELD_OUT
+from clip_ros.sim.dataset import HELD_OUT, SPLIT_SIZE, SPLITS
 from clip_ros.sim.episodes import (
     EpisodeConfig, load_perception, PERCEPTION_CHOICES, sample_task)
 from clip_ros.tools.cli import count, writable
+
+# Demonstrations are training data: their scenes come from the train split, far past the
+# scenes train_tabletop and train_shape render by default, so the frozen CLIP sees scenes new to
+# it, as it does at evaluation. sample_task looks up to LOOKAHEAD seeds past each episode's first.
+START = 50_000
+STRIDE, LOOKAHEAD = 7, 200
+
+
+def demo_tasks(first: int, episodes: int) -> list:
+    """
+    Return the demonstration tasks: pick and place in turn, from seed `first` on.
+
+    No scene shows a held-out colour x shape combination (not as target, not as destination,
+    not anywhere in the scene).
+    """
+    return [sample_task(first + STRIDE * k, ('pick', 'place')[k % 2], HELD_OUT, False,
+                        tries=LOOKAHEAD, only_seen=True) for k in range(episodes)]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -21,12 +38,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--clip', default='tabletop', choices=('tabletop', 'tiny'),
                         help="frozen CLIP for the embeddings: 'tabletop' (the bundled trained "
                              "model) or 'tiny' (random weights: the head then sees noise)")
-    parser.add_argument('--seed', type=count(0), default=100000, help='first scene seed')
+    parser.add_argument('--seed', type=count(0), default=START,
+                        help='first scene seed, in the train split (val and test scenes are '
+                             'never demonstrated)')
     # The size evaluate_policy renders at, so the head sees the same image embeddings.
     parser.add_argument('--width', type=count(8), default=640)
     parser.add_argument('--height', type=count(8), default=480)
     parser.add_argument('--device', default='auto')
     args = parser.parse_args(argv)
+    last = args.seed + STRIDE * (args.episodes - 1) + LOOKAHEAD
+    if args.seed < SPLITS['train'] or last > SPLITS['train'] + SPLIT_SIZE:
+        parser.error(f'--seed {args.seed} with --episodes {args.episodes} may use scene seeds '
+                     f"up to {last - 1}, past the train split's {SPLITS['train']}.."
+                     f"{SPLITS['train'] + SPLIT_SIZE - 1}")
     # The episodes take minutes: the .npz must be writable first (its folder is made if missing).
     writable(parser, '--out', Path(args.out).parent, folder=True)
     writable(parser, '--out', args.out)
@@ -42,10 +66,7 @@ def main(argv=None) -> None:
     perception, clip = load_perception(args.perception, args.device)
     if args.clip != clip.name.split('/')[0]:
         clip = load_clip(args.clip, 'random' if args.clip == 'tiny' else '', args.device)
-    # Demonstrations never show the held-out colour x shape combinations: not as target, not
-    # as destination, not anywhere in the scene.
-    tasks = [sample_task(args.seed + 7 * k, ('pick', 'place')[k % 2], HELD_OUT, False,
-                         only_seen=True) for k in range(args.episodes)]
+    tasks = demo_tasks(args.seed, args.episodes)
     start = time.monotonic()
     with Simulator(args.seed, args.width, args.height) as sim:
         arrays, stats = record_demonstrations(sim, tasks, perception, Embedder(clip),
