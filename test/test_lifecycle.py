@@ -20,7 +20,7 @@ from clip_ros.nodes.clip_classifier_node import ClipClassifierNode  # noqa: E402
 from clip_ros.nodes.clipseg_node import ClipSegNode  # noqa: E402
 from clip_ros.nodes.conversions import numpy_to_image  # noqa: E402
 from clip_ros.nodes.grounding_node import GroundingNode  # noqa: E402
-from clip_ros.nodes.managed import resident_bytes  # noqa: E402
+from clip_ros.nodes.managed import ManagedNode, resident_bytes  # noqa: E402
 from clip_ros.perception.geometry import Detection  # noqa: E402
 from clip_ros.perception.grounding import GroundingResult  # noqa: E402
 from clip_ros.perception.stats import ERROR, OK, WARN  # noqa: E402
@@ -201,6 +201,47 @@ def test_diagnostics_warn_on_drops(ros):
     snapshot = node.diagnostics()
     assert snapshot.level == WARN
     assert any('dropped' in reason for reason in snapshot.reasons)
+
+
+class FailingNode(ManagedNode):
+    """A managed node whose model raises on every frame (as a model out of memory would)."""
+
+    def __init__(self, **kwargs):
+        super().__init__('failing_node', **kwargs)
+        self.watch_parameters(lambda values: None, lambda names: None)
+        self.start()
+
+    def load_model(self) -> tuple:
+        return 'failing', 'cpu'
+
+    def release_model(self) -> None:
+        pass
+
+    def subscribe_inputs(self) -> None:
+        pass  # frames come through submit_frame
+
+    def process(self, msg) -> None:
+        raise RuntimeError('CUDA out of memory')
+
+
+def test_diagnostics_warn_while_every_frame_fails(ros):
+    node = ros.add(FailingNode(context=ros.context, namespace='failing', parameter_overrides=[
+        Parameter('diagnostics_period', value=0.2)]))
+    assert node.active
+    for n in range(1, 4):
+        node.submit_frame(rgb_image(ros.header(), 64, 48))
+        assert wait_for(lambda: node.worker.processed == n)
+
+    def after_three(status) -> bool:
+        return any(kv.key == 'frames_processed' and kv.value == '3' for kv in status.values)
+
+    status = wait_for(lambda: status_of(ros, node, after_three))
+    assert status is not None
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == bytes([WARN]), status.message
+    assert '3 inference runs failed recently' in status.message
+    assert values['inference_failures'] == '3' and values['frames_processed'] == '3'
+    assert values['last_error'] == 'inference failed: RuntimeError: CUDA out of memory'
 
 
 def test_incompatible_qos_is_reported(ros):

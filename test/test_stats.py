@@ -120,6 +120,24 @@ def test_level_error_on_load_failure_and_warn_on_qos_hint():
     assert snap.level == WARN and snap.reasons == ['check QoS']
 
 
+def test_level_warn_while_inference_fails():
+    clock = Clock()
+    stats = FrameStats(window=10.0, clock=clock)
+    for i in range(30):  # frames flow, and every inference raises
+        clock.now = i * 0.1
+        stats.on_input()
+        stats.on_processed(0.01, 0.02)
+        stats.on_failed('inference failed: RuntimeError: CUDA out of memory')
+    snap = assess(stats.snapshot(), HealthLimits(), active=True)
+    assert snap.level == WARN and (snap.failed, snap.window_failed) == (30, 30)
+    assert snap.reasons == ['30 inference runs failed recently (last: inference failed: '
+                            'RuntimeError: CUDA out of memory)']
+    clock.now = 20.0  # the failures are older than the window
+    stats.on_input()
+    snap = assess(stats.snapshot(), HealthLimits(), active=True)
+    assert (snap.level, snap.failed, snap.window_failed) == (OK, 30, 0)
+
+
 def test_last_error_is_kept():
     stats = FrameStats()
     stats.on_error('inference failed: boom')

@@ -424,7 +424,7 @@ class ManagedNode(LifecycleNode):
         if not self.context.ok():
             return  # a shutdown (Ctrl-C) cut the frame short: its publish fails, nothing is wrong
         message = f'inference failed: {type(error).__name__}: {error}'
-        self.stats.on_error(message)
+        self.stats.on_failed(message)
         self._error('inference', message)
 
     def _on_incompatible_qos(self, info, sub) -> None:

@@ -93,6 +93,7 @@ def diagnostics_msg(name: str, snapshot, extra: dict, stamp=None) -> DiagnosticA
         'latency_p99_ms': _number(snapshot.latency_ms[1]),
         'seconds_since_input': _number(snapshot.since_input),
         'last_error': snapshot.last_error,
+        'inference_failures': str(snapshot.failed),
         'inputs_rejected': str(snapshot.rejected),
         'last_rejected': snapshot.last_rejected,
     })

@@ -38,6 +38,8 @@ class Snapshot:
     rejected: int = 0  # inputs refused with a reason since the last reset
     window_rejected: int = 0  # ... within the window
     last_rejected: str = ''  # the newest reason
+    failed: int = 0  # inference runs (frames or batches) that raised since the last reset
+    window_failed: int = 0  # ... within the window
     level: int = OK
     reasons: list = field(default_factory=list)
 
@@ -104,6 +106,7 @@ class FrameStats:
         self._inference = collections.deque(maxlen=samples)  # seconds
         self._latency = collections.deque(maxlen=samples)  # seconds
         self._rejects = collections.deque()  # time of each refused input
+        self._failures = collections.deque()  # time of each failed inference run
         self.reset()
 
     def reset(self) -> None:
@@ -114,7 +117,8 @@ class FrameStats:
             self._inference.clear()
             self._latency.clear()
             self._rejects.clear()
-            self.received = self.processed = self.dropped = self.rejected = 0
+            self._failures.clear()
+            self.received = self.processed = self.dropped = self.rejected = self.failed = 0
             self.last_rejected = ''
             self.busy = 0.0
             self._started = self._clock()
@@ -156,6 +160,15 @@ class FrameStats:
         with self._lock:
             self.last_error = message
 
+    def on_failed(self, message: str) -> None:
+        """Count an inference run (a frame or a batch) that raised `message`."""
+        now = self._clock()
+        with self._lock:
+            self.failed += 1
+            self.last_error = message
+            self._failures.append(now)
+            self._trim(now)
+
     def _trim(self, now: float) -> None:
         start = now - self._window
         while self._inputs and self._inputs[0][0] < start:
@@ -164,6 +177,8 @@ class FrameStats:
             self._outputs.popleft()
         while self._rejects and self._rejects[0] < start:
             self._rejects.popleft()
+        while self._failures and self._failures[0] < start:
+            self._failures.popleft()
 
     def snapshot(self) -> Snapshot:
         """Return the current statistics (level OK; see `assess`)."""
@@ -183,7 +198,8 @@ class FrameStats:
                                    else self._last_input),
                 busy=self.busy,
                 last_error=self.last_error, rejected=self.rejected,
-                window_rejected=len(self._rejects), last_rejected=self.last_rejected)
+                window_rejected=len(self._rejects), last_rejected=self.last_rejected,
+                failed=self.failed, window_failed=len(self._failures))
 
 
 def assess(snapshot: Snapshot, limits: HealthLimits, active: bool, load_error: str = '',
@@ -192,8 +208,8 @@ def assess(snapshot: Snapshot, limits: HealthLimits, active: bool, load_error: s
     Set `snapshot.level` and `snapshot.reasons` and return it.
 
     ERROR when the model failed to load; WARN while active when the input is silent, frames
-    are mostly dropped or inputs were refused within the window, or a QoS hint is pending;
-    otherwise OK.
+    are mostly dropped, or inputs were refused or inference failed within the window, or a
+    QoS hint is pending; otherwise OK.
     """
     reasons, level = [], OK
     if load_error:
@@ -211,6 +227,12 @@ def assess(snapshot: Snapshot, limits: HealthLimits, active: bool, load_error: s
         # Refused inputs are logged once per throttle period; here they stay visible.
         reasons.append(f'{snapshot.window_rejected} inputs refused recently (last: '
                        f'{snapshot.last_rejected})')
+        level = max(level, WARN)
+    if active and snapshot.window_failed:
+        # A failed run still counts as processed: without this, a model failing on every
+        # frame would read OK.
+        reasons.append(f'{snapshot.window_failed} inference runs failed recently (last: '
+                       f'{snapshot.last_error})')
         level = max(level, WARN)
     if qos_hint:
         reasons.append(qos_hint)
