@@ -48,13 +48,14 @@ class PhraseReport:
                     lines.append(f"{camera + ': ' if camera else ''}{reason} "
                                  f'(no detection published for {phrase!r})')
             key = (tuple(phrases), tuple(sorted(rejected.items())))
-            changed = self._sent.get(camera) != key
-            if changed:
+            if self._sent.get(camera) != key:
                 self._sent[camera] = key
+                # Under the lock: a status published out of order (a new phrase set's and a
+                # frame's) would stay latched, as the next frames' outcome counts as sent.
+                if publisher is not None:
+                    publisher.publish(grounding_status_msg(phrases, rejected, header))
         for line in lines:
             self._logger.warning(line)
-        if changed and publisher is not None:
-            publisher.publish(grounding_status_msg(phrases, rejected, header))
 
     def diagnostic(self, name: str, hardware_id: str) -> DiagnosticStatus:
         """Return a status naming every refused phrase; WARN for refusals of the words."""
