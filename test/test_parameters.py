@@ -65,7 +65,7 @@ INVALID = {
         'min_height': 2.0, 'shape_band': -0.1, 'near_distance': 3.0, 'max_speed': 0.0,
         'workspace_min': [0.6, 0.0, 0.0], 'workspace_max': [0.55, 0.45],
         'lost_timeout': 0.0, 'acquire_timeout': 0.0, 'time_limit': 0.5,
-        'empty_grip_opening': -0.1,
+        'ee_timeout': 0.0, 'empty_grip_opening': -0.1,
         'silent_input_sec': 0.0, 'max_drop_ratio': 2.0},
     'sim': {'seed': -1},
 }
@@ -583,11 +583,9 @@ def perception_set(rig, depth_m=0.6, encoding='32FC1', offset=0.0, score=0.9, di
             'camera_info': camera_info_msg(K, W, H, later), 'stamp': header.stamp}
 
 
-def send(rig, match: dict) -> None:
-    ee = PoseStamped(header=Header(stamp=match['stamp'], frame_id='world'))
-    ee.pose.position.x, ee.pose.position.y, ee.pose.position.z = EE
-    ee.pose.orientation.w = 1.0
-    rig.pubs['ee_state'].publish(ee)
+def send(rig, match: dict, ee: bool = True) -> None:
+    if ee:
+        send_ee(rig, match['stamp'])
     for topic in ('detections', 'mask', 'depth', 'camera_info'):
         rig.pubs[topic].publish(match[topic])
 
@@ -603,12 +601,23 @@ def start(rig, text: str = PICK) -> int:
     return since
 
 
-def stream(rig, seconds: float, until=None, **frame) -> list:
-    """Send matched sets at about 20 Hz for `seconds` (or until `until()`); return their stamps."""
+def send_ee(rig, stamp) -> None:
+    ee = PoseStamped(header=Header(stamp=stamp, frame_id='world'))
+    ee.pose.position.x, ee.pose.position.y, ee.pose.position.z = EE
+    ee.pose.orientation.w = 1.0
+    rig.pubs['ee_state'].publish(ee)
+
+
+def stream(rig, seconds: float, until=None, ee: bool = True, **frame) -> list:
+    """
+    Send matched sets at about 20 Hz for `seconds` (or until `until()`); return their stamps.
+
+    `ee`: with an ee_state each.
+    """
     stamps, end = [], time.monotonic() + seconds
     while time.monotonic() < end and not (until and until()):
         match = perception_set(rig, **frame)
-        send(rig, match)
+        send(rig, match, ee)
         stamps.append(match['stamp'])
         time.sleep(0.05)
     return stamps
@@ -781,6 +790,21 @@ def policy_time_limit(rig, name):
         assert status and 'time limit of 1 s exceeded' in status['detail'], status
 
 
+@effect('policy', 'ee_timeout')
+def policy_ee_timeout(rig, name):
+    # The camera still sees the target, but the arm stopped reporting where it is.
+    with changed(rig, ee_timeout=0.2):
+        since = start(rig)
+        goals = rig.inboxes['ee_goal']
+        count = len(goals.messages)
+        stream(rig, 5.0, until=lambda: len(goals.messages) > count)
+        stream(rig, 5.0, until=lambda: any(s['state'] == 'aborted'
+                                           for s in statuses(rig, since)), ee=False)
+        status = ended(rig, since)
+        assert status and 'end-effector state lost' in status['detail'] \
+            and '(> ee_timeout 0.2 s)' in status['detail'], status
+
+
 @effect('policy', 'near_distance')
 def policy_near_distance(rig, name):
     # The arm starts 0.37 m from the block: within 1 m the estimate freezes at once, so the
@@ -788,10 +812,13 @@ def policy_near_distance(rig, name):
     with changed(rig, near_distance=1.0):
         since = start(rig)
         stream(rig, 0.5)
-        time.sleep(1.0)  # twice lost_timeout without a frame
+        for _ in range(20):  # 1 s, twice lost_timeout, without a frame; the arm still reports
+            send_ee(rig, rig.harness.header().stamp)
+            time.sleep(0.05)
         goals = rig.inboxes['ee_goal']
         count = len(goals.messages)
-        assert wait_for(lambda: len(goals.messages) > count + 2), 'the arm stopped'
+        assert wait_for(lambda: send_ee(rig, rig.harness.header().stamp)
+                        or len(goals.messages) > count + 2), 'the arm stopped'
         assert not [s for s in statuses(rig, since) if s['state'] == 'aborted'], \
             statuses(rig, since)
 

@@ -92,12 +92,13 @@ def managed(harness, request):
         harness.remove(node)
 
 
-def send_frame(ros, depth_fill=0.6, info=True, depth_size=(W, H), info_frame=None):
+def send_frame(ros, depth_fill=0.6, info=True, depth_size=(W, H), info_frame=None, ee=True):
     """Publish one matched set: a 'blue block' detection, its mask, depth and camera_info."""
     header = ros.header('camera_optical_frame')
     detections, mask = blue_block(header, W, H)
     depth = np.full((depth_size[1], depth_size[0]), depth_fill, np.float32)
-    ros.pubs['ee_state'].publish(arm_state(header))
+    if ee:
+        ros.pubs['ee_state'].publish(arm_state(header))
     ros.pubs['detections'].publish(detections)
     ros.pubs['mask'].publish(mask)
     ros.pubs['depth'].publish(numpy_to_image(depth, '32FC1', header))
@@ -360,6 +361,76 @@ def test_a_new_command_stops_the_arm_before_anything_else(managed):
         return any(m.twist.linear.x == m.twist.linear.y == m.twist.linear.z == 0.0
                    for m in managed.twists.messages[twists:])
     assert wait_for(stopped), [m.twist.linear for m in managed.twists.messages[twists:]]
+
+
+def test_a_replaced_command_ends_with_a_status_of_its_own(managed):
+    node = managed.policy_node()
+    assert wait_for(lambda: managed.pubs['command'].get_subscription_count() > 0)
+    _, goals = run_command(managed, 'pick up the blue block', frames=8, final=('never',),
+                           settle=0.0)
+    assert goals > 0 and node._policy.status.state == 'executing'
+    count = len(managed.status.messages)
+    managed.pubs['command'].publish(String(data='pick up the red ball'))
+
+    def replaced():
+        ended = [s for s in (json.loads(m.data) for m in managed.status.messages[count:])
+                 if s['command'] == 'pick up the blue block']
+        return ended and ended[-1]
+    old = wait_for(replaced)
+    assert old and old['state'] == 'aborted' and 'replaced by' in old['detail'], old
+    assert wait_for(lambda: json.loads(managed.status.messages[-1].data)['command']
+                    == 'pick up the red ball')
+
+
+def test_a_new_command_after_a_limit_change_still_stops_the_arm(managed):
+    node = managed.policy_node()
+    assert wait_for(lambda: managed.pubs['command'].get_subscription_count() > 0)
+    _, goals = run_command(managed, 'pick up the blue block', frames=8, final=('never',),
+                           settle=0.0)
+    assert goals > 0 and node._policy.status.state == 'executing'
+    # The next command runs a new policy with the new limit; the old one was still moving.
+    assert node.set_parameters([Parameter('max_speed', value=0.2)])[0].successful
+    twists = len(managed.twists.messages)
+    managed.pubs['command'].publish(String(data='pick up the red ball'))
+
+    def stopped():
+        return any(m.twist.linear.x == m.twist.linear.y == m.twist.linear.z == 0.0
+                   for m in managed.twists.messages[twists:])
+    assert wait_for(stopped), [m.twist.linear for m in managed.twists.messages[twists:]]
+    assert node._policy.config.max_speed == 0.2
+
+
+def test_a_silent_arm_state_stops_the_arm_and_aborts_saying_why(managed):
+    node = managed.policy_node([Parameter('ee_timeout', value=0.3)])
+    assert wait_for(lambda: managed.pubs['command'].get_subscription_count() > 0)
+    _, goals = run_command(managed, 'pick up the blue block', frames=8, final=('never',),
+                           settle=0.0)
+    assert goals > 0 and node._policy.status.state == 'executing'
+    # The camera still sees the target, but ee_state stops: goals would come from a stale pose.
+    count = len(managed.status.messages)
+
+    def aborted():
+        return next((s for s in (json.loads(m.data) for m in managed.status.messages[count:])
+                     if s['state'] == 'aborted'), None)
+    for _ in range(200):  # about 10 s of perception sets without ee_state
+        if aborted():
+            break
+        send_frame(managed, ee=False)
+        time.sleep(0.05)
+    status = wait_for(aborted, timeout=5.0)
+    assert status and 'end-effector state lost' in status['detail'], status
+    last = wait_for(lambda: managed.twists.messages)[-1].twist.linear
+    assert (last.x, last.y, last.z) == (0.0, 0.0, 0.0), 'the arm is told to stop'
+
+
+def test_a_non_finite_gripper_state_is_refused_and_counted(managed):
+    node = managed.policy_node()
+    assert wait_for(lambda: managed.pubs['gripper_state'].get_subscription_count() > 0)
+    managed.pubs['gripper_state'].publish(Float64(data=float('nan')))
+    assert wait_for(lambda: node.rejected >= 1), node.rejected
+    assert node._gripper == 0.0 and node._state_closed is None
+    managed.pubs['gripper_state'].publish(Float64(data=1.0))
+    assert wait_for(lambda: node._state_closed is True)
 
 
 def test_a_set_lifted_for_an_old_command_is_not_the_new_ones_target(ros):

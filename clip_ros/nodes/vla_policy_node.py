@@ -8,7 +8,8 @@ publishes goals, a servo twist, the gripper command and a JSON status at `rate` 
 
 Parameter sets are checked before they land (a bad value is refused with the valid range) and
 take effect without a restart: the lifting limits on the next perception set; base_frame,
-extrinsic, depth_scale and sync_tolerance at once; the policy limits from the next command.
+extrinsic, depth_scale, sync_tolerance and ee_timeout at once; the policy limits from the
+next command.
 """
 import json
 import math
@@ -116,6 +117,10 @@ def _parameters() -> tuple:
                                           'from the next command', float_range=(0.05, 600.0))),
         ('time_limit', 30.0, describe('abort a command running longer (s); applies from the '
                                       'next command', float_range=(1.0, 3600.0))),
+        ('ee_timeout', 1.0, describe(
+            'abort a running command and stop the arm when ee_state is older than this (s): '
+            'goals and twists from a stale position drive the arm blind; applies at once',
+            float_range=(0.05, 60.0))),
         ('empty_grip_opening', 0.005, describe(
             'finger opening (m, gripper/joint_states) at or below which a closed gripper holds '
             'nothing; above it, it holds an object; applies at once', float_range=(0.0, 0.5))),
@@ -191,6 +196,8 @@ class VlaPolicyNode(ManagedNode):
         self._look_refused = ''  # the last look's refusal of a detection (wrong shape)
         self._seen_for_command = set()  # streams seen since the current command arrived
         self._ee, self._gripper, self._image = None, OPEN, None
+        self._ee_time = None  # when ee_state last arrived (policy time)
+        self._ee_doubted = False  # a tick found ee_state stale and let the executor catch up
         # Grasp sensor: the finger opening (m); closed?: gripper_state, else the last command.
         self._opening, self._closed, self._state_closed = None, None, None
         self._refused = {}  # phrase -> grounding_node's refusal of its words (unknown word, ...)
@@ -283,12 +290,16 @@ class VlaPolicyNode(ManagedNode):
         with self._control_lock:
             policy = self._policy
             if policy is not None and self._command is not None:
-                before = policy.status.state
-                action = policy.cancel(reason)
-                if before == 'executing':
-                    self._pubs['ee_twist'].publish(twist_msg(np.zeros(3), self._header()))
-                self._publish_status(action, explain=False)
+                self._abort(policy, reason)
             self._command = None
+
+    def _abort(self, policy, reason: str) -> None:
+        """End a waiting or executing command aborted with `reason`; stop the arm if moving."""
+        before = policy.status.state
+        action = policy.cancel(reason)  # an ended command keeps its final status
+        if before == 'executing':
+            self._pubs['ee_twist'].publish(twist_msg(np.zeros(3), self._header()))
+        self._publish_status(action, explain=False)
 
     # Policy and inputs ---------------------------------------------------------------------
 
@@ -331,13 +342,14 @@ class VlaPolicyNode(ManagedNode):
             policy = self._policy
             if policy is None:
                 return  # shutting down
+            if self._command is not None:
+                # The new command replaces a running one: stop the arm and end its status,
+                # before a new policy (limits set since) forgets it was moving.
+                self._abort(policy, f'replaced by command {quote(msg.data)}')
             config = policy_config(self._p)
             if config != policy.config:
                 # Limits set since the last command: a new policy around the same model.
                 policy = self._policy = self._new_policy(config)
-            if policy.status.state == 'executing':
-                # The arm is servoing towards the old command's goal: stop it first.
-                self._pubs['ee_twist'].publish(twist_msg(np.zeros(3), self._header()))
             # The same parse as grounding_node's, so both act on the same phrases.
             self._command = parse_command(msg.data)
             with self._fresh_lock:
@@ -355,7 +367,7 @@ class VlaPolicyNode(ManagedNode):
             self.reject('ee_state', f'ignored ee_state with position {position.tolist()}: '
                         f'need finite coordinates')
             return
-        self._ee = position
+        self._ee_time, self._ee, self._ee_doubted = self._now(), position, False
 
     def _on_grounding_status(self, msg: String) -> None:
         """Keep grounding_node's refusals of words; 'not found' waits for acquire_timeout."""
@@ -378,6 +390,11 @@ class VlaPolicyNode(ManagedNode):
         return ''
 
     def _on_gripper(self, msg: Float64) -> None:
+        if not math.isfinite(msg.data):
+            # NaN would reach the learned head's state and make its goals NaN.
+            self.reject('gripper_state', f'ignored gripper_state {msg.data}: need a finite '
+                        f'value, 0 open .. 1 closed')
+            return
         self._gripper = float(msg.data)
         self._state_closed = self._gripper >= 0.5
 
@@ -489,7 +506,22 @@ class VlaPolicyNode(ManagedNode):
             return f"no {', '.join(missing)} since the command"
         if self._ee is None:
             return 'no end-effector state on ee_state yet'
+        if self._current_ee() is None:
+            return self._ee_lost()
         return self._perceive_error
+
+    def _current_ee(self):
+        """Return the end-effector position, or None when ee_state never came or went stale."""
+        ee, at = self._ee, self._ee_time
+        if ee is None or self._now() - at > self._p['ee_timeout']:
+            return None
+        return ee
+
+    def _ee_lost(self) -> str:
+        if self._ee_time is None:
+            return 'no end-effector state on ee_state'
+        return (f'no ee_state for {self._now() - self._ee_time:.2f} s '
+                f"(> ee_timeout {self._p['ee_timeout']:g} s)")
 
     def _header(self) -> Header:
         return Header(frame_id=self._p['base_frame'], stamp=self.get_clock().now().to_msg())
@@ -509,10 +541,16 @@ class VlaPolicyNode(ManagedNode):
             return
         with self._fresh_lock:
             fresh, self._fresh = self._fresh, {}
-        if self._ee is None:
+        current = self._current_ee()
+        if current is None and self._ee is not None and not self._ee_doubted:
+            # A slow tick (the learned head on a CPU) can hold an ee_state in the executor's
+            # queue past ee_timeout: hand it the turn once before calling the state lost.
+            self._ee_doubted = True
+            return
+        if current is None:
             # Without the arm's position nothing can move; the policy's clocks still run.
             fresh = {}
-        ee = self._ee if self._ee is not None else np.zeros(3)
+        ee = current if current is not None else np.zeros(3)
         # Without gripper_state, the gripper is as last commanded.
         gripper = self._gripper if self._state_closed is not None or self._closed is None \
             else float(self._closed)
@@ -521,10 +559,10 @@ class VlaPolicyNode(ManagedNode):
                           fresh.get('seen'),
                           fresh.get('undetected', ()), fresh.get('probe'))
         before = policy.status.state
-        action = policy.step(obs) if self._ee is not None or before != 'executing' \
-            else policy.cancel('end-effector state lost')
+        action = policy.step(obs) if current is not None or before != 'executing' \
+            else policy.cancel(f'end-effector state lost: {self._ee_lost()}')
         header = self._header()
-        if action.goal is not None and self._ee is not None:
+        if action.goal is not None and current is not None:
             self._pubs['ee_goal'].publish(goal_msg(action.goal, header))
             self._pubs['ee_twist'].publish(twist_msg(action.velocity, header))
         elif before == 'executing' and action.state != 'executing':
