@@ -1,11 +1,13 @@
-"""Shared test set-up: CPU only, offline hubs, DDS kept on this machine, one OpenGL probe."""
+"""Shared test set-up: CPU only (CUDA on request), offline hubs, local DDS, one OpenGL probe."""
 import os
 import socket
 
 import pytest
 
-# Set before torch/transformers/rclpy import anywhere in the test session.
-os.environ['CUDA_VISIBLE_DEVICES'] = ''
+# Set before torch/transformers/rclpy import anywhere in the test session. CPU only, unless
+# CLIP_ROS_TEST_CUDA=1 (scripts/gpu_check.sh): then the tests marked for CUDA run on the GPU.
+if os.environ.get('CLIP_ROS_TEST_CUDA') != '1':
+    os.environ['CUDA_VISIBLE_DEVICES'] = ''
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
