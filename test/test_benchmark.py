@@ -5,7 +5,7 @@ import pytest
 
 from clip_ros.perception.geometry import Detection
 from clip_ros.perception.grounding import GroundingResult
-from clip_ros.tools.benchmark import agreement, main
+from clip_ros.tools.benchmark import agreement, main, p50_p90, score_tol
 
 
 def test_benchmark_writes_rows(tmp_path, capsys):
@@ -68,3 +68,18 @@ def test_agreement_matches_detections_in_any_order():
     extra = agreement(_result(a), _result(a, b))
     assert not extra['same_detections']
     assert agreement(_result(), _result())['parity']
+
+
+def test_p90_of_few_repeats_is_not_the_slowest_call():
+    # 10 and 20 repeats: the slowest call is the 95th and 97.5th percentile, not the 90th.
+    assert p50_p90([float(v) for v in range(10, 0, -1)]) == pytest.approx((5.5, 9.1))
+    assert p50_p90([float(v) for v in range(1, 21)]) == pytest.approx((10.5, 18.1))
+    assert p50_p90([3.0]) == (3.0, 3.0)
+
+
+def test_half_precision_holds_every_path_to_the_fp16_tolerance():
+    assert score_tol('torch-eager') == score_tol('onnxruntime') == 1e-4
+    assert score_tol('openvino') == score_tol('openvino-mixed') == 0.02
+    # fp16 torch (the CUDA run): eager and padded graphs, or f32 graphs, round differently.
+    for name in ('torch-eager', 'onnxruntime', 'openvino', 'openvino-mixed'):
+        assert score_tol(name, half=True) == 0.02

@@ -1,12 +1,14 @@
 """A short flood: 200 Hz of 320x240 frames for 5 s into the grounding node (tiny models)."""
 import os
+import subprocess
+import sys
 
 os.environ['ROS_DOMAIN_ID'] = '72'  # before rclpy: own domain, no cross-talk with other tests
 
 import pytest  # noqa: E402
 
 from clip_ros.tools.flood import main, run_flood, table_row  # noqa: E402
-from clip_ros.tools.flood_cameras import node_commands  # noqa: E402
+from clip_ros.tools.flood_cameras import node_commands, rss_mb  # noqa: E402
 
 
 def test_flood_tracks_the_model_and_stays_flat():
@@ -25,6 +27,9 @@ def test_flood_tracks_the_model_and_stays_flat():
     # they are is the benchmark's figure: it follows the machine's load, not the code).
     assert result.max_pending <= 1
     assert result.rss_end - result.rss_start < 50.0
+    # The rates are over the window the counters covered, which the last sample overruns.
+    assert result.window >= result.duration
+    assert result.processed_rate == pytest.approx(result.processed / result.window)
 
 
 def test_camera_setups_run_the_same_backend_both_ways():
@@ -62,3 +67,25 @@ def test_batch_cost_refuses_an_empty_batch(capsys):
         main(['flood', '--batch-cost', '0', '4'])
     assert exit_info.value.code == 2
     assert 'must be at least 1, got 0' in capsys.readouterr().err
+
+
+def _vmrss_mb(pid):
+    with open(f'/proc/{pid}/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith('VmRSS:')) / 1024
+
+
+def test_camera_setups_count_shared_pages_once():
+    """N processes mapping the same libraries: their memory together is less than N RSS."""
+    code = 'import sys, numpy; sys.stdout.write("up\\n"); sys.stdout.flush(); sys.stdin.read()'
+    procs = [subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        assert all(p.stdout.readline() == 'up\n' for p in procs)
+        pids = [p.pid for p in procs]
+        together = rss_mb(pids)
+        assert 0 < together < sum(_vmrss_mb(pid) for pid in pids)
+        assert rss_mb(pids + [2 ** 22 + 1]) == pytest.approx(together, rel=0.05)  # gone: 0
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(10)

@@ -54,7 +54,7 @@ class FloodResult:
     node: str
     model: str
     rate: float  # asked
-    duration: float  # s
+    duration: float  # s, asked
     published_rate: float
     received: int
     processed: int
@@ -72,6 +72,7 @@ class FloodResult:
     rss_end: float
     rss_growth_pct: float
     errors: str
+    window: float = float('nan')  # s measured: from the counters' reset to their snapshot
 
 
 class Listener:
@@ -179,33 +180,36 @@ def run_flood(name: str = 'grounding', rate: float = 200.0, duration: float = 5.
 def _measure(name, node, listener, own_rate, rate, duration, model, sample, stop, pub_thread,
              sent) -> FloodResult:
     """Sample the node while the flood runs; return the results."""
-    node.stats.reset()
     rss_start, max_pending = resident_bytes(), 0
-    start = time.time()
-    end = time.monotonic() + duration
+    node.stats.reset()
+    counted, start = time.monotonic(), time.time()
+    end = counted + duration
     while time.monotonic() < end:
         worker = node.worker
         max_pending = max(max_pending, worker.pending if worker is not None else 0)
         time.sleep(sample)
     snapshot = node.stats.snapshot()
+    # The rates' denominator: the window the counts cover, which the last sleep overruns.
+    window, stopped = time.monotonic() - counted, time.time()
     rss_end = resident_bytes()
     stop.set()
     pub_thread.join(5.0)
-    middle = start + duration / 2
+    middle = start + window / 2
     early = [age for t, age in listener.ages if start <= t < middle]
-    late = [age for t, age in listener.ages if t >= middle]
+    late = [age for t, age in listener.ages if middle <= t < stopped]
     lat = percentiles(early)
     return FloodResult(
         node=name, model=model, rate=rate, duration=duration,
         published_rate=sent[0] / sent[1] if sent else float('nan'),
         received=snapshot.received, processed=snapshot.processed, dropped=snapshot.dropped,
-        processed_rate=snapshot.processed / duration, model_rate=own_rate,
-        busy_pct=100.0 * snapshot.busy / duration,
+        processed_rate=snapshot.processed / window, model_rate=own_rate,
+        busy_pct=100.0 * snapshot.busy / window,
         inference_p50=snapshot.inference_ms[0], inference_p99=snapshot.inference_ms[1],
         latency_p50=lat[0] * 1e3, latency_p99=lat[1] * 1e3,
         latency_late_p50=percentiles(late)[0] * 1e3, max_pending=max_pending,
         rss_start=rss_start / 2**20, rss_end=rss_end / 2**20,
-        rss_growth_pct=100.0 * (rss_end - rss_start) / rss_start, errors=snapshot.last_error)
+        rss_growth_pct=100.0 * (rss_end - rss_start) / rss_start, errors=snapshot.last_error,
+        window=window)
 
 
 TABLE = ('| node | model | input Hz (asked/sent) | s | received | processed | dropped | '

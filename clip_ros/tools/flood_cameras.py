@@ -6,7 +6,8 @@ resident memory is measured honestly; this process publishes every camera's fram
 Hz (stamped with the wall time) and receives every camera's detections. After each camera's
 first result (the model is warm), it counts results for `duration` seconds: frames/s per
 camera, latency (frame stamp to detections received) p50/p99 over all cameras, and the peak
-summed resident memory of the node processes.
+resident memory of the node processes together: their summed proportional set size (Pss),
+so pages they share (the libraries of torch, ROS, Python) count once, not once per node.
 """
 from dataclasses import dataclass
 import os
@@ -42,18 +43,33 @@ class CamerasResult:
     total: float
     latency_p50: float
     latency_p99: float
-    rss: float  # peak of the node processes' summed resident memory
+    rss: float  # peak of the node processes' resident memory together (summed Pss)
+
+
+def _proc_kb(path: str, key: str) -> int:
+    """Return the kB value of the line starting with `key` in a /proc file."""
+    with open(path) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
 
 
 def rss_mb(pids: list) -> float:
-    """Return the summed VmRSS of `pids` in MB (0 for a process that is gone)."""
+    """
+    Return the resident memory of the processes `pids` together in MB: their summed Pss.
+
+    A page shared by k processes counts 1/k in each, so N nodes that map the same libraries
+    count those pages once, as the machine holds them (summed VmRSS would count them N
+    times). Without smaps_rollup (Linux before 4.14) a process counts its VmRSS; a process
+    that is gone counts 0.
+    """
     total = 0
     for pid in pids:
         try:
-            with open(f'/proc/{pid}/status') as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith('VmRSS:'))
+            total += _proc_kb(f'/proc/{pid}/smaps_rollup', 'Pss:')
         except (OSError, StopIteration):
-            pass
+            try:
+                total += _proc_kb(f'/proc/{pid}/status', 'VmRSS:')
+            except (OSError, StopIteration):
+                pass
     return total / 1024
 
 
