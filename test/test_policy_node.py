@@ -433,6 +433,20 @@ def test_a_non_finite_gripper_state_is_refused_and_counted(managed):
     assert wait_for(lambda: node._state_closed is True)
 
 
+def test_an_ee_state_of_another_frame_is_refused_without_tf(managed):
+    node = managed.policy_node()
+    assert wait_for(lambda: managed.pubs['ee_state'].get_subscription_count() > 0)
+    ee = arm_state(managed.header())
+    ee.header.frame_id = 'panda_hand'  # not base_frame 'world', and use_tf is off
+    managed.pubs['ee_state'].publish(ee)
+    assert wait_for(lambda: node.rejected >= 1), node.rejected
+    assert node._ee is None
+    ee.header.frame_id = '/world'  # base_frame, spelt with tf1's leading slash
+    managed.pubs['ee_state'].publish(ee)
+    assert wait_for(lambda: node._ee is not None)
+    assert node._ee == pytest.approx((0.0, 0.12, 0.45)) and node.rejected == 1
+
+
 def test_a_set_lifted_for_an_old_command_is_not_the_new_ones_target(ros):
     from clip_ros.policy.command import parse_command
     node = ros.node
@@ -515,7 +529,7 @@ def test_state_and_camera_pose_are_heard_from_any_usual_publisher(managed):
     ee = managed.harness.publisher(PoseStamped, f'{managed.namespace}/ee_state', best_effort)
     pose = managed.harness.publisher(PoseStamped, f'{managed.namespace}/camera_pose')
     assert wait_for(lambda: ee.get_subscription_count() == 1 and pose.get_subscription_count())
-    msg = PoseStamped(header=Header(frame_id='base_link'))
+    msg = PoseStamped(header=Header(frame_id='world'))  # base_frame
     msg.pose.position.x, msg.pose.position.z, msg.pose.orientation.w = 0.1, 0.4, 1.0
     ee.publish(msg)
     assert wait_for(lambda: node._ee is not None and node._ee[2] == pytest.approx(0.4))

@@ -367,6 +367,20 @@ class VlaPolicyNode(ManagedNode):
             self.reject('ee_state', f'ignored ee_state with position {position.tolist()}: '
                         f'need finite coordinates')
             return
+        frame, base = msg.header.frame_id.lstrip('/'), self._p['base_frame'].lstrip('/')
+        if frame and frame != base:
+            # Goals are in base_frame: a pose of another frame taken as one would steer the
+            # arm by the offset between the two.
+            try:
+                if self._tf is None:
+                    raise ValueError('use_tf is off')
+                t = lookup_extrinsic(self._tf, base, frame, msg.header.stamp)
+            except ValueError as e:
+                self.reject('ee_state', f'ignored ee_state in frame {frame!r}: goals are in '
+                            f'base_frame {base!r} ({e}); publish it in {base!r}, or set use_tf '
+                            f'with a transform {base} <- {frame}')
+                return
+            position = t.rotation @ position + t.translation
         self._ee_time, self._ee, self._ee_doubted = self._now(), position, False
 
     def _on_grounding_status(self, msg: String) -> None:
