@@ -348,12 +348,18 @@ def test_non_finite_poses_are_refused_counted_and_never_reach_the_arm(managed):
         assert np.isfinite([position.x, position.y, position.z]).all()
 
 
-def test_a_new_command_stops_the_arm_before_anything_else(managed):
+def executing(managed):
+    """Return a policy node whose arm is moving towards the blue block."""
     node = managed.policy_node()
     assert wait_for(lambda: managed.pubs['command'].get_subscription_count() > 0)
     _, goals = run_command(managed, 'pick up the blue block', frames=8, final=('never',),
                            settle=0.0)
     assert goals > 0 and node._policy.status.state == 'executing'
+    return node
+
+
+def test_a_new_command_stops_the_arm_before_anything_else(managed):
+    executing(managed)
     twists = len(managed.twists.messages)
     managed.pubs['command'].publish(String(data='pick up the red ball'))  # nothing to see
 
@@ -364,11 +370,7 @@ def test_a_new_command_stops_the_arm_before_anything_else(managed):
 
 
 def test_a_replaced_command_ends_with_a_status_of_its_own(managed):
-    node = managed.policy_node()
-    assert wait_for(lambda: managed.pubs['command'].get_subscription_count() > 0)
-    _, goals = run_command(managed, 'pick up the blue block', frames=8, final=('never',),
-                           settle=0.0)
-    assert goals > 0 and node._policy.status.state == 'executing'
+    executing(managed)
     count = len(managed.status.messages)
     managed.pubs['command'].publish(String(data='pick up the red ball'))
 
@@ -383,11 +385,7 @@ def test_a_replaced_command_ends_with_a_status_of_its_own(managed):
 
 
 def test_a_new_command_after_a_limit_change_still_stops_the_arm(managed):
-    node = managed.policy_node()
-    assert wait_for(lambda: managed.pubs['command'].get_subscription_count() > 0)
-    _, goals = run_command(managed, 'pick up the blue block', frames=8, final=('never',),
-                           settle=0.0)
-    assert goals > 0 and node._policy.status.state == 'executing'
+    node = executing(managed)
     # The next command runs a new policy with the new limit; the old one was still moving.
     assert node.set_parameters([Parameter('max_speed', value=0.2)])[0].successful
     twists = len(managed.twists.messages)
