@@ -338,6 +338,11 @@ def test_non_finite_poses_are_refused_counted_and_never_reach_the_arm(managed):
     nowhere.pose.position.z, nowhere.pose.orientation.w = float('inf'), 1.0
     camera_pose.publish(nowhere)
     assert wait_for(lambda: node.rejected >= 3), node.rejected
+    before = node.rejected
+    tilted = PoseStamped(header=managed.header('world'))
+    tilted.pose.orientation.x, tilted.pose.orientation.w = float('inf'), 1.0  # NaN if normalised
+    camera_pose.publish(tilted)
+    assert wait_for(lambda: node.rejected > before), node.rejected
     assert node._ee is None and node._extrinsic is extrinsic
     # The executor survived: the next command moves the arm to finite goals only.
     status, goals = run_command(managed, 'pick up the blue block', frames=8, final=('never',),
@@ -346,6 +351,19 @@ def test_non_finite_poses_are_refused_counted_and_never_reach_the_arm(managed):
     for msg in managed.goals.messages:
         position = msg.pose.position
         assert np.isfinite([position.x, position.y, position.z]).all()
+
+
+def test_an_unreadable_grounding_status_is_refused_and_the_next_one_read(managed):
+    node = managed.policy_node()
+    status = managed.harness.publisher(String, f'{managed.namespace}/grounding_status',
+                                       LATCHED_QOS)
+    assert wait_for(lambda: status.get_subscription_count() > 0)
+    # Nested deeper than the JSON decoder recurses: its error must not end the executor.
+    status.publish(String(data='[' * 100_000))
+    assert wait_for(lambda: node.rejected >= 1), node.rejected
+    refused = {'blue block': 'unknown word: blue'}
+    status.publish(String(data=json.dumps({'rejected': refused})))
+    assert wait_for(lambda: node._refused == refused), node._refused
 
 
 def executing(managed):

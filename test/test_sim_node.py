@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
-from std_msgs.msg import Int32  # noqa: E402
+from std_msgs.msg import Float64, Int32  # noqa: E402
 from vision_msgs.msg import Detection2DArray, Detection3DArray  # noqa: E402
 
 from clip_ros.nodes.conversions import image_to_numpy  # noqa: E402
@@ -117,6 +117,24 @@ def test_a_goal_that_is_not_finite_is_refused(ros):
     assert wait_for(lambda: len(states.messages) >= count + 3)
     position = states.messages[-1].pose.position
     assert np.isfinite([position.x, position.y, position.z]).all()
+
+
+def test_a_gripper_command_that_is_not_finite_is_refused(ros):
+    states = ros.subscribe(Float64, 'gripper_state')
+    grip = ros.publisher(Float64, 'gripper_command')
+    assert wait_for(lambda: grip.get_subscription_count() > 0)
+
+    def reported(value):
+        return wait_for(lambda: states.messages and states.messages[-1].data == value)
+    grip.publish(Float64(data=1.0))
+    assert reported(1.0)
+    grip.publish(Float64(data=float('nan')))  # compares as 'open': it would drop the load
+    assert wait_for(lambda: ros.node.rejected_gripper == 1)
+    count = len(states.messages)
+    assert wait_for(lambda: len(states.messages) >= count + 3)
+    assert states.messages[-1].data == 1.0, 'the gripper stays closed'
+    grip.publish(Float64(data=0.0))  # the next command is followed
+    assert reported(0.0)
 
 
 @pytest.mark.parametrize('repeat', [None, 0.1], ids=['sigint', 'sigint_twice'])

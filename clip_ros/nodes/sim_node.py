@@ -85,6 +85,7 @@ class SimNode(Node):
         self._fingers_closed = False  # the last gripper command the render thread ran
         self._camera_pose = None
         self.rejected_goals = 0  # ee_goal messages refused (not finite)
+        self.rejected_gripper = 0  # gripper_command messages refused (not finite)
         self.create_subscription(PoseStamped, 'ee_goal', self._on_goal, RESULTS_QOS)
         self.create_subscription(Float64, 'gripper_command', self._on_gripper, RESULTS_QOS)
         # Not a daemon: interpreter exit waits for it to free the GL context, as MuJoCo's EGL
@@ -107,6 +108,12 @@ class SimNode(Node):
         self.call_in_sim(lambda sim: sim.move_to(goal))
 
     def _on_gripper(self, msg: Float64) -> None:
+        if not math.isfinite(msg.data):
+            # NaN compares as 'open': a closed gripper would drop what it holds.
+            self.rejected_gripper += 1
+            self.get_logger().warning(f'gripper_command {msg.data} refused: need a finite value, '
+                                      f'0 open .. 1 closed', throttle_duration_sec=5.0)
+            return
         closed = msg.data >= 0.5
         if closed != self._gripper_closed:
             self._gripper_closed = closed

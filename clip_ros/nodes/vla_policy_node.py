@@ -389,7 +389,8 @@ class VlaPolicyNode(ManagedNode):
             rejected = json.loads(msg.data)['rejected']
             self._refused = {str(phrase): str(reason) for phrase, reason in rejected.items()
                              if not frame_only(str(reason))}
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        # RecursionError: json's decoder on deeply nested input, which would end the executor.
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             self.reject('grounding_status', f'ignored an unreadable grounding_status '
                         f'({type(e).__name__}: {e})')
 
@@ -452,7 +453,7 @@ class VlaPolicyNode(ManagedNode):
         try:
             if not np.isfinite(position).all():
                 raise ValueError(f'position {position.tolist()} must be finite')
-            rotation = quat_to_matrix((q.x, q.y, q.z, q.w))  # a zero or NaN one raises
+            rotation = quat_to_matrix((q.x, q.y, q.z, q.w))  # a zero or non-finite one raises
         except ValueError as e:
             self.reject('camera_pose', f'ignored camera_pose: {e}')
             return

@@ -71,6 +71,10 @@ class PolicyConfig:
         if low.shape != (3,) or high.shape != (3,) or not np.all(low < high):
             raise ValueError(f'workspace_min {self.workspace_min} must be below workspace_max '
                              f'{self.workspace_max} on every axis')
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+            # An infinite corner would switch the workspace limit off.
+            raise ValueError(f'workspace_min {self.workspace_min} and workspace_max '
+                             f'{self.workspace_max} must be finite')
 
 
 @dataclass

@@ -52,8 +52,11 @@ class Extrinsic:
 
 
 def quat_to_matrix(quat) -> np.ndarray:
-    """Return the 3x3 rotation of a quaternion (x, y, z, w); raise ValueError when zero."""
+    """Return the 3x3 rotation of a quaternion (x, y, z, w); ValueError when zero or not finite."""
     x, y, z, w = (float(v) for v in quat)
+    if not all(math.isfinite(v) for v in (x, y, z, w)):
+        # An infinite component passes the norm check and normalises to a NaN rotation.
+        raise ValueError(f'quaternion (x, y, z, w) must be finite, got {[x, y, z, w]}')
     norm = math.sqrt(x * x + y * y + z * z + w * w)
     if not norm > 1e-9:
         raise ValueError('quaternion (x, y, z, w) must be non-zero')
