@@ -602,7 +602,8 @@ def start(rig, text: str = PICK) -> int:
 
 
 def send_ee(rig, stamp) -> None:
-    ee = PoseStamped(header=Header(stamp=stamp, frame_id='world'))
+    # In the policy's base_frame, as an arm driver publishes it.
+    ee = PoseStamped(header=Header(stamp=stamp, frame_id=getattr(rig, 'ee_frame', 'world')))
     ee.pose.position.x, ee.pose.position.y, ee.pose.position.z = EE
     ee.pose.orientation.w = 1.0
     rig.pubs['ee_state'].publish(ee)
@@ -677,8 +678,12 @@ def position(msg) -> np.ndarray:
 @effect('policy', 'base_frame')
 def policy_base_frame(rig, name):
     with changed(rig, base_frame='table'):
-        assert lifted(rig).header.frame_id == 'table'
-        assert next_goal(rig).header.frame_id == 'table'
+        rig.ee_frame = 'table'
+        try:
+            assert lifted(rig).header.frame_id == 'table'
+            assert next_goal(rig).header.frame_id == 'table'
+        finally:
+            rig.ee_frame = 'world'
     assert lifted(rig).header.frame_id == 'world'
 
 
@@ -873,6 +878,19 @@ def sim_seed(rig, name):
     rig.pubs['sim/reset'].publish(Int32(data=-1))  # refused: the scene stays
     time.sleep(0.5)
     assert rig.remote.get('seed') == 4 and rig.node.error == ''
+
+
+@pytest.mark.parametrize('name, infinite, finite', [
+    ('workspace_min', [-math.inf, -0.45, 0.0], [-0.6, -0.45, 0.0]),
+    ('workspace_max', [0.55, 0.45, math.inf], [0.55, 0.45, 0.7])])
+def test_an_infinite_workspace_corner_is_refused(policy, name, infinite, finite):
+    # It would pass 'min below max' and switch the workspace limit off.
+    before = policy.remote.get(name)
+    result = policy.remote.put(name, infinite)
+    assert not result.successful and 'finite' in result.reason, result.reason
+    assert list(policy.remote.get(name)) == list(before)
+    with changed(policy, **{name: finite}):
+        pass  # the next valid set is taken (and restored)
 
 
 def test_bad_start_up_values_wait_for_a_set_that_fixes_them(harness):
