@@ -25,7 +25,7 @@ from std_msgs.msg import Float64, Header, String  # noqa: E402
 from vision_msgs.msg import Detection2DArray, Detection3DArray  # noqa: E402
 
 from clip_ros.nodes.common import LATCHED_QOS  # noqa: E402
-from clip_ros.nodes.conversions import numpy_to_image  # noqa: E402
+from clip_ros.nodes.conversions import image_to_numpy, numpy_to_image  # noqa: E402
 from clip_ros.nodes.sim_messages import camera_info_msg  # noqa: E402
 from clip_ros.nodes.vla_policy_node import VlaPolicyNode  # noqa: E402
 from clip_ros.perception.loading import load_clip  # noqa: E402
@@ -461,6 +461,29 @@ def test_an_ee_state_of_another_frame_is_refused_without_tf(managed):
     managed.pubs['ee_state'].publish(ee)
     assert wait_for(lambda: node._ee is not None)
     assert node._ee == pytest.approx((0.0, 0.12, 0.45)) and node.rejected == 1
+
+
+def test_a_colour_mask_is_refused_naming_its_encoding(ros):
+    from clip_ros.policy.command import parse_command
+    node = ros.node
+    header = ros.header('camera_optical_frame')
+    detections, mask = blue_block(header, W, H)
+    labels = image_to_numpy(mask)
+    command = parse_command('pick up the blue block')
+    match = {'detections': detections, 'depth': numpy_to_image(
+                 np.full((H, W), 0.6, np.float32), '32FC1', header),
+             'camera_info': camera_info_msg(K, W, H, header),
+             'mask': numpy_to_image(np.repeat(labels[..., None].astype(np.uint8), 3, -1),
+                                    'rgb8', header)}
+    with node._control_lock:  # no control tick takes the result meanwhile
+        node._command, node._fresh = command, {}
+        node._perceive(match, command)
+        assert 'target' not in node._fresh
+        assert "mask encoding 'rgb8' is not a label image" in node._perceive_error
+        match['mask'] = mask
+        node._perceive(match, command)
+        assert node._fresh['target'] == pytest.approx((0.0, 0.0, 0.1), abs=0.01)
+        node._command = None
 
 
 def test_a_set_lifted_for_an_old_command_is_not_the_new_ones_target(ros):

@@ -481,6 +481,9 @@ class VlaPolicyNode(ManagedNode):
         K = check_intrinsics(info.k)
         depth = depth_metres(depth_msg, self._p['depth_scale'])
         labels = image_to_numpy(match['mask'])
+        if labels.ndim != 2:
+            raise ValueError(f"mask encoding {match['mask'].encoding!r} is not a label image: "
+                             f'publish mono16 (detection index + 1, 0 background)')
         check_camera_size(info.width, info.height, depth)
         return K, depth, labels, self._lookup_extrinsic(depth_msg.header)
 
