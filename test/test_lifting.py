@@ -83,6 +83,18 @@ def test_size_mismatch_and_missing_intrinsics():
         lift_mask(np.ones(SHAPE, np.float32), np.zeros(SHAPE, bool), K)
 
 
+def test_a_principal_point_far_outside_the_image_is_refused():
+    far = np.array(K, np.float64).reshape(3, 3).copy()
+    far[0, 2] = 1e308  # lifted points would be infinite
+    with pytest.raises(ValueError, match='principal point .* far outside the 40x30 image'):
+        check_intrinsics(far, (40, 30))
+    with pytest.raises(ValueError, match='far outside'):
+        lift_mask(np.ones(SHAPE, np.float32), square_mask(), far)
+    off = far.copy()
+    off[0, 2] = -10.0  # a little outside (a cropped sensor): still a camera
+    assert check_intrinsics(off, (40, 30))[0, 2] == -10.0
+
+
 def test_sim_objects_lift_near_their_centres(gl_context):
     from clip_ros.sim.simulator import Simulator
 

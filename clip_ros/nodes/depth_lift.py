@@ -124,8 +124,9 @@ class DepthLift:
                              f'{result.label_image.shape[1]}x{result.label_image.shape[0]}')
         check_camera_size(info.width, info.height, depth)  # else every point is misplaced
         extrinsic, out_header = self._frame(depth_msg.header)
-        lifted, reasons = lift_instances(result.label_image, len(result.detections), depth,
-                                         check_intrinsics(info.k), extrinsic,
+        K = check_intrinsics(info.k, (info.width, info.height))
+        lifted, reasons = lift_instances(result.label_image, len(result.detections), depth, K,
+                                         extrinsic,
                                          (self.values['min_depth'], self.values['max_depth']))
         for d in result.detections:
             if d.index in reasons:  # published in 2D only: say why not in 3D

@@ -478,7 +478,7 @@ class VlaPolicyNode(ManagedNode):
     def _read_inputs(self, match: dict) -> tuple:
         info, depth_msg = match['camera_info'], match['depth']
         self._check_frames(info.header.frame_id, depth_msg.header.frame_id)
-        K = check_intrinsics(info.k)
+        K = check_intrinsics(info.k, (info.width, info.height))
         depth = depth_metres(depth_msg, self._p['depth_scale'])
         labels = image_to_numpy(match['mask'])
         if labels.ndim != 2:

@@ -92,8 +92,13 @@ def check_camera_size(width: int, height: int, depth: np.ndarray) -> None:
                          f'camera_info {width}x{height}')
 
 
-def check_intrinsics(K) -> np.ndarray:
-    """Return K as float64 [3, 3]; raise ValueError when it is missing or not a pinhole."""
+def check_intrinsics(K, size=None) -> np.ndarray:
+    """
+    Return K as float64 [3, 3]; raise ValueError when it is missing or not a pinhole.
+
+    With the image's `size` (width, height), the principal point must also lie within one
+    image size of the image: further out (cx = 1e308) every lifted point is far off or infinite.
+    """
     if K is None:
         raise ValueError('no camera_info yet: intrinsics unknown')
     K = np.asarray(K, dtype=np.float64).reshape(-1)
@@ -103,6 +108,11 @@ def check_intrinsics(K) -> np.ndarray:
     if not (np.all(np.isfinite(K)) and K[0, 0] > 0 and K[1, 1] > 0):
         raise ValueError(f'invalid intrinsics: fx={K[0, 0]}, fy={K[1, 1]} (all-zero '
                          'camera_info means an uncalibrated camera)')
+    if size is not None:
+        width, height = size
+        if not (-width <= K[0, 2] <= 2 * width and -height <= K[1, 2] <= 2 * height):
+            raise ValueError(f'invalid intrinsics: principal point ({K[0, 2]:g}, {K[1, 2]:g}) '
+                             f'is far outside the {width}x{height} image')
     return K
 
 
@@ -209,8 +219,8 @@ def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = Non
         Missing/invalid intrinsics, size mismatch, empty mask, or no/too little valid depth.
 
     """
-    K = check_intrinsics(K)
     depth, mask = np.asarray(depth, np.float32), np.asarray(mask, bool)
+    K = check_intrinsics(K, (depth.shape[1], depth.shape[0]) if depth.ndim == 2 else None)
     valid = _valid_depth(depth, mask, depth_range)
     rows, cols = np.nonzero(valid)
     if rows.size < min_valid:

@@ -294,7 +294,7 @@ class BagGrounder:
             check_camera_size(self.camera_info.width, self.camera_info.height, depth)
             lifted, reasons = lift_instances(
                 result.label_image, len(result.detections), depth,
-                check_intrinsics(self.camera_info.k), None,
+                check_intrinsics(self.camera_info.k, depth.shape[::-1]), None,
                 (self.args.min_depth, self.args.max_depth))
         except ValueError as e:
             summary.not_lifted += len(result.detections)
