@@ -119,6 +119,21 @@ def test_a_goal_that_is_not_finite_is_refused(ros):
     assert np.isfinite([position.x, position.y, position.z]).all()
 
 
+def test_a_goal_out_of_reach_stops_at_the_arms_limits(ros):
+    states = ros.subscribe(PoseStamped, 'ee_state')
+    goal = ros.publisher(PoseStamped, 'ee_goal')
+    assert wait_for(lambda: goal.get_subscription_count() > 0)
+    msg = PoseStamped()
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = 0.05, 1e200, -0.5
+    goal.publish(msg)  # beyond the scene and through the table
+    assert wait_for(lambda: ros.node.clamped_goals == 1)
+
+    def there():
+        p = states.messages[-1].pose.position if states.messages else None
+        return p is not None and np.allclose([p.x, p.y, p.z], [0.05, 0.6, 0.0], atol=1e-6)
+    assert wait_for(there, 20), states.messages[-1].pose.position
+
+
 def test_a_gripper_command_that_is_not_finite_is_refused(ros):
     states = ros.subscribe(Float64, 'gripper_state')
     grip = ros.publisher(Float64, 'gripper_command')

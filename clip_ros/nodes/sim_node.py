@@ -26,6 +26,9 @@ from clip_ros.policy.lifting import matrix_to_quat
 CAMERA_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
 RCLError = _rclpy.RCLError
 MAX_SEED = 2**31 - 1  # sim/reset carries an Int32; scene seeds are non-negative
+# What the simulated arm reaches (world frame, m): the table top and above it, a little wider
+# than the policy's default workspace. Goals outside are clamped, as an arm stops at its limits.
+REACH_MIN, REACH_MAX = (-0.8, -0.6, 0.0), (0.8, 0.6, 1.0)
 
 
 class SimNode(Node):
@@ -86,6 +89,7 @@ class SimNode(Node):
         self._camera_pose = None
         self.rejected_goals = 0  # ee_goal messages refused (not finite)
         self.rejected_gripper = 0  # gripper_command messages refused (not finite)
+        self.clamped_goals = 0  # ee_goal messages outside the arm's reach, clamped to it
         self.create_subscription(PoseStamped, 'ee_goal', self._on_goal, RESULTS_QOS)
         self.create_subscription(Float64, 'gripper_command', self._on_gripper, RESULTS_QOS)
         # Not a daemon: interpreter exit waits for it to free the GL context, as MuJoCo's EGL
@@ -105,7 +109,14 @@ class SimNode(Node):
             self.get_logger().warning(f'ee_goal {goal} refused: coordinates must be finite',
                                       throttle_duration_sec=5.0)
             return
-        self.call_in_sim(lambda sim: sim.move_to(goal))
+        reached = tuple(min(max(v, low), high) for v, low, high in zip(goal, REACH_MIN, REACH_MAX))
+        if reached != goal:
+            # Through the table or out of the scene otherwise: the arm stops at its limits.
+            self.clamped_goals += 1
+            self.get_logger().warning(
+                f"ee_goal {goal} is outside the arm's reach {REACH_MIN}..{REACH_MAX}: moving to "
+                f'{reached}', throttle_duration_sec=5.0)
+        self.call_in_sim(lambda sim: sim.move_to(reached))
 
     def _on_gripper(self, msg: Float64) -> None:
         if not math.isfinite(msg.data):
