@@ -1,5 +1,6 @@
 """clip_classifier_node over real DDS with the tiny random CLIP (no weights needed)."""
 import os
+import threading
 
 os.environ['ROS_DOMAIN_ID'] = '62'  # before rclpy: own domain, no cross-talk with other tests
 
@@ -9,7 +10,8 @@ from sensor_msgs.msg import Image  # noqa: E402
 from vision_msgs.msg import Classification  # noqa: E402
 
 from clip_ros.nodes.clip_classifier_node import ClipClassifierNode  # noqa: E402
-from node_harness import Harness, request, rgb_image, wait_for  # noqa: E402, I100
+from node_harness import (  # noqa: E402, I100
+    Harness, request, rgb_image, TIMEOUT, wait_for)
 
 DOMAIN = 62
 TINY = [Parameter('clip_arch', value='tiny'), Parameter('clip_pretrained', value='random'),
@@ -96,3 +98,42 @@ def test_no_classes_skips_frames(ros):
     assert node.worker.processed > 0
     # A classification would arrive within this second; none may.
     assert not wait_for(lambda: results.messages, timeout=1.0), results.messages
+
+
+class GatedImages:
+    """Hold one frame in the model's image encoder until `release` is set (restored on exit)."""
+
+    def __init__(self, clip):
+        self.clip, self.encode = clip, clip.encode_images
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __enter__(self):
+        self.clip.encode_images = self
+        return self
+
+    def __exit__(self, *exc):
+        self.release.set()
+        del self.clip.encode_images
+
+    def __call__(self, pixels):
+        self.entered.set()
+        assert self.release.wait(TIMEOUT)
+        return self.encode(pixels)
+
+
+def test_frame_in_flight_keeps_the_settings_it_started_with(ros):
+    node, stale = ros.node, rgb_image(ros.header())
+    with GatedImages(node._clip) as gate:
+        # Resent until it arrives (best effort); copies of it wait in the newest-frame slot.
+        assert wait_for(lambda: ros.image_pub.publish(stale) or gate.entered.wait(0.5)), \
+            'the frame never reached the model'
+        assert node.set_parameters_atomically([
+            Parameter('classes', value=['a', 'b', 'c', 'd']), Parameter('top_k', value=1)]
+        ).successful
+    first = wait_for(lambda: [m for m in ros.results.messages if m.header == stale.header])
+    # Scored with the old classes, so cut with the old top_k (0: every class), not the new.
+    assert first and sorted(r.class_id for r in first[0].results) == sorted(CLASSES)
+    result = classify(ros)
+    assert len(result.results) == 1 and result.results[0].class_id in ('a', 'b', 'c', 'd')
+    assert node.set_parameters_atomically([Parameter('classes', value=CLASSES),
+                                           Parameter('top_k', value=0)]).successful

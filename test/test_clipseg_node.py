@@ -1,5 +1,6 @@
 """clipseg_node over real DDS with the tiny random CLIPSeg (no weights needed)."""
 import os
+import threading
 
 os.environ['ROS_DOMAIN_ID'] = '63'  # before rclpy: own domain, no cross-talk with other tests
 
@@ -12,7 +13,7 @@ from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 from clip_ros.nodes.clipseg_node import ClipSegNode  # noqa: E402
 from clip_ros.nodes.conversions import image_to_numpy  # noqa: E402
 from node_harness import (  # noqa: E402, I100
-    Harness, LATCHED, request, rgb_image, wait_for)
+    Harness, LATCHED, request, rgb_image, TIMEOUT, wait_for)
 
 DOMAIN = 63
 TINY = [Parameter('clipseg_model', value='tiny'), Parameter('device', value='cpu')]
@@ -90,3 +91,42 @@ def test_bad_image_then_good_frame(ros, bad):
     ros.image_pub.publish(bad)
     assert wait_for(lambda: ros.node.rejected > before)
     segment(ros)
+
+
+class GatedRunner:
+    """The node's runner, holding one frame inside inference until `release` is set."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def probabilities(self, rgb, classes):
+        self.entered.set()
+        assert self.release.wait(TIMEOUT)
+        return self.runner.probabilities(rgb, classes)
+
+
+def test_frame_in_flight_when_classes_change_is_not_published_with_the_old_ids(ros):
+    node, gate = ros.node, GatedRunner(ros.node._runner)
+    node._runner = gate
+    try:
+        stale = rgb_image(ros.header())
+        # Resent until it arrives (best effort); copies of it wait in the newest-frame slot.
+        assert wait_for(lambda: ros.image_pub.publish(stale) or gate.entered.wait(0.5)), \
+            'the frame never reached the model'
+        # label_info now says 1 = floor; a mask of the old classes would call cups floor.
+        assert node.set_parameters([Parameter('classes', value=['floor'])])[0].successful
+    finally:
+        gate.release.set()
+        node._runner = gate.runner
+    _, mask, detections = segment(ros)
+    assert image_to_numpy(mask).max() <= 1
+    assert {d.results[0].hypothesis.class_id for d in detections.detections} <= {'floor'}
+    # The frame segmented with the old classes is dropped; its copies use the new ones.
+    for late in ros.detections.messages:
+        if late.header == stale.header:
+            assert {d.results[0].hypothesis.class_id for d in late.detections} <= {'floor'}
+    for late in ros.masks.messages:
+        if late.header == stale.header:
+            assert image_to_numpy(late).max() <= 1, 'old class ids after label_info changed'
+    assert node.set_parameters([Parameter('classes', value=CLASSES)])[0].successful

@@ -51,8 +51,8 @@ class ClipClassifierNode(ManagedNode):
                 "score classes that are all '<colour> <shape>' of a model with a shape head (the "
                 "bundled tabletop) as CLIP's colour times the head's shape; false: CLIP alone")),
         ))
-        self._clip = self._light = None
-        self._classifier = None
+        self._clip = self._classifier = None
+        self._frame_settings = (None, None, 0)  # (classifier, light correction, top_k)
         self._classes: list = []
         self.watch_parameters(check_lists, self._apply_parameters)
         self.start()
@@ -81,40 +81,39 @@ class ClipClassifierNode(ManagedNode):
     def release_model(self) -> None:
         """Drop the model and the classifier."""
         self._classifier = self._clip = None
+        self._frame_settings = (None, None, 0)
 
     def _apply_parameters(self, names: set) -> None:
         # Checked by check_lists before the set landed; frames read these when they start.
         values = parameter_values(self)
         self._max_image_size = int(values['max_image_size'])
-        self._top_k = int(values['top_k'])
-        self._light = correction_for(self._clip, values['light_correction'])
+        light = correction_for(self._clip, values['light_correction'])
         classes, templates = check_lists(values)
+        classifier = None
         if self._clip is not None and classes:
-            # Build a new classifier and swap it in one assignment, so a frame never sees
-            # new text embeddings with the old class names.
             classifier = ZeroShotClassifier(self._clip, classes, templates, values['compose'])
             if classifier.composed != getattr(self._classifier, 'composed', None):
                 self.get_logger().info('classes scored as colour x shape' if classifier.composed
                                        else 'classes scored by CLIP alone')
-            self._classifier = classifier
-        else:
-            self._classifier = None
-        self._classes = classes
+        self._classifier, self._classes = classifier, classes
+        # Swapped in one assignment, so a frame never scores with one set's classifier and
+        # publishes with another set's top_k or light correction.
+        self._frame_settings = (classifier, light, int(values['top_k']))
 
     def process(self, msg: Image) -> None:
         """Score the classes on one frame and publish them."""
-        classifier = self._classifier
+        classifier, light, top_k = self._frame_settings
         if self._clip is None:
             return
         if classifier is None:
             self._warn('no_classes', 'no classes to score: set the `classes` parameter')
             return
-        rgb, light = self.decode_frame(msg), self._light
+        rgb = self.decode_frame(msg)
         if rgb is None:
             return
         probabilities = classifier(light(rgb) if light is not None else rgb)
         self._pub.publish(
-            classification_msg(classifier.classes, probabilities, msg.header, self._top_k))
+            classification_msg(classifier.classes, probabilities, msg.header, top_k))
 
 
 def main(args=None) -> None:

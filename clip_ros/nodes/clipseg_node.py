@@ -1,5 +1,6 @@
 """Semantic segmentation of camera frames into named classes with CLIPSeg."""
 from dataclasses import replace
+import threading
 
 import numpy as np
 from sensor_msgs.msg import Image
@@ -47,6 +48,8 @@ class ClipSegNode(ManagedNode):
         self._classes: list = []
         self._label_sent = False
         self._background = None
+        # Orders label_info against the masks: none read against a map it was not made with.
+        self._labels_lock = threading.Lock()
         self.watch_parameters(check_classes, self._apply_parameters)
         self.start()
 
@@ -86,35 +89,47 @@ class ClipSegNode(ManagedNode):
         # Checked by check_classes before the set landed; frames read these when they start.
         values = parameter_values(self)
         self._max_image_size = int(values['max_image_size'])
-        self._light = correction_for(self._clipseg, values['light_correction'])
+        light = correction_for(self._clipseg, values['light_correction'])
         background = float(values['background_threshold'])
         classes = check_classes(values)
         # label_info carries the classes and the threshold: republished when either changes.
-        if classes != self._classes or background != self._background or not self._label_sent:
-            self._classes, self._background = classes, background
-            self._label_sent = self._label_pub is not None and self.active
-            if self._label_sent:
-                self._label_pub.publish(label_info_msg(classes, self._background))
+        with self._labels_lock:
+            self._light = light
+            if (classes != self._classes or background != self._background
+                    or not self._label_sent):
+                self._classes, self._background = classes, background
+                self._label_sent = self._label_pub is not None and self.active
+                if self._label_sent:
+                    self._label_pub.publish(label_info_msg(classes, self._background))
 
     def process(self, msg: Image) -> None:
         """Segment one frame into the classes and publish the label image and regions."""
-        runner, classes = self._runner, self._classes
+        with self._labels_lock:
+            runner, classes, background = self._runner, self._classes, self._background
+            light = self._light
         if runner is None:
             return
         if not classes:
             self._warn('no_classes', 'no classes to segment: set the `classes` parameter')
             return
-        rgb, light = self.decode_frame(msg), self._light
+        rgb = self.decode_frame(msg)
         if rgb is None:
             return
         if light is not None:
             rgb = light(rgb)
         with torch.inference_mode():
             heatmaps = runner.probabilities(rgb, classes)  # [C, H, W]
-        label_image = semantic_segmentation(heatmaps, self._background)
+        label_image = semantic_segmentation(heatmaps, background)
         regions = semantic_regions(label_image, heatmaps, classes)
-        self._mask_pub.publish(numpy_to_image(label_image, 'mono16', msg.header))
-        self._det_pub.publish(detections_msg(regions, msg.header))
+        with self._labels_lock:
+            if (classes, background) != (self._classes, self._background):
+                # label_info changed meanwhile: its ids would misname these pixels.
+                self.get_logger().info('a frame segmented before classes or '
+                                       'background_threshold changed is not published',
+                                       throttle_duration_sec=5.0)
+                return
+            self._mask_pub.publish(numpy_to_image(label_image, 'mono16', msg.header))
+            self._det_pub.publish(detections_msg(regions, msg.header))
 
 
 def main(args=None) -> None:
