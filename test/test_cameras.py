@@ -152,6 +152,37 @@ def test_a_refused_frame_is_charged_to_its_own_camera(ros):
     assert request(ros.images['cam_a'], msg, ros.detections['cam_a']) is not None
 
 
+class FailingCameras(GroundingNode):
+    """A grounding node whose model raises on every batch, as one out of GPU memory does."""
+
+    def _ground(self, items: list) -> None:
+        raise RuntimeError('CUDA out of memory')
+
+
+def test_a_failed_batch_is_charged_to_each_camera_it_held(ros):
+    cameras = ['fail_a', 'fail_b']
+    overrides = [p for p in OVERRIDES if p.name != 'cameras']
+    node = ros.add(FailingCameras(context=ros.context, parameter_overrides=overrides + [
+        Parameter('cameras', value=cameras)]))
+    assert node.not_ready == ''
+    pubs = {c: ros.publisher(Image, f'{c}/image') for c in cameras}
+    assert wait_for(lambda: all(p.get_subscription_count() for p in pubs.values()))
+    for camera in cameras:
+        pubs[camera].publish(rgb_image(ros.header(frame_id=camera), 96, 64))
+
+    def failures() -> dict:
+        return {c: int({v.key: v.value for v in s.values}['inference_failures'])
+                for c, s in camera_statuses(node).items()}
+
+    assert wait_for(lambda: all(failures().values()), 10.0), failures()
+    for camera, status in camera_statuses(node).items():
+        assert status.level == bytes([WARN]), status.message
+        assert 'inference runs failed recently' in status.message
+        values = {v.key: v.value for v in status.values}
+        assert values['last_error'] == 'inference failed: RuntimeError: CUDA out of memory'
+    assert node.stats.snapshot().failed >= 1  # the node's own entry counts it too
+
+
 @pytest.mark.parametrize('cameras, reason', [
     (['cam_a', 'cam_b', 'cam_a/'], 'given twice'), ([], 'empty list'),
     # `-p cameras:=front`: one string, not one camera per letter.

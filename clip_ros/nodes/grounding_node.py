@@ -384,6 +384,11 @@ class GroundingNode(ManagedNode):
         start = time.monotonic()
         try:
             self._ground([(camera, msg) for camera, (_, msg) in batch])
+        except Exception as e:  # noqa: B902 - charged to each camera, then the node's handler
+            if self.context.ok():
+                for camera, _ in batch:
+                    camera.stats.on_failed(f'inference failed: {type(e).__name__}: {e}')
+            raise
         finally:
             end = time.monotonic()
             for camera, (received, _) in batch:
