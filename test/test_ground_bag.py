@@ -396,6 +396,25 @@ def test_wrong_topics_exit_2_naming_the_bag_topics(small_bag, tmp_path, capsys):
     assert not (tmp_path / 'never.mcap').exists()
 
 
+def test_a_depth_topic_given_as_the_image_topic_exits_2(tmp_path, capsys):
+    path = tmp_path / 'depth.mcap'
+    depth = np.full((24, 32), 800, np.uint16)
+    with bags.BagWriter(path) as bag:
+        bag.add_topic('/depth', 'sensor_msgs/msg/Image')
+        bag.add_topic('/depth/compressedDepth', 'sensor_msgs/msg/CompressedImage')
+        head = bag_messages.header_at(10)
+        bag.write('/depth', bag_messages.image_msg(depth, '16UC1', head), 10)
+        bag.write('/depth/compressedDepth',
+                  bag_messages.compressed_depth_msg(depth, '16UC1', head), 10)
+    out = ['-o', str(tmp_path / 'never.mcap'), '--phrases', 'cup']
+    err = run_bad(capsys, str(path), *out, '--image-topic', '/depth')
+    assert "image topic /depth carries '16UC1' images, not colour (rgb8, bgr8" in err
+    assert 'give depth as --depth-topic' in err and '/depth (sensor_msgs/msg/Image' in err
+    err = run_bad(capsys, str(path), *out, '--image-topic', '/depth/compressedDepth')
+    assert "image topic /depth/compressedDepth carries depth ('16UC1; compressedDepth" in err
+    assert not (tmp_path / 'never.mcap').exists()
+
+
 def test_bad_arguments_exit_2(small_bag, capsys):
     path = small_bag
     for args in ([str(path)], [str(path), '--phrases', 'cup', '--depth-topic', '/d'],

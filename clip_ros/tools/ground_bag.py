@@ -31,9 +31,11 @@ from clip_ros.nodes.overlay import draw_overlay
 from clip_ros.perception.grounding import (
     clean_phrases, DEFAULT_DISTRACTORS, frame_only, GroundingPipeline)
 from clip_ros.perception.loading import load_or_tabletop, ModelLoadError
+from clip_ros.perception.pixels import TO_RGB
 from clip_ros.perception.tracking import Tracker
 from clip_ros.policy.command import MAX_PHRASES, parse_command, quote
-from clip_ros.policy.lifting import check_camera_size, check_intrinsics, depth_to_metres
+from clip_ros.policy.lifting import (
+    check_camera_size, check_intrinsics, DEPTH_ENCODINGS, depth_to_metres)
 from clip_ros.policy.perceive import lift_instances
 from clip_ros.policy.sync import StampBuffer
 from clip_ros.tools import bag_messages as msgs
@@ -316,6 +318,16 @@ class BagGrounder:
 def check_inputs(reader: BagReader, args) -> str:
     """Check the topics and types against the bag; return the image type, else BagError."""
     image_type = reader.require(args.image_topic, IMAGE_TYPES, 'image')
+    first = getattr(next(iter(reader.messages([args.image_topic])), None), 'decoded', None)
+    # A depth topic given as the image topic: say so now, not one refused frame after another.
+    if first is not None and image_type.endswith('CompressedImage') and \
+            'compresseddepth' in first.format.lower():
+        raise BagError(f'image topic {args.image_topic} carries depth ({first.format!r}), not '
+                       f'colour: give it as --depth-topic; {reader.describe()}')
+    if first is not None and image_type.endswith('/Image') and first.encoding not in TO_RGB:
+        hint = ': give depth as --depth-topic' if first.encoding in DEPTH_ENCODINGS else ''
+        raise BagError(f'image topic {args.image_topic} carries {first.encoding!r} images, '
+                       f'not colour ({", ".join(TO_RGB)}){hint}; {reader.describe()}')
     if args.command_topic:
         reader.require(args.command_topic, (STRING_TYPE,), 'command')
     if args.depth_topic:
