@@ -187,14 +187,16 @@ def test_phrases_with_the_same_model_words_are_grounded_once():
     assert twice.detections and twice.rejected == {}
 
 
-def test_an_open_model_asks_a_phrase_once_whatever_its_case_and_refuses_empty_ones():
+def test_an_open_model_asks_a_phrase_once_whatever_its_case_and_refuses_empty_ones_or_long():
     pipeline = GroundingPipeline(load_clip('tiny', '', device='cpu'),
                                  load_clipseg('tiny', device='cpu'), min_area=4)
     rgb, _ = blue_blocks(1, 2)
-    result = pipeline(rgb, ['blue block', 'Blue  Block', '  '], 0.0)
+    rambling = 'blue block ' + ' '.join(['and then some more'] * 20)  # one sentence, no stop
+    result = pipeline(rgb, ['blue block', 'Blue  Block', '  ', rambling], 0.0)
     assert {d.phrase for d in result.detections} <= {'blue block'}
     assert result.rejected == {'Blue  Block': "same words as 'blue block': 'Blue  Block'",
-                               '  ': 'empty phrase'}
+                               '  ': 'empty phrase',
+                               rambling: 'phrase too long: 82 tokens, the text encoder reads 75'}
 
 
 @pytest.mark.parametrize('phrases', [b'blue block', None, 5, np.array('blue block')])

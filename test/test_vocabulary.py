@@ -74,6 +74,11 @@ def test_open_model_keeps_the_users_words():
         assert lexicon.canonical(phrase) == (phrase, None)
     for phrase in ('', '   ', '?!'):  # nothing to ground
         assert lexicon.canonical(phrase) == (phrase, 'empty phrase')
+    # Longer than the text towers read (75 ids between start and end): refused, not cut.
+    assert lexicon.canonical(' '.join(['red'] * 75)) == (' '.join(['red'] * 75), None)
+    long = ' '.join(['red'] * 76)
+    assert lexicon.canonical(long) == (long, 'phrase too long: 76 tokens, the text encoder '
+                                       'reads 75')
 
 
 def test_a_repeated_word_counts_once(lexicon):

@@ -129,6 +129,11 @@ def token_ids(texts, context_length: int = CONTEXT_LENGTH) -> np.ndarray:
     return result
 
 
+def token_count(text: str) -> int:
+    """Return how many BPE tokens `text` takes, without the start and end ids."""
+    return len(_tokenizer().encode(text))
+
+
 def tokenize(texts, context_length: int = CONTEXT_LENGTH):
     """Return token_ids as a torch LongTensor [N, context_length] (for the torch towers)."""
     import torch

@@ -19,11 +19,14 @@ the mapped words are exactly one vocabulary name in another order ('block red') 
 is returned ('red block').
 
 A model with an empty vocabulary (pretrained open CLIP/CLIPSeg) is open: the phrase comes back
-unchanged and there is never an unknown word (a phrase without any word is 'empty phrase').
+unchanged and there is never an unknown word (a phrase without any word is 'empty phrase', one
+longer than the text encoder reads 'phrase too long').
 """
 import itertools
 import re
 import unicodedata
+
+from clip_ros.perception.tokenizer import CONTEXT_LENGTH, token_count
 
 # Words that carry no object identity; kept short on purpose (a size or place word is not a
 # filler: it would silently drop a constraint the user gave).
@@ -101,11 +104,19 @@ class Lexicon:
         Returns
         -------
         (text, None) with the mapped phrase, or (phrase, reason) with reason
-        'unknown word: <word>', 'two objects: <a>, <b>' or 'empty phrase'.
+        'unknown word: <word>', 'two objects: <a>, <b>', 'empty phrase' or (open models)
+        'phrase too long: ...'.
 
         """
         if self.is_open:
-            return (phrase, None) if words_of(phrase) else (phrase, 'empty phrase')
+            if not words_of(phrase):
+                return phrase, 'empty phrase'
+            # The text towers read CONTEXT_LENGTH ids: the rest would be cut without a word.
+            tokens = token_count(phrase)
+            if tokens > CONTEXT_LENGTH - 2:
+                return phrase, (f'phrase too long: {tokens} tokens, the text encoder reads '
+                                f'{CONTEXT_LENGTH - 2}')
+            return phrase, None
         objects, current = [], []
         for word in self._map(words_of(phrase)) + [',']:
             if word in SEPARATORS:
