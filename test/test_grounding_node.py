@@ -1,6 +1,7 @@
 """grounding_node over real DDS with the tiny random models (no weights needed)."""
 import array
 import os
+import threading
 import time
 
 os.environ['ROS_DOMAIN_ID'] = '61'  # before rclpy: own domain, no cross-talk with other tests
@@ -246,6 +247,47 @@ def test_heatmap_and_debug_only_when_subscribed(ros):
         ros.node._pipeline = spy.pipeline
         ros.probe.destroy_subscription(heatmaps.subscription)
         ros.probe.destroy_subscription(debug.subscription)
+
+
+class GatedPipeline:
+    """The node's pipeline, holding one frame inside grounding until `release` is set."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.pipeline, name)  # canonical, lexicon: the node reads them too
+
+    def __call__(self, *args, **kwargs):
+        self.entered.set()
+        assert self.release.wait(TIMEOUT)
+        return self.pipeline(*args, **kwargs)
+
+
+def test_frame_in_flight_when_phrases_change_is_not_published_with_the_old_ids(ros):
+    node, gate = ros.node, GatedPipeline(ros.node._pipeline)
+    labels = ros.subscribe(LabelInfo, 'label_info', LATCHED)
+    node._pipeline = gate
+    try:
+        stale = frame(ros)
+        assert wait_for(lambda: ros.image_pub.publish(stale) or gate.entered.wait(0.5)), \
+            'the frame never reached the model'
+        # label_info now says 1 = green bowl; a mask of 'red block' would call it green bowl.
+        ros.command_pub.publish(String(data='find the green bowl'))
+        assert wait_for(lambda: labels.find(
+            lambda m: [c.class_name for c in m.class_map] == ['green bowl']))
+    finally:
+        gate.release.set()
+        node._pipeline = gate.pipeline
+    result = assert_answered(ros)
+    assert {d.results[0].hypothesis.class_id for d in result.detections} == {'green bowl'}
+    # The frame grounded with 'red block' is dropped; its copies are grounded with the new ones.
+    for late in ros.detections.messages:
+        if late.header == stale.header:
+            assert {d.results[0].hypothesis.class_id for d in late.detections} == {'green bowl'}
+    ros.command_pub.publish(String(data='find the red block'))
+    assert wait_for(lambda: ros.node.phrases == ['red block'])
 
 
 def test_no_phrases_skips_frames(ros):

@@ -1,5 +1,6 @@
 """Ground language phrases in camera images: detections, instance mask, heatmap, overlay."""
 import os
+import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
@@ -71,6 +72,10 @@ class GroundingNode(ManagedNode):
         self._phrases: list = []
         self._label_sent = False
         self._default_threshold = 0.4
+        # (phrases, default threshold) that label_info carries; a frame publishes only if they
+        # are still the ones it was grounded with, else its mask ids would misname its pixels.
+        self._labels_lock = threading.Lock()
+        self._labels = ((), 0.4)
         self._clip = self._clipseg = self._pipeline = None
         self._triton = None  # TritonServer while configured with backend 'triton'
         self._threads = 0  # CPU threads chosen at configure (0: the library default)
@@ -304,12 +309,14 @@ class GroundingNode(ManagedNode):
         """Make `phrases` active and republish the label map when they change."""
         if phrases == self._phrases and self._label_sent:
             return
-        self._phrases = phrases
-        if self._label_pub is None or not self.active:
-            self._label_sent = False  # sent on activation
-            return
-        self._label_sent = True
-        self._label_pub.publish(label_info_msg(phrases, self._default_threshold))
+        with self._labels_lock:
+            self._phrases = phrases
+            self._labels = (tuple(phrases), self._default_threshold)
+            if self._label_pub is None or not self.active:
+                self._label_sent = False  # sent on activation
+                return
+            self._label_sent = True
+            self._label_pub.publish(label_info_msg(phrases, self._default_threshold))
         self._start_report(phrases)
 
     def _start_report(self, phrases: list) -> None:
@@ -399,7 +406,9 @@ class GroundingNode(ManagedNode):
 
     def _ground(self, items: list) -> None:
         """Ground the active phrases in each (camera, frame) and publish per camera."""
-        pipeline, phrases = self._pipeline, self._phrases
+        with self._labels_lock:
+            pipeline, labels = self._pipeline, self._labels
+        phrases = list(labels[0])
         if pipeline is None:
             return
         if not phrases:
@@ -416,8 +425,13 @@ class GroundingNode(ManagedNode):
         else:
             results = pipeline.batch([(rgb, phrases, thresholds) for _, _, rgb in frames],
                                      with_heatmaps=heat)
-        for (camera, msg, rgb), result in zip(frames, results):
-            self._publish(camera, msg.header, rgb, result)
+        with self._labels_lock:
+            if labels != self._labels:
+                self.get_logger().info('a frame grounded before the phrases or the threshold '
+                                       'changed is not published', throttle_duration_sec=5.0)
+                return
+            for (camera, msg, rgb), result in zip(frames, results):
+                self._publish(camera, msg.header, rgb, result)
 
     def _publish(self, camera: Camera, header, rgb: np.ndarray, result) -> None:
         stamp = header.stamp.sec + header.stamp.nanosec * 1e-9 or time.monotonic()
