@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from clip_ros.policy.lifting import (
-    back_project, check_intrinsics, depth_to_metres, Extrinsic, lift_mask, lift_standing,
-    matrix_to_quat, place_point, quat_to_matrix)
+    back_project, camera_intrinsics, check_intrinsics, depth_to_metres, Extrinsic, lift_mask,
+    lift_standing, matrix_to_quat, place_point, quat_to_matrix)
 
 K = np.array([[100.0, 0.0, 39.5], [0.0, 100.0, 29.5], [0.0, 0.0, 1.0]])
 SHAPE = (60, 80)
@@ -129,3 +129,15 @@ def test_flat_masks_are_skipped_for_standing_ones():
     (index, lifted), reasons = lift_standing(depth, [shadow, np.zeros(SHAPE, bool)], K, down)
     assert index is None and lifted is None
     assert reasons[1] == 'the instance mask is empty'
+
+
+def test_camera_intrinsics_fall_back_to_k_only_without_p():
+    from sensor_msgs.msg import CameraInfo
+
+    info = CameraInfo(width=80, height=60, k=K.ravel().tolist())  # P left all zero
+    intrinsics, size = camera_intrinsics(info)
+    assert np.array_equal(intrinsics, K) and size == (80, 60)
+    info.p = [90.0, 0.0, 40.0, 0.0, 0.0, 90.0, 30.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert camera_intrinsics(info)[0][0].tolist() == [90.0, 0.0, 40.0]
+    with pytest.raises(ValueError, match='uncalibrated'):
+        camera_intrinsics(CameraInfo(width=80, height=60))

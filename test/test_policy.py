@@ -276,3 +276,23 @@ def test_a_load_is_released_its_clearance_above_the_destination_on_any_table(tab
     assert action.phase == 'release', action
     load_bottom = ee[2] - (target[2] - table_z)  # grasped at the block's centre
     assert load_bottom - destination[2] == pytest.approx(config.place_clearance, abs=0.012)
+
+
+@pytest.mark.parametrize('table_z', [-0.2, 0.3])
+def test_the_grasp_descends_to_the_target_on_a_table_below_or_above_the_base(table_z):
+    # A base frame at the arm's mount: the table top is table_z, not z = 0.
+    config = PolicyConfig(verify=None, table_z=table_z, workspace_min=(-0.55, -0.45, -0.3))
+    low = np.array([0.1, 0.05, table_z + 0.015])  # a 3 cm block's centre
+    sunk = np.array([0.1, 0.05, table_z - 0.01])  # an estimate under the table top
+    for target, depth in ((low, low[2]), (sunk, table_z + config.min_grasp_height)):
+        policy = GeometricPolicy(config)
+        policy.start(parse_command('pick up the red block'), 0.0)
+        ee, gripper = np.array([0.0, 0.12, 0.45]), OPEN
+        for tick in range(600):
+            action = policy.step(Observation(tick / config.rate, ee.copy(), gripper, target))
+            if action.phase == 'close':
+                break
+            ee = ee if action.goal is None else np.asarray(action.goal, float)
+            gripper = gripper if action.gripper is None else action.gripper
+        assert action.phase == 'close', action
+        assert ee[2] == pytest.approx(depth, abs=config.tolerance)

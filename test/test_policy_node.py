@@ -92,7 +92,8 @@ def managed(harness, request):
         harness.remove(node)
 
 
-def send_frame(ros, depth_fill=0.6, info=True, depth_size=(W, H), info_frame=None, ee=True):
+def send_frame(ros, depth_fill=0.6, info=True, depth_size=(W, H), info_frame=None, ee=True,
+               depth_frame=None):
     """Publish one matched set: a 'blue block' detection, its mask, depth and camera_info."""
     header = ros.header('camera_optical_frame')
     detections, mask = blue_block(header, W, H)
@@ -101,9 +102,10 @@ def send_frame(ros, depth_fill=0.6, info=True, depth_size=(W, H), info_frame=Non
         ros.pubs['ee_state'].publish(arm_state(header))
     ros.pubs['detections'].publish(detections)
     ros.pubs['mask'].publish(mask)
-    ros.pubs['depth'].publish(numpy_to_image(depth, '32FC1', header))
+    depth_header = Header(stamp=header.stamp, frame_id=depth_frame or header.frame_id)
+    ros.pubs['depth'].publish(numpy_to_image(depth, '32FC1', depth_header))
     if info:
-        info_header = Header(stamp=header.stamp, frame_id=info_frame or header.frame_id)
+        info_header = Header(stamp=header.stamp, frame_id=info_frame or depth_header.frame_id)
         ros.pubs['camera_info'].publish(camera_info_msg(K, W, H, info_header))
 
 
@@ -137,7 +139,9 @@ def test_unknown_verb_is_rejected_without_motion(ros):
 @pytest.mark.parametrize('frame, reason', [
     ({'depth_fill': np.nan}, 'all NaN'), ({'depth_fill': 0.0}, 'all zero'),
     ({'depth_size': (40, 30)}, 'differs'), ({'info': False}, 'no camera_info since the command'),
-    ({'info_frame': 'other_camera'}, "camera_info frame 'other_camera'")])
+    ({'info_frame': 'other_camera'}, "camera_info frame 'other_camera'"),
+    # Depth of the depth camera (not aligned to the colour image the mask is of).
+    ({'depth_frame': 'camera_depth_optical_frame'}, 'must be registered to the colour image')])
 def test_bad_depth_or_no_camera_info_never_moves(ros, frame, reason):
     status, goals = run_command(ros, 'pick up the blue block', **frame)
     assert status is not None and status['state'] == 'aborted', status

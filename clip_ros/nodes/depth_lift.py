@@ -6,6 +6,8 @@ in stamp buffers; each grounded frame takes the nearest ones within `sync_tolera
 every instance mask with the policy's lift_mask (policy/perceive.lift_instances) and publishes
 `detections_3d` (same ids as the 2D detections) and `detection_markers`, in `target_frame`
 through tf2 when it is installed and knows the transform, else in the depth image's frame.
+Depth must be registered to the grounded image (same frame_id) and rectified: the intrinsics
+are camera_info's P (policy/lifting.camera_intrinsics).
 """
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from vision_msgs.msg import Detection3DArray
@@ -17,7 +19,8 @@ from clip_ros.nodes.messages import detections_3d_msg, object_markers
 from clip_ros.nodes.overlay import phrase_colour
 from clip_ros.nodes.transforms import lookup_extrinsic, make_tf_buffer
 from clip_ros.perception.compressed import decode_depth
-from clip_ros.policy.lifting import check_camera_size, check_intrinsics, depth_to_metres
+from clip_ros.policy.lifting import (
+    camera_intrinsics, check_camera_size, check_frames, depth_to_metres)
 from clip_ros.policy.perceive import lift_instances
 from clip_ros.policy.sync import StampBuffer
 
@@ -118,13 +121,14 @@ class DepthLift:
             missing = [n for n, m in (('depth', depth_msg), ('camera_info', info)) if m is None]
             raise ValueError(f"no {' or '.join(missing)} within sync_tolerance "
                              f"({self.values['sync_tolerance']:g} s) of the frame")
+        check_frames(header.frame_id, depth_msg.header.frame_id, info.header.frame_id)
         depth = depth_metres(depth_msg, self.values['depth_scale'])
         if depth.shape != result.label_image.shape:
             raise ValueError(f'depth {depth.shape[1]}x{depth.shape[0]} is not the frame size '
                              f'{result.label_image.shape[1]}x{result.label_image.shape[0]}')
-        check_camera_size(info.width, info.height, depth)  # else every point is misplaced
+        K, size = camera_intrinsics(info)
+        check_camera_size(*size, depth)  # else every point is misplaced
         extrinsic, out_header = self._frame(depth_msg.header)
-        K = check_intrinsics(info.k, (info.width, info.height))
         lifted, reasons = lift_instances(result.label_image, len(result.detections), depth, K,
                                          extrinsic,
                                          (self.values['min_depth'], self.values['max_depth']))

@@ -3,6 +3,10 @@ import numpy as np
 
 from clip_ros.policy.lifting import Extrinsic, quat_to_matrix
 
+# How far the latest transform's stamp may be from a frame's when tf has none at the frame's
+# time (s): a joint_states period plus its delay, but not a stalled publisher.
+LATEST_SLACK = 0.5
+
 
 def make_tf_buffer(node, why: str):
     """
@@ -29,8 +33,9 @@ def lookup_extrinsic(buffer, target: str, source: str, stamp=None) -> Extrinsic:
 
     A moving camera (on an arm, on a base) is where it was when the frame was taken, so the
     transform at the frame's stamp is used; when tf has none for that time yet (the camera's
-    frame newer than its latest transform) or any more (older than the buffer), the latest.
-    Without a stamp (or a zero one) the latest.
+    frame newer than its latest transform) or any more (older than the buffer), the latest,
+    if it is static or within LATEST_SLACK of the stamp: a stalled tf publisher would otherwise
+    place a moving camera where it was seconds ago. Without a stamp (or a zero one) the latest.
     """
     import rclpy.time
     latest = rclpy.time.Time()
@@ -43,7 +48,16 @@ def lookup_extrinsic(buffer, target: str, source: str, stamp=None) -> Extrinsic:
             if not stamped:
                 raise
             t = buffer.lookup_transform(target, source, latest)
+            gap = _seconds(stamp) - _seconds(t.header.stamp)
+            if _seconds(t.header.stamp) > 0 and abs(gap) > LATEST_SLACK:  # 0: static chain
+                raise LookupError(f'the latest transform is {abs(gap):.2f} s '
+                                  f"{'older' if gap > 0 else 'newer'} than the frame "
+                                  f'(more than {LATEST_SLACK:g} s)')
     except Exception as e:  # noqa: B902 - tf2 raises several unrelated types
         raise ValueError(f'no transform {target} <- {source}: {e}') from e
     q, v = t.transform.rotation, t.transform.translation
     return Extrinsic(quat_to_matrix((q.x, q.y, q.z, q.w)), np.array([v.x, v.y, v.z]))
+
+
+def _seconds(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9

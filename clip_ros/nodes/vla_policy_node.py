@@ -18,7 +18,6 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import TransitionCallbackReturn
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue  # noqa: I100 - ROS messages last
@@ -42,7 +41,8 @@ from clip_ros.perception.grounding import frame_only
 from clip_ros.policy.command import parse_command, quote
 from clip_ros.policy.geometric import (
     Action, FINAL_STATES, GeometricPolicy, Observation, OPEN, PolicyConfig)
-from clip_ros.policy.lifting import check_camera_size, check_intrinsics, Extrinsic, quat_to_matrix
+from clip_ros.policy.lifting import (
+    camera_intrinsics, check_camera_size, check_frames, Extrinsic, quat_to_matrix)
 from clip_ros.policy.perceive import LiftConfig, perceive, roles
 from clip_ros.policy.sync import TimeMatcher
 from clip_ros.policy.verify import VerifyConfig
@@ -464,27 +464,19 @@ class VlaPolicyNode(ManagedNode):
             return self._extrinsic
         return lookup_extrinsic(self._tf, self._p['base_frame'], header.frame_id, header.stamp)
 
-    def _check_frames(self, info_frame: str, depth_frame: str) -> None:
-        """Refuse intrinsics of another frame than the depth image's unless tf2 relates them."""
-        if info_frame == depth_frame:
-            return
-        if self._tf is not None and self._tf.can_transform(depth_frame, info_frame,
-                                                           rclpy.time.Time()):
-            return
-        raise ValueError(f'camera_info frame {info_frame!r} is not the depth image frame '
-                         f'{depth_frame!r}; publish both in one frame, or set use_tf with a '
-                         f'transform between them')
-
     def _read_inputs(self, match: dict) -> tuple:
         info, depth_msg = match['camera_info'], match['depth']
-        self._check_frames(info.header.frame_id, depth_msg.header.frame_id)
-        K = check_intrinsics(info.k, (info.width, info.height))
+        # Another camera's intrinsics or unregistered depth misplace every point, whatever tf
+        # says of the frames: both are refused.
+        check_frames(match['mask'].header.frame_id, depth_msg.header.frame_id,
+                     info.header.frame_id)
+        K, size = camera_intrinsics(info)
         depth = depth_metres(depth_msg, self._p['depth_scale'])
         labels = image_to_numpy(match['mask'])
         if labels.ndim != 2:
             raise ValueError(f"mask encoding {match['mask'].encoding!r} is not a label image: "
                              f'publish mono16 (detection index + 1, 0 background)')
-        check_camera_size(info.width, info.height, depth)
+        check_camera_size(*size, depth)
         return K, depth, labels, self._lookup_extrinsic(depth_msg.header)
 
     def _lift_config(self) -> LiftConfig:

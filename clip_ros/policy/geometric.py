@@ -52,7 +52,7 @@ class PolicyConfig:
     hover_height: float = 0.10       # point / go_to stop this far above the target
     push_distance: float = 0.10      # push stroke length
     push_offset: float = 0.06        # start this far behind the target
-    min_grasp_height: float = 0.01   # never descend below this base-frame z
+    min_grasp_height: float = 0.01   # never descend closer than this to the table top (table_z)
     table_z: float = 0.0             # base-frame z of the table top (what a grasped load rests on)
     tolerance: float = 0.01          # a goal is reached within this distance
     near_distance: float = 0.20      # freeze the target estimate this close (occlusion)
@@ -458,8 +458,8 @@ class GeometricPolicy:
         goal = base + np.asarray(phase.offset, np.float64)
         if phase.anchor == 'destination':  # the load's bottom, not the grasp point, clears it
             goal[2] += self._load
-        if phase.anchor == 'target':
-            goal[2] = max(goal[2], self.config.min_grasp_height)
+        if phase.anchor == 'target':  # the table, not the base frame's origin, is the floor
+            goal[2] = max(goal[2], self.config.table_z + self.config.min_grasp_height)
         return np.clip(goal, self._low, self._high)
 
     def _servo(self, phase: Phase, ee: np.ndarray, goal: np.ndarray) -> Action:

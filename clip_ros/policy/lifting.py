@@ -116,6 +116,52 @@ def check_intrinsics(K, size=None) -> np.ndarray:
     return K
 
 
+def camera_intrinsics(info) -> tuple:
+    """
+    Return (K [3, 3], (width, height)) of the image a sensor_msgs/CameraInfo describes.
+
+    Depth images are rectified (image_proc, depth_image_proc) or undistorted at the source
+    (RealSense, ZED, Orbbec), so the pinhole is P's left 3x3, as image_geometry and
+    depth_image_proc read it; K describes the raw, distorted image and is used only when P is
+    unset (all zero). The distortion D is not applied. Binning and a region of interest shift
+    and scale the intrinsics and the size to the pixels the image has (as image_geometry does).
+    Checked with check_intrinsics; ValueError when unusable.
+    """
+    P = np.asarray(info.p, np.float64).reshape(-1)
+    if P.size == 12 and P[0] > 0 and P[5] > 0:
+        K = P.reshape(3, 4)[:, :3].copy()
+    else:
+        K = check_intrinsics(info.k).copy()
+    width, height = int(info.width), int(info.height)
+    roi = info.roi
+    if roi.width > 0 and roi.height > 0:  # zero: the full image
+        width, height = int(roi.width), int(roi.height)
+        K[0, 2] -= roi.x_offset
+        K[1, 2] -= roi.y_offset
+    bin_x, bin_y = max(int(info.binning_x), 1), max(int(info.binning_y), 1)  # 0 and 1: none
+    K[0] /= bin_x
+    K[1] /= bin_y
+    size = (width // bin_x, height // bin_y)
+    return check_intrinsics(K, size), size
+
+
+def check_frames(image_frame: str, depth_frame: str, info_frame: str) -> None:
+    """
+    Raise ValueError when depth is not registered to the image, or camera_info is another's.
+
+    A mask's pixels are the colour image's: depth of another camera (unregistered depth, which
+    may have the same size) puts every point somewhere else. Empty frame ids are not compared.
+    """
+    image, depth, info = (f.lstrip('/') for f in (image_frame, depth_frame, info_frame))
+    if image and depth and image != depth:
+        raise ValueError(f'depth frame {depth!r} is not the image frame {image!r}: depth must '
+                         'be registered to the colour image (e.g. RealSense align_depth, '
+                         'Orbbec depth_registration)')
+    if depth and info and depth != info:
+        raise ValueError(f'camera_info frame {info!r} is not the depth frame {depth!r}: use '
+                         "the depth image's own camera_info")
+
+
 def depth_to_metres(depth: np.ndarray, encoding: str, depth_scale: float = 0.001) -> np.ndarray:
     """
     Return a depth image as float32 metres.

@@ -151,8 +151,3 @@ def image_rgb(msg, type_name: str) -> np.ndarray:
         return decode_colour(msg.data, msg.format, MAX_FRAME_SIZE)
     rgb = to_rgb(message_pixels(msg), msg.encoding)
     return rgb if rgb.flags.writeable else rgb.copy()  # torch wants writable arrays
-
-
-def intrinsics(camera_info) -> np.ndarray:
-    """Return K (3x3) of a decoded CameraInfo."""
-    return np.asarray(camera_info.k, np.float64).reshape(3, 3)

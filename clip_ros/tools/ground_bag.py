@@ -35,7 +35,7 @@ from clip_ros.perception.pixels import TO_RGB
 from clip_ros.perception.tracking import Tracker
 from clip_ros.policy.command import MAX_PHRASES, parse_command, quote
 from clip_ros.policy.lifting import (
-    check_camera_size, check_intrinsics, DEPTH_ENCODINGS, depth_to_metres)
+    camera_intrinsics, check_camera_size, check_frames, DEPTH_ENCODINGS, depth_to_metres)
 from clip_ros.policy.perceive import lift_instances
 from clip_ros.policy.sync import StampBuffer
 from clip_ros.tools import bag_messages as msgs
@@ -293,10 +293,12 @@ class BagGrounder:
                 raise ValueError(f'depth {depth.shape[1]}x{depth.shape[0]} is not the frame '
                                  f'size {result.label_image.shape[1]}x'
                                  f'{result.label_image.shape[0]}')
-            check_camera_size(self.camera_info.width, self.camera_info.height, depth)
+            check_frames(head['frame_id'], depth_msg.header.frame_id,
+                         self.camera_info.header.frame_id)
+            K, size = camera_intrinsics(self.camera_info)  # P, binning and ROI, as the node
+            check_camera_size(*size, depth)
             lifted, reasons = lift_instances(
-                result.label_image, len(result.detections), depth,
-                check_intrinsics(self.camera_info.k, depth.shape[::-1]), None,
+                result.label_image, len(result.detections), depth, K, None,
                 (self.args.min_depth, self.args.max_depth))
         except ValueError as e:
             summary.not_lifted += len(result.detections)
