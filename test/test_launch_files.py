@@ -1,6 +1,9 @@
 """Launch files declare their arguments up front; config files list every node parameter."""
 from importlib import import_module, util
+import os
 from pathlib import Path
+import re
+import shlex
 
 import pytest
 import rclpy
@@ -41,6 +44,49 @@ def declared_arguments(actions, stem: str) -> dict:
             if isinstance(e, actions.DeclareLaunchArgument)}
 
 
+def launched_command(stem: str, arguments: dict, monkeypatch) -> list:
+    """
+    Return the command line that `ros2 launch clip_ros <stem>.launch.py` runs with `arguments`.
+
+    Real launch and launch_ros, with the launch prefix `echo`: the node's command is printed
+    instead of run. The file is included as a robot's own launch file would include it.
+    """
+    from launch import LaunchDescription, LaunchService
+    from launch.actions import (
+        IncludeLaunchDescription, RegisterEventHandler, SetLaunchConfiguration)
+    from launch.event_handlers import OnProcessIO
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+    ament_index = pytest.importorskip('ament_index_python.packages')
+    try:
+        ament_index.get_package_prefix('clip_ros')
+    except ament_index.PackageNotFoundError:
+        pytest.skip('clip_ros is not built and sourced (colcon build, install/setup.bash)')
+    monkeypatch.setenv('ROS_DOMAIN_ID', '59')  # launch_ros's own rclpy node
+    lines = []
+    description = LaunchDescription([
+        SetLaunchConfiguration('launch-prefix', 'echo'),
+        RegisterEventHandler(OnProcessIO(on_stdout=lambda e: lines.append(e.text.decode()))),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(str(ROOT / 'launch' / f'{stem}.launch.py')),
+            launch_arguments=arguments.items())])
+    service = LaunchService()
+    service.include_launch_description(description)
+    assert service.run() == 0
+    return ''.join(lines).split()
+
+
+def node_parameters(command: list, node: str) -> dict:
+    """Return the parameters the node `node` gets from the --params-file files of `command`."""
+    values = {}
+    for flag, path in zip(command, command[1:]):
+        if flag == '--params-file':
+            for key, entry in yaml.safe_load(Path(path).read_text()).items():
+                # The package's '/**/<node>', launch_ros's '/<namespace>/<node>'.
+                if key == '/**' or key.rsplit('/', 1)[-1] == node:
+                    values.update(entry['ros__parameters'])
+    return values
+
+
 @pytest.mark.parametrize('stem', list(NODES))
 def test_launch_arguments_are_declared_with_descriptions(launch_actions, stem):
     arguments = declared_arguments(launch_actions, stem)
@@ -50,7 +96,38 @@ def test_launch_arguments_are_declared_with_descriptions(launch_actions, stem):
         assert argument.description and 'no description' not in argument.description
     assert arguments['device'].choices is None and 'cuda:N' in arguments['device'].description
     assert arguments['model'].choices == ['default', 'tiny']
-    assert arguments['autostart'].choices == ['', 'true', 'false']
+    assert {'', 'true', 'false'} <= set(arguments['autostart'].choices)
+    assert 'log_level' in arguments and 'cache_dir' in arguments
+
+
+def test_boolean_arguments_take_the_capitalised_spelling(launch_actions, monkeypatch):
+    # Robot launch files commonly pass use_sim_time:='True' to the files they include.
+    command = launched_command('grounding', {'use_sim_time': 'True', 'autostart': 'False'},
+                               monkeypatch)
+    parameters = node_parameters(command, 'grounding_node')
+    assert parameters['use_sim_time'] is True and parameters['autostart'] is False
+
+
+def test_log_level_reaches_the_node(launch_actions, monkeypatch):
+    command = launched_command('clipseg', {'log_level': 'debug'}, monkeypatch)
+    assert '--log-level debug' in ' '.join(command)
+
+
+def test_readme_robot_launch_reads_the_prefetched_weights(launch_actions, monkeypatch):
+    text = (ROOT / 'README.md').read_text()
+    section = text.split('## On a robot', 1)[1].split('\n## ', 1)[0]
+    commands = section.replace('\\\n', ' ')
+    cache = re.search(r'ros2 run clip_ros prefetch .*--cache-dir (\S+)', commands).group(1)
+    launch_line = re.search(r'ros2 launch clip_ros grounding\.launch\.py (.*)', commands)
+    # As the shell expands them.
+    words = [os.path.expandvars(word) for word in shlex.split(launch_line.group(1))]
+    arguments = dict(word.split(':=', 1) for word in words)
+    declared = declared_arguments(launch_actions, 'grounding')
+    assert set(arguments) <= set(declared), set(arguments) - set(declared)
+    command = launched_command('grounding', arguments, monkeypatch)
+    parameters = node_parameters(command, 'grounding_node')
+    assert parameters['cache_dir'] == os.path.expanduser(cache)
+    assert f"image:={arguments['image_topic']}" in command
 
 
 def test_only_the_arguments_given_override_the_params_file(launch_actions):
@@ -59,6 +136,8 @@ def test_only_the_arguments_given_override_the_params_file(launch_actions):
     assert overrides(unset) == {'use_sim_time': False}
     assert overrides({'use_sim_time': 'true', 'device': 'cuda:1', 'autostart': 'false'}) == {
         'use_sim_time': True, 'device': 'cuda:1', 'autostart': False}
+    given = {**unset, 'cache_dir': '~/weights'}  # the shell leaves '~' after ':='
+    assert overrides(given)['cache_dir'] == os.path.expanduser('~/weights')
 
 
 def test_sim_launch_overrides_seed_and_rate_only_when_given(launch_actions):

@@ -33,7 +33,7 @@ DECLARED_AS = {
     'scipy': 'python3-scipy',
     'sensor_msgs': 'sensor_msgs',
     'std_msgs': 'std_msgs',
-    'tf2_ros': 'tf2_ros',
+    'tf2_ros': 'tf2_ros_py',  # the module's package; tf2_ros is the C++ library
     'torch': 'python3-torch',
     'torchvision': 'python3-torchvision',
     'tqdm': 'python3-tqdm',
