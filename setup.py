@@ -31,7 +31,8 @@ setup(
     maintainer_email='maintainers@clip-ros.dev',
     description='Ground language commands in camera images with CLIP and CLIPSeg.',
     license='Apache-2.0',
-    tests_require=['pytest'],  # lets `colcon test` run pytest
+    # As ros2 pkg create writes it (tests_require is gone from setuptools and warns).
+    extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
             'grounding_node = clip_ros.nodes.grounding_node:main',

@@ -106,3 +106,12 @@ def test_python_keys_exist_in_rosdep():
 
 def test_readme_names_the_pip_step():
     assert PIP_FILE in (ROOT / 'README.md').read_text()
+
+
+def test_setup_py_has_no_option_setuptools_does_not_know():
+    # colcon build shows a setup.py warning as the package's stderr output.
+    import subprocess
+    done = subprocess.run([sys.executable, 'setup.py', '--name'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == 'clip_ros', done.stderr
+    assert 'Unknown distribution option' not in done.stderr, done.stderr
