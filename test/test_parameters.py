@@ -60,7 +60,8 @@ INVALID = {
         'classes': 7, 'background_threshold': 1.5, 'max_image_size': 8, 'light_correction': 2,
         'silent_input_sec': 0.0, 'max_drop_ratio': -0.5},
     'policy': {
-        'base_frame': ' ', 'extrinsic': [0.0] * 7, 'depth_scale': 0.0, 'min_depth': 6.0,
+        'base_frame': ' ', 'extrinsic': [0.0] * 7, 'grasp_orientation': [0.0, 0.0, 0.0, 0.0],
+        'depth_scale': 0.0, 'min_depth': 6.0,
         'max_depth': 0.04, 'sync_tolerance': -1.0, 'min_score': 1.5, 'table_z': math.nan,
         'min_height': 2.0, 'shape_band': -0.1, 'near_distance': 3.0, 'max_speed': 0.0,
         'workspace_min': [0.6, 0.0, 0.0], 'workspace_max': [0.55, 0.45],
@@ -685,6 +686,15 @@ def policy_base_frame(rig, name):
         finally:
             rig.ee_frame = 'world'
     assert lifted(rig).header.frame_id == 'world'
+
+
+@effect('policy', 'grasp_orientation')
+def policy_grasp_orientation(rig, name):
+    q = next_goal(rig).pose.orientation
+    assert (q.x, q.y, q.z, q.w) == (0.0, 0.0, 0.0, 1.0)
+    with changed(rig, grasp_orientation=[2.0, 0.0, 0.0, 0.0]):  # normalised: fingers down
+        q = next_goal(rig).pose.orientation
+        assert (q.x, q.y, q.z, q.w) == (1.0, 0.0, 0.0, 0.0)
 
 
 @effect('policy', 'extrinsic')

@@ -44,11 +44,12 @@ def markers_msg(lifted: dict, header: Header) -> MarkerArray:
                            for role, (phrase, _, target) in lifted.items()], header, 'vla_policy')
 
 
-def goal_msg(goal, header: Header) -> PoseStamped:
-    """Return an end-effector goal pose (grasp point; fingers down, identity orientation)."""
+def goal_msg(goal, header: Header, orientation=(0.0, 0.0, 0.0, 1.0)) -> PoseStamped:
+    """Return an end-effector goal pose: the grasp point, with the fingers-down `orientation`."""
     msg = PoseStamped(header=header)
     msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in goal)
-    msg.pose.orientation.w = 1.0
+    q = msg.pose.orientation
+    q.x, q.y, q.z, q.w = (float(v) for v in orientation)
     return msg
 
 

@@ -73,6 +73,11 @@ def _parameters() -> tuple:
         ('extrinsic', [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], describe(
             'base_from_camera [x, y, z, qx, qy, qz, qw], a non-zero quaternion; a set applies '
             'at once, until the next camera_pose; tf2 (use_tf) overrides it')),
+        ('grasp_orientation', [0.0, 0.0, 0.0, 1.0], describe(
+            'orientation of every ee_goal in base_frame [qx, qy, qz, qw], a non-zero quaternion '
+            '(normalised): the tool frame with the fingers pointing down, which depends on the '
+            'arm (the simulator: identity; Franka and UR tool frames: [1, 0, 0, 0]); applies at '
+            'once')),
         ('use_tf', False, describe('look up base_frame <- camera frame with tf2', **ro)),
         ('depth_transport', 'raw', describe(
             "'raw' (sensor_msgs/Image on depth) or 'compressedDepth' (image_transport's PNG "
@@ -152,7 +157,21 @@ def check_parameters(p: dict) -> None:
         Extrinsic.from_xyz_quat(p['extrinsic'])
     except ValueError as e:
         raise ValueError(f"extrinsic {list(p['extrinsic'])} refused: {e}") from e
+    grasp_orientation(p)
     policy_config(p)
+
+
+def grasp_orientation(p: dict) -> tuple:
+    """Return grasp_orientation normalised (x, y, z, w); ValueError when it is no rotation."""
+    value = p['grasp_orientation']
+    if isinstance(value, (str, bytes)) or not hasattr(value, '__len__') or len(value) != 4:
+        raise ValueError(f'grasp_orientation must be 4 numbers [qx, qy, qz, qw], got {value!r}')
+    q = np.asarray(value, np.float64)
+    norm = float(np.linalg.norm(q))
+    if not np.isfinite(q).all() or norm < 1e-9:
+        raise ValueError(f'grasp_orientation {list(value)} is no rotation: a finite, non-zero '
+                         'quaternion is needed')
+    return tuple(float(v) for v in q / norm)
 
 
 class VlaPolicyNode(ManagedNode):
@@ -186,6 +205,7 @@ class VlaPolicyNode(ManagedNode):
         self._p = p = parameter_values(self)
         if 'extrinsic' in names:
             self._extrinsic = Extrinsic.from_xyz_quat(p['extrinsic'])
+        self._orientation = grasp_orientation(p)
         self._matcher.tolerance = float(p['sync_tolerance'])
 
     def _reset_inputs(self) -> None:
@@ -573,7 +593,7 @@ class VlaPolicyNode(ManagedNode):
             else policy.cancel(f'end-effector state lost: {self._ee_lost()}')
         header = self._header()
         if action.goal is not None and current is not None:
-            self._pubs['ee_goal'].publish(goal_msg(action.goal, header))
+            self._pubs['ee_goal'].publish(goal_msg(action.goal, header, self._orientation))
             self._pubs['ee_twist'].publish(twist_msg(action.velocity, header))
         elif before == 'executing' and action.state != 'executing':
             self._pubs['ee_twist'].publish(twist_msg(np.zeros(3), header))  # stop servoing
