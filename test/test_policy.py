@@ -1,4 +1,6 @@
 """Geometric policy: phases, speed limit, workspace, lost target, unknown verbs."""
+import math
+
 import numpy as np
 import pytest
 
@@ -296,3 +298,34 @@ def test_the_grasp_descends_to_the_target_on_a_table_below_or_above_the_base(tab
             gripper = gripper if action.gripper is None else action.gripper
         assert action.phase == 'close', action
         assert ee[2] == pytest.approx(depth, abs=config.tolerance)
+
+
+def approach_heights(config, target, seen, ee) -> tuple:
+    """Run a pick up to the close; return (lowest pre_grasp waypoint z, the close's ee)."""
+    policy = GeometricPolicy(config)
+    policy.start(parse_command('pick up the red block'), 0.0)
+    gripper, lowest = OPEN, math.inf
+    for tick in range(600):
+        action = policy.step(Observation(tick / config.rate, ee.copy(), gripper, target,
+                                         seen=seen))
+        if action.phase == 'close':
+            return lowest, ee
+        if action.phase == 'pre_grasp' and action.goal is not None:
+            lowest = min(lowest, float(action.goal[2]))
+        ee = ee if action.goal is None else np.asarray(action.goal, float)
+        gripper = gripper if action.gripper is None else action.gripper
+    raise AssertionError(f'never closed: {action}')
+
+
+def test_the_gripper_comes_down_over_a_tall_objects_top_not_into_it():
+    config = PolicyConfig(verify=None)
+    tall = np.array([0.1, 0.05, 0.2])  # a 40 cm bottle's centre: its top at 0.4 m
+    seen = {'target': [lifted(tall, (0.06, 0.06, 0.4))]}
+    lowest, ee = approach_heights(config, tall, seen, np.array([0.0, 0.12, 0.5]))
+    # Above the top by the clearance, where 0.10 m over the centre (0.3 m) is inside it.
+    assert lowest == pytest.approx(0.4 + config.top_clearance, abs=config.tolerance)
+    assert ee[2] == pytest.approx(0.2, abs=config.tolerance)  # then down to the grasp point
+    # A short object's approach is as before: 0.10 m over its centre is above its top.
+    lowest, _ = approach_heights(config, TARGET, {'target': [lifted(TARGET, BLOCK)]},
+                                 np.array([0.0, 0.12, 0.3]))
+    assert lowest == pytest.approx(TARGET[2] + config.approach_height, abs=config.tolerance)

@@ -47,6 +47,7 @@ class PolicyConfig:
     workspace_min: tuple = (-0.55, -0.45, 0.0)   # base-frame box the goals stay in
     workspace_max: tuple = (0.55, 0.45, 0.6)
     approach_height: float = 0.10    # pre-grasp / pre-place height above the point
+    top_clearance: float = 0.03      # ... and at least this above the target's top (tall objects)
     lift_height: float = 0.15        # how far a grasped object is raised
     place_clearance: float = 0.03    # the load's bottom this far above the destination point
     hover_height: float = 0.10       # point / go_to stop this far above the target
@@ -460,6 +461,10 @@ class GeometricPolicy:
             goal[2] += self._load
         if phase.anchor == 'target':  # the table, not the base frame's origin, is the floor
             goal[2] = max(goal[2], self.config.table_z + self.config.min_grasp_height)
+        view = self._tracker.target_view
+        if phase.name in ('pre_grasp', 'pre_push') and view is not None:
+            # Coming down from above: over a tall object's top, not into it.
+            goal[2] = max(goal[2], view.top + self.config.top_clearance)
         return np.clip(goal, self._low, self._high)
 
     def _servo(self, phase: Phase, ee: np.ndarray, goal: np.ndarray) -> Action:
