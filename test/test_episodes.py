@@ -120,3 +120,38 @@ def test_dropped_pick_is_reported_failed(sim):
     result = run_episode(sim, task, Dropping(), TruthPerception(), EpisodeConfig())
     assert not result.success and result.status == 'failed' and result.agrees, result.detail
     assert 'on the table' in result.detail
+
+
+def test_episode_runs_the_scene_of_its_task_whatever_the_sim_excludes(gl_context):
+    """A sim built without the held-out combinations still runs the task's own scene."""
+    from clip_ros.sim.scene import sample_scene
+    from clip_ros.sim.simulator import Simulator
+
+    task = sample_task(11, 'pick', HELD_OUT, want_held_out=True)
+    with Simulator(0, 96, 72, exclude=HELD_OUT) as excluding:
+        result = run_episode(excluding, task, GeometricPolicy(), TruthPerception(),
+                             EpisodeConfig(perceive_every=2))
+        assert excluding.spec == sample_scene(task.seed)
+    assert task.held_out and result.success, (task, result.status, result.detail)
+
+
+def test_a_verb_the_simulator_cannot_judge_is_refused_before_any_motion(sim):
+    task = Task(3, 'push the red block left', 'push', 'red block')
+    sim.reset(4)
+    with pytest.raises(ValueError, match="cannot judge verb 'push'"):
+        run_episode(sim, task, GeometricPolicy(), TruthPerception())
+    assert sim.seed == 4  # refused before the scene was loaded
+    with pytest.raises(ValueError, match="cannot judge verb 'push'"):
+        check_success(sim, task, True)
+
+
+def test_point_succeeds_above_the_target_not_inside_it(sim):
+    sim.reset(5)
+    name = sim.object_names[0]
+    task = Task(5, f'point at the {name}', 'point', name)
+    centre = sim.object_position(name)
+    sim.move_to(centre, instant=True)  # the grasp point inside the object
+    assert not check_success(sim, task, True)
+    sim.move_to(centre + [0.0, 0.0, 0.1 + sim.spec.objects[0].half_size[2]], instant=True)
+    assert check_success(sim, task, True)
+    assert not check_success(sim, task, False)

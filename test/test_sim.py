@@ -156,3 +156,39 @@ def test_sizes_it_cannot_render_are_refused(size):
     # portrait frame's horizontal one; the sides would cut objects.
     with pytest.raises(ValueError, match='at least 8x8|taller than wide'):
         Simulator(0, *size)
+
+
+def test_fingers_closing_beside_or_above_an_object_grasp_nothing(sim):
+    seed = next(s for s in range(300) if any(
+        o.shape == 'ball' and o.half_size[0] < 0.03 for o in sample_scene(s).objects))
+    sim.reset(seed)
+    ball = next(o for o in sim.spec.objects if o.shape == 'ball' and o.half_size[0] < 0.03)
+    centre, radius = sim.object_position(ball.name), ball.half_size[0]
+    # The fingers close along y: 5 cm along x they pass 2 cm or more from the ball's side.
+    sim.move_to(centre + [0.05, 0.0, 0.0], instant=True)
+    assert sim.close() is None and sim.holding is None
+    sim.open()
+    sim.move_to(centre + [0.0, 0.0, radius + 0.03], instant=True)  # 3 cm above its top
+    assert sim.close() is None
+    sim.open()
+    sim.move_to(centre + [0.5 * radius, 0.0, 0.5 * radius], instant=True)
+    assert sim.close() == ball.name
+
+
+def test_object_released_past_the_table_edge_falls_to_the_floor(sim):
+    from clip_ros.sim.scene import TABLE_HALF, TABLE_HEIGHT
+
+    sim.reset(5)
+    name = sim.object_names[0]
+    half = sim.spec.objects[0].half_size[2]
+    sim.move_to(sim.object_position(name), instant=True)
+    assert sim.close() == name
+    sim.move_to([TABLE_HALF[0] + 0.1, 0.0, 0.2], instant=True)
+    sim.open()
+    assert sim.object_position(name)[2] == pytest.approx(-TABLE_HEIGHT + half, abs=1e-6)
+    assert sim.lift_height(name) < 0 and sim.resting_on(name) == [None]
+    sim.move_to(sim.object_position(name), instant=True)
+    assert sim.close() == name
+    sim.move_to([TABLE_HALF[0] - 0.1, 0.0, 0.2], instant=True)  # back over the table
+    sim.open()
+    assert sim.lift_height(name) == pytest.approx(0.0, abs=1e-6)

@@ -8,10 +8,11 @@ gripper. The episode runs until the policy ends the command (or the time limit);
 simulator judges it. Success: pick = the target held and lifted >= 5 cm; place = the target
 released and resting on the destination (inside a bowl, or on top of a block, ball or
 cylinder: its centre within the destination's footprint, see Simulator.resting_on);
-point/go_to = the grasp point above the target; absent (a command naming an object that is not
-in the scene) = no motion and a rejected "not found" status. `agrees` says whether the policy's
-own report (succeeded after its look again, policy/verify.py) matches that judgement.
-Per-stage wall-clock latencies are recorded.
+point/go_to = the grasp point above the target's top, within 3 cm of its centre across; absent
+(a command naming an object that is not in the scene) = no motion and a rejected "not found"
+status. Other verbs (push) cannot be judged: objects move only while grasped. `agrees` says
+whether the policy's own report (succeeded after its look again, policy/verify.py) matches that
+judgement. Per-stage wall-clock latencies are recorded.
 """
 from dataclasses import dataclass, field
 import time
@@ -22,10 +23,11 @@ from clip_ros.policy.command import parse_command
 from clip_ros.policy.geometric import CLOSED, FINAL_STATES, Observation, OPEN
 from clip_ros.policy.lifting import Extrinsic
 from clip_ros.policy.perceive import Candidate, LiftConfig, perceive, roles
-from clip_ros.sim.scene import GRIPPER_HOME
+from clip_ros.sim.scene import GRIPPER_HOME, sample_scene
 
 LIFT_SUCCESS = 0.05  # metres the picked object's bottom must rise above the table
 STAGES = ('render', 'grounding', 'lifting', 'policy', 'sim')
+JUDGED_VERBS = ('pick', 'place', 'point', 'go_to', 'absent')
 
 
 class TruthPerception:
@@ -120,8 +122,18 @@ def _timed(latency: dict, stage: str, fn, *args):
     return value
 
 
+def _unjudged(verb: str) -> ValueError:
+    return ValueError(f'the simulator cannot judge verb {verb!r} (objects move only while '
+                      f'grasped); it judges {", ".join(JUDGED_VERBS)}')
+
+
 def check_success(sim, task: Task, finished: bool) -> bool:
-    """Return whether the task's goal holds in the sim now (`finished`: the policy stopped)."""
+    """
+    Return whether the task's goal holds in the sim now (`finished`: the policy stopped).
+
+    Raises ValueError for a verb outside JUDGED_VERBS (push: the sim moves no object it does
+    not hold, so a push could only ever be judged a failure).
+    """
     if task.verb == 'pick':
         return sim.holding == task.target and sim.lift_height(task.target) >= LIFT_SUCCESS
     if task.verb == 'place':
@@ -133,9 +145,10 @@ def check_success(sim, task: Task, finished: bool) -> bool:
     if task.verb == 'absent':  # judged on the policy's status and motion (run_episode)
         return False
     if task.verb in ('point', 'go_to'):
-        gap = sim.gripper_position[:2] - sim.object_position(task.target)[:2]
-        return finished and bool(np.linalg.norm(gap) < 0.03)
-    return False
+        grip, centre = sim.gripper_position, sim.object_position(task.target)
+        top = centre[2] + sim.spec.objects[sim.object_names.index(task.target)].half_size[2]
+        return finished and bool(np.linalg.norm(grip[:2] - centre[:2]) < 0.03 and grip[2] > top)
+    raise _unjudged(task.verb)
 
 
 def _observe(sim, task, perception, config, latency, t, gripper) -> tuple:
@@ -177,9 +190,18 @@ def run_episode(sim, task: Task, policy, perception, config: EpisodeConfig = Non
     aborted or rejected: the policy's own report after it looked again) or at the time
     limit; success is the simulator's judgement then.
 
+    Raises
+    ------
+    ValueError
+        For a verb outside JUDGED_VERBS, before the scene is loaded.
+
     """
     config = config or EpisodeConfig()
-    sim.reset(task.seed)
+    if task.verb not in JUDGED_VERBS:  # before the motion, not after it
+        raise _unjudged(task.verb)
+    # The scene sample_task drew for this seed, whatever count or exclusions the sim was
+    # built with.
+    sim.load(sample_scene(task.seed))
     sim.move_to(GRIPPER_HOME, instant=True)
     dt, latency, gripper = 1.0 / config.rate, {}, OPEN
     result = EpisodeResult(task, False, 'idle', '', 0.0, latency=latency)
@@ -252,8 +274,6 @@ def sample_task(seed: int, verb: str, held_out: tuple = (), want_held_out: bool 
     of the scene is (training demonstrations: neither target, destination nor image shows
     one). A place task's destination is a bowl when there is one, else another object.
     """
-    from clip_ros.sim.scene import sample_scene  # scene sampling only, no MuJoCo
-
     held = {tuple(c) for c in held_out}
     if only_seen and want_held_out:
         raise ValueError('only_seen and want_held_out exclude each other')
@@ -287,8 +307,6 @@ def sample_absent_task(seed: int, names, tries: int = 200) -> Task:
     The absent name shares its colour (else its shape) with an object in the scene whenever
     one can, the case where grounding used to return the look-alike.
     """
-    from clip_ros.sim.scene import sample_scene
-
     for scene_seed in range(seed, seed + tries):
         spec, rng = sample_scene(scene_seed), np.random.default_rng(scene_seed)
         present = {o.name for o in spec.objects}

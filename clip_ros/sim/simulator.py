@@ -15,7 +15,7 @@ import numpy as np
 
 from clip_ros.sim.scene import (  # noqa: F401 - COLOURS, SHAPES re-exported
     COLOURS, FINGER_OPEN, FOVY_DEG, GRIPPER_GROUP, GRIPPER_HOME, sample_scene, scene_xml,
-    SceneSpec, SHAPES)
+    SceneSpec, SHAPES, TABLE_HALF, TABLE_HEIGHT)
 
 _GL_BACKEND = os.environ.setdefault('MUJOCO_GL', 'egl')  # mujoco binds it when first imported
 try:
@@ -30,7 +30,6 @@ except (ImportError, OSError, AttributeError):
 
 # MuJoCo's camera looks down its -z with y up; the ROS optical frame has z forward, y down.
 _MJCAM_TO_OPTICAL = np.diag([1.0, -1.0, -1.0])
-REACH = 0.06          # the gripper grasps an object whose centre is this close (m)
 SPEED = 0.5           # end effector speed (m/s)
 
 
@@ -403,16 +402,27 @@ class Simulator:
         return distance <= reach
 
     def close(self) -> str | None:
-        """Grasp the object whose centre is nearest the grasp point within REACH; return it."""
+        """
+        Grasp the object between the fingers; return its name, or None when they close empty.
+
+        The grasp point must lie over the object's footprint and within its height: fingers
+        closing beside or above an object do not touch it. Of several, the nearest centre.
+        """
         if self._held is None:
             grip = self.gripper_position
-            distances = [np.linalg.norm(self.data.xpos[b] - grip) for b in self._bodies]
-            if distances and min(distances) <= REACH:
-                self._held = int(np.argmin(distances))
+            between = [i for i in range(len(self._bodies)) if self._between_fingers(i, grip)]
+            if between:
+                self._held = min(between, key=lambda i: float(
+                    np.linalg.norm(self.data.xpos[self._bodies[i]] - grip)))
                 self._offset = self.data.xpos[self._bodies[self._held]] - grip
                 half = self.spec.objects[self._held].half_size
                 self._set_fingers(min(half[0], half[1]) + 0.006)
         return self.holding
+
+    def _between_fingers(self, index: int, grip) -> bool:
+        centre = self.data.xpos[self._bodies[index]]
+        half = self.spec.objects[index].half_size[2]
+        return self._covers(index, grip[:2]) and abs(grip[2] - centre[2]) <= half
 
     def open(self) -> str | None:  # noqa: A003 - the gripper verb, paired with close()
         """Release the carried object onto what is below it; return its name or None."""
@@ -467,8 +477,9 @@ class Simulator:
 
     def _support(self, index: int, xy) -> tuple:
         # (height, object index or None) of what lies under xy: the table (0), the top of an
-        # object, or a bowl's inner bottom.
-        height, support = 0.0, None
+        # object, or a bowl's inner bottom; past the table's edge, the floor.
+        on_table = abs(xy[0]) <= TABLE_HALF[0] and abs(xy[1]) <= TABLE_HALF[1]
+        height, support = (0.0 if on_table else -TABLE_HEIGHT), None
         for other, body in enumerate(self._bodies):
             obj = self.spec.objects[other]
             centre = self.data.xpos[body]
