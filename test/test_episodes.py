@@ -58,6 +58,14 @@ def test_demonstration_tasks_show_no_held_out_combination():
         sample_task(0, 'pick', HELD_OUT, want_held_out=True, only_seen=True)
 
 
+def test_nothing_is_placed_on_a_ball():
+    # A load put on a ball would roll off; the simulator has no contacts to show it.
+    tasks = [sample_task(200000 + 97 * k, 'place', HELD_OUT, want_held_out=k % 2 == 1)
+             for k in range(60)]
+    assert all(not t.destination.endswith('ball') for t in tasks)
+    assert len({t.destination.split()[-1] for t in tasks}) >= 3  # bowls and other shapes
+
+
 def test_tasks_are_paraphrased_and_split():
     tasks = [sample_task(100 + k, 'pick', HELD_OUT, want_held_out=k % 2 == 1) for k in range(8)]
     assert len({t.command for t in tasks}) > 4

@@ -272,7 +272,9 @@ def sample_task(seed: int, verb: str, held_out: tuple = (), want_held_out: bool 
     The target shares its colour or shape with another object whenever the scene allows;
     with `want_held_out` its colour x shape is one of `held_out`; with `only_seen` no object
     of the scene is (training demonstrations: neither target, destination nor image shows
-    one). A place task's destination is a bowl when there is one, else another object.
+    one). A place task's destination is a bowl when there is one, else another object that
+    is not a ball (a load put on a ball would roll off it; the simulator has no contacts to
+    show that).
     """
     held = {tuple(c) for c in held_out}
     if only_seen and want_held_out:
@@ -291,7 +293,9 @@ def sample_task(seed: int, verb: str, held_out: tuple = (), want_held_out: bool 
         index = int(rng.choice(confusable or pool))
         obj, destination = spec.objects[index], None
         if verb == 'place':
-            others = [o for i, o in enumerate(spec.objects) if i != index]
+            others = [o for i, o in enumerate(spec.objects) if i != index and o.shape != 'ball']
+            if not others:
+                continue
             bowls = [o for o in others if o.shape == 'bowl']
             destination = (bowls or others)[int(rng.integers(len(bowls or others)))].name
         return Task(scene_seed, paraphrase(verb, obj.name, destination, rng), verb, obj.name,
