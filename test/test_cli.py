@@ -85,3 +85,15 @@ def test_other_tools_refuse_before_any_work(capsys, tmp_path, main, args, reason
     args = [a.format(tmp=tmp_path) for a in args]
     assert reason in exits_2(capsys, main, args)
     assert not (tmp_path / 'x.mcap').exists()
+
+
+def test_evaluate_policy_train_tasks_show_no_held_out_combination():
+    from clip_ros.sim.dataset import HELD_OUT
+    from clip_ros.sim.scene import sample_scene
+    args = evaluate_policy.parse_args(['--split', 'train', '--episodes', '12',
+                                       '--verbs', 'pick', 'place'])
+    tasks = evaluate_policy.make_tasks(args)
+    held = {tuple(c) for c in HELD_OUT}
+    assert len(tasks) == 24 and not any(t.held_out for t in tasks)
+    assert not any((o.colour, o.shape) in held
+                   for t in tasks for o in sample_scene(t.seed).objects)

@@ -72,12 +72,14 @@ def make_tasks(args) -> list:
     """
     verbs = [v for v in args.verbs if v != 'absent']
     count = args.episodes * len(verbs)
-    held = np.random.default_rng(args.seed).random(count) < args.held_out_share
+    # Training scenes never show a held-out combination: neither may the train split's tasks.
+    train = args.split == 'train'
+    held = np.random.default_rng(args.seed).random(count) < (0.0 if train else args.held_out_share)
     first = SPLITS[args.split]
     # sample_task looks up to 200 seeds ahead for a fitting scene: stay inside the split.
     seeds = [first + (args.seed + 7919 * k) % (SPLIT_SIZE - 200)
              for k in range(count + args.episodes)]
-    tasks = [sample_task(seed, verbs[k % len(verbs)], HELD_OUT, bool(held[k]))
+    tasks = [sample_task(seed, verbs[k % len(verbs)], HELD_OUT, bool(held[k]), only_seen=train)
              for k, seed in enumerate(seeds[:count])]
     if 'absent' in args.verbs:
         names = [f'{colour} {shape}' for colour in COLOURS for shape in SHAPES]
