@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from clip_ros.perception import shape_search
+from clip_ros.perception import shape_search, table_split
 from clip_ros.perception.geometry import Detection, paint
 from clip_ros.perception.image_np import validate_rgb
 from clip_ros.perception.light import correction_for
@@ -182,6 +182,7 @@ class _Frame:
     maps: np.ndarray = None  # float32 [len(asked), H, W] CLIPSeg probabilities
     shape_probs: dict = field(default_factory=dict)  # candidate -> its shape's probability
     narrowed: set = field(default_factory=set)  # candidates shape search cut from a blob
+    on_table: set = field(default_factory=set)  # candidates cut from a table-sized one
 
 
 class GroundingPipeline:
@@ -324,7 +325,8 @@ class GroundingPipeline:
 
     def _result(self, frame: _Frame, with_heatmaps: bool) -> GroundingResult:
         """Apply the abstention rule, keep the best max_detections, paint, build detections."""
-        keep = [k for k, e in enumerate(frame.evidence) if self.abstain.accepts(e)]
+        keep = [k for k, e in enumerate(frame.evidence) if self.abstain.accepts(e)
+                and (k not in frame.on_table or table_split.accepts(e))]
         rejected = dict(frame.rejected)
         kept_owners = {frame.owners[k] for k in keep}
         for i, k in enumerate(frame.asked):
@@ -345,7 +347,7 @@ class GroundingPipeline:
         for index, k in enumerate(order):
             region = frame.regions[k]
             # A window cut from a same-colour blob touches neighbours of its colours.
-            if self.refine_masks and k not in frame.narrowed:
+            if self.refine_masks and k not in frame.narrowed | frame.on_table:
                 region = refine(frame.rgb, region, frame.maps[frame.owners[k]], cell)
                 region = self._grown(frame, k, region)
             paint(label_image, region, index + 1)  # higher scores paint first and keep overlaps
@@ -393,7 +395,9 @@ class GroundingPipeline:
         One region per object rather than per blob (perception.regions.instances): a blob is
         cut between the peaks of two touching objects, and the pieces of a broken-up object
         are joined. With shape search, a cut blob the shape head is sure is the named shape
-        stays a candidate too (an occluder in front of one object cuts it like two).
+        stays a candidate too (an occluder in front of one object cuts it like two). With a
+        shape head, a table-sized candidate adds the blobs standing on it
+        (perception.table_split), listed in frame.on_table.
         """
         owners, regions, sure = [], [], {}  # sure: candidate -> the head's answer
         for i, (prob, k) in enumerate(zip(frame.maps, frame.asked)):
@@ -410,7 +414,16 @@ class GroundingPipeline:
         keep = sorted(range(len(regions)), key=lambda k: -regions[k].mean_prob)
         keep = sorted(keep[:self.max_candidates])
         frame.shape_probs = {new: sure[old] for new, old in enumerate(keep) if old in sure}
-        return [owners[k] for k in keep], [regions[k] for k in keep]
+        owners, regions = [owners[k] for k in keep], [regions[k] for k in keep]
+        if getattr(self.clip, 'shape', None) is not None:  # its blobs need the head's word
+            size = frame.rgb.shape[0] * frame.rgb.shape[1]
+            for i, region in list(zip(owners, regions)):
+                if table_split.is_table_sized(region, size):
+                    blobs = table_split.table_blobs(frame.rgb, region, frame.maps[i])
+                    frame.on_table.update(range(len(regions), len(regions) + len(blobs)))
+                    owners += [i] * len(blobs)
+                    regions += blobs
+        return owners, regions
 
     def _evidence(self, frames: list) -> None:
         """Fill each frame's per-candidate Evidence from its maps and one batched CLIP call."""
