@@ -6,7 +6,7 @@ import pytest
 
 from clip_ros.policy.lifting import (
     back_project, camera_intrinsics, check_intrinsics, depth_to_metres, Extrinsic, lift_mask,
-    lift_standing, matrix_to_quat, place_point, quat_to_matrix)
+    lift_standing, matrix_to_quat, place_point, quat_to_matrix, table_view)
 
 K = np.array([[100.0, 0.0, 39.5], [0.0, 100.0, 29.5], [0.0, 0.0, 1.0]])
 SHAPE = (60, 80)
@@ -141,3 +141,19 @@ def test_camera_intrinsics_fall_back_to_k_only_without_p():
     assert camera_intrinsics(info)[0][0].tolist() == [90.0, 0.0, 40.0]
     with pytest.raises(ValueError, match='uncalibrated'):
         camera_intrinsics(CameraInfo(width=80, height=60))
+
+
+def test_table_view_is_the_cameras_right_and_forward_on_the_table():
+    tilt = np.radians(50.0)  # looking down at the table, 50 degrees below the horizon
+    # The simulator's camera: image right = world +x, looking along +y and down.
+    sim = np.column_stack([(1.0, 0.0, 0.0), (0.0, -np.sin(tilt), -np.cos(tilt)),
+                           (0.0, np.cos(tilt), -np.sin(tilt))])
+    assert table_view(sim) == (pytest.approx((1.0, 0.0)), pytest.approx((0.0, 1.0)))
+    # A REP 103 base_link (x forward, y left) with the camera behind the arm, looking forward:
+    # image right is the base's -y.
+    rep103 = np.column_stack([(0.0, -1.0, 0.0), (-np.sin(tilt), 0.0, -np.cos(tilt)),
+                              (np.cos(tilt), 0.0, -np.sin(tilt))])
+    assert table_view(rep103) == (pytest.approx((0.0, -1.0)), pytest.approx((1.0, 0.0)))
+    # Straight down (x right, image up along +y): forward is the image's up.
+    down = np.diag([1.0, -1.0, -1.0])
+    assert table_view(down) == (pytest.approx((1.0, 0.0)), pytest.approx((0.0, 1.0)))

@@ -171,6 +171,13 @@ def test_point_push_and_find():
     assert min(obs.ee_position[0] for obs, _ in log) < TARGET[0] - 0.05
     action, _ = run('where is the blue block')
     assert action.state == 'succeeded' and 'found' in action.detail
+    # A REP 103 base (x forward, y left), the camera behind the arm looking forward: left in
+    # the image is the base's +y.
+    rep103 = PolicyConfig(view=((0.0, -1.0), (1.0, 0.0)))
+    action, log = run('push the blue block to the left', config=rep103)
+    assert action.state == 'succeeded'
+    assert max(obs.ee_position[1] for obs, _ in log) > TARGET[1] + 0.05
+    assert max(abs(obs.ee_position[0] - TARGET[0]) for obs, _ in log[-20:]) < 0.02
 
 
 def test_validation_and_plans():

@@ -42,7 +42,7 @@ from clip_ros.policy.command import parse_command, quote
 from clip_ros.policy.geometric import (
     Action, FINAL_STATES, GeometricPolicy, Observation, OPEN, PolicyConfig)
 from clip_ros.policy.lifting import (
-    camera_intrinsics, check_camera_size, check_frames, Extrinsic, quat_to_matrix)
+    camera_intrinsics, check_camera_size, check_frames, Extrinsic, quat_to_matrix, table_view)
 from clip_ros.policy.perceive import LiftConfig, perceive, roles
 from clip_ros.policy.sync import TimeMatcher
 from clip_ros.policy.verify import VerifyConfig
@@ -132,8 +132,12 @@ def _parameters() -> tuple:
     )
 
 
-def policy_config(p: dict) -> PolicyConfig:
-    """Return the PolicyConfig of parameter values `p`; ValueError names a bad limit."""
+def policy_config(p: dict, view=PolicyConfig.view) -> PolicyConfig:
+    """
+    Return the PolicyConfig of parameter values `p`; ValueError names a bad limit.
+
+    view: the camera's right and forward on the table (lifting.table_view), for push.
+    """
     for name in ('workspace_min', 'workspace_max'):
         value = p[name]
         if isinstance(value, (str, bytes)) or not hasattr(value, '__len__') or len(value) != 3:
@@ -143,7 +147,8 @@ def policy_config(p: dict) -> PolicyConfig:
                         workspace_max=tuple(float(v) for v in p['workspace_max']),
                         lost_timeout=p['lost_timeout'], acquire_timeout=p['acquire_timeout'],
                         time_limit=p['time_limit'], near_distance=p['near_distance'],
-                        table_z=p['table_z'], verify=VerifyConfig(table_z=p['table_z']))
+                        table_z=p['table_z'], verify=VerifyConfig(table_z=p['table_z']),
+                        view=view)
 
 
 def check_parameters(p: dict) -> None:
@@ -189,6 +194,7 @@ class VlaPolicyNode(ManagedNode):
         declare_all(self, _parameters())
         self._p = p = parameter_values(self)
         self._extrinsic = Extrinsic(np.eye(3), np.zeros(3))
+        self._camera_rotation = None  # base_from_camera rotation of the last perception set
         self._policy, self._new_policy, self._pubs, self._command = None, None, {}, None
         self._fresh_lock, self._control_lock = threading.Lock(), threading.Lock()
         self._reset_inputs()
@@ -366,7 +372,10 @@ class VlaPolicyNode(ManagedNode):
                 # The new command replaces a running one: stop the arm and end its status,
                 # before a new policy (limits set since) forgets it was moving.
                 self._abort(policy, f'replaced by command {quote(msg.data)}')
-            config = policy_config(self._p)
+            # Push directions are the camera's: from the pose the last perception set used.
+            rotation = self._camera_rotation if self._camera_rotation is not None \
+                else self._extrinsic.rotation
+            config = policy_config(self._p, table_view(rotation))
             if config != policy.config:
                 # Limits set since the last command: a new policy around the same model.
                 policy = self._policy = self._new_policy(config)
@@ -497,7 +506,9 @@ class VlaPolicyNode(ManagedNode):
             raise ValueError(f"mask encoding {match['mask'].encoding!r} is not a label image: "
                              f'publish mono16 (detection index + 1, 0 background)')
         check_camera_size(*size, depth)
-        return K, depth, labels, self._lookup_extrinsic(depth_msg.header)
+        extrinsic = self._lookup_extrinsic(depth_msg.header)
+        self._camera_rotation = extrinsic.rotation
+        return K, depth, labels, extrinsic
 
     def _lift_config(self) -> LiftConfig:
         p = self._p

@@ -31,7 +31,9 @@ PLACE_RELATIONS = ('on', 'onto', 'on top of', 'in', 'into', 'inside', 'inside of
 STATES = ('idle', 'waiting', 'executing', 'succeeded', 'failed', 'aborted', 'rejected')
 FINAL_STATES = ('succeeded', 'failed', 'aborted', 'rejected')
 OPEN, CLOSED = 0.0, 1.0
-DIRECTIONS = {  # base frame: x right, y away from the camera, z up (the sim's world frame)
+# (right, away from the camera, up) as the camera sees the table: PolicyConfig.view turns them
+# into the base frame (the simulator's world frame is x right, y away from its camera, z up).
+DIRECTIONS = {
     'left': (-1.0, 0.0, 0.0), 'right': (1.0, 0.0, 0.0), 'forward': (0.0, 1.0, 0.0),
     'away': (0.0, 1.0, 0.0), 'backward': (0.0, -1.0, 0.0), 'closer': (0.0, -1.0, 0.0),
     'up': (0.0, 0.0, 1.0), 'down': (0.0, 0.0, -1.0),
@@ -48,6 +50,9 @@ class PolicyConfig:
     workspace_max: tuple = (0.55, 0.45, 0.6)
     approach_height: float = 0.10    # pre-grasp / pre-place height above the point
     top_clearance: float = 0.03      # ... and at least this above the target's top (tall objects)
+    # The camera's right and forward on the table, base-frame xy (lifting.table_view): a push
+    # 'left' goes left in the image, whatever the base frame's axes.
+    view: tuple = ((1.0, 0.0), (0.0, 1.0))
     lift_height: float = 0.15        # how far a grasped object is raised
     place_clearance: float = 0.03    # the load's bottom this far above the destination point
     hover_height: float = 0.10       # point / go_to stop this far above the target
@@ -142,7 +147,9 @@ def plan(command: Command, config: PolicyConfig) -> list:
                         Phase('release', gripper=OPEN),
                         Phase('retreat', 'ee', (0, 0, up))] + verify
     if command.verb == 'push':
-        d = np.asarray(DIRECTIONS.get(command.direction or 'forward', DIRECTIONS['forward']))
+        right, away, rise = DIRECTIONS.get(command.direction or 'forward', DIRECTIONS['forward'])
+        (rx, ry), (fx, fy) = config.view
+        d = np.array([right * rx + away * fx, right * ry + away * fy, rise])
         start, end = -d * config.push_offset, d * config.push_distance
         return [Phase('close', gripper=CLOSED),
                 Phase('pre_push', 'target', start + (0, 0, up), track=True),

@@ -116,6 +116,21 @@ def check_intrinsics(K, size=None) -> np.ndarray:
     return K
 
 
+def table_view(rotation) -> tuple:
+    """
+    Return the camera's (right, forward) on the table: unit base-frame xy of base_from_camera.
+
+    Right is the image's x axis, forward the optical axis, both laid flat on the base's xy
+    plane; a camera looking straight down takes the image's up as forward.
+    """
+    R = np.asarray(rotation, np.float64)
+    right, forward = R[:2, 0], R[:2, 2]
+    if np.linalg.norm(forward) < 0.1:  # looking down: away from the camera is the image's up
+        forward = -R[:2, 1]
+    right, forward = (v / max(float(np.linalg.norm(v)), 1e-9) for v in (right, forward))
+    return (float(right[0]), float(right[1])), (float(forward[0]), float(forward[1]))
+
+
 def camera_intrinsics(info) -> tuple:
     """
     Return (K [3, 3], (width, height)) of the image a sensor_msgs/CameraInfo describes.
