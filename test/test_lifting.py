@@ -131,6 +131,22 @@ def test_flat_masks_are_skipped_for_standing_ones():
     assert reasons[1] == 'the instance mask is empty'
 
 
+def test_table_pixels_in_a_mask_do_not_move_the_objects_centre():
+    # A mask that took in a strip of table behind the box (its shadow, the map's bleed): the
+    # box's centre stays the box's, where the fingers must close.
+    down = Extrinsic(np.diag([1.0, -1.0, -1.0]), np.array([0.0, 0.0, 1.0]))
+    depth = np.full(SHAPE, 1.0, np.float32)
+    box = square_mask(35, 25, 10)
+    depth[box] = 0.96  # a 4 cm block: table points behind it lie within object_radius
+    bled = box | square_mask(35, 19, 10) & (np.arange(SHAPE[0])[:, None] < 25)  # 6 rows of table
+    alone = lift_mask(depth, box, K, down)
+    (_, lifted), _ = lift_standing(depth, [bled], K, down)
+    assert lifted.centre[:2] == pytest.approx(alone.centre[:2], abs=2e-3)
+    assert lifted.top == pytest.approx(0.04, abs=1e-3)
+    # Without a floor the strip pulls the centre centimetres off the box.
+    assert abs(lift_mask(depth, bled, K, down).centre[1] - alone.centre[1]) > 0.02
+
+
 def test_camera_intrinsics_fall_back_to_k_only_without_p():
     from sensor_msgs.msg import CameraInfo
 

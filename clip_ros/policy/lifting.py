@@ -246,7 +246,7 @@ def _valid_depth(depth: np.ndarray, mask: np.ndarray, depth_range: tuple) -> np.
 
 def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = None,
               depth_range: tuple = (0.05, 10.0), min_valid: int = 1,
-              object_radius: float = 0.1) -> LiftedTarget:
+              object_radius: float = 0.1, floor: float = -math.inf) -> LiftedTarget:
     """
     Lift an instance mask to 3D with the median valid depth inside it.
 
@@ -266,6 +266,9 @@ def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = Non
         Fewest valid pixels accepted.
     object_radius : float
         The box (size, top, centre) only counts points this close to the median point (m).
+    floor : float
+        ... and above this base-frame z, when any is (the table top: a mask that takes in
+        the table behind an object, or its shadow, must not move its centre there).
 
     Returns
     -------
@@ -295,7 +298,8 @@ def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = Non
     # A mask that bleeds onto the background must not stretch the object's box.
     near = points[np.linalg.norm(points - position, axis=1) <= object_radius]
     near = near if len(near) else points
-    low, high = np.percentile(near, [5, 95], axis=0)
+    standing = near[near[:, 2] > floor]
+    low, high = np.percentile(standing if len(standing) else near, [5, 95], axis=0)
     return LiftedTarget(camera, position, high - low, z, (u, v), int(rows.size),
                         float(high[2]), (low + high) / 2, near)
 
@@ -328,7 +332,8 @@ def lift_standing(depth: np.ndarray, masks, K, extrinsic: Extrinsic = None,
     reasons = []
     for index, mask in enumerate(masks):
         try:
-            lifted = lift_mask(depth, mask, K, extrinsic, depth_range)
+            lifted = lift_mask(depth, mask, K, extrinsic, depth_range,
+                               floor=table_z + max(min_height, 0.0))
         except ValueError as e:
             reasons.append(str(e))
             continue
