@@ -22,7 +22,8 @@ def _node(context) -> list:
     return [Node(
         package='clip_ros', executable='sim_node', name='sim_node',
         namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
-        parameters=[LaunchConfiguration('params_file')] + ([extra] if extra else []))]
+        parameters=[LaunchConfiguration('params_file')] + ([extra] if extra else []),
+        ros_arguments=['--log-level', LaunchConfiguration('log_level')])]
 
 
 def generate_launch_description():
@@ -39,5 +40,8 @@ def generate_launch_description():
             default_value=PathJoinSubstitution(
                 [FindPackageShare('clip_ros'), 'config', 'sim_node.yaml']),
             description='node parameters (YAML, /**/sim_node: ros__parameters:)'),
+        DeclareLaunchArgument('log_level', default_value='info',
+                              description="node log level: 'debug', 'info', 'warn', 'error' "
+                                          "or 'fatal'"),
     ]
     return LaunchDescription(arguments + [OpaqueFunction(function=_node)])

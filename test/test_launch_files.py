@@ -113,6 +113,20 @@ def test_log_level_reaches_the_node(launch_actions, monkeypatch):
     assert '--log-level debug' in ' '.join(command)
 
 
+@pytest.mark.parametrize('stem', ['sim', 'demo_sim'])
+def test_simulator_launch_files_take_a_log_level(launch_actions, monkeypatch, stem):
+    command = ' '.join(launched_command(stem, {'log_level': 'debug'}, monkeypatch))
+    nodes = 1 if stem == 'sim' else 3
+    assert command.count('--log-level debug') == nodes
+
+
+def test_demo_takes_the_capitalised_autostart(launch_actions, monkeypatch):
+    command = launched_command('demo_sim', {'autostart': 'False'}, monkeypatch)
+    # Both lifecycle nodes get the same override.
+    assert node_parameters(command, 'grounding_node')['autostart'] is False
+    assert node_parameters(command, 'vla_policy_node')['autostart'] is False
+
+
 def test_readme_robot_launch_reads_the_prefetched_weights(launch_actions, monkeypatch):
     text = (ROOT / 'README.md').read_text()
     section = text.split('## On a robot', 1)[1].split('\n## ', 1)[0]
