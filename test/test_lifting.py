@@ -72,6 +72,17 @@ def test_unusable_depth_says_why(fill, reason):
         lift_mask(np.full(SHAPE, fill, np.float32), square_mask(), K)
 
 
+def test_a_mask_with_depth_on_a_few_pixels_only_is_refused():
+    # A real sensor's holes (dark, glossy, transparent objects) leave edge pixels that mix the
+    # object's depth with its background's: 5 of 100 say too little about the object.
+    depth = np.full(SHAPE, np.nan, np.float32)
+    depth[20, 30:35] = 3.0
+    with pytest.raises(ValueError, match=r'only 5 of 100 masked pixels have valid depth'):
+        lift_mask(depth, square_mask(), K)
+    depth[21, 30:35] = 3.0
+    assert lift_mask(depth, square_mask(), K).valid_pixels == 10
+
+
 def test_size_mismatch_and_missing_intrinsics():
     with pytest.raises(ValueError, match='differs'):
         lift_mask(np.ones((30, 40), np.float32), square_mask(), K)

@@ -11,6 +11,10 @@ import math
 import numpy as np
 
 DEPTH_ENCODINGS = ('32FC1', '16UC1', 'mono16')  # metres, millimetres (scaled), millimetres
+# Fewest of a mask's pixels with depth for a 3D estimate: below a tenth, what a real sensor
+# leaves is mostly edge (flying) pixels between the object and its background, or the table
+# seen through a transparent object, not the object's surface.
+MIN_VALID_SHARE = 0.1
 
 
 @dataclass
@@ -245,7 +249,7 @@ def _valid_depth(depth: np.ndarray, mask: np.ndarray, depth_range: tuple) -> np.
 
 
 def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = None,
-              depth_range: tuple = (0.05, 10.0), min_valid: int = 1,
+              depth_range: tuple = (0.05, 10.0), min_valid: float = MIN_VALID_SHARE,
               object_radius: float = 0.1, floor: float = -math.inf) -> LiftedTarget:
     """
     Lift an instance mask to 3D with the median valid depth inside it.
@@ -262,8 +266,8 @@ def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = Non
         base_from_camera; identity when None.
     depth_range : (near, far)
         Valid depth interval (m), exclusive.
-    min_valid : int
-        Fewest valid pixels accepted.
+    min_valid : float
+        Fewest valid pixels accepted, as a share of the mask's pixels.
     object_radius : float
         The box (size, top, centre) only counts points this close to the median point (m).
     floor : float
@@ -287,8 +291,10 @@ def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = Non
     K = check_intrinsics(K, (depth.shape[1], depth.shape[0]) if depth.ndim == 2 else None)
     valid = _valid_depth(depth, mask, depth_range)
     rows, cols = np.nonzero(valid)
-    if rows.size < min_valid:
-        raise ValueError(f'only {rows.size} masked pixels have valid depth (need {min_valid})')
+    area = int(np.count_nonzero(mask))
+    if rows.size < min_valid * area:
+        raise ValueError(f'only {rows.size} of {area} masked pixels have valid depth '
+                         f'(need {min_valid:.0%})')
     z = float(np.median(depth[rows, cols]))
     u, v = float(np.median(cols)), float(np.median(rows))
     extrinsic = extrinsic or Extrinsic.identity()
