@@ -55,6 +55,21 @@ make_venv() {
     "$python" -m venv "$VENV"
 }
 
+check_offscreen_gl() {
+    # MuJoCo renders offscreen through EGL, else OSMesa: the demo and the simulator's tests
+    # need one of them (the rest does not). Said before pip, which takes minutes; a warning,
+    # as the library look-up can miss a library that is there.
+    local lib
+    for lib in EGL OSMesa; do
+        "$VENV/bin/python" -c \
+            'import ctypes.util, sys; sys.exit(not ctypes.util.find_library(sys.argv[1]))' \
+            "$lib" && return 0
+    done
+    warn 'no offscreen OpenGL library found for the MuJoCo simulator (libEGL or libOSMesa):' \
+        'apt-get install libegl1 (or libosmesa6); without one the demo fails and the' \
+        "simulator's tests skip"
+}
+
 requirements_hash() {
     cat "$REQ_TORCH" "$REQ" | "$VENV/bin/python" -c \
         'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'
@@ -215,6 +230,7 @@ run_demo() {
 main() {
     local start=$SECONDS
     make_venv
+    check_offscreen_gl
     install_requirements
     repoint_wheel_paths
     build_packages

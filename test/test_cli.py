@@ -5,7 +5,7 @@ import json
 import pytest
 
 from clip_ros.tools import (calibrate, cli, demo, evaluate, evaluate_crops, evaluate_policy,
-                            flood, record_sim_bag)
+                            flood, ground_bag, record_sim_bag)
 
 
 def test_types_take_good_values_and_say_why_not_for_bad_ones():
@@ -80,11 +80,49 @@ def test_flood_refuses_values_it_cannot_run(capsys, args, reason):
     (record_sim_bag.main, ['{tmp}/x.mcap', '--seed', '-1'], 'must be at least 0, got -1'),
     (record_sim_bag.main, ['{tmp}/x.mcap', '--width', '20000'], 'must be at most 4096'),
     (record_sim_bag.main, ['{tmp}/missing/x.mcap'], 'does not exist or is not writable'),
+    (record_sim_bag.main, ['{tmp}/x.mcap', '--frames', '0'],
+     'argument --frames: must be at least 1, got 0'),
+    (record_sim_bag.main, ['{tmp}/x.mcap', '--scenes', '0'],
+     'argument --scenes: must be at least 1, got 0'),
+    (record_sim_bag.main, ['{tmp}/x.mcap', '--rate', '0'],
+     'argument --rate: must be a finite number above 0, got 0'),
 ])
 def test_other_tools_refuse_before_any_work(capsys, tmp_path, main, args, reason):
     args = [a.format(tmp=tmp_path) for a in args]
     assert reason in exits_2(capsys, main, args)
     assert not (tmp_path / 'x.mcap').exists()
+
+
+@pytest.mark.parametrize('option, value, reason', [
+    ('--max-frames', '-1', 'must be at least 0, got -1'),
+    ('--strip-frames', '-1', 'must be at least 0, got -1'),
+    ('--threads', '-1', 'must be at least 0, got -1'),
+    ('--min-area', '0', 'must be at least 1, got 0'),
+    ('--max-detections', '0', 'must be at least 1, got 0'),
+    ('--depth-scale', '0', 'must be a finite number above 0, got 0'),
+    ('--depth-scale', 'inf', 'must be a finite number above 0, got inf'),
+    ('--sync-tolerance', 'nan', 'must be a finite number at least 0, got nan'),
+    ('--threshold', '1.5', 'must be a finite number in [0, 1], got 1.5'),
+    ('--min-depth', '-1', 'must be a finite number at least 0, got -1'),
+])
+def test_ground_bag_names_the_one_option_out_of_range(capsys, tmp_path, option, value, reason):
+    args = [str(tmp_path / 'in.mcap'), '--phrases', 'cup', option, value]
+    err = exits_2(capsys, ground_bag.main, args)
+    assert f'argument {option}: {reason}' in err
+
+
+def test_ground_bag_names_both_depth_limits_when_they_disagree(capsys, tmp_path):
+    args = [str(tmp_path / 'in.mcap'), '--phrases', 'cup', '--min-depth', '2', '--max-depth', '1']
+    err = exits_2(capsys, ground_bag.main, args)
+    assert '--min-depth 2 must be below --max-depth 1' in err
+
+
+def test_ground_bag_help_shows_its_example_as_a_shell_takes_it(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        ground_bag.main(['--help'])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert '--command-topic /command \\\n      --depth-topic' in out and '\\\\' not in out
 
 
 def test_evaluate_policy_train_tasks_show_no_held_out_combination():

@@ -111,3 +111,11 @@ def test_models_load_after_a_gl_context_in_one_process(gl_context):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ['128'], proc.stdout  # the bundled model's input size
+
+
+def test_truth_perception_loads_only_the_clip_it_embeds_with(caplog):
+    caplog.set_level('WARNING')
+    perception, clip = load_perception('truth', 'cpu', clip='tabletop')
+    assert isinstance(perception, TruthPerception) and clip.name == 'tabletop'
+    # A tiny CLIP loaded first and thrown away would have logged that it has no weights.
+    assert not [r for r in caplog.records if 'No pretrained weights' in r.getMessage()]

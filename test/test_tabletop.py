@@ -152,3 +152,24 @@ def test_falls_back_without_pretrained_weights(tmp_path):
         cache_dir=str(tmp_path))
     assert clip.name == clipseg.name == 'tabletop'
     assert 'tabletop' in note and 'not' in note
+
+
+def test_a_missing_clipseg_directory_fails_even_when_the_clip_weights_are_not_cached(tmp_path):
+    missing = tmp_path / 'nonexistent' / 'dir'
+    with pytest.raises(ModelNotFoundError, match=str(missing)):
+        load_or_tabletop(('ViT-B-16', 'openai'), str(missing), device='cpu',
+                         cache_dir=str(tmp_path))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='warns only without CUDA')
+@pytest.mark.parametrize('clip_spec, clipseg', [
+    (('tiny', 'random'), 'tiny'),
+    (('ViT-B-16', 'openai'), 'CIDAS/clipseg-rd64-refined'),  # not cached: the tabletop fallback
+])
+def test_cuda_without_a_gpu_warns_once_per_load(tmp_path, caplog, clip_spec, clipseg):
+    caplog.set_level('WARNING', logger='clip_ros')
+    clip, segmenter, _ = load_or_tabletop(clip_spec, clipseg, device='cuda',
+                                          cache_dir=str(tmp_path))
+    assert clip.device.type == segmenter.device.type == 'cpu'
+    warnings = [r for r in caplog.records if 'CUDA is not available' in r.getMessage()]
+    assert len(warnings) == 1

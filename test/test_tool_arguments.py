@@ -6,8 +6,8 @@ import pytest
 from clip_ros.perception import tabletop_model as tabletop
 from clip_ros.sim.scene import sample_scene
 from clip_ros.sim.splits import HELD_OUT, split_seeds, SPLIT_SIZE
-from clip_ros.tools import (benchmark, export, policy_demo, prefetch, record_demos, serve,
-                            train_policy_head, train_shape)
+from clip_ros.tools import (benchmark, demo, export, make_dataset, policy_demo, prefetch,
+                            record_demos, serve, train_policy_head, train_shape)
 from test_cli import exits_2  # noqa: I100, I201
 
 
@@ -26,7 +26,8 @@ def no_work(monkeypatch):
                          (train_policy_head, 'load_demonstrations'),
                          (train_shape, 'object_crops'), (policy_demo, 'run'),
                          (export, 'load_models'), (prefetch, 'fetch_clip'),
-                         (prefetch, 'fetch_clipseg')):
+                         (prefetch, 'fetch_clipseg'), (demo, 'run'),
+                         (make_dataset, 'generate')):
         monkeypatch.setattr(module, name, stop)
 
 
@@ -53,8 +54,12 @@ def no_work(monkeypatch):
      'argument --gripper-lookahead: must be at least 0, got -1'),
     (train_policy_head.main, ['--demos', '{missing}/demos.npz'],
      '--demos {missing}/demos.npz does not exist (record_demos writes one)'),
-    (train_policy_head.main, ['--demos', '{file}', '--out', '{missing}/head.pt'],
-     '--out {missing}/head.pt: folder'),
+    (train_policy_head.main, ['--demos', '{file}', '--out', '{file}/head.pt'],
+     '--out {file}: cannot create that folder'),
+    (demo.main, ['--output', '{file}/strip.png'], '--output {file}: cannot create that folder'),
+    (demo.main, ['--output', '{folder}'], '--output {folder} is a folder; give a file name'),
+    (make_dataset.main, ['--out', '{file}/data'], '--out {file}/data: cannot create that folder'),
+    (make_dataset.main, ['--out', '{file}'], '--out {file}: cannot create that folder'),
     (train_shape.parse_args, ['--steps', '0'], 'argument --steps: must be at least 1, got 0'),
     (train_shape.parse_args, ['--threads', '-1'], 'argument --threads: must be at least 0'),
     (train_shape.parse_args, ['--conditions', 'sideways'], '--conditions: unknown condition'),
@@ -108,6 +113,23 @@ def test_record_demos_makes_the_output_folder(tmp_path):
                                     '--height', '8', '--out', str(out)])
     assert (args.episodes, args.seed, args.width, args.height) == (1, 0, 8, 8)
     assert out.parent.is_dir() and not out.exists()
+
+
+def test_train_policy_head_makes_the_output_folder_as_record_demos_does(tmp_path):
+    demos = tmp_path / 'demos.npz'
+    demos.write_bytes(b'')
+    out = tmp_path / 'new' / 'head.pt'
+    train_policy_head.parse_args(['--demos', str(demos), '--out', str(out)])
+    assert out.parent.is_dir() and not out.exists()
+
+
+def test_demo_and_make_dataset_make_their_output_folders_before_any_work(tmp_path):
+    with pytest.raises(Stop):
+        demo.main(['--output', str(tmp_path / 'strips' / 'demo.png')])
+    assert (tmp_path / 'strips').is_dir() and not (tmp_path / 'strips' / 'demo.png').exists()
+    with pytest.raises(Stop):
+        make_dataset.main(['--out', str(tmp_path / 'data'), '--count', '1'])
+    assert (tmp_path / 'data').is_dir()
 
 
 def test_record_demos_draws_train_scenes_without_held_out_combinations(tmp_path):

@@ -4,6 +4,7 @@ from contextlib import contextmanager
 import gc
 import logging
 import signal
+import sys
 
 from rcl_interfaces.msg import (
     FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult)
@@ -258,15 +259,50 @@ def spin_until_shutdown(executor, context) -> None:
             raise
 
 
+# README.md sections that describe a node's topics and parameters, where not its own name.
+README_SECTIONS = {'sim_node': 'Simulation (MuJoCo, headless)'}
+
+
+def help_requested(args) -> bool:
+    """Tell whether -h or --help comes before any --ros-args in the command line `args`."""
+    for arg in args:
+        if arg == '--ros-args':
+            return False
+        if arg in ('-h', '--help'):
+            return True
+    return False
+
+
+def node_usage(node_class) -> str:
+    """Return the --help text of the node `node_class`: what it does and how to configure it."""
+    module = sys.modules[node_class.__module__]
+    spec = getattr(module, '__spec__', None)  # under `python -m` the module is __main__
+    name = (spec.name if spec else module.__name__).rsplit('.', 1)[-1]
+    summary = next((line.strip() for line in (module.__doc__ or '').splitlines()
+                    if line.strip()), name)
+    section = README_SECTIONS.get(name, name)
+    return (f'usage: {name} [-h] [--ros-args (-p NAME:=VALUE | --params-file FILE) ...]\n\n'
+            f'{summary}\n\n'
+            f'A ROS 2 node: it runs until interrupted (Ctrl-C). Set a parameter with\n'
+            f'  {name} --ros-args -p name:=value\n'
+            f'or all of them from a file (it lists every parameter with its default):\n'
+            f'  {name} --ros-args --params-file config/{name}.yaml\n'
+            f'Its topics and parameters: README.md, section "{section}".\n')
+
+
 def spin_node(node_class, args=None) -> None:
     """
     Create `node_class()`, spin it until interrupted, clean up; for a node's main().
 
-    The process is expected to exit afterwards: the heap is left frozen (gc.freeze). One
-    executor thread is enough (inference runs on the node's own worker thread) and is faster:
-    rclpy's MultiThreadedExecutor holds the GIL so much that a 2-core graph grounded at a
-    third of the rate.
+    -h or --help before any --ros-args prints the node's usage instead, with neither rclpy nor
+    a node started. The process is expected to exit afterwards: the heap is left frozen
+    (gc.freeze). One executor thread is enough (inference runs on the node's own worker
+    thread) and is faster: rclpy's MultiThreadedExecutor holds the GIL so much that a 2-core
+    graph grounded at a third of the rate.
     """
+    if help_requested(sys.argv[1:] if args is None else args):
+        print(node_usage(node_class), end='')
+        return
     starting = [True]
 
     def on_sigint(signum, frame):

@@ -65,6 +65,18 @@ def load_clipseg(name: str = DEFAULT_CLIPSEG, device='auto', dtype='auto',
                         mean=IMAGENET_MEAN, std=IMAGENET_STD, device=device, dtype=dtype)
 
 
+def check_clipseg_path(name: str) -> None:
+    """Raise ModelNotFoundError when `name` is a local path that holds no CLIPSeg model."""
+    name = (name or '').strip()
+    if name == TABLETOP or is_tabletop_dir(name) or clipseg_spec(name) is not None or \
+            not _is_path(name):
+        return  # the bundled model, a known name or a hub id
+    if not os.path.isfile(os.path.join(os.path.expanduser(name), 'config.json')):
+        raise ModelNotFoundError(
+            f"CLIPSeg '{name}' is neither a known name ({', '.join(list_clipseg_models())}) "
+            f'nor a directory with config.json and weights (as written by save_pretrained)')
+
+
 def _random_clipseg(config: str) -> torch.nn.Module:
     from transformers import CLIPSegForImageSegmentation
     with torch.random.fork_rng(devices=[]):
@@ -80,11 +92,8 @@ def _pretrained_clipseg(name: str, dtype, cache_dir) -> torch.nn.Module:
     from transformers import CLIPSegForImageSegmentation
     fetch = prefetch_command(clipseg=name, cache_dir=cache_dir)
     if _is_path(name):
+        check_clipseg_path(name)
         source = os.path.expanduser(name)
-        if not os.path.isfile(os.path.join(source, 'config.json')):
-            raise ModelNotFoundError(
-                f"CLIPSeg '{name}' is neither a known name ({', '.join(list_clipseg_models())}) "
-                f'nor a directory with config.json and weights (as written by save_pretrained)')
     else:
         source = name
         cached = huggingface_hub.try_to_load_from_cache(name, 'config.json', cache_dir=cache_dir)

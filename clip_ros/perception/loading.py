@@ -1,12 +1,13 @@
 """
 One loading path for every node and tool: CLIP, CLIPSeg, or the bundled model in their place.
 
-Device and dtype are resolved once per load (registry.resolve_placement); warnings go to the
-'clip_ros' logger, which a node forwards to its own log (nodes.managed).
+Device and dtype are resolved once per load (registry.resolve_placement), once for both models
+in load_or_tabletop; warnings go to the 'clip_ros' logger, which a node forwards to its own log
+(nodes.managed).
 """
 from clip_ros.perception.clip import load_clip
-from clip_ros.perception.clipseg import load_clipseg
-from clip_ros.perception.registry import ModelLoadError, ModelNotFoundError
+from clip_ros.perception.clipseg import check_clipseg_path, load_clipseg
+from clip_ros.perception.registry import ModelLoadError, ModelNotFoundError, resolve_placement
 from clip_ros.perception.tabletop_model import load_tabletop_clip, load_tabletop_clipseg
 
 
@@ -33,8 +34,15 @@ def load_or_tabletop(clip_spec: tuple, clipseg_name: str, device='auto', dtype='
     ------
     ModelLoadError
         when the bundled model itself cannot be loaded.
+    ModelNotFoundError
+        when a weights file or CLIPSeg directory named explicitly does not exist.
 
     """
+    # Once for every model loaded here: each loader would warn again about a missing GPU.
+    device, dtype = resolve_placement(device, dtype)
+    # Before CLIP loads: uncached CLIP weights would otherwise bring the fallback in before a
+    # CLIPSeg directory that does not exist is ever looked at.
+    check_clipseg_path(clipseg_name)
     try:
         clip = load_clip(*clip_spec, device=device, dtype=dtype, cache_dir=cache_dir)
         clipseg = load_clipseg(clipseg_name, device=device, dtype=dtype, cache_dir=cache_dir)

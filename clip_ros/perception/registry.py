@@ -232,6 +232,8 @@ def resolve_dtype(dtype: str, device) -> torch.dtype:
     float16 on CPU falls back to float32 with a warning (slow and poorly supported there).
 
     """
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        dtype = str(dtype).removeprefix('torch.')  # one resolved before: passed on as is
     name = str(dtype).strip().lower()
     device = torch.device(device)
     if name == 'auto':

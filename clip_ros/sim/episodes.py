@@ -331,12 +331,14 @@ def sample_absent_task(seed: int, names, tries: int = 200) -> Task:
 PERCEPTION_CHOICES = ('truth', 'tiny', 'tabletop')
 
 
-def load_perception(name: str, device: str = 'auto', threshold: float = 0.4) -> tuple:
+def load_perception(name: str, device: str = 'auto', threshold: float = 0.4,
+                    clip: str = 'tiny') -> tuple:
     """
     Return (perception, clip) for a perception choice.
 
-    'truth' uses the sim's instance masks (and a tiny CLIP for embeddings); 'tiny' and
-    'tabletop' run the GroundingPipeline with those models.
+    'truth' uses the sim's instance masks and returns the CLIP named by `clip` ('tiny' or
+    'tabletop') for embeddings; 'tiny' and 'tabletop' run the GroundingPipeline with those
+    models and return its CLIP.
     """
     from clip_ros.perception.grounding import GroundingPipeline
     from clip_ros.perception.loading import load_clip, load_clipseg
@@ -344,10 +346,11 @@ def load_perception(name: str, device: str = 'auto', threshold: float = 0.4) -> 
     if name not in PERCEPTION_CHOICES:
         raise ValueError(f'perception {name!r} is not one of {", ".join(PERCEPTION_CHOICES)}')
     if name == 'truth':
-        return TruthPerception(), load_clip('tiny', 'random', device)
-    clip = load_clip(name, 'random' if name == 'tiny' else '', device)
-    pipeline = GroundingPipeline(clip, load_clipseg(name, device))
-    return ModelPerception(pipeline, threshold), clip
+        # Only the CLIP the caller embeds with: loading another first would be wasted.
+        return TruthPerception(), load_clip(clip, 'random' if clip == 'tiny' else '', device)
+    model = load_clip(name, 'random' if name == 'tiny' else '', device)
+    pipeline = GroundingPipeline(model, load_clipseg(name, device))
+    return ModelPerception(pipeline, threshold), model
 
 
 def save_strip(frames: list, path: str, columns: int = 8) -> str:

@@ -54,11 +54,18 @@ def frame_size(text: str) -> tuple:
     return width, height
 
 
-def writable(parser: argparse.ArgumentParser, option: str, path, folder: bool = False) -> None:
-    """Exit 2 (parser.error) unless `path` can be written: a file, or (folder=True) a folder."""
+def writable(parser: argparse.ArgumentParser, option: str, path, folder: bool = False,
+             make_parent: bool = False) -> None:
+    """
+    Exit 2 (parser.error) unless `path` can be written: a file, or (folder=True) a folder.
+
+    make_parent: the file's folder is made now when it is missing, as a folder is.
+    """
     if not path:
         return
     path = Path(path)
+    if make_parent:
+        writable(parser, option, path.parent, folder=True)
     if folder:  # made now: it will be written to anyway
         try:
             path.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ grounding rate at camera speed and writes an annotated strip PNG.
 """
 import argparse
 import json
-import os
 import signal
 import statistics
 import threading
@@ -29,7 +28,7 @@ from clip_ros.nodes.conversions import image_to_numpy
 from clip_ros.nodes.overlay import draw_overlay
 from clip_ros.perception.geometry import box_iou, Detection
 from clip_ros.perception.names import BACKENDS
-from clip_ros.tools.cli import count, number
+from clip_ros.tools.cli import count, number, writable
 from clip_ros.tools.demo_graph import (
     build_graph, node_specs, OWN_PROCESS, SIM_TOPICS, start_processes, stop_processes)
 
@@ -284,7 +283,6 @@ def run(args) -> int:
         rclpy.try_shutdown(context=context)
         stop_processes(processes)
     if panels:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         PILImage.fromarray(np.concatenate(panels, axis=1)).save(args.output)
         print(f'wrote {args.output}')
     # Fails only when nothing came back: a wrong grounding or a failed pick is a result.
@@ -316,8 +314,11 @@ def main(argv=None) -> int:
     parser.add_argument('--backend', default='auto', choices=('auto',) + BACKENDS,
                         help='grounding backend; auto: onnxruntime on the CPU (the fastest '
                              'for the bundled model there), torch on CUDA')
+    args = parser.parse_args(argv)
+    # The demo takes a minute: the strip's folder is made, and checked, before it starts.
+    writable(parser, '--output', args.output, make_parent=True)
     try:
-        return run(parser.parse_args(argv))
+        return run(args)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the node processes are stopped by now
         print('interrupted')
         return 130

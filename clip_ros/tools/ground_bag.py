@@ -1,7 +1,7 @@
 r"""
 Ground phrases in a camera topic of a rosbag2 MCAP file and write the results to a new one.
 
-  ground_bag IN.mcap --image-topic /camera/image_raw --command-topic /command \\
+  ground_bag IN.mcap --image-topic /camera/image_raw --command-topic /command \
       --depth-topic /camera/depth/image_raw --camera-info-topic /camera/camera_info
 
 Runs what grounding_node runs on each frame (the same model loading, GroundingPipeline and
@@ -40,7 +40,7 @@ from clip_ros.policy.perceive import lift_instances
 from clip_ros.policy.sync import StampBuffer
 from clip_ros.tools import bag_messages as msgs
 from clip_ros.tools.bags import BagError, BagReader, BagWriter, IMAGE_TYPES, LATCHED_QOS
-from clip_ros.tools.cli import unwritable_file
+from clip_ros.tools.cli import count, number, unwritable_file
 
 STRING_TYPE = 'std_msgs/msg/String'
 DEPTH_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')  # compressedDepth
@@ -396,13 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
                              'png): adds detections_3d')
     parser.add_argument('--camera-info-topic', default='',
                         help='sensor_msgs/CameraInfo topic of the depth image')
-    parser.add_argument('--depth-scale', type=float, default=0.001,
+    parser.add_argument('--depth-scale', type=number(0.0, low_open=True), default=0.001,
                         help='metres per 16UC1 depth unit')
-    parser.add_argument('--min-depth', type=float, default=0.05,
+    parser.add_argument('--min-depth', type=number(0.0), default=0.05,
                         help='nearest valid depth (m)')
-    parser.add_argument('--max-depth', type=float, default=5.0,
+    parser.add_argument('--max-depth', type=number(0.0, low_open=True), default=5.0,
                         help='farthest valid depth (m)')
-    parser.add_argument('--sync-tolerance', type=float, default=0.05,
+    parser.add_argument('--sync-tolerance', type=number(0.0), default=0.05,
                         help='largest stamp difference (s) between a frame and its depth')
     parser.add_argument('--clip-arch', default='tabletop',
                         help="open_clip architecture, 'tiny', or 'tabletop' (bundled)")
@@ -414,24 +414,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--dtype', default='auto',
                         help="'auto', 'float32', 'float16' or 'bfloat16'")
     parser.add_argument('--cache-dir', default='', help="model cache root; '' for the default")
-    parser.add_argument('--threshold', type=float, default=0.4,
+    parser.add_argument('--threshold', type=number(0.0, 1.0), default=0.4,
                         help='CLIPSeg probability threshold in [0, 1]')
-    parser.add_argument('--min-area', type=int, default=64, help='smallest instance (pixels)')
-    parser.add_argument('--max-detections', type=int, default=20,
+    parser.add_argument('--min-area', type=count(1), default=64, help='smallest instance (pixels)')
+    parser.add_argument('--max-detections', type=count(1), default=20,
                         help='most detections per frame')
     parser.add_argument('--prefix', default='/grounding', help='namespace of the output topics')
     parser.add_argument('--debug-image', action='store_true',
                         help='also write the overlay image (debug_image) per frame')
     parser.add_argument('--copy-input', action='store_true',
                         help='also copy the image, depth and camera_info topics to the output')
-    parser.add_argument('--max-frames', type=int, default=0,
+    parser.add_argument('--max-frames', type=count(0), default=0,
                         help='stop after this many image messages (0: all)')
     parser.add_argument('--strip', default='',
                         help='PNG strip of overlaid frames (default: OUT with .png)')
-    parser.add_argument('--strip-frames', type=int, default=4,
+    parser.add_argument('--strip-frames', type=count(0), default=4,
                         help='frames in the strip, evenly spaced (0: no strip)')
     parser.add_argument('--json', default='', help='also write the summary to this JSON file')
-    parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
+    parser.add_argument('--threads', type=count(0), default=0, help='torch threads (0: default)')
     parser.add_argument('--quiet', action='store_true', help='print only the summary')
     return parser
 
@@ -445,17 +445,9 @@ def check_arguments(parser, args) -> None:
                      f'{MAX_PHRASES} are grounded at once (as grounding_node)')
     if bool(args.depth_topic) != bool(args.camera_info_topic):
         parser.error('--depth-topic and --camera-info-topic go together')
-    if not 0.0 <= args.min_depth < args.max_depth:
-        parser.error(f'need 0 <= --min-depth < --max-depth, got {args.min_depth} and '
-                     f'{args.max_depth}')
-    if not 0.0 <= args.threshold <= 1.0:
-        parser.error(f'--threshold must be in [0, 1], got {args.threshold}')
-    if args.max_frames < 0 or args.strip_frames < 0 or args.min_area < 1 or \
-            args.max_detections < 1 or not 0 < args.depth_scale < math.inf or \
-            not 0 <= args.sync_tolerance < math.inf or args.threads < 0:
-        parser.error('--max-frames, --strip-frames and --threads must be >= 0, --min-area and '
-                     '--max-detections >= 1, --depth-scale > 0, --sync-tolerance >= 0 '
-                     '(finite numbers)')
+    if args.min_depth >= args.max_depth:
+        parser.error(f'--min-depth {args.min_depth:g} must be below --max-depth '
+                     f'{args.max_depth:g}')
 
 
 def load_pipeline(args) -> GroundingPipeline:

@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from clip_ros.sim.conditions import CONDITIONS, RANDOMISED
 from clip_ros.sim.dataset import generate, SPLIT_SIZE, SPLITS
-from clip_ros.tools.cli import frame_size
+from clip_ros.tools.cli import frame_size, writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Generate one split and print where its index went."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Made and checked now, so a root that cannot be written stops before any scene renders.
+    writable(parser, '--out', args.out, folder=True)
     width, height = args.size
     started = time.monotonic()
     try:

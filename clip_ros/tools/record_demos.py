@@ -1,6 +1,5 @@
 """Record demonstrations of the geometric policy in the MuJoCo sim for behaviour cloning."""
 import argparse
-from pathlib import Path
 import time
 
 from clip_ros.learning.behaviour_cloning import record_demonstrations, save_demonstrations
@@ -52,8 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"up to {last - 1}, past the train split's {SPLITS['train']}.."
                      f"{SPLITS['train'] + SPLIT_SIZE - 1}")
     # The episodes take minutes: the .npz must be writable first (its folder is made if missing).
-    writable(parser, '--out', Path(args.out).parent, folder=True)
-    writable(parser, '--out', args.out)
+    writable(parser, '--out', args.out, make_parent=True)
     return args
 
 
@@ -63,7 +61,7 @@ def main(argv=None) -> None:
     from clip_ros.sim.simulator import Simulator
 
     args = parse_args(argv)
-    perception, clip = load_perception(args.perception, args.device)
+    perception, clip = load_perception(args.perception, args.device, clip=args.clip)
     if args.clip != clip.name.split('/')[0]:
         clip = load_clip(args.clip, 'random' if args.clip == 'tiny' else '', args.device)
     tasks = demo_tasks(args.seed, args.episodes)

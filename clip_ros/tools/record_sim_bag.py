@@ -135,15 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     parser = argparse.ArgumentParser(prog='record_sim_bag', description=__doc__.split('\n\n')[0])
     parser.add_argument('output', help='MCAP file to write (e.g. sim.mcap)')
-    parser.add_argument('--frames', type=int, default=30, help='frames in all')
-    parser.add_argument('--scenes', type=int, default=3, help='scenes the frames are split over')
+    parser.add_argument('--frames', type=cli.count(1), default=30, help='frames in all')
+    parser.add_argument('--scenes', type=cli.count(1), default=3,
+                        help='scenes the frames are split over')
     parser.add_argument('--seed', type=cli.count(0), default=0, help='seed of the first scene')
     # The renderer's offscreen buffer: larger frames fail inside MuJoCo.
     parser.add_argument('--width', type=cli.count(8, 4096), default=640,
                         help='image width (pixels)')
     parser.add_argument('--height', type=cli.count(8, 4096), default=480,
                         help='image height (pixels)')
-    parser.add_argument('--rate', type=float, default=15.0, help='frames per second (stamps)')
+    parser.add_argument('--rate', type=cli.number(0.0, low_open=True), default=15.0,
+                        help='frames per second (stamps)')
     parser.add_argument('--compressed', action='store_true',
                         help=f'also write a jpeg CompressedImage on {TOPICS["compressed"]} and '
                              f'compressedDepth on {TOPICS["compressed_depth"]}')
@@ -156,9 +158,6 @@ def main(argv=None) -> int:
     """Record the frames and print the topics written."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.frames < 1 or args.scenes < 1 or args.width < 8 or args.height < 8 or \
-            not args.rate > 0:
-        parser.error('--frames and --scenes must be >= 1, the size at least 8x8, --rate > 0')
     cli.writable(parser, 'output', args.output)
     try:
         report = record(args.output, args.frames, args.scenes, args.seed, args.width,

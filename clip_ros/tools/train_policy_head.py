@@ -27,8 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not os.path.isfile(args.demos):
         parser.error(f'--demos {args.demos} does not exist (record_demos writes one)')
-    # The head, <out>_history.json and <out>_loss.png go to one folder, written after training.
-    writable(parser, '--out', args.out)
+    # The head, <out>_history.json and <out>_loss.png go to one folder, written after training:
+    # made now if missing, as record_demos makes the folder of its demonstrations.
+    writable(parser, '--out', args.out, make_parent=True)
     return args
 
 
