@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from clip_ros.perception import shape_search, table_split
+from clip_ros.perception import shape_search, table_split, zoom
 from clip_ros.perception.geometry import Detection, paint
 from clip_ros.perception.image_np import validate_rgb
 from clip_ros.perception.light import correction_for
@@ -183,6 +183,7 @@ class _Frame:
     shape_probs: dict = field(default_factory=dict)  # candidate -> its shape's probability
     narrowed: set = field(default_factory=set)  # candidates shape search cut from a blob
     on_table: set = field(default_factory=set)  # candidates cut from a table-sized one
+    zoomed: set = field(default_factory=set)  # candidates of zoomed maps (perception.zoom)
 
 
 class GroundingPipeline:
@@ -198,7 +199,8 @@ class GroundingPipeline:
     least min_area pixels becomes a candidate, which CLIP re-scores against all phrases, the
     distractors and the CLIP model's vocabulary of known object names (at most max_candidates
     components per frame, highest CLIPSeg mean first). A candidate the abstention rule refuses
-    is dropped; a phrase left without candidates is 'not found'.
+    is dropped. A phrase left without candidates gets a second look at zoomed tiles of the
+    frame (perception.zoom; zoom_in=False skips it), and is 'not found' if that finds none.
     Final score = sqrt(clip_prob * mean_prob), times sqrt(shape_prob) with shape evidence: the
     geometric mean lets either model veto an instance while agreement keeps the score high.
     """
@@ -207,7 +209,7 @@ class GroundingPipeline:
                  max_detections: int = 20, rescore: bool = True, crop_pad: float = 0.1,
                  max_candidates: int = 64, abstain=None, runner=None,
                  light_correction: bool = True, refine_masks: bool = True,
-                 shape_search: bool = True):
+                 shape_search: bool = True, zoom_in: bool = True):
         if min_area < 1:
             raise ValueError(f'min_area must be >= 1, got {min_area}')
         if max_detections < 1:
@@ -236,6 +238,8 @@ class GroundingPipeline:
         # Look inside same-colour blobs for the named shape (perception.shape_search).
         self.shape_search = bool(shape_search)
         self.search_memo = SearchMemo()  # a still camera's blobs are searched once
+        # Look again at zoomed tiles for a phrase the whole frame left unfound (perception.zoom).
+        self.zoom_in = bool(zoom_in)
         # None: the model's calibrated rule (config 'abstain'), or the defaults.
         self.abstain = abstain if isinstance(abstain, AbstainRule) else AbstainRule.from_config(
             getattr(clip, 'abstain', None) if abstain is None else abstain)
@@ -281,6 +285,8 @@ class GroundingPipeline:
         A single frame is the batch of one.
         """
         frames = self.candidates(requests)
+        if self.zoom_in:
+            self._zoom_in(frames)
         return [self._result(frame, with_heatmaps) for frame in frames]
 
     def candidates(self, requests) -> list:
@@ -323,10 +329,43 @@ class GroundingPipeline:
         self._evidence(frames)
         return frames
 
+    def _accepted(self, frame: _Frame) -> list:
+        """Return the candidates the abstention rule accepts."""
+        return [k for k, e in enumerate(frame.evidence) if self.abstain.accepts(e)
+                and (k not in frame.on_table or table_split.accepts(e))
+                and (k not in frame.zoomed or zoom.accepts(e))]
+
+    def _zoom_in(self, frames: list) -> None:
+        """Give each phrase left without an accepted candidate the map of zoomed tiles."""
+        if getattr(self.clip, 'shape', None) is None:  # zoomed candidates need its word
+            return
+        retry = []
+        for frame in frames:
+            found = {frame.owners[k] for k in self._accepted(frame)}
+            unfound = [i for i in range(len(frame.asked)) if i not in found]
+            if unfound:
+                retry.append((frame, unfound))
+        if not retry:
+            return
+        images, words, boxes = [], [], []
+        for frame, unfound in retry:
+            boxes.append(zoom.tiles(*frame.rgb.shape[:2]))
+            for row, col, th, tw in boxes[-1]:
+                images.append(frame.rgb[row:row + th, col:col + tw])
+                words.append([frame.words[i] for i in unfound])
+        maps = iter(self.runner.probabilities_batch(images, words))
+        for (frame, unfound), frame_boxes in zip(retry, boxes):
+            tile_maps = [next(maps) for _ in frame_boxes]
+            frame.maps = frame.maps.copy()
+            frame.maps[unfound] = zoom.merge(tile_maps, frame_boxes, *frame.rgb.shape[:2])
+            frame.shape_probs, frame.narrowed, frame.on_table = {}, set(), set()
+            frame.owners, frame.regions = self._instances(frame)
+            frame.zoomed = {k for k, i in enumerate(frame.owners) if i in unfound}
+        self._evidence([frame for frame, _ in retry])
+
     def _result(self, frame: _Frame, with_heatmaps: bool) -> GroundingResult:
         """Apply the abstention rule, keep the best max_detections, paint, build detections."""
-        keep = [k for k, e in enumerate(frame.evidence) if self.abstain.accepts(e)
-                and (k not in frame.on_table or table_split.accepts(e))]
+        keep = self._accepted(frame)
         rejected = dict(frame.rejected)
         kept_owners = {frame.owners[k] for k in keep}
         for i, k in enumerate(frame.asked):

@@ -23,7 +23,7 @@ def bundled_pipeline(backend: str):
     """Return the bundled model's pipeline as grounding_node builds it on the CPU."""
     args = SimpleNamespace(clipseg='', model='tabletop', device='cpu', backend=backend,
                            rescore='on', abstain='on', light_correction='on',
-                           shape_search='on')
+                           shape_search='on', zoom='on')
     clip, clipseg, _ = load_models(args)
     return node_pipeline(clip, clipseg, args, threads=use_cpu_threads(0, clip, clipseg))
 

@@ -141,7 +141,8 @@ def node_pipeline(clip, clipseg, args, threads: int = 0):
                          max_candidates=max(64, NODE_DEFAULTS['max_detections']),
                          abstain=None if args.abstain == 'on' else AbstainRule.off(),
                          light_correction=args.light_correction == 'on',
-                         shape_search=args.shape_search == 'on')
+                         shape_search=args.shape_search == 'on',
+                         zoom_in=args.zoom == 'on')
 
 
 def provenance(args) -> dict:
@@ -198,6 +199,9 @@ def parse_args(argv=None):
     parser.add_argument('--shape-search', choices=('on', 'off'), default='on',
                         help='look inside same-colour blobs for the named shape (off: the '
                              'blob as the map gives it)')
+    parser.add_argument('--zoom', choices=('on', 'off'), default='on',
+                        help='a second look at zoomed tiles for a phrase the frame left '
+                             'unfound (off: one look)')
     parser.add_argument('--backend', choices=BACKENDS, default='torch', help='inference backend')
     parser.add_argument('--min-pixels', type=count(1), default=NODE_DEFAULTS['min_area'],
                         help='skip objects with fewer visible pixels (the min_area default)')
@@ -284,7 +288,7 @@ def run_conditions(args) -> dict:
               'threshold': args.threshold, 'rescore': args.rescore, 'backend': args.backend,
               'abstain': args.abstain, 'abstain_rule': dict(clip.abstain),
               'light_correction': args.light_correction, 'light': dict(clip.light),
-              'shape_search': args.shape_search,
+              'shape_search': args.shape_search, 'zoom': args.zoom,
               'min_pixels': args.min_pixels, 'absent_per_scene': args.absent,
               'held_out_combinations': list(HELD_OUT_NAMES), 'targets': shift_report.TARGETS,
               'conditions': figures, 'missed_targets': shift_report.missed_targets(figures),
