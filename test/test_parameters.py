@@ -50,7 +50,7 @@ INVALID = {
     'grounding': {
         'queries': 5, 'thresholds': [1.5], 'distractors': 7, 'min_area': 0,
         'max_detections': 0, 'rescore': 'yes', 'abstain': 'yes', 'light_correction': 'yes',
-        'max_image_size': 8,
+        'zoom_in': 'yes', 'max_image_size': 8,
         'silent_input_sec': 0.0, 'max_drop_ratio': 1.5},
     'classifier': {
         'classes': 3.0, 'templates': ['no placeholder'], 'top_k': -1, 'max_image_size': 8,
@@ -420,6 +420,37 @@ def grounding_abstain(rig, name):
         clip.abstain = None
     with changed(rig, min_area=1):
         assert ground(rig).detections
+
+
+@effect('grounding', 'zoom_in')
+def grounding_zoom_in(rig, name):
+    # The tiny CLIP has no shape head, so it never looks twice: give it one sure of 'block'.
+    # A threshold between the frame's highest map value and the zoomed tiles' leaves the
+    # phrase unfound by the first look and found by the second.
+    import torch
+    from clip_ros.perception import zoom
+    from clip_ros.perception.shape_head import ShapeHead, ShapeNet
+    net = ShapeNet(5, width=4)
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+        net.head.bias[0] = 10.0
+    rgb = image_to_numpy(rgb_image(rig.harness.header()), copy=True)  # the frame ground() sends
+    runner = rig.node._pipeline.runner
+    whole = float(runner.probabilities_batch([rgb], [['red block']])[0].max())
+    boxes = zoom.tiles(*rgb.shape[:2])
+    tiles = runner.probabilities_batch([rgb[r:r + h, c:c + w] for r, c, h, w in boxes],
+                                       [['red block']] * len(boxes))
+    zoomed = max(float(t.max()) for t in tiles)
+    assert zoomed > whole, (zoomed, whole)
+    rig.node._clip.shape = ShapeHead(net, ('block', 'ball', 'cylinder', 'bowl'))
+    try:
+        with changed(rig, min_area=1, thresholds=[(whole + zoomed) / 2]):
+            assert ground(rig).detections, 'the second look finds the phrase'
+            with changed(rig, zoom_in=False):
+                assert ground(rig).detections == []
+    finally:
+        rig.node._clip.shape = None
 
 
 @effect('grounding', 'min_area')

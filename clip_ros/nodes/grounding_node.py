@@ -34,7 +34,7 @@ WARM_UP_SIZE = 224
 TRITON_RETRY_SEC = 2.0  # how often an autostarted node looks for its absent Triton server
 # Parameters that need a new GroundingPipeline (the models are kept).
 PIPELINE_PARAMS = ('distractors', 'min_area', 'max_detections', 'rescore', 'abstain',
-                   'light_correction')
+                   'light_correction', 'zoom_in')
 
 
 def query_thresholds(queries, thresholds) -> tuple[dict, float]:
@@ -119,6 +119,10 @@ class GroundingNode(ManagedNode):
             ('abstain', True, describe(
                 "refuse instances the model's calibrated abstention rule rejects (config.json "
                 "'abstain'); a phrase left without any is reported 'not found'")),
+            ('zoom_in', True, describe(
+                'look again at four zoomed tiles for a phrase the frame leaves unfound (a partly '
+                'hidden or distant object); models with a shape head only; costs time on '
+                'frames with such a phrase')),
             ('track_iou', 0.3, describe(
                 'smallest mask IoU (after motion prediction) that keeps an instance id',
                 float_range=(0.01, 1.0), **ro)),
@@ -162,6 +166,7 @@ class GroundingNode(ManagedNode):
         self._rescore = bool(values['rescore'])
         self._abstain = bool(values['abstain'])
         self._light_correction = bool(values['light_correction'])
+        self._zoom_in = bool(values['zoom_in'])
         if self._command_phrases is None:
             self._set_phrases(list(self._query_thresholds))
 
@@ -273,7 +278,7 @@ class GroundingNode(ManagedNode):
                 'max_detections': self._max_detections, 'rescore': self._rescore,
                 'max_candidates': max(64, self._max_detections),
                 'abstain': None if self._abstain else AbstainRule.off(),
-                'light_correction': self._light_correction}
+                'light_correction': self._light_correction, 'zoom_in': self._zoom_in}
 
     def _rebuild_pipeline(self) -> GroundingPipeline:
         """Return a pipeline with the current options around the models already running."""
