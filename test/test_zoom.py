@@ -54,3 +54,26 @@ def test_the_bundled_model_finds_a_partly_hidden_cylinder_on_a_second_look(gl_co
     # calibrated rule; the shape head gives it 0.07 for a ball, so it stays not found.
     absent = pipeline(frame.rgb, ['yellow ball'], with_heatmaps=False)
     assert not absent.detections and absent.rejected == {'yellow ball': 'not found: yellow ball'}
+    # The same view again: the remembered zoomed maps, the same answers.
+    hits = pipeline.zoom_memo.hits
+    again = pipeline(frame.rgb, ['yellow cylinder'], with_heatmaps=False)
+    assert pipeline.zoom_memo.hits == hits + 1
+    assert [d.box for d in again.detections] == [d.box for d in found.detections]
+
+
+def test_a_still_view_takes_its_remembered_zoomed_map_and_a_changed_one_does_not():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 200, (48, 64, 3), np.uint8)
+    memo = zoom.ZoomMemo(size=2)
+    zoomed = np.full((48, 64), 0.7, np.float32)
+    memo.remember('red block', zoom.thumbnail(rgb), zoomed)
+    noisy = np.clip(rgb + rng.integers(-3, 4, rgb.shape), 0, 255).astype(np.uint8)
+    assert memo.recall('red block', zoom.thumbnail(noisy)) is zoomed  # sensor noise
+    assert memo.recall('blue bowl', zoom.thumbnail(noisy)) is None  # another phrase
+    moved = rgb.copy()
+    moved[8:16, 8:16] = 255  # something moved into one cell
+    assert memo.recall('red block', zoom.thumbnail(moved)) is None
+    assert (memo.hits, memo.misses) == (1, 2)
+    memo.remember('blue bowl', zoom.thumbnail(rgb), zoomed)
+    memo.remember('green ball', zoom.thumbnail(rgb), zoomed)  # the oldest goes
+    assert memo.recall('red block', zoom.thumbnail(rgb)) is None

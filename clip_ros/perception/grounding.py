@@ -240,6 +240,7 @@ class GroundingPipeline:
         self.search_memo = SearchMemo()  # a still camera's blobs are searched once
         # Look again at zoomed tiles for a phrase the whole frame left unfound (perception.zoom).
         self.zoom_in = bool(zoom_in)
+        self.zoom_memo = zoom.ZoomMemo()  # a still camera's second look is taken once
         # None: the model's calibrated rule (config 'abstain'), or the defaults.
         self.abstain = abstain if isinstance(abstain, AbstainRule) else AbstainRule.from_config(
             getattr(clip, 'abstain', None) if abstain is None else abstain)
@@ -249,8 +250,9 @@ class GroundingPipeline:
         self.canonical = functools.lru_cache(maxsize=256)(self.lexicon.canonical)
 
     def forget(self) -> None:
-        """Drop what the pipeline remembers across frames (shape search's answers)."""
+        """Drop what the pipeline remembers across frames (shape search's answers, zoomed maps)."""
         self.search_memo = SearchMemo()
+        self.zoom_memo = zoom.ZoomMemo()
 
     def __call__(self, rgb: np.ndarray, phrases, thresholds=0.4,
                  with_heatmaps: bool = True) -> GroundingResult:
@@ -339,29 +341,39 @@ class GroundingPipeline:
         """Give each phrase left without an accepted candidate the map of zoomed tiles."""
         if getattr(self.clip, 'shape', None) is None:  # zoomed candidates need its word
             return
-        retry = []
+        retry = []  # (frame, unfound phrases, its thumbnail, {phrase: zoomed map})
         for frame in frames:
             found = {frame.owners[k] for k in self._accepted(frame)}
             unfound = [i for i in range(len(frame.asked)) if i not in found]
             if unfound:
-                retry.append((frame, unfound))
+                thumb = zoom.thumbnail(frame.rgb)
+                known = {i: self.zoom_memo.recall(frame.words[i], thumb) for i in unfound}
+                retry.append((frame, unfound, thumb,
+                              {i: m for i, m in known.items() if m is not None}))
         if not retry:
             return
-        images, words, boxes = [], [], []
-        for frame, unfound in retry:
-            boxes.append(zoom.tiles(*frame.rgb.shape[:2]))
-            for row, col, th, tw in boxes[-1]:
+        images, words, asks = [], [], []
+        for frame, unfound, _, known in retry:
+            ask = [i for i in unfound if i not in known]
+            boxes = zoom.tiles(*frame.rgb.shape[:2]) if ask else []
+            asks.append((ask, boxes))
+            for row, col, th, tw in boxes:
                 images.append(frame.rgb[row:row + th, col:col + tw])
-                words.append([frame.words[i] for i in unfound])
-        maps = iter(self.runner.probabilities_batch(images, words))
-        for (frame, unfound), frame_boxes in zip(retry, boxes):
-            tile_maps = [next(maps) for _ in frame_boxes]
+                words.append([frame.words[i] for i in ask])
+        maps = iter(self.runner.probabilities_batch(images, words) if images else [])
+        for (frame, unfound, thumb, known), (ask, boxes) in zip(retry, asks):
+            if ask:
+                merged = zoom.merge([next(maps) for _ in boxes], boxes, *frame.rgb.shape[:2])
+                for i, zoomed in zip(ask, merged):
+                    self.zoom_memo.remember(frame.words[i], thumb, zoomed)
+                    known[i] = zoomed
             frame.maps = frame.maps.copy()
-            frame.maps[unfound] = zoom.merge(tile_maps, frame_boxes, *frame.rgb.shape[:2])
+            for i in unfound:
+                frame.maps[i] = known[i]
             frame.shape_probs, frame.narrowed, frame.on_table = {}, set(), set()
             frame.owners, frame.regions = self._instances(frame)
             frame.zoomed = {k for k, i in enumerate(frame.owners) if i in unfound}
-        self._evidence([frame for frame, _ in retry])
+        self._evidence([frame for frame, *_ in retry])
 
     def _result(self, frame: _Frame, with_heatmaps: bool) -> GroundingResult:
         """Apply the abstention rule, keep the best max_detections, paint, build detections."""

@@ -10,6 +10,8 @@ abstention rule. The zoomed maps also light up objects of the phrase's colour or
 so a candidate of theirs must in addition be the phrase's shape to the shape head (or an
 object at all, for a phrase without a shape); without a shape head there is no second look.
 """
+import threading
+
 import numpy as np
 
 TILE = 0.6  # tile side as a share of the frame's; 0.6 leaves a fifth of the frame as overlap
@@ -41,3 +43,52 @@ def merge(maps: list, boxes: list, height: int, width: int) -> np.ndarray:
 def accepts(evidence) -> bool:
     """Tell whether a candidate of the zoomed maps is sure enough of its shape (NaN: no)."""
     return evidence.shape_prob >= MIN_SHAPE
+
+
+BLOCK = 8          # thumbnail cell (pixels) for telling a still frame
+MAX_CHANGE = 6.0   # largest cell mean difference (0-255) still taken for the same view
+SIZE = 16          # zoomed maps remembered (a few phrases x a few cameras; 1.2 MB at 640x480)
+
+
+def thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """Return the mean colour of each BLOCK x BLOCK cell (float32 [h, w, 3])."""
+    h, w = rgb.shape[0] // BLOCK * BLOCK, rgb.shape[1] // BLOCK * BLOCK
+    cells = rgb[:h, :w].reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK, 3)
+    return cells.mean(axis=(1, 3), dtype=np.float32)
+
+
+class ZoomMemo:
+    """
+    The zoomed maps of recent frames, per phrase: a still camera looks twice only once.
+
+    A frame whose every thumbnail cell is within MAX_CHANGE of a remembered frame's (sensor
+    noise averages out over a cell; an arm or object that moves changes cells by far more)
+    takes that frame's zoomed map of the phrase instead of four more CLIPSeg passes; its
+    regions and evidence are still worked out on the new frame.
+    """
+
+    def __init__(self, size: int = SIZE):
+        if size < 1:
+            raise ValueError(f'a zoom memo holds at least one view, got size {size}')
+        self.size = size
+        self.hits = self.misses = 0
+        self._entries = []  # (words, thumbnail, map), oldest first
+        self._lock = threading.Lock()
+
+    def recall(self, words: str, thumb: np.ndarray):
+        """Return the remembered zoomed map of `words` for a view like `thumb`, or None."""
+        with self._lock:
+            found = next((m for w, t, m in reversed(self._entries) if w == words
+                          and t.shape == thumb.shape
+                          and float(np.abs(t - thumb).max()) <= MAX_CHANGE), None)
+            if found is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+        return found
+
+    def remember(self, words: str, thumb: np.ndarray, zoomed: np.ndarray) -> None:
+        """Keep the zoomed map of `words` for the view `thumb`, in place of the oldest."""
+        with self._lock:
+            self._entries.append((words, thumb, zoomed))
+            del self._entries[:-self.size]
