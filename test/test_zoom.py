@@ -59,6 +59,15 @@ def test_the_bundled_model_finds_a_partly_hidden_cylinder_on_a_second_look(gl_co
     again = pipeline(frame.rgb, ['yellow cylinder'], with_heatmaps=False)
     assert pipeline.zoom_memo.hits == hits + 1
     assert [d.box for d in again.detections] == [d.box for d in found.detections]
+    # Frames batched together (one node, many cameras) look twice as they would alone: a found
+    # phrase beside an unfound one, and the unfound one in a frame of its own.
+    requests = [(frame.rgb, ['blue cylinder', 'yellow cylinder'], 0.4),
+                (frame.rgb, ['yellow ball'], 0.4)]
+    mixed, alone = GroundingPipeline(*models).batch(requests, with_heatmaps=False)
+    assert [(d.phrase, d.box) for d in mixed.detections if d.phrase == 'yellow cylinder'] == \
+        [(d.phrase, d.box) for d in found.detections]
+    assert 'blue cylinder' in {d.phrase for d in mixed.detections}
+    assert not alone.detections and alone.rejected == absent.rejected
 
 
 def test_a_still_view_takes_its_remembered_zoomed_map_and_a_changed_one_does_not():
