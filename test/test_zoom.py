@@ -70,6 +70,19 @@ def test_the_bundled_model_finds_a_partly_hidden_cylinder_on_a_second_look(gl_co
     assert not alone.detections and alone.rejected == absent.rejected
 
 
+def test_a_frame_smaller_than_a_cell_is_one_cell():
+    rgb = np.zeros((5, 3, 3), np.uint8)
+    rgb[..., 0] = 30
+    assert zoom.thumbnail(rgb).tolist() == [[[30.0, 0.0, 0.0]]]
+    memo = zoom.ZoomMemo()
+    memo.remember('red block', zoom.thumbnail(rgb), np.zeros((5, 3), np.float32))
+    assert memo.recall('red block', zoom.thumbnail(rgb), (5, 3)) is not None
+    # A frame of another size with the same one-cell thumbnail: its map cannot be reused.
+    other = np.zeros((4, 4, 3), np.uint8)
+    other[..., 0] = 30
+    assert memo.recall('red block', zoom.thumbnail(other), (4, 4)) is None
+
+
 def test_a_still_view_takes_its_remembered_zoomed_map_and_a_changed_one_does_not():
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 200, (48, 64, 3), np.uint8)
@@ -77,12 +90,26 @@ def test_a_still_view_takes_its_remembered_zoomed_map_and_a_changed_one_does_not
     zoomed = np.full((48, 64), 0.7, np.float32)
     memo.remember('red block', zoom.thumbnail(rgb), zoomed)
     noisy = np.clip(rgb + rng.integers(-3, 4, rgb.shape), 0, 255).astype(np.uint8)
-    assert memo.recall('red block', zoom.thumbnail(noisy)) is zoomed  # sensor noise
-    assert memo.recall('blue bowl', zoom.thumbnail(noisy)) is None  # another phrase
+    assert memo.recall('red block', zoom.thumbnail(noisy), (48, 64)) is zoomed  # sensor noise
+    assert memo.recall('blue bowl', zoom.thumbnail(noisy), (48, 64)) is None  # another phrase
     moved = rgb.copy()
     moved[8:16, 8:16] = 255  # something moved into one cell
-    assert memo.recall('red block', zoom.thumbnail(moved)) is None
-    assert (memo.hits, memo.misses) == (1, 2)
+    assert memo.recall('red block', zoom.thumbnail(moved), (48, 64)) is None
+    assert memo.recall('red block', zoom.thumbnail(rgb), (48, 65)) is None  # another size
+    assert (memo.hits, memo.misses) == (1, 3)
     memo.remember('blue bowl', zoom.thumbnail(rgb), zoomed)
     memo.remember('green ball', zoom.thumbnail(rgb), zoomed)  # the oldest goes
-    assert memo.recall('red block', zoom.thumbnail(rgb)) is None
+    assert memo.recall('red block', zoom.thumbnail(rgb), (48, 64)) is None
+
+
+def test_frames_of_other_sizes_never_share_a_zoomed_map():
+    # Tiny grey frames have one-cell thumbnails of one colour: the map of one size once went
+    # into a frame of another and the pipeline raised.
+    from clip_ros.perception import tabletop_model as tabletop
+    from clip_ros.perception.grounding import GroundingPipeline
+    pipeline = GroundingPipeline(tabletop.load_tabletop_clip(device='cpu'),
+                                 tabletop.load_tabletop_clipseg(device='cpu'))
+    for height, width in ((2, 2), (7, 5), (9, 12), (7, 5)):
+        result = pipeline(np.full((height, width, 3), 128, np.uint8), ['red block'])
+        assert not result.detections and result.heatmaps.shape == (1, height, width)
+    assert pipeline.zoom_memo.hits == 1  # the second 7x5 frame

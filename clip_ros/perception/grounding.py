@@ -347,7 +347,8 @@ class GroundingPipeline:
             unfound = [i for i in range(len(frame.asked)) if i not in found]
             if unfound:
                 thumb = zoom.thumbnail(frame.rgb)
-                known = {i: self.zoom_memo.recall(frame.words[i], thumb) for i in unfound}
+                known = {i: self.zoom_memo.recall(frame.words[i], thumb, frame.rgb.shape[:2])
+                         for i in unfound}
                 retry.append((frame, unfound, thumb,
                               {i: m for i, m in known.items() if m is not None}))
         if not retry:

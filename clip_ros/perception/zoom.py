@@ -51,9 +51,10 @@ SIZE = 16          # zoomed maps remembered (a few phrases x a few cameras; 1.2 
 
 
 def thumbnail(rgb: np.ndarray) -> np.ndarray:
-    """Return the mean colour of each BLOCK x BLOCK cell (float32 [h, w, 3])."""
-    h, w = rgb.shape[0] // BLOCK * BLOCK, rgb.shape[1] // BLOCK * BLOCK
-    cells = rgb[:h, :w].reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK, 3)
+    """Return the mean colour of each BLOCK x BLOCK cell (float32 [h, w, 3]; one cell at least)."""
+    block = max(1, min(BLOCK, *rgb.shape[:2]))  # a frame smaller than a cell is one cell
+    h, w = rgb.shape[0] // block * block, rgb.shape[1] // block * block
+    cells = rgb[:h, :w].reshape(h // block, block, w // block, block, 3)
     return cells.mean(axis=(1, 3), dtype=np.float32)
 
 
@@ -75,11 +76,12 @@ class ZoomMemo:
         self._entries = []  # (words, thumbnail, map), oldest first
         self._lock = threading.Lock()
 
-    def recall(self, words: str, thumb: np.ndarray):
-        """Return the remembered zoomed map of `words` for a view like `thumb`, or None."""
+    def recall(self, words: str, thumb: np.ndarray, size: tuple):
+        """Return the remembered zoomed map of `words` for a `size` (h, w) view like `thumb`."""
         with self._lock:
+            # Frames of other sizes can share a thumbnail's shape: their maps cannot be swapped.
             found = next((m for w, t, m in reversed(self._entries) if w == words
-                          and t.shape == thumb.shape
+                          and m.shape == tuple(size) and t.shape == thumb.shape
                           and float(np.abs(t - thumb).max()) <= MAX_CHANGE), None)
             if found is None:
                 self.misses += 1
