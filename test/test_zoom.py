@@ -113,3 +113,13 @@ def test_frames_of_other_sizes_never_share_a_zoomed_map():
         result = pipeline(np.full((height, width, 3), 128, np.uint8), ['red block'])
         assert not result.detections and result.heatmaps.shape == (1, height, width)
     assert pipeline.zoom_memo.hits == 1  # the second 7x5 frame
+
+
+def test_a_phrase_switched_off_takes_no_second_look():
+    from clip_ros.perception import tabletop_model as tabletop
+    from clip_ros.perception.grounding import GroundingPipeline
+    pipeline = GroundingPipeline(tabletop.load_tabletop_clip(device='cpu'),
+                                 tabletop.load_tabletop_clipseg(device='cpu'))
+    rgb = np.full((48, 64, 3), 128, np.uint8)
+    pipeline(rgb, ['red block', 'blue bowl'], thresholds=[1.0, 0.4])
+    assert pipeline.zoom_memo.misses == 1  # 'blue bowl' only

@@ -344,7 +344,9 @@ class GroundingPipeline:
         retry = []  # (frame, unfound phrases, its thumbnail, {phrase: zoomed map})
         for frame in frames:
             found = {frame.owners[k] for k in self._accepted(frame)}
-            unfound = [i for i in range(len(frame.asked)) if i not in found]
+            # A threshold of 1 switches a phrase off: no map of any size passes it.
+            unfound = [i for i in range(len(frame.asked))
+                       if i not in found and frame.limits[frame.asked[i]] < 1.0]
             if unfound:
                 thumb = zoom.thumbnail(frame.rgb)
                 known = {i: self.zoom_memo.recall(frame.words[i], thumb, frame.rgb.shape[:2])
