@@ -68,6 +68,26 @@ def test_the_bundled_model_finds_a_partly_hidden_cylinder_on_a_second_look(gl_co
         [(d.phrase, d.box) for d in found.detections]
     assert 'blue cylinder' in {d.phrase for d in mixed.detections}
     assert not alone.detections and alone.rejected == absent.rejected
+    # The second look never costs a found phrase its place: with room for two candidates, the
+    # zoomed maps' bright candidates once pushed out one of the two found phrases.
+    phrases = ['yellow cylinder', 'green block', 'orange block', 'blue cylinder', 'red block',
+               'purple bowl']
+    results = [GroundingPipeline(*models, max_candidates=2, max_detections=2, zoom_in=zoom_in)(
+        frame.rgb, phrases, with_heatmaps=False) for zoom_in in (False, True)]
+    first, second = ({d.phrase for d in r.detections} for r in results)
+    assert len(first) == 2 and first <= second, (first, second)
+
+
+def test_a_change_in_the_last_partial_cells_is_seen():
+    # 50x61: the last two rows and five columns are cells of their own, not left out.
+    rgb = np.zeros((50, 61, 3), np.uint8)
+    thumb = zoom.thumbnail(rgb)
+    assert thumb.shape == (7, 8, 3)
+    rgb[48:, 56:] = 200
+    assert zoom.thumbnail(rgb)[-1, -1].tolist() == [200.0, 200.0, 200.0]
+    memo = zoom.ZoomMemo()
+    memo.remember('red block', thumb, np.zeros((50, 61), np.float32))
+    assert memo.recall('red block', zoom.thumbnail(rgb), (50, 61)) is None
 
 
 def test_a_frame_smaller_than_a_cell_is_one_cell():
@@ -90,7 +110,8 @@ def test_a_still_view_takes_its_remembered_zoomed_map_and_a_changed_one_does_not
     zoomed = np.full((48, 64), 0.7, np.float32)
     memo.remember('red block', zoom.thumbnail(rgb), zoomed)
     noisy = np.clip(rgb + rng.integers(-3, 4, rgb.shape), 0, 255).astype(np.uint8)
-    assert memo.recall('red block', zoom.thumbnail(noisy), (48, 64)) is zoomed  # sensor noise
+    recalled = memo.recall('red block', zoom.thumbnail(noisy), (48, 64))  # sensor noise
+    assert np.array_equal(recalled, zoomed) and not recalled.flags.writeable
     assert memo.recall('blue bowl', zoom.thumbnail(noisy), (48, 64)) is None  # another phrase
     moved = rgb.copy()
     moved[8:16, 8:16] = 255  # something moved into one cell

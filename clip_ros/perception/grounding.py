@@ -38,7 +38,9 @@ class GroundingResult:
     phrases: list            # query phrases, in the order of heatmaps
     detections: list         # Detection, sorted by score desc; index = position
     label_image: np.ndarray  # uint16 [H, W]: detection index + 1, 0 background
-    heatmaps: object         # float32 [N, H, W] CLIPSeg probabilities, or None if not asked
+    # float32 [N, H, W] CLIPSeg probabilities, or None if not asked; for a phrase that took the
+    # second look (perception.zoom), the zoomed map its candidates came from
+    heatmaps: object
     # phrase -> why it has no detection: 'not found: <phrase>', 'unknown word: <word>', ...
     rejected: dict = field(default_factory=dict)
 
@@ -364,19 +366,25 @@ class GroundingPipeline:
                 images.append(frame.rgb[row:row + th, col:col + tw])
                 words.append([frame.words[i] for i in ask])
         maps = iter(self.runner.probabilities_batch(images, words) if images else [])
+        looks = []  # one _Frame per retried frame: its unfound phrases' zoomed candidates
         for (frame, unfound, thumb, known), (ask, boxes) in zip(retry, asks):
             if ask:
                 merged = zoom.merge([next(maps) for _ in boxes], boxes, *frame.rgb.shape[:2])
                 for i, zoomed in zip(ask, merged):
                     self.zoom_memo.remember(frame.words[i], thumb, zoomed)
                     known[i] = zoomed
-            frame.maps = frame.maps.copy()
+            # The found phrases' maps are left empty: their candidates stay as they were, and
+            # all the phrases still compete in CLIP's re-scoring as in the first look.
+            look = _Frame(frame.rgb, frame.phrases, frame.limits, frame.asked, frame.words, {})
+            look.maps = np.zeros_like(frame.maps)
             for i in unfound:
-                frame.maps[i] = known[i]
-            frame.shape_probs, frame.narrowed, frame.on_table = {}, set(), set()
-            frame.owners, frame.regions = self._instances(frame)
-            frame.zoomed = {k for k, i in enumerate(frame.owners) if i in unfound}
-        self._evidence([frame for frame, *_ in retry])
+                look.maps[i] = known[i]
+            kept = sum(1 for owner in frame.owners if owner not in unfound)
+            look.owners, look.regions = self._instances(look, self.max_candidates - kept)
+            looks.append(look)
+        self._evidence(looks)
+        for (frame, unfound, *_), look in zip(retry, looks):
+            _replace_candidates(frame, set(unfound), look)
 
     def _result(self, frame: _Frame, with_heatmaps: bool) -> GroundingResult:
         """Apply the abstention rule, keep the best max_detections, paint, build detections."""
@@ -442,9 +450,11 @@ class GroundingPipeline:
         heatmaps[frame.asked] = frame.maps
         return heatmaps
 
-    def _instances(self, frame: _Frame) -> tuple:
+    def _instances(self, frame: _Frame, budget: int = None) -> tuple:
         """
         Return (phrase index per region, regions) from the frame's thresholded maps.
+
+        At most `budget` regions (default max_candidates), those CLIPSeg is surest about.
 
         One region per object rather than per blob (perception.regions.instances): a blob is
         cut between the peaks of two touching objects, and the pieces of a broken-up object
@@ -466,7 +476,7 @@ class GroundingPipeline:
             regions += found
         # Bound the CLIP batch on noisy maps: keep the components CLIPSeg is surest about.
         keep = sorted(range(len(regions)), key=lambda k: -regions[k].mean_prob)
-        keep = sorted(keep[:self.max_candidates])
+        keep = sorted(keep[:max(self.max_candidates if budget is None else budget, 0)])
         frame.shape_probs = {new: sure[old] for new, old in enumerate(keep) if old in sure}
         owners, regions = [owners[k] for k in keep], [regions[k] for k in keep]
         if getattr(self.clip, 'shape', None) is not None:  # its blobs need the head's word
@@ -688,3 +698,26 @@ def rival_mask(texts: list, queries: list) -> np.ndarray:
         own = content_words(query)
         rows[query] = [t == query or not own <= w for t, w in zip(texts, words)]
     return np.array([rows[q] for q in queries], dtype=bool).reshape(len(queries), -1)
+
+
+def _replace_candidates(frame: _Frame, phrases: set, look: _Frame) -> None:
+    """Swap the candidates of `phrases` (indices into frame.asked) for those of `look`."""
+    keep = [k for k, owner in enumerate(frame.owners) if owner not in phrases]
+    index = {k: n for n, k in enumerate(keep)}
+    offset = len(keep)
+
+    def moved(old: set, new: set) -> set:
+        return {index[k] for k in old if k in index} | {offset + k for k in new}
+    frame.owners = [frame.owners[k] for k in keep] + look.owners
+    frame.regions = [frame.regions[k] for k in keep] + look.regions
+    frame.evidence = [frame.evidence[k] for k in keep] + look.evidence
+    frame.shape_probs = {**{index[k]: p for k, p in frame.shape_probs.items() if k in index},
+                         **{offset + k: p for k, p in look.shape_probs.items()}}
+    frame.narrowed = moved(frame.narrowed, look.narrowed)
+    frame.on_table = moved(frame.on_table, look.on_table)
+    frame.zoomed = set(range(offset, offset + len(look.regions)))
+    # The map each candidate came from (refinement reads it; the heatmaps return it).
+    maps = frame.maps.copy()
+    for i in phrases:
+        maps[i] = look.maps[i]
+    frame.maps = maps

@@ -51,11 +51,13 @@ SIZE = 16          # zoomed maps remembered (a few phrases x a few cameras; 1.2 
 
 
 def thumbnail(rgb: np.ndarray) -> np.ndarray:
-    """Return the mean colour of each BLOCK x BLOCK cell (float32 [h, w, 3]; one cell at least)."""
-    block = max(1, min(BLOCK, *rgb.shape[:2]))  # a frame smaller than a cell is one cell
-    h, w = rgb.shape[0] // block * block, rgb.shape[1] // block * block
-    cells = rgb[:h, :w].reshape(h // block, block, w // block, block, 3)
-    return cells.mean(axis=(1, 3), dtype=np.float32)
+    """Return the mean colour of each BLOCK x BLOCK cell (float32 [h, w, 3]; edge cells less)."""
+    height, width = rgb.shape[:2]
+    rows, cols = np.arange(0, height, BLOCK), np.arange(0, width, BLOCK)
+    # Every pixel counts, the last partial row and column of cells too: a change there is one.
+    sums = np.add.reduceat(np.add.reduceat(rgb.astype(np.float32), rows, 0), cols, 1)
+    counts = np.outer(np.diff(np.r_[rows, height]), np.diff(np.r_[cols, width]))
+    return sums / counts[..., None].astype(np.float32)
 
 
 class ZoomMemo:
@@ -91,6 +93,8 @@ class ZoomMemo:
 
     def remember(self, words: str, thumb: np.ndarray, zoomed: np.ndarray) -> None:
         """Keep the zoomed map of `words` for the view `thumb`, in place of the oldest."""
+        zoomed = zoomed.copy()  # not a view that keeps the other phrases' maps alive
+        zoomed.setflags(write=False)  # handed to every thread that recalls it
         with self._lock:
             self._entries.append((words, thumb, zoomed))
             del self._entries[:-self.size]
