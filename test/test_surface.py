@@ -5,8 +5,8 @@ import pytest
 from clip_ros.perception import tabletop_model as tabletop
 from clip_ros.perception.grounding import AbstainRule, GroundingPipeline
 from clip_ros.perception.light import bright_level, LightCorrection, LightReference
-from clip_ros.perception.surface import (channel_medians, channel_sum, chromaticity,
-                                         find_surface, SurfaceCorrection)
+from clip_ros.perception.surface import (channel_medians, channel_quantile, channel_sum,
+                                         chromaticity, find_surface, SurfaceCorrection)
 from clip_ros.sim.conditions import condition_frames
 from clip_ros.tools import shift_eval
 
@@ -34,6 +34,8 @@ def test_channel_helpers_give_numpys_values(count):
     assert medians.dtype == np.float64 and np.array_equal(medians, np.median(pixels, axis=0))
     floats = pixels.astype(np.float32) * np.float32(1.37)
     assert np.array_equal(channel_sum(floats), floats.sum(axis=-1))
+    assert np.array_equal(channel_quantile(pixels, 0.95),
+                          np.quantile(pixels, 0.95, axis=0, method='inverted_cdf'))
     assert np.array_equal(chromaticity(floats),
                           floats / (floats.sum(axis=-1, keepdims=True) + 30.0))
 
@@ -71,6 +73,18 @@ def test_a_black_table_is_brightened_towards_the_trained_colour_and_white_stays_
     # Gains are damped near black (noise), so the level comes most of the way, hue all of it.
     assert table.mean() > 0.6 * np.mean(TABLE) and table[0] > table[1] > table[2]
     assert (out[110, 160] == WHITE).all() and (out[110, 60] == RED).all()
+
+
+def test_on_a_grey_table_white_objects_stay_white():
+    # Light grey and white are both in the grey table's band (chromaticity and brightness):
+    # the table takes the trained colour, the brighter pixels bend back towards white.
+    frame = scene((180, 180, 180), objects=(RED, (235, 235, 235), (200, 200, 200)))
+    out = SurfaceCorrection(TABLE)(frame).astype(float)
+    assert np.abs(out[200, 10] - TABLE).max() <= 3
+    white, light_grey = out[110, 160], out[110, 260]
+    assert white.min() >= 215 and white.max() - white.min() <= 10  # the gain alone: 196, 176, 155
+    assert light_grey.min() > out[200, 10].max() and light_grey.max() - light_grey.min() < 40
+    assert (out[110, 60] == RED).all()
 
 
 def test_a_surface_that_is_not_under_the_objects_is_not_the_table():

@@ -19,11 +19,14 @@ already gone from the objects.
   lie on the white axis and keep their colour; an object of the table's own colour turns into
   table, as it would to any eye.
 - A black or grey surface: the pixels of its chromaticity and brightness band get one gain per
-  channel.
+  channel up to the surface's brightest usual level, bending towards white above it (white
+  objects stay white).
 
 The constants were chosen on validation-split scenes under the table-colour condition (and
 checked not to move the other conditions). numpy only, like the light correction.
 """
+import math
+
 import numpy as np
 
 CHROMA_FLOOR = 30.0     # added to r+g+b so near-black pixels have a steady, grey chromaticity
@@ -41,6 +44,7 @@ NEUTRAL = 0.05          # a surface this close to grey is black or grey: correct
 PLANE_TOL = 0.1         # largest residual (share of the pixel's norm) off table colour + white
 TABLE_PART = 0.5        # the table's colour makes up at least this share of a corrected pixel
 STRIDE = 4              # the surface is found on every 4th row and column
+KNEE = 0.95             # quantile of a grey surface's pixels above which they bend to white
 
 
 def channel_sum(pixels: np.ndarray) -> np.ndarray:
@@ -135,6 +139,33 @@ def find_surface(rgb: np.ndarray, keep=None):
     return surface if centre.size and centre.mean() >= HALF and edge.mean() >= BORDER else None
 
 
+def channel_quantile(pixels: np.ndarray, q: float) -> np.ndarray:
+    """Return each channel's q-quantile [3] of uint8 pixels [N, 3] (numpy's inverted_cdf)."""
+    counts = np.bincount((pixels + np.array([0, 256, 512], np.intp)).ravel(), minlength=768)
+    below = np.cumsum(counts.reshape(3, 256), axis=1)
+    rank = min(max(math.ceil(q * len(pixels)) - 1, 0), len(pixels) - 1)
+    return np.array([np.searchsorted(row, rank, side='right') for row in below], np.float32)
+
+
+def neutral_tables(colour: np.ndarray, knee: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """
+    Return per-channel look-up tables [3, 256] that take a grey surface's colour to the table's.
+
+    colour: the surface's median colour; knee: its brightest usual level (a high quantile of
+    its pixels, lamp hot spots included). Up to the knee each channel gets one gain; above it
+    the channel bends linearly towards 255, so a white object on a grey table stays white
+    instead of taking the trained table's beige (with the gain alone, a white bowl on a grey
+    table was lost), while the table's own bright spots keep the table's colour.
+    """
+    gains = (table + 5.0) / (colour + 5.0)
+    knee = np.maximum(knee, colour)
+    levels = np.arange(256, dtype=np.float32)[:, None]
+    top = np.minimum(knee * gains, 255.0)
+    above = top + (levels - knee) * (255.0 - top) / np.maximum(255.0 - knee, 1.0)
+    tables = np.where(levels <= knee, levels * gains, above)
+    return np.clip(tables + 0.5, 0, 255).astype(np.uint8).T
+
+
 class SurfaceCorrection:
     """Recolour the surface under the objects to the trained table's colour."""
 
@@ -159,10 +190,10 @@ class SurfaceCorrection:
         # Every pixel is recoloured and the surface's are kept (np.where): the same values as
         # gathering the surface's pixels first, without the gather and scatter (half the time).
         if surface.neutral:
-            gains = (self.table + 5.0) / (surface.colour + 5.0)
-            # A gain per channel: one table of the 256 values per channel.
-            tables = np.clip(np.arange(256, dtype=np.float32)[:, None] * gains + 0.5, 0, 255)
-            tables = tables.astype(np.uint8).T
+            sample = rgb[::STRIDE, ::STRIDE].reshape(-1, 3)
+            inside = sample[surface.members(sample.astype(np.float32))]
+            knee = channel_quantile(inside, KNEE) if len(inside) else surface.colour
+            tables = neutral_tables(surface.colour, knee, self.table)
             new = np.stack([np.take(tables[c], flat[:, c]) for c in range(3)], axis=1)
             members = surface.members(every)
         else:
