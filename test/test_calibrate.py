@@ -65,6 +65,36 @@ def test_within_the_noise_of_the_best_trade_off_the_fewest_present_refusals_win(
     assert calibrate.choose(rows, 0.95, 0.03)[0]['min_margin'] == -1.0
 
 
+def test_the_rule_meeting_the_targets_under_more_conditions_wins():
+    def query(condition, present, shape):
+        return {**record(present, (2.0, 0.95, 0.8, present, shape)), 'condition': condition}
+    # Pooled, a shape level of 0.1 meets both targets with no refusal; but under 'low' a tenth of
+    # the absent queries pass it, and 0.3 meets the targets there too at one refusal in 40 present.
+    records = ([query('plain', True, 0.9)] * 40 + [query('plain', False, 0.01)] * 40
+               + [query('low', True, 0.9)] * 39 + [query('low', True, 0.25)]
+               + [query('low', False, 0.01)] * 36 + [query('low', False, 0.2)] * 4)
+    rows = calibrate.sweep(records, shapes=(0.1, 0.3), targets=(0.95, 0.03))
+    loose = next(r for r in rows if r['min_shape'] == 0.1 and r['min_margin'] == -15.0)
+    assert loose['conditions_met'] == 1 and loose['present_rejected'] == 0.0
+    chosen, met = calibrate.choose(rows, 0.95, 0.03)
+    assert met and chosen['min_shape'] == 0.3 and chosen['conditions_met'] == 2
+    assert chosen['present_rejected'] == pytest.approx(1 / 80)
+
+
+def test_with_as_many_conditions_meeting_both_targets_the_absent_target_decides():
+    def row(shape, present, absent, both, absent_met):
+        return {'min_peak': 0.99, 'min_shape': shape, 'min_margin': -15.0,
+                'present_rejected': present, 'absent_rejected': absent, 'present_queries': 2000,
+                'absent_queries': 2400, 'conditions_met': both,
+                'conditions_absent_met': absent_met}
+    # Per-condition present figures are noisy; among rules tied on both targets the one that
+    # rejects absent objects under more conditions wins over one refusal fewer.
+    rows = [row(0.05, 0.020, 0.961, 6, 8), row(0.1, 0.022, 0.982, 6, 10),
+            row(0.5, 0.029, 0.999, 5, 10)]
+    chosen, met = calibrate.choose(rows, 0.95, 0.03)
+    assert met and chosen['min_shape'] == 0.1
+
+
 def test_figures_of_a_rule():
     figures = calibrate.figures(RECORDS, AbstainRule(min_margin=0.5))
     assert figures['absent_rejected']['k'] == 6 and figures['absent_rejected']['n'] == 7
