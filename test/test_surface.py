@@ -6,7 +6,8 @@ from clip_ros.perception import tabletop_model as tabletop
 from clip_ros.perception.grounding import AbstainRule, GroundingPipeline
 from clip_ros.perception.light import bright_level, LightCorrection, LightReference
 from clip_ros.perception.surface import (channel_medians, channel_quantile, channel_sum,
-                                         chromaticity, find_surface, SurfaceCorrection)
+                                         chromaticity, find_surface, neutral_tables,
+                                         SurfaceCorrection)
 from clip_ros.sim.conditions import condition_frames
 from clip_ros.tools import shift_eval
 
@@ -85,6 +86,30 @@ def test_on_a_grey_table_white_objects_stay_white():
     assert white.min() >= 215 and white.max() - white.min() <= 10  # the gain alone: 196, 176, 155
     assert light_grey.min() > out[200, 10].max() and light_grey.max() - light_grey.min() < 40
     assert (out[110, 60] == RED).all()
+
+
+def test_a_lamps_hot_spot_on_a_grey_table_keeps_the_tables_colour():
+    # A tenth of the table lit brighter (1.3x): below the band's 95th percentile it takes the
+    # gains like the rest of the table, while a white object still bends back to white.
+    frame = scene((150, 150, 150), objects=(RED, (245, 245, 245), BLUE))
+    frame[150:240, :120] = 195
+    out = SurfaceCorrection(TABLE)(frame).astype(float)
+    table, spot, white = out[200, 200], out[200, 10], out[110, 160]
+    assert np.abs(table - TABLE).max() <= 3
+    assert np.abs(spot - table * 1.3).max() <= 4  # the table's colour, brighter
+    assert white.min() >= 230 and white.max() - white.min() <= 8
+
+
+def test_neutral_tables_are_continuous_rising_and_reach_white():
+    colour, table = np.full(3, 120.0, np.float32), np.array(TABLE, np.float32)
+    for knee in (np.full(3, 150.0), np.full(3, 100.0), np.full(3, 254.5), np.full(3, 255.0)):
+        tables = neutral_tables(colour, knee.astype(np.float32), table).astype(int)
+        assert (np.diff(tables, axis=1) >= 0).all()  # never darker for a brighter input
+        if knee[0] < 250:
+            assert (np.diff(tables, axis=1) <= 3).all()  # no jump at the knee
+        assert (np.abs(tables[:, 120] - np.array(TABLE)).max() <= 2)
+        if knee[0] < 255:
+            assert (tables[:, 255] == 255).all()
 
 
 def test_a_surface_that_is_not_under_the_objects_is_not_the_table():

@@ -12,6 +12,6 @@ OPENVINO_DEVICES = ('CPU', 'GPU', 'NPU')
 # with AMX, f16 on GPUs); f32 for parity with torch. 'mixed': CLIPSeg in f32, so its maps and
 # the boxes they give stay torch's, and CLIP's towers at the device's default.
 PRECISIONS = {'auto': None, 'f32': 'FP32', 'f16': 'FP16', 'bf16': 'BF16', 'mixed': None}
-# What each model runs at under 'mixed' (the shape head's 0.05 floor is calibrated in f32).
+# What each model runs at under 'mixed' (the shape head's floor, 0.1, is calibrated in f32).
 MIXED = {'clipseg': 'f32', 'clip': 'auto', 'shape': 'f32'}
 DEFAULT_PRECISION = 'auto'

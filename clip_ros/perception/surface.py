@@ -19,8 +19,8 @@ already gone from the objects.
   lie on the white axis and keep their colour; an object of the table's own colour turns into
   table, as it would to any eye.
 - A black or grey surface: the pixels of its chromaticity and brightness band get one gain per
-  channel up to the surface's brightest usual level, bending towards white above it (white
-  objects stay white).
+  channel up to the band's 95th percentile, bending towards white above it (white objects
+  stay white unless they fill more than a twentieth of the band).
 
 The constants were chosen on validation-split scenes under the table-colour condition (and
 checked not to move the other conditions). numpy only, like the light correction.
@@ -44,7 +44,7 @@ NEUTRAL = 0.05          # a surface this close to grey is black or grey: correct
 PLANE_TOL = 0.1         # largest residual (share of the pixel's norm) off table colour + white
 TABLE_PART = 0.5        # the table's colour makes up at least this share of a corrected pixel
 STRIDE = 4              # the surface is found on every 4th row and column
-KNEE = 0.95             # quantile of a grey surface's pixels above which they bend to white
+KNEE = 0.95             # quantile of a grey surface's band above which pixels bend to white
 
 
 def channel_sum(pixels: np.ndarray) -> np.ndarray:
@@ -111,13 +111,18 @@ def _band(pixels: np.ndarray, chroma: np.ndarray, level: float) -> np.ndarray:
     return inside
 
 
+def _sample(rgb: np.ndarray) -> np.ndarray:
+    """Return every STRIDE-th row and column of a frame (all of a small one)."""
+    return rgb[::STRIDE, ::STRIDE] if min(rgb.shape[:2]) >= 16 * STRIDE else rgb
+
+
 def find_surface(rgb: np.ndarray, keep=None):
     """
     Return the Surface the objects of an RGB uint8 frame stand on, or None.
 
     keep(surface) -> bool, when given, is asked before the (dearer) check under the objects.
     """
-    sample = rgb[::STRIDE, ::STRIDE] if min(rgb.shape[:2]) >= 16 * STRIDE else rgb
+    sample = _sample(rgb)
     flat = sample.reshape(-1, 3)
     pixels = flat.astype(np.float32)
     chroma, level = chromaticity(pixels), channel_sum(pixels) / np.float32(3)
@@ -140,7 +145,7 @@ def find_surface(rgb: np.ndarray, keep=None):
 
 
 def channel_quantile(pixels: np.ndarray, q: float) -> np.ndarray:
-    """Return each channel's q-quantile [3] of uint8 pixels [N, 3] (numpy's inverted_cdf)."""
+    """Return each channel's q-quantile [3] of uint8 pixels [N > 0, 3] (numpy's inverted_cdf)."""
     counts = np.bincount((pixels + np.array([0, 256, 512], np.intp)).ravel(), minlength=768)
     below = np.cumsum(counts.reshape(3, 256), axis=1)
     rank = min(max(math.ceil(q * len(pixels)) - 1, 0), len(pixels) - 1)
@@ -151,17 +156,19 @@ def neutral_tables(colour: np.ndarray, knee: np.ndarray, table: np.ndarray) -> n
     """
     Return per-channel look-up tables [3, 256] that take a grey surface's colour to the table's.
 
-    colour: the surface's median colour; knee: its brightest usual level (a high quantile of
-    its pixels, lamp hot spots included). Up to the knee each channel gets one gain; above it
-    the channel bends linearly towards 255, so a white object on a grey table stays white
-    instead of taking the trained table's beige (with the gain alone, a white bowl on a grey
-    table was lost), while the table's own bright spots keep the table's colour.
+    colour: the surface's median colour; knee: the KNEE quantile of the pixels in its
+    chromaticity and brightness band (lamp hot spots, and objects of its chromaticity that fit
+    the band, included). Up to the knee each channel gets one gain; above it the channel bends
+    linearly to 255 at 255, so a white object on a grey table stays white instead of taking the
+    trained table's beige (with the gain alone, a white bowl on a grey table was lost), while
+    the table's bright spots below the knee keep the table's colour. When white objects fill
+    more than 1 - KNEE of the band, the knee is theirs and they take the table's colour again.
     """
     gains = (table + 5.0) / (colour + 5.0)
     knee = np.maximum(knee, colour)
     levels = np.arange(256, dtype=np.float32)[:, None]
     top = np.minimum(knee * gains, 255.0)
-    above = top + (levels - knee) * (255.0 - top) / np.maximum(255.0 - knee, 1.0)
+    above = top + (levels - knee) * (255.0 - top) / np.maximum(255.0 - knee, 1e-3)
     tables = np.where(levels <= knee, levels * gains, above)
     return np.clip(tables + 0.5, 0, 255).astype(np.uint8).T
 
@@ -190,7 +197,7 @@ class SurfaceCorrection:
         # Every pixel is recoloured and the surface's are kept (np.where): the same values as
         # gathering the surface's pixels first, without the gather and scatter (half the time).
         if surface.neutral:
-            sample = rgb[::STRIDE, ::STRIDE].reshape(-1, 3)
+            sample = _sample(rgb).reshape(-1, 3)
             inside = sample[surface.members(sample.astype(np.float32))]
             knee = channel_quantile(inside, KNEE) if len(inside) else surface.colour
             tables = neutral_tables(surface.colour, knee, self.table)

@@ -133,7 +133,9 @@ def sweep(records: list, peaks=PEAKS, shapes=None,
     rule meets both `targets` (absent rejected at least, present rejected at most) and those
     under which it meets the absent one.
     """
-    present = np.array([r['present'] for r in records])
+    if not records:
+        return []
+    present = np.array([r['present'] for r in records], dtype=bool)
     conditions = np.array([r.get('condition', '') for r in records])
     groups = [(present & (conditions == c), ~present & (conditions == c))
               for c in np.unique(conditions)]
@@ -145,30 +147,40 @@ def sweep(records: list, peaks=PEAKS, shapes=None,
         best = np.array([max((c[0] for c in r['candidates']
                               if c[1] >= peak and _shape(c) >= shape), default=-np.inf)
                          for r in records])  # a query passes iff best >= min_margin
-        finite = best[np.isfinite(best)]
-        for margin in np.unique(np.concatenate([[MARGIN_RANGE[0]], finite])):
-            passes = best >= margin
-            absent_met = [_rejected(passes, a) >= targets[0] for _, a in groups]
-            met = sum(ok and _rejected(passes, p) <= targets[1]
-                      for ok, (p, _) in zip(absent_met, groups))
+        margins = np.unique(np.concatenate([[MARGIN_RANGE[0]], best[np.isfinite(best)]]))
+        present_rejected, absent_rejected = (_rejected(best, present, margins),
+                                             _rejected(best, ~present, margins))
+        # A condition without queries of a kind has nothing to miss: that target holds there.
+        absent_met = sum(_rejected(best, a, margins, 1.0) >= targets[0] for _, a in groups)
+        met = sum((_rejected(best, a, margins, 1.0) >= targets[0])
+                  & (_rejected(best, p, margins, 0.0) <= targets[1]) for p, a in groups)
+        for k, margin in enumerate(margins):
             rows.append({'min_peak': float(peak), 'min_shape': float(shape),
                          'min_margin': float(margin),
-                         'present_rejected': float(np.mean(~passes[present])),
-                         'absent_rejected': float(np.mean(~passes[~present])),
+                         'present_rejected': float(present_rejected[k]),
+                         'absent_rejected': float(absent_rejected[k]),
                          'present_queries': int(present.sum()),
                          'absent_queries': int((~present).sum()),
-                         'conditions_met': int(met),
-                         'conditions_absent_met': int(sum(absent_met))})
+                         'conditions_met': int(met[k]),
+                         'conditions_absent_met': int(absent_met[k])})
     return rows
 
 
-def _rejected(passes: np.ndarray, which: np.ndarray) -> float:
-    """Return the share of the queries `which` selects that no candidate passes (0 if none)."""
-    return float(np.mean(~passes[which])) if which.any() else 0.0
+def _rejected(best: np.ndarray, which: np.ndarray, margins: np.ndarray,
+              empty: float = 0.0) -> np.ndarray:
+    """Return, per margin, the share of the queries `which` selects rejected (`empty`: none)."""
+    values = np.sort(best[which])
+    if not len(values):
+        return np.full(len(margins), empty)
+    return np.searchsorted(values, margins, side='left') / len(values)  # best < margin
 
 
 def choose(rows: list, absent_target: float, present_limit: float) -> tuple:
-    """Return (row, met): the best row meeting both targets, else the trade-off (see above)."""
+    """
+    Return (row, met): the best row meeting both targets, else the trade-off (see above).
+
+    The rows' per-condition counts are those of the targets `sweep` was given: pass it the same.
+    """
     def fewest_refused(row):  # then the most absent rejected, then the loosest rule
         return (row['present_rejected'], -row['absent_rejected'], row['min_margin'],
                 row['min_peak'], row.get('min_shape', 0.0))
@@ -214,7 +226,7 @@ def figures(records: list, rule: AbstainRule) -> dict:
         for kind in ABSENT_KINDS}
     groups = defaultdict(list)
     for r in records:
-        groups[r['condition']].append(r)
+        groups[r.get('condition', '')].append(r)
     out['per_condition'] = {name: rates(rows) for name, rows in groups.items()}
     return out
 
@@ -305,7 +317,7 @@ def parse_args(argv=None):
                         help="'tabletop' (bundled) or a tabletop checkpoint directory")
     parser.add_argument('--conditions', nargs='+', default=['all'],
                         help="scene conditions ('all' or names; see clip_ros.sim.conditions)")
-    parser.add_argument('--scenes', type=count(1), default=20,
+    parser.add_argument('--scenes', type=count(1), default=40,
                         help='validation scenes per condition')
     parser.add_argument('--start', type=count(0), default=0, help='first scene of the val split')
     parser.add_argument('--absent', type=count(0), default=6, help='absent names asked per scene')
@@ -366,7 +378,8 @@ def run(args) -> dict:
                           'present_rejected': args.present_limit},
               'targets_met': met, 'rule': rule.as_dict(), 'figures': figures(records, rule),
               'policy_min_score': min_score_floor(records, rule),
-              'seconds': round(time.monotonic() - start, 1), 'curve': rows,
+              'seconds': round(time.monotonic() - start, 1),
+              'curve': [r for r in rows if r['min_shape'] == chosen['min_shape']],
               'records': records}
     if not args.dry_run:
         if light:
