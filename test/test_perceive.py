@@ -89,6 +89,10 @@ def test_node_and_episode_paths_give_the_same_points(frame_and_sim):
     for phrase in phrases:
         assert [c.score for c in node.get(phrase, [])] == pytest.approx(
             [c.score for c in episode[phrase]])
+        # The shape head's probability travels as the detection's second hypothesis.
+        assert [c.shape_prob for c in node.get(phrase, [])] == pytest.approx(
+            [c.shape_prob for c in episode[phrase]])
+        assert all(0.0 <= c.shape_prob <= 1.0 for c in episode[phrase])
         for a, b in zip(node.get(phrase, []), episode[phrase]):
             assert np.array_equal(a.mask, b.mask)
     extrinsic = Extrinsic(*sim.camera_pose())

@@ -4,7 +4,7 @@ import pytest
 
 from clip_ros.policy.command import parse_command
 from clip_ros.policy.lifting import Extrinsic, lift_mask
-from clip_ros.policy.perceive import Candidate, LiftConfig, perceive
+from clip_ros.policy.perceive import Candidate, LiftConfig, perceive, SHAPE_TRUST
 from clip_ros.policy.shape import contradiction, measure, shape_of, SHAPE_WORDS
 from clip_ros.sim.scene import SHAPES
 
@@ -90,6 +90,13 @@ def test_perceive_passes_over_the_wrong_shape_and_refuses_when_only_it_is_there(
     assert len(found.seen['target']) == 1  # the look after acting still sees it
     off = perceive(command, only_wrong, frame.depth, frame.K, extrinsic, LiftConfig(shape_band=0))
     assert off.lifted['target'][1] == 0.9  # the check switched off
+    # A shape head sure of the word overrules depth; one less sure does not.
+    sure = perceive(command, {'red block': [Candidate(0.9, ball, SHAPE_TRUST)]}, frame.depth,
+                    frame.K, extrinsic)
+    assert sure.lifted['target'][1] == 0.9 and sure.refused == {}
+    unsure = perceive(command, {'red block': [Candidate(0.9, ball, SHAPE_TRUST - 0.01)]},
+                      frame.depth, frame.K, extrinsic)
+    assert 'target' not in unsure.lifted and 'target' in unsure.refused
     words = parse_command('pick up the red thing')  # no shape word: nothing to check
     assert perceive(words, {'red thing': [Candidate(0.9, ball)]}, frame.depth, frame.K,
                     extrinsic).lifted['target'][1] == 0.9

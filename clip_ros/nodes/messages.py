@@ -1,5 +1,6 @@
 """Build vision_msgs and diagnostic messages from core results (images: nodes/conversions.py)."""
 import json
+import math
 from typing import Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -9,6 +10,8 @@ from vision_msgs.msg import (
     Classification, Detection2D, Detection2DArray, Detection3D, Detection3DArray, LabelInfo,
     ObjectHypothesis, ObjectHypothesisWithPose, VisionClass)
 from visualization_msgs.msg import Marker, MarkerArray
+
+from clip_ros.perception.geometry import SHAPE_HYPOTHESIS
 
 
 def detection_msg(detection, header: Header, track_id: int | None = None) -> Detection2D:
@@ -24,6 +27,14 @@ def detection_msg(detection, header: Header, track_id: int | None = None) -> Det
     result.hypothesis.class_id = detection.phrase
     result.hypothesis.score = float(detection.score)
     msg.results.append(result)
+    shape_prob = getattr(detection, 'shape_prob', math.nan)
+    if math.isfinite(shape_prob):
+        # A second hypothesis: the shape head's probability of the phrase's shape, which lets
+        # vla_policy_node trust a sure head over a partial depth view (policy.perceive).
+        shape = ObjectHypothesisWithPose()
+        shape.hypothesis.class_id = SHAPE_HYPOTHESIS
+        shape.hypothesis.score = float(shape_prob)
+        msg.results.append(shape)
     return msg
 
 

@@ -1,5 +1,6 @@
 """Messages of the VLA policy node: grounded 3D targets, markers, goals, twist and status."""
 import json
+import math
 
 from geometry_msgs.msg import PoseStamped, TwistStamped
 import numpy as np
@@ -8,6 +9,7 @@ from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from clip_ros.nodes.messages import detection_3d, object_markers
+from clip_ros.perception.geometry import SHAPE_HYPOTHESIS
 from clip_ros.policy.perceive import Candidate
 
 ROLE_COLOURS = {'target': (0.1, 0.9, 0.2), 'destination': (0.2, 0.5, 1.0)}
@@ -26,8 +28,11 @@ def detection_candidates(msg, labels: np.ndarray, phrases) -> dict:
             continue
         hypothesis = detection.results[0].hypothesis
         if hypothesis.class_id in phrases:
+            shape = [float(r.hypothesis.score) for r in detection.results[1:]
+                     if r.hypothesis.class_id == SHAPE_HYPOTHESIS]
             candidates.setdefault(hypothesis.class_id, []).append(
-                Candidate(float(hypothesis.score), labels == i + 1))
+                Candidate(float(hypothesis.score), labels == i + 1,
+                          shape[0] if shape else math.nan))
     return candidates
 
 

@@ -6,6 +6,7 @@ Coordinates follow the pixel-edge convention: pixel (row r, column c) covers [c,
 mean pixel centre, which puts a full-image region's centroid at the centre of its box.
 """
 from dataclasses import dataclass
+import math
 
 import numpy as np
 from scipy import ndimage
@@ -15,6 +16,10 @@ _STRUCTURES = {
     4: ndimage.generate_binary_structure(2, 1),
     8: ndimage.generate_binary_structure(2, 2),
 }
+
+
+# class_id of a Detection2D's second hypothesis: the shape head's probability (shape_prob).
+SHAPE_HYPOTHESIS = 'shape'
 
 
 @dataclass
@@ -49,6 +54,9 @@ class Detection:
     area: int          # pixel count
     centroid: tuple    # (x, y) mean pixel centre
     mean_prob: float   # mean segmentation probability over its pixels
+    # The shape head's probability that it is the shape its phrase names, or any object for a
+    # phrase without a shape word (nan: no shape head).
+    shape_prob: float = math.nan
 
     @property
     def center_size(self) -> tuple:

@@ -416,7 +416,7 @@ class GroundingPipeline:
             detections.append(Detection(
                 index=index, phrase=frame.phrases[frame.asked[frame.owners[k]]],
                 score=scores[k], box=region.box, area=region.area, centroid=region.centroid,
-                mean_prob=region.mean_prob))
+                mean_prob=region.mean_prob, shape_prob=frame.evidence[k].shape_prob))
         heatmaps = self._heatmaps(frame) if with_heatmaps else None
         return GroundingResult(frame.phrases, detections, label_image, heatmaps, rejected)
 

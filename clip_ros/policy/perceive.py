@@ -6,11 +6,14 @@ evaluation measures the code a robot runs. For each role of the command (the fir
 destination) the candidates of its phrase are tried best score first; a candidate whose points
 all lie within `min_height` of the table is a shadow or reflection and is skipped, and so is one
 whose depth contradicts the shape its phrase names (policy.shape: 'the purple block' answered
-by a purple cylinder). A phrase whose every standing candidate has the wrong shape counts as
+by a purple cylinder), unless grounding's shape head is sure of that shape (SHAPE_TRUST: the
+visible top of a partly hidden block is no rectangle to depth, but still a block to the
+head). A phrase whose every standing candidate has the wrong shape counts as
 not found. The target is grasped at its box centre and a load is placed onto the
 destination's top face.
 """
 from dataclasses import dataclass, field
+import math
 
 import numpy as np
 
@@ -18,6 +21,12 @@ from clip_ros.policy.command import Command
 from clip_ros.policy.lifting import (
     back_project, Extrinsic, lift_mask, lift_standing, LiftedTarget, place_point)
 from clip_ros.policy.shape import contradiction, grown_top, measure, shape_of
+
+# A shape head this sure of the phrase's shape overrules depth. On val scenes (occlusion,
+# same-colour neighbours, low camera, light intensity; 799 checks) depth refused 41 masks of
+# the right object and 40 look-alikes: at >= 0.95 the head vouched for 11 of the former and
+# none of the latter (the look-alikes' highest was 0.93).
+SHAPE_TRUST = 0.95
 
 
 @dataclass
@@ -40,6 +49,7 @@ class Candidate:
 
     score: float
     mask: np.ndarray  # bool [H, W], the depth image's size
+    shape_prob: float = math.nan  # grounding's shape head on it (Detection.shape_prob)
 
 
 @dataclass
@@ -140,7 +150,7 @@ def perceive(command: Command, candidates: dict, depth: np.ndarray, K, extrinsic
         chosen, wrong = None, []
         for k, lifted in views:  # best first; the shape is measured only until one fits
             why = _wrong_shape(shape, lifted, found[k].mask, depth, K, extrinsic, config)
-            if not why:
+            if not why or found[k].shape_prob >= SHAPE_TRUST:
                 chosen = k, lifted
                 break
             wrong.append(f'not a {shape}: {why}')

@@ -62,7 +62,7 @@ class ModelPerception:
         candidates = {phrase: [] for phrase in phrases}
         for det in result.detections:
             mask = result.label_image == det.index + 1
-            candidates[det.phrase].append(Candidate(det.score, mask))
+            candidates[det.phrase].append(Candidate(det.score, mask, det.shape_prob))
         return candidates
 
 

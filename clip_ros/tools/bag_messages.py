@@ -7,10 +7,13 @@ nodes publish (test_ground_bag compares them). Decoded messages are mcap-ros2-su
 objects: fields as attributes, uint8[] as bytes.
 """
 
+import math
+
 import numpy as np
 
 from clip_ros.perception.compressed import (
     decode_colour, decode_depth, encode_colour, encode_depth)
+from clip_ros.perception.geometry import SHAPE_HYPOTHESIS
 from clip_ros.perception.pixels import ENCODINGS, message_pixels, to_rgb
 
 MAX_FRAME_SIZE = 16384  # pixels per side of a compressed frame (checked before decoding)
@@ -103,9 +106,13 @@ def detections_msg(detections, head: dict, ids=None) -> dict:
     out = []
     for detection, track_id in zip(detections, ids):
         cx, cy, w, h = detection.center_size
+        results = [_hypothesis(detection.phrase, detection.score)]
+        shape_prob = getattr(detection, 'shape_prob', math.nan)
+        if math.isfinite(shape_prob):
+            results.append(_hypothesis(SHAPE_HYPOTHESIS, shape_prob))
         out.append({
             'header': head, 'id': str(detection.index if track_id is None else track_id),
-            'results': [_hypothesis(detection.phrase, detection.score)],
+            'results': results,
             'bbox': {'center': {'position': {'x': float(cx), 'y': float(cy)}},
                      'size_x': float(w), 'size_y': float(h)}})
     return {'header': head, 'detections': out}

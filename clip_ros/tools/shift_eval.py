@@ -167,8 +167,9 @@ def _acted(result, detections, query: Query, view, lift: LiftConfig) -> dict:
     """Return what perceive -> lift makes of the detections: acted on, right, and why not."""
     depth, K, extrinsic = view
     command = parse_command(f'pick up the {query.phrase}')
-    candidates = {command.targets[0]: [Candidate(d.score, result.label_image == d.index + 1)
-                                       for d in detections]} if command.targets else {}
+    candidates = {command.targets[0]: [
+        Candidate(d.score, result.label_image == d.index + 1, d.shape_prob)
+        for d in detections]} if command.targets else {}
     found = perceive(command, candidates, depth, K, extrinsic, lift)
     if 'target' not in found.lifted:
         return {'acted': False, 'acted_correct': False, 'acted_reason': found.error}
