@@ -27,13 +27,12 @@ def detection_msg(detection, header: Header, track_id: int | None = None) -> Det
     result.hypothesis.class_id = detection.phrase
     result.hypothesis.score = float(detection.score)
     msg.results.append(result)
-    shape_prob = getattr(detection, 'shape_prob', math.nan)
-    if math.isfinite(shape_prob):
+    if math.isfinite(detection.shape_prob):
         # A second hypothesis: the shape head's probability of the phrase's shape, which lets
         # vla_policy_node trust a sure head over a partial depth view (policy.perceive).
         shape = ObjectHypothesisWithPose()
         shape.hypothesis.class_id = SHAPE_HYPOTHESIS
-        shape.hypothesis.score = float(shape_prob)
+        shape.hypothesis.score = float(detection.shape_prob)
         msg.results.append(shape)
     return msg
 

@@ -107,9 +107,8 @@ def detections_msg(detections, head: dict, ids=None) -> dict:
     for detection, track_id in zip(detections, ids):
         cx, cy, w, h = detection.center_size
         results = [_hypothesis(detection.phrase, detection.score)]
-        shape_prob = getattr(detection, 'shape_prob', math.nan)
-        if math.isfinite(shape_prob):
-            results.append(_hypothesis(SHAPE_HYPOTHESIS, shape_prob))
+        if math.isfinite(detection.shape_prob):
+            results.append(_hypothesis(SHAPE_HYPOTHESIS, detection.shape_prob))
         out.append({
             'header': head, 'id': str(detection.index if track_id is None else track_id),
             'results': results,

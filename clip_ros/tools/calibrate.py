@@ -151,9 +151,10 @@ def sweep(records: list, peaks=PEAKS, shapes=None,
         present_rejected, absent_rejected = (_rejected(best, present, margins),
                                              _rejected(best, ~present, margins))
         # A condition without queries of a kind has nothing to miss: that target holds there.
-        absent_met = sum(_rejected(best, a, margins, 1.0) >= targets[0] for _, a in groups)
-        met = sum((_rejected(best, a, margins, 1.0) >= targets[0])
-                  & (_rejected(best, p, margins, 0.0) <= targets[1]) for p, a in groups)
+        absent_ok = [_rejected(best, a, margins, 1.0) >= targets[0] for _, a in groups]
+        absent_met = sum(absent_ok)
+        met = sum(ok & (_rejected(best, p, margins, 0.0) <= targets[1])
+                  for ok, (p, _) in zip(absent_ok, groups))
         for k, margin in enumerate(margins):
             rows.append({'min_peak': float(peak), 'min_shape': float(shape),
                          'min_margin': float(margin),
