@@ -70,9 +70,19 @@ class Harness:
         self.probe = rclpy.create_node('probe', context=self.context)
         self.executor.add_node(self.probe)
         self._nodes = [self.probe]
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
         self._stamp = 0
+
+    def _spin(self) -> None:
+        while True:
+            try:
+                return self.executor.spin()
+            except Exception as e:
+                # remove() destroys a node while this thread may be putting its entities in a
+                # wait set; rclpy then raises InvalidHandle for that node only: spin on.
+                if type(e).__name__ != 'InvalidHandle':
+                    raise
 
     def add(self, node):
         """Spin `node` too and destroy it at shutdown."""
