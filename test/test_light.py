@@ -137,6 +137,40 @@ def bundled():
     return {on: GroundingPipeline(clip, clipseg, light_correction=on) for on in (True, False)}
 
 
+def glare_frame() -> np.ndarray:
+    """Return the reference table with an orange object and a white one, lit 1.7 times."""
+    frame = table_frame((150, 135, 118), objects=((200, 100, 0), (240, 240, 240)))
+    frame[60:70, 20:45] = (130, 65, 0)  # the orange object's shaded side: not clipped below
+    return scaled(frame, [1.7] * 3)
+
+
+def test_clipped_highlights_of_a_coloured_object_get_its_hue_back():
+    glare = glare_frame()
+    assert tuple(glare[50, 30]) == (255, 170, 0) and tuple(glare[65, 30]) == (221, 110, 0)
+    light = LightCorrection(REFERENCE, table=False)
+    gain = light.gains(glare)[0]
+    assert gain < 1.0
+    out = light(glare).astype(float)
+    # Darkened alike, the clipped top would turn yellow-olive (green 0.67 of red); rebuilt from
+    # the side's ratios it is orange again (green half of red), as bright as the side allows.
+    top = out[50, 30]
+    assert top[1] / top[0] == pytest.approx(0.5, abs=0.02) and top[2] == 0
+    assert top[1] == pytest.approx(170 * gain, abs=1) and top[0] > 255 * gain + 50
+    uniform = np.clip(glare * gain + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(out[65, 30], uniform[65, 30])  # unclipped pixels: the gain alone
+    # The clipped table and white object are no hue: darkened like every other pixel.
+    for row, col in ((5, 5), (50, 70)):
+        assert np.array_equal(out[row, col], uniform[row, col])
+
+
+def test_a_clipped_object_without_unclipped_pixels_is_only_darkened():
+    glare = glare_frame()
+    glare[60:70, 20:45] = glare[50, 30]  # the side clipped too: nothing tells the hue
+    light = LightCorrection(REFERENCE, table=False)
+    uniform = np.clip(glare * light.gains(glare)[0] + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(light(glare), uniform)
+
+
 def accuracy(pipeline, scenes) -> float:
     records = shift_eval.evaluate_scenes(pipeline, scenes, [], 0.4, 64, 0)
     return float(np.mean([r['correct'] for r in records]))

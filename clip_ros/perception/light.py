@@ -16,19 +16,21 @@ the median colour of their lit pixels and their 90th-percentile brightness, writ
   clearly darker (>= DARK_MIN, at most DARK_MAX), unless most of it is nearly black, which is a
   black table or a dark background rather than a dim lamp;
 - glare: a clearly over-exposed frame (>= BRIGHT_MIN brighter) is darkened to the reference.
-  Clipped highlights do not come back, but the rest of the frame returns to the levels the
-  model knows (on validation: 58 % -> 71 % of top detections right on over-exposed frames);
+  The rest of the frame returns to the levels the model knows (on validation: 58 % -> 71 % of
+  top detections right on over-exposed frames), and a coloured object's clipped highlights get
+  its hue back from its unclipped pixels (an orange top clipped to yellow is orange again);
 - table: then a table that is not the trained one's colour is recoloured to it
   (perception.surface).
 
 The constants were chosen on validation-split scenes rendered under the shift conditions; a
-model without a reference (pretrained CLIP/CLIPSeg) is left uncorrected. numpy only: the Triton
-client runs it without torch.
+model without a reference (pretrained CLIP/CLIPSeg) is left uncorrected. numpy and scipy only: the
+Triton client runs it without torch.
 """
 from dataclasses import dataclass
 import math
 
 import numpy as np
+from scipy import ndimage
 
 from clip_ros.perception.surface import channel_medians, SurfaceCorrection
 
@@ -45,6 +47,13 @@ BRIGHT_PERCENTILE = 90.0
 # the reference's too (log): a large white object alone sets the 90th percentile. On val every
 # over-exposed frame is above 0.117 (a bright cyan table), a white object alone near 0.
 GLARE_MEDIAN = 0.1
+# Clipped highlights: pixels of a coloured object (brightest channel at least COLOURED_LEVEL,
+# spread over channels above COLOURED_SATURATION of it) get their hue from the object's own
+# unclipped pixels, at least MIN_REFERENCE of them; channel ratios below MIN_RATIO are not used.
+COLOURED_LEVEL = 60
+COLOURED_SATURATION = 0.4
+MIN_REFERENCE = 20
+MIN_RATIO = 0.2
 STRIDE = 4            # statistics read every 4th row and column: 1/16 of the pixels, same figures
 # Black-body light at 3000 K and 10000 K in sRGB: the line natural lamps lie on.
 _WARM, _COOL = np.log([255.0, 180.0, 107.0]), np.log([204.0, 219.0, 255.0])
@@ -171,4 +180,43 @@ class LightCorrection:
         out = np.empty_like(rgb)
         for c in range(3):
             out[..., c] = np.take(tables[c], rgb[..., c])
+        if gains.max() < 1.0:
+            _restore_clipped(rgb, out, float(gains.max()))
         return out
+
+
+def _restore_clipped(rgb: np.ndarray, out: np.ndarray, gain: float) -> None:
+    """
+    Give a glaring frame's clipped pixels of coloured objects back their object's hue.
+
+    An orange top under glare is (255, 242, 0): red clipped, green not. Darkened like every
+    other pixel it turns olive (147, 140, 0), read as yellow. The same object's unclipped
+    pixels tell its channel ratios (orange: green about 0.5 of red), so the clipped red was at
+    least 242 / 0.5: the pixel is rebuilt from its unclipped channels (clipped ones count as
+    255, a lower bound) and darkened then. Only saturated pixels (the cream table, white
+    objects and shadows are left as they were), and only objects with enough unclipped pixels.
+    """
+    # A channel at a time: a reduction over the last axis of 3 is several times slower.
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    top = np.maximum(np.maximum(red, green), blue)
+    spread = top - np.minimum(np.minimum(red, green), blue)  # uint8: the channels' spread
+    coloured = (top >= COLOURED_LEVEL) & (spread > COLOURED_SATURATION * top)
+    clipped = coloured & (top == 255)
+    if not clipped.any():
+        return
+    labels, _ = ndimage.label(coloured)
+    boxes = ndimage.find_objects(labels)
+    for label in np.unique(labels[clipped]):
+        box = boxes[label - 1]  # the object's own rows and columns: a few pixels, not a frame
+        blob = labels[box] == label
+        pixels, bright = rgb[box], top[box]
+        hit = blob & (bright == 255)
+        reference = pixels[blob & (bright < 250)].astype(np.float32)
+        if len(reference) < MIN_REFERENCE:
+            continue
+        ratios = np.median(reference / reference.max(axis=1, keepdims=True), axis=0)  # [3]
+        known = ratios >= MIN_RATIO  # a channel near 0 says nothing of the others
+        values = pixels[hit].astype(np.float32)  # [n, 3], clipped channels 255: a lower bound
+        scale = (values[:, known] / ratios[known]).max(axis=1, keepdims=True)  # [n, 1]
+        whole = np.where(values == 255, np.maximum(scale * ratios, 255.0), values)
+        out[box][hit] = np.clip(whole * gain + 0.5, 0, 255).astype(np.uint8)
