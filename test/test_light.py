@@ -171,6 +171,17 @@ def test_a_clipped_object_without_unclipped_pixels_is_only_darkened():
     assert np.array_equal(light(glare), uniform)
 
 
+def test_on_a_coloured_table_clipped_pixels_are_only_darkened():
+    # A bright cyan table's pixels are as saturated as the objects on it: blobs would join them.
+    glare = scaled(table_frame((60, 150, 190), objects=((200, 100, 0),)), [1.7] * 3)
+    glare[60:70, 20:45] = (221, 110, 0)
+    light = LightCorrection(REFERENCE, table=False)
+    gains = light.gains(glare)
+    assert gains.max() < 1.0
+    uniform = np.clip(glare * gains + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(light(glare), uniform)
+
+
 def accuracy(pipeline, scenes) -> float:
     records = shift_eval.evaluate_scenes(pipeline, scenes, [], 0.4, 64, 0)
     return float(np.mean([r['correct'] for r in records]))

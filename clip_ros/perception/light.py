@@ -194,8 +194,12 @@ def _restore_clipped(rgb: np.ndarray, out: np.ndarray, gain: float) -> None:
     pixels tell its channel ratios (orange: green about 0.5 of red), so the clipped red was at
     least 242 / 0.5: the pixel is rebuilt from its unclipped channels (clipped ones count as
     255, a lower bound) and darkened then. Only saturated pixels (the cream table, white
-    objects and shadows are left as they were), and only objects with enough unclipped pixels.
+    objects and shadows are left as they were), only objects with enough unclipped pixels, and
+    not on a saturated table (most lit pixels coloured).
     """
+    table = lit_median(_sample(rgb))
+    if table is None or np.ptp(table) > COLOURED_SATURATION * np.max(table):
+        return  # on a coloured table its pixels join the objects' blobs and lend them its hue
     # A channel at a time: a reduction over the last axis of 3 is several times slower.
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     top = np.maximum(np.maximum(red, green), blue)
