@@ -8,10 +8,12 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 
 import numpy as np
 import rclpy
 from rclpy.context import Context
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -78,10 +80,12 @@ class Harness:
         while True:
             try:
                 return self.executor.spin()
-            except Exception as e:
+            except InvalidHandle as e:
                 # remove() destroys a node while this thread may be putting its entities in a
-                # wait set; rclpy then raises InvalidHandle for that node only: spin on.
-                if type(e).__name__ != 'InvalidHandle':
+                # wait set; rclpy then raises InvalidHandle for that node only: spin on. Raised
+                # from our own code (a callback using a destroyed entity) it is an error.
+                if any(f'{os.sep}clip_ros{os.sep}' in frame.filename
+                       for frame in traceback.extract_tb(e.__traceback__)):
                     raise
 
     def add(self, node):

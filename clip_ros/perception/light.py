@@ -145,6 +145,10 @@ class LightCorrection:
 
     def gains(self, rgb: np.ndarray) -> np.ndarray:
         """Return the gains [3] for an RGB uint8 frame (ones when nothing is corrected)."""
+        return self._measure(rgb)[0]
+
+    def _measure(self, rgb: np.ndarray) -> tuple:
+        """Return (gains [3], median colour [3] of the lit pixels or None)."""
         log_gain = np.zeros(3)
         rgb = _sample(rgb)
         levels = _levels(rgb)  # [N], shared by the three statistics
@@ -163,7 +167,7 @@ class LightCorrection:
                 float(np.mean(median)) / max(float(np.mean(self.reference.median_rgb)), 1.0)
         ) >= GLARE_MEDIAN:
             log_gain += dark
-        return np.exp(log_gain)
+        return np.exp(log_gain), median
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """Return the corrected frame (the same array when nothing is corrected)."""
@@ -171,7 +175,7 @@ class LightCorrection:
         return self.table(rgb) if self.table is not None else rgb
 
     def _light(self, rgb: np.ndarray) -> np.ndarray:
-        gains = self.gains(rgb)
+        gains, median = self._measure(rgb)
         if np.allclose(gains, 1.0):
             return rgb
         # One 256-entry table per channel: cheaper than float arithmetic on every pixel, and
@@ -181,11 +185,11 @@ class LightCorrection:
         for c in range(3):
             out[..., c] = np.take(tables[c], rgb[..., c])
         if gains.max() < 1.0:
-            _restore_clipped(rgb, out, float(gains.max()))
+            _restore_clipped(rgb, out, float(gains.max()), median)
         return out
 
 
-def _restore_clipped(rgb: np.ndarray, out: np.ndarray, gain: float) -> None:
+def _restore_clipped(rgb: np.ndarray, out: np.ndarray, gain: float, table) -> None:
     """
     Give a glaring frame's clipped pixels of coloured objects back their object's hue.
 
@@ -195,9 +199,8 @@ def _restore_clipped(rgb: np.ndarray, out: np.ndarray, gain: float) -> None:
     least 242 / 0.5: the pixel is rebuilt from its unclipped channels (clipped ones count as
     255, a lower bound) and darkened then. Only saturated pixels (the cream table, white
     objects and shadows are left as they were), only objects with enough unclipped pixels, and
-    not on a saturated table (most lit pixels coloured).
+    not on a saturated table (`table`: the lit pixels' median colour, mostly the table's).
     """
-    table = lit_median(_sample(rgb))
     if table is None or np.ptp(table) > COLOURED_SATURATION * np.max(table):
         return  # on a coloured table its pixels join the objects' blobs and lend them its hue
     # A channel at a time: a reduction over the last axis of 3 is several times slower.
