@@ -4,7 +4,8 @@ Camera inputs: JPEG/PNG and compressedDepth frames, and 3D detections from depth
 A 640x480 JPEG frame grounds like the raw frame (box IoU >= 0.95); corrupt, truncated,
 mislabelled and oversized data are rejected with a logged reason and counted, and the next good
 frame is still answered; vla_policy_node lifts from compressedDepth as from raw depth; with
-publish_3d grounding_node lifts every detection near its true 3D centre.
+publish_3d grounding_node lifts every detection near its true 3D centre, and its depth finds a
+white object on a washed-out table that colour cannot.
 """
 import io
 import os
@@ -305,6 +306,42 @@ def test_every_detection_is_lifted_to_3d(ros, gl_context):
     two_d = flat.find(lambda m: m.header.stamp == header.stamp)
     assert msg is not None and not msg.detections and two_d.detections
     assert node.rejected - before >= len(two_d.detections)
+
+
+def test_depth_finds_a_white_bowl_on_a_washed_out_table(ros, gl_context):
+    # Val light_intensity scene 100004: the white bowl's pixels are clipped white like the table.
+    from clip_ros.sim.conditions import condition_frames
+    from clip_ros.sim.simulator import Simulator
+
+    with Simulator(0, 640, 480, show_gripper=False) as sim:
+        _, _, frame = next(condition_frames(sim, 'val', 'light_intensity', 1, 4, depth=True))
+    truth = next(o.box for o in frame.objects if o.name == 'white bowl')
+    node = ros.add(GroundingNode(context=ros.context, namespace='bright', parameter_overrides=[
+        Parameter('clip_arch', value='tabletop'), Parameter('clipseg_model', value='tabletop'),
+        Parameter('device', value='cpu'), Parameter('queries', value=['white bowl']),
+        Parameter('publish_3d', value=True)]))
+    assert node.lifecycle_state == 'active', node.not_ready
+    pubs = {name: ros.publisher(kind, f'/bright/{name}') for kind, name in (
+        (Image, 'image'), (Image, 'depth'), (CameraInfo, 'camera_info'))}
+    flat = ros.subscribe(Detection2DArray, '/bright/detections')
+    assert wait_for(lambda: all(p.get_subscription_count() for p in pubs.values()))
+
+    header = ros.header('camera')  # no depth for this frame: colour alone finds nothing
+    pubs['image'].publish(numpy_to_image(frame.rgb, 'rgb8', header))
+    msg = wait_for(lambda: flat.find(lambda m: m.header.stamp == header.stamp), timeout=60)
+    assert msg is not None and not msg.detections
+
+    header = ros.header('camera')
+    pubs['depth'].publish(numpy_to_image(frame.depth, '32FC1', header))
+    pubs['camera_info'].publish(camera_info_msg(frame.K, 640, 480, header))
+    wait_for(lambda: False, timeout=0.5)  # depth and camera_info reach their buffers first
+    pubs['image'].publish(numpy_to_image(frame.rgb, 'rgb8', header))
+    msg = wait_for(lambda: flat.find(lambda m: m.header.stamp == header.stamp), timeout=60)
+    assert msg is not None and len(msg.detections) == 1
+    box = msg.detections[0].bbox
+    found = (box.center.position.x - box.size_x / 2, box.center.position.y - box.size_y / 2,
+             box.center.position.x + box.size_x / 2, box.center.position.y + box.size_y / 2)
+    assert box_iou(found, truth)[0, 0] >= 0.8
 
 
 def test_onnxruntime_backend_answers_like_torch(ros, tmp_path):

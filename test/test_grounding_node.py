@@ -221,9 +221,9 @@ class PipelineSpy:
     def __init__(self, pipeline):
         self.pipeline, self.calls = pipeline, []
 
-    def __call__(self, rgb, phrases, thresholds, with_heatmaps=True):
+    def __call__(self, rgb, phrases, thresholds, with_heatmaps=True, depth=None):
         self.calls.append(with_heatmaps)
-        return self.pipeline(rgb, phrases, thresholds, with_heatmaps=with_heatmaps)
+        return self.pipeline(rgb, phrases, thresholds, with_heatmaps=with_heatmaps, depth=depth)
 
 
 def test_heatmap_and_debug_only_when_subscribed(ros):

@@ -338,7 +338,7 @@ class ColourPipeline:
     def __init__(self):
         self.frames = 0
 
-    def __call__(self, rgb, phrases, thresholds, with_heatmaps=True):
+    def __call__(self, rgb, phrases, thresholds, with_heatmaps=True, depth=None):
         self.frames += 1
         found = []
         for phrase, colour in self.COLOURS.items():

@@ -26,7 +26,8 @@ def table_frame():
 def test_the_object_on_the_table_is_cut_out_and_its_shadow_is_not():
     rgb, region = table_frame()
     assert table_split.is_table_sized(region, rgb.shape[0] * rgb.shape[1])
-    blobs = table_split.table_blobs(rgb, region, np.full(rgb.shape[:2], 0.9, np.float32))
+    table = table_split.table_pixels(rgb, region)
+    blobs = table_split.table_blobs(region, table, np.full(rgb.shape[:2], 0.9, np.float32))
     assert len(blobs) == 1
     assert box_iou(blobs[0].box, (60, 40, 80, 70))[0, 0] > 0.8
     assert blobs[0].mean_prob == pytest.approx(0.9)
@@ -36,7 +37,7 @@ def test_a_region_no_colour_dominates_is_left_whole():
     rgb, region = table_frame()
     rgb[10:60, 10:150] = (40, 90, 200)  # half blue, half red: no table in it
     rgb[60:110, 10:150] = (200, 40, 40)
-    assert table_split.table_blobs(rgb, region, np.zeros(rgb.shape[:2], np.float32)) == []
+    assert table_split.table_pixels(rgb, region) is None
 
 
 def test_specks_and_table_sized_blobs_are_no_objects():
@@ -44,7 +45,8 @@ def test_specks_and_table_sized_blobs_are_no_objects():
     rgb[40:70, 60:80] = CREAM
     rgb[20:26, 20:26] = (226, 230, 228)  # 36 pixels: a speck
     rgb[20:100, 90:150] = (226, 230, 228)  # 4800 of the region's 14000: more than an object
-    assert table_split.table_blobs(rgb, region, np.zeros(rgb.shape[:2], np.float32)) == []
+    table = table_split.table_pixels(rgb, region)
+    assert table_split.table_blobs(region, table, np.zeros(rgb.shape[:2], np.float32)) == []
 
 
 def test_a_blob_needs_clip_and_the_shape_head_to_name_it():

@@ -7,7 +7,9 @@ every instance mask with the policy's lift_mask (policy/perceive.lift_instances)
 `detections_3d` (same ids as the 2D detections) and `detection_markers`, in `target_frame`
 through tf2 when it is installed and knows the transform, else in the depth image's frame.
 Depth must be registered to the grounded image (same frame_id) and rectified: the intrinsics
-are camera_info's P (policy/lifting.camera_intrinsics).
+are camera_info's P (policy/lifting.camera_intrinsics). The same depth also goes into the
+grounding itself (view): on a washed-out table it finds what colour cannot
+(perception.table_depth).
 """
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from vision_msgs.msg import Detection3DArray
@@ -19,6 +21,7 @@ from clip_ros.nodes.messages import detections_3d_msg, object_markers
 from clip_ros.nodes.overlay import phrase_colour
 from clip_ros.nodes.transforms import lookup_extrinsic, make_tf_buffer
 from clip_ros.perception.compressed import decode_depth
+from clip_ros.perception.table_depth import DepthView
 from clip_ros.policy.lifting import (
     camera_intrinsics, check_camera_size, check_frames, depth_to_metres)
 from clip_ros.policy.perceive import lift_instances
@@ -77,6 +80,7 @@ class DepthLift:
                              f"{values['max_depth']}")
         self.node, self.values = node, values
         self.depth = StampBuffer(values['sync_tolerance'])
+        self._decoded = (None, None)  # (message, metres): decoded once for view and lift
         self.info = StampBuffer(values['sync_tolerance'])
         self.tf = make_tf_buffer(node, 'detections_3d stay in the depth image frame') \
             if values['target_frame'] else None
@@ -114,7 +118,21 @@ class DepthLift:
               tuple(c / 255 for c in phrase_colour(phrases.index(phrase))), target)
              for _, phrase, score, target in items], out_header, 'detections_3d'))
 
-    def _lift(self, header, result, ids) -> tuple:
+    def view(self, header, shape: tuple):
+        """
+        Return the frame's DepthView for the grounding, or None.
+
+        None without depth or camera_info near the frame, or with depth that does not fit it:
+        publish() then logs and counts the reason.
+        """
+        try:
+            depth_msg, depth, K = self._matched(header, shape)
+        except ValueError:
+            return None
+        return DepthView(depth, K)
+
+    def _matched(self, header, shape: tuple) -> tuple:
+        """Return (depth message, depth metres, K) nearest the frame; ValueError says why not."""
         stamp = _seconds(header)
         depth_msg, info = self.depth.nearest(stamp), self.info.nearest(stamp)
         if depth_msg is None or info is None:
@@ -122,12 +140,18 @@ class DepthLift:
             raise ValueError(f"no {' or '.join(missing)} within sync_tolerance "
                              f"({self.values['sync_tolerance']:g} s) of the frame")
         check_frames(header.frame_id, depth_msg.header.frame_id, info.header.frame_id)
-        depth = depth_metres(depth_msg, self.values['depth_scale'])
-        if depth.shape != result.label_image.shape:
+        if self._decoded[0] is not depth_msg:
+            self._decoded = (depth_msg, depth_metres(depth_msg, self.values['depth_scale']))
+        depth = self._decoded[1]
+        if depth.shape != tuple(shape):
             raise ValueError(f'depth {depth.shape[1]}x{depth.shape[0]} is not the frame size '
-                             f'{result.label_image.shape[1]}x{result.label_image.shape[0]}')
+                             f'{shape[1]}x{shape[0]}')
         K, size = camera_intrinsics(info)
         check_camera_size(*size, depth)  # else every point is misplaced
+        return depth_msg, depth, K
+
+    def _lift(self, header, result, ids) -> tuple:
+        depth_msg, depth, K = self._matched(header, result.label_image.shape)
         extrinsic, out_header = self._frame(depth_msg.header)
         lifted, reasons = lift_instances(result.label_image, len(result.detections), depth, K,
                                          extrinsic,

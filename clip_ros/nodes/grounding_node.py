@@ -426,7 +426,9 @@ class GroundingNode(ManagedNode):
         heat = any(c.pubs['heatmap'].get_subscription_count() > 0 for c, _, _ in frames)
         thresholds = self._threshold_list(phrases)
         if len(frames) == 1:  # the batch of one
-            results = [pipeline(frames[0][2], phrases, thresholds, with_heatmaps=heat)]
+            _, msg, rgb = frames[0]
+            depth = self._depth.view(msg.header, rgb.shape[:2]) if self._depth else None
+            results = [pipeline(rgb, phrases, thresholds, with_heatmaps=heat, depth=depth)]
         else:
             results = pipeline.batch([(rgb, phrases, thresholds) for _, _, rgb in frames],
                                      with_heatmaps=heat)

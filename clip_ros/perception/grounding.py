@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from clip_ros.perception import shape_search, table_split, zoom
+from clip_ros.perception import shape_search, table_depth, table_split, zoom
 from clip_ros.perception.geometry import Detection, paint
 from clip_ros.perception.image_np import validate_rgb
 from clip_ros.perception.light import correction_for
@@ -186,6 +186,9 @@ class _Frame:
     narrowed: set = field(default_factory=set)  # candidates shape search cut from a blob
     on_table: set = field(default_factory=set)  # candidates cut from a table-sized one
     zoomed: set = field(default_factory=set)  # candidates of zoomed maps (perception.zoom)
+    depth: object = None  # table_depth.DepthView, or None
+    raw: np.ndarray = None  # the frame before light correction (for the view drawn from depth)
+    on_depth: set = field(default_factory=set)  # candidates of the look in depth
 
 
 class GroundingPipeline:
@@ -257,7 +260,7 @@ class GroundingPipeline:
         self.zoom_memo = zoom.ZoomMemo()
 
     def __call__(self, rgb: np.ndarray, phrases, thresholds=0.4,
-                 with_heatmaps: bool = True) -> GroundingResult:
+                 with_heatmaps: bool = True, depth=None) -> GroundingResult:
         """
         Ground `phrases` in an RGB uint8 HxWx3 image.
 
@@ -271,17 +274,22 @@ class GroundingPipeline:
             In [0, 1], one for all phrases or one per phrase.
         with_heatmaps : bool
             Return the probability maps (they are computed either way).
+        depth : table_depth.DepthView or (depth, K), optional
+            Metric depth registered to the frame and its intrinsics: a white object on a
+            washed-out table is then found by what stands on the table (perception.table_depth).
 
         Returns
         -------
         GroundingResult in original-image pixels; detections carry the phrases as given.
 
         """
-        return self.batch([(rgb, phrases, thresholds)], with_heatmaps)[0]
+        return self.batch([(rgb, phrases, thresholds, depth)], with_heatmaps)[0]
 
     def batch(self, requests, with_heatmaps: bool = True) -> list:
         """
         Ground several frames at once: one GroundingResult per (rgb, phrases, thresholds).
+
+        A request may carry a fourth item, the frame's depth (as for __call__) or None.
 
         CLIPSeg's vision tower runs once over all frames and CLIP encodes the crops of all
         frames in one call; each frame keeps its own phrases, thresholds and results, the
@@ -291,6 +299,7 @@ class GroundingPipeline:
         frames = self.candidates(requests)
         if self.zoom_in:
             self._zoom_in(frames)
+        self._depth_look(frames)
         return [self._result(frame, with_heatmaps) for frame in frames]
 
     def candidates(self, requests) -> list:
@@ -302,12 +311,14 @@ class GroundingPipeline:
         `rejected` the phrases refused for their words, `maps` the asked phrases' CLIPSeg maps.
         """
         frames = []
-        for rgb, phrases, thresholds in requests:
+        for rgb, phrases, thresholds, *depth in requests:
             phrases = check_phrases(phrases)
             rgb = validate_rgb(rgb)
             frame = _Frame(self.light(rgb) if self.light else rgb, phrases,
                            check_thresholds(thresholds, len(phrases)),
-                           [], [], {})
+                           [], [], {}, raw=rgb,
+                           depth=table_depth.check_depth(depth[0] if depth else None,
+                                                         rgb.shape[:2]))
             first = {}  # model words (any case, any spacing) -> the phrase asked first
             for k, phrase in enumerate(phrases):
                 words, reason = self.canonical(phrase)
@@ -334,10 +345,13 @@ class GroundingPipeline:
         return frames
 
     def _accepted(self, frame: _Frame) -> list:
-        """Return the candidates the abstention rule accepts."""
-        return [k for k, e in enumerate(frame.evidence) if self.abstain.accepts(e)
-                and (k not in frame.on_table or table_split.accepts(e))
-                and (k not in frame.zoomed or zoom.accepts(e))]
+        """Return the candidates the abstention rule (or the look in depth's) accepts."""
+        def accepted(k, e):
+            if k in frame.on_depth:  # the map says nothing about it
+                return table_depth.accepts(e)
+            return (self.abstain.accepts(e) and (k not in frame.on_table or table_split.accepts(e))
+                    and (k not in frame.zoomed or zoom.accepts(e)))
+        return [k for k, e in enumerate(frame.evidence) if accepted(k, e)]
 
     def _zoom_in(self, frames: list) -> None:
         """Give each phrase left without an accepted candidate the map of zoomed tiles."""
@@ -386,6 +400,49 @@ class GroundingPipeline:
         for (frame, unfound, *_), look in zip(retry, looks):
             _replace_candidates(frame, set(unfound), look)
 
+    def _depth_look(self, frames: list) -> None:
+        """
+        Give each phrase still unfound the blobs standing on a washed-out table, seen in depth.
+
+        Only frames with depth whose table is clipped white (perception.table_depth); each blob
+        is judged on the view drawn from depth, by its colour (CLIP) and shape (the head).
+        """
+        head = getattr(self.clip, 'shape', None)
+        if head is None or not self.rescore:  # the blobs need CLIP's colour and the head
+            return
+        for frame in frames:
+            if frame.depth is None:
+                continue
+            found = {frame.owners[k] for k in self._accepted(frame)}
+            unfound = [i for i in range(len(frame.asked))
+                       if i not in found and frame.limits[frame.asked[i]] < 1.0]
+            blobs = table_depth.washed_out_blobs(frame.raw, frame.depth) if unfound else []
+            if not blobs:
+                continue
+            reference = getattr(self.light, 'reference', None)
+            drawn = table_depth.drawn_view(frame.raw, frame.depth, blobs,
+                                           reference.median_rgb if reference else None)
+            boxes = [blob.box for blob in blobs]
+            texts, logits = self._clip_logits_batch([(drawn, frame.words, [], boxes)])[0]
+            shapes = head.probabilities(drawn, boxes)  # [K, shapes (+ background)]
+            for i in unfound:
+                queries = [frame.words[i]] * len(blobs)
+                margins, probs = _colour_margins(texts, logits, queries, head.shapes,
+                                                 *_margins(texts, logits, queries))
+                s = head.shape_index(frame.words[i])
+                shape_probs = shapes[:, s] if s is not None else (
+                    1.0 - shapes[:, -1] if head.background else np.ones(len(blobs)))
+                for blob, m, p, shape in zip(blobs, margins, probs, shape_probs):
+                    row, col = blob.offset
+                    h, w = blob.mask.shape
+                    window = frame.maps[i, row:row + h, col:col + w][blob.mask]
+                    frame.on_depth.add(len(frame.regions))
+                    frame.on_table.add(len(frame.regions))  # its mask is depth's: kept as is
+                    frame.owners.append(i)
+                    frame.regions.append(replace(blob, mean_prob=float(window.mean())))
+                    frame.evidence.append(Evidence(float(m), float(p), float(window.mean()),
+                                                   float(window.max()), float(shape)))
+
     def _result(self, frame: _Frame, with_heatmaps: bool) -> GroundingResult:
         """Apply the abstention rule, keep the best max_detections, paint, build detections."""
         keep = self._accepted(frame)
@@ -394,7 +451,8 @@ class GroundingPipeline:
         for i, k in enumerate(frame.asked):
             if i not in kept_owners:
                 rejected.setdefault(frame.phrases[k], not_found(frame.phrases[k]))
-        scores = {k: _score(frame.evidence[k]) for k in keep}
+        scores = {k: table_depth.score(frame.evidence[k]) if k in frame.on_depth
+                  else _score(frame.evidence[k]) for k in keep}
         # A blob kept whole beside its parts (shape search): the better-scored reading wins.
         order = distinct(frame.regions, frame.owners, sorted(keep, key=lambda k: -scores[k]))
         cut, order = order[self.max_detections:], order[:self.max_detections]
@@ -482,11 +540,14 @@ class GroundingPipeline:
         if getattr(self.clip, 'shape', None) is not None:  # its blobs need the head's word
             size = frame.rgb.shape[0] * frame.rgb.shape[1]
             for i, region in list(zip(owners, regions)):
-                if table_split.is_table_sized(region, size):
-                    blobs = table_split.table_blobs(frame.rgb, region, frame.maps[i])
-                    frame.on_table.update(range(len(regions), len(regions) + len(blobs)))
-                    owners += [i] * len(blobs)
-                    regions += blobs
+                table = table_split.table_pixels(frame.rgb, region) \
+                    if table_split.is_table_sized(region, size) else None
+                if table is None:
+                    continue
+                blobs = table_split.table_blobs(region, table, frame.maps[i])
+                frame.on_table.update(range(len(regions), len(regions) + len(blobs)))
+                owners += [i] * len(blobs)
+                regions += blobs
         return owners, regions
 
     def _evidence(self, frames: list) -> None:
@@ -667,6 +728,27 @@ def _margins(texts: list, logits: np.ndarray, queries: list) -> tuple:
     return margins.astype(np.float32), probs.astype(np.float32)
 
 
+def _colour_margins(texts: list, logits: np.ndarray, queries: list, shapes, margins,
+                    probs) -> tuple:
+    """
+    Return (margin, probability) per crop for its query's colour (table_depth.colour_rivals).
+
+    The query against the texts of its shape in other colours; a query without a shape word
+    keeps its margin and probability from _margins.
+    """
+    margins, probs = margins.copy(), probs.copy()
+    for k, query in enumerate(queries):
+        rivals = table_depth.colour_rivals(texts, query, shapes)
+        if rivals is None:
+            continue
+        own = float(logits[k, texts.index(query)])
+        competing = np.array([own] + [float(logits[k, r]) for r in rivals])
+        margins[k] = own - competing[1:].max() if rivals else np.inf
+        exp = np.exp(competing - competing.max())
+        probs[k] = exp[0] / exp.sum()
+    return margins, probs
+
+
 _ARTICLES = frozenset(('a', 'an', 'the'))
 
 
@@ -715,6 +797,7 @@ def _replace_candidates(frame: _Frame, phrases: set, look: _Frame) -> None:
                          **{offset + k: p for k, p in look.shape_probs.items()}}
     frame.narrowed = moved(frame.narrowed, look.narrowed)
     frame.on_table = moved(frame.on_table, look.on_table)
+    frame.on_depth = moved(frame.on_depth, look.on_depth)
     frame.zoomed = set(range(offset, offset + len(look.regions)))
     # The map each candidate came from (refinement reads it; the heatmaps return it).
     maps = frame.maps.copy()

@@ -6,7 +6,8 @@ cover the whole table with the object inside it: one table-sized candidate, whic
 refuses, and the object is 'not found'. Inside such a candidate the table is its commonest
 colour and, darker, its shadows (the same chromaticity); a blob that differs in chromaticity or
 is brighter than the table is something standing on it. Each such blob becomes a candidate of
-the same phrase.
+the same phrase. With depth, the blobs standing on the table are taken instead
+(perception.table_depth).
 
 Its map says nothing about the blob (it covers the table too), so the blob must earn its place
 from the other evidence: CLIP must prefer the phrase to every rival (margin >= MIN_MARGIN) and
@@ -35,14 +36,12 @@ def is_table_sized(region, frame_pixels: int) -> bool:
     return region.area >= BIG * frame_pixels
 
 
-def table_blobs(rgb: np.ndarray, region, prob: np.ndarray) -> list:
+def table_pixels(rgb: np.ndarray, region):
     """
-    Return Regions of what stands on the table inside `region`, or [] when it is no table.
+    Return bool [h, w] of `region`'s window: its table-coloured pixels, or None when no table.
 
-    The table is the candidate's median colour; when less than ON_TABLE of its pixels are of
-    that colour or its shadows, no colour dominates it and it is left whole.
-
-    rgb: the frame (uint8 [H, W, 3]); prob: the phrase's map [H, W] (for each blob's mean).
+    The table is the candidate's median colour and its shadows; when less than ON_TABLE of the
+    candidate's pixels are of that colour, no colour dominates it and it is no table.
     """
     r0, c0 = region.offset
     h, w = region.mask.shape
@@ -54,9 +53,20 @@ def table_blobs(rgb: np.ndarray, region, prob: np.ndarray) -> list:
     is_table = ((np.abs(chroma - table / (table.sum() + 30.0)).max(axis=1) < CHROMA_TOL)
                 & (level > LEVEL[0]) & (level < LEVEL[1])).reshape(h, w)
     if (is_table & region.mask).sum() < ON_TABLE * region.area:
-        return []
+        return None
+    return is_table
+
+
+def table_blobs(region, table: np.ndarray, prob: np.ndarray) -> list:
+    """
+    Return Regions of what differs in colour from the table inside `region`.
+
+    table: table_pixels of the region; prob: the phrase's map [H, W] (for each blob's mean).
+    """
+    r0, c0 = region.offset
+    h, w = region.mask.shape
     # One opening: the one-pixel seams at the table's own edges and texture are no object.
-    labels, count = ndimage.label(ndimage.binary_opening(region.mask & ~is_table))
+    labels, count = ndimage.label(ndimage.binary_opening(region.mask & ~table))
     window = prob[r0:r0 + h, c0:c0 + w]
     blobs = []
     for label in range(1, count + 1):

@@ -202,6 +202,10 @@ def parse_args(argv=None):
     parser.add_argument('--zoom', choices=('on', 'off'), default='on',
                         help='a second look at zoomed tiles for a phrase the frame left '
                              'unfound (off: one look)')
+    parser.add_argument('--depth', choices=('on', 'off'), default='off',
+                        help='with --conditions: grounding also sees each scene depth image, as '
+                             'grounding_node does with publish_3d (white objects on a '
+                             'washed-out table)')
     parser.add_argument('--backend', choices=BACKENDS, default='torch', help='inference backend')
     parser.add_argument('--min-pixels', type=count(1), default=NODE_DEFAULTS['min_area'],
                         help='skip objects with fewer visible pixels (the min_area default)')
@@ -279,7 +283,7 @@ def run_conditions(args) -> dict:
             lambda it, c=condition: tqdm(it, desc=c, total=len(seeds)))
         records[condition] = shift_eval.evaluate_scenes(
             pipeline, scenes, vocabulary, args.threshold, args.min_pixels, args.absent, progress,
-            shift_eval.ROBOT_LIFT)
+            shift_eval.ROBOT_LIFT, args.depth == 'on')
         figures[condition] = shift_eval.summarise_condition(records[condition])
         seconds[condition] = round(time.monotonic() - start, 1)
     info = provenance(args)
@@ -288,7 +292,7 @@ def run_conditions(args) -> dict:
               'threshold': args.threshold, 'rescore': args.rescore, 'backend': args.backend,
               'abstain': args.abstain, 'abstain_rule': dict(clip.abstain),
               'light_correction': args.light_correction, 'light': dict(clip.light),
-              'shape_search': args.shape_search, 'zoom': args.zoom,
+              'shape_search': args.shape_search, 'zoom': args.zoom, 'depth': args.depth,
               'min_pixels': args.min_pixels, 'absent_per_scene': args.absent,
               'held_out_combinations': list(HELD_OUT_NAMES), 'targets': shift_report.TARGETS,
               'conditions': figures, 'missed_targets': shift_report.missed_targets(figures),

@@ -24,6 +24,7 @@ import numpy as np
 from clip_ros.perception.geometry import box_iou, mask_iou, SceneObject
 from clip_ros.perception.grounding import DEFAULT_DISTRACTORS
 from clip_ros.perception.stats import mean_interval, proportion
+from clip_ros.perception.table_depth import DepthView
 from clip_ros.policy.command import parse_command
 from clip_ros.policy.perceive import Candidate, LiftConfig, perceive
 from clip_ros.sim.conditions import condition_frames, CONDITIONS
@@ -136,13 +137,16 @@ def scene_queries(objects: list, scene_names: list, vocabulary, seed: int, min_p
 
 
 def ground_query(pipeline, rgb, query: Query, threshold: float, view=None,
-                 lift: LiftConfig = None) -> dict:
+                 lift: LiftConfig = None, with_depth: bool = False) -> dict:
     """
     Ground one query's phrase and score its top detection against the truth.
 
-    view: (depth, K, extrinsic) of the frame, to also record what the robot would act on.
+    view: (depth, K, extrinsic) of the frame, to also record what the robot would act on;
+    with_depth: grounding sees the depth too (grounding_node with `publish_3d`).
     """
-    result = pipeline(rgb, [query.phrase], thresholds=threshold, with_heatmaps=False)
+    depth = DepthView(*view[:2]) if with_depth and view is not None else None
+    result = pipeline(rgb, [query.phrase], thresholds=threshold, with_heatmaps=False,
+                      depth=depth)
     detections = [d for d in result.detections if d.phrase == query.phrase]
     record = {'phrase': query.phrase, 'name': query.name, 'present': query.present,
               'held_out': query.name in HELD_OUT_NAMES, 'absent_kind': query.absent_kind,
@@ -184,14 +188,15 @@ def _acted(result, detections, query: Query, view, lift: LiftConfig) -> dict:
 
 
 def evaluate_scenes(pipeline, scenes, vocabulary, threshold: float, min_pixels: int,
-                    absent_per_scene: int, progress=None, lift: LiftConfig = None) -> list:
+                    absent_per_scene: int, progress=None, lift: LiftConfig = None,
+                    with_depth: bool = False) -> list:
     """
     Return one record per distinct query of each scene.
 
     scenes yields (seed, rgb, visible SceneObjects, every object name, focus name or ''), as
     condition_scenes does, plus (depth, K, extrinsic) as a sixth item when rendered with
     depth; progress wraps it. A record's 'focus' marks a present query about the object the
-    condition is about.
+    condition is about. with_depth: grounding sees the depth too (as ground_query).
     """
     records = []
     for seed, rgb, objects, names, focus, *view in (progress(scenes) if progress else scenes):
@@ -199,7 +204,7 @@ def evaluate_scenes(pipeline, scenes, vocabulary, threshold: float, min_pixels: 
                                    absent_per_scene):
             records.append({'seed': int(seed), 'focus': bool(focus) and query.name == focus,
                             **ground_query(pipeline, rgb, query, threshold,
-                                           view[0] if view else None, lift)})
+                                           view[0] if view else None, lift, with_depth)})
     return records
 
 
