@@ -159,3 +159,20 @@ def test_in_distribution_floor(gl_context, tmp_path):
     assert figures['accuracy']['rate'] >= 0.8, figures['accuracy']
     assert figures['mask_iou']['mean'] >= 0.6, figures['mask_iou']
     assert figures['present_rejected']['rate'] <= 0.2, figures['present_rejected']
+
+
+def test_depth_only_answers_what_colour_left_unfound(gl_context, tmp_path):
+    # The look in depth runs only for phrases left unfound on a washed-out table, so every
+    # query answered without depth is answered the same with it.
+    runs = {}
+    for depth in ('off', 'on'):
+        out = tmp_path / depth
+        runs[depth] = _run(out, '--conditions', 'light_intensity', '--scenes', '2', '--seed', '3',
+                           '--depth', depth, '--depth-noise', '0.003')
+    assert runs['on']['depth'] == 'on' and runs['on']['depth_noise'] == 0.003
+    plain, seen = (runs[d]['records']['light_intensity'] for d in ('off', 'on'))
+    assert [(r['seed'], r['phrase']) for r in plain] == [(r['seed'], r['phrase']) for r in seen]
+    for before, after in zip(plain, seen):
+        if before['found']:
+            assert after == before
+    assert sum(r['correct'] for r in seen) >= sum(r['correct'] for r in plain)

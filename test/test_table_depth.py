@@ -47,8 +47,19 @@ def test_a_white_box_on_a_clipped_table_is_the_one_blob():
 def test_what_stands_off_the_clipped_table_is_no_object_on_it():
     depth, _ = tilted_table()
     rgb = np.full((H, W, 3), 255, np.uint8)
-    rgb[20:110, 40:110] = 60  # the box stands on a dark floor patch, not on the clipped table
+    rgb[20:110, 40:110] = 60  # the white box stands on a dark floor patch, not on the table
+    rgb[40:70, 60:90] = 255
     assert table_depth.washed_out_blobs(rgb, table_depth.DepthView(depth, K)) == []
+
+
+def test_a_coloured_object_is_left_to_colour():
+    depth, _ = tilted_table()
+    rgb = np.full((H, W, 3), (255, 255, 215), np.uint8)  # a cream table, clipped in red and green
+    view = table_depth.DepthView(depth, K)
+    rgb[40:70, 60:90] = 255  # white: lost in the table
+    assert len(table_depth.washed_out_blobs(rgb, view)) == 1
+    rgb[40:70, 60:90] = (255, 240, 0)  # orange clipped to yellow: colour finds it, or nothing
+    assert table_depth.washed_out_blobs(rgb, view) == []
 
 
 def test_the_drawn_view_shades_the_blob_and_paints_the_rest_table():

@@ -27,7 +27,8 @@ from clip_ros.perception.regions import region_from_mask
 DepthView = namedtuple('DepthView', 'depth K')
 
 CLIPPED = 250       # a channel this bright is clipped
-WASHED_OUT = 0.2    # the table is washed out when this share of the frame is clipped white
+WASHED_OUT = 0.2    # the table is washed out when this share of the frame is clipped
+WHITE_SHARE = 0.25  # a blob is white when this share of its pixels is clipped in every channel
 ABOVE = 0.01        # standing: nearer than the table plane by this share of its distance
 FIT_ROUNDS = 3      # robust plane fit: refits without the outliers of the last one
 FIT_SAMPLES = 4000  # table pixels the plane is fitted to
@@ -94,15 +95,19 @@ def standing(depth: np.ndarray, plane: np.ndarray, offset: tuple, shape: tuple) 
 
 def washed_out_blobs(rgb: np.ndarray, view: DepthView, prob=None) -> list:
     """
-    Return Regions of the blobs standing on a washed-out table, or [] when it is not.
+    Return Regions of the white blobs standing on a washed-out table, or [] when it is not.
 
-    The table is washed out when at least WASHED_OUT of the frame is clipped white (every
-    channel at least CLIPPED); the plane is fitted to those pixels. A blob counts when it is
-    MIN_PIXELS to MAX_SHARE of the frame and stands on the clipped table (at least ON_CLIPPED
-    of the ring around it is clipped): not the arm above the floor. prob: a map [H, W] for
-    each blob's mean (zeros without).
+    The table is washed out when at least WASHED_OUT of the frame is clipped (its brightest
+    channel at least CLIPPED: a cream table reads (255, 255, 215)); the plane is fitted to those
+    pixels. A blob counts when it is MIN_PIXELS to MAX_SHARE of the frame, stands on the clipped
+    table (at least ON_CLIPPED of the ring around it is clipped: not the arm above the floor)
+    and is white as the lamp clips it (a quarter of its pixels or more clipped in every
+    channel): a coloured object keeps its colour, and colour has had its chance at it (an
+    orange one clipped to yellow would pass for yellow here). prob: a map [H, W] for each
+    blob's mean (zeros without).
     """
-    clipped = rgb.min(axis=2) >= CLIPPED
+    clipped = rgb.max(axis=2) >= CLIPPED
+    white = rgb.min(axis=2) >= CLIPPED
     if clipped.mean() < WASHED_OUT:
         return []
     plane = table_plane(view.depth, clipped)
@@ -121,7 +126,8 @@ def washed_out_blobs(rgb: np.ndarray, view: DepthView, prob=None) -> list:
         if not MIN_PIXELS <= area <= MAX_SHARE * clipped.size:
             continue
         ring = ndimage.binary_dilation(blob, iterations=RING) & ~(labels[r0:r1, c0:c1] > 0)
-        if clipped[r0:r1, c0:c1][ring].mean() >= ON_CLIPPED:
+        if clipped[r0:r1, c0:c1][ring].mean() >= ON_CLIPPED and \
+                white[r0:r1, c0:c1][blob].mean() >= WHITE_SHARE:
             blobs.append(region_from_mask(blob, (r0, c0), prob[r0:r1, c0:c1]))
     return blobs
 

@@ -206,6 +206,9 @@ def parse_args(argv=None):
                         help='with --conditions: grounding also sees each scene depth image, as '
                              'grounding_node does with publish_3d (white objects on a '
                              'washed-out table)')
+    parser.add_argument('--depth-noise', type=number(0.0, 1.0), default=0.0, metavar='METRES',
+                        help='with --depth on: Gaussian noise (sigma, metres) added to the depth '
+                             'grounding sees, as a depth camera has (0.003: a few mm at 1 m)')
     parser.add_argument('--backend', choices=BACKENDS, default='torch', help='inference backend')
     parser.add_argument('--min-pixels', type=count(1), default=NODE_DEFAULTS['min_area'],
                         help='skip objects with fewer visible pixels (the min_area default)')
@@ -283,7 +286,7 @@ def run_conditions(args) -> dict:
             lambda it, c=condition: tqdm(it, desc=c, total=len(seeds)))
         records[condition] = shift_eval.evaluate_scenes(
             pipeline, scenes, vocabulary, args.threshold, args.min_pixels, args.absent, progress,
-            shift_eval.ROBOT_LIFT, args.depth == 'on')
+            shift_eval.ROBOT_LIFT, args.depth == 'on', args.depth_noise)
         figures[condition] = shift_eval.summarise_condition(records[condition])
         seconds[condition] = round(time.monotonic() - start, 1)
     info = provenance(args)
@@ -293,6 +296,7 @@ def run_conditions(args) -> dict:
               'abstain': args.abstain, 'abstain_rule': dict(clip.abstain),
               'light_correction': args.light_correction, 'light': dict(clip.light),
               'shape_search': args.shape_search, 'zoom': args.zoom, 'depth': args.depth,
+              'depth_noise': args.depth_noise,
               'min_pixels': args.min_pixels, 'absent_per_scene': args.absent,
               'held_out_combinations': list(HELD_OUT_NAMES), 'targets': shift_report.TARGETS,
               'conditions': figures, 'missed_targets': shift_report.missed_targets(figures),

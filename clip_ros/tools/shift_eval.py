@@ -137,14 +137,13 @@ def scene_queries(objects: list, scene_names: list, vocabulary, seed: int, min_p
 
 
 def ground_query(pipeline, rgb, query: Query, threshold: float, view=None,
-                 lift: LiftConfig = None, with_depth: bool = False) -> dict:
+                 lift: LiftConfig = None, depth: DepthView = None) -> dict:
     """
     Ground one query's phrase and score its top detection against the truth.
 
     view: (depth, K, extrinsic) of the frame, to also record what the robot would act on;
-    with_depth: grounding sees the depth too (grounding_node with `publish_3d`).
+    depth: the depth grounding sees too (grounding_node with `publish_3d`), or None.
     """
-    depth = DepthView(*view[:2]) if with_depth and view is not None else None
     result = pipeline(rgb, [query.phrase], thresholds=threshold, with_heatmaps=False,
                       depth=depth)
     detections = [d for d in result.detections if d.phrase == query.phrase]
@@ -189,22 +188,29 @@ def _acted(result, detections, query: Query, view, lift: LiftConfig) -> dict:
 
 def evaluate_scenes(pipeline, scenes, vocabulary, threshold: float, min_pixels: int,
                     absent_per_scene: int, progress=None, lift: LiftConfig = None,
-                    with_depth: bool = False) -> list:
+                    with_depth: bool = False, depth_noise: float = 0.0) -> list:
     """
     Return one record per distinct query of each scene.
 
     scenes yields (seed, rgb, visible SceneObjects, every object name, focus name or ''), as
     condition_scenes does, plus (depth, K, extrinsic) as a sixth item when rendered with
     depth; progress wraps it. A record's 'focus' marks a present query about the object the
-    condition is about. with_depth: grounding sees the depth too (as ground_query).
+    condition is about. with_depth: grounding sees the depth too (as ground_query), with
+    Gaussian noise of depth_noise metres (seeded by the scene) as a depth camera has.
     """
     records = []
     for seed, rgb, objects, names, focus, *view in (progress(scenes) if progress else scenes):
+        depth = None
+        if with_depth and view:
+            depth = view[0][0] + np.random.default_rng(seed).normal(
+                0.0, depth_noise, view[0][0].shape).astype(np.float32) if depth_noise \
+                else view[0][0]
+            depth = DepthView(depth, view[0][1])
         for query in scene_queries(objects, names, vocabulary, seed, min_pixels,
                                    absent_per_scene):
             records.append({'seed': int(seed), 'focus': bool(focus) and query.name == focus,
                             **ground_query(pipeline, rgb, query, threshold,
-                                           view[0] if view else None, lift, with_depth)})
+                                           view[0] if view else None, lift, depth)})
     return records
 
 
