@@ -86,11 +86,13 @@ def table_plane(depth: np.ndarray, table: np.ndarray):
 def standing(depth: np.ndarray, plane: np.ndarray, offset: tuple, shape: tuple) -> np.ndarray:
     """Return bool [h, w] of the window at `offset`: pixels nearer than the table plane."""
     r0, c0 = offset
-    rows, cols = np.mgrid[r0:r0 + shape[0], c0:c0 + shape[1]]
+    rows = np.arange(r0, r0 + shape[0], dtype=np.float32)[:, None]
+    cols = np.arange(c0, c0 + shape[1], dtype=np.float32)[None, :]
     window = depth[r0:r0 + shape[0], c0:c0 + shape[1]]
     with np.errstate(invalid='ignore', divide='ignore'):
         inverse = np.where(window > 0, 1.0 / window, 0.0)
-    return inverse > (plane[0] * cols + plane[1] * rows + plane[2]) * (1.0 + ABOVE)
+    table = (np.float32(plane[0]) * cols + np.float32(plane[1]) * rows) + np.float32(plane[2])
+    return inverse > table * np.float32(1.0 + ABOVE)
 
 
 def washed_out_blobs(rgb: np.ndarray, view: DepthView, prob=None) -> list:
@@ -106,8 +108,9 @@ def washed_out_blobs(rgb: np.ndarray, view: DepthView, prob=None) -> list:
     orange one clipped to yellow would pass for yellow here). prob: a map [H, W] for each
     blob's mean (zeros without).
     """
-    clipped = rgb.max(axis=2) >= CLIPPED
-    white = rgb.min(axis=2) >= CLIPPED
+    high = [rgb[..., c] >= CLIPPED for c in range(3)]  # per channel: a reduction over the
+    clipped = high[0] | high[1] | high[2]              # last axis of 3 is slow in numpy
+    white = high[0] & high[1] & high[2]
     if clipped.mean() < WASHED_OUT:
         return []
     plane = table_plane(view.depth, clipped)
