@@ -240,6 +240,16 @@ def test_policy_lifts_from_compressed_depth(ros):
     assert (position.x, position.y, position.z) == pytest.approx((0.0, 0.0, 0.1), abs=0.01)
 
 
+def send_with_depth(ros, pubs: dict, rgb, depth, K, size=(640, 480)):
+    """Publish depth and camera_info, then the frame, all with one header; return it."""
+    header = ros.header('camera')
+    pubs['depth'].publish(numpy_to_image(depth, '32FC1', header))
+    pubs['camera_info'].publish(camera_info_msg(K, *size, header))
+    wait_for(lambda: False, timeout=0.5)  # depth and camera_info reach their buffers first
+    pubs['image'].publish(numpy_to_image(rgb, 'rgb8', header))
+    return header
+
+
 def test_every_detection_is_lifted_to_3d(ros, gl_context):
     from clip_ros.sim.simulator import Simulator
 
@@ -263,11 +273,7 @@ def test_every_detection_is_lifted_to_3d(ros, gl_context):
     assert wait_for(lambda: node.rejected > before, timeout=60)
     assert not lifted.messages
 
-    header = ros.header('camera')
-    pubs['depth'].publish(numpy_to_image(frame.depth, '32FC1', header))
-    pubs['camera_info'].publish(camera_info_msg(frame.K, 640, 480, header))
-    wait_for(lambda: False, timeout=0.5)  # depth and camera_info reach their buffers first
-    pubs['image'].publish(numpy_to_image(frame.rgb, 'rgb8', header))
+    header = send_with_depth(ros, pubs, frame.rgb, frame.depth, frame.K)
     msg = wait_for(lambda: lifted.find(lambda m: m.header.stamp == header.stamp), timeout=60)
     assert msg is not None and msg.detections
     # No tf2 here: the depth image's frame, with a one-time warning, never silently wrong.
@@ -287,12 +293,7 @@ def test_every_detection_is_lifted_to_3d(ros, gl_context):
         assert 0.01 < d.bbox.size.x < 0.3 and 0.01 < d.bbox.size.z < 0.3
 
     def send(depth, size=(640, 480)):
-        header = ros.header('camera')
-        pubs['depth'].publish(numpy_to_image(depth, '32FC1', header))
-        pubs['camera_info'].publish(camera_info_msg(frame.K, *size, header))
-        wait_for(lambda: False, timeout=0.5)
-        pubs['image'].publish(numpy_to_image(frame.rgb, 'rgb8', header))
-        return header
+        return send_with_depth(ros, pubs, frame.rgb, depth, frame.K, size)
     # Intrinsics of another resolution: no 3D output for the frame, a counted reason.
     before = node.rejected
     header = send(frame.depth, (1280, 960))
@@ -331,11 +332,7 @@ def test_depth_finds_a_white_bowl_on_a_washed_out_table(ros, gl_context):
     msg = wait_for(lambda: flat.find(lambda m: m.header.stamp == header.stamp), timeout=60)
     assert msg is not None and not msg.detections
 
-    header = ros.header('camera')
-    pubs['depth'].publish(numpy_to_image(frame.depth, '32FC1', header))
-    pubs['camera_info'].publish(camera_info_msg(frame.K, 640, 480, header))
-    wait_for(lambda: False, timeout=0.5)  # depth and camera_info reach their buffers first
-    pubs['image'].publish(numpy_to_image(frame.rgb, 'rgb8', header))
+    header = send_with_depth(ros, pubs, frame.rgb, frame.depth, frame.K)
     msg = wait_for(lambda: flat.find(lambda m: m.header.stamp == header.stamp), timeout=60)
     assert msg is not None and len(msg.detections) == 1
     box = msg.detections[0].bbox
