@@ -404,8 +404,9 @@ class GroundingPipeline:
         """
         Give each phrase still unfound the blobs standing on a washed-out table, seen in depth.
 
-        Only frames with depth whose table is clipped white (perception.table_depth); each blob
-        is judged on the view drawn from depth, by its colour (CLIP) and shape (the head).
+        Only frames with depth whose table is clipped (perception.table_depth), only blobs
+        as white as the lamp clips them; each is judged on the view drawn from depth, by its
+        colour (CLIP) and its shape (the head).
         """
         head = getattr(self.clip, 'shape', None)
         if head is None or not self.rescore:  # the blobs need CLIP's colour and the head
