@@ -548,6 +548,40 @@ def test_depth_slower_than_colour_serves_every_frame_near_it(tmp_path):
     assert all(m.decoded.detections for m in lifted)
 
 
+def test_grounding_sees_the_depth_written_after_its_frame(gl_context, tmp_path):
+    # Val light_intensity scene 100004: the white bowl is clipped white like the table, and
+    # only depth finds it (perception.table_depth). The bag holds each depth after its frame,
+    # as record_sim_bag writes them; the replay grounds the frame once its depth is read.
+    from clip_ros.perception.geometry import box_iou
+    from clip_ros.sim.conditions import condition_frames
+    from clip_ros.sim.simulator import Simulator
+    with Simulator(0, 640, 480, show_gripper=False) as sim:
+        _, _, frame = next(condition_frames(sim, 'val', 'light_intensity', 1, 4, depth=True))
+    truth = next(o.box for o in frame.objects if o.name == 'white bowl')
+    path = tmp_path / 'bright.mcap'
+    with bags.BagWriter(path) as bag:
+        for topic, kind in (('/image', 'Image'), ('/depth', 'Image'), ('/info', 'CameraInfo')):
+            bag.add_topic(topic, f'sensor_msgs/msg/{kind}')
+        t = 1_700_000_000_000_000_000
+        head = bag_messages.header_at(t, 'camera')
+        bag.write('/image', bag_messages.image_msg(frame.rgb, 'rgb8', head), t)
+        bag.write('/depth', bag_messages.image_msg(frame.depth, '32FC1', head), t)
+        bag.write('/info', bag_messages.camera_info_msg(frame.K, 640, 480, head), t)
+    found = {}
+    with_depth = ['--depth-topic', '/depth', '--camera-info-topic', '/info']
+    for name, extra in (('colour', []), ('depth', with_depth)):
+        out = tmp_path / f'{name}.mcap'
+        assert ground_bag.main([str(path), '--image-topic', '/image', '--phrases', 'white bowl',
+                                '--device', 'cpu', '-o', str(out), '--strip-frames', '0',
+                                '--quiet', *extra]) == 0
+        found[name] = read_topic(out, '/grounding/detections')[0].decoded.detections
+    assert not found['colour']
+    assert len(found['depth']) == 1
+    box = found['depth'][0].bbox
+    x, y, w, h = box.center.position.x, box.center.position.y, box.size_x, box.size_y
+    assert box_iou((x - w / 2, y - h / 2, x + w / 2, y + h / 2), truth)[0, 0] >= 0.8
+
+
 def test_console_script_exit_status(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])))

@@ -12,8 +12,9 @@ as the frame, under --prefix: detections (vision_msgs/Detection2DArray), mask (m
 instance mask: detection index + 1), label_info (vision_msgs/LabelInfo, when the phrases
 change) and, with depth (32FC1 or 16UC1) and camera_info, detections_3d
 (vision_msgs/Detection3DArray: each detection's mask lifted in the depth image's frame, as
-grounding_node's publish_3d). Prints a summary table and writes a PNG strip of a few overlaid
-frames. Needs no ROS install.
+grounding_node's publish_3d; with depth a frame is grounded once its depth is matched, and the
+grounding sees it as the node's does). Prints a summary table and writes a PNG strip of a few
+overlaid frames. Needs no ROS install.
 
 Exit status: 0 done, 1 no frame could be grounded or a model failed, 2 bad input (a bag that
 does not exist or is not MCAP, a topic not in the bag, a topic of the wrong type).
@@ -32,6 +33,7 @@ from clip_ros.perception.grounding import (
     clean_phrases, DEFAULT_DISTRACTORS, frame_only, GroundingPipeline)
 from clip_ros.perception.loading import load_or_tabletop, ModelLoadError
 from clip_ros.perception.pixels import TO_RGB
+from clip_ros.perception.table_depth import check_depth
 from clip_ros.perception.tracking import Tracker
 from clip_ros.policy.command import MAX_PHRASES, parse_command, quote
 from clip_ros.policy.lifting import (
@@ -166,7 +168,7 @@ class BagGrounder:
         elif message.topic == self.args.command_topic:
             self.on_command(message)
         elif message.topic == self.args.depth_topic:
-            self._match('depth', message)
+            self._match_depth(message)
         elif message.topic == self.args.camera_info_topic:
             self.camera_info = message.decoded
             waiting, self._waiting = self._waiting, []
@@ -226,9 +228,25 @@ class BagGrounder:
             self.strip[index] = np.array(rgb)
             return
         head = msgs.copy_header(message.decoded.header)
-        result = self.pipeline(rgb, phrases, self.args.threshold, with_heatmaps=False)
         # Unstamped frames: the bag's log time, so tracks do not depend on this machine's speed.
         stamp = msgs.stamp_seconds(head) or message.log_time * 1e-9
+        # Decoding counts in the frame's time; waiting for its depth does not.
+        frame = (message, head, rgb, phrases, index, stamp, time.perf_counter() - started)
+        if not self.with_3d:
+            self._ground(frame)
+            return
+        # Grounded once its depth is matched: grounding sees the depth, as grounding_node's
+        # publish_3d does (perception.table_depth), whether the bag holds it before or after.
+        self._newest['image'] = max(self._newest['image'], stamp)
+        self._pending.append((stamp, frame))
+        self._resolve()
+
+    def _ground(self, frame, depth=None) -> tuple:
+        """Ground one frame (with its DepthView or None) and write its 2D results."""
+        message, head, rgb, phrases, index, stamp, decoding = frame
+        started = time.perf_counter() - decoding
+        result = self.pipeline(rgb, phrases, self.args.threshold, with_heatmaps=False,
+                               depth=depth)
         ids = self.tracker.update([d.phrase for d in result.detections],
                                   [d.box for d in result.detections], stamp, result.label_image)
         self.summary.add(phrases, result.detections, (time.perf_counter() - started) * 1e3,
@@ -237,8 +255,7 @@ class BagGrounder:
         if index in self.picks:
             self.strip[index] = draw_overlay(rgb, result.detections, result.label_image,
                                              result.phrases)
-        if self.with_3d:
-            self._match('image', message, (head, result, ids, message.log_time))
+        return (head, result, ids, message.log_time)
 
     def _write_2d(self, message, head: dict, rgb: np.ndarray, result, ids: list) -> None:
         t, out = message.log_time, self.out
@@ -252,28 +269,23 @@ class BagGrounder:
             overlay = draw_overlay(rgb, result.detections, result.label_image, result.phrases)
             out.write(self.topics['debug_image'], msgs.image_msg(overlay, 'rgb8', head), t)
 
-    def _match(self, name: str, message, item=None) -> None:
-        if name == 'image':
-            stamp = msgs.stamp_seconds(item[0])
-        else:
-            stamp = msgs.stamp_seconds(msgs.copy_header(message.decoded.header))
+    def _match_depth(self, message) -> None:
+        stamp = msgs.stamp_seconds(msgs.copy_header(message.decoded.header))
         stamp = stamp or message.log_time * 1e-9  # unstamped: the bag's log time
-        self._newest[name] = max(self._newest[name], stamp)
-        if name == 'image':
-            self._pending.append((stamp, item))
-        else:
-            self.depth.add(stamp, message.decoded)
+        self._newest['depth'] = max(self._newest['depth'], stamp)
+        self.depth.add(stamp, message.decoded)
         self._resolve()
 
     def _resolve(self, final: bool = False) -> None:
-        """Lift the frames whose nearest depth is known (all of them when `final`)."""
+        """Ground and lift the frames whose nearest depth is known (all of them when `final`)."""
         tolerance, waiting = self.args.sync_tolerance, []
-        for stamp, item in self._pending:
+        for stamp, frame in self._pending:
             if not (final or self._newest['depth'] > stamp + tolerance or
                     self._newest['image'] > stamp + DEPTH_WAIT_SEC):
-                waiting.append((stamp, item))
+                waiting.append((stamp, frame))
                 continue
             depth = self.depth.nearest(stamp)
+            item = self._ground(frame, self._depth_view(depth, frame[1], frame[2].shape[:2]))
             if depth is None:
                 continue  # no depth within sync_tolerance: counted as without depth
             if self.camera_info is None:
@@ -281,6 +293,20 @@ class BagGrounder:
             else:
                 self._write_3d(item, depth)
         self._pending = waiting
+
+    def _depth_view(self, depth_msg, head: dict, shape: tuple):
+        """Return the DepthView grounding sees, or None (_write_3d says why not)."""
+        if depth_msg is None or self.camera_info is None:
+            return None
+        try:
+            depth = depth_to_metres(*msgs.depth_array(depth_msg), self.args.depth_scale)
+            check_frames(head['frame_id'], depth_msg.header.frame_id,
+                         self.camera_info.header.frame_id)
+            K, size = camera_intrinsics(self.camera_info)
+            check_camera_size(*size, depth)
+            return check_depth((depth, K), shape)
+        except ValueError:
+            return None
 
     def _write_3d(self, item, depth_msg) -> None:
         """Lift every detection as grounding_node's publish_3d does, in the depth image frame."""
