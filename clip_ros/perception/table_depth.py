@@ -83,14 +83,12 @@ def table_plane(depth: np.ndarray, table: np.ndarray):
     return plane
 
 
-def standing(depth: np.ndarray, plane: np.ndarray, offset: tuple, shape: tuple) -> np.ndarray:
-    """Return bool [h, w] of the window at `offset`: pixels nearer than the table plane."""
-    r0, c0 = offset
-    rows = np.arange(r0, r0 + shape[0], dtype=np.float32)[:, None]
-    cols = np.arange(c0, c0 + shape[1], dtype=np.float32)[None, :]
-    window = depth[r0:r0 + shape[0], c0:c0 + shape[1]]
+def standing(depth: np.ndarray, plane: np.ndarray) -> np.ndarray:
+    """Return bool [H, W]: the pixels nearer than the table plane by ABOVE of its distance."""
+    rows = np.arange(depth.shape[0], dtype=np.float32)[:, None]
+    cols = np.arange(depth.shape[1], dtype=np.float32)[None, :]
     with np.errstate(invalid='ignore', divide='ignore'):
-        inverse = np.where(window > 0, 1.0 / window, 0.0)
+        inverse = np.where(depth > 0, 1.0 / depth, 0.0)
     table = (np.float32(plane[0]) * cols + np.float32(plane[1]) * rows) + np.float32(plane[2])
     return inverse > table * np.float32(1.0 + ABOVE)
 
@@ -116,7 +114,7 @@ def washed_out_blobs(rgb: np.ndarray, view: DepthView, prob=None) -> list:
     plane = table_plane(view.depth, clipped)
     if plane is None:
         return []
-    up = ndimage.binary_opening(standing(view.depth, plane, (0, 0), clipped.shape))
+    up = ndimage.binary_opening(standing(view.depth, plane))
     labels, count = ndimage.label(up)
     prob = np.zeros(clipped.shape, np.float32) if prob is None else prob
     blobs = []

@@ -33,7 +33,7 @@ from clip_ros.perception.grounding import (
     clean_phrases, DEFAULT_DISTRACTORS, frame_only, GroundingPipeline)
 from clip_ros.perception.loading import load_or_tabletop, ModelLoadError
 from clip_ros.perception.pixels import TO_RGB
-from clip_ros.perception.table_depth import check_depth
+from clip_ros.perception.table_depth import DepthView
 from clip_ros.perception.tracking import Tracker
 from clip_ros.policy.command import MAX_PHRASES, parse_command, quote
 from clip_ros.policy.lifting import (
@@ -143,6 +143,7 @@ class BagGrounder:
         self._pending = []  # (stamp, item) of frames whose nearest depth may still come
         self._newest = {'image': -math.inf, 'depth': -math.inf}  # stamps (s)
         self.camera_info, self._waiting = None, []
+        self._decoded = (None, None)  # (depth message, metres)
         self.topics = {name: f'{args.prefix.rstrip("/")}/{name}' for name in
                        ('detections', 'mask', 'label_info', 'detections_3d', 'debug_image')}
         writer.add_topic(self.topics['detections'], 'vision_msgs/msg/Detection2DArray')
@@ -299,14 +300,24 @@ class BagGrounder:
         if depth_msg is None or self.camera_info is None:
             return None
         try:
-            depth = depth_to_metres(*msgs.depth_array(depth_msg), self.args.depth_scale)
-            check_frames(head['frame_id'], depth_msg.header.frame_id,
-                         self.camera_info.header.frame_id)
-            K, size = camera_intrinsics(self.camera_info)
-            check_camera_size(*size, depth)
-            return check_depth((depth, K), shape)
+            return DepthView(*self._metric_depth(depth_msg, head, shape))
         except ValueError:
             return None
+
+    def _metric_depth(self, depth_msg, head: dict, shape: tuple) -> tuple:
+        """Return (depth metres, K) for a frame of `shape`; ValueError says why not."""
+        if self._decoded[0] is not depth_msg:  # one decode for grounding and lifting
+            self._decoded = (depth_msg, depth_to_metres(*msgs.depth_array(depth_msg),
+                                                        self.args.depth_scale))
+        depth = self._decoded[1]
+        if depth.shape != tuple(shape):
+            raise ValueError(f'depth {depth.shape[1]}x{depth.shape[0]} is not the frame '
+                             f'size {shape[1]}x{shape[0]}')
+        check_frames(head['frame_id'], depth_msg.header.frame_id,
+                     self.camera_info.header.frame_id)
+        K, size = camera_intrinsics(self.camera_info)  # P, binning and ROI, as the node
+        check_camera_size(*size, depth)
+        return depth, K
 
     def _write_3d(self, item, depth_msg) -> None:
         """Lift every detection as grounding_node's publish_3d does, in the depth image frame."""
@@ -314,15 +325,7 @@ class BagGrounder:
         started = time.perf_counter()
         summary = self.summary
         try:
-            depth = depth_to_metres(*msgs.depth_array(depth_msg), self.args.depth_scale)
-            if depth.shape != result.label_image.shape:
-                raise ValueError(f'depth {depth.shape[1]}x{depth.shape[0]} is not the frame '
-                                 f'size {result.label_image.shape[1]}x'
-                                 f'{result.label_image.shape[0]}')
-            check_frames(head['frame_id'], depth_msg.header.frame_id,
-                         self.camera_info.header.frame_id)
-            K, size = camera_intrinsics(self.camera_info)  # P, binning and ROI, as the node
-            check_camera_size(*size, depth)
+            depth, K = self._metric_depth(depth_msg, head, result.label_image.shape)
             lifted, reasons = lift_instances(
                 result.label_image, len(result.detections), depth, K, None,
                 (self.args.min_depth, self.args.max_depth))
