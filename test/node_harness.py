@@ -98,7 +98,16 @@ class Harness:
         """Stop spinning `node` and destroy it now."""
         self._nodes.remove(node)
         self.executor.remove_node(node)
-        node.destroy_node()
+        # Destroyed on the executor's own thread, between callbacks: from this thread it
+        # could vanish under a callback of its already running there (a diagnostics timer).
+        done = self.executor.create_task(node.destroy_node)
+        deadline = time.monotonic() + 10.0
+        while not done.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if done.done():
+            done.result()  # destroy_node's own error, if any
+        else:  # the executor is not spinning (shut down): nothing runs there
+            node.destroy_node()
 
     def added_since(self, count: int) -> list:
         """Return the nodes added after the first `count` (the probe is the first)."""
