@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from clip_ros.perception import shape_search, table_depth, table_split, zoom
+from clip_ros.perception import depth_surfaces, shape_search, table_depth, table_split, zoom
 from clip_ros.perception.geometry import Detection, paint
 from clip_ros.perception.image_np import validate_rgb
 from clip_ros.perception.light import correction_for
@@ -465,12 +465,17 @@ class GroundingPipeline:
         detections = []
         size = self.runner.model.image_size  # one map cell: the frame over CLIPSeg's input
         cell = (label_image.shape[1] / size, label_image.shape[0] / size)
+        # With depth, each mask is cut to the surface it lies on (perception.depth_surfaces).
+        cut = depth_surfaces.surfaces(frame.depth.depth) if (
+            self.refine_masks and order and frame.depth is not None) else None
         for index, k in enumerate(order):
             region = frame.regions[k]
             # A window cut from a same-colour blob touches neighbours of its colours.
             if self.refine_masks and k not in frame.narrowed | frame.on_table:
                 region = refine(frame.rgb, region, frame.maps[frame.owners[k]], cell)
                 region = self._grown(frame, k, region)
+            if cut is not None and k not in frame.on_depth:  # those masks are depth's already
+                region = depth_surfaces.on_surface(cut, region, frame.maps[frame.owners[k]])
             paint(label_image, region, index + 1)  # higher scores paint first and keep overlaps
             detections.append(Detection(
                 index=index, phrase=frame.phrases[frame.asked[frame.owners[k]]],

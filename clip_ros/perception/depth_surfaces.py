@@ -1,0 +1,107 @@
+"""
+Detections cut to the surface they lie on, where depth is registered to the frame.
+
+A partly hidden object's map often covers only a piece of it (the lit top of a block beside
+the cylinder in front of it), a black object's only its highlight, and a same-colour
+neighbour can join its region: colour cannot tell where one object ends and the next begins.
+Depth can. What stands above the table's plane falls apart at depth steps into surfaces: the
+object in front ends where the one behind it begins, and shadows lie on the table. A
+detection takes the surface that holds most of its pixels as its mask and box (which object
+is found does not change). The constants were chosen on validation-split scenes.
+"""
+import numpy as np
+from scipy import ndimage
+
+from clip_ros.perception import table_depth
+from clip_ros.perception.regions import region_from_mask
+
+STEP = 0.015       # metres between neighbouring pixels: an edge between two surfaces
+CORE_SHARE = 0.3   # the detection's most probable pixels (this share) choose its surface
+MIN_ON = 0.5       # the surface holds at least this share of them
+MAX_SHARE = 0.05   # a surface larger than this share of the frame is no object (wall, floor)
+ON_PLANE = 0.005   # a pixel this near the plane (share of its inverse depth) is table
+STRIDE = 4         # the plane is fitted to every STRIDE-th row and column
+# Windows (row and column shares of the frame) the table's plane is fitted in: the one whose
+# plane holds the most pixels wins (a low camera sees floor beyond the table mid-frame).
+WINDOWS = ((0.25, 0.75, 0.25, 0.75), (0.5, 1.0, 0.25, 0.75), (0.67, 1.0, 0.0, 1.0))
+
+
+def table_plane(depth: np.ndarray):
+    """Return the table's plane as inverse depth a*u + b*v + c (array [3]), or None."""
+    # Fitted and counted on every STRIDE-th row and column: the same plane, a 16th the work.
+    sample = depth[::STRIDE, ::STRIDE]
+    height, width = sample.shape
+    rows = np.arange(height, dtype=np.float32)[:, None]
+    cols = np.arange(width, dtype=np.float32)[None, :]
+    with np.errstate(invalid='ignore', divide='ignore'):
+        inverse = np.where(sample > 0, 1.0 / sample, np.nan)
+    best, held = None, -1
+    for top, bottom, left, right in WINDOWS:
+        window = np.zeros(sample.shape, bool)
+        window[int(top * height):int(bottom * height), int(left * width):int(right * width)] = 1
+        plane = table_depth.table_plane(sample, window)
+        if plane is None:
+            continue
+        table = (np.float32(plane[0]) * cols + np.float32(plane[1]) * rows) + np.float32(plane[2])
+        with np.errstate(invalid='ignore'):
+            count = int((np.abs(inverse - table) <= ON_PLANE * np.abs(table)).sum())
+        if count > held:
+            best, held = plane, count
+    return None if best is None else best / np.array([STRIDE, STRIDE, 1.0])
+
+
+def surfaces(depth: np.ndarray):
+    """
+    Return (labels int [H, W], windows, standing bool [H, W]) of the table's surfaces, or None.
+
+    labels is 0 on the table, the floor, pixels behind a depth step and pixels without depth;
+    windows are the labels' bounding slices (scipy.ndimage.find_objects); standing marks the
+    pixels above the table and not behind a step, before the opening that drops specks. None
+    when no table plane fits.
+    """
+    plane = table_plane(depth)
+    if plane is None:
+        return None
+    # Only the far side of a step is cut: an object in front keeps its outline.
+    behind = np.zeros(depth.shape, bool)
+    with np.errstate(invalid='ignore'):
+        down = np.diff(depth, axis=0)  # > 0: the pixel below is farther
+        across = np.diff(depth, axis=1)
+    behind[1:] |= down > STEP
+    behind[:-1] |= down < -STEP
+    behind[:, 1:] |= across > STEP
+    behind[:, :-1] |= across < -STEP
+    standing = table_depth.standing(depth, plane) & ~behind
+    labels, _ = ndimage.label(ndimage.binary_opening(standing))
+    return labels, ndimage.find_objects(labels), standing
+
+
+def on_surface(cut, region, prob: np.ndarray):
+    """
+    Return `region` as the surface its surest pixels lie on, or `region` itself.
+
+    cut is surfaces()'s answer; prob the phrase's map at frame size. The region stays as it
+    is when no surface holds MIN_ON of its surest pixels (the CORE_SHARE most probable by the
+    map) or the surface is larger than MAX_SHARE of the frame. The surface gets back the rim
+    the opening took from it.
+    """
+    labels, windows, standing = cut
+    row, col = region.offset
+    h, w = region.mask.shape
+    under = labels[row:row + h, col:col + w][region.mask]
+    # The map's surest pixels choose: a mask spilling onto the object in front of its own
+    # may have more pixels there, but not its most probable ones.
+    sure = prob[row:row + h, col:col + w][region.mask]
+    core = under[sure >= np.quantile(sure, 1.0 - CORE_SHARE)]
+    counts = np.bincount(core.ravel())
+    counts[0] = 0
+    label = int(counts.argmax())
+    if label == 0 or counts[label] < MIN_ON * core.size:
+        return region
+    rows, cols = windows[label - 1]
+    top, left = max(rows.start - 1, 0), max(cols.start - 1, 0)
+    window = slice(top, rows.stop + 1), slice(left, cols.stop + 1)
+    surface = ndimage.binary_dilation(labels[window] == label) & standing[window]
+    if surface.sum() > MAX_SHARE * labels.size:
+        return region
+    return region_from_mask(surface, (top, left), prob[window])
