@@ -21,6 +21,7 @@ import yaml
 from clip_ros.nodes.messages import detections_3d_msg, detections_msg, label_info_msg
 from clip_ros.perception.grounding import GroundingPipeline
 from clip_ros.perception.loading import load_or_tabletop
+from clip_ros.perception.table_depth import DepthView
 from clip_ros.perception.tracking import Tracker
 from clip_ros.policy.command import MAX_PHRASES, parse_command
 from clip_ros.policy.lifting import lift_mask
@@ -55,15 +56,20 @@ def pipeline():
     return GroundingPipeline(clip, clipseg, max_candidates=64)
 
 
-def direct_run(pipeline, frames, decode=None) -> list:
-    """Ground each frame with the phrases of its scene's command, as grounding_node would."""
+def direct_run(pipeline, frames, decode=None, depth=False) -> list:
+    """
+    Ground each frame with the phrases of its scene's command, as grounding_node would.
+
+    depth: the grounding sees each frame's depth too, as grounding_node's publish_3d.
+    """
     pipeline.forget()  # start as a new node does: nothing remembered from other runs
     out, phrases, tracker = [], None, Tracker()
     for item in frames:
         if item.command is not None:
             phrases = parse_command(item.command).phrases
         rgb = item.frame.rgb if decode is None else decode(item.frame.rgb)
-        result = pipeline(rgb, phrases, THRESHOLD, with_heatmaps=False)
+        view = DepthView(item.frame.depth, item.frame.K) if depth else None
+        result = pipeline(rgb, phrases, THRESHOLD, with_heatmaps=False, depth=view)
         ids = tracker.update([d.phrase for d in result.detections],
                              [d.box for d in result.detections], item.stamp_ns * 1e-9,
                              result.label_image)
@@ -106,7 +112,7 @@ def replay(recording, tmp_path_factory):
 def test_replay_equals_a_direct_run(recording, replay, pipeline):
     _, frames = recording
     output, _, _ = replay
-    expected = direct_run(pipeline, frames)
+    expected = direct_run(pipeline, frames, depth=True)  # the replay reads the depth topic
     messages = read_topic(output, '/grounding/detections')
     masks = read_topic(output, '/grounding/mask')
     assert len(messages) == len(masks) == FRAMES
@@ -129,7 +135,7 @@ def test_replay_lifts_each_detection_as_grounding_node(recording, replay, pipeli
     output, _, summary = replay
     lifted = read_topic(output, '/grounding/detections_3d')
     assert len(lifted) == FRAMES
-    for (item, result, ids), message in zip(direct_run(pipeline, frames), lifted):
+    for (item, result, ids), message in zip(direct_run(pipeline, frames, depth=True), lifted):
         assert message.log_time == item.stamp_ns
         items = []
         for detection, track_id in zip(result.detections, ids):
