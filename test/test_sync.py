@@ -1,4 +1,6 @@
 """TimeMatcher: approximate stamp matching of detections with mask, depth and camera_info."""
+import threading
+
 import pytest
 
 from clip_ros.policy.sync import StampBuffer, TimeMatcher
@@ -80,3 +82,24 @@ def test_stamp_buffer_takes_the_newest_of_equal_stamps():
     for name in ('old', 'new'):
         buffer.add(1.0, name)
     assert buffer.nearest(1.01) == 'new'
+
+
+def test_stamp_buffer_waits_for_a_message_still_on_its_way():
+    buffer = StampBuffer(tolerance=0.05)
+    assert buffer.wait_nearest(1.0, 5.0) is None  # a stream that never sent: no wait
+    buffer.add(0.9, 'before')
+    late = threading.Timer(0.05, buffer.add, (1.0, 'same instant'))
+    late.start()
+    assert buffer.wait_nearest(1.0, 30.0) == 'same instant'
+    late.join()
+    # Past the timeout the nearest within tolerance is taken, here none.
+    assert buffer.wait_nearest(2.0, 0.01) is None
+    assert buffer.wait_nearest(1.02, 0.0) == 'same instant'
+    # One within tolerance is there (a driver stamping depth a little before colour): taken
+    # without waiting for a later one, which would never be nearer than the tolerance allows.
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(buffer.wait_nearest(1.03, 600.0)),
+                              daemon=True)
+    waiter.start()
+    waiter.join(60.0)  # it returns at once; waiting out its 600 s would leave it alive
+    assert not waiter.is_alive() and got == ['same instant']

@@ -29,6 +29,10 @@ from clip_ros.policy.sync import StampBuffer
 
 DEPTH_TRANSPORTS = ('raw', 'compressedDepth')
 MAX_DEPTH_SIZE = 16384  # pixels per side of a compressed depth frame (checked before decoding)
+# How long a frame waits for depth and camera_info of its instant that have not come yet (s):
+# drivers publish them after the colour frame, and a frame grounded before they come would be
+# grounded without depth. A stream that never sent anything is not waited for.
+DEPTH_WAIT = 0.1
 
 
 def depth_parameters() -> tuple:
@@ -126,15 +130,19 @@ class DepthLift:
         publish() then logs and counts the reason.
         """
         try:
-            depth_msg, depth, K = self._matched(header, shape)
+            depth_msg, depth, K = self._matched(header, shape, DEPTH_WAIT)
         except ValueError:
             return None
         return DepthView(depth, K)
 
-    def _matched(self, header, shape: tuple) -> tuple:
-        """Return (depth message, depth metres, K) nearest the frame; ValueError says why not."""
+    def _matched(self, header, shape: tuple, wait: float = 0.0) -> tuple:
+        """
+        Return (depth message, depth metres, K) nearest the frame; ValueError says why not.
+
+        Depth or camera_info not yet at the frame's stamp is waited for up to `wait` seconds.
+        """
         stamp = _seconds(header)
-        depth_msg, info = self.depth.nearest(stamp), self.info.nearest(stamp)
+        depth_msg, info = self.depth.wait_nearest(stamp, wait), self.info.wait_nearest(stamp, wait)
         if depth_msg is None or info is None:
             missing = [n for n, m in (('depth', depth_msg), ('camera_info', info)) if m is None]
             raise ValueError(f"no {' or '.join(missing)} within sync_tolerance "

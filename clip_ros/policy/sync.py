@@ -1,6 +1,7 @@
 """Approximate time matching of several message streams to an anchor stream (no ROS needed)."""
 from collections import deque
-from threading import Lock
+from threading import Condition
+import time
 
 
 class TimeMatcher:
@@ -108,12 +109,31 @@ class StampBuffer:
             raise ValueError(f'tolerance must be >= 0 seconds, got {tolerance}')
         self.tolerance = float(tolerance)
         self._items = deque(maxlen=size)
-        self._lock = Lock()
+        self._lock = Condition()  # re-entrant: nearest() runs inside wait_nearest()
 
     def add(self, stamp: float, msg) -> None:
         """Keep `msg` stamped `stamp` (s); the oldest one leaves when the buffer is full."""
         with self._lock:
             self._items.append((float(stamp), msg))
+            self._lock.notify_all()
+
+    def wait_nearest(self, stamp: float, timeout: float):
+        """
+        Return nearest(stamp), first waiting up to `timeout` s for one within tolerance.
+
+        It waits only while none is within tolerance and none has reached `stamp` yet. A camera
+        driver publishes colour and depth of one instant separately, so the depth of
+        a frame may arrive just after the frame. A stream that never sent anything is not
+        waited for.
+        """
+        end = time.monotonic() + timeout
+        with self._lock:
+            while (self._items and max(s for s, _ in self._items) < stamp
+                   and self.nearest(stamp) is None):
+                left = end - time.monotonic()
+                if left <= 0 or not self._lock.wait(left):
+                    break
+        return self.nearest(stamp)
 
     def nearest(self, stamp: float):
         """Return the message nearest `stamp` within the tolerance, or None."""
