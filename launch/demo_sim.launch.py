@@ -8,7 +8,7 @@ from launch_ros.substitutions import FindPackageShare
 from clip_ros.perception.names import BACKENDS
 from clip_ros.perception_launch import BOOLEANS
 from clip_ros.tools.demo_graph import (
-    GROUNDING_INPUTS, model_parameters, OWN_PROCESS, POLICY_INPUTS, remappings)
+    GROUNDING_INPUTS, model_parameters, OWN_PROCESS, POLICY_INPUTS, remappings, WITH_DEPTH)
 
 
 def _config(name: str):
@@ -51,6 +51,7 @@ def generate_launch_description():
                       remappings=remappings(GROUNDING_INPUTS),
                       parameters=[_config('grounding_node.yaml'),
                                   {**model_parameters(model, device), **OWN_PROCESS,
+                                   **WITH_DEPTH,
                                    'backend': LaunchConfiguration('backend'),
                                    'autostart': autostart}],
                       ros_arguments=log_level),

@@ -127,6 +127,15 @@ def test_demo_takes_the_capitalised_autostart(launch_actions, monkeypatch):
     assert node_parameters(command, 'vla_policy_node')['autostart'] is False
 
 
+def test_demo_grounds_with_the_depth_the_policy_reads(launch_actions, monkeypatch):
+    command = launched_command('demo_sim', {}, monkeypatch)
+    assert node_parameters(command, 'grounding_node')['publish_3d'] is True
+    # The grounding node and the policy both read the simulator's depth and camera_info.
+    for remap in ('depth:=camera/depth/image_raw', 'camera_info:=camera/camera_info'):
+        assert command.count(remap) == 2, remap
+    assert command.count('image:=camera/image_raw') == 2
+
+
 def test_readme_robot_launch_reads_the_prefetched_weights(launch_actions, monkeypatch):
     text = (ROOT / 'README.md').read_text()
     section = text.split('## On a robot', 1)[1].split('\n## ', 1)[0]

@@ -14,6 +14,7 @@ from std_msgs.msg import Header
 
 from clip_ros.nodes.messages import detections_msg
 from clip_ros.nodes.policy_messages import detection_candidates
+from clip_ros.perception.table_depth import DepthView
 from clip_ros.policy.command import parse_command
 from clip_ros.policy.lifting import Extrinsic
 from clip_ros.policy.perceive import Candidate, LiftConfig, perceive, roles
@@ -81,8 +82,12 @@ def test_node_and_episode_paths_give_the_same_points(frame_and_sim):
     command = parse_command(f'put the {names[0]} in the {names[1]}')
     phrases = [p for p in roles(command).values() if p]
     episode = perception(frame, phrases, sim.object_names)
-    # What grounding_node publishes for the same frame, read back as vla_policy_node reads it.
-    result = perception.pipeline(frame.rgb, phrases, perception.threshold, with_heatmaps=False)
+    # What grounding_node publishes for the same frame (publish_3d, as in the demo graph: the
+    # frame's depth and intrinsics go into the grounding), read back as vla_policy_node reads it.
+    assert perception.depth
+    view = DepthView(frame.depth, frame.K)
+    result = perception.pipeline(frame.rgb, phrases, perception.threshold, with_heatmaps=False,
+                                 depth=view)
     msg = detections_msg(result.detections, Header(frame_id='camera'))
     node = detection_candidates(msg, result.label_image, set(phrases))
     assert episode.keys() >= node.keys() and any(episode.values())

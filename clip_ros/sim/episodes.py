@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from clip_ros.perception.table_depth import DepthView
 from clip_ros.policy.command import parse_command
 from clip_ros.policy.geometric import CLOSED, FINAL_STATES, Observation, OPEN
 from clip_ros.policy.lifting import Extrinsic
@@ -51,19 +52,27 @@ class ModelPerception:
 
     needs_instances = False
 
-    def __init__(self, pipeline, threshold: float = 0.4):
+    def __init__(self, pipeline, threshold: float = 0.4, depth: bool = True):
         self.pipeline = pipeline
         self.threshold = float(threshold)
+        self.depth = depth  # ground with the frame's depth, as grounding_node with publish_3d
         self.name = f'{pipeline.clip.name} + {pipeline.runner.model.name}'
 
     def __call__(self, frame, phrases: list, names: list) -> dict:
         """Return {phrase: [Candidate]}, as grounding_node's detections and mask give them."""
-        result = self.pipeline(frame.rgb, phrases, self.threshold, with_heatmaps=False)
+        result = self.pipeline(frame.rgb, phrases, self.threshold, with_heatmaps=False,
+                               depth=self.view(frame))
         candidates = {phrase: [] for phrase in phrases}
         for det in result.detections:
             mask = result.label_image == det.index + 1
             candidates[det.phrase].append(Candidate(det.score, mask, det.shape_prob))
         return candidates
+
+    def view(self, frame):
+        """Return the frame's DepthView for the grounding, or None without depth."""
+        if not self.depth or frame.depth is None:
+            return None
+        return DepthView(frame.depth, frame.K)
 
 
 @dataclass
@@ -332,13 +341,13 @@ PERCEPTION_CHOICES = ('truth', 'tiny', 'tabletop')
 
 
 def load_perception(name: str, device: str = 'auto', threshold: float = 0.4,
-                    clip: str = 'tiny') -> tuple:
+                    clip: str = 'tiny', depth: bool = True) -> tuple:
     """
     Return (perception, clip) for a perception choice.
 
     'truth' uses the sim's instance masks and returns the CLIP named by `clip` ('tiny' or
     'tabletop') for embeddings; 'tiny' and 'tabletop' run the GroundingPipeline with those
-    models and return its CLIP.
+    models and return its CLIP; `depth`: they ground with the rendered depth too.
     """
     from clip_ros.perception.grounding import GroundingPipeline
     from clip_ros.perception.loading import load_clip, load_clipseg
@@ -350,7 +359,7 @@ def load_perception(name: str, device: str = 'auto', threshold: float = 0.4,
         return TruthPerception(), load_clip(clip, 'random' if clip == 'tiny' else '', device)
     model = load_clip(name, 'random' if name == 'tiny' else '', device)
     pipeline = GroundingPipeline(model, load_clipseg(name, device))
-    return ModelPerception(pipeline, threshold), model
+    return ModelPerception(pipeline, threshold, depth), model
 
 
 def save_strip(frames: list, path: str, columns: int = 8) -> str:

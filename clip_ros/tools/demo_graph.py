@@ -10,10 +10,15 @@ import multiprocessing
 import os
 import signal
 
-# The simulator's outputs that the grounding node (image) and the policy (all four) read.
+# The simulator's outputs that the grounding node (image, depth, camera_info) and the policy
+# (all four) read.
 SIM_TOPICS = {'image': 'camera/image_raw', 'depth': 'camera/depth/image_raw',
               'camera_info': 'camera/camera_info', 'camera_pose': 'sim/camera_pose'}
-GROUNDING_INPUTS = ('image',)
+GROUNDING_INPUTS = ('image', 'depth', 'camera_info')
+# The policy needs depth, so the grounding takes it too: a partly hidden object or one between
+# same-colour neighbours keeps to its own surface, and white objects on a washed-out table are
+# found (perception.depth_surfaces, perception.table_depth). evaluate_policy grounds the same way.
+WITH_DEPTH = {'publish_3d': True}
 POLICY_INPUTS = tuple(SIM_TOPICS)
 
 
@@ -57,7 +62,7 @@ def node_specs(sim: dict, model: str, device: str, policy: dict = None,
     return [
         ('clip_ros.nodes.sim_node:SimNode', [], dict(sim)),
         ('clip_ros.nodes.grounding_node:GroundingNode', remap_args(GROUNDING_INPUTS),
-         {**model_parameters(model, device), **(grounding or {})}),
+         {**model_parameters(model, device), **WITH_DEPTH, **(grounding or {})}),
         ('clip_ros.nodes.vla_policy_node:VlaPolicyNode', remap_args(POLICY_INPUTS),
          {'device': device, **(policy or {})}),
     ]

@@ -50,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='ground every n-th control tick')
     parser.add_argument('--threshold', type=number(0.0, 1.0), default=0.4,
                         help='grounding threshold')
+    parser.add_argument('--grounding-depth', choices=('on', 'off'), default='on',
+                        help='ground with the rendered depth too, as grounding_node with '
+                             'publish_3d in the demo graph')
     # The tabletop grounding model was trained on 640x480 renders; at 160x120 small objects
     # fall below its detection size.
     parser.add_argument('--width', type=count(8), default=640)
@@ -215,11 +218,13 @@ def main(argv=None) -> int:
     from clip_ros.sim.simulator import Simulator
 
     args = parse_args(argv)
-    perception, clip = load_perception(args.perception, args.device, args.threshold)
+    perception, clip = load_perception(args.perception, args.device, args.threshold,
+                                       depth=args.grounding_depth == 'on')
     tasks = make_tasks(args)
     with Simulator(args.seed, args.width, args.height) as sim:
         runs = evaluate(args, sim, perception, policies(args, clip), tasks)
-    print(f'\nperception: {perception.name}; {len(tasks)} episodes per policy; held-out '
+    depth = ' with depth' if getattr(perception, 'depth', False) else ''
+    print(f'\nperception: {perception.name}{depth}; {len(tasks)} episodes per policy; held-out '
           f'colour x shape: {", ".join(" ".join(c) for c in HELD_OUT)}\n')
     print(success_table(runs, args.verbs))
     print()
@@ -229,7 +234,7 @@ def main(argv=None) -> int:
         print('\nfailures and disagreements:\n' + lines)
     path = os.path.join(args.out, 'evaluation.json')
     with open(path, 'w') as f:
-        json.dump({'perception': perception.name, 'split': args.split, 'seed': args.seed,
+        json.dump({'perception': perception.name + depth, 'split': args.split, 'seed': args.seed,
                    'episodes_per_verb': args.episodes, 'size': [args.width, args.height],
                    'policies': summary(runs, args.verbs)}, f, indent=1)
     print(f'\nwrote {path}')
