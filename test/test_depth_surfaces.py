@@ -138,25 +138,3 @@ def test_the_bundled_model_boxes_a_partly_hidden_object_whole_with_depth(
     # Depth changes the mask, not what is found nor how sure.
     assert [(d.phrase, d.score) for d in seen.detections] == \
         [(d.phrase, d.score) for d in plain.detections]
-
-
-def test_a_mask_over_two_same_colour_objects_does_not_jump_to_the_one_in_front(
-        gl_context, pipeline):
-    """Val same-colour scene 100020: the green block's map is surest on the green cylinder."""
-    from clip_ros.perception.table_depth import DepthView
-    from clip_ros.sim.conditions import condition_frames
-    from clip_ros.sim.simulator import Simulator
-    with Simulator(0, 640, 480, show_gripper=False) as sim:
-        _, _, frame = next(condition_frames(sim, 'val', 'same_colour_distractors', 1, 20,
-                                            depth=True))
-    truth = next(o for o in frame.objects if o.name == 'green block')
-    view = DepthView(frame.depth, frame.K)
-    seen = pipeline(frame.rgb, ['green block'], with_heatmaps=False, depth=view)
-    assert box_iou(seen.detections[0].box, truth.box)[0, 0] >= 0.5
-    # The surface alone would be the cylinder's; the shape head and CLIP refuse it.
-    plain = pipeline(frame.rgb, ['green block'], with_heatmaps=False)
-    mask = plain.label_image == plain.detections[0].index + 1
-    prob = pipeline.candidates([(frame.rgb, ['green block'], 0.4)])[0].maps[0]
-    cut = depth_surfaces.on_surface(depth_surfaces.surfaces(frame.depth),
-                                    region_from_mask(mask, (0, 0), prob), prob)
-    assert box_iou(cut.box, truth.box)[0, 0] < 0.5

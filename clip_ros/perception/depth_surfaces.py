@@ -19,8 +19,6 @@ STEP = 0.015       # metres between neighbouring pixels: an edge between two sur
 CORE_SHARE = 0.3   # the detection's most probable pixels (this share) choose its surface
 MIN_ON = 0.5       # the surface holds at least this share of them
 MAX_SHARE = 0.05   # a surface larger than this share of the frame is no object (wall, floor)
-SAME_BOX = 0.5     # a surface whose box has this IoU with the mask's is the same object ...
-MIN_SHAPE = 0.1    # ... else the shape head must see the phrase's shape in it (or CLIP agree)
 ON_PLANE = 0.005   # a pixel this near the plane (share of its inverse depth) is table
 STRIDE = 4         # the plane is fitted to every STRIDE-th row and column
 # Windows (row and column shares of the frame) the table's plane is fitted in: the one whose

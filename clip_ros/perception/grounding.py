@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from clip_ros.perception import depth_surfaces, shape_search, table_depth, table_split, zoom
-from clip_ros.perception.geometry import box_iou, Detection, paint
+from clip_ros.perception.geometry import Detection, paint
 from clip_ros.perception.image_np import validate_rgb
 from clip_ros.perception.light import correction_for
 from clip_ros.perception.refine import grow, refine
@@ -475,7 +475,7 @@ class GroundingPipeline:
                 region = refine(frame.rgb, region, frame.maps[frame.owners[k]], cell)
                 region = self._grown(frame, k, region)
             if cut is not None and k not in frame.on_depth:  # those masks are depth's already
-                region = self._on_surface(frame, k, region, cut)
+                region = depth_surfaces.on_surface(cut, region, frame.maps[frame.owners[k]])
             paint(label_image, region, index + 1)  # higher scores paint first and keep overlaps
             detections.append(Detection(
                 index=index, phrase=frame.phrases[frame.asked[frame.owners[k]]],
@@ -504,31 +504,6 @@ class GroundingPipeline:
         else:
             after = head.probabilities(frame.rgb, [grown.box])[0, shape]
         return grown if after >= before else region
-
-    def _on_surface(self, frame: _Frame, k: int, region, cut):
-        """
-        Return candidate k's region cut to the surface it lies on in depth, or as it is.
-
-        A surface that is another box than the region's (perception.depth_surfaces.SAME_BOX)
-        is refused when the shape head barely sees the phrase's shape in it and CLIP likes it
-        less than the region: a mask over two same-colour objects, surest on the one in front,
-        would otherwise jump to that one.
-        """
-        owner = frame.owners[k]
-        surface = depth_surfaces.on_surface(cut, region, frame.maps[owner])
-        if surface is region or box_iou(surface.box, region.box)[0, 0] >= depth_surfaces.SAME_BOX:
-            return surface
-        head = getattr(self.clip, 'shape', None)
-        shape = head.shape_index(frame.words[owner]) if head is not None else None
-        if shape is None or not self.rescore:
-            return surface
-        before, after = head.probabilities(frame.rgb, [region.box, surface.box])[:, shape]
-        if after >= min(before, depth_surfaces.MIN_SHAPE):
-            return surface
-        texts, logits = self._clip_logits_batch(
-            [(frame.rgb, frame.words, [owner, owner], [region.box, surface.box])])[0]
-        margins, _ = _margins(texts, logits, [frame.words[owner]] * 2)
-        return surface if margins[1] >= margins[0] else region
 
     @staticmethod
     def _heatmaps(frame: _Frame) -> np.ndarray:
