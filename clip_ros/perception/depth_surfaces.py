@@ -85,7 +85,16 @@ def on_surface(cut, region, prob: np.ndarray):
     map) or the surface is larger than MAX_SHARE of the frame. The surface gets back the rim
     the opening took from it.
     """
-    labels, windows, standing = cut
+    label = surface_label(cut, region, prob)
+    if label == 0:
+        return region
+    surface = surface_region(cut, label, prob)
+    return region if surface.area > MAX_SHARE * cut[0].size else surface
+
+
+def surface_label(cut, region, prob: np.ndarray) -> int:
+    """Return the label of the surface holding MIN_ON of `region`'s surest pixels, or 0."""
+    labels = cut[0]
     row, col = region.offset
     h, w = region.mask.shape
     under = labels[row:row + h, col:col + w][region.mask]
@@ -96,12 +105,28 @@ def on_surface(cut, region, prob: np.ndarray):
     counts = np.bincount(core.ravel())
     counts[0] = 0
     label = int(counts.argmax())
-    if label == 0 or counts[label] < MIN_ON * core.size:
-        return region
+    return label if counts[label] >= MIN_ON * core.size else 0
+
+
+def surface_region(cut, label: int, prob=None):
+    """Return surface `label` as a Region, with the rim the opening took given back."""
+    labels, windows, standing = cut
     rows, cols = windows[label - 1]
     top, left = max(rows.start - 1, 0), max(cols.start - 1, 0)
     window = slice(top, rows.stop + 1), slice(left, cols.stop + 1)
     surface = ndimage.binary_dilation(labels[window] == label) & standing[window]
-    if surface.sum() > MAX_SHARE * labels.size:
-        return region
-    return region_from_mask(surface, (top, left), prob[window])
+    prob = np.zeros(surface.shape, np.float32) if prob is None else prob[window]
+    return region_from_mask(surface, (top, left), prob)
+
+
+def free_surfaces(cut, taken) -> list:
+    """
+    Return the object-sized surfaces (Regions) whose labels are not in `taken`.
+
+    What depth separates but no phrase was found on: where a phrase colour left unfound (a
+    partly hidden object, one between same-colour neighbours) may still be.
+    """
+    size = cut[0].size
+    regions = [surface_region(cut, label) for label, window in enumerate(cut[1], start=1)
+               if window is not None and label not in taken]
+    return [r for r in regions if table_depth.MIN_PIXELS <= r.area <= MAX_SHARE * size]

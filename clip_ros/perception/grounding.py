@@ -190,6 +190,11 @@ class _Frame:
     raw: np.ndarray = None  # the frame before light correction (for the view drawn from depth)
     on_depth: set = field(default_factory=set)  # candidates of the look in depth
 
+    @functools.cached_property
+    def cut(self):
+        """Return the surfaces depth cuts the frame into (perception.depth_surfaces), or None."""
+        return depth_surfaces.surfaces(self.depth.depth) if self.depth is not None else None
+
 
 class GroundingPipeline:
     """
@@ -402,11 +407,12 @@ class GroundingPipeline:
 
     def _depth_look(self, frames: list) -> None:
         """
-        Give each phrase still unfound the blobs standing on a washed-out table, seen in depth.
+        Give each phrase still unfound what stands on the table in depth and nothing was found on.
 
-        Only frames with depth whose table is clipped (perception.table_depth), only blobs
-        as white as the lamp clips them; each is judged on the view drawn from depth, by its
-        colour (CLIP) and its shape (the head).
+        On a washed-out table (perception.table_depth) the blobs as white as the lamp clips
+        them, judged on the view drawn from depth; elsewhere the surfaces no accepted candidate
+        lies on (perception.depth_surfaces: a partly hidden object, one between same-colour
+        neighbours), judged on the frame. Each by its colour (CLIP) and its shape (the head).
         """
         head = getattr(self.clip, 'shape', None)
         if head is None or not self.rescore:  # the blobs need CLIP's colour and the head
@@ -414,18 +420,27 @@ class GroundingPipeline:
         for frame in frames:
             if frame.depth is None:
                 continue
-            found = {frame.owners[k] for k in self._accepted(frame)}
+            accepted = self._accepted(frame)
+            found = {frame.owners[k] for k in accepted}
             unfound = [i for i in range(len(frame.asked))
                        if i not in found and frame.limits[frame.asked[i]] < 1.0]
-            blobs = table_depth.washed_out_blobs(frame.raw, frame.depth) if unfound else []
+            if not unfound:
+                continue
+            blobs = table_depth.washed_out_blobs(frame.raw, frame.depth)
+            if blobs:
+                reference = getattr(self.light, 'reference', None)
+                view = table_depth.drawn_view(frame.raw, frame.depth, blobs,
+                                              reference.median_rgb if reference else None)
+            elif frame.cut is not None:
+                taken = {depth_surfaces.surface_label(frame.cut, frame.regions[k],
+                                                      frame.maps[frame.owners[k]])
+                         for k in accepted}
+                blobs, view = depth_surfaces.free_surfaces(frame.cut, taken), frame.rgb
             if not blobs:
                 continue
-            reference = getattr(self.light, 'reference', None)
-            drawn = table_depth.drawn_view(frame.raw, frame.depth, blobs,
-                                           reference.median_rgb if reference else None)
             boxes = [blob.box for blob in blobs]
-            texts, logits = self._clip_logits_batch([(drawn, frame.words, [], boxes)])[0]
-            shapes = head.probabilities(drawn, boxes)  # [K, shapes (+ background)]
+            texts, logits = self._clip_logits_batch([(view, frame.words, [], boxes)])[0]
+            shapes = head.probabilities(view, boxes)  # [K, shapes (+ background)]
             for i in unfound:
                 queries = [frame.words[i]] * len(blobs)
                 margins, probs = _colour_margins(texts, logits, queries, head.shapes,
@@ -466,8 +481,7 @@ class GroundingPipeline:
         size = self.runner.model.image_size  # one map cell: the frame over CLIPSeg's input
         cell = (label_image.shape[1] / size, label_image.shape[0] / size)
         # With depth, each mask is cut to the surface it lies on (perception.depth_surfaces).
-        cut = depth_surfaces.surfaces(frame.depth.depth) if (
-            self.refine_masks and order and frame.depth is not None) else None
+        cut = frame.cut if self.refine_masks and order else None
         for index, k in enumerate(order):
             region = frame.regions[k]
             # A window cut from a same-colour blob touches neighbours of its colours.
