@@ -19,6 +19,11 @@ STEP = 0.015       # metres between neighbouring pixels: an edge between two sur
 CORE_SHARE = 0.3   # the detection's most probable pixels (this share) choose its surface
 MIN_ON = 0.5       # the surface holds at least this share of them
 MAX_SHARE = 0.05   # a surface larger than this share of the frame is no object (wall, floor)
+# A surface no detection lies on is the unfound phrase only when CLIP's colour margin for it
+# reaches this (and the shape head agrees, table_depth.accepts). On val the surfaces that were
+# the phrase had 3.3 or more, apart from an orange cylinder on an orange-tinted table (0.4);
+# a white block answered an absent 'green block' with 0.3.
+MIN_MARGIN = 2.0
 ON_PLANE = 0.005   # a pixel this near the plane (share of its inverse depth) is table
 STRIDE = 4         # the plane is fitted to every STRIDE-th row and column
 # Windows (row and column shares of the frame) the table's plane is fitted in: the one whose

@@ -426,7 +426,7 @@ class GroundingPipeline:
                        if i not in found and frame.limits[frame.asked[i]] < 1.0]
             if not unfound:
                 continue
-            blobs = table_depth.washed_out_blobs(frame.raw, frame.depth)
+            blobs, least = table_depth.washed_out_blobs(frame.raw, frame.depth), -np.inf
             if blobs:
                 reference = getattr(self.light, 'reference', None)
                 view = table_depth.drawn_view(frame.raw, frame.depth, blobs,
@@ -436,6 +436,7 @@ class GroundingPipeline:
                                                       frame.maps[frame.owners[k]])
                          for k in accepted}
                 blobs, view = depth_surfaces.free_surfaces(frame.cut, taken), frame.rgb
+                least = depth_surfaces.MIN_MARGIN  # coloured surfaces: CLIP must be surer
             if not blobs:
                 continue
             boxes = [blob.box for blob in blobs]
@@ -449,6 +450,8 @@ class GroundingPipeline:
                 shape_probs = shapes[:, s] if s is not None else (
                     1.0 - shapes[:, -1] if head.background else np.ones(len(blobs)))
                 for blob, m, p, shape in zip(blobs, margins, probs, shape_probs):
+                    if m < least:
+                        continue
                     row, col = blob.offset
                     h, w = blob.mask.shape
                     window = frame.maps[i, row:row + h, col:col + w][blob.mask]
