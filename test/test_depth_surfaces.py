@@ -173,3 +173,16 @@ def test_depth_finds_a_hidden_object_colour_left_unfound(gl_context, pipeline, i
     assert [d.phrase for d in seen.detections] == [name]
     assert box_iou(seen.detections[0].box, truth.box)[0, 0] >= 0.5
     assert absent in seen.rejected  # a same-colour object of another shape is not it
+
+
+def test_a_surface_clip_is_unsure_of_answers_no_absent_phrase(gl_context, pipeline):
+    """Val occlusion 100037: a white block's surface gave 'green block' a colour margin 0.3."""
+    from clip_ros.perception.table_depth import DepthView
+    from clip_ros.sim.conditions import condition_frames
+    from clip_ros.sim.simulator import Simulator
+    with Simulator(0, 640, 480, show_gripper=False) as sim:
+        _, _, frame = next(condition_frames(sim, 'val', 'occlusion', 1, 37, depth=True))
+    assert 'green block' not in {o.name for o in frame.objects}
+    seen = pipeline(frame.rgb, ['green block'], with_heatmaps=False,
+                    depth=DepthView(frame.depth, frame.K))
+    assert not seen.detections and 'green block' in seen.rejected
