@@ -1,11 +1,13 @@
-"""Shape words against depth (policy.shape) and perceive's use of it, on simulator scenes."""
+"""Shape words against depth (perception.solid_shape, policy.shape) and perceive's use of them."""
 import numpy as np
 import pytest
 
+from clip_ros.perception import solid_shape
+from clip_ros.perception.solid_shape import contradiction, measure
 from clip_ros.policy.command import parse_command
 from clip_ros.policy.lifting import Extrinsic, lift_mask
 from clip_ros.policy.perceive import Candidate, LiftConfig, perceive, SHAPE_TRUST
-from clip_ros.policy.shape import contradiction, measure, shape_of, SHAPE_WORDS
+from clip_ros.policy.shape import shape_of, SHAPE_WORDS
 from clip_ros.sim.scene import SHAPES
 
 SEEDS = range(200_010, 200_016)  # test-split scenes
@@ -64,6 +66,25 @@ def test_too_few_points_say_nothing():
     flat = np.c_[np.random.default_rng(0).random((400, 2)) * 0.05, np.zeros(400)]
     assert measure(flat) is None  # all on the table: nothing stands there
     assert contradiction('block', None) == '' and contradiction('', None) == ''
+
+
+def test_an_outline_tells_a_rim_from_corners_whole_or_in_part():
+    angle = np.linspace(0.0, 2 * np.pi, 200, endpoint=False)
+    rim = 0.03 * np.c_[np.cos(angle), np.sin(angle)] + (0.2, -0.1)
+    side = np.linspace(-0.025, 0.025, 50)
+    square = np.concatenate([np.c_[side, np.full(50, -0.025)], np.c_[side, np.full(50, 0.025)],
+                             np.c_[np.full(50, -0.025), side], np.c_[np.full(50, 0.025), side]])
+    ring = np.concatenate([rim, 0.9 * (rim - (0.2, -0.1)) + (0.2, -0.1)])
+    # A third of the rim (the rest hidden) is still a rim; two sides of a top still a corner.
+    for outline, shapes in [(rim, ['ball', 'cylinder', 'bowl']),
+                            (rim[:70], ['ball', 'cylinder', 'bowl']),
+                            (ring, ['ball', 'cylinder', 'bowl']),
+                            (square, ['block', 'ball']),
+                            (square[50:150], ['block', 'ball'])]:
+        assert solid_shape.outline_shapes(solid_shape.roundness(outline)) == shapes
+    assert solid_shape.roundness(rim[:70]) < 1e-9
+    assert np.isnan(solid_shape.roundness(rim[:solid_shape.MIN_OUTLINE - 1]))
+    assert solid_shape.outline_shapes(float('nan')) == list(solid_shape.SHAPES)
 
 
 def _first_pair(scenes, want, other):

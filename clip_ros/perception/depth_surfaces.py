@@ -9,10 +9,12 @@ object in front ends where the one behind it begins, and shadows lie on the tabl
 detection takes the surface that holds most of its pixels as its mask and box (which object
 is found does not change). The constants were chosen on validation-split scenes.
 """
+from typing import NamedTuple
+
 import numpy as np
 from scipy import ndimage
 
-from clip_ros.perception import table_depth
+from clip_ros.perception import shape_crops, solid_shape, table_depth
 from clip_ros.perception.regions import region_from_mask
 
 STEP = 0.015       # metres between neighbouring pixels: an edge between two surfaces
@@ -25,6 +27,10 @@ MAX_SHARE = 0.05   # a surface larger than this share of the frame is no object 
 # a white block answered an absent 'green block' with 0.3.
 MIN_MARGIN = 2.0
 ON_PLANE = 0.005   # a pixel this near the plane (share of its inverse depth) is table
+EDGE = 2           # pixels: a rim this near a nearer surface or the frame's edge is cut, not seen
+# Squareness never speaks for a surface: its outline's roundness does (solid_shapes).
+UNSQUARED = solid_shape.ShapeLimits(square=np.inf, not_square=-np.inf)
+BAND = 0.004       # metres: the top band of a surface's shape measures (perception.solid_shape)
 STRIDE = 4         # the plane is fitted to every STRIDE-th row and column
 # Windows (row and column shares of the frame) the table's plane is fitted in: the one whose
 # plane holds the most pixels wins (a low camera sees floor beyond the table mid-frame).
@@ -55,15 +61,17 @@ def table_plane(depth: np.ndarray):
     return None if best is None else best / np.array([STRIDE, STRIDE, 1.0])
 
 
-def surfaces(depth: np.ndarray):
-    """
-    Return (labels int [H, W], windows, standing bool [H, W]) of the table's surfaces, or None.
+class Cut(NamedTuple):
+    """The table's surfaces in depth (surfaces())."""
 
-    labels is 0 on the table, the floor, pixels behind a depth step and pixels without depth;
-    windows are the labels' bounding slices (scipy.ndimage.find_objects); standing marks the
-    pixels above the table and not behind a step, before the opening that drops specks. None
-    when no table plane fits.
-    """
+    labels: np.ndarray    # int [H, W]: 0 on the table, the floor, behind a step, without depth
+    windows: list         # the labels' bounding slices (scipy.ndimage.find_objects)
+    standing: np.ndarray  # bool [H, W]: above the table, not behind a step, before the opening
+    plane: np.ndarray     # the table's plane (table_plane)
+
+
+def surfaces(depth: np.ndarray):
+    """Return the Cut of the table's surfaces, or None when no table plane fits."""
     plane = table_plane(depth)
     if plane is None:
         return None
@@ -78,7 +86,7 @@ def surfaces(depth: np.ndarray):
     behind[:, :-1] |= across < -STEP
     standing = table_depth.standing(depth, plane) & ~behind
     labels, _ = ndimage.label(ndimage.binary_opening(standing))
-    return labels, ndimage.find_objects(labels), standing
+    return Cut(labels, ndimage.find_objects(labels), standing, plane)
 
 
 def on_surface(cut, region, prob: np.ndarray):
@@ -94,12 +102,12 @@ def on_surface(cut, region, prob: np.ndarray):
     if label == 0:
         return region
     surface = surface_region(cut, label, prob)
-    return region if surface.area > MAX_SHARE * cut[0].size else surface
+    return region if surface.area > MAX_SHARE * cut.labels.size else surface
 
 
 def surface_label(cut, region, prob: np.ndarray) -> int:
     """Return the label of the surface holding MIN_ON of `region`'s surest pixels, or 0."""
-    labels = cut[0]
+    labels = cut.labels
     row, col = region.offset
     h, w = region.mask.shape
     under = labels[row:row + h, col:col + w][region.mask]
@@ -115,7 +123,7 @@ def surface_label(cut, region, prob: np.ndarray) -> int:
 
 def surface_region(cut, label: int, prob=None):
     """Return surface `label` as a Region, with the rim the opening took given back."""
-    labels, windows, standing = cut
+    labels, windows, standing, _ = cut
     rows, cols = windows[label - 1]
     top, left = max(rows.start - 1, 0), max(cols.start - 1, 0)
     window = slice(top, rows.stop + 1), slice(left, cols.stop + 1)
@@ -131,7 +139,71 @@ def free_surfaces(cut, taken) -> list:
     What depth separates but no phrase was found on: where a phrase colour left unfound (a
     partly hidden object, one between same-colour neighbours) may still be.
     """
-    size = cut[0].size
-    regions = [surface_region(cut, label) for label, window in enumerate(cut[1], start=1)
+    size = cut.labels.size
+    regions = [surface_region(cut, label) for label, window in enumerate(cut.windows, start=1)
                if window is not None and label not in taken]
     return [r for r in regions if table_depth.MIN_PIXELS <= r.area <= MAX_SHARE * size]
+
+
+def isolated(rgb: np.ndarray, cut, region) -> np.ndarray:
+    """
+    Return a copy of rgb with everything around `region` but the table painted table-coloured.
+
+    A half-hidden object's crop is mostly the object in front of it: CLIP names that one's
+    colour and the shape head its shape. Painted out, the crop shows the visible piece alone.
+    The window is the widest crop cut around the region's box (shape_crops.STORE_PAD).
+    """
+    labels, standing = cut.labels, cut.standing
+    x0, y0, x1, y1 = (float(v) for v in region.box)
+    half = max(x1 - x0, y1 - y0, 8.0) * shape_crops.STORE_PAD / 2
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    top, left = max(int(cy - half), 0), max(int(cx - half), 0)
+    window = slice(top, int(cy + half) + 1), slice(left, int(cx + half) + 1)
+    own = np.zeros(labels[window].shape, bool)
+    row, col = region.offset  # the box lies inside the window
+    h, w = region.mask.shape
+    own[row - top:row - top + h, col - left:col - left + w] = region.mask
+    table = (labels[window] == 0) & ~standing[window] & ~own
+    out = rgb.copy()
+    if table.any():
+        out[window][~own] = np.median(rgb[window][table], axis=0).astype(np.uint8)
+    return out
+
+
+def solid_shapes(cut, view, region) -> list:
+    """
+    Return the shapes (solid_shape.SHAPES) depth does not contradict for a surface.
+
+    Measured in a frame on the table's plane (solid_shape.table_frame). Whether the top has
+    corners is told by its outline's roundness, not its hull's squareness: a half-hidden top's
+    hull is no rectangle's, but what is seen of its rim is still a piece of a circle or of
+    straight edges. The outline leaves out where the top meets what stands in front of it (a
+    step to a nearer surface) and the frame's edge. All shapes when depth says too little.
+    """
+    frame = solid_shape.table_frame(cut.plane, view.K)
+    height, width = cut.labels.shape
+    row, col = region.offset
+    h, w = region.mask.shape
+    top, left = max(row - EDGE, 0), max(col - EDGE, 0)
+    window = slice(top, min(row + h + EDGE, height)), slice(left, min(col + w + EDGE, width))
+    depth = view.depth[window]
+    mask = np.zeros(depth.shape, bool)
+    mask[row - top:row - top + h, col - left:col - left + w] = region.mask
+    rows, cols = np.nonzero(mask)
+    points = frame.apply(solid_shape.back_project(cols + left, rows + top, depth[rows, cols],
+                                                  view.K))
+    shapes = solid_shape.shapes_left(solid_shape.measure(points, 0.0, BAND), UNSQUARED)
+    face = np.zeros(depth.shape, bool)
+    face[rows, cols] = points[:, 2] > np.percentile(points[:, 2], 98) - BAND
+    face = ndimage.binary_opening(face)
+    rim = face & ~ndimage.binary_erosion(face)
+    with np.errstate(invalid='ignore'):
+        nearest = ndimage.minimum_filter(np.where(depth > 0, depth, np.inf), size=2 * EDGE + 1)
+        rim &= ~(nearest < depth - STEP)  # where the top meets what stands in front of it
+    inside = np.zeros((height, width), bool)
+    inside[EDGE:-EDGE, EDGE:-EDGE] = True
+    rim &= inside[window]
+    rows, cols = np.nonzero(rim)
+    xy = frame.apply(solid_shape.back_project(cols + left, rows + top, depth[rows, cols],
+                                              view.K))[:, :2]
+    return solid_shape.outline_shapes(solid_shape.roundness(xy), shapes)

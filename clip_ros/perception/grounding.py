@@ -14,7 +14,8 @@ import math
 
 import numpy as np
 
-from clip_ros.perception import depth_surfaces, shape_search, table_depth, table_split, zoom
+from clip_ros.perception import (depth_surfaces, shape_crops, shape_search, solid_shape,
+                                 table_depth, table_split, zoom)
 from clip_ros.perception.geometry import Detection, paint
 from clip_ros.perception.image_np import validate_rgb
 from clip_ros.perception.light import correction_for
@@ -189,11 +190,33 @@ class _Frame:
     depth: object = None  # table_depth.DepthView, or None
     raw: np.ndarray = None  # the frame before light correction (for the view drawn from depth)
     on_depth: set = field(default_factory=set)  # candidates of the look in depth
+    solid: set = field(default_factory=set)  # ... whose shape depth alone singles out
+    fits: dict = field(default_factory=dict)  # candidate -> depth leaves it its shape word
 
     @functools.cached_property
     def cut(self):
         """Return the surfaces depth cuts the frame into (perception.depth_surfaces), or None."""
         return depth_surfaces.surfaces(self.depth.depth) if self.depth is not None else None
+
+    def fits_depth(self, k: int) -> bool:
+        """
+        Tell whether depth leaves candidate k the shape its phrase names (True when unknown).
+
+        The surface holding the candidate's surest pixels is measured: a map that spilled onto
+        the block in front of a half-hidden cylinder answers 'cylinder' with a block.
+        """
+        if self.cut is None:
+            return True
+        if k not in self.fits:
+            named = shape_crops.shape_index(solid_shape.SHAPES, self.words[self.owners[k]])
+            label = named is not None and depth_surfaces.surface_label(
+                self.cut, self.regions[k], self.maps[self.owners[k]])
+            surface = depth_surfaces.surface_region(self.cut, label) if label else None
+            self.fits[k] = (surface is None
+                            or surface.area > depth_surfaces.MAX_SHARE * self.cut.labels.size
+                            or solid_shape.SHAPES[named] in depth_surfaces.solid_shapes(
+                                self.cut, self.depth, surface))
+        return self.fits[k]
 
 
 class GroundingPipeline:
@@ -353,9 +376,9 @@ class GroundingPipeline:
         """Return the candidates the abstention rule (or the look in depth's) accepts."""
         def accepted(k, e):
             if k in frame.on_depth:  # the map says nothing about it
-                return table_depth.accepts(e)
+                return k in frame.solid or table_depth.accepts(e)
             return (self.abstain.accepts(e) and (k not in frame.on_table or table_split.accepts(e))
-                    and (k not in frame.zoomed or zoom.accepts(e)))
+                    and (k not in frame.zoomed or zoom.accepts(e)) and frame.fits_depth(k))
         return [k for k, e in enumerate(frame.evidence) if accepted(k, e)]
 
     def _zoom_in(self, frames: list) -> None:
@@ -435,13 +458,21 @@ class GroundingPipeline:
                 taken = {depth_surfaces.surface_label(frame.cut, frame.regions[k],
                                                       frame.maps[frame.owners[k]])
                          for k in accepted}
-                blobs, view = depth_surfaces.free_surfaces(frame.cut, taken), frame.rgb
+                blobs = depth_surfaces.free_surfaces(frame.cut, taken)
                 least = depth_surfaces.MIN_MARGIN  # coloured surfaces: CLIP must be surer
             if not blobs:
                 continue
-            boxes = [blob.box for blob in blobs]
-            texts, logits = self._clip_logits_batch([(view, frame.words, [], boxes)])[0]
-            shapes = head.probabilities(view, boxes)  # [K, shapes (+ background)]
+            # Each surface is judged alone on the frame, or all on the view drawn from depth.
+            views = ([depth_surfaces.isolated(frame.rgb, frame.cut, blob) for blob in blobs]
+                     if least > -np.inf else [view] * len(blobs))
+            looked = self._clip_logits_batch([(v, frame.words, [], [blob.box])
+                                              for v, blob in zip(views, blobs)])
+            texts, logits = looked[0][0], np.concatenate([item[1] for item in looked])
+            shapes = np.concatenate([head.probabilities(v, [blob.box])  # [K, shapes (+ bg)]
+                                     for v, blob in zip(views, blobs)])
+            # A surface's shape in depth: the head knows whole objects, not half-hidden pieces.
+            solids = ([depth_surfaces.solid_shapes(frame.cut, frame.depth, blob) for blob in blobs]
+                      if least > -np.inf else [solid_shape.SHAPES] * len(blobs))
             for i in unfound:
                 queries = [frame.words[i]] * len(blobs)
                 margins, probs = _colour_margins(texts, logits, queries, head.shapes,
@@ -449,9 +480,13 @@ class GroundingPipeline:
                 s = head.shape_index(frame.words[i])
                 shape_probs = shapes[:, s] if s is not None else (
                     1.0 - shapes[:, -1] if head.background else np.ones(len(blobs)))
-                for blob, m, p, shape in zip(blobs, margins, probs, shape_probs):
-                    if m < least:
+                named = shape_crops.shape_index(solid_shape.SHAPES, frame.words[i])
+                named = solid_shape.SHAPES[named] if named is not None else None
+                for blob, m, p, shape, left in zip(blobs, margins, probs, shape_probs, solids):
+                    if m < least or (named and named not in left):  # depth says another shape
                         continue
+                    if named and left == [named]:  # depth says this shape and no other
+                        frame.solid.add(len(frame.regions))
                     row, col = blob.offset
                     h, w = blob.mask.shape
                     window = frame.maps[i, row:row + h, col:col + w][blob.mask]
@@ -822,6 +857,7 @@ def _replace_candidates(frame: _Frame, phrases: set, look: _Frame) -> None:
     frame.on_table = moved(frame.on_table, look.on_table)
     frame.on_depth = moved(frame.on_depth, look.on_depth)
     frame.zoomed = set(range(offset, offset + len(look.regions)))
+    frame.fits = {}  # measured on the candidates' old numbers and maps
     # The map each candidate came from (refinement reads it; the heatmaps return it).
     maps = frame.maps.copy()
     for i in phrases:

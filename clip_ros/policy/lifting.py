@@ -10,6 +10,9 @@ import math
 
 import numpy as np
 
+from clip_ros.perception import solid_shape
+from clip_ros.perception.solid_shape import Rigid
+
 DEPTH_ENCODINGS = ('32FC1', '16UC1', 'mono16')  # metres, millimetres (scaled), millimetres
 # Fewest of a mask's pixels with depth for a 3D estimate: below a tenth, what a real sensor
 # leaves is mostly edge (flying) pixels between the object and its background, or the table
@@ -18,11 +21,8 @@ MIN_VALID_SHARE = 0.1
 
 
 @dataclass
-class Extrinsic:
+class Extrinsic(Rigid):
     """A rigid transform base_from_camera: p_base = rotation @ p_camera + translation."""
-
-    rotation: np.ndarray     # [3, 3]
-    translation: np.ndarray  # [3] metres
 
     @classmethod
     def identity(cls) -> 'Extrinsic':
@@ -49,10 +49,6 @@ class Extrinsic:
     def to_xyz_quat(self) -> list:
         """Return [x, y, z, qx, qy, qz, qw]."""
         return [float(v) for v in self.translation] + matrix_to_quat(self.rotation)
-
-    def apply(self, points) -> np.ndarray:
-        """Map camera-frame points [..., 3] into the base frame."""
-        return np.asarray(points, np.float64) @ self.rotation.T + self.translation
 
 
 def quat_to_matrix(quat) -> np.ndarray:
@@ -209,11 +205,7 @@ def depth_to_metres(depth: np.ndarray, encoding: str, depth_scale: float = 0.001
 
 def back_project(u, v, z, K) -> np.ndarray:
     """Return camera optical-frame points [..., 3] of pixels (u, v) at depth z (metres)."""
-    K = check_intrinsics(K)
-    u, v, z = (np.asarray(a, np.float64) for a in (u, v, z))
-    x = (u - K[0, 2]) * z / K[0, 0]
-    y = (v - K[1, 2]) * z / K[1, 1]
-    return np.stack(np.broadcast_arrays(x, y, z), axis=-1)
+    return solid_shape.back_project(u, v, z, check_intrinsics(K))
 
 
 @dataclass

@@ -5,10 +5,10 @@ One function for vla_policy_node and the simulator's episode runner, so the clos
 evaluation measures the code a robot runs. For each role of the command (the first target, the
 destination) the candidates of its phrase are tried best score first; a candidate whose points
 all lie within `min_height` of the table is a shadow or reflection and is skipped, and so is one
-whose depth contradicts the shape its phrase names (policy.shape: 'the purple block' answered
-by a purple cylinder), unless grounding's shape head is sure of that shape (SHAPE_TRUST: the
-visible top of a partly hidden block is no rectangle to depth, but still a block to the
-head). A phrase whose every standing candidate has the wrong shape counts as
+whose depth contradicts the shape its phrase names (perception.solid_shape: 'the purple block'
+answered by a purple cylinder), unless grounding's shape head is sure of that shape
+(SHAPE_TRUST: the visible top of a partly hidden block is no rectangle to depth, but still a
+block to the head). A phrase whose every standing candidate has the wrong shape counts as
 not found. The target is grasped at its box centre and a load is placed onto the
 destination's top face.
 """
@@ -17,10 +17,11 @@ import math
 
 import numpy as np
 
+from clip_ros.perception.solid_shape import contradiction, grown_top, measure
 from clip_ros.policy.command import Command
 from clip_ros.policy.lifting import (
     back_project, Extrinsic, lift_mask, lift_standing, LiftedTarget, place_point)
-from clip_ros.policy.shape import contradiction, grown_top, measure, shape_of
+from clip_ros.policy.shape import shape_of
 
 # A shape head this sure of the phrase's shape overrules depth. On val scenes (occlusion,
 # same-colour neighbours, low camera, light intensity; 799 checks) depth refused 41 masks of
@@ -40,7 +41,7 @@ class LiftConfig:
     depth_range: tuple = (0.05, 5.0)       # valid depth (near, far), exclusive
     table_z: float = 0.0                   # base-frame z of the table top
     min_height: float = 0.01               # a mask must reach this far above the table
-    shape_band: float = 0.004              # top band of the shape check (policy.shape); 0: off
+    shape_band: float = 0.004              # top band of the shape check (solid_shape); 0: off
 
 
 @dataclass

@@ -1,36 +1,12 @@
 """
-Shape words checked against depth: is what was grounded as 'the blue cylinder' shaped so.
+Shape words: which of the depth-measured shapes (perception.solid_shape) a phrase names.
 
-The bundled model tells colours apart reliably but confuses shapes, most of all on colour x shape
-combinations it never trained on: a purple cylinder answers 'purple block', so a command naming
-an absent purple block would pick the cylinder. Depth sees shape directly, whatever the colour.
-From a lifted mask's points (base frame, z up) the check measures:
-
-- the top band: points within `band` of the highest ones (a flat top, a bowl's rim, a ball's cap);
-- top_ratio: the top band's footprint area over the whole footprint's (about 1 for a flat top
-  or a rim, about 0.3 for a ball);
-- squareness: the top band's hull area over its smallest enclosing rectangle (1 for a block's
-  top, pi/4 for a disc or a ring);
-- slenderness: height above the table over the top band's diameter (about 0.45 for a bowl, 0.8
-  or more for a cylinder);
-- dip: how far the points around the top band's centre lie below the top (a bowl's inside,
-  when the camera sees into it over the whole rim).
-
-A shape word is contradicted only by clear evidence of another shape; too few points, or
-measures in the gap between shapes, never refuse a detection. Thresholds sit between the
-ranges measured on ground-truth masks of 290 objects per condition in test-split simulator
-scenes (in distribution, low and far cameras, occlusion, small objects).
+A lifted object is checked against the shape its phrase names: a purple cylinder that answered
+'purple block' is refused by depth, whatever the colour.
 """
-from dataclasses import dataclass
-import math
 import re
 
-import numpy as np
-from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
-
 from clip_ros.policy.command import RELATION_WORDS
-from clip_ros.policy.lifting import back_project
 
 # Geometric shape -> the words that name it (the bundled model's shapes and their synonyms).
 SHAPE_WORDS = {
@@ -40,36 +16,6 @@ SHAPE_WORDS = {
     'bowl': ('bowl', 'bowls', 'dish', 'basin'),
 }
 _WORD_SHAPE = {word: shape for shape, words in SHAPE_WORDS.items() for word in words}
-# Fewer points say nothing reliable about shape: a block 100 pixels across at 96x72 has a
-# top band of 54 points whose hull is 0.67 of its rectangle (0.94 at 160x120, 1.0 at 640x480).
-MIN_POINTS = 150
-MIN_TOP_POINTS = 40
-CELL = 0.005         # finest footprint grid (m): objects that do not touch fall apart
-
-
-@dataclass(frozen=True)
-class ShapeLimits:
-    """Where one shape ends and another begins (metres and ratios)."""
-
-    round_top: float = 0.6    # top_ratio below this: a ball's cap, not a flat top or a rim
-    flat_top: float = 0.75    # top_ratio above this: a flat top or a rim, not a ball
-    square: float = 0.93      # squareness above this: a block's top
-    not_square: float = 0.86  # squareness below this: a disc or a ring, not a block's top
-    concave: float = 0.015    # dip above this: a bowl's inside
-    flat: float = 0.6         # slenderness below this: low and wide, a bowl
-    tall: float = 0.8         # slenderness above this: not a bowl
-
-
-@dataclass(frozen=True)
-class ShapeEvidence:
-    """Shape measures of one lifted object (see the module docstring)."""
-
-    height: float
-    top_ratio: float
-    squareness: float
-    slenderness: float
-    dip: float
-    points: int
 
 
 def shape_of(phrase: str) -> str:
@@ -87,139 +33,3 @@ def shape_of(phrase: str) -> str:
         if word in _WORD_SHAPE:
             shapes.append(_WORD_SHAPE[word])
     return shapes[-1] if shapes else ''
-
-
-def _hull(xy: np.ndarray) -> tuple:
-    """Return (hull area, smallest enclosing rectangle area) of 2D points; (0, 0) if degenerate."""
-    if len(xy) < 3:
-        return 0.0, 0.0
-    try:
-        hull = ConvexHull(xy)
-    except QhullError:
-        return 0.0, 0.0
-    corners = xy[hull.vertices]
-    edges = np.roll(corners, -1, axis=0) - corners
-    lengths = np.linalg.norm(edges, axis=1)
-    edges, lengths = edges[lengths > 0], lengths[lengths > 0]
-    if not len(edges):
-        return 0.0, 0.0
-    along = edges / lengths[:, None]  # one candidate rectangle per hull edge direction
-    across = np.stack([-along[:, 1], along[:, 0]], axis=1)
-    a, b = corners @ along.T, corners @ across.T  # [corners, edges]
-    rect = (np.ptp(a, axis=0) * np.ptp(b, axis=0)).min()
-    return float(hull.volume), float(rect)
-
-
-def _main_blob(points: np.ndarray) -> np.ndarray:
-    """Keep the points of the largest footprint blob: a mask that bleeds onto a neighbour."""
-    if len(points) < MIN_POINTS:
-        return points
-    # Cells at least twice the points' spacing, so one object's points always touch.
-    area, _ = _hull(points[:, :2])
-    cell = max(CELL, 2.0 * math.sqrt(area / len(points)))
-    cells = np.floor((points[:, :2] - points[:, :2].min(axis=0)) / cell).astype(int)
-    grid = np.zeros(cells.max(axis=0) + 1, bool)
-    grid[cells[:, 0], cells[:, 1]] = True
-    labels, count = ndimage.label(grid, structure=np.ones((3, 3), bool))
-    if count <= 1:
-        return points
-    owner = labels[cells[:, 0], cells[:, 1]]
-    return points[owner == np.bincount(owner).argmax()]
-
-
-def grown_top(depth: np.ndarray, mask: np.ndarray, K, extrinsic, depth_range: tuple,
-              band: float = 0.004):
-    """
-    Return base-frame points [N, 3] of the mask's top face, grown over the depth image.
-
-    A segmentation mask rounds an object's corners off; the depth does not. The top face is
-    every pixel within a few pixels of the mask whose height is within `band` of the mask's
-    top and that connects (in the image) to the mask's own top pixels, together with those.
-    None without usable depth.
-    """
-    rows, cols = np.nonzero(mask)
-    if not len(rows):
-        return None
-    height, width = mask.shape
-    reach = max(3, int(0.1 * max(np.ptp(rows), np.ptp(cols))))  # what a mask's edge misses
-    pad = reach + 1
-    r0, r1 = max(rows.min() - pad, 0), min(rows.max() + pad + 1, height)
-    c0, c1 = max(cols.min() - pad, 0), min(cols.max() + pad + 1, width)
-    near, far = depth_range
-    window = np.asarray(depth[r0:r1, c0:c1], np.float64)
-    valid = np.isfinite(window) & (window > max(near, 0.0)) & (window < far)
-    inside = mask[r0:r1, c0:c1] & valid
-    if inside.sum() < MIN_TOP_POINTS:
-        return None
-    grid_r, grid_c = np.mgrid[r0:r1, c0:c1]
-    points = extrinsic.apply(back_project(grid_c, grid_r, np.where(valid, window, 1.0), K))
-    z = np.where(valid, points[..., 2], -np.inf)
-    top = float(np.percentile(z[inside], 98))
-    level = valid & (np.abs(z - top) <= band)
-    near_mask = ndimage.distance_transform_edt(~mask[r0:r1, c0:c1]) <= reach  # round growth
-    labels, _ = ndimage.label(level & near_mask, structure=np.ones((3, 3), bool))
-    own = inside & (z > top - band)
-    seeds = np.unique(labels[own])
-    return points[np.isin(labels, seeds[seeds > 0]) | own]
-
-
-def measure(points: np.ndarray, table_z: float = 0.0, band: float = 0.004, top_points=None):
-    """
-    Return ShapeEvidence of base-frame points [N, 3], or None when they are too few.
-
-    top_points: the top face grown over the depth image (grown_top), if known; else the top
-    band of `points`.
-    """
-    points = np.asarray(points, np.float64)
-    if points.ndim != 2 or points.shape[1] != 3:
-        return None
-    # A mask bleeds onto the table around the object: those points would widen its footprint.
-    points = _main_blob(points[points[:, 2] > table_z + band])
-    if len(points) < MIN_POINTS:
-        return None
-    z, xy = points[:, 2], points[:, :2]
-    top = float(np.percentile(z, 98))
-    top_xy = xy[z > top - band]
-    if top_points is not None and len(top_points) >= MIN_TOP_POINTS:
-        top_xy = np.asarray(top_points, np.float64)[:, :2]
-        xy = np.concatenate([xy, top_xy])
-    if len(top_xy) < MIN_TOP_POINTS:
-        return None
-    top_area, top_rect = _hull(top_xy)
-    all_area, _ = _hull(xy)
-    if top_area <= 0 or all_area <= 0:
-        return None
-    centre = top_xy.mean(axis=0)
-    radius = math.sqrt(all_area / math.pi)
-    inner = np.linalg.norm(points[:, :2] - centre, axis=1) < 0.35 * radius
-    dip = top - float(np.median(z[inner])) if inner.sum() >= 5 else 0.0
-    diameter = 2 * math.sqrt(top_area / math.pi)
-    height = top - table_z
-    return ShapeEvidence(height=height, top_ratio=top_area / all_area,
-                         squareness=top_area / top_rect if top_rect else 0.0,
-                         slenderness=height / diameter, dip=dip, points=len(points))
-
-
-def contradiction(shape: str, evidence: ShapeEvidence, limits: ShapeLimits = None) -> str:
-    """Return why `evidence` is not `shape` ('' when it may be, or nothing is known)."""
-    if evidence is None or shape not in SHAPE_WORDS:
-        return ''
-    lim = limits or ShapeLimits()
-    e = evidence
-    # The inside shows only when the rim is seen all round (the top band spans the footprint);
-    # from low down, a side face below the top's near edge would look like a dip.
-    if shape != 'bowl' and e.top_ratio > lim.flat_top and e.dip > lim.concave:
-        return f'hollow like a bowl ({e.dip * 100:.1f} cm deep)'
-    if shape != 'ball' and e.top_ratio < lim.round_top:
-        return f'round-topped like a ball (top {e.top_ratio:.2f} of its footprint)'
-    if shape == 'ball' and e.top_ratio > lim.flat_top:
-        return f'flat-topped, not a ball (top {e.top_ratio:.2f} of its footprint)'
-    if shape in ('cylinder', 'bowl') and e.top_ratio > lim.flat_top and e.squareness > lim.square:
-        return f'square-topped like a block (squareness {e.squareness:.2f})'
-    if shape == 'block' and e.top_ratio > lim.flat_top and e.squareness < lim.not_square:
-        return f'round-topped, not a block (squareness {e.squareness:.2f})'
-    if shape == 'bowl' and e.slenderness > lim.tall:
-        return f'too tall for a bowl (height {e.slenderness:.2f} of its width)'
-    if shape == 'cylinder' and e.top_ratio > lim.flat_top and e.slenderness < lim.flat:
-        return f'low and wide like a bowl (height {e.slenderness:.2f} of its width)'
-    return ''
