@@ -75,16 +75,20 @@ def test_an_outline_tells_a_rim_from_corners_whole_or_in_part():
     square = np.concatenate([np.c_[side, np.full(50, -0.025)], np.c_[side, np.full(50, 0.025)],
                              np.c_[np.full(50, -0.025), side], np.c_[np.full(50, 0.025), side]])
     ring = np.concatenate([rim, 0.9 * (rim - (0.2, -0.1)) + (0.2, -0.1)])
+    # A flat top whose hull is half a rectangle's: squareness alone would call it no block.
+    flat = solid_shape.ShapeEvidence(height=0.08, top_ratio=1.0, squareness=0.6,
+                                     slenderness=1.5, dip=0.0, points=900)
+    assert contradiction('block', flat) and not contradiction('cylinder', flat)
     # A third of the rim (the rest hidden) is still a rim; two sides of a top still a corner.
-    for outline, shapes in [(rim, ['ball', 'cylinder', 'bowl']),
-                            (rim[:70], ['ball', 'cylinder', 'bowl']),
-                            (ring, ['ball', 'cylinder', 'bowl']),
-                            (square, ['block', 'ball']),
-                            (square[50:150], ['block', 'ball'])]:
-        assert solid_shape.outline_shapes(solid_shape.roundness(outline)) == shapes
+    for outline, shapes in [(rim, ['cylinder']), (rim[:70], ['cylinder']),
+                            (ring, ['cylinder']), (square, ['block']),
+                            (square[50:150], ['block'])]:
+        rounded = solid_shape.roundness(outline)
+        assert solid_shape.shapes_left(flat, rounded) == shapes, rounded
     assert solid_shape.roundness(rim[:70]) < 1e-9
     assert np.isnan(solid_shape.roundness(rim[:solid_shape.MIN_OUTLINE - 1]))
-    assert solid_shape.outline_shapes(float('nan')) == list(solid_shape.SHAPES)
+    assert solid_shape.shapes_left(flat, float('nan')) == ['cylinder']  # squareness decides
+    assert solid_shape.shapes_left(None, 0.0) == list(solid_shape.SHAPES)
 
 
 def _first_pair(scenes, want, other):

@@ -17,7 +17,7 @@ from scipy import ndimage
 from clip_ros.perception import shape_crops, solid_shape, table_depth
 from clip_ros.perception.regions import region_from_mask
 
-STEP = 0.015       # metres between neighbouring pixels: an edge between two surfaces
+STEP = solid_shape.STEP  # metres between neighbouring pixels: an edge between two surfaces
 CORE_SHARE = 0.3   # the detection's most probable pixels (this share) choose its surface
 MIN_ON = 0.5       # the surface holds at least this share of them
 MAX_SHARE = 0.05   # a surface larger than this share of the frame is no object (wall, floor)
@@ -27,9 +27,6 @@ MAX_SHARE = 0.05   # a surface larger than this share of the frame is no object 
 # a white block answered an absent 'green block' with 0.3.
 MIN_MARGIN = 2.0
 ON_PLANE = 0.005   # a pixel this near the plane (share of its inverse depth) is table
-EDGE = 2           # pixels: a rim this near a nearer surface or the frame's edge is cut, not seen
-# Squareness never speaks for a surface: its outline's roundness does (solid_shapes).
-UNSQUARED = solid_shape.ShapeLimits(square=np.inf, not_square=-np.inf)
 BAND = 0.004       # metres: the top band of a surface's shape measures (perception.solid_shape)
 STRIDE = 4         # the plane is fitted to every STRIDE-th row and column
 # Windows (row and column shares of the frame) the table's plane is fitted in: the one whose
@@ -174,36 +171,18 @@ def solid_shapes(cut, view, region) -> list:
     """
     Return the shapes (solid_shape.SHAPES) depth does not contradict for a surface.
 
-    Measured in a frame on the table's plane (solid_shape.table_frame). Whether the top has
-    corners is told by its outline's roundness, not its hull's squareness: a half-hidden top's
-    hull is no rectangle's, but what is seen of its rim is still a piece of a circle or of
-    straight edges. The outline leaves out where the top meets what stands in front of it (a
-    step to a nearer surface) and the frame's edge. All shapes when depth says too little.
+    Measured in a frame on the table's plane (solid_shape.table_frame), from the surface's
+    points and its top face's outline. All shapes when depth says too little.
     """
     frame = solid_shape.table_frame(cut.plane, view.K)
-    height, width = cut.labels.shape
+    mask = np.zeros(cut.labels.shape, bool)
     row, col = region.offset
     h, w = region.mask.shape
-    top, left = max(row - EDGE, 0), max(col - EDGE, 0)
-    window = slice(top, min(row + h + EDGE, height)), slice(left, min(col + w + EDGE, width))
-    depth = view.depth[window]
-    mask = np.zeros(depth.shape, bool)
-    mask[row - top:row - top + h, col - left:col - left + w] = region.mask
+    mask[row:row + h, col:col + w] = region.mask
     rows, cols = np.nonzero(mask)
-    points = frame.apply(solid_shape.back_project(cols + left, rows + top, depth[rows, cols],
-                                                  view.K))
-    shapes = solid_shape.shapes_left(solid_shape.measure(points, 0.0, BAND), UNSQUARED)
-    face = np.zeros(depth.shape, bool)
-    face[rows, cols] = points[:, 2] > np.percentile(points[:, 2], 98) - BAND
-    face = ndimage.binary_opening(face)
-    rim = face & ~ndimage.binary_erosion(face)
-    with np.errstate(invalid='ignore'):
-        nearest = ndimage.minimum_filter(np.where(depth > 0, depth, np.inf), size=2 * EDGE + 1)
-        rim &= ~(nearest < depth - STEP)  # where the top meets what stands in front of it
-    inside = np.zeros((height, width), bool)
-    inside[EDGE:-EDGE, EDGE:-EDGE] = True
-    rim &= inside[window]
-    rows, cols = np.nonzero(rim)
-    xy = frame.apply(solid_shape.back_project(cols + left, rows + top, depth[rows, cols],
-                                              view.K))[:, :2]
-    return solid_shape.outline_shapes(solid_shape.roundness(xy), shapes)
+    points = frame.apply(solid_shape.back_project(cols, rows, view.depth[rows, cols], view.K))
+    face = solid_shape.top_face(view.depth, mask, view.K, frame, (0.0, np.inf), BAND)
+    if face is None:
+        return list(solid_shape.SHAPES)
+    return solid_shape.shapes_left(solid_shape.measure(points, 0.0, BAND, face.points),
+                                   face.rounded)

@@ -22,7 +22,7 @@ in the gap between shapes, never refuse it. Thresholds sit between the ranges me
 ground-truth masks of 290 objects per condition in test-split simulator scenes (in
 distribution, low and far cameras, occlusion, small objects).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import math
 
 import numpy as np
@@ -36,6 +36,8 @@ SHAPES = ('block', 'ball', 'cylinder', 'bowl')
 MIN_POINTS = 150
 MIN_TOP_POINTS = 40
 MIN_OUTLINE = 10    # fewest outline points a circle is fitted through
+STEP = 0.015        # metres between neighbouring pixels: an edge between two surfaces
+EDGE = 2            # pixels: a rim this near a nearer surface or the frame's edge is not seen
 # roundness() below ROUND: a disc or a ring, not a block; above EDGED: corners, not a disc or a
 # ring. On val occlusion scenes (whole and half-hidden objects) cylinders measured 0.009-0.022,
 # bowls 0.045-0.065, blocks 0.106-0.164.
@@ -84,9 +86,9 @@ def table_frame(plane, K) -> Rigid:
     return Rigid(np.stack([across, np.cross(up, across), up]), np.array([0.0, 0.0, distance]))
 
 
-def shapes_left(evidence, limits=None) -> list:
+def shapes_left(evidence, rounded: float = math.nan) -> list:
     """Return the SHAPES that `evidence` does not contradict (all of them without evidence)."""
-    return [shape for shape in SHAPES if not contradiction(shape, evidence, limits)]
+    return [shape for shape in SHAPES if not contradiction(shape, evidence, rounded=rounded)]
 
 
 @dataclass(frozen=True)
@@ -152,22 +154,32 @@ def _main_blob(points: np.ndarray) -> np.ndarray:
     return points[owner == np.bincount(owner).argmax()]
 
 
-def grown_top(depth: np.ndarray, mask: np.ndarray, K, extrinsic, depth_range: tuple,
-              band: float = 0.004):
+@dataclass
+class TopFace:
+    """An object's top face, grown over the depth image (top_face)."""
+
+    points: np.ndarray  # [N, 3] in the frame it was measured in
+    rounded: float      # roundness() of its rim where the rim is seen (nan: too little of it)
+
+
+def top_face(depth: np.ndarray, mask: np.ndarray, K, frame, depth_range: tuple,
+             band: float = 0.004):
     """
-    Return base-frame points [N, 3] of the mask's top face, grown over the depth image.
+    Return the TopFace of a mask, or None without usable depth.
 
     A segmentation mask rounds an object's corners off; the depth does not. The top face is
-    every pixel within a few pixels of the mask whose height is within `band` of the mask's
-    top and that connects (in the image) to the mask's own top pixels, together with those.
-    None without usable depth.
+    every pixel within a few pixels of the mask whose height (z in `frame`, a Rigid whose z is
+    up from the table) is within `band` of the mask's top and that connects (in the image) to
+    the mask's own top pixels, together with those. Its rim counts where it is seen: not where
+    the face meets a nearer surface by STEP (what stands in front of it) nor within EDGE
+    pixels of the frame's edge.
     """
     rows, cols = np.nonzero(mask)
     if not len(rows):
         return None
     height, width = mask.shape
     reach = max(3, int(0.1 * max(np.ptp(rows), np.ptp(cols))))  # what a mask's edge misses
-    pad = reach + 1
+    pad = max(reach, EDGE) + 1
     r0, r1 = max(rows.min() - pad, 0), min(rows.max() + pad + 1, height)
     c0, c1 = max(cols.min() - pad, 0), min(cols.max() + pad + 1, width)
     near, far = depth_range
@@ -177,7 +189,7 @@ def grown_top(depth: np.ndarray, mask: np.ndarray, K, extrinsic, depth_range: tu
     if inside.sum() < MIN_TOP_POINTS:
         return None
     grid_r, grid_c = np.mgrid[r0:r1, c0:c1]
-    points = extrinsic.apply(back_project(grid_c, grid_r, np.where(valid, window, 1.0), K))
+    points = frame.apply(back_project(grid_c, grid_r, np.where(valid, window, 1.0), K))
     z = np.where(valid, points[..., 2], -np.inf)
     top = float(np.percentile(z[inside], 98))
     level = valid & (np.abs(z - top) <= band)
@@ -185,7 +197,13 @@ def grown_top(depth: np.ndarray, mask: np.ndarray, K, extrinsic, depth_range: tu
     labels, _ = ndimage.label(level & near_mask, structure=np.ones((3, 3), bool))
     own = inside & (z > top - band)
     seeds = np.unique(labels[own])
-    return points[np.isin(labels, seeds[seeds > 0]) | own]
+    face = np.isin(labels, seeds[seeds > 0]) | own
+    rim = face & ~ndimage.binary_erosion(face)
+    nearest = ndimage.minimum_filter(np.where(valid, window, np.inf), size=2 * EDGE + 1)
+    rim &= nearest >= window - STEP
+    rim &= ((grid_r >= EDGE) & (grid_r < height - EDGE) & (grid_c >= EDGE)
+            & (grid_c < width - EDGE))
+    return TopFace(points[face], roundness(points[rim][:, :2]))
 
 
 def measure(points: np.ndarray, table_z: float = 0.0, band: float = 0.004, top_points=None):
@@ -247,21 +265,25 @@ def roundness(xy: np.ndarray) -> float:
     return float(np.sqrt(np.mean(off ** 2)) / radius)
 
 
-def outline_shapes(rounded: float, shapes=SHAPES) -> list:
-    """Return the `shapes` a top outline of this roundness() may belong to (all when nan)."""
-    if rounded < ROUND:
-        return [shape for shape in shapes if shape != 'block']
-    if rounded > EDGED:
-        return [shape for shape in shapes if shape not in ('cylinder', 'bowl')]
-    return list(shapes)
+def contradiction(shape: str, evidence: ShapeEvidence, limits: ShapeLimits = None,
+                  rounded: float = math.nan) -> str:
+    """
+    Return why `evidence` is not `shape` ('' when it may be, or nothing is known).
 
-
-def contradiction(shape: str, evidence: ShapeEvidence, limits: ShapeLimits = None) -> str:
-    """Return why `evidence` is not `shape` ('' when it may be, or nothing is known)."""
+    rounded: the top face's outline roundness (TopFace.rounded). Where it is known, it tells
+    a block's corners from a disc's or a ring's rim instead of squareness: a half-hidden top's
+    hull is no rectangle's, but what is seen of its rim is still straight edges or a circle.
+    """
     if evidence is None or shape not in SHAPES:
         return ''
     lim = limits or ShapeLimits()
     e = evidence
+    if not math.isnan(rounded):
+        if shape == 'block' and e.top_ratio > lim.flat_top and rounded < ROUND:
+            return f'round-topped, not a block (outline {rounded:.3f} off a circle)'
+        if shape in ('cylinder', 'bowl') and e.top_ratio > lim.flat_top and rounded > EDGED:
+            return f'square-topped like a block (outline {rounded:.3f} off a circle)'
+        lim = replace(lim, square=math.inf, not_square=-math.inf)
     # The inside shows only when the rim is seen all round (the top band spans the footprint);
     # from low down, a side face below the top's near edge would look like a dip.
     if shape != 'bowl' and e.top_ratio > lim.flat_top and e.dip > lim.concave:

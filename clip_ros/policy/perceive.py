@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from clip_ros.perception.solid_shape import contradiction, grown_top, measure
+from clip_ros.perception.solid_shape import contradiction, measure, top_face
 from clip_ros.policy.command import Command
 from clip_ros.policy.lifting import (
     back_project, Extrinsic, lift_mask, lift_standing, LiftedTarget, place_point)
@@ -176,9 +176,11 @@ def _wrong_shape(shape: str, lifted, mask, depth, K, extrinsic, config: LiftConf
     """Return why a lifted mask is not `shape` ('' when it may be, or no shape is named)."""
     if not shape:
         return ''
-    top = grown_top(depth, mask, K, extrinsic or Extrinsic.identity(), config.depth_range,
+    face = top_face(depth, mask, K, extrinsic or Extrinsic.identity(), config.depth_range,
                     config.shape_band)
-    return contradiction(shape, measure(lifted.points, config.table_z, config.shape_band, top))
+    return contradiction(shape, measure(lifted.points, config.table_z, config.shape_band,
+                                        face and face.points),
+                         rounded=face.rounded if face else math.nan)
 
 
 def _standing(depth, masks: list, K, extrinsic, config: LiftConfig) -> tuple:
