@@ -27,6 +27,9 @@ MAX_SHARE = 0.05   # a surface larger than this share of the frame is no object 
 # a white block answered an absent 'green block' with 0.3.
 MIN_MARGIN = 2.0
 ON_PLANE = 0.005   # a pixel this near the plane (share of its inverse depth) is table
+RING, MIN_RING = 3, 20  # pixels around a surface that tell the plane is its table, fewest of them
+ON_TABLE = 0.005   # metres: their median height above the plane
+FOOT = 0.006       # metres: a surface's points lower than this (+ BAND) are table, not object
 BAND = 0.004       # metres: the top band of a surface's shape measures (perception.solid_shape)
 STRIDE = 4         # the plane is fitted to every STRIDE-th row and column
 # Windows (row and column shares of the frame) the table's plane is fitted in: the one whose
@@ -179,10 +182,24 @@ def solid_shapes(cut, view, region) -> list:
     row, col = region.offset
     h, w = region.mask.shape
     mask[row:row + h, col:col + w] = region.mask
+    # Seen at a grazing angle a top face's depth steps apart between neighbouring pixels, so
+    # a surface is a band of it: too low a view measures nothing.
+    ray = solid_shape.back_project(col + w / 2, row + h / 2, 1.0, view.K)
+    lowest = np.sin(np.radians(solid_shape.MIN_ELEVATION))
+    if abs(frame.rotation[2] @ ray) < lowest * np.linalg.norm(ray):
+        return list(solid_shape.SHAPES)
+    # The plane must be the table the surface stands on: the table around it lies on it (a
+    # far camera's plane can be fitted across the table's edge, and then nothing is measured).
+    ring = (ndimage.binary_dilation(mask, iterations=RING) & ~mask & (cut.labels == 0)
+            & ~cut.standing & (view.depth > 0))
+    rows, cols = np.nonzero(ring)
+    below = frame.apply(solid_shape.back_project(cols, rows, view.depth[rows, cols], view.K))
+    if len(rows) < MIN_RING or np.median(np.abs(below[:, 2])) > ON_TABLE:
+        return list(solid_shape.SHAPES)
     rows, cols = np.nonzero(mask)
     points = frame.apply(solid_shape.back_project(cols, rows, view.depth[rows, cols], view.K))
     face = solid_shape.top_face(view.depth, mask, view.K, frame, (0.0, np.inf), BAND)
     if face is None:
         return list(solid_shape.SHAPES)
-    return solid_shape.shapes_left(solid_shape.measure(points, 0.0, BAND, face.points),
+    return solid_shape.shapes_left(solid_shape.measure(points, FOOT, BAND, face.points),
                                    face.rounded)

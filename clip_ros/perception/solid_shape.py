@@ -38,6 +38,7 @@ MIN_TOP_POINTS = 40
 MIN_OUTLINE = 10    # fewest outline points a circle is fitted through
 STEP = 0.015        # metres between neighbouring pixels: an edge between two surfaces
 EDGE = 2            # pixels: a rim this near a nearer surface or the frame's edge is not seen
+MIN_ELEVATION = 38  # degrees: the lowest view over the table an outline is read from
 # roundness() below ROUND: a disc or a ring, not a block; above EDGED: corners, not a disc or a
 # ring. On val occlusion scenes (whole and half-hidden objects) cylinders measured 0.009-0.022,
 # bowls 0.045-0.065, blocks 0.106-0.164.
@@ -198,12 +199,17 @@ def top_face(depth: np.ndarray, mask: np.ndarray, K, frame, depth_range: tuple,
     own = inside & (z > top - band)
     seeds = np.unique(labels[own])
     face = np.isin(labels, seeds[seeds > 0]) | own
-    rim = face & ~ndimage.binary_erosion(face)
+    # The outer rim only: a bowl's inner edge is a second circle, thick beside a small bowl's.
+    filled = ndimage.binary_fill_holes(face)
+    rim = filled & ~ndimage.binary_erosion(filled)
     nearest = ndimage.minimum_filter(np.where(valid, window, np.inf), size=2 * EDGE + 1)
     rim &= nearest >= window - STEP
     rim &= ((grid_r >= EDGE) & (grid_r < height - EDGE) & (grid_c >= EDGE)
             & (grid_c < width - EDGE))
-    return TopFace(points[face], roundness(points[rim][:, :2]))
+    # Seen at a grazing angle the rim's pixels sample it too coarsely to tell a circle.
+    sight = frame.translation - points[face].mean(axis=0)  # towards the camera
+    low = sight[2] < np.sin(np.radians(MIN_ELEVATION)) * np.linalg.norm(sight)
+    return TopFace(points[face], math.nan if low else roundness(points[rim][:, :2]))
 
 
 def measure(points: np.ndarray, table_z: float = 0.0, band: float = 0.004, top_points=None):
