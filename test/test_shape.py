@@ -91,6 +91,32 @@ def test_an_outline_tells_a_rim_from_corners_whole_or_in_part():
     assert solid_shape.shapes_left(None, 0.0) == list(solid_shape.SHAPES)
 
 
+def test_an_outline_is_read_from_above_and_not_from_a_grazing_view(gl_context):
+    """Val scenes, 640x480: the outline tells blocks from discs; a low camera reads none."""
+    from clip_ros.sim.conditions import condition_frames
+    from clip_ros.sim.simulator import Simulator
+    read = {}
+    with Simulator(0, 640, 480, show_gripper=False) as sim:
+        for condition in ('in_distribution', 'camera_low'):
+            for _, _, frame in condition_frames(sim, 'val', condition, 3, 0, depth=True):
+                extrinsic = Extrinsic(*sim.camera_pose())
+                for obj in frame.objects:
+                    mask = frame.instances == obj.instance_id
+                    if obj.shape == 'ball' or mask.sum() < 300:
+                        continue
+                    face = solid_shape.top_face(frame.depth, mask, frame.K, extrinsic,
+                                                (0.05, 5.0))
+                    read.setdefault(condition, []).append((obj.shape, face.rounded))
+    assert len(read['in_distribution']) >= 8 and len(read['camera_low']) >= 8
+    seen = [(shape, rounded) for shape, rounded in read['in_distribution']
+            if not np.isnan(rounded)]  # nan: a rim hidden or cut by the frame's edge
+    assert len(seen) >= 0.8 * len(read['in_distribution'])
+    for shape, rounded in seen:
+        assert (rounded > solid_shape.EDGED) if shape == 'block' else (
+            rounded < solid_shape.ROUND), (shape, rounded)
+    assert all(np.isnan(rounded) for _, rounded in read['camera_low'])
+
+
 def _first_pair(scenes, want, other):
     """Return (frame, extrinsic, mask of a `want` object, mask of an `other` object)."""
     for frame, extrinsic in scenes:
