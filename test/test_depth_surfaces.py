@@ -218,7 +218,12 @@ def test_an_isolated_surface_is_seen_without_what_stands_in_front_of_it():
     rgb[behind] = (250, 250, 250)
     rgb[front] = (200, 20, 20)
     label = depth_surfaces.surface_label(cut, region(behind), np.ones((H, W), np.float32))
-    seen = depth_surfaces.isolated(rgb, cut, depth_surfaces.surface_region(cut, label))
+    surface = depth_surfaces.surface_region(cut, label)
+    window, box = depth_surfaces.isolated(rgb, cut, surface)
+    left, top = int(surface.box[0] - box[0]), int(surface.box[1] - box[1])
+    seen = rgb.copy()
+    seen[top:top + window.shape[0], left:left + window.shape[1]] = window
+    assert window.shape[0] < H and window.shape[1] < W  # the window around it, not the frame
     assert (seen[behind] == (250, 250, 250)).all(axis=1).mean() > 0.85
     # The red box in front is painted out where it covers the hidden one's box.
     assert (seen[60:75, 65:80] == (120, 110, 100)).all()

@@ -145,17 +145,18 @@ def free_surfaces(cut, taken) -> list:
     return [r for r in regions if table_depth.MIN_PIXELS <= r.area <= MAX_SHARE * size]
 
 
-def isolated(rgb: np.ndarray, cut, region) -> np.ndarray:
+def isolated(rgb: np.ndarray, cut, region) -> tuple:
     """
-    Return a copy of rgb with everything around `region` but the table painted table-coloured.
+    Return (window, box): the frame around `region` with all but the table painted table-coloured.
 
     A half-hidden object's crop is mostly the object in front of it: CLIP names that one's
     colour and the shape head its shape. Painted out, the crop shows the visible piece alone.
-    The window is the widest crop cut around the region's box (shape_crops.STORE_PAD).
+    The window (a copy) holds the widest crop cut around the region's box
+    (shape_crops.STORE_PAD); box is the region's box in the window's pixels.
     """
     labels, standing = cut.labels, cut.standing
     x0, y0, x1, y1 = (float(v) for v in region.box)
-    half = max(x1 - x0, y1 - y0, 8.0) * shape_crops.STORE_PAD / 2
+    half = max(x1 - x0, y1 - y0, 8.0) * shape_crops.STORE_PAD / 2 + 2  # + rounding
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     top, left = max(int(cy - half), 0), max(int(cx - half), 0)
     window = slice(top, int(cy + half) + 1), slice(left, int(cx + half) + 1)
@@ -164,10 +165,10 @@ def isolated(rgb: np.ndarray, cut, region) -> np.ndarray:
     h, w = region.mask.shape
     own[row - top:row - top + h, col - left:col - left + w] = region.mask
     table = (labels[window] == 0) & ~standing[window] & ~own
-    out = rgb.copy()
+    out = rgb[window].copy()
     if table.any():
-        out[window][~own] = np.median(rgb[window][table], axis=0).astype(np.uint8)
-    return out
+        out[~own] = np.median(out[table], axis=0).astype(np.uint8)
+    return out, (x0 - left, y0 - top, x1 - left, y1 - top)
 
 
 def solid_shapes(cut, view, region) -> list:
@@ -190,9 +191,12 @@ def solid_shapes(cut, view, region) -> list:
         return list(solid_shape.SHAPES)
     # The plane must be the table the surface stands on: the table around it lies on it (a
     # far camera's plane can be fitted across the table's edge, and then nothing is measured).
-    ring = (ndimage.binary_dilation(mask, iterations=RING) & ~mask & (cut.labels == 0)
-            & ~cut.standing & (view.depth > 0))
+    top, left = max(row - RING - 1, 0), max(col - RING - 1, 0)
+    window = slice(top, row + h + RING + 1), slice(left, col + w + RING + 1)
+    ring = (ndimage.binary_dilation(mask[window], iterations=RING) & ~mask[window]
+            & (cut.labels[window] == 0) & ~cut.standing[window] & (view.depth[window] > 0))
     rows, cols = np.nonzero(ring)
+    rows, cols = rows + top, cols + left
     below = frame.apply(solid_shape.back_project(cols, rows, view.depth[rows, cols], view.K))
     if len(rows) < MIN_RING or np.median(np.abs(below[:, 2])) > ON_TABLE:
         return list(solid_shape.SHAPES)

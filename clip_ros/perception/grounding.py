@@ -464,15 +464,14 @@ class GroundingPipeline:
                 continue
             # Each surface is judged alone on the frame, or all on the view drawn from depth.
             views = ([depth_surfaces.isolated(frame.rgb, frame.cut, blob) for blob in blobs]
-                     if least > -np.inf else [view] * len(blobs))
-            looked = self._clip_logits_batch([(v, frame.words, [], [blob.box])
-                                              for v, blob in zip(views, blobs)])
+                     if least > -np.inf else [(view, blob.box) for blob in blobs])
+            looked = self._clip_logits_batch([(v, frame.words, [], [box]) for v, box in views])
             texts, logits = looked[0][0], np.concatenate([item[1] for item in looked])
-            shapes = np.concatenate([head.probabilities(v, [blob.box])  # [K, shapes (+ bg)]
-                                     for v, blob in zip(views, blobs)])
-            # A surface's shape in depth: the head knows whole objects, not half-hidden pieces.
-            solids = ([depth_surfaces.solid_shapes(frame.cut, frame.depth, blob) for blob in blobs]
-                      if least > -np.inf else [solid_shape.SHAPES] * len(blobs))
+            shapes = np.concatenate([head.probabilities(v, [box])  # [K, shapes (+ bg)]
+                                     for v, box in views])
+            # A surface's shape in depth (the head knows whole objects, not half-hidden pieces),
+            # measured only for surfaces whose colour passes for some phrase.
+            solids = {}
             for i in unfound:
                 queries = [frame.words[i]] * len(blobs)
                 margins, probs = _colour_margins(texts, logits, queries, head.shapes,
@@ -482,8 +481,14 @@ class GroundingPipeline:
                     1.0 - shapes[:, -1] if head.background else np.ones(len(blobs)))
                 named = shape_crops.shape_index(solid_shape.SHAPES, frame.words[i])
                 named = solid_shape.SHAPES[named] if named is not None else None
-                for blob, m, p, shape, left in zip(blobs, margins, probs, shape_probs, solids):
-                    if m < least or (named and named not in left):  # depth says another shape
+                for n, (blob, m, p, shape) in enumerate(zip(blobs, margins, probs, shape_probs)):
+                    if m < least:
+                        continue
+                    if n not in solids:
+                        solids[n] = (depth_surfaces.solid_shapes(frame.cut, frame.depth, blob)
+                                     if least > -np.inf else solid_shape.SHAPES)
+                    left = solids[n]
+                    if named and named not in left:  # depth says another shape
                         continue
                     if named and left == [named]:  # depth says this shape and no other
                         frame.solid.add(len(frame.regions))
