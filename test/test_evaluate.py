@@ -162,9 +162,9 @@ def test_in_distribution_floor(gl_context, tmp_path):
 
 
 def test_depth_only_answers_what_colour_left_unfound(gl_context, tmp_path):
-    # The look in depth runs only for phrases left unfound on a washed-out table, so every
-    # query answered without depth is answered with it too, as sure (depth only cuts masks
-    # to the surfaces they lie on).
+    # The look in depth runs only for phrases left unfound on a washed-out table, and depth
+    # with 3 mm of noise measures no shape, so every query answered without depth is answered
+    # with it too, as sure (depth only cuts masks to the surfaces they lie on).
     runs = {}
     for depth in ('off', 'on'):
         out = tmp_path / depth

@@ -29,6 +29,7 @@ MIN_MARGIN = 2.0
 ON_PLANE = 0.005   # a pixel this near the plane (share of its inverse depth) is table
 RING, MIN_RING = 3, 20  # pixels around a surface that tell the plane is its table, fewest of them
 ON_TABLE = 0.005   # metres: their median height above the plane
+NOISE = 0.0015     # metres: the table's depth noise (robust sigma) above which nothing is measured
 FOOT = 0.006       # metres: a surface's points lower than this (+ BAND) are table, not object
 BAND = 0.004       # metres: the top band of a surface's shape measures (perception.solid_shape)
 STRIDE = 4         # the plane is fitted to every STRIDE-th row and column
@@ -199,6 +200,10 @@ def solid_shapes(cut, view, region) -> list:
     rows, cols = rows + top, cols + left
     below = frame.apply(solid_shape.back_project(cols, rows, view.depth[rows, cols], view.K))
     if len(rows) < MIN_RING or np.median(np.abs(below[:, 2])) > ON_TABLE:
+        return list(solid_shape.SHAPES)
+    # Depth as noisy as the top band is wide tells no shape (a real sensor's, 3 mm at a metre).
+    spread = 1.4826 * np.median(np.abs(below[:, 2] - np.median(below[:, 2])))
+    if spread > NOISE:
         return list(solid_shape.SHAPES)
     rows, cols = np.nonzero(mask)
     points = frame.apply(solid_shape.back_project(cols, rows, view.depth[rows, cols], view.K))
