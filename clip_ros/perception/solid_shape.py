@@ -216,7 +216,7 @@ def measure(points: np.ndarray, table_z: float = 0.0, band: float = 0.004, top_p
     """
     Return ShapeEvidence of base-frame points [N, 3], or None when they are too few.
 
-    top_points: the top face grown over the depth image (grown_top), if known; else the top
+    top_points: the top face grown over the depth image (TopFace.points), if known; else the top
     band of `points`.
     """
     points = np.asarray(points, np.float64)
