@@ -147,11 +147,12 @@ def test_free_surfaces_are_the_objects_no_detection_lies_on():
     taken = depth_surfaces.surface_label(cut, region(front), ones)
     assert taken > 0
     free = depth_surfaces.free_surfaces(cut, {taken})
-    assert len(free) == 1 and iou(full(free[0]), behind) > 0.85
+    assert list(free) != [taken] and len(free) == 1
+    assert iou(full(next(iter(free.values()))), behind) > 0.85
     assert len(depth_surfaces.free_surfaces(cut, set())) == 2
     # A wall-sized surface and a speck are no objects.
     wall = table(((0, 60, 0, 320), 0.2), ((150, 155, 150, 155), 0.05))
-    assert depth_surfaces.free_surfaces(depth_surfaces.surfaces(wall), set()) == []
+    assert depth_surfaces.free_surfaces(depth_surfaces.surfaces(wall), set()) == {}
 
 
 @pytest.mark.parametrize('index, name, absent', [(112, 'green cylinder', 'blue ball'),
@@ -261,6 +262,17 @@ def test_depth_tells_a_half_hidden_cylinder_from_a_half_hidden_block(gl_context,
             min(y1, truth.box[3]) - max(y0, truth.box[1])) / ((x1 - x0) * (y1 - y0))
         assert inside >= 0.9
         assert absent in seen.rejected
+        # The same view again, with sensor noise: what depth gave is remembered, same answers.
+        rng = np.random.default_rng(0)
+        noisy_rgb = np.clip(frame.rgb + rng.integers(-1, 2, frame.rgb.shape), 0, 255)
+        noisy = frame.depth + rng.normal(0, 0.0005, frame.depth.shape).astype(np.float32)
+        hits = pipeline.still_views.hits
+        again = pipeline(noisy_rgb.astype(np.uint8), [spec.focus, absent],
+                         with_heatmaps=False, depth=DepthView(noisy, frame.K))
+        assert pipeline.still_views.hits == hits + 1
+        assert [(d.phrase, d.box) for d in again.detections] == \
+            [(d.phrase, d.box) for d in seen.detections]
+        assert again.rejected == seen.rejected
 
 
 @pytest.mark.parametrize('index, name, neighbour', [(81, 'black cylinder', 'black block'),
@@ -282,3 +294,45 @@ def test_depth_refuses_a_map_that_lies_on_a_neighbour_of_another_shape(
     assert all(box_iou(d.box, boxes[neighbour])[0, 0] < 0.2 for d in seen.detections)
     # Where the one asked for is left whole enough to measure, it is found instead.
     assert not seen.detections or box_iou(seen.detections[0].box, boxes[name])[0, 0] >= 0.5
+
+
+K = np.array([[300.0, 0.0, W / 2], [0.0, 300.0, H / 2], [0.0, 0.0, 1.0]])
+
+
+def test_a_depth_thumbnail_averages_the_valid_pixels_of_each_cell():
+    from clip_ros.perception import still_view
+    depth = np.full((16, 24), 2.0, np.float32)
+    depth[0, 0], depth[0, 1], depth[8:, 8:16] = 0.0, np.nan, 0.0  # a cell without depth
+    thumb = still_view.depth_thumbnail(depth)
+    assert thumb.shape == (2, 3) and thumb[0, 0] == 2.0 and thumb[1, 1] == 0.0
+    assert still_view.depth_thumbnail(depth[:13, :21]).shape == (2, 3)  # partial cells too
+
+
+def test_a_still_view_is_cut_and_measured_once():
+    from clip_ros.perception import still_view, zoom
+    from clip_ros.perception.table_depth import DepthView
+    depth, behind, _ = two_boxes()
+    grey = zoom.thumbnail(np.full((H, W, 3), 128, np.uint8))
+    memo = still_view.ViewMemo()
+    first = memo.view(grey, DepthView(depth, K))
+    cut = first.cut(depth)
+    free = first.free_surfaces(depth, set())
+    assert cut is not None and len(free) == 2
+    label = next(label for label, r in free.items() if iou(full(r), behind) > 0.85)
+    shapes = first.solid_shapes(label, DepthView(depth, K), free[label])
+    assert first.solids == {label: shapes}
+    assert list(first.free_surfaces(depth, {label})) == [k for k in free if k != label]
+    # Sensor noise and a pixel without depth: the same view, nothing cut or measured again.
+    noisy = depth + np.random.default_rng(0).normal(0, 0.001, depth.shape).astype(np.float32)
+    noisy[5, 5] = 0.0
+    assert memo.view(grey, DepthView(noisy, K)) is first
+    # The front box moved: another view.
+    moved = table((BEHIND, 0.03), ((60, 90, 60, 90), 0.05))
+    assert memo.view(grey, DepthView(moved, K)).cut(moved) is not cut
+    # The same depth in other colours: the cut and shapes kept, CLIP's looks not.
+    darker = memo.view(zoom.thumbnail(np.full((H, W, 3), 90, np.uint8)), DepthView(depth, K))
+    assert darker is not first and darker.cut(depth) is cut and darker.solids is first.solids
+    assert darker.looks is not first.looks
+    # Another camera's intrinsics: another view.
+    assert memo.view(grey, DepthView(depth, K * [[2.0], [2.0], [1.0]])) is not first
+    assert (memo.hits, memo.misses) == (1, 4)

@@ -184,3 +184,31 @@ def test_table_view_is_the_cameras_right_and_forward_on_the_table():
     # Straight down (x right, image up along +y): forward is the image's up.
     down = np.diag([1.0, -1.0, -1.0])
     assert table_view(down) == (pytest.approx((1.0, 0.0)), pytest.approx((0.0, 1.0)))
+
+
+def test_instances_lifted_in_their_boxes_equal_whole_frame_masks(gl_context):
+    # lift_instances reads each instance in its own box: the same lift as the frame's mask.
+    from clip_ros.policy.perceive import lift_instances
+    from clip_ros.sim.simulator import Simulator
+
+    with Simulator(3, 160, 120) as sim:
+        frame = sim.render(depth=True, instances=True)
+        extrinsic = Extrinsic(*sim.camera_pose())
+    ids = [o.instance_id for o in frame.objects if o.visible_pixels >= 20]
+    labels = np.zeros(frame.depth.shape, np.uint16)
+    for index, instance in enumerate(ids):
+        labels[frame.instances == instance] = index + 1
+    depth = frame.depth.copy()
+    depth[labels == 1] = np.nan  # the first has no depth; one more index has no pixels
+    lifted, reasons = lift_instances(labels, len(ids) + 1, depth, frame.K, extrinsic)
+    assert set(reasons) == {0, len(ids)} and 'all NaN' in reasons[0]
+    assert reasons[len(ids)] == 'the instance mask is empty'
+    assert len(lifted) == len(ids) - 1 >= 2
+    for index, got in lifted.items():
+        want = lift_mask(depth, labels == index + 1, frame.K, extrinsic)
+        assert got.pixel == want.pixel and got.valid_pixels == want.valid_pixels
+        for name in ('position_camera', 'position', 'size', 'centre', 'points'):
+            assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    # Depth of another size: every instance says so.
+    _, reasons = lift_instances(labels, 2, depth[:-1], frame.K)
+    assert set(reasons) == {0, 1} and 'differs from' in reasons[0]

@@ -197,3 +197,25 @@ def test_under_coloured_lamps_the_bundled_model_finds_the_objects(gl_context, bu
     # Plain frames pass unchanged, so the two pipelines agree on them exactly.
     assert accuracy(bundled[True], plain) == accuracy(bundled[False], plain) >= 0.9
     assert accuracy(bundled[True], lamps) >= 0.85 > accuracy(bundled[False], lamps)
+
+
+def test_a_still_view_is_measured_once():
+    from clip_ros.perception import zoom
+    lit = scaled(table_frame((150, 135, 118)), WARM)
+    light = LightCorrection(REFERENCE)
+    first = light(lit, zoom.thumbnail(lit))
+    assert np.array_equal(first, LightCorrection(REFERENCE)(lit))
+    # The next frame of the view, with sensor noise: the gains measured on the first.
+    noise = np.random.default_rng(0).integers(-2, 3, lit.shape)
+    noisy = np.clip(lit.astype(int) + noise, 0, 255).astype(np.uint8)
+    again = light(noisy, zoom.thumbnail(noisy))
+    assert (light.recent.hits, light.recent.misses) == (1, 1)
+    gain = float(LightCorrection(REFERENCE).gains(lit).max())
+    assert np.abs(again.astype(int) - first.astype(int)).max() <= 2 * gain + 1
+    # A blue lamp is another view: measured anew.
+    blue = scaled(table_frame((150, 135, 118)), (0.52, 0.7, 1.0))
+    assert np.array_equal(light(blue, zoom.thumbnail(blue)), LightCorrection(REFERENCE)(blue))
+    assert light.recent.misses == 2
+    light.forget()
+    light(lit, zoom.thumbnail(lit))
+    assert (light.recent.hits, light.recent.misses) == (0, 1)

@@ -133,17 +133,19 @@ def surface_region(cut, label: int, prob=None):
     return region_from_mask(surface, (top, left), prob)
 
 
-def free_surfaces(cut, taken) -> list:
+def free_surfaces(cut, taken) -> dict:
     """
-    Return the object-sized surfaces (Regions) whose labels are not in `taken`.
+    Return the object-sized surfaces ({label: Region}) whose labels are not in `taken`.
 
     What depth separates but no phrase was found on: where a phrase colour left unfound (a
     partly hidden object, one between same-colour neighbours) may still be.
     """
     size = cut.labels.size
-    regions = [surface_region(cut, label) for label, window in enumerate(cut.windows, start=1)
-               if window is not None and label not in taken]
-    return [r for r in regions if table_depth.MIN_PIXELS <= r.area <= MAX_SHARE * size]
+    regions = {label: surface_region(cut, label)
+               for label, window in enumerate(cut.windows, start=1)
+               if window is not None and label not in taken}
+    return {label: r for label, r in regions.items()
+            if table_depth.MIN_PIXELS <= r.area <= MAX_SHARE * size}
 
 
 def isolated(rgb: np.ndarray, cut, region) -> tuple:

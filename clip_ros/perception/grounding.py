@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
-from clip_ros.perception import (depth_surfaces, shape_crops, shape_search, solid_shape,
-                                 table_depth, table_split, zoom)
+from clip_ros.perception import (depth_surfaces, shape_search, solid_shape,
+                                 still_view, table_depth, table_split, zoom)
 from clip_ros.perception.geometry import Detection, paint
 from clip_ros.perception.image_np import validate_rgb
 from clip_ros.perception.light import correction_for
@@ -192,11 +192,13 @@ class _Frame:
     on_depth: set = field(default_factory=set)  # candidates of the look in depth
     solid: set = field(default_factory=set)  # ... whose shape depth alone singles out
     fits: dict = field(default_factory=dict)  # candidate -> depth leaves it its shape word
+    thumb: np.ndarray = None  # zoom.thumbnail of the frame as it came: tells a still view
+    still: object = None  # still_view.View of a frame with depth: what its view gave before
 
-    @functools.cached_property
+    @property
     def cut(self):
         """Return the surfaces depth cuts the frame into (perception.depth_surfaces), or None."""
-        return depth_surfaces.surfaces(self.depth.depth) if self.depth is not None else None
+        return self.still.cut(self.depth.depth) if self.depth is not None else None
 
     def fits_depth(self, k: int) -> bool:
         """
@@ -208,14 +210,13 @@ class _Frame:
         if self.cut is None:
             return True
         if k not in self.fits:
-            named = shape_crops.shape_index(solid_shape.SHAPES, self.words[self.owners[k]])
+            named = solid_shape.named_shape(self.words[self.owners[k]])
             label = named is not None and depth_surfaces.surface_label(
                 self.cut, self.regions[k], self.maps[self.owners[k]])
             surface = depth_surfaces.surface_region(self.cut, label) if label else None
             self.fits[k] = (surface is None
                             or surface.area > depth_surfaces.MAX_SHARE * self.cut.labels.size
-                            or solid_shape.SHAPES[named] in depth_surfaces.solid_shapes(
-                                self.cut, self.depth, surface))
+                            or named in self.still.solid_shapes(label, self.depth, surface))
         return self.fits[k]
 
 
@@ -274,6 +275,7 @@ class GroundingPipeline:
         # Look again at zoomed tiles for a phrase the whole frame left unfound (perception.zoom).
         self.zoom_in = bool(zoom_in)
         self.zoom_memo = zoom.ZoomMemo()  # a still camera's second look is taken once
+        self.still_views = still_view.ViewMemo()  # ... and what depth gives, once
         # None: the model's calibrated rule (config 'abstain'), or the defaults.
         self.abstain = abstain if isinstance(abstain, AbstainRule) else AbstainRule.from_config(
             getattr(clip, 'abstain', None) if abstain is None else abstain)
@@ -283,9 +285,12 @@ class GroundingPipeline:
         self.canonical = functools.lru_cache(maxsize=256)(self.lexicon.canonical)
 
     def forget(self) -> None:
-        """Drop what the pipeline remembers across frames (shape search's answers, zoomed maps)."""
+        """Drop what the pipeline remembers across frames (the memos of still views)."""
         self.search_memo = SearchMemo()
         self.zoom_memo = zoom.ZoomMemo()
+        self.still_views = still_view.ViewMemo()
+        if self.light is not None:
+            self.light.forget()
 
     def __call__(self, rgb: np.ndarray, phrases, thresholds=0.4,
                  with_heatmaps: bool = True, depth=None) -> GroundingResult:
@@ -342,11 +347,14 @@ class GroundingPipeline:
         for rgb, phrases, thresholds, *depth in requests:
             phrases = check_phrases(phrases)
             rgb = validate_rgb(rgb)
-            frame = _Frame(self.light(rgb) if self.light else rgb, phrases,
+            thumb = zoom.thumbnail(rgb)
+            frame = _Frame(self.light(rgb, thumb) if self.light else rgb, phrases,
                            check_thresholds(thresholds, len(phrases)),
-                           [], [], {}, raw=rgb,
+                           [], [], {}, raw=rgb, thumb=thumb,
                            depth=table_depth.check_depth(depth[0] if depth else None,
                                                          rgb.shape[:2]))
+            if frame.depth is not None:
+                frame.still = self.still_views.view(frame.thumb, frame.depth)
             first = {}  # model words (any case, any spacing) -> the phrase asked first
             for k, phrase in enumerate(phrases):
                 words, reason = self.canonical(phrase)
@@ -392,7 +400,7 @@ class GroundingPipeline:
             unfound = [i for i in range(len(frame.asked))
                        if i not in found and frame.limits[frame.asked[i]] < 1.0]
             if unfound:
-                thumb = zoom.thumbnail(frame.rgb)
+                thumb = frame.thumb
                 known = {i: self.zoom_memo.recall(frame.words[i], thumb, frame.rgb.shape[:2])
                          for i in unfound}
                 retry.append((frame, unfound, thumb,
@@ -454,24 +462,21 @@ class GroundingPipeline:
                 reference = getattr(self.light, 'reference', None)
                 view = table_depth.drawn_view(frame.raw, frame.depth, blobs,
                                               reference.median_rgb if reference else None)
+                texts, logits, shapes = self._look(head, frame, [(view, b.box) for b in blobs])
+                labels = [None] * len(blobs)
             elif frame.cut is not None:
                 taken = {depth_surfaces.surface_label(frame.cut, frame.regions[k],
                                                       frame.maps[frame.owners[k]])
                          for k in accepted}
-                blobs = depth_surfaces.free_surfaces(frame.cut, taken)
+                free = frame.still.free_surfaces(frame.depth.depth, taken)
+                labels, blobs = list(free), list(free.values())
                 least = depth_surfaces.MIN_MARGIN  # coloured surfaces: CLIP must be surer
+                if blobs:
+                    texts, logits, shapes = self._surface_looks(head, frame, free)
             if not blobs:
                 continue
-            # Each surface is judged alone on the frame, or all on the view drawn from depth.
-            views = ([depth_surfaces.isolated(frame.rgb, frame.cut, blob) for blob in blobs]
-                     if least > -np.inf else [(view, blob.box) for blob in blobs])
-            looked = self._clip_logits_batch([(v, frame.words, [], [box]) for v, box in views])
-            texts, logits = looked[0][0], np.concatenate([item[1] for item in looked])
-            shapes = np.concatenate([head.probabilities(v, [box])  # [K, shapes (+ bg)]
-                                     for v, box in views])
             # A surface's shape in depth (the head knows whole objects, not half-hidden pieces),
             # measured only for surfaces whose colour passes for some phrase.
-            solids = {}
             for i in unfound:
                 queries = [frame.words[i]] * len(blobs)
                 margins, probs = _colour_margins(texts, logits, queries, head.shapes,
@@ -479,15 +484,12 @@ class GroundingPipeline:
                 s = head.shape_index(frame.words[i])
                 shape_probs = shapes[:, s] if s is not None else (
                     1.0 - shapes[:, -1] if head.background else np.ones(len(blobs)))
-                named = shape_crops.shape_index(solid_shape.SHAPES, frame.words[i])
-                named = solid_shape.SHAPES[named] if named is not None else None
-                for n, (blob, m, p, shape) in enumerate(zip(blobs, margins, probs, shape_probs)):
+                named = solid_shape.named_shape(frame.words[i])
+                for label, blob, m, p, shape in zip(labels, blobs, margins, probs, shape_probs):
                     if m < least:
                         continue
-                    if n not in solids:
-                        solids[n] = (depth_surfaces.solid_shapes(frame.cut, frame.depth, blob)
-                                     if least > -np.inf else solid_shape.SHAPES)
-                    left = solids[n]
+                    left = (frame.still.solid_shapes(label, frame.depth, blob)
+                            if label is not None else solid_shape.SHAPES)
                     if named and named not in left:  # depth says another shape
                         continue
                     if named and left == [named]:  # depth says this shape and no other
@@ -501,6 +503,30 @@ class GroundingPipeline:
                     frame.regions.append(replace(blob, mean_prob=float(window.mean())))
                     frame.evidence.append(Evidence(float(m), float(p), float(window.mean()),
                                                    float(window.max()), float(shape)))
+
+    def _look(self, head, frame: _Frame, views: list) -> tuple:
+        """Return (texts, CLIP logits [K, T], head probabilities [K, shapes]) of (view, box)s."""
+        looked = self._clip_logits_batch([(v, frame.words, [], [box]) for v, box in views])
+        shapes = np.concatenate([head.probabilities(v, [box]) for v, box in views])
+        return looked[0][0], np.concatenate([item[1] for item in looked]), shapes
+
+    def _surface_looks(self, head, frame: _Frame, free: dict) -> tuple:
+        """
+        Return _look's answer for the free surfaces ({label: Region}), each judged alone.
+
+        A still view's surfaces were looked at before (frame.still): only new ones are shown.
+        """
+        key = tuple(self._texts(frame.words))
+        new = [label for label in free if (label, key) not in frame.still.looks]
+        if new:
+            # Each surface alone on the frame: the rest painted table-coloured.
+            views = [depth_surfaces.isolated(frame.rgb, frame.cut, free[label]) for label in new]
+            texts, logits, shapes = self._look(head, frame, views)
+            for n, label in enumerate(new):
+                frame.still.looks[label, key] = (texts, logits[n:n + 1], shapes[n:n + 1])
+        looks = [frame.still.looks[label, key] for label in free]
+        return (looks[0][0], np.concatenate([look[1] for look in looks]),
+                np.concatenate([look[2] for look in looks]))
 
     def _result(self, frame: _Frame, with_heatmaps: bool) -> GroundingResult:
         """Apply the abstention rule, keep the best max_detections, paint, build detections."""
@@ -735,6 +761,10 @@ class GroundingPipeline:
             results.append(_margins(texts, logits, [phrases[o] for o in owners])[1].tolist())
         return results
 
+    def _texts(self, phrases) -> list:
+        """Return the texts CLIP ranks a crop among: the phrases, distractors and vocabulary."""
+        return list(dict.fromkeys([*phrases, *self.distractors, *self.clip.vocabulary]))
+
     def _clip_logits_batch(self, items) -> list:
         """Return per (rgb, phrases, owners, boxes): (texts, CLIP logits [K, T] or None)."""
         clip = self.clip
@@ -743,7 +773,7 @@ class GroundingPipeline:
                                     self.crop_pad) if sum(counts) else None  # [sum K, D]
         results, first = [], 0
         for (_, phrases, _, _), count in zip(items, counts):
-            texts = list(dict.fromkeys([*phrases, *self.distractors, *clip.vocabulary]))
+            texts = self._texts(phrases)
             if not count:
                 results.append((texts, None))
                 continue

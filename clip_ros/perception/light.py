@@ -32,6 +32,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from clip_ros.perception import zoom
 from clip_ros.perception.surface import channel_medians, SurfaceCorrection
 
 LIT_LEVEL = 30.0      # a pixel is lit when its mean channel value (0-255) exceeds this
@@ -55,6 +56,7 @@ COLOURED_SATURATION = 0.4
 MIN_REFERENCE = 20
 MIN_RATIO = 0.2
 STRIDE = 4            # statistics read every 4th row and column: 1/16 of the pixels, same figures
+VIEWS = 4             # still views whose measurements are remembered (a few cameras)
 # Black-body light at 3000 K and 10000 K in sRGB: the line natural lamps lie on.
 _WARM, _COOL = np.log([255.0, 180.0, 107.0]), np.log([204.0, 219.0, 255.0])
 _AXIS = (_WARM - _WARM.mean()) - (_COOL - _COOL.mean())
@@ -142,6 +144,13 @@ class LightCorrection:
     def __init__(self, reference: LightReference, table: bool = True):
         self.reference = reference
         self.table = SurfaceCorrection(reference.median_rgb) if table else None
+        # (thumbnail, gains, lit median, table surface) of recent views: a still camera's
+        # frames are measured once.
+        self.recent = zoom.Recent(VIEWS, 'view')
+
+    def forget(self) -> None:
+        """Drop the remembered views' measurements."""
+        self.recent = zoom.Recent(VIEWS, 'view')
 
     def gains(self, rgb: np.ndarray) -> np.ndarray:
         """Return the gains [3] for an RGB uint8 frame (ones when nothing is corrected)."""
@@ -169,13 +178,25 @@ class LightCorrection:
             log_gain += dark
         return np.exp(log_gain), median
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        """Return the corrected frame (the same array when nothing is corrected)."""
-        rgb = self._light(rgb)
-        return self.table(rgb) if self.table is not None else rgb
+    def __call__(self, rgb: np.ndarray, thumb: np.ndarray = None) -> np.ndarray:
+        """
+        Return the corrected frame (the same array when nothing is corrected).
 
-    def _light(self, rgb: np.ndarray) -> np.ndarray:
-        gains, median = self._measure(rgb)
+        thumb, the frame's zoom.thumbnail when given, lets a frame of a still view (every cell
+        within zoom.MAX_CHANGE) take the gains and table a recent frame of that view measured.
+        """
+        known = None if thumb is None else self.recent.find(
+            lambda item: zoom.same_view(item[0], thumb))
+        gains, median, surface = known[1:] if known else (*self._measure(rgb), None)
+        out = self._light(rgb, gains, median)
+        if self.table is not None:
+            surface = surface if known else self.table.find(out)
+            out = self.table.apply(out, surface)
+        if thumb is not None and known is None:
+            self.recent.add((thumb, gains, median, surface))
+        return out
+
+    def _light(self, rgb: np.ndarray, gains: np.ndarray, median) -> np.ndarray:
         if np.allclose(gains, 1.0):
             return rgb
         # One 256-entry table per channel: cheaper than float arithmetic on every pixel, and

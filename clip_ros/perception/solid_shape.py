@@ -46,6 +46,12 @@ ROUND, EDGED = 0.08, 0.09
 CELL = 0.005         # finest footprint grid (m): objects that do not touch fall apart
 
 
+def named_shape(words: str):
+    """Return the shape of SHAPES a phrase (the model's words) ends with, or None."""
+    last = words.split()[-1] if words.split() else ''
+    return last if last in SHAPES else None
+
+
 @dataclass
 class Rigid:
     """A rigid transform: p_out = rotation @ p_camera + translation (metres)."""

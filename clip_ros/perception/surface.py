@@ -189,7 +189,14 @@ class SurfaceCorrection:
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """Return the corrected frame (the same array when nothing is corrected)."""
-        surface = find_surface(rgb, keep=self.needed)
+        return self.apply(rgb, self.find(rgb))
+
+    def find(self, rgb: np.ndarray):
+        """Return the Surface of a frame to recolour, or None."""
+        return find_surface(rgb, keep=self.needed)
+
+    def apply(self, rgb: np.ndarray, surface) -> np.ndarray:
+        """Return the frame with `surface` (find()'s answer) recoloured; `rgb` when None."""
         if surface is None:
             return rgb
         flat = rgb.reshape(-1, 3)

@@ -53,6 +53,12 @@ SIZE = 16          # zoomed maps remembered (a few phrases x a few cameras; 1.2 
 def thumbnail(rgb: np.ndarray) -> np.ndarray:
     """Return the mean colour of each BLOCK x BLOCK cell (float32 [h, w, 3]; edge cells less)."""
     height, width = rgb.shape[:2]
+    if height % BLOCK == 0 and width % BLOCK == 0 and rgb.dtype == np.uint8:
+        # Whole cells (640x480 and the like): integer sums of rows, then of columns, are
+        # exact and three times quicker than reduceat.
+        rows = rgb.reshape(height // BLOCK, BLOCK, -1).sum(axis=1, dtype=np.uint16)
+        cells = rows.reshape(height // BLOCK, width // BLOCK, BLOCK, -1).sum(2, dtype=np.uint32)
+        return np.divide(cells, BLOCK * BLOCK, dtype=np.float32)
     rows, cols = np.arange(0, height, BLOCK), np.arange(0, width, BLOCK)
     # Every pixel counts, the last partial row and column of cells too: a change there is one.
     sums = np.add.reduceat(np.add.reduceat(rgb.astype(np.float32), rows, 0), cols, 1)
@@ -60,7 +66,45 @@ def thumbnail(rgb: np.ndarray) -> np.ndarray:
     return sums / counts[..., None].astype(np.float32)
 
 
-class ZoomMemo:
+def same_view(a: np.ndarray, b: np.ndarray, limit: float = MAX_CHANGE) -> bool:
+    """Tell whether two thumbnails show the same view: every cell within `limit`."""
+    return a.shape == b.shape and float(np.abs(a - b).max()) <= limit
+
+
+class Recent:
+    """
+    The last `size` items of recent frames (newest last), shared by the threads that ground.
+
+    Each memo of a still view keeps its items here: find() the newest one that matches the
+    frame (counted as a hit or a miss), add() the frame's own in place of the oldest.
+    """
+
+    def __init__(self, size: int, what: str = 'item'):
+        if size < 1:
+            raise ValueError(f'a memo holds at least one {what}, got size {size}')
+        self.size = size
+        self.hits = self.misses = 0
+        self._items = []
+        self._lock = threading.Lock()
+
+    def find(self, match, count: bool = True):
+        """Return the newest item for which match(item) is true, or None (counted unless not)."""
+        with self._lock:
+            found = next((item for item in reversed(self._items) if match(item)), None)
+            if count and found is None:
+                self.misses += 1
+            elif count:
+                self.hits += 1
+        return found
+
+    def add(self, item) -> None:
+        """Keep `item`, dropping the oldest beyond `size`."""
+        with self._lock:
+            self._items.append(item)
+            del self._items[:-self.size]
+
+
+class ZoomMemo(Recent):
     """
     The zoomed maps of recent frames, per phrase: a still camera looks twice only once.
 
@@ -71,30 +115,17 @@ class ZoomMemo:
     """
 
     def __init__(self, size: int = SIZE):
-        if size < 1:
-            raise ValueError(f'a zoom memo holds at least one view, got size {size}')
-        self.size = size
-        self.hits = self.misses = 0
-        self._entries = []  # (words, thumbnail, map), oldest first
-        self._lock = threading.Lock()
+        super().__init__(size, 'view')
 
     def recall(self, words: str, thumb: np.ndarray, size: tuple):
         """Return the remembered zoomed map of `words` for a `size` (h, w) view like `thumb`."""
-        with self._lock:
-            # Frames of other sizes can share a thumbnail's shape: their maps cannot be swapped.
-            found = next((m for w, t, m in reversed(self._entries) if w == words
-                          and m.shape == tuple(size) and t.shape == thumb.shape
-                          and float(np.abs(t - thumb).max()) <= MAX_CHANGE), None)
-            if found is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-        return found
+        # Frames of other sizes can share a thumbnail's shape: their maps cannot be swapped.
+        found = self.find(lambda item: item[0] == words and item[2].shape == tuple(size)
+                          and same_view(item[1], thumb))
+        return None if found is None else found[2]
 
     def remember(self, words: str, thumb: np.ndarray, zoomed: np.ndarray) -> None:
         """Keep the zoomed map of `words` for the view `thumb`, in place of the oldest."""
         zoomed = zoomed.copy()  # not a view that keeps the other phrases' maps alive
         zoomed.setflags(write=False)  # handed to every thread that recalls it
-        with self._lock:
-            self._entries.append((words, thumb, zoomed))
-            del self._entries[:-self.size]
+        self.add((words, thumb, zoomed))

@@ -242,7 +242,8 @@ def _valid_depth(depth: np.ndarray, mask: np.ndarray, depth_range: tuple) -> np.
 
 def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = None,
               depth_range: tuple = (0.05, 10.0), min_valid: float = MIN_VALID_SHARE,
-              object_radius: float = 0.1, floor: float = -math.inf) -> LiftedTarget:
+              object_radius: float = 0.1, floor: float = -math.inf,
+              window: tuple = None) -> LiftedTarget:
     """
     Lift an instance mask to 3D with the median valid depth inside it.
 
@@ -265,6 +266,9 @@ def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = Non
     floor : float
         ... and above this base-frame z, when any is (the table top: a mask that takes in
         the table behind an object, or its shadow, must not move its centre there).
+    window : (row slice, column slice), optional
+        The mask's box in the depth image; `mask` is then the box's pixels only (bool
+        [h, w]), so a frame of several instances is not read once per instance.
 
     Returns
     -------
@@ -281,8 +285,10 @@ def lift_mask(depth: np.ndarray, mask: np.ndarray, K, extrinsic: Extrinsic = Non
     """
     depth, mask = np.asarray(depth, np.float32), np.asarray(mask, bool)
     K = check_intrinsics(K, (depth.shape[1], depth.shape[0]) if depth.ndim == 2 else None)
-    valid = _valid_depth(depth, mask, depth_range)
+    top, left = (window[0].start or 0, window[1].start or 0) if window else (0, 0)
+    valid = _valid_depth(depth[window] if window else depth, mask, depth_range)
     rows, cols = np.nonzero(valid)
+    rows, cols = rows + top, cols + left
     area = int(np.count_nonzero(mask))
     if rows.size < min_valid * area:
         raise ValueError(f'only {rows.size} of {area} masked pixels have valid depth '

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import math
 
 import numpy as np
+from scipy import ndimage
 
 from clip_ros.perception.solid_shape import contradiction, measure, top_face
 from clip_ros.policy.command import Command
@@ -209,9 +210,18 @@ def lift_instances(label_image: np.ndarray, count: int, depth: np.ndarray, K, ex
 
     """
     lifted, reasons = {}, {}
-    for index in range(count):
+    if label_image.shape != np.shape(depth):
+        size = (f'depth size {np.shape(depth)[1]}x{np.shape(depth)[0]} differs from the '
+                f'mask/image size {label_image.shape[1]}x{label_image.shape[0]}')
+        return lifted, {index: size for index in range(count)}
+    # Each instance is read in its own box only.
+    windows = ndimage.find_objects(label_image, count) if count else []
+    for index, window in enumerate(windows):
         try:
-            lifted[index] = lift_mask(depth, label_image == index + 1, K, extrinsic, depth_range)
+            if window is None:
+                raise ValueError('the instance mask is empty')
+            lifted[index] = lift_mask(depth, label_image[window] == index + 1, K, extrinsic,
+                                      depth_range, window=window)
         except ValueError as e:
             reasons[index] = str(e)
     return lifted, reasons
