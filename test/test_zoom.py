@@ -54,11 +54,13 @@ def test_the_bundled_model_finds_a_partly_hidden_cylinder_on_a_second_look(gl_co
     # calibrated rule; the shape head gives it 0.07 for a ball, so it stays not found.
     absent = pipeline(frame.rgb, ['yellow ball'], with_heatmaps=False)
     assert not absent.detections and absent.rejected == {'yellow ball': 'not found: yellow ball'}
-    # The same view again: the remembered zoomed maps, the same answers.
-    hits = pipeline.zoom_memo.hits
+    # The same view again: the remembered zoomed maps and their judged candidates, the same
+    # answers.
+    hits, looks = pipeline.zoom_memo.hits, pipeline.zoom_looks.hits
     again = pipeline(frame.rgb, ['yellow cylinder'], with_heatmaps=False)
-    assert pipeline.zoom_memo.hits == hits + 1
-    assert [d.box for d in again.detections] == [d.box for d in found.detections]
+    assert (pipeline.zoom_memo.hits, pipeline.zoom_looks.hits) == (hits + 1, looks + 1)
+    assert [(d.box, d.score) for d in again.detections] == \
+        [(d.box, d.score) for d in found.detections]
     # Frames batched together (one node, many cameras) look twice as they would alone: a found
     # phrase beside an unfound one, and the unfound one in a frame of its own.
     requests = [(frame.rgb, ['blue cylinder', 'yellow cylinder'], 0.4),

@@ -275,6 +275,7 @@ class GroundingPipeline:
         # Look again at zoomed tiles for a phrase the whole frame left unfound (perception.zoom).
         self.zoom_in = bool(zoom_in)
         self.zoom_memo = zoom.ZoomMemo()  # a still camera's second look is taken once
+        self.zoom_looks = zoom.Recent(zoom.SIZE, 'look')  # ... and judged once
         self.still_views = still_view.ViewMemo()  # ... and what depth gives, once
         # None: the model's calibrated rule (config 'abstain'), or the defaults.
         self.abstain = abstain if isinstance(abstain, AbstainRule) else AbstainRule.from_config(
@@ -288,6 +289,7 @@ class GroundingPipeline:
         """Drop what the pipeline remembers across frames (the memos of still views)."""
         self.search_memo = SearchMemo()
         self.zoom_memo = zoom.ZoomMemo()
+        self.zoom_looks = zoom.Recent(zoom.SIZE, 'look')
         self.still_views = still_view.ViewMemo()
         if self.light is not None:
             self.light.forget()
@@ -416,7 +418,7 @@ class GroundingPipeline:
                 images.append(frame.rgb[row:row + th, col:col + tw])
                 words.append([frame.words[i] for i in ask])
         maps = iter(self.runner.probabilities_batch(images, words) if images else [])
-        looks = []  # one _Frame per retried frame: its unfound phrases' zoomed candidates
+        looks, fresh = [], []  # one _Frame per retried frame: its unfound phrases' candidates
         for (frame, unfound, thumb, known), (ask, boxes) in zip(retry, asks):
             if ask:
                 merged = zoom.merge([next(maps) for _ in boxes], boxes, *frame.rgb.shape[:2])
@@ -430,9 +432,22 @@ class GroundingPipeline:
             for i in unfound:
                 look.maps[i] = known[i]
             kept = sum(1 for owner in frame.owners if owner not in unfound)
-            look.owners, look.regions = self._instances(look, self.max_candidates - kept)
+            # A still view's zoomed candidates were found and judged on a frame before.
+            key = (tuple(self._texts(frame.words)), tuple(unfound), self.max_candidates - kept,
+                   frame.rgb.shape[:2])
+            seen = None if ask else self.zoom_looks.find(
+                lambda item: item[0] == key and zoom.same_view(item[1], thumb))
+            if seen is None:
+                look.owners, look.regions = self._instances(look, self.max_candidates - kept)
+                fresh.append((key, thumb, look))
+            else:
+                (look.owners, look.regions, look.evidence, look.shape_probs, look.narrowed,
+                 look.on_table) = seen[2]
             looks.append(look)
-        self._evidence(looks)
+        self._evidence([look for _, _, look in fresh])
+        for key, thumb, look in fresh:
+            self.zoom_looks.add((key, thumb, (look.owners, look.regions, look.evidence,
+                                              look.shape_probs, look.narrowed, look.on_table)))
         for (frame, unfound, *_), look in zip(retry, looks):
             _replace_candidates(frame, set(unfound), look)
 
