@@ -29,6 +29,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from clip_ros.perception import shape_crops
+
 
 SHAPES = ('block', 'ball', 'cylinder', 'bowl')
 # Fewer points say nothing reliable about shape: a block 100 pixels across at 96x72 has a
@@ -48,8 +50,8 @@ CELL = 0.005         # finest footprint grid (m): objects that do not touch fall
 
 def named_shape(words: str):
     """Return the shape of SHAPES a phrase (the model's words) ends with, or None."""
-    last = words.split()[-1] if words.split() else ''
-    return last if last in SHAPES else None
+    index = shape_crops.shape_index(SHAPES, words)
+    return None if index is None else SHAPES[index]
 
 
 @dataclass
