@@ -10,6 +10,8 @@ every cell, with the same intrinsics, takes that view's cut and measured shapes;
 colour thumbnail is also within zoom.MAX_CHANGE, the surfaces' looks too. Sensor noise averages
 out over a cell; an arm or object that moves changes cells by far more.
 """
+import threading
+
 import numpy as np
 
 from clip_ros.perception import depth_surfaces, zoom
@@ -45,11 +47,15 @@ class View:
         self._objects = None  # the object-sized surfaces {label: Region}
         self.solids = {}  # surface label -> shapes left
         self.looks = {}  # (label, words) -> (texts, CLIP logits [1, T], head probabilities)
+        # Two workers grounding frames of one view cut it once: the labels the shapes and
+        # looks are kept under are one cut's.
+        self._cutting = threading.Lock()
 
     def cut(self, depth: np.ndarray):
         """Return the view's Cut (depth_surfaces.surfaces of the first frame that needs it)."""
-        if not self._has_cut:
-            self._cut, self._has_cut = depth_surfaces.surfaces(depth), True
+        with self._cutting:
+            if not self._has_cut:
+                self._cut, self._has_cut = depth_surfaces.surfaces(depth), True
         return self._cut
 
     def free_surfaces(self, depth: np.ndarray, taken) -> dict:
