@@ -115,7 +115,7 @@ def camera_statuses(node) -> dict:
     """Return {camera: DiagnosticStatus} of the node's per-camera diagnostics."""
     return {s.name.rsplit('/', 1)[-1]: s
             for s in node.extra_diagnostics(node.health_limits(), None)
-            if not s.name.endswith('/phrases')}  # the phrases' outcome, not a camera
+            if not s.name.endswith(('/phrases', '/memos'))}  # not cameras
 
 
 def test_a_silent_camera_stalls_no_other(ros):

@@ -426,3 +426,10 @@ def test_phrase_without_detection_is_reported_once(ros):
     lines = [m for m in rosout.messages
              if m.name.endswith('grounding_node') and 'not found: blue ball' in m.msg]
     assert len(lines) == 1 and "no detection published for 'blue ball'" in lines[0].msg
+    # Beside the phrases, how often frames took a still view's answers: the tiny models have
+    # no light reference nor shape head, and these frames no depth, so nothing was looked up.
+    memos = next(s for s in entry.status if s.name == '/absent/grounding_node/memos')
+    assert memos.message == 'no still view looked up yet'
+    assert {v.key: v.value for v in memos.values} == {
+        f'{name}_{kind}': '0' for name in ('shape_search', 'zoomed_maps', 'zoomed_looks',
+                                           'depth_views') for kind in ('hits', 'misses')}

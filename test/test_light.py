@@ -219,3 +219,14 @@ def test_a_still_view_is_measured_once():
     light.forget()
     light(lit, zoom.thumbnail(lit))
     assert (light.recent.hits, light.recent.misses) == (0, 1)
+
+
+def test_the_pipeline_counts_the_frames_that_took_a_still_views_light(bundled):
+    frame = scaled(table_frame((150, 135, 118)), WARM)
+    pipeline = bundled[True]
+    before = pipeline.memos()['light']
+    for _ in range(3):
+        pipeline(frame, ['red block'], with_heatmaps=False)
+    hits, misses = pipeline.memos()['light']
+    assert (hits - before[0], misses - before[1]) == (2, 1)
+    assert 'light' not in bundled[False].memos()

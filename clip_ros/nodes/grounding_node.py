@@ -469,7 +469,7 @@ class GroundingNode(ManagedNode):
         """
         node, active = self.get_fully_qualified_name(), self.active
         return [self._report.diagnostic(f'{node}/phrases', self._model[1])] + \
-            self._triton_diagnostics(node) + [
+            self._triton_diagnostics(node) + self._memo_diagnostics(node) + [
             # An absolute camera ('/front') is <node>/front, not <node>//front.
             diagnostics_msg(f"{node}/{camera.name.lstrip('/')}",
                             assess(camera.stats.snapshot(), limits, active),
@@ -493,6 +493,27 @@ class GroundingNode(ManagedNode):
         if not server_ready(values['triton_url'], **tls):
             return  # still absent: the configure error already said so, once
         self.start()
+
+    def _memo_diagnostics(self, node: str) -> list:
+        """
+        Return <node>/memos: how often frames took what a still view gave before.
+
+        A depth camera whose noise moves cells by more than still_view.MAX_DEPTH_CHANGE misses
+        the depth views every frame, and each frame then pays for them in full.
+        """
+        memos = getattr(self._pipeline, 'memos', None)
+        if memos is None:  # not configured
+            return []
+        counts = memos()
+        seen = ', '.join(f'{name} {hits}/{hits + misses}'
+                         for name, (hits, misses) in counts.items() if hits + misses)
+        return [DiagnosticStatus(
+            level=DiagnosticStatus.OK, name=f'{node}/memos', hardware_id=self._model[1],
+            message=f"frames that took a still view's answers: {seen}" if seen else
+            'no still view looked up yet',
+            values=[KeyValue(key=f'{name}_{kind}', value=str(count))
+                    for name, pair in counts.items()
+                    for kind, count in zip(('hits', 'misses'), pair)])]
 
     def _triton_diagnostics(self, node: str) -> list:
         """Return <node>/triton: ERROR with the reason while the server's requests fail."""

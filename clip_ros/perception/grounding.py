@@ -294,6 +294,14 @@ class GroundingPipeline:
         if self.light is not None:
             self.light.forget()
 
+    def memos(self) -> dict:
+        """Return {memo: (hits, misses)}: how often a frame took what a still view gave before."""
+        memos = {'shape_search': self.search_memo, 'zoomed_maps': self.zoom_memo,
+                 'zoomed_looks': self.zoom_looks, 'depth_views': self.still_views}
+        if self.light is not None:
+            memos['light'] = self.light.recent
+        return {name: (memo.hits, memo.misses) for name, memo in memos.items()}
+
     def __call__(self, rgb: np.ndarray, phrases, thresholds=0.4,
                  with_heatmaps: bool = True, depth=None) -> GroundingResult:
         """
