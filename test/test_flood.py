@@ -8,7 +8,8 @@ os.environ['ROS_DOMAIN_ID'] = '72'  # before rclpy: own domain, no cross-talk wi
 import pytest  # noqa: E402
 
 from clip_ros.tools.flood import main, run_flood, table_row  # noqa: E402
-from clip_ros.tools.flood_cameras import node_commands, rss_mb  # noqa: E402
+from clip_ros.tools.flood_cameras import (busy_seconds, cpu_seconds, node_commands,  # noqa: E402
+                                          rss_mb)
 
 
 def test_flood_tracks_the_model_and_stays_flat():
@@ -89,3 +90,25 @@ def test_camera_setups_count_shared_pages_once():
         for p in procs:
             p.stdin.close()
             p.wait(10)
+
+
+def test_camera_setups_count_the_nodes_cpu_time():
+    """A process spinning for 0.5 s of CPU: its time, and the machine's busy time, grow by it."""
+    code = ('import sys, time; sys.stdout.write("up\\n"); sys.stdout.flush(); '
+            'sys.stdin.readline(); end = time.process_time() + 0.5\n'
+            'while time.process_time() < end: pass\n'
+            'sys.stdout.write("done\\n"); sys.stdout.flush(); sys.stdin.read()')
+    proc = subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == 'up\n'
+        cpu, busy = cpu_seconds([proc.pid]), busy_seconds()
+        proc.stdin.write('go\n')
+        proc.stdin.flush()
+        assert proc.stdout.readline() == 'done\n'
+        assert cpu_seconds([proc.pid]) - cpu == pytest.approx(0.5, abs=0.1)
+        assert busy_seconds() - busy >= 0.4  # this process and others add to it
+        assert cpu_seconds([proc.pid, 2 ** 22 + 1]) == cpu_seconds([proc.pid])  # gone: 0
+    finally:
+        proc.stdin.close()
+        proc.wait(10)

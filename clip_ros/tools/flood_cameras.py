@@ -8,6 +8,9 @@ first result (the model is warm), it counts results for `duration` seconds: fram
 camera, latency (frame stamp to detections received) p50/p99 over all cameras, and the peak
 resident memory of the node processes together: their summed proportional set size (Pss),
 so pages they share (the libraries of torch, ROS, Python) count once, not once per node.
+It also reports the node processes' CPU time per result and how busy the machine's cores were
+in the window (this process's publishing included): a setup that leaves cores idle is limited
+by waiting, one that fills them by its CPU cost per frame.
 """
 from dataclasses import dataclass
 import os
@@ -44,6 +47,8 @@ class CamerasResult:
     latency_p50: float
     latency_p99: float
     rss: float  # peak of the node processes' resident memory together (summed Pss)
+    cpu_per_frame: float  # ms of the node processes' CPU time per result
+    busy: float  # the machine's cores busy in the window, in cores (all processes)
 
 
 def _proc_kb(path: str, key: str) -> int:
@@ -71,6 +76,26 @@ def rss_mb(pids: list) -> float:
             except (OSError, StopIteration):
                 pass
     return total / 1024
+
+
+def cpu_seconds(pids: list) -> float:
+    """Return the CPU time (user + system, all threads) the processes `pids` used so far."""
+    tick, total = os.sysconf('SC_CLK_TCK'), 0
+    for pid in pids:
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+        except OSError:
+            continue  # gone: its time is lost, not guessed
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def busy_seconds() -> float:
+    """Return the machine's busy CPU time so far, summed over cores (/proc/stat, not idle)."""
+    with open('/proc/stat') as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf('SC_CLK_TCK')  # less idle, iowait
 
 
 def node_commands(count: int, one_node: bool, model: str, device: str,
@@ -159,11 +184,14 @@ def run_setup(count: int, one_node: bool, model: str, device: str, rate: float,
                                    'no results from every camera')
             time.sleep(0.2)
         time.sleep(2.0)  # past the first frames
+        pids = [p.pid for p in procs]
         start, peak = time.time(), 0.0
+        cpu0, busy0 = cpu_seconds(pids), busy_seconds()
         while time.time() < start + duration:
-            peak = max(peak, rss_mb([p.pid for p in procs]))
+            peak = max(peak, rss_mb(pids))
             time.sleep(0.5)
         end = time.time()
+        cpu, busy = cpu_seconds(pids) - cpu0, busy_seconds() - busy0
     finally:
         driver.close()
         for proc in procs:
@@ -178,18 +206,21 @@ def run_setup(count: int, one_node: bool, model: str, device: str, rate: float,
               for name, ages in driver.ages.items()}
     rates = [len(ages) / (end - start) for ages in window.values()]
     p50, p99 = percentiles([age for ages in window.values() for age in ages])
+    results = sum(len(ages) for ages in window.values())
     return CamerasResult(count, 'one node' if one_node else f'{count} nodes',
-                         sum(rates) / count, sum(rates), p50 * 1e3, p99 * 1e3, peak)
+                         sum(rates) / count, sum(rates), p50 * 1e3, p99 * 1e3, peak,
+                         1e3 * cpu / max(results, 1), busy / (end - start))
 
 
 TABLE = ('| cameras | setup | frames/s per camera | total frames/s | latency p50/p99 ms | '
-         'resident MB |')
+         'resident MB | node CPU ms/frame | cores busy |')
 
 
 def table_row(r: CamerasResult) -> str:
     """Format a result as a row of the table in doc/performance.md."""
     return (f'| {r.cameras} | {r.setup} | {r.per_camera:.1f} | {r.total:.1f} | '
-            f'{r.latency_p50:.0f}/{r.latency_p99:.0f} | {r.rss:.0f} |')
+            f'{r.latency_p50:.0f}/{r.latency_p99:.0f} | {r.rss:.0f} | {r.cpu_per_frame:.0f} | '
+            f'{r.busy:.2f} |')
 
 
 def run_cameras(counts: list, model: str, device: str, rate: float, duration: float,
